@@ -1,0 +1,11 @@
+"""Optional Triton kernels for the engine; nothing here is imported unless asked for.
+
+`kernels.conv_relu_pool` fuses conv2d -> ReLU -> max_pool2d(2) into one Triton kernel with
+autograd support (the engine swaps it into every `ConvReluPool` block under `--triton`).
+`python -m kernels.aot --arch sm_80 sm_90` compiles it ahead of time for real GPUs without
+one and prints registers, spills and shared memory per autotune config.
+
+Importing this package does nothing: triton is imported only by the kernel module itself, so
+a CPU-only install never pays for it (and the interpreter switch, TRITON_INTERPRET, can still be
+set before triton is first imported).
+"""

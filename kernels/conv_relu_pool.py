@@ -1,0 +1,468 @@
+"""Fused conv2d -> ReLU -> max_pool2d(2): one Triton kernel, read in the order of a Triton tutorial.
+
+What is fused, and why
+----------------------
+Every stage of the tutorial CNNs is `max_pool2d(relu(conv2d(x, w, b)), 2)`. Eagerly that is
+three kernels, and the two big tensors between them exist only to be read once and thrown away:
+
+    conv  reads x, w, b           writes the full-resolution conv output   (N, OC, OH, OW)
+    relu  reads the conv output   writes a tensor of the same size
+    pool  reads that              writes the pooled output                 (N, OC, OH/2, OW/2)
+
+The fused kernel reads x, w and b and writes only the pooled output, so the conv output never
+reaches DRAM: that removes four full-resolution passes (conv write, relu read + write, pool read),
+and the pooled output is a quarter of one of them. Compulsory DRAM traffic for cifar_cnn at
+batch 256 (`traffic()` below computes it; tests/test_conv_relu_pool.py re-derives and prints it):
+
+    stage (fp32)                  unfused eager      fused   ratio
+    conv1 3->64,  32x32 -> 15x15      253.8 MB     17.9 MB   14.2x
+    conv2 64->64, 15x15 -> 6x6        104.6 MB     17.2 MB    6.1x
+    conv3 64->128, 6x6 -> 2x2          27.6 MB      2.8 MB    9.9x
+    all three (fp16/bf16: halve)      386.0 MB     37.9 MB   10.2x
+
+The layers are small (K = C*KH*KW is 27 or 576), so they are memory-bound on A100/H100 and the
+bytes are the time. The kernel also skips the conv rows/columns that a floor-mode pool drops.
+
+How: an implicit GEMM with `tl.dot`. Rows are pooled outputs (N*PH*PW), columns are output
+channels, and the reduction runs over C*KH*KW, gathering x on the fly (nothing is unfolded in
+memory). Each program computes the conv value at every position of its rows' 2x2 windows in
+fp32 registers, keeps the running maximum, and only then adds the bias and applies ReLU: exact,
+because the bias is constant per channel and ReLU is monotone, so
+max_i relu(a_i + b) == relu(max_i a_i + b). When gradients are needed it also stores which
+window position won (int8), and backward routes the gradient there (eager ops, no recompute).
+
+Envelope (anything else raises ValueError naming the argument, never a wrong result):
+kernel 1..7 (square or not), padding 0..3, stride 1 or 2, pool 2 (2x2, stride 2, floor mode:
+an odd conv output loses its last row/column exactly as in eager), any batch, channel count
+and spatial size; x, weight and bias all fp32, fp16 or bf16 (accumulated in fp32) on one device;
+NCHW or channels_last (any strides). Double backward is not supported.
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+from torch.autograd.function import once_differentiable
+from triton.runtime.interpreter import InterpretedFunction
+
+SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+MAX_KERNEL, MAX_PADDING, STRIDES, POOL = 7, 3, (1, 2), 2
+INDEX_LIMIT = 2**31  # the kernel's offsets are int32; larger batches are split into launches
+FLAT_BELOW = 16  # channel counts below this reduce over flat (c, kh, kw); see _conv_flat
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. The specification
+# ---------------------------------------------------------------------------------------------
+def conv_relu_pool_reference(x, weight, bias=None, stride=1, padding=0, pool=2):
+    """What the kernel computes, in eager ops: (N, C, H, W) -> (N, OC, OH // pool, OW // pool)."""
+    return F.max_pool2d(F.relu(F.conv2d(x, weight, bias, stride, padding)), pool)
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. The kernel
+# ---------------------------------------------------------------------------------------------
+@triton.jit
+def _dot(a, b, acc, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    """acc += a @ b in fp32. UPCAST is for the interpreter only: its tl.dot cannot take bf16 (it
+    would multiply the raw bits), so it gets exact fp32 copies, which is what the MMA computes."""
+    if UPCAST:
+        a, b = a.to(tl.float32), b.to(tl.float32)
+    return tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+
+
+@triton.jit
+def _conv_flat(acc, x_ptr, w_ptr, x_rows, ih_top, iw_left, rn, col_ok, dy, dx, C, H, W,
+               sxc, sxh, sxw, swo, swc, swh, sww,
+               KH: tl.constexpr, KW: tl.constexpr, PAD_H: tl.constexpr, PAD_W: tl.constexpr,
+               DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Conv values at one window position for few channels (C < 16): one flat reduction index
+    k = (c, kh, kw) over C*KH*KW, so a 3-channel 3x3 conv is a single BLOCK_K=32 step."""
+    K = C * KH * KW
+    for k0 in range(0, K, BLOCK_K):
+        rk = k0 + tl.arange(0, BLOCK_K)  # (BK,)
+        kw = rk % KW
+        kh = (rk // KW) % KH
+        c = rk // (KW * KH)
+        k_ok = rk < K
+        dh, dw = kh + dy, kw + dx  # (BK,) input row/column relative to the window's top-left pixel
+        # The (BK, BM) transposed tile: an address is a reduction part plus a row part.
+        a_ok = k_ok[:, None]
+        if PAD_H > 0:  # without padding every receptive field lies inside the image
+            ih = ih_top[None, :] + dh[:, None]
+            a_ok = a_ok & (ih >= 0) & (ih < H)
+        if PAD_W > 0:
+            iw = iw_left[None, :] + dw[:, None]
+            a_ok = a_ok & (iw >= 0) & (iw < W)
+        a = tl.load(x_ptr + (c * sxc + dh * sxh + dw * sxw)[:, None] + x_rows[None, :], mask=a_ok, other=0.0)
+        b = tl.load(w_ptr + (c * swc + kh * swh + kw * sww)[:, None] + (rn * swo)[None, :],
+                    mask=k_ok[:, None] & col_ok[None, :], other=0.0)  # (BK, BN)
+        acc = _dot(tl.trans(a), b, acc, DOT_PRECISION, UPCAST)
+    return acc
+
+
+@triton.jit
+def _conv_by_tap(acc, x_ptr, w_ptr, x_rows, ih_top, iw_left, rn, col_ok, dy, dx, C, H, W,
+                 sxc, sxh, sxw, swo, swc, swh, sww,
+                 KH: tl.constexpr, KW: tl.constexpr, PAD_H: tl.constexpr, PAD_W: tl.constexpr,
+                 CHANNELS_LAST: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+                 BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Conv values at one window position for 16+ channels: one filter tap (kh, kw) and one block
+    of channels per step, so tap offsets and padding checks are per row, never per element."""
+    num_cb = tl.cdiv(C, BLOCK_K)
+    for i in range(0, KH * KW * num_cb):
+        tap = i // num_cb
+        c = (i - tap * num_cb) * BLOCK_K + tl.arange(0, BLOCK_K)  # (BK,) channels
+        kh = tap // KW
+        kw = tap - kh * KW
+        c_ok = c < C
+        in_img = tl.full((BLOCK_M,), 1, tl.int1)  # (BM,) this tap's pixel lies inside the image
+        if PAD_H > 0:
+            in_img = in_img & (ih_top + kh + dy >= 0) & (ih_top + kh + dy < H)
+        if PAD_W > 0:
+            in_img = in_img & (iw_left + kw + dx >= 0) & (iw_left + kw + dx < W)
+        x_tap = x_rows + (kh + dy) * sxh + (kw + dx) * sxw  # (BM,)
+        if CHANNELS_LAST:  # channels are contiguous: gather (BM, BK) tiles along them
+            a = tl.load(x_ptr + x_tap[:, None] + (c * sxc)[None, :], mask=in_img[:, None] & c_ok[None, :], other=0.0)
+        else:  # NCHW: (BK, BM) tiles, transposed for the dot
+            a = tl.load(x_ptr + (c * sxc)[:, None] + x_tap[None, :], mask=c_ok[:, None] & in_img[None, :], other=0.0)
+            a = tl.trans(a)
+        b = tl.load(w_ptr + (c * swc + kh * swh + kw * sww)[:, None] + (rn * swo)[None, :],
+                    mask=c_ok[:, None] & col_ok[None, :], other=0.0)  # (BK, BN)
+        acc = _dot(a, b, acc, DOT_PRECISION, UPCAST)
+    return acc
+
+
+@triton.jit
+def conv_relu_pool_kernel(
+    x_ptr, w_ptr, b_ptr, out_ptr, win_ptr,  # x (N, C, H, W), w (OC, C, KH, KW), b (OC,), out/win (N, OC, PH, PW)
+    N, C, H, W, OC, PH, PW,
+    sxn, sxc, sxh, sxw,  # element strides of x: NCHW and channels_last are both just strides
+    swo, swc, swh, sww,  # ... of the weight
+    son, soc, soh, sow,  # ... of the output (the window tensor shares them)
+    KH: tl.constexpr, KW: tl.constexpr, STRIDE_H: tl.constexpr, STRIDE_W: tl.constexpr,
+    PAD_H: tl.constexpr, PAD_W: tl.constexpr, POOL: tl.constexpr,
+    HAS_BIAS: tl.constexpr, STORE_WINDOW: tl.constexpr,
+    FLAT_K: tl.constexpr,  # C < 16: reduce over flat (c, kh, kw) instead of tap by tap
+    CHANNELS_LAST: tl.constexpr,  # x's channel stride is 1
+    DOT_PRECISION: tl.constexpr,  # "tf32" or "ieee" for fp32 inputs, as eager conv would
+    UPCAST: tl.constexpr,  # interpreter only, see _dot
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    # Program -> tile. Output-channel tiles vary fastest, so the programs that gather the same
+    # rows of x run side by side and share them through L2.
+    pid = tl.program_id(0)
+    num_n = tl.cdiv(OC, BLOCK_N)
+    pid_m, pid_n = pid // num_n, pid % num_n
+    M = N * PH * PW
+
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # (BM,) pooled output positions
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # (BN,) output channels
+    row_ok, col_ok = rm < M, rn < OC
+    # Rows past the end repeat the last one instead of being masked: their loads stay in bounds
+    # and they are never stored, so the gathers need no row mask.
+    r = tl.minimum(rm, M - 1)
+    pw = r % PW
+    ph = (r // PW) % PH
+    n = r // (PW * PH)
+    # Every window position of a row reads the same receptive field shifted by a constant, so one
+    # offset per row serves them all: the top-left input pixel of the window's first conv output.
+    # Offsets are int32: the wrapper splits the batch so that every offset fits.
+    ih_top = ph * (POOL * STRIDE_H) - PAD_H  # (BM,)
+    iw_left = pw * (POOL * STRIDE_W) - PAD_W
+    x_rows = n * sxn + ih_top * sxh + iw_left * sxw  # (BM,) may point into the padding: masked
+
+    best = tl.full((BLOCK_M, BLOCK_N), float("-inf"), tl.float32)  # running max over the window
+    win = tl.zeros((BLOCK_M, BLOCK_N), tl.int8)  # which window position holds it
+    # Walk the window in max_pool2d's scan order (row-major), so ties resolve the same way. A
+    # loop, not unrolled: one copy of the reduction loop keeps register pressure down.
+    for p in range(POOL * POOL):
+        dy = (p // POOL) * STRIDE_H  # this position's offset inside the receptive field
+        dx = (p % POOL) * STRIDE_W
+        acc = tl.zeros((BLOCK_M, BLOCK_N), tl.float32)
+        if FLAT_K:
+            acc = _conv_flat(acc, x_ptr, w_ptr, x_rows, ih_top, iw_left, rn, col_ok, dy, dx, C, H, W,
+                             sxc, sxh, sxw, swo, swc, swh, sww, KH, KW, PAD_H, PAD_W,
+                             DOT_PRECISION, UPCAST, BLOCK_K)
+        else:
+            acc = _conv_by_tap(acc, x_ptr, w_ptr, x_rows, ih_top, iw_left, rn, col_ok, dy, dx, C, H, W,
+                               sxc, sxh, sxw, swo, swc, swh, sww, KH, KW, PAD_H, PAD_W,
+                               CHANNELS_LAST, DOT_PRECISION, UPCAST, BLOCK_M, BLOCK_K)
+        take = (acc > best) | (acc != acc)  # strictly greater keeps the first maximum; NaN wins
+        best = tl.where(take, acc, best)
+        if STORE_WINDOW:
+            win = tl.where(take, p, win).to(tl.int8)
+
+    # Epilogue on the maximum only: bias, then a ReLU that keeps NaN (as torch.relu does).
+    if HAS_BIAS:
+        best += tl.load(b_ptr + rn, mask=col_ok, other=0.0).to(tl.float32)[None, :]
+    y = tl.where(best < 0.0, 0.0, best)
+    out_off = (n * son + ph * soh + pw * sow)[:, None] + (rn * soc)[None, :]  # (BM, BN)
+    ok = row_ok[:, None] & col_ok[None, :]
+    tl.store(out_ptr + out_off, y.to(out_ptr.dtype.element_ty), mask=ok)
+    if STORE_WINDOW:
+        tl.store(win_ptr + out_off, win, mask=ok)
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. Autotune configs (sm_80 / sm_90) and the deterministic rule for which ones a shape may use
+# ---------------------------------------------------------------------------------------------
+def _config(bm, bn, bk, warps, stages):
+    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=warps, num_stages=stages)
+
+
+# Largest tiles first (the interpreter takes the first that fits: fewer programs). Every config
+# gives each thread at most 16 elements of the (BM, BN) tile: the kernel keeps three such tiles
+# live (accumulator, running max, window index), and at 32 per thread ptxas needs ~250 registers.
+# 64+ row tiles feed mma.sync on sm_80 and wgmma/mma on sm_90; BLOCK_K=16 serves the 1- and
+# 3-channel first layers (K = 9, 27) and 16-channel blocks.
+CONFIGS = [
+    _config(128, 64, 32, 16, 2),
+    _config(64, 128, 32, 16, 2),
+    _config(64, 64, 32, 8, 2),
+    _config(128, 32, 32, 8, 2),
+    _config(64, 32, 32, 4, 2),
+    _config(64, 64, 16, 8, 2),
+    _config(64, 32, 16, 4, 2),
+    _config(32, 32, 16, 4, 2),
+]
+
+
+def candidate_configs(m, oc, reduction, configs=CONFIGS):
+    """The configs autotuning may pick for m pooled rows x oc channels, reducing `reduction`
+    elements per step (C*KH*KW on the flat path, C tap by tap).
+
+    Deterministic, so it is known without a GPU which configs a shape can run (kernels.aot
+    compiles exactly these for the seed models and fails if any of them spills): no tile may be
+    wider than the next power of two of its dimension (16 at least, tl.dot's minimum), so no
+    program spends most of its work on masked-off rows, channels or reduction steps. On a GPU the
+    autotuner times the survivors; in the interpreter timing means nothing: the first one is used.
+    """
+    def fits(cfg):
+        bm, bn, bk = cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"], cfg.kwargs["BLOCK_K"]
+        return (bm <= max(16, triton.next_power_of_2(m)) and bn <= max(16, triton.next_power_of_2(oc))
+                and bk <= max(16, triton.next_power_of_2(reduction)))
+
+    survivors = [cfg for cfg in configs if fits(cfg)] or configs[-1:]  # tiny problems: the smallest
+    return survivors[:1] if _INTERPRETED else survivors
+
+
+def reduction_size(c, kh, kw):
+    """Elements one reduction step ranges over: the flat path (C < 16) or a tap's channels."""
+    return c * kh * kw if c < FLAT_BELOW else c
+
+
+def _prune(configs, named_args, **kwargs):
+    args = {**named_args, **kwargs}
+    m = args["N"] * args["PH"] * args["PW"]
+    return candidate_configs(m, args["OC"], reduction_size(args["C"], args["KH"], args["KW"]), configs)
+
+
+_INTERPRETED = isinstance(conv_relu_pool_kernel, InterpretedFunction)
+_autotuned_kernel = triton.autotune(
+    CONFIGS,
+    key=["N", "C", "H", "W", "OC", "KH", "KW", "STRIDE_H", "STRIDE_W", "PAD_H", "PAD_W",
+         "STORE_WINDOW", "CHANNELS_LAST"],
+    prune_configs_by={"early_config_prune": _prune},
+)(conv_relu_pool_kernel)
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. The wrapper: check, allocate, launch
+# ---------------------------------------------------------------------------------------------
+def _pair(name, value):
+    """An int or a pair of ints -> (h, w); anything else is a ValueError naming the argument."""
+    pair = (value, value) if isinstance(value, int) else tuple(value) if isinstance(value, (tuple, list)) else None
+    if pair is None or len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in pair):
+        raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
+    return pair
+
+
+def _check(x, weight, bias, stride, padding, pool):
+    """Raise ValueError naming the first argument outside the envelope; return (stride, padding) pairs."""
+    for name, t in (("x", x), ("weight", weight), ("bias", bias)):
+        if not (isinstance(t, torch.Tensor) or (name == "bias" and t is None)):
+            raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if x.dim() != 4:
+        raise ValueError(f"x must be 4-D (N, C, H, W), got shape {tuple(x.shape)}")
+    if weight.dim() != 4:
+        raise ValueError(f"weight must be 4-D (OC, C, KH, KW), got shape {tuple(weight.shape)}")
+    if x.dtype not in SUPPORTED_DTYPES:
+        raise ValueError(f"x.dtype {x.dtype} is not supported (float32, float16, bfloat16)")
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None and t.dtype != x.dtype:
+            raise ValueError(f"{name}.dtype {t.dtype} differs from x.dtype {x.dtype}")
+        if t is not None and t.device != x.device:
+            raise ValueError(f"{name} is on {t.device} but x is on {x.device}")
+    if x.device.type != "cuda" and not (_INTERPRETED and x.device.type == "cpu"):
+        raise ValueError(f"x is on {x.device}: the kernel needs a CUDA tensor (or a CPU tensor with "
+                         "TRITON_INTERPRET=1 set before triton is first imported)")
+    n, c, h, w = x.shape
+    oc, wc, kh, kw = weight.shape
+    if c == 0 or oc == 0:
+        raise ValueError(f"x has {c} channels and weight {oc} output channels; both must be at least 1")
+    if wc != c:
+        raise ValueError(f"weight has {wc} input channels but x has {c} (grouped convolution is not supported)")
+    if not (1 <= kh <= MAX_KERNEL and 1 <= kw <= MAX_KERNEL):
+        raise ValueError(f"weight kernel size {kh}x{kw} is outside 1..{MAX_KERNEL}")
+    if bias is not None and tuple(bias.shape) != (oc,):
+        raise ValueError(f"bias must have shape ({oc},), got {tuple(bias.shape)}")
+    stride, padding = _pair("stride", stride), _pair("padding", padding)
+    if not all(s in STRIDES for s in stride):
+        raise ValueError(f"stride {stride} is not supported (1 or 2)")
+    if not all(0 <= p <= MAX_PADDING for p in padding):
+        raise ValueError(f"padding {padding} is outside 0..{MAX_PADDING}")
+    if _pair("pool", pool) != (POOL, POOL):
+        raise ValueError(f"pool {pool!r} is not supported (only 2: a 2x2 window with stride 2)")
+    oh, ow = _conv_size(h, w, kh, kw, stride, padding)
+    if oh < POOL or ow < POOL:
+        raise ValueError(f"x of {h}x{w} gives a {oh}x{ow} conv output, too small for a {POOL}x{POOL} pool")
+    image_span = max(sum((size - 1) * abs(st) for size, st in zip(t.shape[1:], t.stride()[1:])) for t in (x, weight))
+    if image_span >= 2**31 or weight.numel() >= 2**31 or n * (oh // POOL) * (ow // POOL) >= 2**31:
+        raise ValueError(f"x of shape {tuple(x.shape)} is too large: one image, the weight and the pooled "
+                         "row count must each stay below 2**31 elements")
+    return stride, padding
+
+
+def _conv_size(h, w, kh, kw, stride, padding):
+    return (h + 2 * padding[0] - kh) // stride[0] + 1, (w + 2 * padding[1] - kw) // stride[1] + 1
+
+
+def _images_per_launch(*tensors):
+    """Images per launch so every int32 offset the kernel forms stays below INDEX_LIMIT."""
+    images = tensors[0].shape[0]
+    for t in tensors:
+        span = sum((size - 1) * st for size, st in zip(t.shape[1:], t.stride()[1:])) + 1  # one image
+        if t.stride(0) > 0:
+            images = min(images, (INDEX_LIMIT - span) // t.stride(0) + 1)
+    return images
+
+
+def _launch(x, weight, bias, stride, padding, store_window, config=None):
+    """Allocate and launch on checked arguments: (N, OC, PH, PW) output and int8 window (or None)."""
+    n, c, h, w = x.shape
+    oc, _, kh, kw = weight.shape
+    oh, ow = _conv_size(h, w, kh, kw, stride, padding)
+    ph, pw = oh // POOL, ow // POOL
+    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    out = torch.empty((n, oc, ph, pw), device=x.device, dtype=x.dtype, memory_format=fmt)
+    win = torch.empty_like(out, dtype=torch.int8) if store_window else None
+    if out.numel() == 0:
+        return out, win
+    if config is None:
+        kernel, meta = _autotuned_kernel, {}
+    else:  # a fixed config: the tests run every one of them through the interpreter
+        kernel = conv_relu_pool_kernel
+        meta = dict(config.kwargs, num_warps=config.num_warps, num_stages=config.num_stages)
+    constexprs = dict(
+        KH=kh, KW=kw, STRIDE_H=stride[0], STRIDE_W=stride[1], PAD_H=padding[0], PAD_W=padding[1], POOL=POOL,
+        HAS_BIAS=bias is not None, STORE_WINDOW=store_window, FLAT_K=c < FLAT_BELOW, CHANNELS_LAST=x.stride(1) == 1,
+        # tf32 for fp32 exactly when eager conv2d would use it; fp16/bf16 ignore the setting
+        DOT_PRECISION="tf32" if x.dtype != torch.float32 or torch.backends.cudnn.allow_tf32 else "ieee",
+        UPCAST=_INTERPRETED and x.dtype == torch.bfloat16, **meta,
+    )
+    images = _images_per_launch(x, out)
+    for i in range(0, n, images):  # one launch unless the batch is too large for int32 offsets
+        xs, outs = x[i:i + images], out[i:i + images]
+        grid = lambda m: (triton.cdiv(xs.shape[0] * ph * pw, m["BLOCK_M"]) * triton.cdiv(oc, m["BLOCK_N"]),)  # noqa: E731
+        kernel[grid](
+            xs, weight, x if bias is None else bias, outs, outs if win is None else win[i:i + images],
+            xs.shape[0], c, h, w, oc, ph, pw, *x.stride(), *weight.stride(), *out.stride(), **constexprs,
+        )
+    return out, win
+
+
+def conv_relu_pool_forward(x, weight, bias=None, stride=1, padding=0, pool=2, store_window=False, config=None):
+    """The kernel without autograd: checks, then returns (output, int8 window index or None)."""
+    stride, padding = _check(x, weight, bias, stride, padding, pool)
+    return _launch(x, weight, bias, stride, padding, store_window, config)
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. Autograd and the public op
+# ---------------------------------------------------------------------------------------------
+class _ConvReluPoolFunction(torch.autograd.Function):
+    """Forward is the kernel; backward routes each pooled gradient to the window position the
+    kernel picked (where the output is positive), then runs eager convolution_backward."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, stride, padding, store_window):
+        out, win = _launch(x, weight, bias, stride, padding, store_window)
+        if store_window:
+            ctx.save_for_backward(x, weight, out, win)
+        ctx.stride, ctx.padding, ctx.has_bias = stride, padding, bias is not None
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):  # (N, OC, PH, PW)
+        x, weight, out, win = ctx.saved_tensors
+        n, oc, ph, pw = out.shape
+        oh, ow = _conv_size(*x.shape[2:], *weight.shape[2:], ctx.stride, ctx.padding)
+        grad = torch.where(out > 0, grad_out, 0)  # ReLU passes gradient only where the output is positive
+        positions = torch.arange(POOL * POOL, device=win.device, dtype=win.dtype)
+        grad = torch.where(win.unsqueeze(-1) == positions, grad.unsqueeze(-1), 0)  # (N, OC, PH, PW, P*P)
+        grad = grad.view(n, oc, ph, pw, POOL, POOL).permute(0, 1, 2, 4, 3, 5).reshape(n, oc, ph * POOL, pw * POOL)
+        grad = F.pad(grad, (0, ow - pw * POOL, 0, oh - ph * POOL))  # (N, OC, OH, OW): dropped rows get 0
+        if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+            grad = grad.contiguous(memory_format=torch.channels_last)
+        needs = ctx.needs_input_grad
+        grad_x, grad_w, grad_b = torch.ops.aten.convolution_backward(
+            grad, x, weight, [oc] if ctx.has_bias else None, list(ctx.stride), list(ctx.padding), [1, 1],
+            False, [0, 0], 1, [needs[0], needs[1], ctx.has_bias and needs[2]])
+        return grad_x, grad_w, grad_b if ctx.has_bias else None, None, None, None
+
+
+def conv_relu_pool(x, weight, bias=None, stride=1, padding=0, pool=2):
+    """Fused `max_pool2d(relu(conv2d(x, weight, bias, stride, padding)), pool)`, differentiable.
+
+    (N, C, H, W) -> (N, OC, OH // 2, OW // 2) in x's dtype (and layout). Under torch.autocast for
+    x's device type, x, weight and bias are first cast to the autocast dtype, as conv2d would be.
+    """
+    if isinstance(x, torch.Tensor) and torch.is_autocast_enabled(x.device.type):
+        dtype = torch.get_autocast_dtype(x.device.type)
+        cast = lambda t: t.to(dtype) if isinstance(t, torch.Tensor) and t.dtype in SUPPORTED_DTYPES else t  # noqa: E731
+        x, weight, bias = cast(x), cast(weight), cast(bias)
+    stride, padding = _check(x, weight, bias, stride, padding, pool)
+    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
+    return _ConvReluPoolFunction.apply(x, weight, bias, stride, padding, needs_grad)
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. The bytes-moved model (shared by the tests, the bench and the docstring table)
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Traffic:
+    """Compulsory DRAM traffic of one forward pass, per path: {op: (bytes read, bytes written)}."""
+
+    unfused: dict
+    fused: dict
+    flops: int  # 2 x MACs of the conv outputs the pool keeps: the useful work, equal for both paths
+
+    @property
+    def unfused_bytes(self):
+        return sum(r + w for r, w in self.unfused.values())
+
+    @property
+    def fused_bytes(self):
+        return sum(r + w for r, w in self.fused.values())
+
+
+def traffic(x_shape, weight_shape, stride=1, padding=0, element_size=4, has_bias=True, training=False):
+    """Each tensor read or written once at its real size (caches assumed to catch re-reads of x
+    and w inside a kernel). `training` adds the pool's argmax: int64 eagerly, int8 when fused."""
+    n, c, h, w = x_shape
+    oc, _, kh, kw = weight_shape
+    oh, ow = _conv_size(h, w, kh, kw, _pair("stride", stride), _pair("padding", padding))
+    ph, pw = oh // POOL, ow // POOL
+    inputs = (n * c * h * w + oc * c * kh * kw + (oc if has_bias else 0)) * element_size
+    conv, pooled = n * oc * oh * ow * element_size, n * oc * ph * pw * element_size
+    argmax = n * oc * ph * pw if training else 0  # elements
+    return Traffic(
+        unfused={"conv": (inputs, conv), "relu": (conv, conv), "pool": (conv, pooled + 8 * argmax)},
+        fused={"conv_relu_pool": (inputs, pooled + argmax)},
+        flops=2 * n * oc * ph * POOL * pw * POOL * c * kh * kw,
+    )
