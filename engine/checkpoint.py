@@ -1,0 +1,83 @@
+"""Checkpoints: written atomically, opened only with `torch.load(weights_only=True)`.
+
+A checkpoint is a dict of tensors and plain Python values: the config, the dataset spec
+(classes, input shape, mean, std), model, optimizer, schedule and scaler states, the epoch,
+RNG states and the metrics so far. That is enough to resume exactly, to evaluate, and to
+rebuild the model for export without the data or the code that trained it.
+"""
+
+import os
+from pathlib import Path
+
+import torch
+
+from engine.errors import EngineError, UsageError
+
+FORMAT = "engine-checkpoint/1"
+REQUIRED = ("format", "config", "data", "model", "epoch")
+
+
+def save_atomic(obj, path):
+    """torch.save to a temporary file beside `path`, fsync, then os.replace: all or nothing."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(temporary, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    finally:
+        if temporary.exists():
+            temporary.unlink()
+
+
+def rng_states():
+    states = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def restore_rng_states(states):
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def load(path):
+    """A checkpoint dict, or one line saying why `path` is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"no checkpoint at {path}")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise EngineError(f"{path} is not a readable engine checkpoint ({first[:200]})") from None
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT or not all(k in checkpoint for k in REQUIRED):
+        raise EngineError(f"{path} is not an engine checkpoint (format {FORMAT})")
+    return checkpoint
+
+
+def resume_path(run_dir):
+    """last.pt of `run_dir` (a run directory, `runs/latest`, or a checkpoint file itself)."""
+    run_dir = Path(run_dir)
+    if run_dir.is_file():
+        return run_dir
+    last = run_dir / "last.pt"
+    if not last.is_file():
+        where = f"{run_dir} has no last.pt" if run_dir.is_dir() else f"{run_dir} does not exist"
+        raise UsageError(f"--resume: nothing to resume ({where}); train without --resume first, or name a run directory")
+    return last
+
+
+def model_from_checkpoint(checkpoint):
+    """The trained model, rebuilt from the checkpoint alone (eval mode, CPU, fp32, NCHW)."""
+    from engine.models import build_model
+
+    spec = checkpoint["data"]
+    model = build_model(checkpoint["config"]["model"], tuple(spec["shape"]), len(spec["classes"]))
+    model.load_state_dict(checkpoint["model"])
+    return model.eval()

@@ -1,0 +1,128 @@
+"""The one config: every training choice, from the command line to the checkpoint to the exporter.
+
+`Config` is a dataclass whose fields carry their own help text, so the CLI generates its flags
+from it (no default is written twice), `train()` reads it, and checkpoints store it as a plain
+dict that `Config.from_dict` turns back into the same object.
+"""
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from engine.errors import UsageError
+
+BUILTIN_DATASETS = ("synthetic", "cifar10", "mnist", "fashion_mnist")
+
+
+def option(default, help, *, choices=None, group="train", resume=False):
+    """A config field with the metadata its command-line flag is generated from.
+
+    group: "train" (train only), "data" and "runtime" (train and eval).
+    resume: the flag may differ from the saved config when resuming (it changes nothing the
+    weights depend on).
+    """
+    return field(default=default, metadata={"help": help, "choices": choices, "group": group, "resume": resume})
+
+
+@dataclass
+class Config:
+    model: str = option("cifar_cnn", "network, by name: cifar_cnn, cifar_seq or mnist_cnn (see `engine summary`)")
+    data: str = option(
+        "synthetic",
+        "synthetic (built in), cifar10, mnist, fashion_mnist, or the PATH of an image folder "
+        "(train/<class>/*, test/<class>/*) or of a .tar, .tar.gz or .zip archive of one",
+        group="data",
+    )
+    data_dir: str = option("./data", "where cifar10/mnist/fashion_mnist live in torchvision's layout", group="data", resume=True)
+    cache_dir: str | None = option(
+        None, "where decoded image folders are cached (default: $ENGINE_CACHE_DIR or ~/.cache/engine)", group="data", resume=True
+    )
+    limit_train: int | None = option(None, "train on a seeded random subset of N images (default: all)")
+    limit_test: int | None = option(None, "evaluate on a seeded random subset of N images (default: all)", group="data")
+    epochs: int = option(10, "passes over the training set")
+    batch_size: int = option(64, "images per step (64 was fastest per image on the 2-core CPU)", group="runtime")
+    lr: float = option(0.05, "peak learning rate")
+    optimizer: str = option("sgd", "sgd (Nesterov momentum) or adamw", choices=("sgd", "adamw"))
+    momentum: float = option(0.9, "SGD momentum, or AdamW beta1")
+    weight_decay: float = option(5e-4, "L2 penalty (decoupled for adamw)")
+    label_smoothing: float = option(0.1, "cross-entropy label smoothing")
+    schedule: str = option("onecycle", "learning-rate schedule", choices=("onecycle", "cosine", "constant"))
+    amp: bool | None = option(
+        None, "mixed precision: fp16/bf16 autocast (default: on for CUDA and for CPUs with native bf16)", group="runtime"
+    )
+    amp_dtype: str = option("auto", "autocast dtype: auto is bf16 where supported, else fp16 on CUDA", choices=("auto", "fp16", "bf16"), group="runtime")
+    compile: bool = option(False, "torch.compile the model in place (warm-up reported apart)", group="runtime")
+    compile_mode: str = option(
+        "default",
+        "torch.compile mode",
+        choices=("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
+        group="runtime",
+    )
+    channels_last: bool = option(True, "channels_last memory format (about 2x faster on CPU)", group="runtime")
+    triton: bool = option(False, "run conv->ReLU->pool blocks through the fused Triton kernel (interpreter on CPU)", group="runtime")
+    device: str = option("auto", "auto picks cuda when available", choices=("auto", "cpu", "cuda"), group="runtime", resume=True)
+    seed: int = option(0, "seed for data, initialisation and augmentation")
+    out: str | None = option(None, "run directory (default: runs/<model>-<data>-<timestamp>; runs/latest links the newest)")
+    tensorboard: bool = option(False, "also write TensorBoard events to the run directory", resume=True)
+    quiet: bool = option(False, "print only the per-epoch lines and errors", group="runtime", resume=True)
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self):
+        """Raise UsageError, naming the flag, for values no run could use."""
+        positive = ("epochs", "batch_size", "limit_train", "limit_test")
+        for name in positive:
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise UsageError(f"{flag(name)} must be a whole number of at least 1, not {value!r}")
+        if not self.lr > 0:
+            raise UsageError(f"--lr must be greater than 0, not {self.lr!r}")
+        if not 0 <= self.momentum < 1:
+            raise UsageError(f"--momentum must be in [0, 1), not {self.momentum!r}")
+        if not self.weight_decay >= 0:
+            raise UsageError(f"--weight-decay must be 0 or more, not {self.weight_decay!r}")
+        if not 0 <= self.label_smoothing < 1:
+            raise UsageError(f"--label-smoothing must be in [0, 1), not {self.label_smoothing!r}")
+        for f in dataclasses.fields(self):
+            choices = f.metadata.get("choices")
+            if choices and getattr(self, f.name) not in choices:
+                raise UsageError(f"{flag(f.name)} must be one of {', '.join(choices)}, not {getattr(self, f.name)!r}")
+        from engine.models import MODELS  # torch is needed by then anyway
+
+        if self.model not in MODELS:
+            raise UsageError(f"unknown model {self.model!r}; choose one of: {', '.join(MODELS)}")
+        if self.data not in BUILTIN_DATASETS and not looks_like_path(self.data):
+            raise UsageError(
+                f"unknown dataset {self.data!r}; use one of {', '.join(BUILTIN_DATASETS)} or the path of an image folder or archive"
+            )
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values):
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(values) - names
+        if unknown:
+            raise UsageError(f"config has unknown fields: {', '.join(sorted(unknown))}")
+        return cls(**values)
+
+    def resolved_cache_dir(self) -> Path:
+        if self.cache_dir:
+            return Path(self.cache_dir).expanduser()
+        return Path(os.environ.get("ENGINE_CACHE_DIR") or Path.home() / ".cache" / "engine")
+
+
+def flag(name):
+    return "--" + name.replace("_", "-")
+
+
+def looks_like_path(data):
+    """A --data value meant as a path: it has a separator, a dot or exists on disk."""
+    return os.sep in data or "/" in data or "." in data or os.path.exists(data)
+
+
+def fields_in(*groups):
+    return [f for f in dataclasses.fields(Config) if f.metadata["group"] in groups]

@@ -1,0 +1,17 @@
+"""The two kinds of failure the command line reports as one line, with its exit code.
+
+Library code raises these; `engine.cli` prints `engine: <message>` on stderr and exits with
+`exit_code`, without a traceback. Anything else is a bug and keeps its traceback.
+"""
+
+
+class EngineError(Exception):
+    """A problem with the environment or the inputs on disk (exit 1)."""
+
+    exit_code = 1
+
+
+class UsageError(EngineError):
+    """A bad argument: a name, a number or a combination of flags (exit 2)."""
+
+    exit_code = 2

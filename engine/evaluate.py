@@ -1,0 +1,57 @@
+"""evaluate(): test loss and accuracy of a model on a loader; evaluate_checkpoint() for `engine eval`.
+
+Test loss is the mean cross-entropy per test image (the tutorial divided its sum by the number
+of classes, a bug). Eval batches have one fixed shape, so a compiled model compiles once.
+"""
+
+import torch
+import torch.nn.functional as F
+
+from engine.checkpoint import load, model_from_checkpoint
+from engine.config import Config
+from engine.data import load_dataset
+from engine.errors import EngineError
+from engine.loader import BatchLoader
+from engine.runtime import Runtime
+
+
+def evaluate(model, loader: BatchLoader, runtime: Runtime):
+    """(mean loss per image, accuracy) over every image of `loader`."""
+    model.eval()
+    loss_sum = torch.zeros((), device=runtime.device, dtype=torch.float64)
+    correct = torch.zeros((), device=runtime.device, dtype=torch.int64)
+    seen = 0
+    with torch.no_grad(), runtime.autocast():
+        for x, y, count in loader.epoch(0):
+            logits = model(x)[:count].float()  # (count, classes): padded rows dropped
+            loss_sum += F.cross_entropy(logits, y[:count], reduction="sum").double()
+            correct += (logits.argmax(1) == y[:count]).sum()
+            seen += count
+    return loss_sum.item() / seen, correct.item() / seen
+
+
+def _describe(shape, classes):
+    names = ", ".join(classes[:4]) + (", ..." if len(classes) > 4 else "")
+    return f"{'x'.join(map(str, shape))} images of {len(classes)} classes ({names})"
+
+
+def evaluate_checkpoint(path, overrides, log=print):
+    """Test loss and accuracy of the checkpoint at `path` on its own dataset or on `overrides`' data.
+
+    overrides: config values given on the command line (data, data_dir, limit_test, device, ...).
+    """
+    checkpoint = load(path)
+    values = dict(checkpoint["config"], **overrides)
+    values["limit_train"] = 1  # eval reads the test split only; the train split is never used
+    cfg = Config.from_dict(values)
+    runtime = Runtime.from_config(cfg)
+    data = load_dataset(cfg, (lambda *_: None) if cfg.quiet else log)
+    spec = checkpoint["data"]
+    if list(data.shape) != list(spec["shape"]) or list(data.classes) != list(spec["classes"]):
+        raise EngineError(f"{path} was trained on {_describe(spec['shape'], spec['classes'])}, "
+                          f"but --data {cfg.data} has {_describe(data.shape, data.classes)}")
+    model = runtime.prepare(model_from_checkpoint(checkpoint))
+    loader = BatchLoader(data.test_x, data.test_y, cfg.batch_size, spec["mean"], spec["std"], device=runtime.device,
+                         train=False, channels_last=cfg.channels_last)
+    loss, acc = evaluate(model, loader, runtime)
+    return {"test_loss": loss, "test_acc": acc, "images": len(data.test_x), "data": cfg.data, "epoch": checkpoint["epoch"]}

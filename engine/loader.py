@@ -1,0 +1,92 @@
+"""The batch loader: one uint8 tensor per split on the device, batches cut from it with tensor ops.
+
+Each epoch shuffles with a generator seeded by (seed, epoch), so an epoch's batches depend on
+nothing but those two numbers: a resumed run sees exactly the batches an uninterrupted one
+would. Random crops (zero padding) and horizontal flips run on whole batches; normalisation
+uses the dataset's mean and std. There is no per-sample Python work and no worker process.
+"""
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def epoch_generator(seed, epoch):
+    """A CPU generator for (seed, epoch): independent streams without arithmetic collisions."""
+    state = np.random.SeedSequence([seed, epoch]).generate_state(1, np.uint64)[0]
+    return torch.Generator().manual_seed(int(state) & (2**63 - 1))
+
+
+def random_crop(x, shifts, padding):
+    """Crop each image of (B, C, H, W) at its own offset into a zero border of `padding` pixels.
+
+    shifts: (B, 2) ints in [0, 2 * padding], the (row, column) of each crop's top-left corner.
+    """
+    B, C, H, W = x.shape
+    padded = F.pad(x, (padding, padding, padding, padding))  # (B, C, H + 2p, W + 2p)
+    rows = shifts[:, 0, None] + torch.arange(H, device=x.device)  # (B, H)
+    cols = shifts[:, 1, None] + torch.arange(W, device=x.device)  # (B, W)
+    batch = torch.arange(B, device=x.device)[:, None, None, None]
+    channel = torch.arange(C, device=x.device)[None, :, None, None]
+    return padded[batch, channel, rows[:, None, :, None], cols[:, None, None, :]]  # (B, C, H, W)
+
+
+def random_flip(x, flips):
+    """Mirror the images of (B, C, H, W) where `flips` (B,) is True."""
+    return torch.where(flips[:, None, None, None], x.flip(3), x)
+
+
+class BatchLoader:
+    """Batches of (images, labels, count) from uint8 tensors that live on `device`.
+
+    Training batches are shuffled, augmented and all full (the last partial batch is dropped,
+    so a compiled model sees one shape). Evaluation batches keep order and are padded to the
+    full batch size (again one shape); `count` says how many rows are real.
+    """
+
+    def __init__(self, x, y, batch_size, mean, std, *, device, train, flip=True, crop_padding=4,
+                 seed=0, channels_last=True):
+        self.x = x.to(device)  # (N, C, H, W) uint8
+        self.y = y.to(device)  # (N,) int64
+        self.batch_size = batch_size
+        self.device = torch.device(device)
+        self.train, self.flip, self.padding, self.seed = train, flip, crop_padding, seed
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        # x / 255 normalised by (mean, std) is one multiply-add: x * scale + shift.
+        mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        std = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        self.scale, self.shift = 1 / (255 * std), -mean / std
+
+    def __len__(self):
+        n = len(self.x)
+        return n // self.batch_size if self.train else -(-n // self.batch_size)
+
+    def normalise(self, x):
+        """uint8 (B, C, H, W) -> float32 in the model's memory format."""
+        x = x.contiguous(memory_format=self.memory_format).float()
+        return torch.addcmul(self.shift, x, self.scale)
+
+    def epoch(self, epoch, skip=0):
+        """The batches of `epoch`, starting after the first `skip` of them."""
+        n, B = len(self.x), self.batch_size
+        if not self.train:
+            for start in range(skip * B, n, B):
+                x, y = self.x[start:start + B], self.y[start:start + B]
+                count = len(x)
+                if count < B:  # pad to the one batch shape; padded rows are ignored by count
+                    x = torch.cat([x, x.new_zeros((B - count, *x.shape[1:]))])
+                    y = torch.cat([y, y.new_zeros(B - count)])
+                yield self.normalise(x), y, count
+            return
+        generator = epoch_generator(self.seed, epoch)
+        order = torch.randperm(n, generator=generator).to(self.device)
+        shifts = torch.randint(0, 2 * self.padding + 1, (n, 2), generator=generator).to(self.device)
+        flips = (torch.rand(n, generator=generator) < 0.5).to(self.device)
+        for step in range(skip, n // B):
+            index = order[step * B:(step + 1) * B]
+            x = self.x[index]
+            if self.padding:
+                x = random_crop(x, shifts[index], self.padding)
+            if self.flip:
+                x = random_flip(x, flips[index])
+            yield self.normalise(x), self.y[index], B

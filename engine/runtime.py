@@ -1,0 +1,148 @@
+"""The one home of device, autocast, grad scaler, compile, memory format, Triton and sync.
+
+`Runtime.from_config(cfg)` resolves `--device`, `--amp`, `--amp-dtype` against the real
+hardware once; training and evaluation then ask it for an autocast context, a scaler and a
+prepared model. Backend flags are set by `setup_backends()` when work starts, never at import.
+"""
+
+import contextlib
+import logging
+import os
+import sys
+from dataclasses import dataclass
+
+import torch
+
+from engine.config import Config
+from engine.errors import UsageError
+
+
+def cpu_has_native_bf16():
+    """True where the CPU computes bf16 in hardware (AVX512-BF16 or AMX), so bf16 autocast pays."""
+    checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+def warn(message):
+    print(f"engine: warning: {message}", file=sys.stderr)
+
+
+@dataclass
+class Runtime:
+    device: torch.device
+    amp_dtype: torch.dtype | None  # None: full fp32
+    use_scaler: bool  # fp16 on CUDA needs loss scaling; bf16 does not
+    channels_last: bool
+    compile: bool
+    compile_mode: str
+    triton: bool
+
+    @classmethod
+    def from_config(cls, cfg: Config, warn=warn):
+        device = resolve_device(cfg.device)
+        amp_dtype = resolve_amp(cfg, device, warn)
+        if cfg.triton and cfg.compile:
+            raise UsageError("--triton runs its kernel eagerly and cannot be combined with --compile; drop one")
+        return cls(device, amp_dtype, amp_dtype == torch.float16 and device.type == "cuda",
+                   cfg.channels_last, cfg.compile, cfg.compile_mode, cfg.triton)
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def grad_scaler(self):
+        return torch.amp.GradScaler(self.device.type, enabled=self.use_scaler)
+
+    def sync(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def describe(self):
+        amp = {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast + GradScaler"}[self.amp_dtype]
+        parts = [str(self.device), amp, "channels_last" if self.channels_last else "NCHW"]
+        if self.compile:
+            parts.append(f"torch.compile ({self.compile_mode})")
+        if self.triton:
+            parts.append("Triton conv+ReLU+pool" + (" (interpreter)" if self.device.type == "cpu" else ""))
+        return ", ".join(parts)
+
+    def prepare(self, model):
+        """Move `model` to the device and format, swap in the Triton op, compile in place."""
+        model.to(self.device)
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)
+        if self.triton:
+            use_triton(model, self.device)
+        if self.compile:
+            # Compiling in place keeps state-dict keys free of the `_orig_mod.` prefix.
+            logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # "No CUDA runtime" on CPU
+            model.compile(mode=self.compile_mode)
+        return model
+
+
+def resolve_device(name):
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA GPU is available; use --device cpu or auto")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def resolve_amp(cfg: Config, device, warn=warn):
+    """The autocast dtype for --amp/--amp-dtype on this device, or None for fp32."""
+    if device.type == "cuda":
+        bf16_ok = torch.cuda.is_bf16_supported()
+        if cfg.amp is False:
+            return None
+        if cfg.amp_dtype == "bf16" and not bf16_ok:
+            raise UsageError("--amp-dtype bf16: this GPU has no bf16; use --amp-dtype fp16 or auto")
+        if cfg.amp_dtype == "fp16" or (cfg.amp_dtype == "auto" and not bf16_ok):
+            return torch.float16
+        return torch.bfloat16
+    # CPU autocast is bf16. Without bf16 hardware it is emulated and several times slower, so it is
+    # off by default there, and an explicit --amp is honoured with a warning.
+    native = cpu_has_native_bf16()
+    if cfg.amp is False or (cfg.amp is None and not native):
+        return None
+    if cfg.amp_dtype == "fp16":
+        raise UsageError("--amp-dtype fp16 is for CUDA; on CPU --amp uses bf16 (--amp-dtype auto or bf16)")
+    if not native:
+        warn("this CPU has no native bf16 (no AVX512-BF16 or AMX): --amp will run several times slower than fp32")
+    return torch.bfloat16
+
+
+_warned = []  # the interpreter warning is given once per process
+
+
+def use_triton(model, device):
+    """Route every ConvReluPool block through the fused Triton kernel."""
+    if device.type == "cpu":
+        if os.environ.get("TRITON_INTERPRET") != "1":
+            if "triton" in sys.modules:
+                raise UsageError("--triton on CPU needs Triton's interpreter, but triton was imported before it could be enabled")
+            os.environ["TRITON_INTERPRET"] = "1"  # must be set before triton is first imported
+        if not _warned:
+            warn("--triton on CPU runs the kernel in Triton's interpreter: for correctness checks, and very slow")
+            _warned.append(True)
+    try:
+        from kernels.conv_relu_pool import conv_relu_pool
+    except ImportError as error:
+        if getattr(error, "name", None) == "triton" or "triton" in str(error):
+            raise UsageError("--triton needs the triton package: pip install 'engine-cnn[triton]'") from None
+        raise
+    from engine.models import ConvReluPool
+
+    for block in model.modules():
+        if isinstance(block, ConvReluPool):
+            block.op = conv_relu_pool
+    return model
+
+
+def setup_backends(device, seed):
+    """Process-wide settings for a run, applied when it starts (never at import)."""
+    torch.manual_seed(seed)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
