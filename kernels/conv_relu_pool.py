@@ -14,14 +14,17 @@ reaches DRAM: that removes four full-resolution passes (conv write, relu read + 
 and the pooled output is a quarter of one of them. Compulsory DRAM traffic for cifar_cnn at
 batch 256 (`traffic()` below computes it; tests/test_conv_relu_pool.py re-derives and prints it):
 
-    stage (fp32)                  unfused eager      fused   ratio
-    conv1 3->64,  32x32 -> 15x15      253.8 MB     17.9 MB   14.2x
-    conv2 64->64, 15x15 -> 6x6        104.6 MB     17.2 MB    6.1x
-    conv3 64->128, 6x6 -> 2x2          27.6 MB      2.8 MB    9.9x
-    all three (fp16/bf16: halve)      386.0 MB     37.9 MB   10.2x
+    stage (fp32)                        unfused eager      fused   ratio
+    conv1 3->64,   32x32 -> 15x15           253.8 MB     17.9 MB   14.2x
+    conv2 64->64,  15x15 -> 6x6              61.6 MB     17.3 MB    3.6x
+    conv3 64->128,  6x6 -> 2x2               11.6 MB      3.2 MB    3.6x
+    all three (fp16/bf16: half of each)     327.0 MB     38.3 MB    8.5x
 
-The layers are small (K = C*KH*KW is 27 or 576), so they are memory-bound on A100/H100 and the
-bytes are the time. The kernel also skips the conv rows/columns that a floor-mode pool drops.
+Where the time goes: conv1 (K = C*KH*KW = 27) does about 45 flop per fused fp32 byte, so it is
+bound by memory traffic and fusion is the whole win; conv2 and conv3 (K = 576) do 160-190 flop
+per fp32 byte (twice that in fp16), near the A100/H100 ridge point, so fusion removes the eager
+path's extra traffic but the kernel's own limit there is its gather and MMA issue rate. The kernel
+also never computes the conv rows/columns that a floor-mode pool drops.
 
 How: an implicit GEMM with `tl.dot`. Rows are pooled outputs (N*PH*PW), columns are output
 channels, and the reduction runs over C*KH*KW, gathering x on the fly (nothing is unfolded in
