@@ -46,7 +46,8 @@ class _ArrayUnpickler(pickle.Unpickler):
     """Unpickles the CIFAR batches' dicts of lists, bytes and numpy arrays, and nothing else."""
 
     ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-               ("numpy", "ndarray"), ("numpy", "dtype")}
+               ("numpy", "ndarray"), ("numpy", "dtype"),
+               ("_codecs", "encode")}  # how protocol-2 pickles written by Python 3 store bytes
 
     def find_class(self, module, name):
         if (module, name) not in self.ALLOWED:

@@ -81,6 +81,13 @@ class Runtime:
         return model
 
 
+def compiled_graphs():
+    """How many graphs torch.compile has built in this process (grows on every recompile)."""
+    from torch._dynamo.utils import counters
+
+    return counters["stats"]["unique_graphs"]
+
+
 def resolve_device(name):
     if name == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda: no CUDA GPU is available; use --device cpu or auto")
@@ -118,10 +125,13 @@ _warned = []  # the interpreter warning is given once per process
 def use_triton(model, device):
     """Route every ConvReluPool block through the fused Triton kernel."""
     if device.type == "cpu":
+        # Triton reads TRITON_INTERPRET when a kernel is decorated, so it must be set before the
+        # kernel module is first imported (torch may import the triton package itself earlier).
         if os.environ.get("TRITON_INTERPRET") != "1":
-            if "triton" in sys.modules:
-                raise UsageError("--triton on CPU needs Triton's interpreter, but triton was imported before it could be enabled")
-            os.environ["TRITON_INTERPRET"] = "1"  # must be set before triton is first imported
+            if "kernels.conv_relu_pool" in sys.modules:
+                raise UsageError("--triton on CPU needs Triton's interpreter, but the kernel was loaded without it; "
+                                 "set TRITON_INTERPRET=1")
+            os.environ["TRITON_INTERPRET"] = "1"
         if not _warned:
             warn("--triton on CPU runs the kernel in Triton's interpreter: for correctness checks, and very slow")
             _warned.append(True)

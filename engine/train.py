@@ -22,7 +22,7 @@ from engine.loader import BatchLoader
 from engine.models import build_model, count_parameters
 from engine.optim import build_optimizer, lr_at, set_lr
 from engine.report import RunDir, TensorBoard, default_run_dir, format_epoch, progress
-from engine.runtime import Runtime, setup_backends
+from engine.runtime import Runtime, compiled_graphs, setup_backends, warn
 
 WARMUP_STEPS = 3  # steps of a process's first epoch timed as warm-up, not steady state
 
@@ -125,6 +125,10 @@ def train(cfg: Config, resume=None, log=print):
             "eval_s": round(eval_s, 2),
             "lr": lr_at(cfg, (epoch + 1) * steps - 1, total_steps),
         }
+        if runtime.compile:
+            m["compiled_graphs"] = compiled_graphs()
+            if not warming and m["compiled_graphs"] > metrics[-1].get("compiled_graphs", 0):
+                warn(f"torch.compile built new graphs during epoch {epoch + 1}: shapes or modes changed")
         metrics.append(m)
         best_now = test_acc > best
         best = max(best, test_acc)
@@ -132,7 +136,7 @@ def train(cfg: Config, resume=None, log=print):
             "format": FORMAT, "config": cfg.to_dict(), "data": spec, "model": model.state_dict(),
             "optimizer": optimizer.state_dict(), "scheduler": {"step": (epoch + 1) * steps, "total_steps": total_steps},
             "scaler": scaler.state_dict(), "epoch": epoch + 1, "rng": rng_states(), "metrics": metrics,
-            "versions": {"engine": __version__, "torch": torch.__version__},
+            "versions": {"engine": __version__, "torch": str(torch.__version__)},
         }
         save_atomic(state, run.path / "last.pt")
         if best_now:

@@ -1,0 +1,55 @@
+"""engine.config: one dataclass, validated, round-tripped, and the source of every CLI flag."""
+
+import dataclasses
+
+import pytest
+
+from engine.cli import build_parser
+from engine.config import Config, flag
+from engine.errors import UsageError
+
+
+def test_round_trip_through_a_plain_dict():
+    cfg = Config(model="mnist_cnn", epochs=3, lr=0.1, amp=False, limit_train=100)
+    values = cfg.to_dict()
+    assert all(isinstance(v, (str, int, float, bool, type(None))) for v in values.values())
+    assert Config.from_dict(values) == cfg
+
+
+def test_unknown_fields_are_refused():
+    with pytest.raises(UsageError, match="unknown fields: colour"):
+        Config.from_dict({"colour": "red"})
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"epochs": 0}, "--epochs must be a whole number of at least 1, not 0"),
+    ({"batch_size": -8}, "--batch-size must be"),
+    ({"limit_train": 0}, "--limit-train must be"),
+    ({"limit_test": -1}, "--limit-test must be"),
+    ({"lr": 0.0}, "--lr must be greater than 0"),
+    ({"lr": -0.1}, "--lr must be greater than 0"),
+    ({"momentum": 1.0}, "--momentum must be in"),
+    ({"weight_decay": -1e-4}, "--weight-decay must be 0 or more"),
+    ({"label_smoothing": 1.0}, "--label-smoothing must be in"),
+    ({"optimizer": "lion"}, "--optimizer must be one of sgd, adamw"),
+    ({"model": "vgg"}, "unknown model 'vgg'"),
+    ({"data": "imagenet"}, "unknown dataset 'imagenet'"),
+])
+def test_bad_values_name_their_flag(values, message):
+    with pytest.raises(UsageError, match=message):
+        Config(**values)
+
+
+def test_paths_are_accepted_as_data():
+    assert Config(data="./my_images").data == "./my_images"
+    assert Config(data="cifar10-jpeg.tar.gz").data == "cifar10-jpeg.tar.gz"
+
+
+def test_every_field_has_a_documented_train_flag():
+    parser = build_parser()
+    train = parser._subparsers._group_actions[0].choices["train"]
+    documented = {option: action.help for action in train._actions for option in action.option_strings}
+    for f in dataclasses.fields(Config):
+        assert flag(f.name) in documented, f.name
+        assert len(documented[flag(f.name)]) > 10
+    assert "--resume" in documented

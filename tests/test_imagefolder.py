@@ -1,0 +1,146 @@
+"""engine.imagefolder: folders and .tar/.tar.gz/.zip archives of real PNG and JPEG files, and the cache."""
+
+import io
+import tarfile
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from engine.errors import EngineError
+from engine.imagefolder import read, source_key
+
+CLASSES = ["cat", "dog", "frog"]
+
+
+def png(value, size=(6, 5), mode="RGB"):
+    """A PNG whose every pixel is `value` (lossless, so the decoded values can be checked)."""
+    buffer = io.BytesIO()
+    shape = (size[1], size[0], 3) if mode == "RGB" else (size[1], size[0])
+    Image.fromarray(np.full(shape, value, dtype=np.uint8), mode).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def tree(counts=(("train", 3), ("test", 2)), **kwargs):
+    """{relative path: bytes}: image k of class c in a split is filled with 40 * c + k + (split offset)."""
+    files = {}
+    for split, n in counts:
+        for c, name in enumerate(CLASSES):
+            for k in range(n):
+                files[f"{split}/{name}/{k:04d}.png"] = png(40 * c + k + (100 if split == "test" else 0), **kwargs)
+    return files
+
+
+def write(files, path, kind):
+    if kind == "folder":
+        for name, data in files.items():
+            (path / name).parent.mkdir(parents=True, exist_ok=True)
+            (path / name).write_bytes(data)
+    elif kind == "zip":
+        with zipfile.ZipFile(path, "w") as archive:
+            for name, data in files.items():
+                archive.writestr(name, data)
+    else:
+        with tarfile.open(path, "w:gz" if kind == "tar.gz" else "w") as archive:
+            for name, data in files.items():
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                archive.addfile(info, io.BytesIO(data))
+    return path
+
+
+def source(tmp_path, files, kind="folder"):
+    target = tmp_path / ("images" if kind == "folder" else f"images.{kind}")
+    if kind == "folder":
+        target.mkdir()
+    return write(files, target, kind)
+
+
+@pytest.mark.parametrize("kind", ["folder", "tar", "tar.gz", "zip"])
+def test_reads_every_layout_with_labels_matching_folders(tmp_path, kind):
+    path = source(tmp_path, tree(), kind)
+    data = read(path, tmp_path / "cache", log=lambda *_: None)
+    assert data.classes == CLASSES and data.name == "images"
+    assert data.train_x.shape == (9, 3, 5, 6) and data.test_x.shape == (6, 3, 5, 6)
+    assert data.train_x.dtype == torch.uint8
+    for x, y, offset in ((data.train_x, data.train_y, 0), (data.test_x, data.test_y, 100)):
+        values = x[:, 0, 0, 0].long()
+        assert torch.equal(y, (values - offset) // 40)  # each image sits under its own class
+        assert (x == x[:, :1, :1, :1]).all()  # solid images decode exactly
+
+
+def test_one_wrapping_folder_and_stray_files_are_allowed(tmp_path):
+    files = {f"cifar/{k}": v for k, v in tree().items()}
+    files["cifar/README.txt"] = b"not an image"
+    files["cifar/train/cat/.DS_Store"] = b"junk"
+    files["__MACOSX/cifar/train/cat/._0000.png"] = b"junk"
+    data = read(source(tmp_path, files, "zip"), tmp_path / "cache", log=lambda *_: None)
+    assert len(data.train_x) == 9
+
+
+def test_grayscale_images_give_one_channel_and_no_flip(tmp_path):
+    data = read(source(tmp_path, tree(mode="L")), tmp_path / "cache", log=lambda *_: None)
+    assert data.train_x.shape[1] == 1 and not data.flip
+
+
+def test_jpeg_is_decoded(tmp_path):
+    files = tree()
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((5, 6, 3), 128, dtype=np.uint8)).save(buffer, format="JPEG", quality=95)
+    files["train/cat/extra.jpg"] = buffer.getvalue()
+    data = read(source(tmp_path, files), tmp_path / "cache", log=lambda *_: None)
+    assert len(data.train_x) == 10
+    assert ((data.train_x.float() - 128).abs() < 3).flatten(1).all(1).any()
+
+
+def test_second_read_comes_from_the_cache_and_a_change_invalidates_it(tmp_path):
+    path = source(tmp_path, tree(), "tar.gz")
+    messages = []
+    first = read(path, tmp_path / "cache", log=messages.append)
+    assert any("Decoding" in m for m in messages)
+    assert len(list((tmp_path / "cache").glob("images-*.pt"))) == 1
+    messages.clear()
+    second = read(path, tmp_path / "cache", log=messages.append)
+    assert not any("Decoding" in m for m in messages) and any("decoded earlier" in m for m in messages)
+    assert torch.equal(first.train_x, second.train_x) and torch.equal(first.test_y, second.test_y)
+    key = source_key(path)
+    write(tree(counts=(("train", 4), ("test", 2))), path, "tar.gz")
+    assert source_key(path) != key
+    third = read(path, tmp_path / "cache", log=messages.append)
+    assert len(third.train_x) == 12
+
+
+def test_corrupt_image_is_named(tmp_path):
+    files = tree()
+    files["train/dog/0001.png"] = files["train/dog/0001.png"][:30]
+    for kind in ("folder", "tar.gz"):
+        target = tmp_path / kind
+        target.mkdir()
+        path = source(target, files, kind)
+        with pytest.raises(EngineError, match="cannot decode image .*train/dog/0001.png"):
+            read(path, tmp_path / "cache", log=lambda *_: None)
+    assert not list((tmp_path / "cache").glob("*.pt"))  # nothing half-decoded was cached
+
+
+@pytest.mark.parametrize("files, message", [
+    ({}, "no images under train/"),
+    ({"train/cat/a.png": png(1), "train/dog/b.png": png(2)}, "no images under test/"),
+    ({"images/cat/a.png": png(1)}, "no images under train/"),
+    ({"train/cat/a.png": png(1), "test/cat/b.png": png(2)}, "1 class under train/"),
+    ({"train/cat/a.png": png(1), "train/dog/b.png": png(2), "test/emu/c.png": png(3)}, "test/ has classes that train/ lacks: emu"),
+    ({"train/cat/a.png": png(1), "train/dog/b.png": png(2, size=(7, 7)), "test/cat/c.png": png(3)}, "all images .* share one size"),
+])
+def test_malformed_folders_say_what_is_wrong(tmp_path, files, message):
+    path = source(tmp_path, files)
+    with pytest.raises(EngineError, match=message):
+        read(path, tmp_path / "cache", log=lambda *_: None)
+
+
+def test_missing_or_unsupported_source(tmp_path):
+    with pytest.raises(EngineError, match="no such file or directory"):
+        read(tmp_path / "absent", tmp_path / "cache")
+    (tmp_path / "notes.txt").write_text("hi")
+    with pytest.raises(EngineError, match="not a directory or a .tar"):
+        read(tmp_path / "notes.txt", tmp_path / "cache")

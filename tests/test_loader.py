@@ -1,0 +1,117 @@
+"""engine.loader: batches keep labels with their images; crops, flips, shuffles and padding are right."""
+
+import torch
+import torch.nn.functional as F
+
+from engine.loader import BatchLoader, epoch_generator, random_crop, random_flip
+
+
+def labelled_images(n=50, size=12, channels=3):
+    """Image i is filled with value 10 + i % 200 and has label i, so every batch can be checked."""
+    x = (10 + torch.arange(n) % 200).to(torch.uint8).view(n, 1, 1, 1).expand(n, channels, size, size).contiguous()
+    return x, torch.arange(n)
+
+
+def unnormalised(loader, x):
+    """Invert the loader's normalisation (back to 0..255 values)."""
+    return ((x - loader.shift) / loader.scale).round()
+
+
+def test_train_batches_keep_labels_with_their_images_and_cover_the_epoch_once():
+    x, y = labelled_images()
+    loader = BatchLoader(x, y, 8, [0.5] * 3, [0.25] * 3, device="cpu", train=True, seed=3)
+    assert len(loader) == 6  # 50 // 8: the partial batch is dropped
+    seen = []
+    for images, labels, count in loader.epoch(0):
+        assert images.shape == (8, 3, 12, 12) and images.dtype == torch.float32 and count == 8
+        assert images.is_contiguous(memory_format=torch.channels_last)
+        raw = unnormalised(loader, images)
+        centre = raw[:, 0, 6, 6]  # a crop shifts by at most 4 px, so the centre is always the image
+        assert torch.equal(centre, (10 + labels % 200).float())
+        seen += labels.tolist()
+    assert len(seen) == len(set(seen)) == 48
+
+
+def test_shuffle_is_seeded_by_seed_and_epoch():
+    x, y = labelled_images()
+    order = lambda seed, epoch: [b[1].tolist() for b in BatchLoader(x, y, 10, [0] * 3, [1] * 3, device="cpu",  # noqa: E731
+                                                                    train=True, seed=seed).epoch(epoch)]
+    assert order(0, 1) == order(0, 1)
+    assert order(0, 1) != order(0, 2)
+    assert order(0, 1) != order(1, 1)
+    assert torch.equal(torch.randperm(9, generator=epoch_generator(5, 2)), torch.randperm(9, generator=epoch_generator(5, 2)))
+
+
+def test_skip_resumes_mid_epoch_with_the_same_batches():
+    x, y = labelled_images()
+    loader = BatchLoader(x, y, 8, [0] * 3, [1] * 3, device="cpu", train=True, seed=1)
+    full = list(loader.epoch(4))
+    rest = list(loader.epoch(4, skip=2))
+    assert len(rest) == len(full) - 2
+    for (a, la, _), (b, lb, _) in zip(full[2:], rest):
+        assert torch.equal(a, b) and torch.equal(la, lb)
+
+
+def test_crop_is_a_window_of_the_zero_padded_image():
+    torch.manual_seed(0)
+    x = torch.randint(1, 256, (6, 2, 7, 9), dtype=torch.uint8)  # no zeros: padding is recognisable
+    shifts = torch.tensor([[0, 0], [8, 8], [4, 4], [0, 8], [3, 5], [8, 1]])
+    out = random_crop(x, shifts, 4)
+    padded = F.pad(x, (4, 4, 4, 4))
+    for i, (dy, dx) in enumerate(shifts.tolist()):
+        assert torch.equal(out[i], padded[i, :, dy:dy + 7, dx:dx + 9])
+    assert torch.equal(out[2], x[2])  # shift (4, 4) is the identity
+    assert (out[0, :, :4, :] == 0).all() and (out[0, :, 4:, 4:] == x[0, :, :3, :5]).all()
+
+
+def test_random_shifts_stay_inside_the_padding():
+    x, y = labelled_images(n=64, size=8, channels=1)
+    loader = BatchLoader(x, y, 64, [0], [1], device="cpu", train=True, flip=False, seed=0)
+    images, labels, _ = next(loader.epoch(0))
+    raw = unnormalised(loader, images)[:, 0]  # (64, 8, 8)
+    for image, label in zip(raw, labels):
+        filled = (image != 0).nonzero()
+        rows, cols = filled[:, 0], filled[:, 1]
+        # At most 4 rows and columns of padding show, and the rest is one solid block of the image.
+        assert 4 <= rows.max() - rows.min() + 1 <= 8 and 4 <= cols.max() - cols.min() + 1 <= 8
+        assert len(filled) == (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)
+        assert (image[image != 0] == 10 + label).all()
+
+
+def test_flip_really_flips_and_only_where_asked():
+    x = torch.arange(2 * 3 * 4 * 5, dtype=torch.uint8).view(2, 3, 4, 5)
+    out = random_flip(x, torch.tensor([True, False]))
+    assert torch.equal(out[0, :, :, 0], x[0, :, :, 4]) and torch.equal(out[0], x[0].flip(-1))
+    assert torch.equal(out[1], x[1])
+
+
+def test_flips_happen_about_half_the_time_and_never_when_off():
+    x = torch.zeros(400, 1, 4, 4, dtype=torch.uint8)
+    x[:, :, :, 0] = 200  # a bright left column
+    y = torch.zeros(400, dtype=torch.int64)
+    for flip, low, high in ((True, 150, 250), (False, 0, 0)):
+        loader = BatchLoader(x, y, 400, [0], [1], device="cpu", train=True, flip=flip, crop_padding=0, seed=0)
+        images = unnormalised(loader, next(loader.epoch(0))[0])
+        flipped = int((images[:, 0, 0, 3] == 200).sum())
+        assert low <= flipped <= high
+
+
+def test_eval_batches_are_ordered_padded_and_counted():
+    x, y = labelled_images(n=21)
+    loader = BatchLoader(x, y, 8, [0.2] * 3, [0.3] * 3, device="cpu", train=False)
+    batches = list(loader.epoch(0))
+    assert len(loader) == len(batches) == 3
+    assert [c for _, _, c in batches] == [8, 8, 5]
+    assert all(b.shape == (8, 3, 12, 12) for b, _, _ in batches)
+    labels = torch.cat([lab[:c] for _, lab, c in batches])
+    assert torch.equal(labels, y)
+    first = unnormalised(loader, batches[0][0])
+    assert torch.equal(first[:, 1, 0, 0], x[:8, 1, 0, 0].float())  # no crop, no flip in eval
+
+
+def test_normalisation_uses_the_given_mean_and_std():
+    x = torch.full((4, 2, 3, 3), 51, dtype=torch.uint8)  # 51 / 255 = 0.2
+    loader = BatchLoader(x, torch.zeros(4, dtype=torch.int64), 4, [0.1, 0.2], [0.5, 0.25], device="cpu", train=False)
+    images = next(loader.epoch(0))[0]
+    assert torch.allclose(images[:, 0], torch.tensor(0.2))  # (0.2 - 0.1) / 0.5
+    assert torch.allclose(images[:, 1], torch.tensor(0.0), atol=1e-6)

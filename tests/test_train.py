@@ -1,0 +1,99 @@
+"""engine.train: a run learns, leaves a complete run directory, and resumes bit for bit after kill -9."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from engine.checkpoint import load
+from engine.config import Config
+from engine.train import train
+
+QUIET = dict(quiet=True, device="cpu")
+
+
+def run(tmp_path, name="run", **values):
+    cfg = Config(out=str(tmp_path / name), **{**QUIET, **values})
+    return train(cfg, log=lambda *_: None)
+
+
+def test_one_epoch_on_the_synthetic_set_is_well_above_chance(tmp_path):
+    _, metrics = run(tmp_path, epochs=1, amp=False)
+    assert metrics[0]["test_acc"] > 0.5  # chance is 0.1
+    assert metrics[0]["train_loss"] < 2.3  # below the loss of a uniform guess, ln 10
+
+
+def test_run_directory_holds_everything_and_checkpoints_open_weights_only(tmp_path):
+    out, metrics = run(tmp_path, epochs=2, limit_train=256, limit_test=100, batch_size=32, amp=False)
+    assert sorted(p.name for p in out.iterdir()) == ["best.pt", "config.json", "curves.png", "last.pt", "metrics.jsonl"]
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert lines == metrics and [m["epoch"] for m in lines] == [1, 2]
+    for key in ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "images_per_s", "epoch_s"):
+        assert all(isinstance(m[key], (int, float)) for m in lines)
+    for name in ("last.pt", "best.pt"):
+        checkpoint = torch.load(out / name, weights_only=True)
+        assert checkpoint["config"]["epochs"] == 2 and checkpoint["data"]["shape"] == [3, 32, 32]
+        assert set(checkpoint) >= {"model", "optimizer", "scheduler", "scaler", "epoch", "rng", "metrics"}
+    assert load(out / "last.pt")["epoch"] == 2
+    assert json.loads((out / "config.json").read_text())["config"]["limit_train"] == 256
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_default_run_directory_and_latest_link(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    first, _ = train(Config(epochs=1, limit_train=64, limit_test=32, amp=False, **QUIET), log=lambda *_: None)
+    assert first.parent == tmp_path / "runs" or first.parent.name == "runs"
+    assert first.name.startswith("cifar_cnn-synthetic-")
+    assert (tmp_path / "runs" / "latest").resolve() == first.resolve()
+    second, _ = train(Config(epochs=1, limit_train=64, limit_test=32, amp=False, **QUIET), log=lambda *_: None)
+    assert second != first and (tmp_path / "runs" / "latest").resolve() == second.resolve()
+
+
+def test_amp_trains_on_this_device(tmp_path):
+    _, metrics = run(tmp_path, epochs=1, limit_train=512, limit_test=128, amp=True)
+    assert metrics[0]["train_loss"] < 2.4 and 0 <= metrics[0]["test_acc"] <= 1
+
+
+def engine_train(out, epochs, *extra):
+    return [sys.executable, "-m", "engine", "train", "--epochs", str(epochs), "--limit-train", "1536", "--limit-test",
+            "128", "--batch-size", "32", "--no-amp", "--device", "cpu", "--out", str(out), *extra]
+
+
+@pytest.mark.slow
+def test_resume_after_kill_9_gives_bit_identical_weights(tmp_path):
+    reference = tmp_path / "reference"
+    subprocess.run(engine_train(reference, 3), check=True, capture_output=True)
+
+    interrupted = tmp_path / "interrupted"
+    process = subprocess.Popen(engine_train(interrupted, 3), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (interrupted / "last.pt").exists() and time.time() < deadline:
+        time.sleep(0.01)
+    os.kill(process.pid, signal.SIGKILL)  # mid-way through epoch 2
+    process.wait()
+    killed_at = load(interrupted / "last.pt")["epoch"]
+    assert killed_at < 3, "the run finished before it could be killed; give it more data"
+
+    subprocess.run([sys.executable, "-m", "engine", "train", "--resume", str(interrupted), "--quiet"],
+                   check=True, capture_output=True)
+    a, b = load(reference / "last.pt"), load(interrupted / "last.pt")
+    assert b["epoch"] == 3
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    assert [m["test_loss"] for m in a["metrics"]] == [m["test_loss"] for m in b["metrics"]]
+    lines = (interrupted / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
+
+
+@pytest.mark.slow
+def test_compile_builds_its_graphs_in_the_first_epoch_only(tmp_path):
+    # 100 test images at batch 64 need a padded last eval batch; 500 train images drop a partial one.
+    _, metrics = run(tmp_path, epochs=3, limit_train=500, limit_test=100, batch_size=64, amp=False, compile=True)
+    graphs = [m["compiled_graphs"] for m in metrics]
+    assert graphs[0] >= 2 and graphs == [graphs[0]] * 3  # one train graph, one eval graph, no recompiles
+    assert metrics[0]["warmup_s"] > 0 and metrics[1]["warmup_s"] == 0  # compile is timed apart, in epoch 1
