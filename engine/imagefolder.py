@@ -12,6 +12,7 @@ import os
 import sys
 import tarfile
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -114,15 +115,20 @@ def decode_folder(path: Path, log=print):
     mode = shape = None
     log(f"Decoding {path} (first use only; the result is cached)")
     progress = tqdm(desc="Decoding", unit=" img", disable=not sys.stderr.isatty(), leave=False)
-    with progress:
-        for name, read in _members(path):
-            place = _place(name)
-            if place is None:
-                continue
-            array, mode = _decode(read(), f"{path}:{name}" if path.is_file() else str(path / name), mode, shape)
-            shape = array.shape
-            found[place[0]].setdefault(place[1], []).append(array)
-            progress.update()
+    try:
+        with progress:
+            for name, read in _members(path):
+                place = _place(name)
+                if place is None:
+                    continue
+                array, mode = _decode(read(), f"{path}:{name}" if path.is_file() else str(path / name), mode, shape)
+                shape = array.shape
+                found[place[0]].setdefault(place[1], []).append(array)
+                progress.update()
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error) as error:  # gzip.BadGzipFile is an OSError
+        raise EngineError(f"{path} is not a readable archive ({error or type(error).__name__})") from None
+    except OSError as error:
+        raise EngineError(f"cannot read {path}: {error}") from None
     for split in SPLITS:
         if not found[split]:
             raise EngineError(f"{path} has no images under {split}/ ({LAYOUT})")

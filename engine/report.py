@@ -36,11 +36,14 @@ def default_run_dir(model, data_name, root="runs"):
 class RunDir:
     def __init__(self, path, *, resuming=False):
         self.path = Path(path)
-        self.created = False
+        self.created = []  # the folders this run made, deepest first
         if not resuming and any((self.path / name).exists() for name in RUN_FILES):
             raise UsageError(f"--out {self.path} already holds a run; continue it with --resume {self.path} or choose another --out")
         try:
-            self.created = not self.path.exists()
+            missing = self.path
+            while not missing.exists() and missing != missing.parent:
+                self.created.append(missing)
+                missing = missing.parent
             self.path.mkdir(parents=True, exist_ok=True)
             probe = self.path / f".write-test-{os.getpid()}"
             probe.write_bytes(b"")
@@ -49,9 +52,10 @@ class RunDir:
             raise EngineError(f"cannot write to --out {self.path}: {error.strerror or error}; choose a writable --out") from None
 
     def discard_if_unused(self):
-        """Remove the directory this run created if nothing was written into it."""
-        if self.created and self.path.is_dir() and not any(self.path.iterdir()):
-            self.path.rmdir()
+        """Remove the folders this run created, as long as nothing was written into them."""
+        for folder in self.created:
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
 
     def point_latest(self):
         """Make `<parent>/latest` a symlink to this run (replaced atomically)."""

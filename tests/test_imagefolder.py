@@ -144,3 +144,11 @@ def test_missing_or_unsupported_source(tmp_path):
     (tmp_path / "notes.txt").write_text("hi")
     with pytest.raises(EngineError, match="not a directory or a .tar"):
         read(tmp_path / "notes.txt", tmp_path / "cache")
+
+
+@pytest.mark.parametrize("kind", ["tar.gz", "zip"])
+def test_truncated_archive_is_named(tmp_path, kind):
+    path = source(tmp_path, tree(), kind)
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+    with pytest.raises(EngineError, match=f"images.{kind} is not a readable archive"):
+        read(path, tmp_path / "cache", log=lambda *_: None)

@@ -1,0 +1,177 @@
+"""engine.cli: the command end to end, as a subprocess and through main(argv), and every bad input."""
+
+import io
+import os
+import re
+import subprocess
+import sys
+import tarfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from engine.cli import main
+
+EPOCH_LINE = re.compile(r"^Epoch: \d+, Train_acc:\d+\.\d%, Train_loss:\d+\.\d{3}, Test_acc:\d+\.\d%, "
+                        r"Test_loss:\d+\.\d{3}, [\d,]+ img/s, \d+\.\d s$")
+SMALL = ["--limit-train", "128", "--limit-test", "64", "--batch-size", "32", "--epochs", "1", "--device", "cpu"]
+OFFLINE = {"http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9",
+           "HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9"}
+
+
+def engine(*args, cwd=None, env=None):
+    return subprocess.run([sys.executable, "-m", "engine", *args], capture_output=True, text=True, cwd=cwd,
+                          env={**os.environ, **(env or {})}, timeout=300)
+
+
+def image_archive(path, train=None):
+    """A .tar.gz image folder of two classes of 8x8 PNGs."""
+    with tarfile.open(path, "w:gz") as archive:
+        for split, n in (("train", 12), ("test", 4)):
+            for c, name in enumerate(("ants", "bees")):
+                for k in range(n):
+                    buffer = io.BytesIO()
+                    Image.fromarray(np.full((8, 8, 3), 60 * c + k, dtype=np.uint8)).save(buffer, format="PNG")
+                    info = tarfile.TarInfo(f"{split}/{name}/{k}.png")
+                    info.size = buffer.tell()
+                    buffer.seek(0)
+                    archive.addfile(info, buffer)
+    return path
+
+
+def test_train_then_eval_as_subprocesses(tmp_path):
+    out = tmp_path / "run"
+    trained = engine("train", *SMALL, "--out", str(out))
+    assert trained.returncode == 0, trained.stderr
+    lines = trained.stdout.splitlines()
+    assert any(line.startswith("Data: built-in synthetic set") for line in lines)
+    assert [line for line in lines if line.startswith("Epoch:")] and all(
+        EPOCH_LINE.match(line) for line in lines if line.startswith("Epoch:"))
+    evaluated = engine("eval", str(out / "last.pt"), "--limit-test", "64")
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert re.search(r"^Test_acc:\d+\.\d%, Test_loss:\d+\.\d{3} \(64 test images of synthetic", evaluated.stdout, re.M)
+
+
+def test_main_trains_resumes_and_evaluates_in_process(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    assert main(["train", *SMALL[:-4], "--epochs", "2", "--out", out, "--quiet"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert len(printed) == 2 and all(EPOCH_LINE.match(line) for line in printed)
+    assert main(["train", "--resume", out]) == 0  # all epochs done: resuming trains nothing more
+    assert "Epoch:" not in capsys.readouterr().out
+    assert main(["eval", out + "/best.pt", "--quiet"]) == 0
+    assert capsys.readouterr().out.startswith("Test_acc:")
+
+
+def test_train_on_an_archive_and_eval_on_it(tmp_path, capsys):
+    archive = image_archive(tmp_path / "bugs.tar.gz")
+    out = str(tmp_path / "run")
+    args = ["--data", str(archive), "--cache-dir", str(tmp_path / "cache"), "--model", "mnist_cnn"]
+    assert main(["train", *args, "--batch-size", "8", "--epochs", "1", "--out", out, "--quiet"]) == 0
+    assert main(["eval", out + "/last.pt", "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert "(8 test images of " in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name, total", [("cifar_cnn", "246,474"), ("cifar_seq", "145,578"), ("mnist_cnn", "824,458")])
+def test_summary_totals(name, total, capsys):
+    assert main(["summary", "--model", name]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"Total parameters: {total}"
+
+
+def test_summary_for_another_input_shape(capsys):
+    assert main(["summary", "--model", "cifar_cnn", "--input-shape", "1x28x28"]) == 0
+    assert "(1, 28, 28)" in capsys.readouterr().out
+
+
+def bad(capsys, argv, code):
+    """Run main(argv), expecting one line on stderr and exit `code`; return that line."""
+    assert main(argv) == code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("engine") and "Traceback" not in err[0], err
+    return err[0]
+
+
+@pytest.mark.parametrize("argv, code, words", [
+    (["train", "--model", "vgg"], 2, "unknown model 'vgg'"),
+    (["train", "--data", "imagenet"], 2, "unknown dataset 'imagenet'"),
+    (["train", "--epochs", "0"], 2, "--epochs must be"),
+    (["train", "--batch-size", "-4"], 2, "--batch-size must be"),
+    (["train", "--lr", "-0.1"], 2, "--lr must be greater than 0"),
+    (["train", "--limit-test", "0"], 2, "--limit-test must be"),
+    (["train", "--epochs", "three"], 2, "invalid int value"),
+    (["train", "--optimizer", "lion"], 2, "invalid choice"),
+    (["train", "--limit-train", "50", "--batch-size", "64"], 2, "--batch-size 64 is larger than the 50 training images"),
+    (["summary", "--model", "vgg"], 2, "unknown model"),
+    (["summary", "--input-shape", "32x32"], 2, "expected CxHxW"),
+    (["eval"], 2, "required: CHECKPOINT"),
+    (["fly"], 2, "invalid choice"),
+])
+def test_usage_errors(tmp_path, capsys, argv, code, words):
+    line = bad(capsys, [*argv, *(["--out", str(tmp_path / "run")] if argv[0] == "train" else [])], code)
+    assert words in line
+    assert not (tmp_path / "run").exists()  # a refused run leaves nothing behind
+
+
+def test_missing_data_directory_offline(tmp_path, capsys, monkeypatch):
+    for key, value in OFFLINE.items():
+        monkeypatch.setenv(key, value)
+    line = bad(capsys, ["train", "--data", "cifar10", "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "r")], 1)
+    assert "cifar10 is not in" in line and "download failed" in line and "--data PATH" in line
+
+
+def test_empty_and_malformed_image_folders(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert "no images under train/" in bad(capsys, ["train", "--data", str(tmp_path / "empty")], 1)
+    (tmp_path / "flat").mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(tmp_path / "flat" / "a.png")
+    assert "expected train/<class>/<image>" in bad(capsys, ["train", "--data", str(tmp_path / "flat")], 1)
+    (tmp_path / "broken.zip").write_bytes(b"PK\x03\x04 not really a zip")
+    assert "broken.zip" in bad(capsys, ["train", "--data", str(tmp_path / "broken.zip"), "--cache-dir", str(tmp_path)], 1)
+
+
+def test_unwritable_out(tmp_path, capsys):
+    (tmp_path / "file").write_text("keep me")
+    line = bad(capsys, ["train", *SMALL, "--out", str(tmp_path / "file" / "run")], 1)
+    assert "cannot write to --out" in line
+    assert (tmp_path / "file").read_text() == "keep me"
+
+
+def test_resume_with_nothing_to_resume(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert "nothing to resume" in bad(capsys, ["train", "--resume"], 2)
+    (tmp_path / "run").mkdir()
+    assert "has no last.pt" in bad(capsys, ["train", "--resume", str(tmp_path / "run")], 2)
+    assert list((tmp_path / "run").iterdir()) == []
+
+
+def test_an_existing_run_is_never_overwritten_and_resume_keeps_its_config(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    assert main(["train", *SMALL, "--out", out, "--quiet"]) == 0
+    capsys.readouterr()
+    before = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()}
+    assert "already holds a run" in bad(capsys, ["train", *SMALL, "--out", out], 2)
+    assert "--lr 0.5 differs from its 0.05" in bad(capsys, ["train", "--resume", out, "--lr", "0.5"], 2)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()} == before
+
+
+def test_eval_refuses_data_of_another_shape_and_non_checkpoints(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    assert main(["train", *SMALL, "--out", out, "--quiet"]) == 0
+    capsys.readouterr()
+    archive = image_archive(tmp_path / "bugs.tar.gz")
+    line = bad(capsys, ["eval", out + "/last.pt", "--data", str(archive), "--cache-dir", str(tmp_path / "c")], 1)
+    assert "was trained on 3x32x32 images of 10 classes" in line and "3x8x8 images of 2 classes" in line
+    (tmp_path / "notes.pt").write_text("hello")
+    assert "not a readable engine checkpoint" in bad(capsys, ["eval", str(tmp_path / "notes.pt")], 1)
+    assert "no checkpoint at" in bad(capsys, ["eval", str(tmp_path / "absent.pt")], 2)
+
+
+def test_bad_input_as_a_subprocess_has_no_traceback(tmp_path):
+    result = engine("train", "--epochs", "-1")
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.strip() == "engine: error: --epochs must be a whole number of at least 1, not -1"
+    result = engine("train", "--data", "mnist", "--data-dir", str(tmp_path), env=OFFLINE, cwd=tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("engine: error: mnist is not in")
+    assert not (tmp_path / "runs").exists()

@@ -1,0 +1,60 @@
+"""engine.report: the tutorial's epoch line, the run directory's files and its safety rules."""
+
+import json
+
+import pytest
+
+from engine.errors import EngineError, UsageError
+from engine.report import RunDir, default_run_dir, format_epoch
+
+METRICS = {"epoch": 1, "train_acc": 0.4342, "train_loss": 1.91234, "test_acc": 0.47, "test_loss": 1.4801,
+           "images_per_s": 2050.4, "epoch_s": 26.08}
+
+
+def test_epoch_line_is_the_tutorials_format_plus_speed():
+    assert format_epoch(METRICS) == ("Epoch: 1, Train_acc:43.4%, Train_loss:1.912, Test_acc:47.0%, "
+                                     "Test_loss:1.480, 2,050 img/s, 26.1 s")
+
+
+def test_run_files_are_written_whole(tmp_path):
+    run = RunDir(tmp_path / "run")
+    run.write_config({"model": "cifar_cnn"}, {"classes": ["a", "b"]})
+    run.write_metrics([METRICS, dict(METRICS, epoch=2)])
+    run.plot([METRICS, dict(METRICS, epoch=2, test_acc=0.6)])
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["data"]["classes"] == ["a", "b"]
+    assert [json.loads(line)["epoch"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    assert (tmp_path / "run" / "curves.png").stat().st_size > 1000
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["config.json", "curves.png", "metrics.jsonl"]
+
+
+def test_latest_link_moves_and_never_replaces_a_real_folder(tmp_path):
+    a, b = RunDir(tmp_path / "runs" / "a"), RunDir(tmp_path / "runs" / "b")
+    a.point_latest()
+    assert (tmp_path / "runs" / "latest").resolve() == a.path.resolve()
+    b.point_latest()
+    assert (tmp_path / "runs" / "latest").resolve() == b.path.resolve()
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "latest").mkdir()
+    RunDir(tmp_path / "other" / "c").point_latest()
+    assert (tmp_path / "other" / "latest").is_dir() and not (tmp_path / "other" / "latest").is_symlink()
+
+
+def test_refusals_and_cleanup(tmp_path):
+    (tmp_path / "done").mkdir()
+    (tmp_path / "done" / "last.pt").write_bytes(b"x")
+    with pytest.raises(UsageError, match="already holds a run"):
+        RunDir(tmp_path / "done")
+    RunDir(tmp_path / "done", resuming=True)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(EngineError, match="cannot write to --out"):
+        RunDir(tmp_path / "file" / "run")
+    unused = RunDir(tmp_path / "a" / "b" / "c")
+    unused.discard_if_unused()
+    assert not (tmp_path / "a").exists()
+
+
+def test_default_run_directories_are_unique(tmp_path):
+    first = default_run_dir("cifar_cnn", "synthetic", root=tmp_path)
+    first.mkdir()
+    second = default_run_dir("cifar_cnn", "synthetic", root=tmp_path)
+    assert second != first and second.name.startswith("cifar_cnn-synthetic-")
