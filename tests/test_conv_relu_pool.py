@@ -37,7 +37,7 @@ def crp():
     return module
 
 
-def make_inputs(n, c, h, w, oc, kh, kw, dtype, channels_last=False, bias=True, seed=0):
+def make_inputs(n, c, h, w, oc, kh, kw, dtype, channels_last=False, bias=True, seed=0, weight_channels_last=False):
     """x ~ N(0, 1), weight scaled like nn.Conv2d's init, so conv outputs are O(1)."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, c, h, w, generator=g)
@@ -46,6 +46,8 @@ def make_inputs(n, c, h, w, oc, kh, kw, dtype, channels_last=False, bias=True, s
     x, weight = x.to(DEVICE, dtype), weight.to(DEVICE, dtype)
     if channels_last:
         x = x.to(memory_format=torch.channels_last)
+    if weight_channels_last:  # what model.to(memory_format=torch.channels_last) does to conv weights
+        weight = weight.to(memory_format=torch.channels_last)
     return x, weight, None if b is None else b.to(DEVICE, dtype)
 
 
@@ -60,12 +62,14 @@ def random_case(i):
     h0, w0 = max(1, kh + stride - 2 * ph), max(1, kw + stride - 2 * pw)  # smallest input with a 2x2 conv output
     return dict(n=rng.randint(1, 3), c=(1, 3, 15, 8, 32)[i % 5], h=rng.randint(h0, h0 + 11),
                 w=rng.randint(w0, w0 + 11), oc=rng.choice([1, 5, 16, 33, 64]), kh=kh, kw=kw,
-                stride=stride, padding=(ph, pw), dtype=DTYPES[i % 3], channels_last=i % 2 == 1, bias=i % 6 != 5)
+                stride=stride, padding=(ph, pw), dtype=DTYPES[i % 3], channels_last=i % 2 == 1,
+                weight_channels_last=i % 4 == 1, bias=i % 6 != 5)
 
 
 def case_id(case):
-    return ("n{n}c{c}_{h}x{w}_oc{oc}_k{kh}x{kw}_s{stride}_p{padding[0]}{padding[1]}_{dt}{cl}{nb}".format(
-        **case, dt=str(case["dtype"])[6:], cl="_cl" if case["channels_last"] else "", nb="" if case["bias"] else "_nobias"))
+    layout = "_cl_wcl" if case["weight_channels_last"] else "_cl" if case["channels_last"] else ""
+    return ("n{n}c{c}_{h}x{w}_oc{oc}_k{kh}x{kw}_s{stride}_p{padding[0]}{padding[1]}_{dt}{layout}{nb}".format(
+        **case, dt=str(case["dtype"])[6:], layout=layout, nb="" if case["bias"] else "_nobias"))
 
 
 FORWARD_CASES = [random_case(i) for i in range(30)]
@@ -74,13 +78,15 @@ FORWARD_CASES = [random_case(i) for i in range(30)]
 @pytest.mark.parametrize("case", FORWARD_CASES, ids=case_id)
 def test_forward_matches_reference(crp, case):
     x, weight, bias = make_inputs(case["n"], case["c"], case["h"], case["w"], case["oc"], case["kh"], case["kw"],
-                                  case["dtype"], case["channels_last"], case["bias"], seed=case["n"] + case["c"])
+                                  case["dtype"], case["channels_last"], case["bias"], seed=case["n"] + case["c"],
+                                  weight_channels_last=case["weight_channels_last"])
     out = crp.conv_relu_pool(x, weight, bias, case["stride"], case["padding"])
     ref = crp.conv_relu_pool_reference(x, weight, bias, case["stride"], case["padding"])
     assert out.shape == ref.shape and out.dtype == ref.dtype
     torch.testing.assert_close(out, ref, **TOLERANCE[case["dtype"]])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", ["flat_k", "by_tap"])
 def test_every_autotune_config_is_correct(crp, path):
     """Each config's tile edges fall inside these odd shapes, so every mask is exercised."""
@@ -187,6 +193,17 @@ def test_autocast_casts_like_conv2d(crp):
     torch.testing.assert_close(got.float() / scale, want.float() / scale, rtol=0, atol=5e-2)
     got.float().sum().backward()
     assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in fused.parameters())
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_strided_view_and_rectangular_stride(crp, dtype):
+    """Any strides work, not just the two layouts: a cropped, non-contiguous view of x, with a
+    stride that differs by axis and a non-square kernel."""
+    x, weight, bias = make_inputs(2, 18, 15, 14, 24, 3, 5, dtype)
+    x = x[:, 1:, 2:, :-1]  # (2, 17, 13, 13), strides of the uncropped tensor
+    weight = weight[:, 1:]
+    out = crp.conv_relu_pool(x, weight, bias, (2, 1), (1, 2))
+    torch.testing.assert_close(out, crp.conv_relu_pool_reference(x, weight, bias, (2, 1), (1, 2)), **TOLERANCE[dtype])
 
 
 def test_nan_propagates_like_eager(crp):
