@@ -46,18 +46,18 @@ def _draw(labels, generator):
     n = len(labels)
     uniform = lambda *shape: torch.rand(*shape, generator=generator)  # noqa: E731
     centre = 16 + (uniform(n, 2) - 0.5) * 10  # (N, 2): the shape's centre, within 5 px of the middle
-    size = 6 + uniform(n) * 5  # (N,) half-size 6..11 px
+    size = 5 + uniform(n) * 5  # (N,) half-size 5..10 px
     grid = torch.arange(SIDE, dtype=torch.float32) + 0.5
     dx = grid[None, None, :] - centre[:, 0, None, None]  # (N, 1, W)
     dy = grid[None, :, None] - centre[:, 1, None, None]  # (N, H, 1)
     dx, dy = torch.broadcast_tensors(dx, dy)  # (N, H, W)
     mask = _masks(labels, dx, dy, size)[:, None]  # (N, 1, H, W)
     background = uniform(n, 3, 1, 1)
-    # The shape's colour keeps a contrast of at least 0.35 to the background on average.
-    offset = (0.35 + 0.4 * uniform(n, 1, 1, 1)) * torch.where(background.mean(1, keepdim=True) > 0.5, -1.0, 1.0)
+    # The shape's colour differs from the background by 0.2 to 0.6 on average: some are faint.
+    offset = (0.2 + 0.4 * uniform(n, 1, 1, 1)) * torch.where(background.mean(1, keepdim=True) > 0.5, -1.0, 1.0)
     foreground = (background + offset + 0.15 * (uniform(n, 3, 1, 1) - 0.5)).clamp(0, 1)
     images = torch.where(mask, foreground, background)
-    images = images + 0.08 * torch.randn(images.shape, generator=generator)
+    images = images + 0.1 * torch.randn(images.shape, generator=generator)
     return (images.clamp(0, 1) * 255).round().to(torch.uint8)  # (N, 3, H, W)
 
 

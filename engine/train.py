@@ -146,9 +146,8 @@ def train(cfg: Config, resume=None, log=print):
         if tensorboard:
             tensorboard.log(m)
         log(format_epoch(m))
-        if warm_until:
-            say(f"Warm-up: {m['warmup_s']:.1f} s for the first {warm_until} steps"
-                f"{' (torch.compile)' if runtime.compile else ''}, kept out of img/s")
+        if warm_until and runtime.compile:
+            say(f"Warm-up: {m['warmup_s']:.1f} s for the first {warm_until} steps (torch.compile), kept out of img/s")
         warming = False
     if tensorboard:
         tensorboard.close()

@@ -97,3 +97,17 @@ def test_compile_builds_its_graphs_in_the_first_epoch_only(tmp_path):
     graphs = [m["compiled_graphs"] for m in metrics]
     assert graphs[0] >= 2 and graphs == [graphs[0]] * 3  # one train graph, one eval graph, no recompiles
     assert metrics[0]["warmup_s"] > 0 and metrics[1]["warmup_s"] == 0  # compile is timed apart, in epoch 1
+
+
+def test_tensorboard_events_or_a_clear_error(tmp_path):
+    import importlib.util
+
+    from engine.errors import UsageError
+
+    if importlib.util.find_spec("tensorboard") is None:  # an optional extra
+        with pytest.raises(UsageError, match=r"pip install 'engine-cnn\[tensorboard\]'"):
+            run(tmp_path, epochs=1, limit_train=64, limit_test=32, tensorboard=True)
+        assert not (tmp_path / "run").exists()
+    else:
+        out, _ = run(tmp_path, epochs=1, limit_train=64, limit_test=32, amp=False, tensorboard=True)
+        assert list(out.glob("events.out.tfevents.*"))
