@@ -5,8 +5,9 @@
     python -m kernels.aot --layout nchw channels_last --jobs 2 --details
 
 For every stage of the seed models (cifar_cnn, cifar_seq, mnist_cnn at their tutorial input
-sizes, batch --batch, NCHW unless --layout says otherwise), every dtype (fp32, fp16, bf16), both variants (inference; training,
-which also stores the pool's window index) and every autotune config, `triton.compile` builds
+sizes, batch --batch, NCHW unless --layout says otherwise), every dtype (fp32, fp16, bf16), both
+variants (inference; training, which also stores the pool's window index) and every autotune
+config, `triton.compile` builds
 PTX and a cubin for the target; ptxas -v (Triton's own invocation) reports registers per thread
 and spill stores/loads, and Triton's metadata gives the shared memory (dynamic, so ptxas cannot
 see it). Arguments are specialised exactly as the JIT would specialise the real tensors (ints
@@ -58,7 +59,8 @@ def seed_layers(batch):
         _, h, w = spec.reference_shape
         for i, block in enumerate(model.features):
             conv = block.conv
-            layers.append(Layer(f"{name}.{i}", (batch, conv.in_channels, h, w), tuple(conv.weight.shape), conv.padding[0]))
+            x_shape = (batch, conv.in_channels, h, w)
+            layers.append(Layer(f"{name}.{i}", x_shape, tuple(conv.weight.shape), conv.padding[0]))
             h, w = block.out_size(h), block.out_size(w)
     return layers
 
@@ -93,12 +95,10 @@ def compile_one(job):
     meta = lambda *shape, dt=dtype: torch.empty(shape, dtype=dt, device="meta")  # noqa: E731  shapes, no memory
     out = meta(n, oc, oh // crp.POOL, ow // crp.POOL)
     win = meta(*out.shape, dt=torch.int8) if variant == "training" else None
-    x = meta(*layer.x_shape)
-    if layout == "channels_last":  # the engine's --channels-last: x and the weights (model.to(...) converts both)
-        x, weight = x.to(memory_format=torch.channels_last), meta(*layer.w_shape).to(memory_format=torch.channels_last)
-        out, win = out.to(memory_format=torch.channels_last), win if win is None else win.to(memory_format=torch.channels_last)
-    else:
-        weight = meta(*layer.w_shape)
+    x, weight = meta(*layer.x_shape), meta(*layer.w_shape)
+    if layout == "channels_last":  # x and the weights, as model.to(memory_format=torch.channels_last) leaves them
+        cl = lambda t: None if t is None else t.to(memory_format=torch.channels_last)  # noqa: E731
+        x, weight, out, win = cl(x), cl(weight), cl(out), cl(win)
     args, constexprs = crp.kernel_arguments(x, weight, meta(oc), out, win, (1, 1), (layer.padding, layer.padding))
     config = crp.CONFIGS[index]
     target = GPUTarget("cuda", ARCHS[arch], 32)
@@ -135,7 +135,8 @@ def compile_one(job):
 def _parse(argv):
     parser = argparse.ArgumentParser(prog="python -m kernels.aot", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arch", nargs="+", choices=sorted(ARCHS), default=sorted(ARCHS), help="targets (default: both)")
+    parser.add_argument("--arch", nargs="+", choices=sorted(ARCHS), default=sorted(ARCHS),
+                        help="targets (default: both)")
     parser.add_argument("--batch", type=int, default=256, help="batch size of the seed shapes (default 256)")
     parser.add_argument("--quick", action="store_true",
                         help="cifar_cnn's first two stages (flat and by-tap paths), fp16, training, selected configs")
@@ -173,7 +174,8 @@ def run(argv=None):
     print("configs (C#: BLOCK_MxNxK, warps, stages):")
     for i, cfg in enumerate(CONFIGS):
         kw = cfg.kwargs
-        print(f"  C{i}  {kw['BLOCK_M']}x{kw['BLOCK_N']}x{kw['BLOCK_K']}  warps {cfg.num_warps:2d}  stages {cfg.num_stages}")
+        tile = f"{kw['BLOCK_M']}x{kw['BLOCK_N']}x{kw['BLOCK_K']}"
+        print(f"  C{i}  {tile:<10} warps {cfg.num_warps:2d}  stages {cfg.num_stages}  maxnreg {cfg.maxnreg}")
     print("\nseed layers and the configs they select (autotuning on a GPU times only these):")
     for layer in layers:
         print(f"  {layer.name:<12} x {str(layer.x_shape):<18} w {str(layer.w_shape):<16} pad {layer.padding}  "
@@ -208,7 +210,8 @@ def run(argv=None):
     for arch in args.arch:
         print(f"\n{arch}: worst case over the seed layers and layouts; 'selected by' counts the layers that "
               "select the config (any spill there fails the run)")
-        print(f"  {'config':<7} {'dtype':<5} {'variant':<9} {'regs':>5} {'spill st':>9} {'spill ld':>9} {'smem B':>7}  selected by")
+        print(f"  {'config':<7} {'dtype':<5} {'variant':<9} {'regs':>5} {'spill st':>9} {'spill ld':>9} "
+              f"{'smem B':>7}  selected by")
         for (a, index, dtype, variant), row in sorted(worst.items()):
             if a == arch:
                 print(f"  C{index:<6} {dtype:<5} {variant:<9} {row['regs']:>5} {row['spill_stores']:>9} "

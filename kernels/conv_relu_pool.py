@@ -326,11 +326,17 @@ def _check(x, weight, bias, stride, padding, pool):
     oh, ow = _conv_size(h, w, kh, kw, stride, padding)
     if oh < POOL or ow < POOL:
         raise ValueError(f"x of {h}x{w} gives a {oh}x{ow} conv output, too small for a {POOL}x{POOL} pool")
-    image_span = max(sum((size - 1) * abs(st) for size, st in zip(t.shape[1:], t.stride()[1:])) for t in (x, weight))
-    if image_span >= 2**31 or weight.numel() >= 2**31 or n * (oh // POOL) * (ow // POOL) >= 2**31:
-        raise ValueError(f"x of shape {tuple(x.shape)} is too large: one image, the weight and the pooled "
-                         "row count must each stay below 2**31 elements")
+    # int32 offsets: the batch is split into launches as needed (_images_per_launch), but one image
+    # of x or of the output, and the whole weight, must each fit
+    if max(_span(x[:1]), _span(weight), oc * (oh // POOL) * (ow // POOL)) >= INDEX_LIMIT:
+        raise ValueError(f"x {tuple(x.shape)} or weight {tuple(weight.shape)} is too large: one image and the "
+                         f"weight must each span fewer than {INDEX_LIMIT} elements")
     return stride, padding
+
+
+def _span(t):
+    """Elements from a tensor's first to its last element, plus one."""
+    return sum((size - 1) * abs(st) for size, st in zip(t.shape, t.stride())) + 1
 
 
 def _conv_size(h, w, kh, kw, stride, padding):
@@ -341,9 +347,8 @@ def _images_per_launch(*tensors):
     """Images per launch so every int32 offset the kernel forms stays below INDEX_LIMIT."""
     images = tensors[0].shape[0]
     for t in tensors:
-        span = sum((size - 1) * st for size, st in zip(t.shape[1:], t.stride()[1:])) + 1  # one image
         if t.stride(0) > 0:
-            images = min(images, (INDEX_LIMIT - span) // t.stride(0) + 1)
+            images = min(images, (INDEX_LIMIT - _span(t[:1])) // t.stride(0) + 1)
     return images
 
 

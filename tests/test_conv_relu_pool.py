@@ -152,7 +152,8 @@ def _fused(model):
     return fused
 
 
-@pytest.mark.parametrize("name,shape", [("cifar_cnn", (3, 32, 32)), ("cifar_seq", (3, 32, 32)), ("mnist_cnn", (1, 28, 28))])
+@pytest.mark.parametrize("name,shape", [("cifar_cnn", (3, 32, 32)), ("cifar_seq", (3, 32, 32)),
+                                        ("mnist_cnn", (1, 28, 28))])
 def test_model_logits_match_eager(crp, name, shape):
     torch.manual_seed(0)
     model = build_model(name, shape, 10).to(DEVICE).eval()
@@ -227,6 +228,9 @@ def test_large_batch_is_split_into_launches(crp, monkeypatch):
     assert crp._images_per_launch(x) == 2
     torch.testing.assert_close(crp.conv_relu_pool(x, weight, bias), crp.conv_relu_pool_reference(x, weight, bias),
                                **TOLERANCE[torch.float32])
+    monkeypatch.setattr(crp, "INDEX_LIMIT", x.stride(0) - 1)  # not even one image fits: refuse, never wrap
+    with pytest.raises(ValueError, match="too large"):
+        crp.conv_relu_pool(x, weight, bias)
 
 
 def _envelope_cases():
@@ -282,7 +286,7 @@ def test_bytes_moved_model(crp):
     rows, totals = [], [0, 0]
     for i, (x_shape, w_shape) in enumerate(cifar_cnn_layers(256), 1):
         t = crp.traffic(x_shape, w_shape, element_size=4)
-        x, w, b = torch.empty(x_shape, device="meta"), torch.empty(w_shape, device="meta"), torch.empty(w_shape[0], device="meta")
+        x, w, b = (torch.empty(shape, device="meta") for shape in (x_shape, w_shape, w_shape[0]))
         conv = F.conv2d(x, w, b)
         relu = F.relu(conv)
         pool = F.max_pool2d(relu, 2)
@@ -295,7 +299,8 @@ def test_bytes_moved_model(crp):
         half = crp.traffic(x_shape, w_shape, element_size=2)
         assert 2 * half.fused_bytes == t.fused_bytes and 2 * half.unfused_bytes == t.unfused_bytes
         train = crp.traffic(x_shape, w_shape, element_size=4, training=True)
-        assert train.fused_bytes - t.fused_bytes == pool.numel() and train.unfused_bytes - t.unfused_bytes == 8 * pool.numel()
+        assert train.fused_bytes - t.fused_bytes == pool.numel()  # int8 window index
+        assert train.unfused_bytes - t.unfused_bytes == 8 * pool.numel()  # int64 argmax
         rows.append((f"conv{i} {x_shape[1]}->{w_shape[0]}", t.unfused_bytes, t.fused_bytes))
         totals = [totals[0] + t.unfused_bytes, totals[1] + t.fused_bytes]
     rows.append(("all three", *totals))
