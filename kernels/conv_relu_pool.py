@@ -343,6 +343,12 @@ def _conv_size(h, w, kh, kw, stride, padding):
     return (h + 2 * padding[0] - kh) // stride[0] + 1, (w + 2 * padding[1] - kw) // stride[1] + 1
 
 
+def _memory_format(x):
+    """channels_last if x is (and is not also plain contiguous), as eager conv2d's output would be."""
+    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
 def _images_per_launch(*tensors):
     """Images per launch so every int32 offset the kernel forms stays below INDEX_LIMIT."""
     images = tensors[0].shape[0]
@@ -375,9 +381,7 @@ def _launch(x, weight, bias, stride, padding, store_window, config=None):
     n, c, h, w = x.shape
     oc, _, kh, kw = weight.shape
     oh, ow = _conv_size(h, w, kh, kw, stride, padding)
-    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    out = torch.empty((n, oc, oh // POOL, ow // POOL), device=x.device, dtype=x.dtype, memory_format=fmt)
+    out = torch.empty((n, oc, oh // POOL, ow // POOL), device=x.device, dtype=x.dtype, memory_format=_memory_format(x))
     win = torch.empty_like(out, dtype=torch.int8) if store_window else None
     if out.numel() == 0:
         return out, win
@@ -425,12 +429,15 @@ class _ConvReluPoolFunction(torch.autograd.Function):
         n, oc, ph, pw = out.shape
         oh, ow = _conv_size(*x.shape[2:], *weight.shape[2:], ctx.stride, ctx.padding)
         grad = torch.where(out > 0, grad_out, 0)  # ReLU passes gradient only where the output is positive
-        positions = torch.arange(POOL * POOL, device=win.device, dtype=win.dtype)
-        grad = torch.where(win.unsqueeze(-1) == positions, grad.unsqueeze(-1), 0)  # (N, OC, PH, PW, P*P)
-        grad = grad.view(n, oc, ph, pw, POOL, POOL).permute(0, 1, 2, 4, 3, 5).reshape(n, oc, ph * POOL, pw * POOL)
-        grad = F.pad(grad, (0, ow - pw * POOL, 0, oh - ph * POOL))  # (N, OC, OH, OW): dropped rows get 0
-        if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
-            grad = grad.contiguous(memory_format=torch.channels_last)
+        # The window index as max_pool2d's own argmax (flat row * OW + col in the conv output), so
+        # eager pool backward scatters it: one full-resolution write; dropped rows/cols get 0.
+        top = torch.arange(0, ph * POOL, POOL, device=win.device).view(ph, 1)  # (PH, 1)
+        left = torch.arange(0, pw * POOL, POOL, device=win.device)  # (PW,)
+        argmax = (top + (win // POOL).long()) * ow + left + (win % POOL).long()  # (N, OC, PH, PW)
+        conv_like = torch.empty((n, oc, oh, ow), dtype=grad.dtype, device=grad.device,
+                                memory_format=_memory_format(x))  # shape and layout only
+        grad = torch.ops.aten.max_pool2d_with_indices_backward(
+            grad, conv_like, [POOL, POOL], [POOL, POOL], [0, 0], [1, 1], False, argmax)  # (N, OC, OH, OW)
         needs = ctx.needs_input_grad
         grad_x, grad_w, grad_b = torch.ops.aten.convolution_backward(
             grad, x, weight, [oc] if ctx.has_bias else None, list(ctx.stride), list(ctx.padding), [1, 1],
