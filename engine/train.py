@@ -33,7 +33,8 @@ def train(cfg: Config, resume=None, log=print):
     runtime = Runtime.from_config(cfg)
     if cfg.tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise UsageError("--tensorboard needs the tensorboard package: pip install 'engine-cnn[tensorboard]'")
-    if not cfg.out:
+    default_out = not cfg.out
+    if default_out:
         cfg.out = str(default_run_dir(cfg.model, dataset_label(cfg.data)))
     run = RunDir(cfg.out, resuming=resume is not None)
     try:
@@ -74,7 +75,8 @@ def train(cfg: Config, resume=None, log=print):
     steps = len(train_loader)
     total_steps = steps * cfg.epochs
     run.write_config(cfg.to_dict(), spec)
-    run.point_latest()
+    if default_out or (run.path.parent / "latest").is_symlink():  # `latest` lives beside default runs only
+        run.point_latest()
     tensorboard = TensorBoard(run.path) if cfg.tensorboard else None
     say(f"Run: {run.path} ({len(data.train_x):,} train / {len(data.test_x):,} test images, "
         f"{steps} steps of {cfg.batch_size} an epoch, {cfg.epochs} epochs)")
