@@ -90,7 +90,8 @@ def cmd_train(args):
     if args.resume is not None:
         from engine.checkpoint import load, resume_path
 
-        resume = load(resume_path(args.resume))
+        path = resume_path(args.resume).resolve()  # runs/latest -> the run it names
+        resume = load(path)
         saved = resume["config"]
         fixed = {f.name for f in dataclasses.fields(Config) if not f.metadata["resume"]}
         for name, value in values.items():
@@ -98,7 +99,7 @@ def cmd_train(args):
                 raise UsageError(f"--resume continues the run as configured; {flag(name)} {value} differs from its "
                                  f"{saved.get(name)} (start a new run to change it)")
         values = dict(saved, **values)
-        values["out"] = str(resume_path(args.resume).parent)
+        values["out"] = str(path.parent)
     cfg = Config.from_dict(values) if resume else Config(**values)
     train(cfg, resume=resume, log=log)
     return 0

@@ -42,7 +42,6 @@ def evaluate_checkpoint(path, overrides, log=print):
     """
     checkpoint = load(path)
     values = dict(checkpoint["config"], **overrides)
-    values["limit_train"] = 1  # eval reads the test split only; the train split is never used
     cfg = Config.from_dict(values)
     runtime = Runtime.from_config(cfg)
     data = load_dataset(cfg, (lambda *_: None) if cfg.quiet else log)

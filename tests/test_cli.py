@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from engine.checkpoint import load
 from engine.cli import main
 
 EPOCH_LINE = re.compile(r"^Epoch: \d+, Train_acc:\d+\.\d%, Train_loss:\d+\.\d{3}, Test_acc:\d+\.\d%, "
@@ -62,6 +63,20 @@ def test_main_trains_resumes_and_evaluates_in_process(tmp_path, capsys):
     assert "Epoch:" not in capsys.readouterr().out
     assert main(["eval", out + "/best.pt", "--quiet"]) == 0
     assert capsys.readouterr().out.startswith("Test_acc:")
+
+
+def test_resume_defaults_to_runs_latest(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", *SMALL[:-4], "--epochs", "2", "--quiet"]) == 0
+    run = (tmp_path / "runs" / "latest").resolve()
+    (run / "last.pt").unlink()
+    (run / "best.pt").rename(run / "last.pt")  # back to the best epoch: with this seed, epoch 1
+    assert load(run / "last.pt")["epoch"] == 1
+    capsys.readouterr()
+    assert main(["train", "--resume"]) == 0
+    assert capsys.readouterr().out.startswith("Epoch: 2, ")  # the run was quiet, and resumes quiet
+    assert load(run / "last.pt")["epoch"] == 2
+    assert (tmp_path / "runs" / "latest").resolve() == run and run.is_dir()
 
 
 def test_train_on_an_archive_and_eval_on_it(tmp_path, capsys):
