@@ -35,7 +35,9 @@ def _download(name, data_dir, log):
         for train in (True, False):
             cls(root=str(data_dir), train=train, download=True)
     except Exception as error:  # URLError, HTTPError, timeouts, MD5 mismatches: all mean "not here"
-        reason = str(getattr(error, "reason", "") or error).splitlines()[0] if str(error) else type(error).__name__
+        reason = getattr(error, "reason", None) or error
+        lines = [line.strip() for line in str(reason).splitlines() if line.strip()] or [type(error).__name__]
+        reason = lines[-1] if lines[0].endswith(":") else lines[0]  # torchvision puts the cause last
         raise EngineError(
             f"{name} is not in {data_dir} and the download failed ({reason}); put torchvision's files there "
             f"or pass --data-dir, or train on --data PATH (an image folder or .tar/.tar.gz/.zip) or --data synthetic"
