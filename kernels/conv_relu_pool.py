@@ -28,17 +28,20 @@ also never computes the conv rows/columns that a floor-mode pool drops.
 
 How: an implicit GEMM with `tl.dot`. Rows are pooled outputs (N*PH*PW), columns are output
 channels, and the reduction runs over C*KH*KW, gathering x on the fly (nothing is unfolded in
-memory). Each program computes the conv value at every position of its rows' 2x2 windows in
-fp32 registers, keeps the running maximum, and only then adds the bias and applies ReLU: exact,
-because the bias is constant per channel and ReLU is monotone, so
+memory): as one flat index for fewer than 16 channels (a 3-channel 3x3 conv is one step), tap by
+tap over channel blocks otherwise. Each program computes the conv value at every position of its
+rows' 2x2 windows in fp32 registers, keeps the running maximum, and only then adds the bias and
+applies ReLU: exact, because the bias is constant per channel and ReLU is monotone, so
 max_i relu(a_i + b) == relu(max_i a_i + b). When gradients are needed it also stores which
-window position won (int8), and backward routes the gradient there (eager ops, no recompute).
+window position won (int8); backward hands that to eager max-pool backward as its argmax and
+runs eager convolution_backward (no recompute of the forward).
 
 Envelope (anything else raises ValueError naming the argument, never a wrong result):
-kernel 1..7 (square or not), padding 0..3, stride 1 or 2, pool 2 (2x2, stride 2, floor mode:
-an odd conv output loses its last row/column exactly as in eager), any batch, channel count
-and spatial size; x, weight and bias all fp32, fp16 or bf16 (accumulated in fp32) on one device;
-NCHW or channels_last (any strides). Double backward is not supported.
+kernel 1..7, padding 0..3 and stride 1 or 2 (each per axis), pool 2 (2x2, stride 2, floor mode:
+an odd conv output loses its last row/column exactly as in eager); any batch, channel count and
+spatial size; x, weight and bias all fp32, fp16 or bf16 (accumulated in fp32) on one CUDA device
+(or CPU under TRITON_INTERPRET=1); NCHW, channels_last or any other strides. Double backward is
+not supported.
 """
 
 from dataclasses import dataclass
@@ -229,7 +232,7 @@ def _config(bm, bn, bk, warps, stages):
 CONFIGS = [
     _config(128, 64, 32, 16, 2),
     _config(64, 128, 32, 16, 2),
-    _config(128, 32, 32, 8, 2),
+    _config(128, 32, 16, 8, 2),
     _config(64, 32, 32, 4, 2),
     _config(64, 64, 16, 8, 2),
     _config(64, 32, 16, 4, 2),
