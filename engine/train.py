@@ -79,7 +79,7 @@ def train(cfg: Config, resume=None, log=print):
         run.point_latest()
     tensorboard = TensorBoard(run.path) if cfg.tensorboard else None
     say(f"Run: {run.path} ({len(data.train_x):,} train / {len(data.test_x):,} test images, "
-        f"{steps} steps of {cfg.batch_size} an epoch, {cfg.epochs} epochs)")
+        f"{steps} steps of {cfg.batch_size} an epoch, {cfg.epochs} epoch{'s' if cfg.epochs > 1 else ''})")
 
     warming = True  # the first epoch of this process times its first steps apart
     for epoch in range(start_epoch, cfg.epochs):

@@ -112,3 +112,21 @@ def test_tensorboard_events_or_a_clear_error(tmp_path):
     else:
         out, _ = run(tmp_path, epochs=1, limit_train=64, limit_test=32, amp=False, tensorboard=True)
         assert list(out.glob("events.out.tfevents.*"))
+
+
+@pytest.mark.slow
+def test_triton_training_matches_eager_step_for_step(tmp_path):
+    """--triton trains through the fused kernel (Triton's interpreter on CPU): with one step per
+    epoch, the per-epoch training losses are the per-step loss curve, and they must match."""
+    pytest.importorskip("triton")
+    one_step_epochs = dict(epochs=4, limit_train=16, limit_test=16, batch_size=16, amp=False, device="cpu")
+    fused_dir, fused = run(tmp_path, "fused", triton=True, **one_step_epochs)
+    eager_dir, eager = run(tmp_path, "eager", **one_step_epochs)
+    fused_losses = [m["train_loss"] for m in fused]
+    eager_losses = [m["train_loss"] for m in eager]
+    assert len(set(eager_losses)) == 4  # the weights really moved between steps
+    assert fused_losses == pytest.approx(eager_losses, rel=1e-4)  # fp32: only the summation order differs
+    assert [m["test_loss"] for m in fused] == pytest.approx([m["test_loss"] for m in eager], rel=1e-4)
+    a, b = torch.load(fused_dir / "last.pt", weights_only=True), torch.load(eager_dir / "last.pt", weights_only=True)
+    for key, value in a["model"].items():
+        torch.testing.assert_close(value, b["model"][key], rtol=1e-4, atol=1e-6)
