@@ -62,9 +62,16 @@ def load(path):
 
 
 def resume_path(run_dir):
-    """last.pt of `run_dir` (a run directory, `runs/latest`, or a checkpoint file itself)."""
+    """last.pt of `run_dir` (a run directory, `runs/latest`, or that last.pt itself).
+
+    Any other checkpoint (best.pt, a copy) is refused: resuming rewrites the run's last.pt and
+    metrics from the checkpoint's epoch on, which would silently drop the epochs after it.
+    """
     run_dir = Path(run_dir)
     if run_dir.is_file():
+        if run_dir.name != "last.pt":
+            raise UsageError(f"--resume takes a run directory or its last.pt, not {run_dir}; to go on from another "
+                             "checkpoint, copy it as last.pt into a new run directory")
         return run_dir
     last = run_dir / "last.pt"
     if not last.is_file():

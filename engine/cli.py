@@ -11,7 +11,7 @@ import sys
 import typing
 
 from engine.config import Config, fields_in, flag
-from engine.errors import EngineError, UsageError
+from engine.errors import EngineError, Interrupted, UsageError
 
 LATEST = "runs/latest"
 
@@ -138,11 +138,14 @@ def main(argv=None):
     try:
         args = parser.parse_args(argv)
         return args.func(args)
+    except Interrupted as error:
+        print(f"engine: {error}", file=sys.stderr)
+        return error.exit_code
     except EngineError as error:
         print(f"engine: error: {error}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
-        print("engine: interrupted; completed epochs are saved (continue with engine train --resume)", file=sys.stderr)
+        print("engine: interrupted", file=sys.stderr)
         return 130
     except OSError as error:  # a full disk, a vanished file: the environment, not a bug
         print(f"engine: error: {error}", file=sys.stderr)

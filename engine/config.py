@@ -6,6 +6,7 @@ dict that `Config.from_dict` turns back into the same object.
 """
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,6 +78,11 @@ class Config:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise UsageError(f"{flag(name)} must be a whole number of at least 1, not {value!r}")
+        if not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
+            raise UsageError(f"--seed must be a whole number from 0 to 2**63 - 1, not {self.seed!r}")
+        for name in ("lr", "momentum", "weight_decay", "label_smoothing"):
+            if not math.isfinite(getattr(self, name)):
+                raise UsageError(f"{flag(name)} must be a finite number, not {getattr(self, name)!r}")
         if not self.lr > 0:
             raise UsageError(f"--lr must be greater than 0, not {self.lr!r}")
         if not 0 <= self.momentum < 1:
@@ -108,6 +114,12 @@ class Config:
         if unknown:
             raise UsageError(f"config has unknown fields: {', '.join(sorted(unknown))}")
         return cls(**values)
+
+    def with_absolute_paths(self):
+        """The same config with data paths made absolute, so a saved run works from any directory."""
+        data = self.data if self.data in BUILTIN_DATASETS else os.path.abspath(os.path.expanduser(self.data))
+        cache = os.path.abspath(os.path.expanduser(self.cache_dir)) if self.cache_dir else None
+        return dataclasses.replace(self, data=data, data_dir=os.path.abspath(os.path.expanduser(self.data_dir)), cache_dir=cache)
 
     def resolved_cache_dir(self) -> Path:
         if self.cache_dir:

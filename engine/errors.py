@@ -15,3 +15,9 @@ class UsageError(EngineError):
     """A bad argument: a name, a number or a combination of flags (exit 2)."""
 
     exit_code = 2
+
+
+class Interrupted(EngineError):
+    """Ctrl-C: what was completed is saved (exit 130)."""
+
+    exit_code = 130

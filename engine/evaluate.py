@@ -41,14 +41,19 @@ def evaluate_checkpoint(path, overrides, log=print):
     overrides: config values given on the command line (data, data_dir, limit_test, device, ...).
     """
     checkpoint = load(path)
-    values = dict(checkpoint["config"], **overrides)
-    cfg = Config.from_dict(values)
+    # The checkpoint decides what was trained on; how to run (device, amp, batch, limits) is this
+    # command's own flags and defaults, never the training run's.
+    saved = checkpoint["config"]
+    cfg = Config(**{**{k: saved[k] for k in ("model", "data", "data_dir", "cache_dir", "seed")}, **overrides})
     runtime = Runtime.from_config(cfg)
     data = load_dataset(cfg, (lambda *_: None) if cfg.quiet else log)
     spec = checkpoint["data"]
-    if list(data.shape) != list(spec["shape"]) or list(data.classes) != list(spec["classes"]):
+    if list(data.shape) != list(spec["shape"]) or not set(data.classes) <= set(spec["classes"]):
         raise EngineError(f"{path} was trained on {_describe(spec['shape'], spec['classes'])}, "
                           f"but --data {cfg.data} has {_describe(data.shape, data.classes)}")
+    # Classes are matched by name, so another source of the same data may list them in another order.
+    to_model = torch.tensor([spec["classes"].index(name) for name in data.classes])
+    data.test_y = to_model[data.test_y]
     model = runtime.prepare(model_from_checkpoint(checkpoint))
     loader = BatchLoader(data.test_x, data.test_y, cfg.batch_size, spec["mean"], spec["std"], device=runtime.device,
                          train=False, channels_last=cfg.channels_last)

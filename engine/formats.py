@@ -63,7 +63,7 @@ def _read_cifar_batch(path):
             batch = _ArrayUnpickler(f, encoding="bytes").load()
         data = np.asarray(batch[b"data"], dtype=np.uint8)
         labels = np.asarray(batch[b"labels"], dtype=np.int64)
-    except (pickle.UnpicklingError, KeyError, TypeError, ValueError, EOFError) as error:
+    except (pickle.UnpicklingError, KeyError, TypeError, ValueError, EOFError, AttributeError) as error:
         raise EngineError(f"{path} is not a CIFAR-10 batch ({error})") from None
     if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(labels) != len(data):
         raise EngineError(f"{path} is not a CIFAR-10 batch (data shape {data.shape}, {len(labels)} labels)")
@@ -78,9 +78,12 @@ def read_cifar10(data_dir, log=print) -> Dataset:
     parts = [_read_cifar_batch(root / name) for name in CIFAR10_TRAIN]
     train_x, train_y = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
     test_x, test_y = _read_cifar_batch(root / "test_batch")
-    with open(root / "batches.meta", "rb") as f:
-        meta = _ArrayUnpickler(f, encoding="bytes").load()
-    classes = [c.decode() if isinstance(c, bytes) else str(c) for c in meta[b"label_names"]]
+    try:
+        with open(root / "batches.meta", "rb") as f:
+            meta = _ArrayUnpickler(f, encoding="bytes").load()
+        classes = [c.decode() if isinstance(c, bytes) else str(c) for c in meta[b"label_names"]]
+    except (pickle.UnpicklingError, KeyError, TypeError, ValueError, EOFError, AttributeError) as error:
+        raise EngineError(f"{root / 'batches.meta'} is not CIFAR-10's metadata ({error})") from None
     _check_labels(root, classes, train_y, test_y)
     return Dataset("cifar10", classes, train_x, train_y, test_x, test_y, flip=True)
 
@@ -91,8 +94,11 @@ def _open_idx(path: Path):
         return path.read_bytes()
     gz = path.with_name(path.name + ".gz")
     if gz.is_file():
-        with gzip.open(gz) as f:
-            return f.read()
+        try:
+            with gzip.open(gz) as f:
+                return f.read()
+        except (OSError, EOFError) as error:  # gzip.BadGzipFile is an OSError; truncation is EOFError
+            raise EngineError(f"{gz} is not a readable gzip file ({error or 'truncated'}); delete it to download again") from None
     return None
 
 
@@ -101,6 +107,8 @@ def parse_idx(raw: bytes, source):
     if len(raw) < 4 or raw[0:2] != b"\0\0" or raw[2] != 0x08 or raw[3] < 1:
         raise EngineError(f"{source} is not an idx file of unsigned bytes")
     ndim = raw[3]
+    if len(raw) < 4 + 4 * ndim:
+        raise EngineError(f"{source} ends inside its idx header")
     dims = np.frombuffer(raw, dtype=">i4", count=ndim, offset=4).tolist()
     expected = 4 + 4 * ndim + int(np.prod(dims))
     if len(raw) != expected:

@@ -22,7 +22,7 @@ from engine.checkpoint import save_atomic
 from engine.data import ARCHIVE_SUFFIXES, Dataset, dataset_label
 from engine.errors import EngineError
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: a set with any colour image is all RGB
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 SPLITS = ("train", "test")
 LAYOUT = "expected train/<class>/<image> and test/<class>/<image>"
@@ -41,7 +41,7 @@ def _members(path: Path):
     """(name inside the source, bytes) for every file, in the source's own order."""
     kind = _archive_kind(path)
     if path.is_dir():
-        for root, dirs, files in os.walk(path):
+        for root, dirs, files in os.walk(path, followlinks=True):
             dirs.sort()
             for name in sorted(files):
                 full = Path(root) / name
@@ -78,7 +78,7 @@ def source_key(path: Path):
     """A digest of what the source is: its path and the size and mtime of each of its files."""
     digest = hashlib.sha256(f"{CACHE_FORMAT}:{path.resolve()}".encode())
     if path.is_dir():
-        for root, dirs, files in os.walk(path):
+        for root, dirs, files in os.walk(path, followlinks=True):
             dirs.sort()
             for name in sorted(files):
                 st = os.stat(Path(root) / name)
@@ -89,22 +89,24 @@ def source_key(path: Path):
     return digest.hexdigest()[:20]
 
 
-def _decode(data, name, mode, shape):
+GRAY_MODES = ("L", "1", "I;16", "I", "F")
+
+
+def _decode(data, name, size):
+    """(H, W) uint8 for a grayscale image, (H, W, 3) for any other; `size` (H, W) must match."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(io.BytesIO(data)) as image:
-            if mode is None:  # the first image decides: grayscale stays 1 channel, all else is RGB
-                mode = "L" if image.mode in ("L", "1", "I;16", "I") else "RGB"
-            array = np.asarray(image.convert(mode))
+            array = np.asarray(image.convert("L" if image.mode in GRAY_MODES else "RGB"))
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise EngineError(f"cannot decode image {name}: {error}") from None
-    if shape is not None and array.shape != shape:
+    if size is not None and array.shape[:2] != size:
         raise EngineError(
-            f"image {name} is {array.shape[1]}x{array.shape[0]} but the first image was {shape[1]}x{shape[0]}; "
+            f"image {name} is {array.shape[1]}x{array.shape[0]} but the first image was {size[1]}x{size[0]}; "
             "all images in a folder dataset must share one size"
         )
-    return array, mode
+    return array
 
 
 def decode_folder(path: Path, log=print):
@@ -112,7 +114,7 @@ def decode_folder(path: Path, log=print):
     from tqdm import tqdm
 
     found = {split: {} for split in SPLITS}  # split -> class -> [arrays]
-    mode = shape = None
+    size, colour = None, False
     log(f"Decoding {path} (first use only; the result is cached)")
     progress = tqdm(desc="Decoding", unit=" img", disable=not sys.stderr.isatty(), leave=False)
     try:
@@ -121,8 +123,8 @@ def decode_folder(path: Path, log=print):
                 place = _place(name)
                 if place is None:
                     continue
-                array, mode = _decode(read(), f"{path}:{name}" if path.is_file() else str(path / name), mode, shape)
-                shape = array.shape
+                array = _decode(read(), f"{path}:{name}" if path.is_file() else str(path / name), size)
+                size, colour = array.shape[:2], colour or array.ndim == 3
                 found[place[0]].setdefault(place[1], []).append(array)
                 progress.update()
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error) as error:  # gzip.BadGzipFile is an OSError
@@ -143,6 +145,8 @@ def decode_folder(path: Path, log=print):
         arrays, labels = [], []
         for index, name in enumerate(classes):
             images = found[split].get(name, [])
+            if colour:  # one colour image makes the whole set RGB (grey replicated, as PIL does)
+                images = [a if a.ndim == 3 else np.repeat(a[..., None], 3, axis=2) for a in images]
             arrays += images
             labels += [index] * len(images)
         x = torch.from_numpy(np.stack(arrays))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from engine.errors import EngineError, UsageError
 
-RUN_FILES = ("last.pt", "metrics.jsonl")
+RUN_FILES = ("config.json", "metrics.jsonl", "curves.png", "last.pt", "best.pt")  # what a run writes
 
 
 def format_epoch(m):
@@ -37,8 +37,12 @@ class RunDir:
     def __init__(self, path, *, resuming=False):
         self.path = Path(path)
         self.created = []  # the folders this run made, deepest first
-        if not resuming and any((self.path / name).exists() for name in RUN_FILES):
+        taken = [name for name in RUN_FILES if (self.path / name).exists()]
+        if not resuming and "last.pt" in taken:
             raise UsageError(f"--out {self.path} already holds a run; continue it with --resume {self.path} or choose another --out")
+        if not resuming and taken:
+            raise UsageError(f"--out {self.path} already holds {', '.join(taken)}, which a run would overwrite; "
+                             "move them or choose another --out")
         try:
             missing = self.path
             while not missing.exists() and missing != missing.parent:

@@ -99,7 +99,7 @@ def resolve_device(name):
 def resolve_amp(cfg: Config, device, warn=warn):
     """The autocast dtype for --amp/--amp-dtype on this device, or None for fp32."""
     if device.type == "cuda":
-        bf16_ok = torch.cuda.is_bf16_supported()
+        bf16_ok = torch.cuda.is_bf16_supported(including_emulation=False)  # Ampere and newer
         if cfg.amp is False:
             return None
         if cfg.amp_dtype == "bf16" and not bf16_ok:

@@ -69,3 +69,6 @@ def test_resume_path(tmp_path):
     (tmp_path / "run" / "last.pt").write_bytes(b"")
     assert resume_path(tmp_path / "run") == tmp_path / "run" / "last.pt"
     assert resume_path(tmp_path / "run" / "last.pt") == tmp_path / "run" / "last.pt"
+    (tmp_path / "run" / "best.pt").write_bytes(b"")
+    with pytest.raises(UsageError, match="takes a run directory or its last.pt"):
+        resume_path(tmp_path / "run" / "best.pt")

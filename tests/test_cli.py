@@ -3,9 +3,11 @@
 import io
 import os
 import re
+import signal
 import subprocess
 import sys
 import tarfile
+import time
 
 import numpy as np
 import pytest
@@ -77,6 +79,62 @@ def test_resume_defaults_to_runs_latest(tmp_path, capsys, monkeypatch):
     assert capsys.readouterr().out.startswith("Epoch: 2, ")  # the run was quiet, and resumes quiet
     assert load(run / "last.pt")["epoch"] == 2
     assert (tmp_path / "runs" / "latest").resolve() == run and run.is_dir()
+
+
+def test_relative_data_paths_work_from_another_directory(tmp_path, capsys, monkeypatch):
+    image_archive(tmp_path / "bugs.tar.gz")
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--data", "bugs.tar.gz", "--cache-dir", "cache", "--model", "mnist_cnn",
+                 "--batch-size", "8", "--epochs", "1", "--out", "run", "--quiet"]) == 0
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert main(["eval", "../run/last.pt"]) == 0
+    assert "(8 test images of " + str(tmp_path / "bugs.tar.gz") in capsys.readouterr().out
+
+
+def test_eval_on_other_data_of_the_same_shape_and_classes(tmp_path, capsys):
+    """Synthetic test images saved as an image folder: its classes come in alphabetical order, the
+    model's in the synthetic set's order; eval must match them by name."""
+    import torch
+
+    from engine.checkpoint import model_from_checkpoint
+    from engine.synthetic import CLASSES, generate
+
+    out = str(tmp_path / "run")
+    assert main(["train", "--epochs", "1", "--no-amp", "--out", out, "--quiet"]) == 0
+    data = generate(0, 10, 200)
+    folder = tmp_path / "shapes"
+    for i, (image, label) in enumerate(zip(data.test_x, data.test_y)):
+        for split in ("train", "test"):
+            (folder / split / CLASSES[label]).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image.permute(1, 2, 0).numpy()).save(folder / split / CLASSES[label] / f"{i}.png")
+    capsys.readouterr()
+    assert main(["eval", out + "/last.pt", "--data", str(folder), "--cache-dir", str(tmp_path / "c"), "--no-amp"]) == 0
+    printed = capsys.readouterr().out
+    assert "(200 test images of " in printed
+    checkpoint = load(out + "/last.pt")
+    spec = checkpoint["data"]
+    mean, std = torch.tensor(spec["mean"]).view(1, 3, 1, 1), torch.tensor(spec["std"]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        predicted = model_from_checkpoint(checkpoint)((data.test_x.float() / 255 - mean) / std).argmax(1)
+    expected = (predicted == data.test_y).float().mean().item()
+    assert expected > 0.3  # a model worth checking against
+    assert f"Test_acc:{expected * 100:.1f}%" in printed
+
+
+def test_ctrl_c_keeps_completed_epochs_and_says_how_to_resume(tmp_path):
+    out = tmp_path / "run"
+    process = subprocess.Popen([sys.executable, "-m", "engine", "train", "--epochs", "3", "--batch-size", "32",
+                                "--device", "cpu", "--no-amp", "--out", str(out)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (out / "last.pt").exists() and time.time() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGINT)
+    err = process.communicate(timeout=60)[1]
+    assert process.returncode == 130
+    assert err.strip().splitlines()[-1] == f"engine: interrupted; completed epochs are saved: continue with engine train --resume {out}"
+    assert load(out / "last.pt")["epoch"] >= 1
 
 
 def test_train_on_an_archive_and_eval_on_it(tmp_path, capsys):

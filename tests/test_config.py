@@ -33,6 +33,9 @@ def test_unknown_fields_are_refused():
     ({"label_smoothing": 1.0}, "--label-smoothing must be in"),
     ({"optimizer": "lion"}, "--optimizer must be one of sgd, adamw"),
     ({"model": "vgg"}, "unknown model 'vgg'"),
+    ({"seed": -1}, "--seed must be a whole number from 0"),
+    ({"lr": float("inf")}, "--lr must be a finite number"),
+    ({"weight_decay": float("nan")}, "--weight-decay must be a finite number"),
     ({"data": "imagenet"}, "unknown dataset 'imagenet'"),
 ])
 def test_bad_values_name_their_flag(values, message):
@@ -53,3 +56,11 @@ def test_every_field_has_a_documented_train_flag():
         assert flag(f.name) in documented, f.name
         assert len(documented[flag(f.name)]) > 10
     assert "--resume" in documented
+
+
+def test_absolute_paths_make_a_saved_config_work_from_anywhere(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = Config(data="images.tar.gz", data_dir="data", cache_dir="cache").with_absolute_paths()
+    assert cfg.data == str(tmp_path / "images.tar.gz") and cfg.data_dir == str(tmp_path / "data")
+    assert cfg.cache_dir == str(tmp_path / "cache")
+    assert Config(data="mnist").with_absolute_paths().data == "mnist"

@@ -123,3 +123,20 @@ def test_missing_files_offline_fail_in_one_line_naming_the_alternatives(tmp_path
     message = str(error.value)
     assert "download failed" in message and "--data-dir" in message and "--data PATH" in message
     assert "\n" not in message
+
+
+def test_damaged_downloads_are_named(tmp_path):
+    write_mnist(tmp_path, compress=True)
+    gz = tmp_path / "MNIST" / "raw" / "t10k-images-idx3-ubyte.gz"
+    gz.write_bytes(gz.read_bytes()[:40])
+    with pytest.raises(EngineError, match="t10k-images-idx3-ubyte.gz is not a readable gzip file"):
+        read_mnist(tmp_path, "mnist")
+    with pytest.raises(EngineError, match="ends inside its idx header"):
+        parse_idx(b"\x00\x00\x08\x03\x00\x00", "short.idx")
+
+
+def test_damaged_cifar_metadata_is_named(tmp_path):
+    write_cifar10(tmp_path)
+    (tmp_path / "cifar-10-batches-py" / "batches.meta").write_bytes(b"\x80\x02}q")
+    with pytest.raises(EngineError, match="batches.meta is not CIFAR-10's metadata"):
+        read_cifar10(tmp_path)

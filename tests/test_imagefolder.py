@@ -85,6 +85,23 @@ def test_grayscale_images_give_one_channel_and_no_flip(tmp_path):
     assert data.train_x.shape[1] == 1 and not data.flip
 
 
+def test_one_colour_image_makes_the_set_rgb_even_after_grey_ones(tmp_path):
+    files = tree(mode="L")  # grey first, in the walk's sorted order
+    files["train/frog/zzzz.png"] = png(77)  # then one colour image
+    data = read(source(tmp_path, files), tmp_path / "cache", log=lambda *_: None)
+    assert data.train_x.shape[1] == 3 and data.flip
+    grey = data.train_x[0]
+    assert torch.equal(grey[0], grey[1]) and torch.equal(grey[1], grey[2])  # grey replicated
+
+
+def test_symlinked_class_folders_are_followed(tmp_path):
+    path = source(tmp_path, tree())
+    (path / "train" / "frog").rename(tmp_path / "frogs")
+    (path / "train" / "frog").symlink_to(tmp_path / "frogs", target_is_directory=True)
+    data = read(path, tmp_path / "cache", log=lambda *_: None)
+    assert data.classes == CLASSES and len(data.train_x) == 9
+
+
 def test_jpeg_is_decoded(tmp_path):
     files = tree()
     buffer = io.BytesIO()

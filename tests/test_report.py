@@ -42,8 +42,15 @@ def test_latest_link_moves_and_never_replaces_a_real_folder(tmp_path):
 def test_refusals_and_cleanup(tmp_path):
     (tmp_path / "done").mkdir()
     (tmp_path / "done" / "last.pt").write_bytes(b"x")
-    with pytest.raises(UsageError, match="already holds a run"):
+    with pytest.raises(UsageError, match="already holds a run; continue it with --resume"):
         RunDir(tmp_path / "done")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "best.pt").write_bytes(b"my own")
+    (tmp_path / "mine" / "notes.txt").write_text("kept")
+    with pytest.raises(UsageError, match="already holds best.pt, which a run would overwrite; move them"):
+        RunDir(tmp_path / "mine")
+    (tmp_path / "mine" / "best.pt").unlink()
+    RunDir(tmp_path / "mine")  # other files are no obstacle: a run writes none of them
     RunDir(tmp_path / "done", resuming=True)
     (tmp_path / "file").write_text("x")
     with pytest.raises(EngineError, match="cannot write to --out"):

@@ -59,3 +59,13 @@ def test_prepare_keeps_parameters_and_state_dict_keys():
     assert model.features[0].conv.weight.is_contiguous(memory_format=torch.channels_last)
     assert list(model.state_dict()) == keys
     assert "fp32" in runtime.describe() and "channels_last" in runtime.describe()
+
+
+def test_cpus_without_native_bf16_default_to_fp32_and_warn_on_amp(monkeypatch):
+    import engine.runtime
+
+    monkeypatch.setattr(engine.runtime, "cpu_has_native_bf16", lambda: False)  # as on an AMD Zen 3
+    warnings = []
+    assert resolve_amp(Config(), CPU, warnings.append) is None and warnings == []
+    assert resolve_amp(Config(amp=True), CPU, warnings.append) is torch.bfloat16
+    assert len(warnings) == 1 and "several times slower" in warnings[0]

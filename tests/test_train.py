@@ -56,8 +56,8 @@ def test_default_run_directory_and_latest_link(tmp_path, monkeypatch):
 
 
 def test_amp_trains_on_this_device(tmp_path):
-    _, metrics = run(tmp_path, epochs=1, limit_train=512, limit_test=128, amp=True)
-    assert metrics[0]["train_loss"] < 2.4 and 0 <= metrics[0]["test_acc"] <= 1
+    _, metrics = run(tmp_path, epochs=1, limit_test=500, amp=True)
+    assert metrics[0]["test_acc"] > 0.5  # as fp32 does in one epoch (chance is 0.1): bf16 really trains
 
 
 def engine_train(out, epochs, *extra):

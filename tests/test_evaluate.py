@@ -1,0 +1,34 @@
+"""engine.evaluate: loss and accuracy over exactly the real images, and `engine eval`'s config rules."""
+
+import torch
+import torch.nn.functional as F
+
+from engine.config import Config
+from engine.evaluate import evaluate, evaluate_checkpoint
+from engine.loader import BatchLoader
+from engine.models import build_model
+from engine.runtime import Runtime
+from engine.train import train
+
+
+def test_evaluate_equals_a_direct_computation_despite_padding():
+    torch.manual_seed(0)
+    x = torch.randint(0, 256, (37, 3, 32, 32), dtype=torch.uint8)
+    y = torch.randint(0, 10, (37,))
+    model = build_model("cifar_cnn", (3, 32, 32), 10)
+    loader = BatchLoader(x, y, 16, [0.5] * 3, [0.25] * 3, device="cpu", train=False, channels_last=False)
+    loss, acc = evaluate(model, loader, Runtime.from_config(Config(device="cpu", amp=False)))
+    with torch.no_grad():
+        logits = model((x.float() / 255 - 0.5) / 0.25)
+    assert abs(loss - F.cross_entropy(logits, y).item()) < 1e-5
+    assert acc == (logits.argmax(1) == y).sum().item() / 37
+
+
+def test_eval_takes_data_from_the_checkpoint_and_runtime_from_its_own_flags(tmp_path):
+    out, _ = train(Config(epochs=1, limit_train=128, limit_test=16, batch_size=32, amp=False, quiet=True,
+                          out=str(tmp_path / "run")), log=lambda *_: None)
+    result = evaluate_checkpoint(out / "last.pt", {"quiet": True})
+    assert result["images"] == 2_000  # the whole synthetic test set, not the run's --limit-test 16
+    assert result["data"] == "synthetic" and 0 <= result["test_acc"] <= 1
+    subset = evaluate_checkpoint(out / "last.pt", {"quiet": True, "limit_test": 100, "amp": False})
+    assert subset["images"] == 100
