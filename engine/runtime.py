@@ -6,6 +6,7 @@ prepared model. Backend flags are set by `setup_backends()` when work starts, ne
 """
 
 import contextlib
+import ctypes
 import logging
 import os
 import sys
@@ -149,9 +150,30 @@ def use_triton(model, device):
     return model
 
 
+def keep_freed_memory():
+    """Ask glibc's malloc to keep freed blocks of up to 32 MB instead of unmapping them.
+
+    By default glibc unmaps large freed blocks and raises that threshold only after it sees one
+    freed, so whether a process re-faults its activations on every training step depends on what
+    it happened to allocate first. Page faults and kernel zeroing then slow every memory-bound op:
+    on the 2-core CPU, cifar_cnn on the CIFAR JPEG cache trained at 1,726 img/s in fp32 before
+    this and 2,608 after. Returns whether the allocator took the settings (False off glibc).
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # musl or another libc: nothing to tune
+        return False
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 1 << 30))
+
+
 def setup_backends(device, seed):
     """Process-wide settings for a run, applied when it starts (never at import)."""
     torch.manual_seed(seed)
+    if device.type == "cpu":
+        keep_freed_memory()
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True

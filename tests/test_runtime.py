@@ -69,3 +69,13 @@ def test_cpus_without_native_bf16_default_to_fp32_and_warn_on_amp(monkeypatch):
     assert resolve_amp(Config(), CPU, warnings.append) is None and warnings == []
     assert resolve_amp(Config(amp=True), CPU, warnings.append) is torch.bfloat16
     assert len(warnings) == 1 and "several times slower" in warnings[0]
+
+
+def test_the_allocator_keeps_freed_activations_on_glibc():
+    import platform
+    import sys
+
+    from engine.runtime import keep_freed_memory
+
+    glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+    assert keep_freed_memory() is glibc
