@@ -1,5 +1,6 @@
 """engine.evaluate: loss and accuracy over exactly the real images, and `engine eval`'s config rules."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -32,3 +33,16 @@ def test_eval_takes_data_from_the_checkpoint_and_runtime_from_its_own_flags(tmp_
     assert result["data"] == "synthetic" and 0 <= result["test_acc"] <= 1
     subset = evaluate_checkpoint(out / "last.pt", {"quiet": True, "limit_test": 100, "amp": False})
     assert subset["images"] == 100
+
+
+@pytest.mark.slow
+def test_eval_with_triton_matches_eager(tmp_path):
+    pytest.importorskip("triton")
+    out, _ = train(Config(epochs=1, limit_train=256, limit_test=16, batch_size=32, amp=False, quiet=True,
+                          out=str(tmp_path / "run")), log=lambda *_: None)
+    flags = {"quiet": True, "limit_test": 24, "batch_size": 8, "amp": False}
+    fused = evaluate_checkpoint(out / "last.pt", {**flags, "triton": True})
+    eager = evaluate_checkpoint(out / "last.pt", flags)
+    assert fused["images"] == eager["images"] == 24
+    assert fused["test_loss"] == pytest.approx(eager["test_loss"], rel=1e-5)
+    assert fused["test_acc"] == eager["test_acc"]
