@@ -94,6 +94,8 @@ def cmd_train(args):
         resume = load(path)
         saved = resume["config"]
         fixed = {f.name for f in dataclasses.fields(Config) if not f.metadata["resume"]}
+        if "data" in values:  # the run saved it absolute
+            values["data"] = Config(data=values["data"]).with_absolute_paths().data
         for name, value in values.items():
             if name in fixed and saved.get(name) != value:
                 raise UsageError(f"--resume continues the run as configured; {flag(name)} {value} differs from its "

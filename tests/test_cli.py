@@ -90,6 +90,7 @@ def test_relative_data_paths_work_from_another_directory(tmp_path, capsys, monke
     monkeypatch.chdir(tmp_path / "elsewhere")
     assert main(["eval", "../run/last.pt"]) == 0
     assert "(8 test images of " + str(tmp_path / "bugs.tar.gz") in capsys.readouterr().out
+    assert main(["train", "--resume", "../run", "--data", "../bugs.tar.gz"]) == 0  # the same data, named from here
 
 
 def test_eval_on_other_data_of_the_same_shape_and_classes(tmp_path, capsys):
@@ -225,6 +226,7 @@ def test_an_existing_run_is_never_overwritten_and_resume_keeps_its_config(tmp_pa
     before = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()}
     assert "already holds a run" in bad(capsys, ["train", *SMALL, "--out", out], 2)
     assert "--lr 0.5 differs from its 0.05" in bad(capsys, ["train", "--resume", out, "--lr", "0.5"], 2)
+    assert "--data mnist differs from its synthetic" in bad(capsys, ["train", "--resume", out, "--data", "mnist"], 2)
     assert {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()} == before
 
 
