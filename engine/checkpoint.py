@@ -6,7 +6,10 @@ RNG states and the metrics so far. That is enough to resume exactly, to evaluate
 rebuild the model for export without the data or the code that trained it.
 """
 
+import contextlib
 import os
+import signal
+import threading
 from pathlib import Path
 
 import torch
@@ -17,20 +20,43 @@ FORMAT = "engine-checkpoint/1"
 REQUIRED = ("format", "config", "data", "model", "epoch")
 
 
+_holding = []  # non-empty while interrupts_held() is active: nested holds are one hold
+
+
+@contextlib.contextmanager
+def interrupts_held():
+    """Hold Ctrl-C until the block ends, then raise it. torch.save interrupted half-way raises a
+    RuntimeError, and an epoch's last.pt, best.pt and metrics must not get out of step."""
+    if _holding or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received = []
+    previous = signal.signal(signal.SIGINT, lambda *_: received.append(True))
+    _holding.append(True)
+    try:
+        yield
+    finally:
+        _holding.pop()
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        raise KeyboardInterrupt
+
+
 def save_atomic(obj, path):
     """torch.save to a temporary file beside `path`, fsync, then os.replace: all or nothing."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(temporary, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
-    finally:
-        if temporary.exists():
-            temporary.unlink()
+    with interrupts_held():
+        try:
+            with open(temporary, "wb") as f:
+                torch.save(obj, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(temporary, path)
+        finally:
+            if temporary.exists():
+                temporary.unlink()
 
 
 def rng_states():

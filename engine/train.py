@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from engine import __version__
-from engine.checkpoint import FORMAT, restore_rng_states, rng_states, save_atomic
+from engine.checkpoint import FORMAT, interrupts_held, restore_rng_states, rng_states, save_atomic
 from engine.config import Config
 from engine.data import check_batch_size, dataset_label, load_dataset
 from engine.errors import EngineError, Interrupted, UsageError
@@ -142,13 +142,14 @@ def train(cfg: Config, resume=None, log=print):
                 "scaler": scaler.state_dict(), "epoch": epoch + 1, "rng": rng_states(), "metrics": metrics,
                 "versions": {"engine": __version__, "torch": str(torch.__version__)},
             }
-            save_atomic(state, run.path / "last.pt")
-            if best_now:
-                save_atomic(state, run.path / "best.pt")
-            run.write_metrics(metrics)
-            run.plot(metrics)
-            if tensorboard:
-                tensorboard.log(m)
+            with interrupts_held():  # an epoch's files are written whole, or not at all
+                save_atomic(state, run.path / "last.pt")
+                if best_now:
+                    save_atomic(state, run.path / "best.pt")
+                run.write_metrics(metrics)
+                run.plot(metrics)
+                if tensorboard:
+                    tensorboard.log(m)
             log(format_epoch(m))
             if warm_until and runtime.compile:
                 say(f"Warm-up: {m['warmup_s']:.1f} s for the first {warm_until} steps (torch.compile), kept out of img/s")

@@ -72,3 +72,22 @@ def test_resume_path(tmp_path):
     (tmp_path / "run" / "best.pt").write_bytes(b"")
     with pytest.raises(UsageError, match="takes a run directory or its last.pt"):
         resume_path(tmp_path / "run" / "best.pt")
+
+
+def test_ctrl_c_waits_for_the_writes_to_finish(tmp_path):
+    import signal
+
+    from engine.checkpoint import interrupts_held
+
+    finished = []
+    with pytest.raises(KeyboardInterrupt):
+        with interrupts_held():
+            with interrupts_held():  # nested: still one hold, released by the outer block
+                os.kill(os.getpid(), signal.SIGINT)
+                save_atomic({"a": 1}, tmp_path / "last.pt")
+                finished.append("inner")
+            save_atomic({"a": 2}, tmp_path / "best.pt")
+            finished.append("outer")
+    assert finished == ["inner", "outer"]
+    assert torch.load(tmp_path / "best.pt", weights_only=True) == {"a": 2}
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back

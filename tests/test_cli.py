@@ -135,7 +135,10 @@ def test_ctrl_c_keeps_completed_epochs_and_says_how_to_resume(tmp_path):
     err = process.communicate(timeout=60)[1]
     assert process.returncode == 130
     assert err.strip().splitlines()[-1] == f"engine: interrupted; completed epochs are saved: continue with engine train --resume {out}"
-    assert load(out / "last.pt")["epoch"] >= 1
+    epoch = load(out / "last.pt")["epoch"]
+    assert epoch >= 1  # an epoch's files are whole and in step, with no temporaries left
+    assert sorted(os.listdir(out)) == ["best.pt", "config.json", "curves.png", "last.pt", "metrics.jsonl"]
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == epoch
 
 
 def test_train_on_an_archive_and_eval_on_it(tmp_path, capsys):
