@@ -107,7 +107,7 @@ def build_model(name, in_shape, num_classes) -> ConvNet:
             f"{channels}x{height}x{width}; choose a model with fewer pooling stages or larger images"
         )
     if num_classes < 2:
-        raise UsageError(f"the data has {num_classes} class; a classifier needs at least 2")
+        raise UsageError(f"a classifier needs at least 2 classes, not {num_classes}")
     return ConvNet(spec, in_shape, num_classes)
 
 

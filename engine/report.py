@@ -5,6 +5,7 @@
 it is replaced atomically, so a run killed at any moment leaves whole files.
 """
 
+import importlib.util
 import json
 import os
 import sys
@@ -116,11 +117,15 @@ class RunDir:
 class TensorBoard:
     """Scalars per epoch in the run directory, when --tensorboard is given."""
 
+    @staticmethod
+    def require():
+        """Fail before any work is done when the optional package is missing."""
+        if importlib.util.find_spec("tensorboard") is None:
+            raise UsageError("--tensorboard needs the tensorboard package: pip install 'engine-cnn[tensorboard]'")
+
     def __init__(self, path):
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            raise UsageError("--tensorboard needs the tensorboard package: pip install 'engine-cnn[tensorboard]'") from None
+        from torch.utils.tensorboard import SummaryWriter
+
         self.writer = SummaryWriter(log_dir=str(path))
 
     def log(self, m):

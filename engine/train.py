@@ -5,7 +5,6 @@ epoch train, evaluate, report and checkpoint. Speed is measured without per-step
 first steps of a process (compile and allocation warm-up) are timed apart from steady state.
 """
 
-import importlib.util
 import time
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from engine import __version__
 from engine.checkpoint import FORMAT, interrupts_held, restore_rng_states, rng_states, save_atomic
 from engine.config import Config
 from engine.data import check_batch_size, dataset_label, load_dataset
-from engine.errors import EngineError, Interrupted, UsageError
+from engine.errors import EngineError, Interrupted
 from engine.evaluate import evaluate
 from engine.loader import BatchLoader
 from engine.models import build_model, count_parameters
@@ -33,8 +32,8 @@ def train(cfg: Config, resume=None, log=print):
     say = (lambda *_: None) if cfg.quiet else log
     cfg = cfg.with_absolute_paths()
     runtime = Runtime.from_config(cfg)
-    if cfg.tensorboard and importlib.util.find_spec("tensorboard") is None:
-        raise UsageError("--tensorboard needs the tensorboard package: pip install 'engine-cnn[tensorboard]'")
+    if cfg.tensorboard:
+        TensorBoard.require()
     if not cfg.out:
         cfg.out = str(default_run_dir(cfg.model, dataset_label(cfg.data), RUNS))
     run = RunDir(cfg.out, resuming=resume is not None)
