@@ -29,10 +29,9 @@ class Dataset:
     def shape(self):
         return tuple(self.train_x.shape[1:])
 
-    def spec(self, mean=None, std=None):
+    def spec(self):
         """Plain values a checkpoint stores to rebuild the model and its input pipeline."""
-        if mean is None:
-            mean, std = channel_stats(self.train_x)
+        mean, std = channel_stats(self.train_x)
         return {"name": self.name, "classes": list(self.classes), "shape": list(self.shape),
                 "mean": mean, "std": std, "flip": self.flip}
 
