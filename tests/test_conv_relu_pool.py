@@ -98,6 +98,32 @@ def test_every_autotune_config_is_correct(crp, path):
         torch.testing.assert_close(out, ref, **TOLERANCE[torch.float16], msg=lambda m: f"{config}: {m}")
 
 
+@pytest.mark.slow
+def test_a_sweep_of_shapes_outside_the_grid(crp):
+    """24 seeded random cases with channel counts the grid never uses (2, 5, 16, 17, 33), all three
+    dtypes, both layouts, strides 1 and 2; every third case, when fp32 with a bias, also checks the gradients."""
+    rng = random.Random(12345)
+    checked = 0
+    for i in range(24):
+        k, pad, stride = rng.randint(1, 7), rng.randint(0, 3), rng.choice([1, 1, 2])
+        c, oc = rng.choice([2, 5, 16, 17, 33]), rng.choice([3, 8, 19, 40, 65])
+        low = max(1, k - 2 * pad + 2 * stride)
+        h, w = rng.randint(low, 17), rng.randint(low, 17)
+        dtype, channels_last = DTYPES[i % 3], rng.random() < 0.5
+        inputs = make_inputs(rng.randint(1, 4), c, h, w, oc, k, k, dtype, channels_last, bias=rng.random() < 0.8, seed=i)
+        ref = crp.conv_relu_pool_reference(*inputs, stride, pad)
+        torch.testing.assert_close(crp.conv_relu_pool(*inputs, stride, pad), ref, **TOLERANCE[dtype],
+                                   msg=lambda m: f"case {i}: {m}")
+        if dtype == torch.float32 and i % 3 == 0 and inputs[2] is not None:
+            grad_out = torch.randn_like(ref)
+            got = _grads(lambda *t: crp.conv_relu_pool(*t, stride, pad), inputs, grad_out)
+            want = _grads(lambda *t: crp.conv_relu_pool_reference(*t, stride, pad), inputs, grad_out)
+            for g, r in zip(got, want):
+                torch.testing.assert_close(g, r, **TOLERANCE[torch.float32], msg=lambda m: f"case {i} grad: {m}")
+        checked += 1
+    assert checked == 24
+
+
 BACKWARD_CASES = [  # (n, c, h, w, oc, k, stride, padding, channels_last)
     (2, 3, 11, 10, 16, 3, 1, 0, False),
     (2, 1, 9, 9, 8, 5, 1, 2, True),
