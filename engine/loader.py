@@ -2,13 +2,16 @@
 
 Each epoch shuffles with a generator seeded by (seed, epoch), so an epoch's batches depend on
 nothing but those two numbers: a resumed run sees exactly the batches an uninterrupted one
-would. Random crops (zero padding) and horizontal flips run on whole batches; normalisation
-uses the dataset's mean and std. There is no per-sample Python work and no worker process.
+would. Random crops (zero padding) and horizontal flips run on whole batches; normalisation is
+`engine.normalization.Normalize`, the module exported ONNX files hold too. There is no
+per-sample Python work and no worker process.
 """
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from engine.normalization import Normalize
 
 
 def epoch_generator(seed, epoch):
@@ -52,10 +55,7 @@ class BatchLoader:
         self.device = torch.device(device)
         self.train, self.flip, self.padding, self.seed = train, flip, crop_padding, seed
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        # x / 255 normalised by (mean, std) is one multiply-add: x * scale + shift.
-        mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
-        std = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
-        self.scale, self.shift = 1 / (255 * std), -mean / std
+        self.normalize = Normalize(mean, std).to(device)  # the same module the exported ONNX graph holds
 
     def __len__(self):
         n = len(self.x)
@@ -63,8 +63,7 @@ class BatchLoader:
 
     def normalise(self, x):
         """uint8 (B, C, H, W) -> float32 in the model's memory format."""
-        x = x.contiguous(memory_format=self.memory_format).float()
-        return torch.addcmul(self.shift, x, self.scale)
+        return self.normalize(x.contiguous(memory_format=self.memory_format))
 
     def epoch(self, epoch, skip=0):
         """The batches of `epoch`, starting after the first `skip` of them."""

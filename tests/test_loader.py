@@ -14,7 +14,8 @@ def labelled_images(n=50, size=12, channels=3):
 
 def unnormalised(loader, x):
     """Invert the loader's normalisation (back to 0..255 values)."""
-    return ((x - loader.shift) / loader.scale).round()
+    norm = loader.normalize
+    return ((x - norm.shift) / norm.byte_scale).round()
 
 
 def test_train_batches_keep_labels_with_their_images_and_cover_the_epoch_once():
