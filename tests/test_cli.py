@@ -99,7 +99,7 @@ def test_eval_on_other_data_of_the_same_shape_and_classes(tmp_path, capsys):
     import torch
 
     from engine.checkpoint import model_from_checkpoint
-    from engine.synthetic import CLASSES, generate
+    from engine.data.synthetic import CLASSES, generate
 
     out = str(tmp_path / "run")
     assert main(["train", "--epochs", "1", "--no-amp", "--out", out, "--quiet"]) == 0

@@ -1,40 +1,16 @@
-"""engine.data: statistics, seeded subsets, naming, dispatch and the batch-size check."""
+"""engine.data: dispatch to the reader `--data` names, `--limit-*`, the spec, and the batch-size check."""
+
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
-import torch
 
 from engine.config import Config
-from engine.data import Dataset, channel_stats, check_batch_size, dataset_label, load_dataset
+from engine.data import check_batch_size, load_dataset
 from engine.errors import UsageError
 
-
-def test_channel_stats_are_exact():
-    torch.manual_seed(0)
-    x = torch.randint(0, 256, (50, 3, 7, 5), dtype=torch.uint8)
-    mean, std = channel_stats(x)
-    f = x.double() / 255
-    assert mean == pytest.approx(f.mean((0, 2, 3)).tolist(), abs=1e-6)
-    assert std == pytest.approx(f.std((0, 2, 3), unbiased=False).tolist(), abs=1e-6)
-    assert channel_stats(torch.zeros(4, 1, 2, 2, dtype=torch.uint8))[1] == [0.001]  # never divide by zero
-
-
-def test_limits_take_a_seeded_subset_with_labels_aligned():
-    x = torch.arange(100, dtype=torch.uint8).view(100, 1, 1, 1)
-    make = lambda: Dataset("d", ["a", "b"], x.clone(), torch.arange(100), x[:40].clone(), torch.arange(40), flip=False)  # noqa: E731
-    a = make().limit(10, 5, seed=1)
-    b = make().limit(10, 5, seed=1)
-    c = make().limit(10, 5, seed=2)
-    assert len(a.train_x) == 10 and len(a.test_x) == 5
-    assert torch.equal(a.train_y, b.train_y) and not torch.equal(a.train_y, c.train_y)
-    assert torch.equal(a.train_x.flatten().long(), a.train_y)
-    assert len(make().limit(1000, None).train_x) == 100  # a limit above the size keeps everything
-
-
-def test_dataset_labels():
-    assert dataset_label("cifar10") == "cifar10"
-    assert dataset_label("../shared/datasets/cifar10-jpeg.tar.gz") == "cifar10-jpeg"
-    assert dataset_label("/data/pets/") == "pets"
-    assert dataset_label("digits.zip") == "digits"
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_load_dataset_synthetic_with_limits_and_spec():
@@ -50,3 +26,12 @@ def test_batch_larger_than_the_data_is_refused():
     check_batch_size(data, 100)
     with pytest.raises(UsageError, match="--batch-size 101 is larger than the 100 training images"):
         check_batch_size(data, 101)
+
+
+def test_the_package_reexports_the_type_and_loads_no_reader_at_import():
+    # Readers (and their numpy/PIL/pickle code) load only when their data is asked for.
+    code = ("import sys; from engine.data import Dataset, channel_stats, check_batch_size, dataset_label, load_dataset; "
+            "print(sorted(m for m in sys.modules if m.startswith('engine.data.')))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "['engine.data.dataset']"

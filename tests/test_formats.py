@@ -1,4 +1,4 @@
-"""engine.formats: CIFAR-10 pickles and MNIST idx files, written here in the real on-disk formats."""
+"""engine.data.formats: CIFAR-10 pickles and MNIST idx files, written here in the real on-disk formats."""
 
 import gzip
 import pickle
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from engine.data.formats import parse_idx, read_cifar10, read_mnist
 from engine.errors import EngineError
-from engine.formats import parse_idx, read_cifar10, read_mnist
 
 CIFAR_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 

@@ -1,4 +1,4 @@
-"""engine.imagefolder: folders and .tar/.tar.gz/.zip archives of real PNG and JPEG files, and the cache."""
+"""engine.data.imagefolder: folders and .tar/.tar.gz/.zip archives of real PNG and JPEG files, and the cache."""
 
 import io
 import tarfile
@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
+from engine.data.imagefolder import read, source_key
 from engine.errors import EngineError
-from engine.imagefolder import read, source_key
 
 CLASSES = ["cat", "dog", "frog"]
 

@@ -1,8 +1,8 @@
-"""engine.synthetic: deterministic, balanced, flip-symmetric and distinct per class."""
+"""engine.data.synthetic: deterministic, balanced, flip-symmetric and distinct per class."""
 
 import torch
 
-from engine.synthetic import CLASSES, SHAPES, generate
+from engine.data.synthetic import CLASSES, SHAPES, generate
 
 
 def test_same_seed_same_images_other_seed_other_images():

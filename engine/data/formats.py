@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine.data import Dataset
+from engine.data.dataset import Dataset
 from engine.errors import EngineError
 
 CIFAR10_DIR = "cifar-10-batches-py"

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from engine.checkpoint import save_atomic
-from engine.data import ARCHIVE_SUFFIXES, Dataset, dataset_label
+from engine.data.dataset import ARCHIVE_SUFFIXES, Dataset, dataset_label
 from engine.errors import EngineError
 
 CACHE_FORMAT = 2  # 2: a set with any colour image is all RGB

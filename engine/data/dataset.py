@@ -1,9 +1,8 @@
-"""Datasets as uint8 tensors: what a dataset is, where it comes from, and its statistics.
+"""What a dataset is: `Dataset`, whose splits are whole (N, C, H, W) uint8 tensors, its seeded
+`--limit-*` subsets, its exact per-channel statistics and the short name `--data` goes by.
 
-`load_dataset(cfg)` picks the reader for `--data` (built-in synthetic set, torchvision's on-disk
-formats, or an image folder/archive), applies the seeded `--limit-*` subsets and returns a
-`Dataset` whose splits are whole (N, C, H, W) uint8 tensors. `Dataset.spec()` is the part a
-checkpoint keeps, so eval and export rebuild the model and its normalisation without the data.
+`Dataset.spec()` is the part a checkpoint keeps, so eval and export rebuild the model and its
+normalisation without the data. The readers build a `Dataset` and depend on this module only.
 """
 
 from dataclasses import dataclass
@@ -11,8 +10,7 @@ from pathlib import Path
 
 import torch
 
-from engine.config import BUILTIN_DATASETS, Config
-from engine.errors import UsageError
+from engine.config import BUILTIN_DATASETS
 
 
 @dataclass
@@ -76,33 +74,3 @@ def dataset_label(data):
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return name
-
-
-def load_dataset(cfg: Config, log=print) -> Dataset:
-    """The dataset `cfg.data` names, with `--limit-*` applied."""
-    if cfg.data == "synthetic":
-        from engine import synthetic
-
-        log(f"Data: built-in synthetic set ({synthetic.describe()}, seed {cfg.seed}); pass --data for real images")
-        data = synthetic.generate(cfg.seed)
-    elif cfg.data == "cifar10":
-        from engine import formats
-
-        data = formats.read_cifar10(cfg.data_dir, log)
-    elif cfg.data in ("mnist", "fashion_mnist"):
-        from engine import formats
-
-        data = formats.read_mnist(cfg.data_dir, cfg.data, log)
-    else:
-        from engine import imagefolder
-
-        data = imagefolder.read(cfg.data, cfg.resolved_cache_dir(), log)
-    return data.limit(cfg.limit_train, cfg.limit_test, cfg.seed)
-
-
-def check_batch_size(data: Dataset, batch_size):
-    if batch_size > len(data.train_x):
-        raise UsageError(
-            f"--batch-size {batch_size} is larger than the {len(data.train_x):,} training images; "
-            "use a smaller --batch-size or more data"
-        )

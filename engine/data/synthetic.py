@@ -8,7 +8,7 @@ seed on every machine, and a small CNN learns it well above chance within one ep
 
 import torch
 
-from engine.data import Dataset
+from engine.data.dataset import Dataset
 
 CLASSES = ["disc", "ring", "square", "frame", "diamond", "plus", "cross", "hstripes", "vstripes", "triangle"]
 TRAIN_SIZE, TEST_SIZE, SIDE = 10_000, 2_000, 32

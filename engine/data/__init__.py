@@ -1,0 +1,42 @@
+"""Datasets as uint8 tensors: `load_dataset(cfg)` picks the reader for `--data` and applies `--limit-*`.
+
+The readers are the built-in synthetic set (`synthetic`), torchvision's on-disk formats (`formats`)
+and image folders or archives (`imagefolder`); each builds a `dataset.Dataset` and is imported only
+when its data is asked for, so importing this package reads nothing and loads no reader.
+"""
+
+from engine.config import Config
+from engine.data.dataset import ARCHIVE_SUFFIXES, Dataset, channel_stats, dataset_label
+from engine.errors import UsageError
+
+__all__ = ["ARCHIVE_SUFFIXES", "Dataset", "channel_stats", "check_batch_size", "dataset_label", "load_dataset"]
+
+
+def load_dataset(cfg: Config, log=print) -> Dataset:
+    """The dataset `cfg.data` names, with `--limit-*` applied."""
+    if cfg.data == "synthetic":
+        from engine.data import synthetic
+
+        log(f"Data: built-in synthetic set ({synthetic.describe()}, seed {cfg.seed}); pass --data for real images")
+        data = synthetic.generate(cfg.seed)
+    elif cfg.data == "cifar10":
+        from engine.data import formats
+
+        data = formats.read_cifar10(cfg.data_dir, log)
+    elif cfg.data in ("mnist", "fashion_mnist"):
+        from engine.data import formats
+
+        data = formats.read_mnist(cfg.data_dir, cfg.data, log)
+    else:
+        from engine.data import imagefolder
+
+        data = imagefolder.read(cfg.data, cfg.resolved_cache_dir(), log)
+    return data.limit(cfg.limit_train, cfg.limit_test, cfg.seed)
+
+
+def check_batch_size(data: Dataset, batch_size):
+    if batch_size > len(data.train_x):
+        raise UsageError(
+            f"--batch-size {batch_size} is larger than the {len(data.train_x):,} training images; "
+            "use a smaller --batch-size or more data"
+        )

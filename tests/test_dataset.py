@@ -1,0 +1,35 @@
+"""engine.data.dataset: exact channel statistics, seeded subsets and the names `--data` goes by."""
+
+import pytest
+import torch
+
+from engine.data.dataset import Dataset, channel_stats, dataset_label
+
+
+def test_channel_stats_are_exact():
+    torch.manual_seed(0)
+    x = torch.randint(0, 256, (50, 3, 7, 5), dtype=torch.uint8)
+    mean, std = channel_stats(x)
+    f = x.double() / 255
+    assert mean == pytest.approx(f.mean((0, 2, 3)).tolist(), abs=1e-6)
+    assert std == pytest.approx(f.std((0, 2, 3), unbiased=False).tolist(), abs=1e-6)
+    assert channel_stats(torch.zeros(4, 1, 2, 2, dtype=torch.uint8))[1] == [0.001]  # never divide by zero
+
+
+def test_limits_take_a_seeded_subset_with_labels_aligned():
+    x = torch.arange(100, dtype=torch.uint8).view(100, 1, 1, 1)
+    make = lambda: Dataset("d", ["a", "b"], x.clone(), torch.arange(100), x[:40].clone(), torch.arange(40), flip=False)  # noqa: E731
+    a = make().limit(10, 5, seed=1)
+    b = make().limit(10, 5, seed=1)
+    c = make().limit(10, 5, seed=2)
+    assert len(a.train_x) == 10 and len(a.test_x) == 5
+    assert torch.equal(a.train_y, b.train_y) and not torch.equal(a.train_y, c.train_y)
+    assert torch.equal(a.train_x.flatten().long(), a.train_y)
+    assert len(make().limit(1000, None).train_x) == 100  # a limit above the size keeps everything
+
+
+def test_dataset_labels():
+    assert dataset_label("cifar10") == "cifar10"
+    assert dataset_label("../shared/datasets/cifar10-jpeg.tar.gz") == "cifar10-jpeg"
+    assert dataset_label("/data/pets/") == "pets"
+    assert dataset_label("digits.zip") == "digits"
