@@ -28,7 +28,9 @@ def option(default, help, *, choices=None, group="train", resume=False):
 
 @dataclass
 class Config:
-    model: str = option("cifar_cnn", "network, by name: cifar_cnn, cifar_seq or mnist_cnn (see `engine summary`)")
+    model: str = option(
+        "cifar_cnn", "network, by name: cifar_cnn, cifar_seq, mnist_cnn, lenet, mlp or fast_cifar (see `engine summary`)"
+    )
     data: str = option(
         "synthetic",
         "synthetic (built in), cifar10, mnist, fashion_mnist, or the PATH of an image folder "
@@ -44,7 +46,12 @@ class Config:
     epochs: int = option(10, "passes over the training set")
     batch_size: int = option(64, "images per step (64 was fastest per image on the 2-core CPU)", group="runtime")
     lr: float = option(0.05, "peak learning rate")
-    optimizer: str = option("sgd", "sgd (Nesterov momentum) or adamw", choices=("sgd", "adamw"))
+    optimizer: str = option(
+        "sgd",
+        "sgd (Nesterov momentum), adamw, adam or rmsprop; --momentum is beta1 for adam(w) and the momentum of "
+        "sgd and rmsprop; the adaptive ones want a far smaller --lr (about 1e-3)",
+        choices=("sgd", "adamw", "adam", "rmsprop"),
+    )
     momentum: float = option(0.9, "SGD momentum, or AdamW beta1")
     weight_decay: float = option(5e-4, "L2 penalty (decoupled for adamw)")
     label_smoothing: float = option(0.1, "cross-entropy label smoothing")

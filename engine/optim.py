@@ -14,10 +14,24 @@ WARMUP = 0.2  # onecycle: share of the steps spent rising to the peak
 
 
 def build_optimizer(cfg: Config, model):
+    """The optimizer `cfg.optimizer` over all the model's parameters.
+
+    --momentum is each method's first-moment knob: SGD's (Nesterov) momentum, Adam/AdamW's beta1,
+    RMSprop's momentum (its squared-gradient average keeps torch's alpha 0.99). --weight-decay is
+    decoupled for adamw and an L2 term added to the gradient for sgd, adam and rmsprop, so with
+    adam and rmsprop it is scaled by the adaptive step like any gradient (as torch implements it).
+    Frozen parameters (requires_grad False) stay in the list, so the optimizer's state lines up
+    with a checkpoint's whatever was frozen; they never get a gradient, and torch skips those.
+    """
+    params = list(model.parameters())
+    lr, momentum, decay = cfg.lr, cfg.momentum, cfg.weight_decay
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.momentum, 0.999), weight_decay=cfg.weight_decay)
-    return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                           nesterov=cfg.momentum > 0, weight_decay=cfg.weight_decay)
+        return torch.optim.AdamW(params, lr=lr, betas=(momentum, 0.999), weight_decay=decay)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=lr, betas=(momentum, 0.999), weight_decay=decay)
+    if cfg.optimizer == "rmsprop":
+        return torch.optim.RMSprop(params, lr=lr, momentum=momentum, weight_decay=decay)
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=momentum > 0, weight_decay=decay)
 
 
 def lr_at(cfg: Config, step, total_steps):

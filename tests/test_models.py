@@ -1,17 +1,38 @@
-"""engine.models: the tutorials' parameter counts, input-shape fitting and the block's eager op."""
+"""engine.models: the registry, the tutorials' parameter counts, input-shape fitting, summaries and FLOPs."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from engine.errors import UsageError
-from engine.models import MODELS, ConvReluPool, build_model, count_parameters, format_summary, smallest_side, summarize
+from engine.models import MODELS, build_model, count_parameters, format_summary, forward_flops, smallest_side, summarize
+
+COUNTS = [("cifar_cnn", 246_474), ("cifar_seq", 145_578), ("mnist_cnn", 824_458), ("lenet", 62_006),
+          ("mlp", 101_770), ("fast_cifar", 295_120)]
 
 
-@pytest.mark.parametrize("name, expected", [("cifar_cnn", 246_474), ("cifar_seq", 145_578), ("mnist_cnn", 824_458)])
+def test_every_model_has_a_count():
+    assert sorted(name for name, _ in COUNTS) == sorted(MODELS)
+
+
+@pytest.mark.parametrize("name, expected", COUNTS)
 def test_parameter_counts_match_the_tutorials(name, expected):
     model = build_model(name, MODELS[name].reference_shape, 10)
     assert count_parameters(model) == expected == MODELS[name].reference_params
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("shape", [(3, 32, 32), (1, 28, 28), (3, 23, 37)])
+def test_every_model_gives_logits_and_gradients(name, shape):
+    if min(shape[1:]) < smallest_side(MODELS[name]):
+        pytest.skip(f"{name} needs larger images than {shape}")
+    torch.manual_seed(0)
+    model = build_model(name, shape, 7)
+    logits = model(torch.randn(3, *shape))
+    assert logits.shape == (3, 7) and torch.isfinite(logits).all()
+    F.cross_entropy(logits, torch.tensor([0, 3, 6])).backward()
+    trained = [p for p in model.parameters() if p.requires_grad]
+    assert trained and all(p.grad is not None and torch.isfinite(p.grad).all() for p in trained)
 
 
 def test_summary_total_and_output_shapes():
@@ -22,7 +43,18 @@ def test_summary_total_and_output_shapes():
     assert format_summary("cifar_cnn", model, (3, 32, 32)).endswith("Total parameters: 246,474")
 
 
-def test_first_conv_and_flatten_follow_the_input_shape():
+@pytest.mark.parametrize("name", list(MODELS))
+def test_summary_rows_add_up_and_leave_batchnorm_statistics_alone(name):
+    shape = MODELS[name].reference_shape
+    model = build_model(name, shape, 10)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rows = summarize(model, shape)
+    assert sum(r[3] for r in rows) == count_parameters(model)
+    assert rows[-1][2] == (10,) and model.training
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_first_layer_and_flatten_follow_the_input_shape():
     digits = build_model("cifar_cnn", (1, 28, 28), 10)
     assert digits.features[0].conv.in_channels == 1
     assert digits.fc1.in_features == 128 * 1 * 1  # 28 -> 26 -> 13 -> 11 -> 5 -> 3 -> 1
@@ -32,12 +64,17 @@ def test_first_conv_and_flatten_follow_the_input_shape():
     assert colour(torch.zeros(2, 3, 32, 32)).shape == (2, 7)
     wide = build_model("cifar_seq", (3, 24, 40), 10)
     assert wide(torch.zeros(1, 3, 24, 40)).shape == (1, 10)
+    assert build_model("mlp", (3, 32, 32), 10).fc1.in_features == 3 * 32 * 32
+    assert build_model("lenet", (1, 28, 28), 10).fc1.in_features == 16 * 4 * 4  # 28 -> 24 -> 12 -> 8 -> 4
+    assert build_model("fast_cifar", (1, 28, 28), 10).stem[0].weight.shape == (8, 1, 2, 2)
 
 
 @pytest.mark.parametrize("name", list(MODELS))
 def test_smallest_side_is_exact(name):
     side = smallest_side(MODELS[name])
-    build_model(name, (3, side, side), 10)(torch.zeros(1, 3, side, side))
+    build_model(name, (3, side, side), 10).eval()(torch.zeros(1, 3, side, side))
+    if side == 1:
+        return  # no spatial stages: any image fits
     with pytest.raises(UsageError, match=f"at least {side}x{side}"):
         build_model(name, (3, side - 1, side - 1), 10)
 
@@ -49,36 +86,37 @@ def test_unknown_model_and_too_few_classes():
         build_model("cifar_cnn", (3, 32, 32), 1)
 
 
-def test_state_dict_keys_name_the_blocks():
-    keys = list(build_model("mnist_cnn", (1, 28, 28), 10).state_dict())
-    assert keys == ["features.0.conv.weight", "features.0.conv.bias", "features.1.conv.weight",
-                    "features.1.conv.bias", "fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"]
+# The state-dict keys checkpoints written before the registry was reworked hold.
+SAVED_KEYS = {
+    "mnist_cnn": ["features.0.conv.weight", "features.0.conv.bias", "features.1.conv.weight",
+                  "features.1.conv.bias", "fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"],
+    "cifar_cnn": ["features.0.conv.weight", "features.0.conv.bias", "features.1.conv.weight",
+                  "features.1.conv.bias", "features.2.conv.weight", "features.2.conv.bias",
+                  "fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"],
+}
+SAVED_KEYS["cifar_seq"] = SAVED_KEYS["cifar_cnn"]
 
 
-@pytest.mark.parametrize("size, padding", [(15, 0), (16, 1), (9, 2)])
-def test_block_matches_relu_then_pool_in_values_and_gradients(size, padding):
-    """The block pools before its ReLU; that must equal max_pool2d(relu(conv)) exactly."""
-    torch.manual_seed(size)
-    block = ConvReluPool(3, 5, 3, padding=padding)
-    x = torch.randn(4, 3, size, size, requires_grad=True)
-    x_ref = x.detach().clone().requires_grad_()
-    out = block(x)
-    ref = F.max_pool2d(F.relu(block.conv(x_ref)), 2)
-    assert torch.equal(out, ref)
-    grad = torch.randn_like(out)
-    out.backward(grad)
-    w_grad, b_grad = block.conv.weight.grad.clone(), block.conv.bias.grad.clone()
-    block.zero_grad()
-    ref.backward(grad)
-    assert torch.equal(x.grad, x_ref.grad)
-    assert torch.equal(w_grad, block.conv.weight.grad)
-    assert torch.equal(b_grad, block.conv.bias.grad)
+@pytest.mark.parametrize("name", list(SAVED_KEYS))
+def test_state_dict_keys_of_existing_models_are_unchanged(name):
+    assert list(build_model(name, MODELS[name].reference_shape, 10).state_dict()) == SAVED_KEYS[name]
 
 
-def test_block_op_is_swappable_and_not_saved():
-    block = ConvReluPool(1, 2, 3)
-    calls = []
-    block.op = lambda x, w, b, stride, padding, pool: calls.append((stride, padding, pool)) or torch.zeros(1)
-    block(torch.zeros(1, 1, 8, 8))
-    assert calls == [(1, 0, 2)]
-    assert set(block.state_dict()) == {"conv.weight", "conv.bias"}
+def test_forward_flops_counts_cifar_cnn_by_hand():
+    conv1 = 2 * 30 * 30 * 64 * (3 * 3 * 3)  # 32 -> 30, pool -> 15
+    conv2 = 2 * 13 * 13 * 64 * (64 * 3 * 3)  # 15 -> 13, pool -> 6
+    conv3 = 2 * 4 * 4 * 128 * (64 * 3 * 3)  # 6 -> 4, pool -> 2
+    fc1, fc2 = 2 * 512 * 256, 2 * 256 * 10
+    model = build_model("cifar_cnn", (3, 32, 32), 10)
+    assert forward_flops(model, (3, 32, 32)) == conv1 + conv2 + conv3 + fc1 + fc2 == 18_196_992
+
+
+def test_forward_flops_counts_plain_convs_and_mlp():
+    mlp = build_model("mlp", (1, 28, 28), 10)
+    assert forward_flops(mlp, (1, 28, 28)) == 2 * (784 * 128 + 128 * 10)
+    fast = build_model("fast_cifar", (3, 32, 32), 10)
+    stem = 2 * 31 * 31 * 24 * 12
+    block1 = 2 * 31 * 31 * 32 * 24 * 9 + 2 * 15 * 15 * 32 * 32 * 9
+    block2 = 2 * 15 * 15 * 64 * 32 * 9 + 2 * 7 * 7 * 64 * 64 * 9
+    block3 = 2 * 7 * 7 * 128 * 64 * 9 + 2 * 3 * 3 * 128 * 128 * 9
+    assert forward_flops(fast, (3, 32, 32)) == stem + block1 + block2 + block3 + 2 * 128 * 10

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from engine.config import Config
+from engine.errors import UsageError
 from engine.optim import build_optimizer, lr_at, set_lr
 
 
@@ -35,3 +36,39 @@ def test_optimizers():
     assert isinstance(adamw, torch.optim.AdamW) and adamw.param_groups[0]["betas"] == (0.85, 0.999)
     set_lr(adamw, 0.123)
     assert adamw.param_groups[0]["lr"] == 0.123
+
+
+def test_adam_and_rmsprop_map_momentum_and_weight_decay():
+    model = torch.nn.Linear(3, 2)
+    adam = build_optimizer(Config(optimizer="adam", lr=1e-3, momentum=0.8, weight_decay=1e-4), model)
+    assert type(adam) is torch.optim.Adam
+    assert adam.param_groups[0]["betas"] == (0.8, 0.999) and adam.param_groups[0]["weight_decay"] == 1e-4
+    rmsprop = build_optimizer(Config(optimizer="rmsprop", lr=1e-3, momentum=0.7, weight_decay=2e-4), model)
+    assert type(rmsprop) is torch.optim.RMSprop
+    group = rmsprop.param_groups[0]
+    assert group["momentum"] == 0.7 and group["alpha"] == 0.99 and group["weight_decay"] == 2e-4
+
+
+@pytest.mark.parametrize("name", ["sgd", "adamw", "adam", "rmsprop"])
+def test_every_optimizer_steps_downhill_and_skips_frozen_parameters(name):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 1))
+    model[0].bias.requires_grad_(False)  # like a frozen whitening stem
+    frozen = model[0].bias.clone()
+    optimizer = build_optimizer(Config(optimizer=name, lr=1e-2, momentum=0.9), model)
+    x, y = torch.randn(32, 4), torch.randn(32, 1)
+    losses = []
+    for _ in range(20):
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+    assert torch.equal(model[0].bias, frozen)
+    assert len(optimizer.state_dict()["param_groups"][0]["params"]) == 4  # the frozen one is still listed
+
+
+def test_unknown_optimizer_is_refused_by_the_config():
+    with pytest.raises(UsageError, match="--optimizer must be one of sgd, adamw, adam, rmsprop"):
+        Config(optimizer="lion")

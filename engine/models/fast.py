@@ -1,0 +1,101 @@
+"""fast_cifar: a network for time-to-accuracy, after airbench (KellerJordan/cifar10-airbench).
+
+A 2x2 stem conv (optionally initialised as a patch-whitening layer from training images), three
+`ConvPoolBNBlock`s, a global max-pool and a bias-free linear head whose logits are scaled by 1/9.
+The default widths (32, 64, 128) are sized for a 2-core CPU; airbench uses (64, 256, 256) on GPUs.
+"""
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.models.blocks import ConvPoolBNBlock, batch_norm
+from engine.models.spec import ModelSpec
+
+STEM_KERNEL = 2  # 2x2 patches, no padding: 32x32 -> 31x31
+WHITEN_EPS = 5e-4  # airbench's: keeps near-zero-variance patch directions from being blown up
+
+
+@dataclass(frozen=True)
+class FastSpec(ModelSpec):
+    widths: tuple  # output channels of the three ConvPoolBNBlocks
+    # Logits are multiplied by this. Global max-pooled GELU features are all positive and of
+    # order 1-10, so unscaled logits start far from uniform; 1/9 (airbench's) starts the softmax
+    # near uniform and lowers the head's effective step size relative to the convs.
+    logit_scale: float
+    source: str
+    reference_shape: tuple
+    reference_params: int
+
+    def build(self, in_shape, num_classes):
+        return FastNet(self, in_shape, num_classes)
+
+    def smallest_side(self):
+        # the stem takes one pixel off, each block halves (floor); the last must keep one pixel
+        return 2 ** len(self.widths) + STEM_KERNEL - 1
+
+
+class FastNet(nn.Module):
+    """stem (conv2x2 -> BN -> GELU) -> blocks -> global max-pool -> linear -> * logit_scale."""
+
+    def __init__(self, spec: FastSpec, in_shape, num_classes):
+        super().__init__()
+        channels = in_shape[0]
+        # Twice the patch size, so a whitening init fits exactly: each eigenvector and its negative
+        # (the GELU after would otherwise lose the negative half of every whitened direction).
+        stem_width = 2 * channels * STEM_KERNEL**2  # 24 for RGB, 8 for greyscale
+        self.stem = nn.Sequential(
+            nn.Conv2d(channels, stem_width, STEM_KERNEL, bias=False),  # the BN after it removes a bias
+            batch_norm(stem_width),
+            nn.GELU(),
+        )
+        blocks, width = [], stem_width
+        for out_channels in spec.widths:
+            blocks.append(ConvPoolBNBlock(width, out_channels))
+            width = out_channels
+        self.blocks = nn.Sequential(*blocks)
+        self.pool = nn.AdaptiveMaxPool2d(1)  # any input size -> (B, C, 1, 1)
+        self.head = nn.Linear(width, num_classes, bias=False)
+        self.logit_scale = spec.logit_scale  # a plain attribute: part of the spec, not the weights
+
+    def forward(self, x):  # (B, C, H, W) -> (B, num_classes)
+        x = self.blocks(self.stem(x))  # (B, widths[-1], H', W')
+        x = torch.flatten(self.pool(x), 1)  # (B, widths[-1])
+        return self.head(x) * self.logit_scale
+
+    @torch.no_grad()
+    def init_from_data(self, images, eps=WHITEN_EPS, chunk=512):
+        """Make the stem conv a patch-whitening layer for `images` and freeze it (airbench's init_whiten).
+
+        images: (N, C, H, W) float, normalised as the model will see them (per-channel mean 0,
+        std 1); a few thousand training images are plenty. The second moment of all 2x2 patches
+        (mean ~0 after normalisation, so it is their covariance) is eigendecomposed; filter i is
+        eigenvector i / sqrt(eigenvalue i + eps), so the first half of the stem's outputs have
+        about identity covariance, and the second half are their negatives. The weight then has
+        requires_grad False: a fixed decorrelation that spares the first steps from learning it.
+        """
+        conv = self.stem[0]
+        c, k = conv.in_channels, STEM_KERNEL
+        if images.dim() != 4 or images.shape[1] != c:
+            raise ValueError(f"init_from_data needs images of shape (N, {c}, H, W), not {tuple(images.shape)}")
+        size = c * k * k
+        moment, count = torch.zeros(size, size, dtype=torch.float64), 0
+        for start in range(0, len(images), chunk):  # 5,000 CIFAR images are 2.3 GB of patches at once
+            x = images[start:start + chunk].to(torch.float64)
+            patches = x.unfold(2, k, 1).unfold(3, k, 1)  # (n, C, H', W', k, k)
+            patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, size)  # (n*H'*W', C*k*k), conv weight order
+            moment += patches.T @ patches
+            count += len(patches)
+        eigenvalues, eigenvectors = torch.linalg.eigh(moment / count)  # columns are eigenvectors
+        filters = eigenvectors.T / torch.sqrt(eigenvalues + eps)[:, None]  # (C*k*k, C*k*k)
+        filters = filters.reshape(size, c, k, k).to(conv.weight.dtype)
+        conv.weight.copy_(torch.cat((filters, -filters)))
+        conv.weight.requires_grad_(False)
+        return self
+
+
+FAST = {
+    "fast_cifar": FastSpec((32, 64, 128), 1 / 9, "airbench (KellerJordan/cifar10-airbench), CPU widths", (3, 32, 32), 295_120),
+}
