@@ -57,11 +57,40 @@ def build_parser():
                        help=f"continue a run from its last completed epoch (default RUN_DIR: {LATEST})")
     train.set_defaults(func=cmd_train)
 
-    evaluate = commands.add_parser("eval", help="test accuracy and loss of a checkpoint",
-                                   description="Evaluate a checkpoint on its own dataset's test split, or on --data.")
-    evaluate.add_argument("checkpoint", metavar="CHECKPOINT", help="a .pt file written by engine train")
+    evaluate = commands.add_parser("eval", help="test accuracy and loss of a checkpoint or an exported .onnx file",
+                                   description="Evaluate a checkpoint (in PyTorch) or an exported .onnx file (in "
+                                               "onnxruntime) on its own dataset's test split, or on --data.")
+    evaluate.add_argument("checkpoint", metavar="CHECKPOINT|MODEL.onnx", help="a .pt file written by engine train, "
+                          "or a .onnx file written by engine export")
     add_config_flags(evaluate, ("data", "runtime"))
+    add_metadata_flags(evaluate)
     evaluate.set_defaults(func=cmd_eval)
+
+    export = commands.add_parser("export", help="write a trained model as one verified ONNX file",
+                                 description="Export a checkpoint to ONNX for onnxruntime: one self-contained file with "
+                                             "the normalisation inside and the classes in its metadata, checked against "
+                                             "PyTorch on the run's test images before it is written.")
+    export.add_argument("out", metavar="OUT.onnx", help="the file to write")
+    export.add_argument("--checkpoint", metavar="PATH", help="checkpoint to export (default: runs/latest/best.pt)")
+    export.add_argument("--opset", type=int, metavar="N", help="ONNX opset (default: the exporter's, 18 or newer)")
+    export.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,
+                        help="check the file and compare onnxruntime with PyTorch before writing it (default: on)")
+    export.add_argument("--int8", action="store_true",
+                        help="also write OUT.int8.onnx (static QDQ int8, calibrated on training images) and compare it")
+    export.set_defaults(func=cmd_export)
+
+    predict = commands.add_parser("predict", help="classify images with an exported .onnx file",
+                                  description="Top classes of each image (files or folders of them) through onnxruntime; "
+                                              "preprocessing comes from the file's metadata.")
+    predict.add_argument("model", metavar="MODEL.onnx", help="a file written by engine export")
+    predict.add_argument("images", metavar="IMAGE", nargs="+", help="image files, or folders meaning every image in them")
+    predict.add_argument("--topk", type=positive, default=3, metavar="K", help="classes shown per image (default: 3)")
+    predict.add_argument("--json", action="store_true", help="one JSON object per image instead of text")
+    predict.add_argument("--batch-size", type=positive, default=64, metavar="N", help="images per run (default: 64)")
+    predict.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                         help="onnxruntime's CUDA provider when it really loads, else CPU (default: auto)")
+    add_metadata_flags(predict)
+    predict.set_defaults(func=cmd_predict)
 
     summary = commands.add_parser("summary", help="layer table of a model with output shapes and parameters",
                                   description="Print a model's layers, output shapes and parameter counts.")
@@ -70,6 +99,22 @@ def build_parser():
     summary.add_argument("--num-classes", type=int, default=10, help="output classes (default: 10)")
     summary.set_defaults(func=cmd_summary)
     return parser
+
+
+def positive(text):
+    """argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {text!r}")
+    return value
+
+
+def add_metadata_flags(parser):
+    parser.add_argument("--input-size", metavar="CxHxW", help="for an ONNX file without engine metadata: its input size")
+    parser.add_argument("--classes", metavar="A,B,...", help="for an ONNX file without engine metadata: its class names")
 
 
 def given(args):
@@ -107,12 +152,53 @@ def cmd_train(args):
     return 0
 
 
-def cmd_eval(args):
-    from engine.evaluate import evaluate_checkpoint
+ONNX_IGNORED = ("amp", "amp_dtype", "compile", "compile_mode", "channels_last", "triton")  # PyTorch-only choices
 
-    result = evaluate_checkpoint(args.checkpoint, given(args), log=log)
-    print(f"Test_acc:{result['test_acc'] * 100:.1f}%, Test_loss:{result['test_loss']:.3f} "
-          f"({result['images']:,} test images of {result['data']}; checkpoint after epoch {result['epoch']})")
+
+def cmd_eval(args):
+    values = given(args)
+    if args.checkpoint.lower().endswith(".onnx"):
+        from export.evaluate import evaluate_onnx
+
+        for name in ONNX_IGNORED:
+            if name in values:
+                raise UsageError(f"{flag(name)} applies to PyTorch checkpoints; an .onnx file runs in onnxruntime")
+        result = evaluate_onnx(args.checkpoint, values, input_size=args.input_size, classes=args.classes, log=log)
+        source = f"ONNX model on {result['provider']}"
+    else:
+        from engine.evaluate import evaluate_checkpoint
+
+        if args.input_size or args.classes:
+            raise UsageError("--input-size and --classes are for .onnx files; a checkpoint knows its own")
+        result = evaluate_checkpoint(args.checkpoint, values, log=log)
+        source = f"checkpoint after epoch {result['epoch']}"
+    print(f"Test_acc:{result['test_acc'] * 100:.2f}%, Test_loss:{result['test_loss']:.4f} "
+          f"({result['images']:,} test images of {result['data']}; {source})")
+    return 0
+
+
+def cmd_export(args):
+    from export.onnx_export import export_onnx
+
+    result = export_onnx(args.out, args.checkpoint, opset=args.opset, verify=args.verify, int8=args.int8, log=log)
+    info = result.info
+    if result.parity is not None:
+        log(f"Verified on {result.verified_on}: {result.parity.describe()}")
+    else:
+        log("Not verified (--no-verify)")
+    accuracy = f", test accuracy {info.test_accuracy * 100:.2f}%" if info.test_accuracy is not None else ""
+    log(f"Wrote {result.path} ({result.path.stat().st_size / 1e6:.1f} MB, opset {info.opset}; input float32 "
+        f"Nx{'x'.join(map(str, info.input_size))} in [0, 1], {len(info.classes)} classes{accuracy})")
+    if result.int8 is not None:
+        log(f"Wrote {result.int8.path}: {result.int8.describe()}")
+    return 0
+
+
+def cmd_predict(args):
+    from export.predict import Classifier, predict_files
+
+    model = Classifier(args.model, input_size=args.input_size, classes=args.classes, device=args.device)
+    predict_files(model, args.images, topk=args.topk, batch_size=args.batch_size, as_json=args.json, say=log)
     return 0
 
 

@@ -1,6 +1,13 @@
-"""ONNX export of trained engine models (planned: `engine export`, not built yet).
+"""ONNX export of trained engine models, and inference on the exported files with onnxruntime.
 
-The checkpoint already carries what an exporter needs to rebuild the exact model on its own:
-the config, the input shape, the class names and the normalisation (see
-`engine.checkpoint.model_from_checkpoint`). Nothing here is imported by `engine` today.
+`engine export` writes one verified, self-contained file (`export.onnx_export`); `export.load`
+opens such a file for predictions from Python (`export.predict`). Importing this package loads
+neither onnx nor onnxruntime: each module imports them where it needs them.
 """
+
+
+def load(path, **options):
+    """An exported model ready to predict: `export.load("model.onnx").predict(images, topk=3)`."""
+    from export.predict import Classifier
+
+    return Classifier(path, **options)

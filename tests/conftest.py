@@ -17,3 +17,25 @@ HAS_TRITON = importlib.util.find_spec("triton") is not None
 
 requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
 requires_triton = pytest.mark.skipif(not HAS_TRITON, reason="needs triton")
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """A checkpoint trained for one short epoch on the synthetic set: (run directory, best.pt)."""
+    from engine.config import Config
+    from engine.train import train
+
+    out = tmp_path_factory.mktemp("tiny") / "run"
+    train(Config(epochs=1, limit_train=512, limit_test=200, batch_size=64, amp=False, quiet=True, device="cpu",
+                 out=str(out)), log=lambda *_: None)
+    return out, out / "best.pt"
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tiny_run, tmp_path_factory):
+    """`tiny_run`'s checkpoint exported (and verified) to a .onnx file."""
+    from export.onnx_export import export_onnx
+
+    path = tmp_path_factory.mktemp("onnx") / "tiny.onnx"
+    export_onnx(path, tiny_run[1], log=lambda *_: None)
+    return path

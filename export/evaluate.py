@@ -1,0 +1,48 @@
+"""`engine eval MODEL.onnx`: test accuracy and loss through onnxruntime, as `engine eval CHECKPOINT` reports them.
+
+The data is the file's own (its metadata names the dataset and the training config) or `--data`;
+images go in as a client sends them (uint8 / 255, float32, NCHW), classes are matched by name.
+"""
+
+import numpy as np
+
+from engine.config import Config
+from engine.errors import EngineError
+
+
+def cross_entropy_sum(logits, labels):
+    """Sum over images of -log softmax(logits)[label], in float64."""
+    logits = logits.astype(np.float64)
+    top = logits.max(axis=1, keepdims=True)
+    log_sum = np.log(np.exp(logits - top).sum(axis=1)) + top[:, 0]
+    return float((log_sum - logits[np.arange(len(labels)), labels]).sum())
+
+
+def evaluate_onnx(path, overrides, *, input_size=None, classes=None, log=print):
+    """{test_loss, test_acc, images, data, provider} of the ONNX file at `path`."""
+    from engine.data import load_dataset
+    from export.predict import Classifier
+
+    device = overrides.get("device", "auto")
+    model = Classifier(path, input_size=input_size, classes=classes, device=device)
+    info = model.info
+    saved = {k: info.config[k] for k in ("data", "data_dir", "cache_dir", "seed") if k in info.config}
+    if "data" not in overrides and not saved.get("data"):
+        raise EngineError(f"{path} does not say which data it was trained on; pass --data")
+    known = {k: v for k, v in overrides.items() if k in ("data", "data_dir", "cache_dir", "limit_test", "batch_size", "quiet")}
+    cfg = Config(**{**saved, **known})
+    data = load_dataset(cfg, (lambda *_: None) if cfg.quiet else log)
+    if list(data.shape) != list(info.input_size) or not set(data.classes) <= set(info.classes):
+        raise EngineError(f"{path} takes {'x'.join(map(str, info.input_size))} images of classes {info.classes[:4]}..., "
+                          f"but --data {cfg.data} has {'x'.join(map(str, data.shape))} images of {data.classes[:4]}...")
+    to_model = np.array([info.classes.index(name) for name in data.classes])
+    labels = to_model[data.test_y.numpy()]
+    loss_sum, correct = 0.0, 0
+    for start in range(0, len(labels), cfg.batch_size):
+        images = data.test_x[start:start + cfg.batch_size].numpy().astype(np.float32) / 255  # as a client sends them
+        logits = model.logits(images)
+        y = labels[start:start + cfg.batch_size]
+        loss_sum += cross_entropy_sum(logits, y)
+        correct += int((logits.argmax(1) == y).sum())
+    return {"test_loss": loss_sum / len(labels), "test_acc": correct / len(labels), "images": len(labels),
+            "data": cfg.data, "provider": model.provider}

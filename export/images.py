@@ -1,0 +1,139 @@
+"""Images in, model input out: files, PIL images or uint8 arrays -> float32 (N, C, H, W) in [0, 1].
+
+Preprocessing comes from the model's metadata alone: convert to gray or RGB as `input_size`'s C
+says (alpha dropped, 16-bit scaled, not clipped), resize to H x W (PIL bilinear), scale by
+1/255. A file is opened by its header first, so an image too large to decode safely is refused
+before a pixel is read. Every bad file is one line naming it.
+"""
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from engine.errors import EngineError, UsageError
+
+MAX_PIXELS = 50_000_000  # 150 MB decoded as RGB; a 20000x20000 image (1.2 GB) is refused by its header
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def expand(paths):
+    """Files for the command line's IMAGE arguments: a directory means every image file under it."""
+    files = []
+    for given in paths:
+        path = Path(given)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+                           and not any(part.startswith(".") for part in p.relative_to(path).parts))
+            if not found:
+                raise EngineError(f"{path} holds no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+            files += found
+        elif not path.exists():
+            raise EngineError(f"{path}: no such file or directory")
+        else:
+            files.append(path)
+    return files
+
+
+def open_image(path):
+    """A lazily decoded PIL image for `path`, refused by its header when empty, not an image or too large."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise EngineError(f"{path}: no such file" if not path.exists() else f"{path} is not a file")
+    if path.stat().st_size == 0:
+        raise EngineError(f"{path} is empty (0 bytes), not an image")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(path)
+    except Image.DecompressionBombError:
+        raise EngineError(f"{path} is too large to decode safely (limit {MAX_PIXELS:,} pixels)") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise EngineError(f"{path} is not a readable image ({error})") from None
+    check_size(image, path)
+    return image
+
+
+def check_size(image, source):
+    width, height = image.size
+    if width * height > MAX_PIXELS:
+        raise EngineError(f"{source} is {width}x{height} pixels, too large to decode safely (limit {MAX_PIXELS:,} pixels)")
+
+
+def _eight_bit(image):
+    """16-bit and float images as 8-bit grayscale by scaling (PIL's convert('L') would clip them)."""
+    from PIL import Image
+
+    if image.mode in SIXTEEN_BIT:
+        values = np.clip(np.asarray(image, dtype=np.int64), 0, 65535)
+        return Image.fromarray(((values * 255 + 32767) // 65535).astype(np.uint8))
+    if image.mode == "F":  # floats: [0, 1] if they fit, else taken as 0-255
+        values = np.asarray(image, dtype=np.float64)
+        scale = 255.0 if np.nanmax(values, initial=0) <= 1.0 else 1.0
+        return Image.fromarray(np.clip(np.nan_to_num(values) * scale, 0, 255).round().astype(np.uint8))
+    return image
+
+
+def to_pixels(image, input_size, source="image"):
+    """(H, W, C) uint8 pixels of a PIL image, converted and resized for input_size [C, H, W]."""
+    from PIL import Image
+
+    channels, height, width = input_size
+    check_size(image, source)
+    try:
+        if image.format == "JPEG":  # decode big JPEGs at a reduced scale: far faster, same resize result
+            image.draft("L" if channels == 1 else "RGB", (width, height))
+        image = _eight_bit(image).convert("L" if channels == 1 else "RGB")
+        if image.size != (width, height):
+            image = image.resize((width, height), Image.BILINEAR)
+        pixels = np.asarray(image, dtype=np.uint8)
+    except (OSError, SyntaxError, ValueError) as error:  # truncated or corrupt data found while decoding
+        raise EngineError(f"cannot decode {source} ({error})") from None
+    return pixels[..., None] if pixels.ndim == 2 else pixels
+
+
+def _array_images(array):
+    """A uint8 array as a list of (H, W[, C]) images: (H, W), (H, W, C), (N, H, W) or (N, H, W, C)."""
+    if array.dtype != np.uint8:
+        raise UsageError(f"image arrays must be uint8 pixels (0-255), not {array.dtype}")
+    if array.ndim == 2 or (array.ndim == 3 and array.shape[-1] in (1, 3, 4)):
+        return [array]
+    if array.ndim in (3, 4):
+        return list(array)
+    raise UsageError(f"an image array must be (H, W), (H, W, C), (N, H, W) or (N, H, W, C), not {array.shape}")
+
+
+def _from_array(array):
+    from PIL import Image
+
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim == 3 and array.shape[-1] not in (3, 4):
+        raise UsageError(f"an image array needs 1, 3 or 4 channels last, not shape {array.shape}")
+    return Image.fromarray(np.ascontiguousarray(array))
+
+
+def batch(images, input_size):
+    """float32 (N, C, H, W) in [0, 1] for a list of paths, PIL images and uint8 arrays (or one of them)."""
+    from PIL import Image
+
+    if isinstance(images, (str, os.PathLike, Image.Image, np.ndarray)):
+        images = [images]
+    pixels = []
+    for item in images:
+        if isinstance(item, (str, os.PathLike)):
+            with open_image(item) as image:
+                pixels.append(to_pixels(image, input_size, str(item)))
+        elif isinstance(item, Image.Image):
+            pixels.append(to_pixels(item, input_size))
+        elif isinstance(item, np.ndarray):
+            pixels += [to_pixels(_from_array(a), input_size, "array") for a in _array_images(item)]
+        else:
+            raise UsageError(f"cannot read an image from {type(item).__name__}; give paths, PIL images or uint8 arrays")
+    if not pixels:
+        raise UsageError("no images given")
+    return (np.stack(pixels).transpose(0, 3, 1, 2).astype(np.float32) / 255).copy()  # (N, C, H, W)

@@ -1,0 +1,114 @@
+"""What an exported file says about itself: the `metadata_props` contract between exporter and clients.
+
+Every value is a string (JSON where structured), so any ONNX runtime's metadata API reads it.
+`ModelInfo` is the parsed form: the exporter builds it from a checkpoint, `predict` and `eval`
+read it back from a file, and a file without it needs `--input-size` and `--classes` instead.
+"""
+
+import json
+from dataclasses import dataclass, field
+
+from engine.errors import EngineError, UsageError
+
+INPUT_RANGE = "0-1"  # float32 pixels scaled to [0, 1]; normalisation is inside the graph
+REQUIRED = ("classes", "input_size")
+
+
+@dataclass
+class ModelInfo:
+    classes: list  # class names, in logit order
+    input_size: list  # [C, H, W]
+    input_range: str = INPUT_RANGE
+    mean: list = field(default_factory=list)  # informational: already applied inside the graph
+    std: list = field(default_factory=list)
+    model: str = ""
+    dataset: str = ""
+    test_accuracy: float | None = None
+    engine_version: str = ""
+    opset: int | None = None
+    config: dict = field(default_factory=dict)  # the training config, for `engine eval MODEL.onnx`
+
+    @property
+    def channels(self):
+        return self.input_size[0]
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint, opset):
+        from engine import __version__
+
+        spec, cfg = checkpoint["data"], checkpoint["config"]
+        epoch = checkpoint["epoch"]
+        accuracy = next((m["test_acc"] for m in checkpoint.get("metrics", []) if m.get("epoch") == epoch), None)
+        return cls(classes=list(spec["classes"]), input_size=list(spec["shape"]), mean=list(spec["mean"]),
+                   std=list(spec["std"]), model=cfg["model"], dataset=cfg["data"], test_accuracy=accuracy,
+                   engine_version=__version__, opset=opset, config=dict(cfg))
+
+    def to_props(self):
+        """{key: string} for ModelProto.metadata_props."""
+        return {
+            "classes": json.dumps(self.classes),
+            "input_size": json.dumps(self.input_size),
+            "input_range": self.input_range,
+            "mean": json.dumps(self.mean),
+            "std": json.dumps(self.std),
+            "model": self.model,
+            "dataset": self.dataset,
+            "test_accuracy": "" if self.test_accuracy is None else f"{self.test_accuracy:.5f}",
+            "engine_version": self.engine_version,
+            "opset": "" if self.opset is None else str(self.opset),
+            "training_config": json.dumps(self.config),
+        }
+
+    @classmethod
+    def from_props(cls, props, source="the model"):
+        """Parse metadata_props; EngineError naming the key when the engine's metadata is absent or bad."""
+        missing = [key for key in REQUIRED if key not in props]
+        if missing:
+            raise EngineError(f"{source} has no engine metadata ({', '.join(missing)}); "
+                              "pass --input-size CxHxW and --classes NAME,NAME,... to use it")
+        try:
+            classes = json.loads(props["classes"])
+            size = json.loads(props["input_size"])
+            accuracy = props.get("test_accuracy") or None
+            info = cls(classes=classes, input_size=size, input_range=props.get("input_range", INPUT_RANGE),
+                       mean=json.loads(props.get("mean") or "[]"), std=json.loads(props.get("std") or "[]"),
+                       model=props.get("model", ""), dataset=props.get("dataset", ""),
+                       test_accuracy=float(accuracy) if accuracy else None,
+                       engine_version=props.get("engine_version", ""),
+                       opset=int(props["opset"]) if props.get("opset") else None,
+                       config=json.loads(props.get("training_config") or "{}"))
+        except (ValueError, TypeError) as error:
+            raise EngineError(f"{source} has unreadable engine metadata ({error})") from None
+        info.check(source)
+        return info
+
+    @classmethod
+    def from_flags(cls, input_size, classes):
+        """For a file without the engine's metadata: `--input-size 3x32x32 --classes a,b,c`."""
+        if not input_size or not classes:
+            raise UsageError("a model without engine metadata needs both --input-size CxHxW and --classes NAME,NAME,...")
+        info = cls(classes=[c.strip() for c in classes.split(",")], input_size=parse_shape(input_size, "--input-size"))
+        info.check("--classes/--input-size")
+        return info
+
+    def check(self, source):
+        ok_classes = isinstance(self.classes, list) and len(self.classes) >= 2 and all(isinstance(c, str) and c for c in self.classes)
+        if not ok_classes:
+            raise EngineError(f"{source}: classes must be a list of at least 2 names, not {self.classes!r}")
+        ok_size = (isinstance(self.input_size, list) and len(self.input_size) == 3
+                   and all(isinstance(v, int) and v > 0 for v in self.input_size) and self.input_size[0] in (1, 3))
+        if not ok_size:
+            raise EngineError(f"{source}: input_size must be [C, H, W] with C 1 or 3, not {self.input_size!r}")
+        if self.input_range != INPUT_RANGE:
+            raise EngineError(f"{source}: input_range {self.input_range!r} is not supported (expected {INPUT_RANGE!r})")
+
+
+def parse_shape(text, name):
+    """'3x32x32' -> [3, 32, 32], or a UsageError naming the flag."""
+    try:
+        shape = [int(v) for v in str(text).lower().split("x")]
+    except ValueError:
+        shape = []
+    if len(shape) != 3 or min(shape) < 1:
+        raise UsageError(f"{name} {text}: expected CxHxW with positive numbers, e.g. 3x32x32")
+    return shape

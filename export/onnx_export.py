@@ -1,0 +1,179 @@
+"""`engine export`: a checkpoint -> one self-contained, verified ONNX file with its metadata.
+
+The model is rebuilt from the checkpoint alone (eval mode, fp32, CPU), wrapped with the training
+normalisation (`engine.normalization.Normalized`), exported with `torch.onnx.export(dynamo=True)`
+with a dynamic batch, then checked and compared with PyTorch on real test images before it is
+moved into place: a file that fails verification never reaches OUT.
+"""
+
+import contextlib
+import io
+import logging
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from engine.errors import EngineError, UsageError
+from export.metadata import ModelInfo
+
+DEFAULT_CHECKPOINT = Path("runs/latest/best.pt")
+VERIFY_IMAGES = 256  # real test images compared between onnxruntime and PyTorch
+MIN_OPSET = 18  # the dynamo exporter's lowest
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    info: ModelInfo
+    parity: object  # verify.Parity, or None with --no-verify
+    verified_on: str  # "N test images of DATA" or "N random images (...)"
+    int8: object = None  # quantize.Int8Report with --int8
+
+
+def int8_path(out):
+    """model.onnx -> model.int8.onnx"""
+    out = Path(out)
+    return out.with_name(f"{out.stem}.int8{out.suffix}")
+
+
+def resolve_checkpoint(checkpoint):
+    """The checkpoint to export: the given one, or runs/latest/best.pt."""
+    if checkpoint:
+        return Path(checkpoint)
+    if not DEFAULT_CHECKPOINT.is_file():
+        raise UsageError(f"no trained run at {DEFAULT_CHECKPOINT.parent} to export; train one with `engine train` "
+                         "or pass --checkpoint PATH")
+    return DEFAULT_CHECKPOINT.resolve()
+
+
+def check_out(out):
+    out = Path(out)
+    if out.suffix.lower() != ".onnx":
+        raise UsageError(f"OUT {out} must end in .onnx")
+    if out.is_dir():
+        raise UsageError(f"OUT {out} is a directory; give a file name ending in .onnx")
+    if not out.parent.is_dir():
+        raise EngineError(f"cannot write {out}: folder {out.parent} does not exist")
+    if not os.access(out.parent, os.W_OK):
+        raise EngineError(f"cannot write {out}: folder {out.parent} is not writable")
+    return out
+
+
+@contextlib.contextmanager
+def quiet_exporter():
+    """torch.onnx and onnxscript progress lines and warnings a user cannot act on stay off the terminal.
+
+    Yields the captured text, so a failure can still quote it.
+    """
+    captured = io.StringIO()
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript", "torch.export", "torch._dynamo")]
+    levels = [logger.level for logger in loggers]
+    with warnings.catch_warnings(), contextlib.redirect_stdout(captured), contextlib.redirect_stderr(captured):
+        warnings.simplefilter("ignore")
+        for logger in loggers:
+            logger.setLevel(logging.ERROR)
+        try:
+            yield captured
+        finally:
+            for logger, level in zip(loggers, levels):
+                logger.setLevel(level)
+
+
+def to_onnx(module, sample, path, opset=None):
+    """Write `module` (eval, CPU, fp32) to `path` as one file with a dynamic batch; returns its opset."""
+    batch = torch.export.Dim("batch", min=1, max=1 << 20)
+    with quiet_exporter() as captured:
+        try:
+            program = torch.onnx.export(module, (sample,), input_names=["input"], output_names=["logits"],
+                                        dynamic_shapes=({0: batch},), opset_version=opset, dynamo=True,
+                                        external_data=False, optimize=True, verify=False)
+            program.save(str(path), external_data=False)  # one file: no .onnx.data beside it
+        except Exception as error:
+            lines = [line for line in (str(error) + "\n" + captured.getvalue()).splitlines() if line.strip()]
+            raise EngineError(f"torch.onnx.export failed: {lines[0][:200] if lines else type(error).__name__}") from None
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+
+
+def write_metadata(path, info: ModelInfo):
+    import onnx
+
+    model = onnx.load(str(path))
+    onnx.helper.set_model_props(model, info.to_props())
+    model.producer_name, model.doc_string = "engine", f"{info.model} trained on {info.dataset}"
+    onnx.save(model, str(path))
+
+
+def run_data(checkpoint, log=print):
+    """The run's own dataset, or None (said in one line) when it is not available here."""
+    from engine.config import Config
+    from engine.data import load_dataset
+
+    cfg = dict(checkpoint["config"], quiet=True, limit_train=None, limit_test=None)
+    try:
+        data = load_dataset(Config.from_dict(cfg), log=lambda *_: None)
+    except EngineError as error:
+        log(f"The run's data is not available ({error})")
+        return None
+    if list(data.shape) != list(checkpoint["data"]["shape"]):
+        log(f"The run's data has changed (images are now {'x'.join(map(str, data.shape))})")
+        return None
+    return data
+
+
+def verification_images(data, shape, count=VERIFY_IMAGES, seed=0):
+    """(float32 (N, C, H, W) in [0, 1], where they came from): seeded test images, else random ones."""
+    generator = np.random.default_rng(seed)
+    if data is None:
+        images = generator.integers(0, 256, (count, *shape), dtype=np.uint8)
+        return images.astype(np.float32) / 255, f"{count} random images (the run's data is unavailable)"
+    pick = np.sort(generator.permutation(len(data.test_x))[:count])
+    return data.test_x[pick].numpy().astype(np.float32) / 255, f"{len(pick)} test images of {data.name}"
+
+
+def export_onnx(out, checkpoint=None, *, opset=None, verify=True, int8=False, log=print):
+    """Export the checkpoint to `out`; returns an ExportResult. Nothing is left at `out` on failure."""
+    from engine.checkpoint import load, model_from_checkpoint
+    from engine.normalization import Normalized
+    from export import verify as checks
+    from export.session import open_session
+
+    out = check_out(out)
+    if opset is not None and not MIN_OPSET <= opset <= torch.onnx._constants.ONNX_MAX_OPSET:
+        raise UsageError(f"--opset {opset}: the exporter writes opsets {MIN_OPSET} to {torch.onnx._constants.ONNX_MAX_OPSET}")
+    path = resolve_checkpoint(checkpoint)
+    state = load(path)
+    spec = state["data"]
+    module = Normalized(model_from_checkpoint(state), spec["mean"], spec["std"]).eval()
+    log(f"Exporting {path} ({state['config']['model']}, epoch {state['epoch']}) to {out}")
+    data = run_data(state, log) if verify or int8 else None
+    if int8 and data is None:
+        raise EngineError("--int8 calibrates on the run's training images, which are not available here; "
+                          "export without --int8, or make the run's --data available")
+    temporary = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    try:
+        sample = torch.rand(2, *spec["shape"])
+        written_opset = to_onnx(module, sample, temporary, opset)
+        info = ModelInfo.from_checkpoint(state, written_opset)
+        write_metadata(temporary, info)
+        checks.check_standard(temporary)
+        parity, source = None, "not verified (--no-verify)"
+        if verify:
+            images, source = verification_images(data, spec["shape"])
+            session, _ = open_session(temporary, device="cpu")
+            parity = checks.check_parity(session, module, images)
+        os.replace(temporary, out)
+    finally:
+        temporary.unlink(missing_ok=True)
+    result = ExportResult(out, info, parity, source)
+    if int8:
+        from export.quantize import quantize_and_compare
+
+        result.int8 = quantize_and_compare(out, int8_path(out), data, log=log)
+    return result

@@ -1,0 +1,83 @@
+"""onnxruntime sessions: check a file before use, pick the provider that really runs, read its metadata.
+
+onnxruntime-gpu on a machine without a usable CUDA quietly falls back to the CPU, so the
+provider is read back from `session.get_providers()` and reported, never assumed. Sessions run
+with full graph optimisation and one intra-op thread per physical core.
+"""
+
+import contextlib
+import os
+from pathlib import Path
+
+from engine.errors import EngineError
+
+
+def physical_cores():
+    """Cores this process may run on, counting hyper-threads of one core once (Linux), else os.cpu_count()."""
+    try:
+        cpus = os.sched_getaffinity(0)
+    except AttributeError:
+        return os.cpu_count() or 1
+    cores = set()
+    for cpu in cpus:
+        base = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
+        try:
+            cores.add(((base / "physical_package_id").read_text().strip(), (base / "core_id").read_text().strip()))
+        except OSError:
+            cores.add(("", str(cpu)))
+    return max(len(cores), 1)
+
+
+def load_checked(path):
+    """The ModelProto at `path`, or one line saying why it is not a usable ONNX model."""
+    import onnx
+
+    path = Path(path)
+    if not path.exists():
+        raise EngineError(f"{path}: no such file")
+    if not path.is_file():
+        raise EngineError(f"{path} is not a file (expected an .onnx model)")
+    if path.stat().st_size == 0:
+        raise EngineError(f"{path} is empty, not an ONNX model")
+    try:
+        model = onnx.load(str(path))
+        onnx.checker.check_model(model)
+    except Exception as error:  # DecodeError, ValidationError, OSError: all mean "not a usable model"
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise EngineError(f"{path} is not a valid ONNX model ({first[:160]})") from None
+    if len(model.graph.input) != 1 or len(model.graph.output) < 1:
+        raise EngineError(f"{path}: expected one image input and a logits output, found {len(model.graph.input)} inputs")
+    return model
+
+
+@contextlib.contextmanager
+def _ort_quiet(ort):
+    """Keep onnxruntime's provider-loading complaints (a missing CUDA) off the terminal."""
+    ort.set_default_logger_severity(4)
+    try:
+        yield
+    finally:
+        ort.set_default_logger_severity(2)
+
+
+def open_session(path, *, device="auto", threads=None):
+    """(session, provider) for `path`: CUDA when asked or available and it really loads, else CPU."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads or physical_cores()
+    options.log_severity_level = 3
+    wanted = ["CPUExecutionProvider"]
+    if device in ("auto", "cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
+        wanted.insert(0, "CUDAExecutionProvider")
+    try:
+        with _ort_quiet(ort):
+            session = ort.InferenceSession(str(path), options, providers=wanted)
+    except Exception as error:  # onnxruntime raises its own Fail/InvalidGraph/NotImplemented types
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise EngineError(f"onnxruntime cannot run {path} ({first[:200]})") from None
+    provider = session.get_providers()[0]
+    if device == "cuda" and provider != "CUDAExecutionProvider":
+        raise EngineError("--device cuda: onnxruntime's CUDA provider does not load here (no usable CUDA); use --device cpu")
+    return session, provider

@@ -1,0 +1,175 @@
+"""export.onnx_export: one self-contained, standard, verified file with a dynamic batch and its metadata."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from engine.checkpoint import load, model_from_checkpoint
+from engine.cli import main
+from engine.loader import BatchLoader
+from engine.models import MODELS, build_model
+from engine.normalization import Normalized
+from export.metadata import ModelInfo
+from export.onnx_export import export_onnx, int8_path, to_onnx
+from export.session import open_session
+from export.verify import run_session
+
+
+def test_export_round_trip_from_a_trained_checkpoint(tiny_run, tmp_path):
+    run, best = tiny_run
+    out = tmp_path / "model.onnx"
+    assert main(["export", str(out), "--checkpoint", str(best)]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]  # no .onnx.data, no temporaries
+    model = onnx.load(str(out))
+    assert [i.name for i in model.graph.input] == ["input"] and [o.name for o in model.graph.output] == ["logits"]
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    assert dims[0].dim_param and not dims[0].dim_value  # the batch is symbolic
+    assert [d.dim_value for d in dims[1:]] == [3, 32, 32]
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert {n.domain for n in model.graph.node} <= {"", "ai.onnx"}  # no onnxruntime contrib ops
+    onnx.checker.check_model(model, full_check=True)
+
+
+def test_metadata_reads_back_from_the_checkpoint(tiny_run, tiny_onnx):
+    checkpoint = load(tiny_run[1])
+    props = {p.key: p.value for p in onnx.load(str(tiny_onnx)).metadata_props}
+    assert json.loads(props["classes"]) == checkpoint["data"]["classes"]
+    assert json.loads(props["input_size"]) == [3, 32, 32] and props["input_range"] == "0-1"
+    assert json.loads(props["mean"]) == checkpoint["data"]["mean"] and json.loads(props["std"]) == checkpoint["data"]["std"]
+    assert props["model"] == "cifar_cnn" and props["dataset"] == "synthetic"
+    assert float(props["test_accuracy"]) == pytest.approx(checkpoint["metrics"][-1]["test_acc"], abs=1e-5)
+    assert props["engine_version"] and int(props["opset"]) >= 18
+    assert ModelInfo.from_props(props).classes == checkpoint["data"]["classes"]
+
+
+def test_the_graph_normalises_exactly_as_training_did(tiny_run, tiny_onnx):
+    """onnxruntime on uint8 / 255 == the model on the batch loader's own normalisation of the uint8 pixels."""
+    checkpoint = load(tiny_run[1])
+    spec = checkpoint["data"]
+    pixels = torch.randint(0, 256, (9, 3, 32, 32), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
+    loader = BatchLoader(pixels, torch.zeros(9, dtype=torch.int64), 9, spec["mean"], spec["std"], device="cpu",
+                         train=False, channels_last=False)
+    normalised, _, _ = next(loader.epoch(0))
+    with torch.no_grad():
+        expected = model_from_checkpoint(checkpoint)(normalised).numpy()
+    session, provider = open_session(tiny_onnx, device="cpu")
+    assert provider == "CPUExecutionProvider"
+    got = run_session(session, pixels.numpy().astype(np.float32) / 255)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4)  # fp32: two implementations of one graph
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_model_in_the_zoo_matches_pytorch_at_batch_1_7_and_64(name, tmp_path):
+    shape = tuple(MODELS[name].reference_shape)
+    torch.manual_seed(0)
+    model = build_model(name, shape, 10)
+    for module in model.modules():  # BatchNorm running statistics away from identity, so they are tested
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.running_mean.uniform_(-0.2, 0.2)
+            module.running_var.uniform_(0.5, 1.5)
+    wrapped = Normalized(model, [0.45] * shape[0], [0.25] * shape[0]).eval()
+    path = tmp_path / f"{name}.onnx"
+    to_onnx(wrapped, torch.rand(2, *shape), path)
+    session, _ = open_session(path, device="cpu")
+    images = np.random.default_rng(0).random((64, *shape), dtype=np.float32)
+    with torch.no_grad():
+        expected = wrapped(torch.from_numpy(images)).numpy()
+    for batch in (1, 7, 64):
+        got = run_session(session, images, batch)
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4, err_msg=f"{name} at batch {batch}")
+
+
+def test_default_checkpoint_is_runs_latest_best_and_without_a_run_one_line_says_how(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["export", "model.onnx", "--no-verify"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "engine train" in err and not (tmp_path / "model.onnx").exists()
+
+
+def test_export_without_the_runs_data_verifies_on_random_images_and_says_so(tiny_run, tmp_path):
+    checkpoint = load(tiny_run[1])
+    checkpoint["config"]["data"] = str(tmp_path / "gone.tar.gz")  # a dataset that is not here any more
+    moved = tmp_path / "moved.pt"
+    torch.save(checkpoint, moved)
+    said = []
+    result = export_onnx(tmp_path / "m.onnx", moved, log=said.append)
+    assert "random images" in result.verified_on and any("not available" in line for line in said)
+    assert result.parity.agreement == 1.0 and (tmp_path / "m.onnx").is_file()
+
+
+def test_a_broken_export_fails_verification_and_leaves_no_file(tiny_run, tmp_path, monkeypatch, capsys):
+    """A deliberately broken exporter (it perturbs one weight after writing) must be caught."""
+    import export.onnx_export as exporter
+
+    real = exporter.to_onnx
+
+    def broken(module, sample, path, opset=None):
+        written = real(module, sample, path, opset)
+        model = onnx.load(str(path))
+        weight = max(model.graph.initializer, key=lambda t: len(t.raw_data) or len(t.float_data))
+        values = onnx.numpy_helper.to_array(weight).copy()
+        values.flat[: values.size // 4] += 0.05
+        weight.CopyFrom(onnx.numpy_helper.from_array(values, weight.name))
+        onnx.save(model, str(path))
+        return written
+
+    monkeypatch.setattr(exporter, "to_onnx", broken)
+    out = tmp_path / "model.onnx"
+    assert main(["export", str(out), "--checkpoint", str(tiny_run[1])]) == 1
+    err = capsys.readouterr().err
+    assert "verification failed" in err and err.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []  # neither OUT nor a temporary
+    out.write_bytes(b"an earlier export")  # an existing OUT survives a failed export untouched
+    assert main(["export", str(out), "--checkpoint", str(tiny_run[1])]) == 1
+    assert out.read_bytes() == b"an earlier export"
+
+
+def test_int8_writes_a_valid_quantized_model_and_reports_both_accuracies(tiny_run, tmp_path, capsys):
+    out = tmp_path / "model.onnx"
+    assert main(["export", str(out), "--checkpoint", str(tiny_run[1]), "--int8"]) == 0
+    quantized = int8_path(out)
+    assert quantized.name == "model.int8.onnx" and quantized.is_file()
+    model = onnx.load(str(quantized))
+    onnx.checker.check_model(model, full_check=True)
+    assert any(n.op_type == "QuantizeLinear" for n in model.graph.node)
+    assert {p.key for p in model.metadata_props} >= {"classes", "input_size"}
+    report = capsys.readouterr().out
+    assert "fp32: Test_acc:" in report and "int8: Test_acc:" in report and "img/s" in report
+
+
+@pytest.mark.parametrize("args, message", [
+    (["model.txt"], "must end in .onnx"),
+    (["model.onnx", "--opset", "7"], "--opset 7"),
+    (["model.onnx", "--checkpoint", "nothing.pt"], "no checkpoint"),
+    (["missing-folder/model.onnx"], "does not exist"),
+])
+def test_bad_export_arguments_are_one_line(args, message, tiny_run, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    if "--checkpoint" not in args:
+        args = args + ["--checkpoint", str(tiny_run[1])]
+    assert main(["export", *args]) in (1, 2)
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_exporter_prints_only_its_own_lines(tiny_run, tmp_path):
+    """torch.onnx's progress lines and warnings stay off the terminal (checked on the real process)."""
+    done = subprocess.run([sys.executable, "-m", "engine", "export", str(tmp_path / "m.onnx"), "--checkpoint",
+                           str(tiny_run[1])], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    lines = done.stdout.splitlines()
+    assert [line.split()[0] for line in lines] == ["Exporting", "Verified", "Wrote"], lines
+
+
+def test_engine_imports_neither_onnx_nor_onnxruntime():
+    code = ("import sys, engine.cli, engine.train, engine.evaluate, engine.checkpoint, export; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('onnx', 'onnxruntime', 'onnxscript')))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stderr
