@@ -2,7 +2,9 @@
 
 `Runtime.from_config(cfg)` resolves `--device`, `--amp`, `--amp-dtype` against the real
 hardware once; training and evaluation then ask it for an autocast context, a scaler and a
-prepared model. Backend flags are set by `setup_backends()` when work starts, never at import.
+prepared model, and `resolved()` says what was chosen. Backend flags are set by
+`setup_backends()` when work starts, never at import. ENGINE_CPU_BF16=0/1 overrides the CPU's
+native-bf16 detection (tests use it to take either branch on any machine).
 """
 
 import contextlib
@@ -15,11 +17,18 @@ from dataclasses import dataclass
 import torch
 
 from engine.config import Config
-from engine.errors import UsageError
+from engine.errors import EngineError, UsageError
 
 
 def cpu_has_native_bf16():
-    """True where the CPU computes bf16 in hardware (AVX512-BF16 or AMX), so bf16 autocast pays."""
+    """True where the CPU computes bf16 in hardware (AVX512-BF16 or AMX), so bf16 autocast pays.
+
+    ENGINE_CPU_BF16=1 or 0, read on every call, overrides the detection."""
+    override = os.environ.get("ENGINE_CPU_BF16")
+    if override is not None:
+        if override not in ("0", "1"):
+            raise EngineError(f"ENGINE_CPU_BF16={override!r}: set it to 1 (native bf16), 0 (none), or unset it")
+        return override == "1"
     checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
     return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
@@ -42,8 +51,6 @@ class Runtime:
     def from_config(cls, cfg: Config, warn=warn):
         device = resolve_device(cfg.device)
         amp_dtype = resolve_amp(cfg, device, warn)
-        if cfg.triton and cfg.compile:
-            raise UsageError("--triton runs its kernel eagerly and cannot be combined with --compile; drop one")
         return cls(device, amp_dtype, amp_dtype == torch.float16 and device.type == "cuda",
                    cfg.channels_last, cfg.compile, cfg.compile_mode, cfg.triton)
 
@@ -58,6 +65,13 @@ class Runtime:
     def sync(self):
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+
+    def resolved(self):
+        """What this run actually uses, as plain values (for config.json and checkpoints)."""
+        precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.amp_dtype]
+        return {"device": self.device.type, "precision": precision, "channels_last": self.channels_last,
+                "compile": self.compile, "compile_mode": self.compile_mode if self.compile else None,
+                "triton": self.triton}
 
     def describe(self):
         amp = {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast + GradScaler"}[self.amp_dtype]
@@ -74,19 +88,44 @@ class Runtime:
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
         if self.triton:
-            use_triton(model, self.device)
+            use_triton(model, self.device, self.compile)
+        elif self.compile and self.device.type == "cpu":
+            use_eager_op(model)
         if self.compile:
             # Compiling in place keeps state-dict keys free of the `_orig_mod.` prefix.
             logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # "No CUDA runtime" on CPU
-            model.compile(mode=self.compile_mode)
+            model.compile(backend=CountingInductor(self.compile_mode))
         return model
 
 
-def compiled_graphs():
-    """How many graphs torch.compile has built in this process (grows on every recompile)."""
-    from torch._dynamo.utils import counters
+_graphs = [0]  # graphs handed to Inductor in this process, by every CountingInductor
 
-    return counters["stats"]["unique_graphs"]
+
+class CountingInductor:
+    """A torch.compile backend that counts the graphs Dynamo hands it, then compiles each with
+    Inductor exactly as `torch.compile(mode=...)` would.
+
+    A backend is a callable (gm, example_inputs) -> callable (the documented custom-backend
+    contract); Dynamo calls it once per graph it builds, so the count grows on every recompile.
+    torch.compiler has no public counter of its own; torch._inductor.compile and
+    list_mode_options are that package's declared API (its __all__).
+    """
+
+    def __init__(self, mode="default"):
+        self.mode = mode
+
+    def __call__(self, gm, example_inputs):
+        import torch._inductor
+
+        _graphs[0] += 1
+        options = torch._inductor.list_mode_options(self.mode)
+        return torch._inductor.compile(gm, example_inputs, options=options)
+
+
+def compiled_graphs():
+    """How many graphs torch.compile has built in this process for prepared models (grows on
+    every recompile)."""
+    return _graphs[0]
 
 
 def resolve_device(name):
@@ -108,23 +147,45 @@ def resolve_amp(cfg: Config, device, warn=warn):
         if cfg.amp_dtype == "fp16" or (cfg.amp_dtype == "auto" and not bf16_ok):
             return torch.float16
         return torch.bfloat16
-    # CPU autocast is bf16. Without bf16 hardware it is emulated and several times slower, so it is
-    # off by default there, and an explicit --amp is honoured with a warning.
+    # CPU autocast is bf16. Without bf16 hardware it is emulated and several times slower (12x on a
+    # Zen 3), so --amp keeps fp32 there unless --amp-dtype bf16 insists (with a warning).
     native = cpu_has_native_bf16()
     if cfg.amp is False or (cfg.amp is None and not native):
         return None
     if cfg.amp_dtype == "fp16":
         raise UsageError("--amp-dtype fp16 is for CUDA; on CPU --amp uses bf16 (--amp-dtype auto or bf16)")
+    if not native and cfg.amp_dtype == "auto":  # --amp means "where this hardware gains from it"
+        warn("this CPU has no native bf16 (no AVX512-BF16 or AMX), so --amp keeps fp32 "
+             "(--amp-dtype bf16 forces emulated bf16, several times slower)")
+        return None
     if not native:
-        warn("this CPU has no native bf16 (no AVX512-BF16 or AMX): --amp will run several times slower than fp32")
+        warn("this CPU has no native bf16 (no AVX512-BF16 or AMX): --amp-dtype bf16 will run several times slower than fp32")
     return torch.bfloat16
 
 
 _warned = []  # the interpreter warning is given once per process
 
 
-def use_triton(model, device):
-    """Route every ConvReluPool block through the fused Triton kernel."""
+def _swap_ops(model, op):
+    from engine.models import ConvReluPool
+
+    for block in model.modules():
+        if isinstance(block, ConvReluPool):
+            block.op = op
+    return model
+
+
+def use_eager_op(model):
+    """Route every ConvReluPool block through engine.ops.conv_pool_relu: the same eager kernels as
+    one opaque op, so torch.compile keeps ATen's max-pool backward (see engine/ops.py)."""
+    from engine.ops import conv_pool_relu
+
+    return _swap_ops(model, conv_pool_relu)
+
+
+def use_triton(model, device, compile=False):
+    """Route every ConvReluPool block through the fused Triton kernel (its registered custom op
+    under torch.compile, which Inductor calls inside the compiled graph)."""
     if device.type == "cpu":
         # Triton reads TRITON_INTERPRET when a kernel is decorated, so it must be set before the
         # kernel module is first imported (torch may import the triton package itself earlier).
@@ -137,17 +198,15 @@ def use_triton(model, device):
             warn("--triton on CPU runs the kernel in Triton's interpreter: for correctness checks, and very slow")
             _warned.append(True)
     try:
-        from kernels.conv_relu_pool import conv_relu_pool
+        if compile:
+            from kernels.ops import conv_relu_pool
+        else:
+            from kernels.conv_relu_pool import conv_relu_pool
     except ImportError as error:
         if getattr(error, "name", None) == "triton" or "triton" in str(error):
             raise UsageError("--triton needs the triton package: pip install 'engine-cnn[triton]'") from None
         raise
-    from engine.models import ConvReluPool
-
-    for block in model.modules():
-        if isinstance(block, ConvReluPool):
-            block.op = conv_relu_pool
-    return model
+    return _swap_ops(model, conv_relu_pool)
 
 
 def keep_freed_memory():
@@ -176,5 +235,7 @@ def setup_backends(device, seed):
         keep_freed_memory()
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+        # TF32 for fp32 matmuls and convolutions, through torch 2.9+'s per-backend precision API
+        # (mixing it with the legacy allow_tf32 flags raises)
+        torch.backends.cuda.matmul.fp32_precision = "tf32"
+        torch.backends.cudnn.conv.fp32_precision = "tf32"

@@ -373,14 +373,26 @@ def kernel_arguments(x, weight, bias, out, win, stride, padding):
         HAS_BIAS=bias is not None, STORE_WINDOW=win is not None, FLAT_K=c < FLAT_BELOW,
         CHANNELS_LAST=x.stride(1) == 1,
         # TF32 for fp32 exactly when eager conv2d would use it; fp16/bf16 ignore the setting
-        DOT_PRECISION="tf32" if x.dtype != torch.float32 or torch.backends.cudnn.allow_tf32 else "ieee",
+        DOT_PRECISION="tf32" if x.dtype != torch.float32 or conv_allows_tf32() else "ieee",
         UPCAST=_INTERPRETED and x.dtype == torch.bfloat16,
     )
     return args, constexprs
 
 
-def _launch(x, weight, bias, stride, padding, store_window, config=None):
-    """Allocate and launch on checked arguments: (N, OC, PH, PW) output and int8 window (or None)."""
+def conv_allows_tf32():
+    """Whether eager fp32 conv2d may use TF32, read through torch 2.9+'s fp32_precision settings
+    (conv, then cuDNN, then the global one; "none" defers to the next). The legacy allow_tf32 flags
+    raise once these have been set, so they are never read."""
+    backends = torch.backends
+    for precision in (backends.cudnn.conv.fp32_precision, backends.cudnn.fp32_precision, backends.fp32_precision):
+        if precision != "none":
+            return precision == "tf32"
+    return False
+
+
+def _launch(x, weight, bias, stride, padding, store_window, config=None, launcher=None):
+    """Allocate and launch on checked arguments: (N, OC, PH, PW) output and int8 window (or None).
+    `launcher` wraps the kernel before its launch (kernels.ops passes torch.library.wrap_triton)."""
     n, c, h, w = x.shape
     oc, _, kh, kw = weight.shape
     oh, ow = _conv_size(h, w, kh, kw, stride, padding)
@@ -400,7 +412,7 @@ def _launch(x, weight, bias, stride, padding, store_window, config=None):
                                             stride, padding)
         rows = out[part].shape[0] * out.shape[2] * out.shape[3]
         grid = lambda m: (triton.cdiv(rows, m["BLOCK_M"]) * triton.cdiv(oc, m["BLOCK_N"]),)  # noqa: E731
-        kernel[grid](*args, **constexprs, **meta)
+        (launcher(kernel) if launcher else kernel)[grid](*args, **constexprs, **meta)
     return out, win
 
 

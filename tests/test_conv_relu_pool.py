@@ -21,7 +21,7 @@ DEVICE = "cuda" if HAS_CUDA else "cpu"
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 TOLERANCE = {
     # the same fp32 products summed in another order (on a GPU both sides use TF32 unless disabled)
-    torch.float32: dict(rtol=1e-2, atol=1e-2) if HAS_CUDA and torch.backends.cudnn.allow_tf32
+    torch.float32: dict(rtol=1e-2, atol=1e-2) if HAS_CUDA and torch.backends.cudnn.conv.fp32_precision == "tf32"
     else dict(rtol=1e-4, atol=1e-5),
     # both sides round an fp32 sum to fp16 once (ulp 2**-10 relative): allow about two ulp
     torch.float16: dict(rtol=2e-3, atol=1e-3),

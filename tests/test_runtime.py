@@ -4,31 +4,63 @@ import pytest
 import torch
 
 from engine.config import Config
-from engine.errors import UsageError
+from engine.errors import EngineError, UsageError
 from engine.models import build_model
-from engine.runtime import Runtime, cpu_has_native_bf16, resolve_amp, resolve_device
+from engine.runtime import Runtime, compiled_graphs, cpu_has_native_bf16, resolve_amp, resolve_device
 from tests.conftest import HAS_CUDA
 
 CPU = torch.device("cpu")
 
 
-def test_cpu_amp_is_bf16_with_a_warning_only_without_native_bf16():
+def test_cpu_with_native_bf16_uses_it_by_default_and_on_amp(monkeypatch):
+    monkeypatch.setenv("ENGINE_CPU_BF16", "1")  # as on a Xeon with AMX
     warnings = []
+    assert cpu_has_native_bf16()
+    assert resolve_amp(Config(), CPU, warnings.append) is torch.bfloat16
     assert resolve_amp(Config(amp=True), CPU, warnings.append) is torch.bfloat16
-    assert len(warnings) == (0 if cpu_has_native_bf16() else 1)
-    if warnings:
-        assert "no native bf16" in warnings[0]
-
-
-def test_cpu_amp_default_follows_the_hardware_and_no_amp_wins():
-    expected = torch.bfloat16 if cpu_has_native_bf16() else None
-    assert resolve_amp(Config(), CPU, lambda *_: None) is expected
-    assert resolve_amp(Config(amp=False), CPU) is None
+    assert resolve_amp(Config(amp=True, amp_dtype="bf16"), CPU, warnings.append) is torch.bfloat16
+    assert resolve_amp(Config(amp=False), CPU, warnings.append) is None
+    assert warnings == []
     with pytest.raises(UsageError, match="fp16 is for CUDA"):
         resolve_amp(Config(amp=True, amp_dtype="fp16"), CPU)
 
 
-def test_autocast_uses_the_real_device_type():
+def test_cpu_without_native_bf16_keeps_fp32_on_amp_unless_bf16_is_forced(monkeypatch):
+    monkeypatch.setenv("ENGINE_CPU_BF16", "0")  # as on an AMD Zen 3
+    assert not cpu_has_native_bf16()
+    warnings = []
+    assert resolve_amp(Config(), CPU, warnings.append) is None and warnings == []
+    assert resolve_amp(Config(amp=True), CPU, warnings.append) is None  # --amp: only where it gains
+    assert len(warnings) == 1 and "keeps fp32" in warnings[0] and "--amp-dtype bf16" in warnings[0]
+    assert resolve_amp(Config(amp=True, amp_dtype="bf16"), CPU, warnings.append) is torch.bfloat16
+    assert len(warnings) == 2 and "several times slower" in warnings[1]
+    runtime = Runtime.from_config(Config(device="cpu", amp=True), warn=lambda *_: None)
+    assert runtime.resolved()["precision"] == "fp32"
+
+
+def test_the_bf16_override_is_checked(monkeypatch):
+    monkeypatch.setenv("ENGINE_CPU_BF16", "yes")
+    with pytest.raises(EngineError, match="ENGINE_CPU_BF16"):
+        cpu_has_native_bf16()
+    monkeypatch.delenv("ENGINE_CPU_BF16")
+    assert cpu_has_native_bf16() in (True, False)  # the real CPU
+
+
+def test_resolved_says_what_was_chosen(monkeypatch):
+    monkeypatch.setenv("ENGINE_CPU_BF16", "1")
+    runtime = Runtime.from_config(Config(device="cpu", amp=True, compile=True, channels_last=False))
+    assert runtime.resolved() == {"device": "cpu", "precision": "bf16", "channels_last": False, "compile": True,
+                                  "compile_mode": "default", "triton": False}
+    plain = Runtime.from_config(Config(device="cpu", amp=False)).resolved()
+    assert plain["precision"] == "fp32" and plain["compile"] is False and plain["compile_mode"] is None
+    assert plain["channels_last"] is True
+    import json
+
+    assert json.loads(json.dumps(plain)) == plain  # plain values only
+
+
+def test_autocast_uses_the_real_device_type(monkeypatch):
+    monkeypatch.setenv("ENGINE_CPU_BF16", "1")
     runtime = Runtime.from_config(Config(device="cpu", amp=True), warn=lambda *_: None)
     with runtime.autocast():
         out = torch.nn.functional.linear(torch.randn(2, 4), torch.randn(3, 4))
@@ -46,11 +78,6 @@ def test_cuda_without_a_gpu_is_a_usage_error():
     assert resolve_device("auto") == CPU
 
 
-def test_triton_and_compile_together_are_refused():
-    with pytest.raises(UsageError, match="--triton .* --compile"):
-        Runtime.from_config(Config(triton=True, compile=True))
-
-
 def test_prepare_keeps_parameters_and_state_dict_keys():
     model = build_model("cifar_cnn", (3, 32, 32), 10)
     keys = list(model.state_dict())
@@ -61,14 +88,21 @@ def test_prepare_keeps_parameters_and_state_dict_keys():
     assert "fp32" in runtime.describe() and "channels_last" in runtime.describe()
 
 
-def test_cpus_without_native_bf16_default_to_fp32_and_warn_on_amp(monkeypatch):
-    import engine.runtime
-
-    monkeypatch.setattr(engine.runtime, "cpu_has_native_bf16", lambda: False)  # as on an AMD Zen 3
-    warnings = []
-    assert resolve_amp(Config(), CPU, warnings.append) is None and warnings == []
-    assert resolve_amp(Config(amp=True), CPU, warnings.append) is torch.bfloat16
-    assert len(warnings) == 1 and "several times slower" in warnings[0]
+def test_compiled_graphs_counts_recompiles():
+    """compiled_graphs() counts the graphs torch.compile builds for prepared models: one per
+    new input shape or grad mode, none for a call that reuses a graph."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU())
+    Runtime.from_config(Config(device="cpu", amp=False, compile=True, channels_last=False)).prepare(model)
+    before = compiled_graphs()
+    x = torch.randn(2, 4)
+    torch.testing.assert_close(model(x), torch.relu(model[0](x)))  # the submodule itself runs eagerly
+    assert compiled_graphs() == before + 1
+    model(torch.randn(2, 4))
+    assert compiled_graphs() == before + 1  # same shape: the graph is reused
+    with torch.no_grad():
+        model(x)
+    assert compiled_graphs() == before + 2  # another grad mode: a new graph
 
 
 def test_the_allocator_keeps_freed_activations_on_glibc():
