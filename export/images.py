@@ -7,7 +7,6 @@ before a pixel is read. Every bad file is one line naming it.
 """
 
 import os
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -46,14 +45,14 @@ def open_image(path):
         raise EngineError(f"{path}: no such file" if not path.exists() else f"{path} is not a file")
     if path.stat().st_size == 0:
         raise EngineError(f"{path} is empty (0 bytes), not an image")
+    bomb_limit = Image.MAX_IMAGE_PIXELS
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(path)
-    except Image.DecompressionBombError:
-        raise EngineError(f"{path} is too large to decode safely (limit {MAX_PIXELS:,} pixels)") from None
+        Image.MAX_IMAGE_PIXELS = None  # PIL's own check would raise without the size; ours below names it
+        image = Image.open(path)  # reads the header only
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise EngineError(f"{path} is not a readable image ({error})") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = bomb_limit
     check_size(image, path)
     return image
 

@@ -31,7 +31,7 @@ class Classifier:
 
         proto = load_checked(path)
         props = {p.key: p.value for p in proto.metadata_props}
-        if input_size or classes or "classes" not in props:
+        if input_size or classes:
             self.info = ModelInfo.from_flags(input_size, classes)
         else:
             self.info = ModelInfo.from_props(props, str(path))

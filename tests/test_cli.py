@@ -53,7 +53,7 @@ def test_train_then_eval_as_subprocesses(tmp_path):
         EPOCH_LINE.match(line) for line in lines if line.startswith("Epoch:"))
     evaluated = engine("eval", str(out / "last.pt"), "--limit-test", "64")
     assert evaluated.returncode == 0, evaluated.stderr
-    assert re.search(r"^Test_acc:\d+\.\d%, Test_loss:\d+\.\d{3} \(64 test images of synthetic", evaluated.stdout, re.M)
+    assert re.search(r"^Test_acc:\d+\.\d\d%, Test_loss:\d+\.\d{4} \(64 test images of synthetic", evaluated.stdout, re.M)
 
 
 def test_main_trains_resumes_and_evaluates_in_process(tmp_path, capsys):
@@ -120,7 +120,7 @@ def test_eval_on_other_data_of_the_same_shape_and_classes(tmp_path, capsys):
         predicted = model_from_checkpoint(checkpoint)((data.test_x.float() / 255 - mean) / std).argmax(1)
     expected = (predicted == data.test_y).float().mean().item()
     assert expected > 0.3  # a model worth checking against
-    assert f"Test_acc:{expected * 100:.1f}%" in printed
+    assert f"Test_acc:{expected * 100:.2f}%" in printed
 
 
 def test_ctrl_c_keeps_completed_epochs_and_says_how_to_resume(tmp_path):

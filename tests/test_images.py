@@ -1,0 +1,116 @@
+"""export.images: preprocessing from the metadata alone, for every common image mode, size and source."""
+
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from engine.errors import EngineError, UsageError
+from export.images import MAX_PIXELS, batch, expand, open_image
+
+RGB = [3, 32, 32]
+GRAY = [1, 28, 28]
+
+
+def pixels(shape, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
+
+
+def huge_png(path, width=20000, height=20000):
+    """A PNG whose header claims width x height (decoding it would need 1.2 GB); only the header is real."""
+    Image.fromarray(pixels((2, 2, 3))).save(path)
+    data = bytearray(path.read_bytes())
+    ihdr = data[12:29]  # b"IHDR" + 13 bytes of header
+    ihdr[4:12] = struct.pack(">II", width, height)
+    data[12:29] = ihdr
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(ihdr)))
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_rgb_at_the_input_size_is_scaled_exactly(tmp_path):
+    array = pixels((32, 32, 3))
+    Image.fromarray(array).save(tmp_path / "a.png")
+    got = batch([tmp_path / "a.png"], RGB)
+    assert got.shape == (1, 3, 32, 32) and got.dtype == np.float32
+    np.testing.assert_array_equal(got[0], array.transpose(2, 0, 1).astype(np.float32) / 255)
+
+
+def test_gray_rgba_palette_and_other_sizes_become_the_models_input(tmp_path):
+    gray = pixels((32, 32))
+    Image.fromarray(gray).save(tmp_path / "gray.png")
+    got = batch(tmp_path / "gray.png", RGB)[0]
+    for channel in got:  # gray into an RGB model: the value replicated, as PIL converts it
+        np.testing.assert_array_equal(channel, gray / np.float32(255))
+    rgba = pixels((32, 32, 4))
+    Image.fromarray(rgba).save(tmp_path / "rgba.png")
+    np.testing.assert_array_equal(batch(tmp_path / "rgba.png", RGB)[0], rgba[..., :3].transpose(2, 0, 1) / np.float32(255))
+    Image.fromarray(pixels((32, 32, 3))).convert("P").save(tmp_path / "palette.gif")
+    Image.fromarray(pixels((45, 61, 3))).save(tmp_path / "big.jpg")
+    out = batch([tmp_path / "palette.gif", tmp_path / "big.jpg"], RGB)
+    assert out.shape == (2, 3, 32, 32) and 0 <= out.min() and out.max() <= 1
+    expected = np.asarray(Image.open(tmp_path / "big.jpg").convert("RGB").resize((32, 32), Image.BILINEAR))
+    np.testing.assert_array_equal(out[1], expected.transpose(2, 0, 1) / np.float32(255))
+    assert batch(tmp_path / "rgba.png", GRAY).shape == (1, 1, 28, 28)  # colour into a gray model
+
+
+def test_sixteen_bit_gray_is_scaled_not_clipped(tmp_path):
+    values = np.linspace(0, 65535, 32 * 32).astype(np.uint16).reshape(32, 32)
+    Image.fromarray(values).save(tmp_path / "deep.png")
+    got = batch(tmp_path / "deep.png", [1, 32, 32])[0, 0]
+    np.testing.assert_allclose(got, values / 65535, atol=1 / 255)  # convert("L") would make 99% of them 1.0
+    assert (got == 1.0).mean() < 0.01
+
+
+def test_pil_images_and_uint8_arrays_of_every_layout():
+    one = pixels((32, 32, 3))
+    assert batch(Image.fromarray(one), RGB).shape == (1, 3, 32, 32)
+    assert batch(one, RGB).shape == (1, 3, 32, 32)
+    assert batch(pixels((5, 32, 32, 3)), RGB).shape == (5, 3, 32, 32)
+    assert batch(pixels((4, 28, 28)), GRAY).shape == (4, 1, 28, 28)
+    np.testing.assert_array_equal(batch([one, Image.fromarray(one)], RGB)[0], batch(one, RGB)[0])
+    with pytest.raises(UsageError, match="uint8"):
+        batch(one.astype(np.float32), RGB)
+    with pytest.raises(UsageError, match="cannot read an image"):
+        batch([42], RGB)
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "empty"),
+    (b"this is text, not an image", "not a readable image"),
+    (None, "no such file"),
+])
+def test_bad_files_are_one_line_errors(tmp_path, content, message):
+    path = tmp_path / "x.png"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(EngineError, match=message):
+        open_image(path)
+
+
+def test_a_truncated_image_fails_when_decoded_naming_the_file(tmp_path):
+    path = tmp_path / "cut.png"
+    Image.fromarray(pixels((64, 64, 3))).save(path)
+    path.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(EngineError, match="cut.png"):
+        batch(path, RGB)
+
+
+def test_a_huge_image_is_refused_by_its_header_before_decoding(tmp_path):
+    path = huge_png(tmp_path / "huge.png")
+    with pytest.raises(EngineError, match="20000x20000 pixels, too large"):
+        open_image(path)
+    assert 20000 * 20000 > MAX_PIXELS
+
+
+def test_a_directory_means_every_image_in_it(tmp_path):
+    for name in ("b.png", "a.jpg", "sub/c.bmp", ".hidden/d.png"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        Image.fromarray(pixels((8, 8, 3))).save(tmp_path / name)
+    (tmp_path / "notes.txt").write_text("not an image")
+    assert [p.relative_to(tmp_path).as_posix() for p in expand([tmp_path])] == ["a.jpg", "b.png", "sub/c.bmp"]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(EngineError, match="no image files"):
+        expand([tmp_path / "empty"])

@@ -1,0 +1,40 @@
+"""export.evaluate: `engine eval MODEL.onnx` agrees with `engine eval CHECKPOINT` on the same data."""
+
+import numpy as np
+import pytest
+
+from engine.cli import main
+from engine.evaluate import evaluate_checkpoint
+from export.evaluate import cross_entropy_sum, evaluate_onnx
+
+
+def test_onnx_and_checkpoint_evaluations_agree(tiny_run, tiny_onnx):
+    from_checkpoint = evaluate_checkpoint(tiny_run[1], {"amp": False, "quiet": True, "device": "cpu"})
+    from_onnx = evaluate_onnx(tiny_onnx, {"quiet": True}, log=lambda *_: None)
+    assert from_onnx["images"] == from_checkpoint["images"] == 2000  # the synthetic test split, whole
+    assert abs(from_onnx["test_acc"] - from_checkpoint["test_acc"]) <= 0.001  # within 0.1 point
+    assert from_onnx["test_loss"] == pytest.approx(from_checkpoint["test_loss"], abs=1e-4)
+    assert from_onnx["provider"] == "CPUExecutionProvider"
+
+
+def test_eval_command_reads_onnx_files_in_the_same_line_format(tiny_onnx, capsys):
+    assert main(["eval", str(tiny_onnx), "--limit-test", "300", "--quiet"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("Test_acc:") and "(300 test images of synthetic; ONNX model on CPUExecutionProvider)" in line
+    assert main(["eval", str(tiny_onnx), "--compile"]) == 2  # a PyTorch-only flag is refused, not ignored
+    assert "onnxruntime" in capsys.readouterr().err
+
+
+def test_eval_takes_other_data_by_class_name(tiny_onnx, tmp_path, capsys):
+    assert main(["eval", str(tiny_onnx), "--data", str(tmp_path / "missing")]) == 1
+    err = capsys.readouterr().err
+    assert "no such file" in err and err.count("\n") == 1
+
+
+def test_cross_entropy_matches_a_direct_computation():
+    rng = np.random.default_rng(0)
+    logits, labels = rng.normal(size=(6, 4)) * 30, np.array([0, 1, 2, 3, 0, 1])
+    probabilities = np.exp(logits - logits.max(1, keepdims=True))
+    probabilities /= probabilities.sum(1, keepdims=True)
+    expected = -np.log(np.maximum(probabilities[np.arange(6), labels], 1e-300)).sum()
+    assert cross_entropy_sum(logits, labels) == pytest.approx(expected, rel=1e-9)
