@@ -84,8 +84,6 @@ def to_pixels(image, input_size, source="image"):
     channels, height, width = input_size
     check_size(image, source)
     try:
-        if image.format == "JPEG":  # decode big JPEGs at a reduced scale: far faster, same resize result
-            image.draft("L" if channels == 1 else "RGB", (width, height))
         image = _eight_bit(image).convert("L" if channels == 1 else "RGB")
         if image.size != (width, height):
             image = image.resize((width, height), Image.BILINEAR)

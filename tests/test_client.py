@@ -1,0 +1,57 @@
+"""The README's standalone client (onnxruntime, numpy and PIL only) reproduces `engine eval` on a real folder.
+
+The script is taken from README.md itself, so the documented client and the tested one are the same.
+"""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from engine.cli import main
+from engine.data.synthetic import CLASSES, generate
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def client_script():
+    match = re.search(r"<!-- client.py -->\n```python\n(.*?)```", README.read_text(), re.S)
+    assert match, "README.md lost its client script"
+    return match.group(1)
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory):
+    """The synthetic set written as PNG files in an image folder, the real on-disk format."""
+    root = tmp_path_factory.mktemp("folder") / "shapes"
+    data = generate(seed=5, train_size=300, test_size=130)
+    for split, x, y in (("train", data.train_x, data.train_y), ("test", data.test_x, data.test_y)):
+        for i, (image, label) in enumerate(zip(x, y)):
+            folder = root / split / CLASSES[label]
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image.permute(1, 2, 0).numpy()).save(folder / f"{i:04d}.png")
+    return root
+
+
+def test_readme_client_matches_engine_eval_at_batch_1_7_and_256(image_folder, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(image_folder), "--epochs", "2", "--batch-size", "32", "--no-amp",
+                 "--cache-dir", str(tmp_path / "cache"), "--out", str(out), "--quiet"]) == 0
+    assert main(["export", str(tmp_path / "m.onnx"), "--checkpoint", str(out / "best.pt")]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "m.onnx"), "--cache-dir", str(tmp_path / "cache"), "--quiet"]) == 0
+    engine_acc = float(re.search(r"Test_acc:([\d.]+)%", capsys.readouterr().out).group(1))
+    script = tmp_path / "client.py"
+    script.write_text(client_script())
+    for batch in (1, 7, 256):
+        # -I: isolated mode (no current directory or PYTHONPATH on sys.path), as a client machine runs it
+        done = subprocess.run([sys.executable, "-I", str(script), str(tmp_path / "m.onnx"), str(image_folder / "test"),
+                               str(batch)], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        client_acc = float(re.search(r"accuracy ([\d.]+)% on 130 images", done.stdout).group(1))
+        assert abs(client_acc - engine_acc) <= 0.1, (batch, client_acc, engine_acc)
+    assert 0 < engine_acc < 100 and not np.isnan(engine_acc)
