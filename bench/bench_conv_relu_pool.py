@@ -3,7 +3,7 @@
 Run: `python -m pytest bench/bench_conv_relu_pool.py` (every case skips without a GPU). One table,
 one row per (cifar_cnn layer at batch 256, dtype, implementation):
 
-- eager:   kernels.conv_relu_pool.conv_relu_pool_reference (conv2d, relu, max_pool2d)
+- eager:   engine.models.conv_relu_pool_eager, the engine's own eager path (conv2d, max_pool2d, relu)
 - compile: the same function under torch.compile
 - triton:  kernels.conv_relu_pool.conv_relu_pool, the fused kernel
 
@@ -35,9 +35,10 @@ TOLERANCE = {  # against the fp32 reference on the same values
 
 
 def implementation(name):
-    from kernels.conv_relu_pool import conv_relu_pool, conv_relu_pool_reference
+    from engine.models import conv_relu_pool_eager
+    from kernels.conv_relu_pool import conv_relu_pool
 
-    return {"eager": conv_relu_pool_reference, "compile": torch.compile(conv_relu_pool_reference),
+    return {"eager": conv_relu_pool_eager, "compile": torch.compile(conv_relu_pool_eager),
             "triton": conv_relu_pool}[name]
 
 

@@ -2,23 +2,27 @@
 
 What is fused, and why
 ----------------------
-Every stage of the tutorial CNNs is `max_pool2d(relu(conv2d(x, w, b)), 2)`. Eagerly that is
-three kernels, and the two big tensors between them exist only to be read once and thrown away:
+Every stage of the tutorial CNNs is `max_pool2d(relu(conv2d(x, w, b)), 2)`. The engine's eager
+path (engine.models.conv_relu_pool_eager) already pools before the ReLU (same values and
+gradients, a quarter of the ReLU work), and is still three kernels on CUDA:
 
     conv  reads x, w, b           writes the full-resolution conv output   (N, OC, OH, OW)
-    relu  reads the conv output   writes a tensor of the same size
-    pool  reads that              writes the pooled output                 (N, OC, OH/2, OW/2)
+    pool  reads the conv output   writes the pooled output and its int64 argmax (N, OC, OH/2, OW/2)
+    relu  reads the pooled output writes a tensor of the same size
 
-The fused kernel reads x, w and b and writes only the pooled output, so the conv output never
-reaches DRAM: that removes four full-resolution passes (conv write, relu read + write, pool read),
-and the pooled output is a quarter of one of them. Compulsory DRAM traffic for cifar_cnn at
-batch 256 (`traffic()` below computes it; tests/test_conv_relu_pool.py re-derives and prints it):
+(CUDA max-pool writes the int64 indices even without gradients.) The fused kernel reads x, w and
+b and writes only the pooled output (plus an int8 window index when training), so the conv
+output never reaches DRAM: that removes two full-resolution passes (conv write, pool read), the
+indices (8 bytes per pooled element, twice an fp32 value) and the ReLU's pass. Compulsory DRAM
+traffic of a forward pass for cifar_cnn at batch 256 (`traffic()` below computes it;
+tests/test_conv_relu_pool.py re-derives it from the eager ops' real tensors and prints it):
 
-    stage (fp32)                        unfused eager      fused   ratio
-    conv1 3->64,   32x32 -> 15x15           253.8 MB     17.9 MB   14.2x
-    conv2 64->64,  15x15 -> 6x6              61.6 MB     17.3 MB    3.6x
-    conv3 64->128,  6x6 -> 2x2               11.6 MB      3.2 MB    3.6x
-    all three (fp16/bf16: half of each)     327.0 MB     38.3 MB    8.5x
+    stage (fp32)                      engine eager      fused   ratio
+    conv1 3->64,   32x32 -> 15x15         194.8 MB     17.9 MB   10.9x
+    conv2 64->64,  15x15 -> 6x6            48.8 MB     17.3 MB    2.8x
+    conv3 64->128,  6x6 -> 2x2              9.5 MB      3.2 MB    3.0x
+    all three                             253.2 MB     38.3 MB    6.6x
+    all three, fp16/bf16                  144.2 MB     19.2 MB    7.5x  (the indices stay int64)
 
 Where the time goes: conv1 (K = C*KH*KW = 27) does about 45 flop per fused fp32 byte, so it is
 bound by memory traffic and fusion is the whole win; conv2 and conv3 (K = 576) do 160-190 flop
@@ -497,16 +501,19 @@ class Traffic:
 
 def traffic(x_shape, weight_shape, stride=1, padding=0, element_size=4, has_bias=True, training=False):
     """Each tensor read or written once at its real size (caches assumed to catch re-reads of x
-    and w inside a kernel). `training` adds the pool's argmax: int64 eagerly, int8 when fused."""
+    and w inside a kernel). `unfused` is the engine's own eager path on CUDA
+    (engine.models.conv_relu_pool_eager: conv, then max-pool, whose CUDA kernel always writes
+    int64 argmax indices, then ReLU on the pooled tensor); `training` adds the fused kernel's
+    int8 window index."""
     n, c, h, w = x_shape
     oc, _, kh, kw = weight_shape
     oh, ow = _conv_size(h, w, kh, kw, _pair("stride", stride), _pair("padding", padding))
     ph, pw = oh // POOL, ow // POOL
     inputs = (n * c * h * w + oc * c * kh * kw + (oc if has_bias else 0)) * element_size
     conv, pooled = n * oc * oh * ow * element_size, n * oc * ph * pw * element_size
-    argmax = n * oc * ph * pw if training else 0  # elements
+    indices = 8 * n * oc * ph * pw  # int64, one per pooled element
     return Traffic(
-        unfused={"conv": (inputs, conv), "relu": (conv, conv), "pool": (conv, pooled + 8 * argmax)},
-        fused={"conv_relu_pool": (inputs, pooled + argmax)},
+        unfused={"conv": (inputs, conv), "pool": (conv, pooled + indices), "relu": (pooled, pooled)},
+        fused={"conv_relu_pool": (inputs, pooled + (n * oc * ph * pw if training else 0))},
         flops=2 * n * oc * ph * POOL * pw * POOL * c * kh * kw,
     )
