@@ -1,11 +1,13 @@
 """train(cfg): the training loop, its per-epoch metrics, checkpoints and run directory.
 
-One call does a whole run: resolve the runtime, read the data, build the model, then for each
-epoch train, evaluate, report and checkpoint. Speed is measured without per-step syncs; the
-first steps of a process (compile and allocation warm-up) are timed apart from steady state.
+One call does a whole run: `open_session` resolves the runtime, reads the data and builds the
+model; then each epoch is `train_epoch` (one `train_step` per batch), `evaluate_epoch`,
+`epoch_metrics` and `save_epoch`. Speed is measured without per-step syncs; the first steps of
+a process (compile and allocation warm-up) are timed apart from steady state.
 """
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -27,9 +29,53 @@ WARMUP_STEPS = 3  # steps of a process's first epoch timed as warm-up, not stead
 RUNS = "runs"  # where default-named runs go, and runs/latest
 
 
-def train(cfg: Config, resume=None, log=print):
-    """Train as `cfg` says; `resume` is a checkpoint dict to continue. Returns (run dir, metrics)."""
-    say = (lambda *_: None) if cfg.quiet else log
+@dataclass
+class Session:
+    """What a run holds from one epoch to the next: set up by `open_session`, changed by each epoch."""
+
+    cfg: Config  # with absolute paths and the run directory filled in
+    runtime: Runtime
+    run: RunDir
+    spec: dict  # the data spec the checkpoints keep (Dataset.spec(), or the resumed run's)
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    train_loader: BatchLoader
+    test_loader: BatchLoader
+    tensorboard: TensorBoard | None
+    metrics: list  # one dict per completed epoch, resumed ones included
+    start_epoch: int = 0  # epochs already done (a resumed run's)
+    best: float = -1.0  # the best test accuracy so far
+
+    @property
+    def steps(self):
+        return len(self.train_loader)
+
+    @property
+    def total_steps(self):
+        return self.steps * self.cfg.epochs
+
+
+@dataclass
+class EpochFigures:
+    """One epoch's raw figures as measured; `epoch_metrics` turns them into the reported dict."""
+
+    epoch: int  # 0-based
+    first: bool  # the first epoch of this process, whose first steps are warm-up
+    warm_until: int  # steps timed as warm-up, 0 for none
+    started: float  # time.perf_counter() at the epoch's start
+    steady_from: float  # ... after the warm-up steps (= started without warm-up)
+    trained: float  # ... once the last training step has finished on the device
+    loss_sum: torch.Tensor  # () float32 on the device: loss summed over the epoch's images
+    correct: torch.Tensor  # () int64 on the device
+    test_loss: float = float("nan")  # filled by evaluate_epoch
+    test_acc: float = float("nan")
+    eval_s: float = 0.0
+
+
+def open_session(cfg: Config, resume=None, say=print) -> Session:
+    """Resolve the runtime and run directory, read the data, build the model, optimizer and scaler,
+    restore `resume` (a checkpoint dict) if given, and write config.json."""
     cfg = cfg.with_absolute_paths()
     runtime = Runtime.from_config(cfg)
     if cfg.tensorboard:
@@ -72,93 +118,137 @@ def train(cfg: Config, resume=None, log=print):
                                train=True, flip=spec["flip"], seed=cfg.seed, channels_last=cfg.channels_last)
     test_loader = BatchLoader(data.test_x, data.test_y, cfg.batch_size, spec["mean"], spec["std"], device=device,
                               train=False, channels_last=cfg.channels_last)
-    steps = len(train_loader)
-    total_steps = steps * cfg.epochs
     run.write_config(cfg.to_dict(), spec)
     if run.path.parent.resolve() == (Path.cwd() / RUNS).resolve():  # runs/latest: the newest run in runs/
         run.point_latest()
     tensorboard = TensorBoard(run.path) if cfg.tensorboard else None
+    session = Session(cfg, runtime, run, spec, model, optimizer, scaler, train_loader, test_loader, tensorboard,
+                      metrics, start_epoch, best)
     say(f"Run: {run.path} ({len(data.train_x):,} train / {len(data.test_x):,} test images, "
-        f"{steps} steps of {cfg.batch_size} an epoch, {cfg.epochs} epoch{'s' if cfg.epochs > 1 else ''})")
+        f"{session.steps} steps of {cfg.batch_size} an epoch, {cfg.epochs} epoch{'s' if cfg.epochs > 1 else ''})")
+    return session
 
-    warming = True  # the first epoch of this process times its first steps apart
+
+def train_step(s: Session, x, y, step):
+    """One optimizer step on the batch x (B, C, H, W), y (B,) at global `step`; returns the
+    detached loss () and logits (B, classes)."""
+    set_lr(s.optimizer, lr_at(s.cfg, step, s.total_steps))
+    with s.runtime.autocast():
+        logits = s.model(x)  # (B, classes)
+        loss = F.cross_entropy(logits, y, label_smoothing=s.cfg.label_smoothing)
+    s.optimizer.zero_grad(set_to_none=True)
+    s.scaler.scale(loss).backward()
+    s.scaler.step(s.optimizer)
+    s.scaler.update()
+    return loss.detach(), logits.detach()
+
+
+def train_epoch(s: Session, epoch, first) -> EpochFigures:
+    """One pass over the training batches, with the progress bar; in the `first` epoch of this
+    process the first steps are timed apart as warm-up. Syncs the device only at the end."""
+    started = time.perf_counter()
+    s.model.train()
+    device = s.runtime.device
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.int64)
+    steps = s.steps
+    warm_until = WARMUP_STEPS if first and steps > 2 * WARMUP_STEPS else 0
+    steady_from, bar = started, progress(steps, epoch + 1, s.cfg.quiet)
+    for i, (x, y, _) in enumerate(s.train_loader.epoch(epoch)):
+        loss, logits = train_step(s, x, y, epoch * steps + i)
+        loss_sum += loss.float() * len(y)
+        correct += (logits.argmax(1) == y).sum()
+        if i + 1 == warm_until:
+            s.runtime.sync()
+            steady_from = time.perf_counter()
+        if not bar.disable:
+            bar.update()
+            if i % 25 == 0:
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+    bar.close()
+    s.runtime.sync()
+    return EpochFigures(epoch, first, warm_until, started, steady_from, time.perf_counter(), loss_sum, correct)
+
+
+def evaluate_epoch(s: Session, figures: EpochFigures):
+    """Test loss and accuracy after the epoch, and how long they took, into `figures`."""
+    eval_started = time.perf_counter()
+    figures.test_loss, figures.test_acc = evaluate(s.model, s.test_loader, s.runtime)
+    figures.eval_s = time.perf_counter() - eval_started
+
+
+def epoch_metrics(s: Session, figures: EpochFigures) -> dict:
+    """The epoch's reported figures (metrics.jsonl, the printed line, TensorBoard), rounded."""
+    f, cfg, steps = figures, s.cfg, s.steps
+    seen = steps * cfg.batch_size
+    steady_images = seen - f.warm_until * cfg.batch_size
+    m = {
+        "epoch": f.epoch + 1,
+        "train_loss": round(f.loss_sum.item() / seen, 5),
+        "train_acc": round(f.correct.item() / seen, 5),
+        "test_loss": round(f.test_loss, 5),
+        "test_acc": round(f.test_acc, 5),
+        "images_per_s": round(steady_images / (f.trained - f.steady_from), 1),
+        "epoch_s": round(time.perf_counter() - f.started, 2),
+        "warmup_s": round(f.steady_from - f.started, 2) if f.warm_until else 0.0,
+        "eval_s": round(f.eval_s, 2),
+        "lr": lr_at(cfg, (f.epoch + 1) * steps - 1, s.total_steps),
+    }
+    if s.runtime.compile:
+        m["compiled_graphs"] = compiled_graphs()
+        if not f.first and m["compiled_graphs"] > s.metrics[-1].get("compiled_graphs", 0):
+            warn(f"torch.compile built new graphs during epoch {f.epoch + 1}: shapes or modes changed")
+    return m
+
+
+def checkpoint_state(s: Session, epochs_done):
+    """The checkpoint after `epochs_done` epochs: tensors and plain values only (see checkpoint.load)."""
+    return {
+        "format": FORMAT, "config": s.cfg.to_dict(), "data": s.spec, "model": s.model.state_dict(),
+        "optimizer": s.optimizer.state_dict(),
+        "scheduler": {"step": epochs_done * s.steps, "total_steps": s.total_steps},
+        "scaler": s.scaler.state_dict(), "epoch": epochs_done, "rng": rng_states(), "metrics": s.metrics,
+        "versions": {"engine": __version__, "torch": str(torch.__version__)},
+    }
+
+
+def save_epoch(s: Session, m, best_now):
+    """last.pt (and best.pt if `best_now`), metrics.jsonl, curves.png and TensorBoard for the epoch `m`."""
+    state = checkpoint_state(s, m["epoch"])
+    with interrupts_held():  # an epoch's files are written whole, or not at all
+        save_atomic(state, s.run.path / "last.pt")
+        if best_now:
+            save_atomic(state, s.run.path / "best.pt")
+        s.run.write_metrics(s.metrics)
+        s.run.plot(s.metrics)
+        if s.tensorboard:
+            s.tensorboard.log(m)
+
+
+def train(cfg: Config, resume=None, log=print):
+    """Train as `cfg` says; `resume` is a checkpoint dict to continue. Returns (run dir, metrics)."""
+    say = (lambda *_: None) if cfg.quiet else log
+    s = open_session(cfg, resume, say)
+    first = True  # the first epoch of this process times its first steps apart
     try:
-        for epoch in range(start_epoch, cfg.epochs):
-            started = time.perf_counter()
-            model.train()
-            loss_sum = torch.zeros((), device=device)
-            correct = torch.zeros((), device=device, dtype=torch.int64)
-            warm_until = WARMUP_STEPS if warming and steps > 2 * WARMUP_STEPS else 0
-            steady_from, bar = started, progress(steps, epoch + 1, cfg.quiet)
-            for i, (x, y, _) in enumerate(train_loader.epoch(epoch)):
-                set_lr(optimizer, lr_at(cfg, epoch * steps + i, total_steps))
-                with runtime.autocast():
-                    logits = model(x)  # (B, classes)
-                    loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                loss_sum += loss.detach().float() * len(y)
-                correct += (logits.detach().argmax(1) == y).sum()
-                if i + 1 == warm_until:
-                    runtime.sync()
-                    steady_from = time.perf_counter()
-                if not bar.disable:
-                    bar.update()
-                    if i % 25 == 0:
-                        bar.set_postfix(loss=f"{loss.item():.3f}")
-            bar.close()
-            runtime.sync()
-            trained = time.perf_counter()
-            eval_started = time.perf_counter()
-            test_loss, test_acc = evaluate(model, test_loader, runtime)
-            eval_s = time.perf_counter() - eval_started
-            seen = steps * cfg.batch_size
-            steady_images = seen - warm_until * cfg.batch_size
-            m = {
-                "epoch": epoch + 1,
-                "train_loss": round(loss_sum.item() / seen, 5),
-                "train_acc": round(correct.item() / seen, 5),
-                "test_loss": round(test_loss, 5),
-                "test_acc": round(test_acc, 5),
-                "images_per_s": round(steady_images / (trained - steady_from), 1),
-                "epoch_s": round(time.perf_counter() - started, 2),
-                "warmup_s": round(steady_from - started, 2) if warm_until else 0.0,
-                "eval_s": round(eval_s, 2),
-                "lr": lr_at(cfg, (epoch + 1) * steps - 1, total_steps),
-            }
-            if runtime.compile:
-                m["compiled_graphs"] = compiled_graphs()
-                if not warming and m["compiled_graphs"] > metrics[-1].get("compiled_graphs", 0):
-                    warn(f"torch.compile built new graphs during epoch {epoch + 1}: shapes or modes changed")
-            metrics.append(m)
-            best_now = test_acc > best
-            best = max(best, test_acc)
-            state = {
-                "format": FORMAT, "config": cfg.to_dict(), "data": spec, "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(), "scheduler": {"step": (epoch + 1) * steps, "total_steps": total_steps},
-                "scaler": scaler.state_dict(), "epoch": epoch + 1, "rng": rng_states(), "metrics": metrics,
-                "versions": {"engine": __version__, "torch": str(torch.__version__)},
-            }
-            with interrupts_held():  # an epoch's files are written whole, or not at all
-                save_atomic(state, run.path / "last.pt")
-                if best_now:
-                    save_atomic(state, run.path / "best.pt")
-                run.write_metrics(metrics)
-                run.plot(metrics)
-                if tensorboard:
-                    tensorboard.log(m)
+        for epoch in range(s.start_epoch, s.cfg.epochs):
+            figures = train_epoch(s, epoch, first)
+            evaluate_epoch(s, figures)
+            m = epoch_metrics(s, figures)
+            s.metrics.append(m)
+            best_now = figures.test_acc > s.best  # unrounded, as measured
+            s.best = max(s.best, figures.test_acc)
+            save_epoch(s, m, best_now)
             log(format_epoch(m))
-            if warm_until and runtime.compile:
-                say(f"Warm-up: {m['warmup_s']:.1f} s for the first {warm_until} steps (torch.compile), kept out of img/s")
-            warming = False
+            if figures.warm_until and s.runtime.compile:
+                say(f"Warm-up: {m['warmup_s']:.1f} s for the first {figures.warm_until} steps (torch.compile), kept out of img/s")
+            first = False
     except KeyboardInterrupt:
-        if not (run.path / "last.pt").exists():
-            raise Interrupted(f"interrupted before the first epoch ended; nothing to resume in {run.path}") from None
-        raise Interrupted(f"interrupted; completed epochs are saved: continue with engine train --resume {run.path}") from None
+        if not (s.run.path / "last.pt").exists():
+            raise Interrupted(f"interrupted before the first epoch ended; nothing to resume in {s.run.path}") from None
+        raise Interrupted(f"interrupted; completed epochs are saved: continue with engine train --resume {s.run.path}") from None
     finally:
-        if tensorboard:
-            tensorboard.close()
-    say(f"Saved {Path(run.path) / 'last.pt'} (best test accuracy {best * 100:.1f}%: best.pt)")
-    return run.path, metrics
+        if s.tensorboard:
+            s.tensorboard.close()
+    say(f"Saved {Path(s.run.path) / 'last.pt'} (best test accuracy {s.best * 100:.1f}%: best.pt)")
+    return s.run.path, s.metrics

@@ -12,7 +12,7 @@ import torch
 
 from engine.checkpoint import load
 from engine.config import Config
-from engine.train import train
+from engine.train import checkpoint_state, open_session, train, train_epoch, train_step
 
 QUIET = dict(quiet=True, device="cpu")
 
@@ -59,6 +59,23 @@ def test_amp_trains_on_this_device(tmp_path):
     _, metrics = run(tmp_path, epochs=1, limit_test=500, amp=True)
     assert metrics[0]["test_acc"] > 0.5  # as fp32 does in one epoch (chance is 0.1): bf16 really trains
 
+
+
+def test_the_pieces_of_an_epoch(tmp_path):
+    cfg = Config(out=str(tmp_path / "run"), epochs=2, limit_train=64, limit_test=32, batch_size=32, amp=False, **QUIET)
+    s = open_session(cfg, say=lambda *_: None)
+    assert s.steps == 2 and s.total_steps == 4 and s.start_epoch == 0 and s.metrics == []
+    x, y, _ = next(iter(s.train_loader.epoch(0)))
+    before = [p.detach().clone() for p in s.model.parameters()]
+    loss, logits = train_step(s, x, y, step=0)
+    assert loss.shape == () and logits.shape == (32, 10) and not loss.requires_grad and not logits.requires_grad
+    assert any(not torch.equal(a, b) for a, b in zip(before, s.model.parameters()))  # one step moved the weights
+    figures = train_epoch(s, epoch=0, first=True)
+    assert figures.warm_until == 0  # 2 steps are too few to time a warm-up apart
+    assert 0 <= figures.correct.item() <= 64 and 0 < figures.loss_sum.item() / 64 < 10
+    state = checkpoint_state(s, epochs_done=1)
+    assert state["epoch"] == 1 and state["scheduler"] == {"step": 2, "total_steps": 4}
+    assert state["data"] == s.spec and state["config"]["out"] == str(tmp_path / "run")
 
 def engine_train(out, epochs, *extra):
     return [sys.executable, "-m", "engine", "train", "--epochs", str(epochs), "--limit-train", "1536", "--limit-test",
