@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from engine.errors import UsageError
-from engine.models import MODELS, build_model, count_parameters, format_summary, forward_flops, smallest_side, summarize
+from engine.models import (MODELS, build_model, count_parameters, format_summary, forward_flops, smallest_side,
+                           summarize, training_flops)
 
 COUNTS = [("cifar_cnn", 246_474), ("cifar_seq", 145_578), ("mnist_cnn", 824_458), ("lenet", 62_006),
           ("mlp", 101_770), ("fast_cifar", 295_120)]
@@ -109,6 +110,12 @@ def test_forward_flops_counts_cifar_cnn_by_hand():
     fc1, fc2 = 2 * 512 * 256, 2 * 256 * 10
     model = build_model("cifar_cnn", (3, 32, 32), 10)
     assert forward_flops(model, (3, 32, 32)) == conv1 + conv2 + conv3 + fc1 + fc2 == 18_196_992
+
+
+def test_training_flops_are_three_forwards_less_the_first_layers_input_gradient():
+    model = build_model("cifar_cnn", (3, 32, 32), 10)
+    conv1 = 2 * 30 * 30 * 64 * 3 * 3 * 3
+    assert training_flops(model, (3, 32, 32)) == 3 * 18_196_992 - conv1 == 51_480_576  # the 51.5 MFLOP
 
 
 def test_forward_flops_counts_plain_convs_and_mlp():

@@ -15,7 +15,8 @@ from engine.models.fast import FAST, FastNet, FastSpec
 from engine.models.spec import ModelSpec
 
 __all__ = [
-    "MODELS", "build_model", "count_parameters", "summarize", "format_summary", "forward_flops", "smallest_side",
+    "MODELS", "build_model", "count_parameters", "summarize", "format_summary", "forward_flops", "layer_flops",
+    "training_flops", "smallest_side",
     "ModelSpec", "ConvNetSpec", "MLPSpec", "FastSpec", "ConvNet", "MLP", "FastNet",
     "ConvReluPool", "ConvPoolBNBlock", "conv_relu_pool_eager",
 ]
@@ -83,24 +84,24 @@ def summarize(model: nn.Module, in_shape):
     return rows
 
 
-def forward_flops(model: nn.Module, in_shape) -> int:
-    """Forward FLOPs for one image of `in_shape`: 2 x the multiply-accumulates of every conv and
-    linear layer (bias adds, activations, pools and norms are not counted; they are a few %)."""
-    total = [0]
+def layer_flops(model: nn.Module, in_shape) -> list:
+    """Forward FLOPs of each conv and linear layer for one image of `in_shape`, in execution order:
+    2 x the multiply-accumulates (bias adds, activations, pools and norms are not counted; a few %)."""
+    total = []
 
     def conv(module, _inputs, output):  # output (1, Cout, H', W'); each output reads Cin/groups*kh*kw
         kh, kw = module.kernel_size
-        total[0] += 2 * output.numel() * module.in_channels // module.groups * kh * kw
+        total.append(2 * output.numel() * module.in_channels // module.groups * kh * kw)
 
     def block(module, inputs, output):  # ConvReluPool calls its conv through `op`, not conv.forward
         c = module.conv
         (kh, kw), (ph, pw), (sh, sw) = c.kernel_size, c.padding, c.stride
         _, _, h, w = inputs[0].shape
         oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
-        total[0] += 2 * c.out_channels * oh * ow * c.in_channels // c.groups * kh * kw
+        total.append(2 * c.out_channels * oh * ow * c.in_channels // c.groups * kh * kw)
 
     def linear(module, _inputs, output):
-        total[0] += 2 * output.numel() * module.in_features
+        total.append(2 * output.numel() * module.in_features)
 
     hooks = []
     for module in model.modules():
@@ -111,7 +112,19 @@ def forward_flops(model: nn.Module, in_shape) -> int:
         elif isinstance(module, nn.Linear):
             hooks.append((module, linear))
     _probe(model, in_shape, hooks)
-    return total[0]
+    return total
+
+
+def forward_flops(model: nn.Module, in_shape) -> int:
+    """Forward FLOPs for one image of `in_shape` (see `layer_flops`)."""
+    return sum(layer_flops(model, in_shape))
+
+
+def training_flops(model: nn.Module, in_shape) -> int:
+    """FLOPs of one training image: the forward, plus a backward that costs each layer its forward
+    twice (weight gradient and input gradient), except that the first layer needs no input gradient."""
+    layers = layer_flops(model, in_shape)
+    return 3 * sum(layers) - layers[0]
 
 
 def format_summary(name, model: nn.Module, in_shape) -> str:

@@ -1,0 +1,129 @@
+"""A training epoch on the real CIFAR-10 JPEG copy: the tutorial's own loop beside `engine train`'s epoch.
+
+Run: `python -m pytest bench/bench_epoch.py` (skips when ../shared/datasets/cifar10-jpeg.tar.gz
+is absent). The epoch group times exactly one pass over the 50,000 training images and nothing
+else (no decode into the cache, no evaluation, no plotting):
+
+- tutorial: the tutorial's loop as it was written: its model (conv -> ReLU -> pool, as the
+  tutorial orders them), torchvision ImageFolder on the extracted JPEGs, DataLoader(batch 32,
+  shuffle) with ToTensor, NCHW fp32, plain SGD lr 0.01.
+- engine: `engine.train.train_epoch` on the decoded uint8 cache with the defaults (the fast path
+  this machine gets).
+
+Two acceptance checks stay here, untimed: three epochs with the defaults reach 60%, and a second
+start reaches its first training step within 5 s.
+"""
+
+import os
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.config import Config
+from engine.models import training_flops
+from engine.train import open_session, train, train_epoch
+
+ROOT = Path(__file__).resolve().parents[1]
+ARCHIVE = ROOT.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
+
+pytestmark = pytest.mark.skipif(not ARCHIVE.is_file(), reason=f"needs {ARCHIVE}")
+
+
+class TutorialNet(nn.Module):
+    """Tutorial 001's CNN exactly as written there (ReLU before pool): 246,474 parameters."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2, self.conv3 = nn.Conv2d(3, 64, 3), nn.Conv2d(64, 64, 3), nn.Conv2d(64, 128, 3)
+        self.fc1, self.fc2 = nn.Linear(512, 256), nn.Linear(256, 10)
+
+    def forward(self, x):
+        for conv in (self.conv1, self.conv2, self.conv3):
+            x = F.max_pool2d(F.relu(conv(x)), 2)
+        return self.fc2(F.relu(self.fc1(torch.flatten(x, 1))))
+
+
+@pytest.fixture(scope="module")
+def jpeg_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cifar10-jpeg")
+    with tarfile.open(ARCHIVE) as archive:
+        archive.extractall(folder, filter="data")
+    return folder
+
+
+def test_tutorial_epoch(benchmark, roof, jpeg_folder):
+    from torchvision import datasets, transforms
+
+    benchmark.group = "epoch"
+    torch.manual_seed(0)
+    data = datasets.ImageFolder(str(jpeg_folder / "train"), transform=transforms.ToTensor())
+    loader = torch.utils.data.DataLoader(data, batch_size=32, shuffle=True)
+    model = TutorialNet()
+    assert sum(p.numel() for p in model.parameters()) == 246_474
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    losses = []
+
+    def epoch():
+        for x, y in loader:
+            loss = F.cross_entropy(model(x), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+
+    benchmark.pedantic(epoch, rounds=1, iterations=1)
+    images_per_s = len(data) / benchmark.stats.stats.median
+    gflops = images_per_s * training_flops(model, (3, 32, 32)) / 1e9
+    benchmark.extra_info.update(images_per_s=round(images_per_s, 1), batch=32, epoch_s=round(benchmark.stats.stats.median, 1),
+                                roof_share=round(gflops / roof, 3), roof_gflops=round(roof, 1))
+    assert sum(losses[-100:]) / 100 < sum(losses[:100]) / 100  # it learns
+
+
+def test_engine_epoch(benchmark, roof, tmp_path):
+    benchmark.group = "epoch"
+    s = open_session(Config(data=str(ARCHIVE), epochs=1, quiet=True, out=str(tmp_path / "run")), say=lambda *_: None)
+    figures = []
+    benchmark.pedantic(lambda: figures.append(train_epoch(s, 0, True)), rounds=1, iterations=1)
+    images = s.steps * s.cfg.batch_size
+    images_per_s = images / benchmark.stats.stats.median
+    gflops = images_per_s * training_flops(s.model, (3, 32, 32)) / 1e9
+    benchmark.extra_info.update(images_per_s=round(images_per_s, 1), batch=s.cfg.batch_size, runtime=s.runtime.describe(),
+                                epoch_s=round(benchmark.stats.stats.median, 1), roof_share=round(gflops / roof, 3),
+                                roof_gflops=round(roof, 1))
+    correct = figures[0].correct.item() if torch.is_tensor(figures[0].correct) else figures[0].correct
+    assert correct / images > 0.3  # one epoch on CIFAR-10 is far above chance (0.1)
+
+
+def test_three_epochs_reach_60_percent(tmp_path):
+    _, metrics = train(Config(data=str(ARCHIVE), epochs=3, quiet=True, out=str(tmp_path / "run")), log=lambda *_: None)
+    print(f"\n3 epochs: test acc {[m['test_acc'] for m in metrics]}, img/s {[m['images_per_s'] for m in metrics]}")
+    assert metrics[-1]["test_acc"] >= 0.60
+
+
+def seconds_to_first_step(tmp_path):
+    started = time.perf_counter()
+    process = subprocess.Popen([sys.executable, "-m", "engine", "train", "--data", str(ARCHIVE), "--epochs", "1",
+                                "--out", str(tmp_path / f"run{time.time_ns()}")], stdout=subprocess.PIPE, text=True,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    elapsed = None
+    for line in process.stdout:
+        if line.startswith("Run: "):  # printed right before the first training step
+            elapsed = time.perf_counter() - started
+            break
+    process.kill()
+    process.wait()
+    return elapsed
+
+
+def test_second_start_within_5_seconds(tmp_path):
+    seconds_to_first_step(tmp_path)  # decodes and caches if this machine has not yet
+    elapsed = min(seconds_to_first_step(tmp_path) for _ in range(2))
+    print(f"\nsecond start: {elapsed:.2f} s to the first training step")
+    assert elapsed is not None and elapsed < 5.0

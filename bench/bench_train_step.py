@@ -1,0 +1,56 @@
+"""One training step of cifar_cnn on every path, at batch 32, 64 and 256: the engine's own `train_step`.
+
+Run: `python -m pytest bench/bench_train_step.py`. Each case builds a real engine session
+(`engine.train.open_session`: runtime, model, optimizer, loader) on the built-in synthetic set,
+and times `train_step` on one fixed batch followed by a device sync. Compile and the first
+allocations run in warm-up rounds, outside the timing. `extra_info` has images/s and the share
+of the fp32 SGEMM roof measured in this run (training FLOPs from `engine.models.training_flops`);
+afterwards each case checks that its steps lowered the loss on that batch.
+"""
+
+import math
+
+import pytest
+import torch
+
+from engine.config import Config
+from engine.models import training_flops
+from engine.train import open_session, train_step
+
+CASES = {  # the flags of `engine train` each case stands for
+    "eager-nchw-fp32": dict(amp=False, channels_last=False),
+    "channels_last-fp32": dict(amp=False),
+    "channels_last-bf16": dict(amp=True, amp_dtype="bf16"),  # forced, even where bf16 is emulated
+    "compile-fp32": dict(amp=False, compile=True),
+    "amp-compile": dict(amp=True, compile=True),  # the headline `--amp --compile`, resolved for this machine
+    "triton": dict(amp=False, triton=True),  # CUDA only: on CPU the kernel runs in Triton's interpreter
+}
+ROUNDS = {32: 60, 64: 40, 256: 12}
+
+
+@pytest.mark.parametrize("batch", sorted(ROUNDS))
+@pytest.mark.parametrize("case", list(CASES))
+def test_train_step(benchmark, roof, tmp_path, case, batch):
+    if case == "triton" and not torch.cuda.is_available():
+        pytest.skip("the fused kernel is benchmarked on CUDA only")
+    benchmark.group = f"train_step, batch {batch}"
+    cfg = Config(epochs=1, batch_size=batch, limit_train=batch * 4, limit_test=batch, quiet=True,
+                 out=str(tmp_path / "run"), **CASES[case])
+    s = open_session(cfg, say=lambda *_: None)
+    s.model.train()
+    x, y, _ = next(s.train_loader.epoch(0))
+    first, _ = train_step(s, x, y, 0)
+    losses = []
+
+    def step():
+        loss, _ = train_step(s, x, y, 1)
+        s.runtime.sync()
+        losses.append(loss)
+
+    benchmark.pedantic(step, rounds=ROUNDS[batch], iterations=1, warmup_rounds=3)
+    images_per_s = batch / benchmark.stats.stats.median
+    gflops = images_per_s * training_flops(s.model, tuple(s.spec["shape"])) / 1e9
+    benchmark.extra_info.update(images_per_s=round(images_per_s, 1), batch=batch, runtime=s.runtime.describe(),
+                                gflops=round(gflops, 2), roof_share=round(gflops / roof, 3), roof_gflops=round(roof, 1))
+    last = losses[-1].float().item()
+    assert math.isfinite(last) and last < first.float().item()  # the same batch, trained on repeatedly
