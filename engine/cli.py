@@ -55,6 +55,9 @@ def build_parser():
     add_config_flags(train, ("train", "data", "runtime"))
     train.add_argument("--resume", nargs="?", const=LATEST, metavar="RUN_DIR",
                        help=f"continue a run from its last completed epoch (default RUN_DIR: {LATEST})")
+    train.add_argument("--nproc", type=positive, metavar="N",
+                       help="train with N processes on this machine (DDP): runs torchrun with the other arguments; "
+                            "--batch-size is per process")
     train.set_defaults(func=cmd_train)
 
     evaluate = commands.add_parser("eval", help="test accuracy and loss of a checkpoint or an exported .onnx file",
@@ -130,6 +133,10 @@ def log(message):
 def cmd_train(args):
     from engine.train import train
 
+    if args.nproc is not None:  # a launch option, not a training choice: never in Config or checkpoints
+        from engine.distributed import launch
+
+        return launch(args.nproc, args.argv)
     values = given(args)
     resume = None
     if args.resume is not None:
@@ -220,7 +227,9 @@ def cmd_summary(args):
 def main(argv=None):
     parser = build_parser()
     try:
+        argv = sys.argv[1:] if argv is None else list(argv)
         args = parser.parse_args(argv)
+        args.argv = argv  # --nproc runs the same command under torchrun
         return args.func(args)
     except Interrupted as error:
         print(f"engine: {error}", file=sys.stderr)

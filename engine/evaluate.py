@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from engine.checkpoint import load, model_from_checkpoint
 from engine.config import Config
 from engine.data import load_dataset
+from engine.distributed import Ranks
 from engine.errors import EngineError
 from engine.loader import BatchLoader
 from engine.runtime import Runtime
@@ -27,7 +28,10 @@ def evaluate(model, loader: BatchLoader, runtime: Runtime):
             loss_sum += F.cross_entropy(logits, y[:count], reduction="sum").double()
             correct += (logits.argmax(1) == y[:count]).sum()
             seen += count
-    return loss_sum.item() / seen, correct.item() / seen
+    if loader.world > 1:  # each rank evaluated its own part (see BatchLoader): whole-set totals
+        seen = torch.tensor(seen, device=runtime.device)
+        loss_sum, correct, seen = Ranks(world=loader.world).sum(loss_sum, correct, seen)
+    return loss_sum.item() / int(seen), correct.item() / int(seen)
 
 
 def _describe(shape, classes):

@@ -5,7 +5,18 @@ nothing but those two numbers: a resumed run sees exactly the batches an uninter
 would. Random crops (zero padding) and horizontal flips run on whole batches; normalisation is
 `engine.normalization.Normalize`, the module exported ONNX files hold too. There is no
 per-sample Python work and no worker process.
+
+Under DDP every rank holds the whole split and takes its share (`rank` of `world`): training
+step i of rank r is the r-th slice of batch_size of the i-th global batch (batch_size x world)
+of the shared shuffle, so the ranks together see what one process with the global batch would,
+and the same images are dropped (n mod the global batch). Crops and flips are drawn per image
+of the whole split, so they are the same whatever the number of ranks. Evaluation splits the
+images into `world` contiguous parts of almost equal size: every image counted once.
+ENGINE_LOADER_DUMP=DIR appends each training batch's image indices to DIR/indices-rank<r>.txt
+("epoch step i i ...") for tests and debugging.
 """
+
+import os
 
 import numpy as np
 import torch
@@ -48,7 +59,7 @@ class BatchLoader:
     """
 
     def __init__(self, x, y, batch_size, mean, std, *, device, train, flip=True, crop_padding=4,
-                 seed=0, channels_last=True):
+                 seed=0, channels_last=True, rank=0, world=1):
         self.x = x.to(device)  # (N, C, H, W) uint8
         self.y = y.to(device)  # (N,) int64
         self.batch_size = batch_size
@@ -56,10 +67,18 @@ class BatchLoader:
         self.train, self.flip, self.padding, self.seed = train, flip, crop_padding, seed
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.normalize = Normalize(mean, std).to(device)  # the same module the exported ONNX graph holds
+        self.rank, self.world = rank, world
 
     def __len__(self):
+        if self.train:
+            return len(self.x) // (self.batch_size * self.world)
+        start, end = self.eval_range()
+        return -(-(end - start) // self.batch_size)
+
+    def eval_range(self):
+        """This rank's contiguous part [start, end) of the evaluation images."""
         n = len(self.x)
-        return n // self.batch_size if self.train else -(-n // self.batch_size)
+        return n * self.rank // self.world, n * (self.rank + 1) // self.world
 
     def normalise(self, x):
         """uint8 (B, C, H, W) -> float32 in the model's memory format."""
@@ -69,8 +88,9 @@ class BatchLoader:
         """The batches of `epoch`, starting after the first `skip` of them."""
         n, B = len(self.x), self.batch_size
         if not self.train:
-            for start in range(skip * B, n, B):
-                x, y = self.x[start:start + B], self.y[start:start + B]
+            first, end = self.eval_range()
+            for start in range(first + skip * B, end, B):
+                x, y = self.x[start:min(start + B, end)], self.y[start:min(start + B, end)]
                 count = len(x)
                 if count < B:  # pad to the one batch shape; padded rows are ignored by count
                     x = torch.cat([x, x.new_zeros((B - count, *x.shape[1:]))])
@@ -81,11 +101,19 @@ class BatchLoader:
         order = torch.randperm(n, generator=generator).to(self.device)
         shifts = torch.randint(0, 2 * self.padding + 1, (n, 2), generator=generator).to(self.device)
         flips = (torch.rand(n, generator=generator) < 0.5).to(self.device)
-        for step in range(skip, n // B):
-            index = order[step * B:(step + 1) * B]
+        dump = os.environ.get("ENGINE_LOADER_DUMP")
+        for step in range(skip, len(self)):
+            start = (step * self.world + self.rank) * B  # this rank's slice of global batch `step`
+            index = order[start:start + B]
+            if dump:
+                self.dump(dump, epoch, step, index)
             x = self.x[index]
             if self.padding:
                 x = random_crop(x, shifts[index], self.padding)
             if self.flip:
                 x = random_flip(x, flips[index])
             yield self.normalise(x), self.y[index], B
+
+    def dump(self, folder, epoch, step, index):
+        with open(os.path.join(folder, f"indices-rank{self.rank}.txt"), "a") as f:
+            f.write(f"{epoch} {step} {' '.join(map(str, index.tolist()))}\n")

@@ -35,7 +35,8 @@ def default_run_dir(model, data_name, root="runs"):
 
 
 class RunDir:
-    def __init__(self, path, *, resuming=False):
+    def __init__(self, path, *, resuming=False, create=True):
+        """create: False on the ranks other than 0 under DDP, which check but never write."""
         self.path = Path(path)
         self.created = []  # the folders this run made, deepest first
         taken = [name for name in RUN_FILES if (self.path / name).exists()]
@@ -44,6 +45,8 @@ class RunDir:
         if not resuming and taken:
             raise UsageError(f"--out {self.path} already holds {', '.join(taken)}, which a run would overwrite; "
                              "move them or choose another --out")
+        if not create:
+            return
         try:
             missing = self.path
             while not missing.exists() and missing != missing.parent:

@@ -7,7 +7,7 @@ a process (compile and allocation warm-up) are timed apart from steady state.
 """
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -17,13 +17,14 @@ from engine import __version__
 from engine.checkpoint import FORMAT, interrupts_held, restore_rng_states, rng_states, save_atomic
 from engine.config import Config
 from engine.data import check_batch_size, dataset_label, load_dataset
+from engine.distributed import Ranks, process_group
 from engine.errors import EngineError, Interrupted
 from engine.evaluate import evaluate
 from engine.loader import BatchLoader
 from engine.models import build_model, count_parameters
 from engine.optim import build_optimizer, lr_at, set_lr
 from engine.report import RunDir, TensorBoard, default_run_dir, format_epoch, progress
-from engine.runtime import Runtime, compiled_graphs, setup_backends, warn
+from engine.runtime import Runtime, compiled_graphs, resolve_device, setup_backends, warn
 
 WARMUP_STEPS = 3  # steps of a process's first epoch timed as warm-up, not steady state
 RUNS = "runs"  # where default-named runs go, and runs/latest
@@ -46,6 +47,13 @@ class Session:
     metrics: list  # one dict per completed epoch, resumed ones included
     start_epoch: int = 0  # epochs already done (a resumed run's)
     best: float = -1.0  # the best test accuracy so far
+    ranks: Ranks = field(default_factory=Ranks)  # under torchrun: this rank's place; one rank of one otherwise
+    ddp: torch.nn.Module | None = None  # `model` under DistributedDataParallel, which training steps call
+
+    @property
+    def net(self):
+        """What a training step calls: the DDP wrapper under torchrun, else the model itself."""
+        return self.ddp or self.model
 
     @property
     def steps(self):
@@ -73,16 +81,19 @@ class EpochFigures:
     eval_s: float = 0.0
 
 
-def open_session(cfg: Config, resume=None, say=print) -> Session:
+def open_session(cfg: Config, resume=None, say=print, ranks=None) -> Session:
     """Resolve the runtime and run directory, read the data, build the model, optimizer and scaler,
-    restore `resume` (a checkpoint dict) if given, and write config.json."""
+    restore `resume` (a checkpoint dict) if given, and write config.json. Under torchrun `ranks`
+    says which rank this is: rank 0 alone writes the run directory."""
     cfg = cfg.with_absolute_paths()
+    ranks = ranks or Ranks()
     runtime = Runtime.from_config(cfg)
+    runtime.device = ranks.device or runtime.device  # cuda:LOCAL_RANK under torchrun
     if cfg.tensorboard:
         TensorBoard.require()
     if not cfg.out:
-        cfg.out = str(default_run_dir(cfg.model, dataset_label(cfg.data), RUNS))
-    run = RunDir(cfg.out, resuming=resume is not None)
+        cfg.out = ranks.broadcast(str(default_run_dir(cfg.model, dataset_label(cfg.data), RUNS)))
+    run = RunDir(cfg.out, resuming=resume is not None, create=ranks.is_main)
     try:
         data = load_dataset(cfg, say)
         check_batch_size(data, cfg.batch_size)
@@ -93,7 +104,8 @@ def open_session(cfg: Config, resume=None, say=print) -> Session:
         else:
             spec = data.spec()
         setup_backends(runtime.device, cfg.seed)
-        model = build_model(cfg.model, data.shape, len(data.classes))
+        model = ranks.sync_batchnorm(build_model(cfg.model, data.shape, len(data.classes)))
+        ranks.seed(cfg.seed)  # after the common initialisation: dropout differs per rank
         runtime.prepare(model)
     except BaseException:
         run.discard_if_unused()
@@ -108,24 +120,27 @@ def open_session(cfg: Config, resume=None, say=print) -> Session:
         optimizer.load_state_dict(resume["optimizer"])
         if resume.get("scaler"):
             scaler.load_state_dict(resume["scaler"])
-        restore_rng_states(resume["rng"])
+        restore_rng_states(ranks.rng_of_rank(resume["rng"]))
         metrics, start_epoch = list(resume["metrics"]), resume["epoch"]
         best = max((m["test_acc"] for m in metrics), default=-1.0)
         say(f"Resuming {run.path} after epoch {start_epoch} of {cfg.epochs}")
 
     device = runtime.device
     train_loader = BatchLoader(data.train_x, data.train_y, cfg.batch_size, spec["mean"], spec["std"], device=device,
-                               train=True, flip=spec["flip"], seed=cfg.seed, channels_last=cfg.channels_last)
+                               train=True, flip=spec["flip"], seed=cfg.seed, channels_last=cfg.channels_last,
+                               rank=ranks.rank, world=ranks.world)
     test_loader = BatchLoader(data.test_x, data.test_y, cfg.batch_size, spec["mean"], spec["std"], device=device,
-                              train=False, channels_last=cfg.channels_last)
-    run.write_config(cfg.to_dict(), spec)
-    if run.path.parent.resolve() == (Path.cwd() / RUNS).resolve():  # runs/latest: the newest run in runs/
-        run.point_latest()
-    tensorboard = TensorBoard(run.path) if cfg.tensorboard else None
+                              train=False, channels_last=cfg.channels_last, rank=ranks.rank, world=ranks.world)
+    if ranks.is_main:
+        run.write_config(cfg.to_dict(), spec)
+        if run.path.parent.resolve() == (Path.cwd() / RUNS).resolve():  # runs/latest: the newest run in runs/
+            run.point_latest()
+    tensorboard = TensorBoard(run.path) if cfg.tensorboard and ranks.is_main else None
     session = Session(cfg, runtime, run, spec, model, optimizer, scaler, train_loader, test_loader, tensorboard,
-                      metrics, start_epoch, best)
+                      metrics, start_epoch, best, ranks, ranks.wrap(model) if ranks.world > 1 else None)
+    per_rank = f" per rank x {ranks.world} ranks = {cfg.batch_size * ranks.world} global" if ranks.world > 1 else ""
     say(f"Run: {run.path} ({len(data.train_x):,} train / {len(data.test_x):,} test images, "
-        f"{session.steps} steps of {cfg.batch_size} an epoch, {cfg.epochs} epoch{'s' if cfg.epochs > 1 else ''})")
+        f"{session.steps} steps of {cfg.batch_size}{per_rank} an epoch, {cfg.epochs} epoch{'s' if cfg.epochs > 1 else ''})")
     return session
 
 
@@ -134,7 +149,7 @@ def train_step(s: Session, x, y, step):
     detached loss () and logits (B, classes)."""
     set_lr(s.optimizer, lr_at(s.cfg, step, s.total_steps))
     with s.runtime.autocast():
-        logits = s.model(x)  # (B, classes)
+        logits = s.net(x)  # (B, classes)
         loss = F.cross_entropy(logits, y, label_smoothing=s.cfg.label_smoothing)
     s.optimizer.zero_grad(set_to_none=True)
     s.scaler.scale(loss).backward()
@@ -166,6 +181,7 @@ def train_epoch(s: Session, epoch, first) -> EpochFigures:
             if i % 25 == 0:
                 bar.set_postfix(loss=f"{loss.item():.3f}")
     bar.close()
+    loss_sum, correct = s.ranks.sum(loss_sum, correct)  # whole-epoch figures under DDP
     s.runtime.sync()
     return EpochFigures(epoch, first, warm_until, started, steady_from, time.perf_counter(), loss_sum, correct)
 
@@ -173,6 +189,7 @@ def train_epoch(s: Session, epoch, first) -> EpochFigures:
 def evaluate_epoch(s: Session, figures: EpochFigures):
     """Test loss and accuracy after the epoch, and how long they took, into `figures`."""
     eval_started = time.perf_counter()
+    s.ranks.sync_buffers(s.model)  # every rank evaluates its shard with rank 0's BatchNorm statistics
     figures.test_loss, figures.test_acc = evaluate(s.model, s.test_loader, s.runtime)
     figures.eval_s = time.perf_counter() - eval_started
 
@@ -180,8 +197,8 @@ def evaluate_epoch(s: Session, figures: EpochFigures):
 def epoch_metrics(s: Session, figures: EpochFigures) -> dict:
     """The epoch's reported figures (metrics.jsonl, the printed line, TensorBoard), rounded."""
     f, cfg, steps = figures, s.cfg, s.steps
-    seen = steps * cfg.batch_size
-    steady_images = seen - f.warm_until * cfg.batch_size
+    seen = steps * cfg.batch_size * s.ranks.world  # all ranks' images
+    steady_images = seen - f.warm_until * cfg.batch_size * s.ranks.world
     m = {
         "epoch": f.epoch + 1,
         "train_loss": round(f.loss_sum.item() / seen, 5),
@@ -207,14 +224,16 @@ def checkpoint_state(s: Session, epochs_done):
         "format": FORMAT, "config": s.cfg.to_dict(), "data": s.spec, "model": s.model.state_dict(),
         "optimizer": s.optimizer.state_dict(),
         "scheduler": {"step": epochs_done * s.steps, "total_steps": s.total_steps},
-        "scaler": s.scaler.state_dict(), "epoch": epochs_done, "rng": rng_states(), "metrics": s.metrics,
+        "scaler": s.scaler.state_dict(), "epoch": epochs_done, "rng": s.ranks.gather_rng(rng_states()), "metrics": s.metrics,
         "versions": {"engine": __version__, "torch": str(torch.__version__)},
     }
 
 
 def save_epoch(s: Session, m, best_now):
     """last.pt (and best.pt if `best_now`), metrics.jsonl, curves.png and TensorBoard for the epoch `m`."""
-    state = checkpoint_state(s, m["epoch"])
+    state = checkpoint_state(s, m["epoch"])  # every rank: it gathers their RNG states
+    if not s.ranks.is_main:
+        return
     with interrupts_held():  # an epoch's files are written whole, or not at all
         save_atomic(state, s.run.path / "last.pt")
         if best_now:
@@ -226,9 +245,16 @@ def save_epoch(s: Session, m, best_now):
 
 
 def train(cfg: Config, resume=None, log=print):
-    """Train as `cfg` says; `resume` is a checkpoint dict to continue. Returns (run dir, metrics)."""
+    """Train as `cfg` says; `resume` is a checkpoint dict to continue. Returns (run dir, metrics).
+    Under torchrun every rank calls it, inside the process group; only rank 0 logs."""
+    with process_group(resolve_device(cfg.device)) as ranks:
+        return train_ranks(cfg, resume, log if ranks.is_main else (lambda *_: None), ranks)
+
+
+def train_ranks(cfg: Config, resume, log, ranks: Ranks):
+    """train() as one of `ranks`."""
     say = (lambda *_: None) if cfg.quiet else log
-    s = open_session(cfg, resume, say)
+    s = open_session(cfg, resume, say, ranks)
     first = True  # the first epoch of this process times its first steps apart
     try:
         for epoch in range(s.start_epoch, s.cfg.epochs):

@@ -116,3 +116,48 @@ def test_normalisation_uses_the_given_mean_and_std():
     images = next(loader.epoch(0))[0]
     assert torch.allclose(images[:, 0], torch.tensor(0.2))  # (0.2 - 0.1) / 0.5
     assert torch.allclose(images[:, 1], torch.tensor(0.0), atol=1e-6)
+
+
+def test_ranks_take_disjoint_equal_shards_that_make_the_global_batches():
+    x, y = labelled_images(n=70)
+    single = BatchLoader(x, y, 16, [0] * 3, [1] * 3, device="cpu", train=True, seed=2)  # the global batch: 2 x 8
+    ranks = [BatchLoader(x, y, 8, [0] * 3, [1] * 3, device="cpu", train=True, seed=2, rank=r, world=2) for r in (0, 1)]
+    assert len(single) == len(ranks[0]) == len(ranks[1]) == 4  # 70 // 16: the remainder (6 images) is dropped
+    for epoch in (0, 3):
+        shards = [list(loader.epoch(epoch)) for loader in ranks]
+        for step, (images, labels, _) in enumerate(single.epoch(epoch)):
+            (a, la, _), (b, lb, _) = shards[0][step], shards[1][step]
+            assert torch.equal(torch.cat([la, lb]), labels)  # rank 0 then rank 1 make up the global batch
+            assert torch.equal(torch.cat([a, b]), images)  # with the same crops and flips per image
+        seen = [torch.cat([lab for _, lab, _ in shard]).tolist() for shard in shards]
+        assert len(seen[0]) == len(seen[1]) == 32 and not set(seen[0]) & set(seen[1])
+
+
+def test_rank_one_of_one_is_the_single_process_loader():
+    x, y = labelled_images()
+    a = BatchLoader(x, y, 8, [0] * 3, [1] * 3, device="cpu", train=True, seed=1)
+    b = BatchLoader(x, y, 8, [0] * 3, [1] * 3, device="cpu", train=True, seed=1, rank=0, world=1)
+    for (xa, ya, _), (xb, yb, _) in zip(a.epoch(2, skip=1), b.epoch(2, skip=1), strict=True):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+
+
+def test_eval_shards_count_every_image_once():
+    x, y = labelled_images(n=23)
+    labels, counts = [], []
+    for rank in range(3):
+        loader = BatchLoader(x, y, 4, [0] * 3, [1] * 3, device="cpu", train=False, rank=rank, world=3)
+        batches = list(loader.epoch(0))
+        assert len(loader) == len(batches) and all(b.shape[0] == 4 for b, _, _ in batches)  # one padded shape
+        labels += [lab[:c] for _, lab, c in batches]
+        counts.append(sum(c for _, _, c in batches))
+    assert torch.equal(torch.cat(labels), y) and counts == [7, 8, 8]
+
+
+def test_indices_dump_records_each_rank_s_batches(tmp_path, monkeypatch):
+    monkeypatch.setenv("ENGINE_LOADER_DUMP", str(tmp_path))
+    x, y = labelled_images()
+    loader = BatchLoader(x, y, 8, [0] * 3, [1] * 3, device="cpu", train=True, seed=4, rank=1, world=2)
+    batches = [labels.tolist() for _, labels, _ in loader.epoch(5)]
+    rows = [line.split() for line in (tmp_path / "indices-rank1.txt").read_text().splitlines()]
+    assert [(int(r[0]), int(r[1])) for r in rows] == [(5, 0), (5, 1), (5, 2)]
+    assert [[int(i) for i in r[2:]] for r in rows] == batches  # image i has label i

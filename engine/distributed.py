@@ -1,0 +1,191 @@
+"""The process group under torchrun, and what the ranks share: sums, broadcasts, RNG states.
+
+`process_group(device)` joins the group torchrun describes in RANK, WORLD_SIZE and LOCAL_RANK
+(NCCL on CUDA, gloo on CPU) and leaves it on exit; without torchrun it yields a one-rank `Ranks`
+whose helpers do nothing, so single-process runs are unchanged. `launch()` is `engine train
+--nproc N`: torchrun with the same arguments, and one line if a rank fails.
+"""
+
+import contextlib
+import datetime
+import logging
+import os
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from engine.errors import EngineError, UsageError
+
+TIMEOUT_S = 300  # default collective timeout: longer than any skew between ranks (a save, a first compile)
+TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+
+
+def launched():
+    """True in a process torchrun started."""
+    return all(name in os.environ for name in TORCHRUN_ENV)
+
+
+@dataclass
+class Ranks:
+    """This process's place in the group; a single process is rank 0 of 1."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    local_world: int = 1
+    device: torch.device | None = None  # the device of this rank (cuda:LOCAL_RANK or cpu)
+
+    @property
+    def is_main(self):
+        """Rank 0 writes the run directory, the checkpoints and the report."""
+        return self.rank == 0
+
+    def sum(self, *tensors):
+        """The tensors summed over all ranks (new tensors; each on its own device)."""
+        if self.world == 1:
+            return tensors
+        out = [t.clone() for t in tensors]
+        for t in out:
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return tuple(out)
+
+    def broadcast(self, value):
+        """Rank 0's `value` (any picklable object) on every rank."""
+        if self.world == 1:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def barrier(self):
+        if self.world > 1:
+            dist.barrier()
+
+    def seed(self, seed):
+        """Give this rank its own torch RNG stream (dropout differs per rank), after the model is
+        built from the common seed; rank 0 of 1 keeps the single-process stream."""
+        if self.world > 1:
+            state = np.random.SeedSequence([seed, self.rank, 1]).generate_state(1, np.uint64)[0]
+            torch.manual_seed(int(state) & (2**63 - 1))
+
+    def gather_rng(self, states):
+        """The checkpoint's RNG entry: this rank's `states`, plus every rank's under "ranks"."""
+        if self.world == 1:
+            return states
+        every = [None] * self.world
+        dist.all_gather_object(every, states)
+        return {**every[0], "ranks": every}
+
+    def rng_of_rank(self, saved):
+        """The RNG states this rank resumes from: its own when the run had as many ranks, else rank 0's."""
+        ranks = saved.get("ranks")
+        if ranks and len(ranks) == self.world:
+            return ranks[self.rank]
+        return {k: v for k, v in saved.items() if k != "ranks"}
+
+    def wrap(self, model):
+        """The model under DistributedDataParallel (it averages gradients across ranks), or as is."""
+        if self.world == 1:
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(model, device_ids=ids)
+
+    def sync_batchnorm(self, model):
+        """SyncBatchNorm on CUDA, so batch statistics span the global batch. PyTorch's SyncBatchNorm
+        runs only on GPUs; on CPU each rank normalises by its own batch and DDP copies rank 0's
+        running statistics to every rank at each forward."""
+        if self.world > 1 and self.device.type == "cuda":
+            return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        return model
+
+    def sync_buffers(self, model):
+        """Rank 0's buffers (BatchNorm running statistics) on every rank, so sharded evaluation
+        uses one model."""
+        if self.world > 1:
+            for buffer in model.buffers():
+                dist.broadcast(buffer, src=0)
+
+
+def timeout():
+    value = os.environ.get("ENGINE_DIST_TIMEOUT", str(TIMEOUT_S))
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = 0
+    if not seconds > 0:
+        raise EngineError(f"ENGINE_DIST_TIMEOUT={value!r}: set it to a number of seconds, or unset it")
+    return datetime.timedelta(seconds=seconds)
+
+
+@contextlib.contextmanager
+def process_group(device: torch.device):
+    """Join torchrun's process group for the block (a one-rank `Ranks` without torchrun).
+
+    device: the resolved --device; CUDA ranks get cuda:LOCAL_RANK and NCCL, CPU ranks gloo and
+    an equal share of this machine's cores (else their OpenMP threads fight over them).
+    """
+    if not launched():
+        yield Ranks(device=device)
+        return
+    env = {name: int(os.environ[name]) for name in TORCHRUN_ENV}
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", env["WORLD_SIZE"]))
+    if device.type == "cuda":
+        device = torch.device("cuda", env["LOCAL_RANK"])
+        torch.cuda.set_device(device)
+        backend = "nccl"
+    else:
+        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // local_world))
+        backend = "gloo"
+    ranks = Ranks(env["RANK"], env["WORLD_SIZE"], env["LOCAL_RANK"], local_world, device)
+    dist.init_process_group(backend, timeout=timeout(), device_id=device if backend == "nccl" else None)
+    try:
+        yield ranks
+        dist.barrier()  # leave together: a rank tearing down gloo while rank 0 still saves aborted (SIGABRT)
+    except dist.DistError as error:  # another rank died or stopped answering
+        first = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        raise EngineError(f"rank {ranks.rank}: lost contact with the other ranks ({first}); "
+                          "the failing rank's own error says why") from None
+    finally:
+        dist.destroy_process_group()
+
+
+def launch(nproc, argv):
+    """`engine train --nproc N ...`: torchrun (torch.distributed.run) on this machine with the same
+    arguments minus --nproc. Returns the exit code; a failed rank becomes one line."""
+    if launched():
+        raise UsageError("--nproc starts torchrun itself; under torchrun leave it out")
+    args = without_nproc(argv)
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import main as torchrun
+
+    for name in ("torch.distributed.run", "torch.distributed.elastic"):  # its report becomes our one line
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    try:
+        torchrun(["--standalone", f"--nproc-per-node={nproc}", "-m", "engine", *args])
+    except ChildFailedError as error:
+        rank, failure = error.get_first_failure()
+        if failure.exitcode in (1, 2, 130):  # engine's own errors: the rank printed its line already
+            return failure.exitcode
+        how = f"was killed by {failure.signal_name()}" if failure.exitcode < 0 else f"exited with code {failure.exitcode}"
+        print(f"engine: error: rank {rank} {how}; torchrun stopped the other ranks", file=sys.stderr, flush=True)
+        return 1 if failure.exitcode < 0 or failure.exitcode > 255 else failure.exitcode
+    return 0
+
+
+def without_nproc(argv):
+    """argv with every `--nproc N` / `--nproc=N` removed."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            out.append(arg)
+    return out
+
