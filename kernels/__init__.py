@@ -1,7 +1,8 @@
 """Optional Triton kernels for the engine; nothing here is imported unless asked for.
 
 `kernels.conv_relu_pool` fuses conv2d -> ReLU -> max_pool2d(2) into one Triton kernel with
-autograd support (the engine swaps it into every `ConvReluPool` block under `--triton`).
+autograd support (the engine swaps it into every `ConvReluPool` block under `--triton`);
+`kernels.ops` registers it as torch custom ops (`torch.library.triton_op`) for `--triton --compile`.
 `python -m kernels.aot --arch sm_80 sm_90` compiles it ahead of time for real GPUs without
 one and prints registers, spills and shared memory per autotune config.
 

@@ -105,6 +105,26 @@ def test_compiled_graphs_counts_recompiles():
     assert compiled_graphs() == before + 2  # another grad mode: a new graph
 
 
+def test_cpu_training_graphs_run_eagerly_and_inference_graphs_are_compiled():
+    """The backend prepared models compile with: a graph built with grad enabled runs as
+    captured (eagerly) when eager_training is set, as on CPU; any other graph goes to Inductor."""
+    from engine.runtime import CountingInductor
+
+    gm = torch.fx.symbolic_trace(lambda x: torch.relu(x) * 2)
+    x = torch.randn(3, 4)
+    backend = CountingInductor(eager_training=True)
+    before = compiled_graphs()
+    assert backend(gm, [x]) == gm.forward
+    with torch.no_grad():
+        compiled = backend(gm, [x])
+    assert compiled != gm.forward
+    out = compiled(x)
+    torch.testing.assert_close(out[0] if isinstance(out, (list, tuple)) else out, torch.relu(x) * 2)
+    assert compiled_graphs() == before + 2
+    assert Runtime.from_config(Config(device="cpu", compile=True)).eager_training
+    assert not Runtime.from_config(Config(device="cpu", compile=True, triton=True)).eager_training
+
+
 def test_the_allocator_keeps_freed_activations_on_glibc():
     import platform
     import sys
