@@ -5,6 +5,7 @@
 it is replaced atomically, so a run killed at any moment leaves whole files.
 """
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -13,15 +14,33 @@ import time
 from pathlib import Path
 
 from engine.errors import EngineError, UsageError
+from engine.lock import RunLock, remove_stale_temporaries
 
 RUN_FILES = ("config.json", "metrics.jsonl", "curves.png", "last.pt", "best.pt")  # what a run writes
 
 
+def metrics_text(metrics):
+    return "".join(json.dumps(m) + "\n" for m in metrics)
+
+
 def format_epoch(m):
-    """The tutorial's line, plus speed: `Epoch: 1, Train_acc:43.4%, ..., 2,050 img/s, 26.1 s`."""
-    return (f"Epoch: {m['epoch']}, Train_acc:{m['train_acc'] * 100:.1f}%, Train_loss:{m['train_loss']:.3f}, "
-            f"Test_acc:{m['test_acc'] * 100:.1f}%, Test_loss:{m['test_loss']:.3f}, "
+    """The tutorial's line, plus speed: `Epoch: 1, Train_acc:43.4%, ..., 2,050 img/s, 26.1 s`.
+
+    Within an epoch (--eval-every) the epoch is fractional (`Epoch: 1.25`) and Train_* cover the
+    epoch so far; `Val_*` with --val-split; `(tta)` marks test-time flip; with --target-acc the
+    line ends with the time since the command started, and the target when it is reached.
+    """
+    tta = "(tta)" if m.get("tta") else ""
+    epoch = f"{m['epoch']:.2f}" if m.get("partial") else m["epoch"]
+    val = f"Val_acc{tta}:{m['val_acc'] * 100:.1f}%, Val_loss:{m['val_loss']:.3f}, " if "val_acc" in m else ""
+    line = (f"Epoch: {epoch}, Train_acc:{m['train_acc'] * 100:.1f}%, Train_loss:{m['train_loss']:.3f}, {val}"
+            f"Test_acc{tta}:{m['test_acc'] * 100:.1f}%, Test_loss:{m['test_loss']:.3f}, "
             f"{m['images_per_s']:,.0f} img/s, {m['epoch_s']:.1f} s")
+    if "elapsed_s" in m:
+        line += f", {m['elapsed_s']:.1f} s since start"
+    if "time_to_target" in m:
+        line += f", reached {m['target_acc']:g}% in {m['time_to_target']:.1f} s"
+    return line
 
 
 def default_run_dir(model, data_name, root="runs"):
@@ -39,6 +58,7 @@ class RunDir:
         """create: False on the ranks other than 0 under DDP, which check but never write."""
         self.path = Path(path)
         self.created = []  # the folders this run made, deepest first
+        self.lock = None
         taken = [name for name in RUN_FILES if (self.path / name).exists()]
         if not resuming and "last.pt" in taken:
             raise UsageError(f"--out {self.path} already holds a run; continue it with --resume {self.path} or choose another --out")
@@ -58,9 +78,35 @@ class RunDir:
             probe.unlink()
         except OSError as error:
             raise EngineError(f"cannot write to --out {self.path}: {error.strerror or error}; choose a writable --out") from None
+        self.lock = RunLock(self.path)  # one training per run directory
+        taken = [name for name in RUN_FILES if (self.path / name).exists()]
+        if not resuming and taken:  # a run that held the lock until a moment ago
+            self.close()
+            raise UsageError(f"--out {self.path} already holds a run; continue it with --resume {self.path} or choose another --out")
+        remove_stale_temporaries(self.path)  # what a killed run was writing
+
+    def close(self):
+        """Let go of the run directory (its lock)."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+    @contextlib.contextmanager
+    def saving(self):
+        """A failed write of the run's files (disk full, the folder removed) is one line; the
+        files already there stay as they were, so the last good checkpoint is kept."""
+        try:
+            yield
+        except OSError as error:
+            if not self.path.is_dir():
+                raise EngineError(f"the run directory {self.path} was removed during the run; stopped "
+                                  "(nothing more can be saved)") from None
+            raise EngineError(f"cannot save to {self.path} ({error.strerror or error}); stopped, the last good "
+                              f"checkpoint is kept: make room, then engine train --resume {self.path}") from None
 
     def discard_if_unused(self):
         """Remove the folders this run created, as long as nothing was written into them."""
+        self.close()
         for folder in self.created:
             if folder.is_dir() and not any(folder.iterdir()):
                 folder.rmdir()
@@ -85,12 +131,28 @@ class RunDir:
         temporary.write_text(text)
         os.replace(temporary, self.path / name)
 
-    def write_config(self, config_dict, data_spec):
-        self.write_text("config.json", json.dumps({"config": config_dict, "data": data_spec}, indent=2) + "\n")
+    def write_config(self, config_dict, data_spec, runtime=None):
+        """config.json: the config as given, the data spec, and what the runtime resolved it to."""
+        record = {"config": config_dict, "data": data_spec, "runtime": runtime or {}}
+        self.write_text("config.json", json.dumps(record, indent=2) + "\n")
 
     def write_metrics(self, metrics):
         """All epochs so far, one JSON object a line; rewritten whole so it matches the checkpoint."""
-        self.write_text("metrics.jsonl", "".join(json.dumps(m) + "\n" for m in metrics))
+        self.write_text("metrics.jsonl", metrics_text(metrics))
+
+    def sync_metrics(self, metrics):
+        """Rewrite metrics.jsonl and curves.png if they differ from `metrics` (the commit record's);
+        True if they did."""
+        try:
+            if (self.path / "metrics.jsonl").read_text() == metrics_text(metrics):
+                return False
+        except OSError:
+            if not metrics:  # no epoch yet, and no file: in step
+                return False
+        self.write_metrics(metrics)
+        if metrics:
+            self.plot(metrics)
+        return True
 
     def plot(self, metrics):
         """curves.png: accuracy and loss per epoch, train and test, as the tutorial plots them."""

@@ -12,10 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from engine.errors import EngineError, UsageError
+from engine.pixels import MAX_PIXELS, check_size, eight_bit  # noqa: F401 (MAX_PIXELS: part of this module's API)
 
-MAX_PIXELS = 50_000_000  # 150 MB decoded as RGB; a 20000x20000 image (1.2 GB) is refused by its header
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
-SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 
 def expand(paths):
@@ -57,26 +56,6 @@ def open_image(path):
     return image
 
 
-def check_size(image, source):
-    width, height = image.size
-    if width * height > MAX_PIXELS:
-        raise EngineError(f"{source} is {width}x{height} pixels, too large to decode safely (limit {MAX_PIXELS:,} pixels)")
-
-
-def _eight_bit(image):
-    """16-bit and float images as 8-bit grayscale by scaling (PIL's convert('L') would clip them)."""
-    from PIL import Image
-
-    if image.mode in SIXTEEN_BIT:
-        values = np.clip(np.asarray(image, dtype=np.int64), 0, 65535)
-        return Image.fromarray(((values * 255 + 32767) // 65535).astype(np.uint8))
-    if image.mode == "F":  # floats: [0, 1] if they fit, else taken as 0-255
-        values = np.asarray(image, dtype=np.float64)
-        scale = 255.0 if np.nanmax(values, initial=0) <= 1.0 else 1.0
-        return Image.fromarray(np.clip(np.nan_to_num(values) * scale, 0, 255).round().astype(np.uint8))
-    return image
-
-
 def to_pixels(image, input_size, source="image"):
     """(H, W, C) uint8 pixels of a PIL image, converted and resized for input_size [C, H, W]."""
     from PIL import Image
@@ -84,7 +63,7 @@ def to_pixels(image, input_size, source="image"):
     channels, height, width = input_size
     check_size(image, source)
     try:
-        image = _eight_bit(image).convert("L" if channels == 1 else "RGB")
+        image = eight_bit(image).convert("L" if channels == 1 else "RGB")
         if image.size != (width, height):
             image = image.resize((width, height), Image.BILINEAR)
         pixels = np.asarray(image, dtype=np.uint8)

@@ -1,6 +1,7 @@
 """engine.report: the tutorial's epoch line, the run directory's files and its safety rules."""
 
 import json
+import os
 
 import pytest
 
@@ -24,6 +25,8 @@ def test_run_files_are_written_whole(tmp_path):
     assert json.loads((tmp_path / "run" / "config.json").read_text())["data"]["classes"] == ["a", "b"]
     assert [json.loads(line)["epoch"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()] == [1, 2]
     assert (tmp_path / "run" / "curves.png").stat().st_size > 1000
+    assert (tmp_path / "run" / ".engine.lock").read_text().strip() == str(os.getpid())  # held while the run lives
+    run.close()
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["config.json", "curves.png", "metrics.jsonl"]
 
 
@@ -50,8 +53,8 @@ def test_refusals_and_cleanup(tmp_path):
     with pytest.raises(UsageError, match="already holds best.pt, which a run would overwrite; move them"):
         RunDir(tmp_path / "mine")
     (tmp_path / "mine" / "best.pt").unlink()
-    RunDir(tmp_path / "mine")  # other files are no obstacle: a run writes none of them
-    RunDir(tmp_path / "done", resuming=True)
+    RunDir(tmp_path / "mine").close()  # other files are no obstacle: a run writes none of them
+    RunDir(tmp_path / "done", resuming=True).close()
     (tmp_path / "file").write_text("x")
     with pytest.raises(EngineError, match="cannot write to --out"):
         RunDir(tmp_path / "file" / "run")

@@ -4,6 +4,8 @@ Archives (.tar, .tar.gz, .tgz, .zip) are read member by member, never extracted.
 decoded once into uint8 tensors and cached as one tensor file in the cache directory, keyed by
 the source's identity (path, size and modification time of every file), so the next start
 loads in about a second. A corrupt image is an error that names it; nothing is half-written.
+Before decoding, the image count and the first image's header must fit in memory, and every
+image is checked against the size limit by its header (engine.pixels).
 """
 
 import hashlib
@@ -21,6 +23,8 @@ import torch
 from engine.checkpoint import save_atomic
 from engine.data.dataset import ARCHIVE_SUFFIXES, Dataset, dataset_label
 from engine.errors import EngineError
+from engine.lock import remove_stale_temporaries
+from engine.pixels import check_size, eight_bit
 
 CACHE_FORMAT = 2  # 2: a set with any colour image is all RGB
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
@@ -98,7 +102,9 @@ def _decode(data, name, size):
 
     try:
         with Image.open(io.BytesIO(data)) as image:
-            array = np.asarray(image.convert("L" if image.mode in GRAY_MODES else "RGB"))
+            check_size(image, name)  # by its header, before a pixel is decoded
+            gray = image.mode in GRAY_MODES
+            array = np.asarray(eight_bit(image).convert("L" if gray else "RGB"))  # 16-bit scaled, not clipped
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise EngineError(f"cannot decode image {name}: {error}") from None
     if size is not None and array.shape[:2] != size:
@@ -109,15 +115,60 @@ def _decode(data, name, size):
     return array
 
 
+def available_memory():
+    """Bytes the kernel could give this process without swapping (MemAvailable), or None."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_memory(path: Path):
+    """Refuse, before decoding, a source whose decoded images would not fit in memory: the image
+    count times the first image's size (all must share it), twice over while they are stacked."""
+    from PIL import Image, UnidentifiedImageError
+
+    count, first = 0, None
+    for name, read in _members(path):
+        if _place(name) is None:
+            continue
+        count += 1
+        if first is None:
+            try:
+                with Image.open(io.BytesIO(read())) as image:
+                    check_size(image, f"{path}:{name}" if path.is_file() else str(path / name))
+                    first = (*image.size, 1 if image.mode in GRAY_MODES else 3)
+            except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+                first = ()  # the decoding pass names the bad file
+    available = available_memory()
+    if not first or available is None:
+        return
+    width, height, channels = first
+    need = 2 * count * width * height * channels
+    if need > available:
+        raise EngineError(f"{path}: decoding its {count:,} images of {width}x{height}x{channels} needs about "
+                          f"{need / 1e9:,.1f} GB of memory, and {available / 1e9:,.1f} GB is available; "
+                          "use fewer or smaller images, or a machine with more memory")
+
+
 def decode_folder(path: Path, log=print):
     """Decode every image once: {"classes", "train_x", "train_y", "test_x", "test_y"}."""
+    from PIL import Image
     from tqdm import tqdm
 
     found = {split: {} for split in SPLITS}  # split -> class -> [arrays]
     size, colour = None, False
-    log(f"Decoding {path} (first use only; the result is cached)")
     progress = tqdm(desc="Decoding", unit=" img", disable=not sys.stderr.isatty(), leave=False)
+    bomb_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # check_size refuses large ones, naming the size
     try:
+        check_memory(path)
+        log(f"Decoding {path} (first use only; the result is cached)")
         with progress:
             for name, read in _members(path):
                 place = _place(name)
@@ -131,6 +182,8 @@ def decode_folder(path: Path, log=print):
         raise EngineError(f"{path} is not a readable archive ({error or type(error).__name__})") from None
     except OSError as error:
         raise EngineError(f"cannot read {path}: {error}") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = bomb_limit
     for split in SPLITS:
         if not found[split]:
             raise EngineError(f"{path} has no images under {split}/ ({LAYOUT})")
@@ -174,8 +227,9 @@ def read(source, cache_dir: Path, log=print) -> Dataset:
             log(f"Data: {path} ({len(tensors['train_x']):,} train / {len(tensors['test_x']):,} test, decoded earlier: {cache})")
             return _dataset(name, tensors)
     tensors = decode_folder(path, log)
+    remove_stale_temporaries(cache.parent)  # full-size temporaries of killed decodes
     try:
-        save_atomic(tensors, cache)
+        save_atomic(tensors, cache, make_parents=True)
         log(f"Cached {len(tensors['train_x']) + len(tensors['test_x']):,} decoded images in {cache}")
     except OSError as error:  # a read-only cache costs time, not correctness
         print(f"engine: warning: could not write the decode cache {cache}: {error.strerror}", file=sys.stderr)

@@ -1,0 +1,59 @@
+"""Faults a run stops on or is tested against: a loss that stays non-finite, and the test-only pause hook.
+
+`LossWatch` folds each step's loss into a streak counter on the device and reads it only every
+few steps and before a checkpoint, so watching adds no per-step device sync. `pause_point` is a
+hook for the kill tests (tests/test_kill.py) and does nothing unless ENGINE_TEST_PAUSE_AT is set.
+"""
+
+import os
+import signal
+import sys
+
+import torch
+
+from engine.errors import EngineError
+
+BAD_STEPS = 3  # consecutive non-finite losses that stop a run
+CHECK_EVERY = 16  # steps between host reads of the streak (a device sync on CUDA)
+
+
+class LossWatch:
+    def __init__(self, device, lr, limit=BAD_STEPS):
+        self.streak = torch.zeros((), dtype=torch.int32, device=device)  # non-finite steps in a row, so far
+        self.worst = torch.zeros((), dtype=torch.int32, device=device)  # the longest streak since the last check
+        self.lr, self.limit = lr, limit
+
+    def update(self, loss):
+        """Count `loss` (a () tensor on the device) without syncing."""
+        self.streak.add_(1).mul_(~torch.isfinite(loss))  # +1 when non-finite, back to 0 when finite
+        torch.maximum(self.worst, self.streak, out=self.worst)
+
+    def check(self, epoch, step):
+        """Raise when some `limit` steps in a row had a non-finite loss (syncs the device)."""
+        if int(self.worst.item()) >= self.limit:
+            raise EngineError(
+                f"the training loss was NaN or infinite for {self.limit} steps in a row (epoch {epoch + 1}, by step "
+                f"{step}): the learning rate (--lr {self.lr:g}) is probably too high, or the data holds bad values; "
+                "stopped, and the last good checkpoint is kept")
+
+
+_pauses = {}  # stage -> times reached in this process
+
+
+def pause_point(stage):
+    """Test-only: with ENGINE_TEST_PAUSE_AT=STAGE[:N], the N-th time (default 1) this process
+    reaches STAGE it prints `ENGINE_TEST_PAUSED STAGE` on stdout and stops itself (SIGSTOP), so a
+    test can kill it exactly there (SIGKILL) or let it go on (SIGCONT). Stages: step (after a
+    training step and any mid-epoch save), eval (before an epoch's evaluation), save (a checkpoint
+    written to its temporary file, not yet renamed), commit (last.pt renamed, best.pt not yet)."""
+    wanted = os.environ.get("ENGINE_TEST_PAUSE_AT")
+    if not wanted:
+        return
+    name, _, count = wanted.partition(":")
+    if name != stage:
+        return
+    _pauses[stage] = _pauses.get(stage, 0) + 1
+    if _pauses[stage] == int(count or 1):
+        print(f"ENGINE_TEST_PAUSED {stage}", flush=True)
+        sys.stdout.flush()
+        os.kill(os.getpid(), signal.SIGSTOP)
