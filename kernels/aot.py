@@ -4,7 +4,7 @@
     python -m kernels.aot --arch sm_90 --quick   # two layers, fp16, training variant, selected configs
     python -m kernels.aot --layout nchw channels_last --jobs 2 --details
 
-For every stage of the seed models (cifar_cnn, cifar_seq, mnist_cnn at their tutorial input
+For every conv->ReLU->pool stage of the seed models (engine.models.MODELS at their reference input
 sizes, batch --batch, NCHW unless --layout says otherwise), every dtype (fp32, fp16, bf16), both
 variants (inference; training, which also stores the pool's window index) and every autotune
 config, `triton.compile` builds
@@ -50,14 +50,18 @@ class Layer:
 
 
 def seed_layers(batch):
-    """Every ConvReluPool stage of the seed models, walked from the models themselves."""
-    from engine.models import MODELS, build_model
+    """Every ConvReluPool stage of the seed models, walked from the models themselves (models
+    whose features are not all ConvReluPool blocks, e.g. an MLP, have no stage to compile)."""
+    from engine.models import MODELS, ConvReluPool, build_model
 
     layers = []
     for name, spec in MODELS.items():
         model = build_model(name, spec.reference_shape, 10)
+        blocks = list(getattr(model, "features", []))
+        if not blocks or not all(isinstance(block, ConvReluPool) for block in blocks):
+            continue
         _, h, w = spec.reference_shape
-        for i, block in enumerate(model.features):
+        for i, block in enumerate(blocks):
             conv = block.conv
             x_shape = (batch, conv.in_channels, h, w)
             layers.append(Layer(f"{name}.{i}", x_shape, tuple(conv.weight.shape), conv.padding[0]))
