@@ -12,6 +12,7 @@ import typing
 
 from engine.config import Config, fields_in, flag
 from engine.errors import EngineError, Interrupted, UsageError
+from engine.target import command_started  # noqa: F401  its import time is --target-acc's clock where /proc is missing
 
 LATEST = "runs/latest"
 
@@ -154,12 +155,16 @@ def cmd_train(args):
                                  f"{saved.get(name)} (start a new run to change it)")
         values = dict(saved, **values)
         values["out"] = str(path.parent)
+    if resume is None:
+        from engine.recipe import apply_recipe
+
+        values = apply_recipe(values, say=(lambda *_: None) if values.get("quiet") else log)  # flags given win
     cfg = Config.from_dict(values) if resume else Config(**values)
     train(cfg, resume=resume, log=log)
     return 0
 
 
-ONNX_IGNORED = ("amp", "amp_dtype", "compile", "compile_mode", "channels_last", "triton")  # PyTorch-only choices
+ONNX_IGNORED = ("amp", "amp_dtype", "compile", "compile_mode", "channels_last", "triton", "tta")  # PyTorch-only choices
 
 
 def cmd_eval(args):
@@ -179,7 +184,8 @@ def cmd_eval(args):
             raise UsageError("--input-size and --classes are for .onnx files; a checkpoint knows its own")
         result = evaluate_checkpoint(args.checkpoint, values, log=log)
         source = f"checkpoint after epoch {result['epoch']}"
-    print(f"Test_acc:{result['test_acc'] * 100:.2f}%, Test_loss:{result['test_loss']:.4f} "
+    tta = "(tta)" if result.get("tta") else ""
+    print(f"Test_acc{tta}:{result['test_acc'] * 100:.2f}%, Test_loss:{result['test_loss']:.4f} "
           f"({result['images']:,} test images of {result['data']}; {source})")
     return 0
 

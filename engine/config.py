@@ -54,8 +54,25 @@ class Config:
     )
     momentum: float = option(0.9, "SGD momentum, or AdamW beta1")
     weight_decay: float = option(5e-4, "L2 penalty (decoupled for adamw)")
+    bn_lr_scale: float = option(
+        1.0, "learning-rate multiplier for BatchNorm parameters, whose weight decay is divided by it (airbench: 64)"
+    )
+    crop_padding: int = option(4, "random crops: pixels of zero padding each side (0: no crops)")
     label_smoothing: float = option(0.1, "cross-entropy label smoothing")
     schedule: str = option("onecycle", "learning-rate schedule", choices=("onecycle", "cosine", "constant"))
+    target_acc: float | None = option(
+        None, "stop at the first evaluation whose test accuracy is at least X percent, and report the wall time "
+        "to it from the command's start (default: train all --epochs)"
+    )
+    eval_every: float | None = option(
+        None, "also evaluate every X of an epoch, 0 < X <= 1 (default: 1, i.e. at epoch ends; 0.25 with --target-acc)"
+    )
+    val_split: int | None = option(
+        None, "hold out a seeded N of the training images as a validation set: best.pt is then chosen on it and "
+        "the test set is only reported (default: none, best.pt is chosen on the test set)"
+    )
+    tta: bool = option(False, "test-time flip: evaluate on the mean logits of each image and its mirror "
+                              "(datasets that train with flips)", group="runtime")
     amp: bool | None = option(
         None, "mixed precision: fp16/bf16 autocast (default: on for CUDA and for CPUs with native bf16)", group="runtime"
     )
@@ -73,6 +90,12 @@ class Config:
     seed: int = option(0, "seed for data, initialisation and augmentation")
     out: str | None = option(None, "run directory (default: runs/<model>-<data>-<timestamp>; runs/latest links the newest)")
     tensorboard: bool = option(False, "also write TensorBoard events to the run directory", resume=True)
+    save_every: str = option(
+        "10m",
+        "also write last.pt within an epoch every DURATION (30s, 10m, 1h; off: only at epoch ends), so a kill "
+        "loses at most that much; epochs shorter than DURATION never save mid-way (default: 10m)",
+        resume=True,
+    )
     quiet: bool = option(False, "print only the per-epoch lines and errors", group="runtime", resume=True)
 
     def __post_init__(self):
@@ -80,7 +103,7 @@ class Config:
 
     def validate(self):
         """Raise UsageError, naming the flag, for values no run could use."""
-        positive = ("epochs", "batch_size", "limit_train", "limit_test")
+        positive = ("epochs", "batch_size", "limit_train", "limit_test", "val_split")
         for name in positive:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
@@ -94,10 +117,19 @@ class Config:
             raise UsageError(f"--lr must be greater than 0, not {self.lr!r}")
         if not 0 <= self.momentum < 1:
             raise UsageError(f"--momentum must be in [0, 1), not {self.momentum!r}")
+        if not (math.isfinite(self.bn_lr_scale) and self.bn_lr_scale > 0):
+            raise UsageError(f"--bn-lr-scale must be a finite number greater than 0, not {self.bn_lr_scale!r}")
+        if not isinstance(self.crop_padding, int) or self.crop_padding < 0:
+            raise UsageError(f"--crop-padding must be a whole number of 0 or more, not {self.crop_padding!r}")
         if not self.weight_decay >= 0:
             raise UsageError(f"--weight-decay must be 0 or more, not {self.weight_decay!r}")
         if not 0 <= self.label_smoothing < 1:
             raise UsageError(f"--label-smoothing must be in [0, 1), not {self.label_smoothing!r}")
+        if self.target_acc is not None and not (math.isfinite(self.target_acc) and 0 < self.target_acc <= 100):
+            raise UsageError(f"--target-acc is a test accuracy in percent, 0 < X <= 100, not {self.target_acc!r}")
+        if self.eval_every is not None and not (math.isfinite(self.eval_every) and 0 < self.eval_every <= 1):
+            raise UsageError(f"--eval-every is a fraction of an epoch, 0 < X <= 1, not {self.eval_every!r}")
+        parse_duration(self.save_every)
         for f in dataclasses.fields(self):
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in choices:
@@ -132,6 +164,21 @@ class Config:
         if self.cache_dir:
             return Path(self.cache_dir).expanduser()
         return Path(os.environ.get("ENGINE_CACHE_DIR") or Path.home() / ".cache" / "engine")
+
+
+def parse_duration(text):
+    """Seconds in `30s`, `10m`, `1.5h` or a bare number of seconds; None for `off`."""
+    text = str(text).strip().lower()
+    if text in ("off", "none", "never"):
+        return None
+    scale = {"s": 1, "m": 60, "h": 3600}.get(text[-1:], 1)
+    try:
+        seconds = float(text[:-1] if text[-1:] in "smh" else text) * scale
+    except ValueError:
+        seconds = float("nan")
+    if not (math.isfinite(seconds) and seconds >= 0):
+        raise UsageError(f"--save-every must be a duration such as 30s, 10m or 1h, or off; not {text!r}")
+    return seconds
 
 
 def flag(name):

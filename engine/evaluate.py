@@ -1,7 +1,8 @@
 """evaluate(): test loss and accuracy of a model on a loader; evaluate_checkpoint() for `engine eval`.
 
 Test loss is the mean cross-entropy per test image (the tutorial divided its sum by the number
-of classes, a bug). Eval batches have one fixed shape, so a compiled model compiles once.
+of classes, a bug). Eval batches have one fixed shape, so a compiled model compiles once. With
+test-time flip (`tta`) the logits are the mean of each image's and its mirror's.
 """
 
 import torch
@@ -16,15 +17,24 @@ from engine.loader import BatchLoader
 from engine.runtime import Runtime
 
 
-def evaluate(model, loader: BatchLoader, runtime: Runtime):
-    """(mean loss per image, accuracy) over every image of `loader`."""
+def predict(model, x, tta=False):
+    """Logits (B, classes) of a batch x (B, C, H, W); with `tta`, the mean of the logits of x and
+    of its horizontal mirror (two forward passes: evaluation costs twice as much)."""
+    logits = model(x)
+    if tta:
+        logits = (logits + model(x.flip(3))) / 2
+    return logits
+
+
+def evaluate(model, loader: BatchLoader, runtime: Runtime, tta=False):
+    """(mean loss per image, accuracy) over every image of `loader`; `tta`: see `predict`."""
     model.eval()
     loss_sum = torch.zeros((), device=runtime.device, dtype=torch.float64)
     correct = torch.zeros((), device=runtime.device, dtype=torch.int64)
     seen = 0
     with torch.no_grad(), runtime.autocast():
         for x, y, count in loader.epoch(0):
-            logits = model(x)[:count].float()  # (count, classes): padded rows dropped
+            logits = predict(model, x, tta)[:count].float()  # (count, classes): padded rows dropped
             loss_sum += F.cross_entropy(logits, y[:count], reduction="sum").double()
             correct += (logits.argmax(1) == y[:count]).sum()
             seen += count
@@ -61,5 +71,7 @@ def evaluate_checkpoint(path, overrides, log=print):
     model = runtime.prepare(model_from_checkpoint(checkpoint))
     loader = BatchLoader(data.test_x, data.test_y, cfg.batch_size, spec["mean"], spec["std"], device=runtime.device,
                          train=False, channels_last=cfg.channels_last)
-    loss, acc = evaluate(model, loader, runtime)
-    return {"test_loss": loss, "test_acc": acc, "images": len(data.test_x), "data": cfg.data, "epoch": checkpoint["epoch"]}
+    tta = cfg.tta and spec.get("flip", False)  # --tta: only for data that trained with flips
+    loss, acc = evaluate(model, loader, runtime, tta)
+    return {"test_loss": loss, "test_acc": acc, "images": len(data.test_x), "data": cfg.data, "epoch": checkpoint["epoch"],
+            "tta": tta}

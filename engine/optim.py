@@ -7,6 +7,7 @@ checkpoint stores it as plain data and a resumed run continues on exactly the sa
 import math
 
 import torch
+from torch import nn
 
 from engine.config import Config
 
@@ -20,10 +21,11 @@ def build_optimizer(cfg: Config, model):
     RMSprop's momentum (its squared-gradient average keeps torch's alpha 0.99). --weight-decay is
     decoupled for adamw and an L2 term added to the gradient for sgd, adam and rmsprop, so with
     adam and rmsprop it is scaled by the adaptive step like any gradient (as torch implements it).
+    `--bn-lr-scale` gives BatchNorm parameters their own group (see `parameter_groups`).
     Frozen parameters (requires_grad False) stay in the list, so the optimizer's state lines up
     with a checkpoint's whatever was frozen; they never get a gradient, and torch skips those.
     """
-    params = list(model.parameters())
+    params = parameter_groups(model, cfg.bn_lr_scale, cfg.weight_decay)
     lr, momentum, decay = cfg.lr, cfg.momentum, cfg.weight_decay
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=lr, betas=(momentum, 0.999), weight_decay=decay)
@@ -32,6 +34,24 @@ def build_optimizer(cfg: Config, model):
     if cfg.optimizer == "rmsprop":
         return torch.optim.RMSprop(params, lr=lr, momentum=momentum, weight_decay=decay)
     return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=momentum > 0, weight_decay=decay)
+
+
+def parameter_groups(model, bn_lr_scale=1.0, weight_decay=0.0):
+    """The model's parameters as the optimizer's groups: one group, or with `bn_lr_scale` != 1
+    two, the BatchNorm parameters getting lr x bn_lr_scale and weight decay / bn_lr_scale.
+
+    airbench trains BatchNorm biases at 64x the learning rate: a shift's gradient is small next
+    to a conv weight's, and the GELU's bend moves only through it. Dividing its decay keeps each
+    step's shrinkage (lr x decay) the same as every other parameter's. Each group carries its
+    `lr_scale`, which `set_lr` applies as the schedule moves.
+    """
+    norms = [p for m in model.modules() if isinstance(m, nn.modules.batchnorm._NormBase) for p in m.parameters(recurse=False)]
+    if bn_lr_scale == 1 or not norms:
+        return [{"params": list(model.parameters()), "lr_scale": 1.0}]
+    taken = {id(p) for p in norms}
+    rest = [p for p in model.parameters() if id(p) not in taken]
+    return [{"params": rest, "lr_scale": 1.0},
+            {"params": norms, "lr_scale": bn_lr_scale, "weight_decay": weight_decay / bn_lr_scale}]
 
 
 def lr_at(cfg: Config, step, total_steps):
@@ -51,5 +71,6 @@ def lr_at(cfg: Config, step, total_steps):
 
 
 def set_lr(optimizer, lr):
+    """The schedule's `lr` for every group, times the group's `lr_scale` (see parameter_groups)."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from engine.data.dataset import Dataset, channel_stats, dataset_label
+from engine.errors import UsageError
 
 
 def test_channel_stats_are_exact():
@@ -33,3 +34,17 @@ def test_dataset_labels():
     assert dataset_label("../shared/datasets/cifar10-jpeg.tar.gz") == "cifar10-jpeg"
     assert dataset_label("/data/pets/") == "pets"
     assert dataset_label("digits.zip") == "digits"
+
+
+def test_hold_out_moves_a_seeded_split_out_of_the_training_images():
+    x = torch.arange(100, dtype=torch.uint8).view(100, 1, 1, 1)
+    make = lambda: Dataset("d", ["a", "b"], x.clone(), torch.arange(100), x[:10].clone(), torch.arange(10), flip=False)  # noqa: E731
+    a, b, c = make().hold_out(20, seed=4), make().hold_out(20, seed=4), make().hold_out(20, seed=5)
+    train_ids, val_ids = set(a.train_y.tolist()), set(a.val_y.tolist())
+    assert len(val_ids) == 20 and len(train_ids) == 80
+    assert not train_ids & val_ids and train_ids | val_ids == set(range(100))  # disjoint, nothing lost
+    assert torch.equal(a.val_x.flatten().long(), a.val_y)  # images stay with their labels
+    assert torch.equal(a.val_y, b.val_y) and not torch.equal(a.val_y, c.val_y)
+    assert make().hold_out(None).val_x is None
+    with pytest.raises(UsageError, match="--val-split 100 leaves no training images"):
+        make().hold_out(100)

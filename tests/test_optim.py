@@ -72,3 +72,36 @@ def test_every_optimizer_steps_downhill_and_skips_frozen_parameters(name):
 def test_unknown_optimizer_is_refused_by_the_config():
     with pytest.raises(UsageError, match="--optimizer must be one of sgd, adamw, adam, rmsprop"):
         Config(optimizer="lion")
+
+
+def test_bn_lr_scale_gives_batchnorm_parameters_their_own_group():
+    from engine.models import build_model
+    from engine.optim import parameter_groups
+
+    model = build_model("fast_cifar", (3, 32, 32), 10)
+    norms = {id(p) for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d) for p in m.parameters()}
+    assert len(build_optimizer(Config(), model).param_groups) == 1  # the default: one group, as before
+    optimizer = build_optimizer(Config(lr=0.4, weight_decay=1e-3, bn_lr_scale=64.0), model)
+    rest, norm = optimizer.param_groups
+    assert {id(p) for p in norm["params"]} == norms and not norms & {id(p) for p in rest["params"]}
+    assert len(rest["params"]) + len(norm["params"]) == len(list(model.parameters()))
+    assert norm["weight_decay"] == pytest.approx(1e-3 / 64) and rest["weight_decay"] == 1e-3
+    set_lr(optimizer, 0.1)  # the schedule moves both groups, keeping their ratio
+    assert rest["lr"] == 0.1 and norm["lr"] == pytest.approx(6.4)
+    assert [g["lr_scale"] for g in parameter_groups(torch.nn.Linear(2, 2), 64.0)] == [1.0]  # nothing to scale
+
+
+def test_a_batchnorm_bias_steps_bn_lr_scale_times_further():
+    torch.manual_seed(0)
+    steps = []
+    for scale in (1.0, 8.0):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 1), torch.nn.BatchNorm2d(3), torch.nn.Flatten(), torch.nn.Linear(12, 1))
+        optimizer = build_optimizer(Config(lr=0.01, momentum=0.0, weight_decay=0.0, bn_lr_scale=scale), model)
+        set_lr(optimizer, 0.01)
+        before = model[1].bias.detach().clone(), model[0].weight.detach().clone()
+        model(torch.randn(4, 2, 2, 2, generator=torch.Generator().manual_seed(1))).sum().backward()
+        optimizer.step()
+        steps.append((model[1].bias.detach() - before[0], model[0].weight.detach() - before[1]))
+    torch.testing.assert_close(steps[1][0], 8 * steps[0][0])  # the BatchNorm bias: 8x the step
+    torch.testing.assert_close(steps[1][1], steps[0][1])  # a conv weight: unchanged

@@ -13,7 +13,7 @@ __all__ = ["ARCHIVE_SUFFIXES", "Dataset", "channel_stats", "check_batch_size", "
 
 
 def load_dataset(cfg: Config, log=print) -> Dataset:
-    """The dataset `cfg.data` names, with `--limit-*` applied."""
+    """The dataset `cfg.data` names, with `--val-split` held out of its training images, then `--limit-*` applied."""
     if cfg.data == "synthetic":
         from engine.data import synthetic
 
@@ -31,7 +31,8 @@ def load_dataset(cfg: Config, log=print) -> Dataset:
         from engine.data import imagefolder
 
         data = imagefolder.read(cfg.data, cfg.resolved_cache_dir(), log)
-    return data.limit(cfg.limit_train, cfg.limit_test, cfg.seed)
+    # Held out before --limit-train, so the validation images do not depend on it.
+    return data.hold_out(cfg.val_split, cfg.seed).limit(cfg.limit_train, cfg.limit_test, cfg.seed)
 
 
 def check_batch_size(data: Dataset, batch_size):

@@ -1,5 +1,6 @@
 """What a dataset is: `Dataset`, whose splits are whole (N, C, H, W) uint8 tensors, its seeded
-`--limit-*` subsets, its exact per-channel statistics and the short name `--data` goes by.
+`--limit-*` subsets and `--val-split` hold-out, its exact per-channel statistics and the short
+name `--data` goes by.
 
 `Dataset.spec()` is the part a checkpoint keeps, so eval and export rebuild the model and its
 normalisation without the data. The readers build a `Dataset` and depend on this module only.
@@ -11,6 +12,7 @@ from pathlib import Path
 import torch
 
 from engine.config import BUILTIN_DATASETS
+from engine.errors import UsageError
 
 
 @dataclass
@@ -22,6 +24,8 @@ class Dataset:
     test_x: torch.Tensor  # (M, C, H, W) uint8
     test_y: torch.Tensor  # (M,) int64
     flip: bool  # horizontal flips keep the label (natural images; not digits)
+    val_x: torch.Tensor | None = None  # (V, C, H, W) uint8: held out of the training images by hold_out
+    val_y: torch.Tensor | None = None  # (V,) int64
 
     @property
     def shape(self):
@@ -37,6 +41,22 @@ class Dataset:
         """Seeded random subsets of at most `limit_*` images (the same subset for the same seed)."""
         self.train_x, self.train_y = _subset(self.train_x, self.train_y, limit_train, seed)
         self.test_x, self.test_y = _subset(self.test_x, self.test_y, limit_test, seed + 1)
+        return self
+
+
+    def hold_out(self, count=None, seed=0):
+        """Move a seeded random `count` of the training images into the validation split (the
+        same images for the same seed and training set); None keeps them all for training."""
+        if count is None:
+            return self
+        if count >= len(self.train_x):
+            raise UsageError(f"--val-split {count:,} leaves no training images (the training set has "
+                             f"{len(self.train_x):,}); hold out fewer")
+        generator = torch.Generator().manual_seed(seed + 2)  # seed and seed + 1 pick the --limit-* subsets
+        order = torch.randperm(len(self.train_x), generator=generator)
+        val, keep = order[:count].sort().values, order[count:].sort().values
+        self.val_x, self.val_y = self.train_x[val], self.train_y[val]
+        self.train_x, self.train_y = self.train_x[keep], self.train_y[keep]
         return self
 
 

@@ -10,12 +10,15 @@ class ModelSpec:
 
     source: where the design comes from (e.g. "tutorial 001");
     reference_shape: the (C, H, W) it was designed for, which `engine summary` shows by default;
-    reference_params: its parameter count at that shape with 10 classes.
+    reference_params: its parameter count at that shape with 10 classes;
+    recipe: Config values `engine train` uses for the flags a user did not pass (None: the
+    Config defaults); see engine/recipe.py.
     """
 
     source: str
     reference_shape: tuple
     reference_params: int
+    recipe = None
 
     def build(self, in_shape, num_classes) -> nn.Module:
         """The network for images of `in_shape` (C, H, W); callers check the shape first."""

@@ -1,0 +1,107 @@
+"""Time to accuracy: the command's clock, when a run evaluates, which figure picks best.pt, and the
+stop at `--target-acc`.
+
+The clock starts when the process did (read from /proc), so a time to target counts interpreter
+start-up, imports, data loading and every evaluation: the wall time a user waits. Evaluations
+happen at the end of each epoch and, with `--eval-every X` below 1, every X of an epoch.
+"""
+
+import os
+import time
+
+EVAL_EVERY_WITH_TARGET = 0.25  # --eval-every's default under --target-acc: a stop is late by 1/8 epoch on average
+_IMPORTED = time.perf_counter()  # the fallback origin: engine.cli imports this module at its own import
+
+
+def process_age():
+    """Seconds since this process started, from /proc (None where there is no /proc).
+
+    /proc/self/stat's starttime (clock ticks after boot) and /proc/uptime (seconds after boot,
+    to 0.01 s) read the same boot clock, so their difference is the process's age to a tick;
+    /proc/stat's btime would add up to a second of rounding.
+    """
+    try:
+        with open("/proc/self/stat") as f:
+            stat = f.read()
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+        # the command name (field 2) may hold spaces and parentheses: count fields after the last ')'
+        starttime = int(stat[stat.rindex(")") + 2:].split()[19])  # field 22
+        return max(uptime - starttime / os.sysconf("SC_CLK_TCK"), 0.0)
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def command_started():
+    """time.perf_counter() at the start of the process, or when engine.cli was imported without /proc."""
+    age = process_age()
+    return _IMPORTED if age is None else time.perf_counter() - age
+
+
+def eval_steps(steps, every):
+    """The step counts (1 .. steps - 1) after which an epoch of `steps` steps evaluates within
+    itself, every `every` (a fraction of an epoch, 0 < every <= 1) of it; the epoch's end always
+    evaluates, so it is not listed."""
+    points, k = set(), 1
+    while k * every < 1 - 1e-9:
+        point = round(k * every * steps)
+        if 0 < point < steps:
+            points.add(point)
+        k += 1
+    return points
+
+
+def score(m):
+    """The accuracy that chooses best.pt: validation accuracy when the run holds out a split, else test."""
+    return m["val_acc"] if "val_acc" in m else m["test_acc"]
+
+
+def best_score(metrics):
+    return max((score(m) for m in metrics), default=-1.0)
+
+
+def reached_in(metrics):
+    """The metrics entry at which the run reached its --target-acc, or None."""
+    return next((m for m in metrics if "time_to_target" in m), None)
+
+
+class Watch:
+    """A run's evaluation cadence and its target.
+
+    target: --target-acc in percent, or None; every: --eval-every, or its default (1, or
+    EVAL_EVERY_WITH_TARGET with a target); steps: training steps per epoch.
+    """
+
+    def __init__(self, target, every, steps):
+        self.target = target
+        self.every = every if every is not None else EVAL_EVERY_WITH_TARGET if target is not None else 1.0
+        self.points = eval_steps(steps, self.every)
+        self.started = command_started()
+
+    def due(self, done):
+        """Whether the epoch evaluates after `done` of its steps (besides its end)."""
+        return done in self.points
+
+    def elapsed(self):
+        return time.perf_counter() - self.started
+
+    def check(self, m):
+        """Stamp the evaluation `m` (just measured) with the command's elapsed time; True when its
+        test accuracy is at or above the target, in which case `m` also records the time to it."""
+        if self.target is None:
+            return False
+        m["elapsed_s"] = round(self.elapsed(), 2)
+        # 1e-9: a test accuracy of exactly X% counts (0.29 * 100 is 28.999999999999996 in floats)
+        if m["test_acc"] * 100 < self.target - 1e-9:
+            return False
+        m["target_acc"], m["time_to_target"] = self.target, m["elapsed_s"]
+        return True
+
+    def summary(self, reached, metrics):
+        """The final line of a run with a target: the time to it, or how far the run got."""
+        if reached is not None:
+            return (f"Reached {self.target:g}% test accuracy in {reached['time_to_target']:.1f} s from the command's "
+                    f"start, at epoch {reached['epoch']:g} ({reached['test_acc'] * 100:.2f}%)")
+        best = max((m["test_acc"] for m in metrics), default=0.0)
+        return (f"Did not reach {self.target:g}% test accuracy in {self.elapsed():.1f} s "
+                f"(best {best * 100:.2f}% over {len(metrics)} evaluations); train longer or aim lower")

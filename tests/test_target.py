@@ -1,0 +1,163 @@
+"""engine.target: the command's clock, evaluations within an epoch, the stop at --target-acc, and
+best.pt chosen on --val-split; fast_cifar end to end (learns, exports, resumes bit for bit)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from engine.checkpoint import load
+from engine.cli import main
+from engine.config import Config
+from engine.errors import UsageError
+from engine.evaluate import evaluate_checkpoint
+from engine.target import best_score, eval_steps, process_age, reached_in, score
+from engine.train import open_session, train
+
+# fast_cifar with its recipe's optimizer values, small enough to learn the synthetic set in seconds
+FAST = dict(model="fast_cifar", lr=0.375, momentum=0.85, weight_decay=0.0153 / 11.5, bn_lr_scale=64.0,
+            label_smoothing=0.2, crop_padding=2, amp=False, quiet=True, device="cpu")
+PLAIN_KEYS = {"epoch", "train_loss", "train_acc", "test_loss", "test_acc", "images_per_s", "epoch_s", "warmup_s",
+              "eval_s", "lr"}
+
+
+def run(tmp_path, name, **values):
+    return train(Config(out=str(tmp_path / name), **{**FAST, **values}), log=lambda *_: None)
+
+
+def read_metrics(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_eval_steps_split_the_epoch_and_leave_its_end_out():
+    assert eval_steps(8, 0.25) == {2, 4, 6}
+    assert eval_steps(195, 0.25) == {49, 98, 146}
+    assert eval_steps(10, 1.0) == set()
+    assert eval_steps(3, 0.1) == {1, 2}  # more points than steps: each step at most once
+    assert eval_steps(100, 1 / 3) == {33, 67}
+
+
+def test_process_age_counts_from_the_process_start():
+    code = "import time; time.sleep(0.5); from engine.target import process_age; print(process_age())"
+    age = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    assert 0.45 <= age < 60  # the sleep happened before the module was imported: it counts
+    assert process_age() is not None and process_age() > 0
+
+
+def test_score_prefers_validation_accuracy():
+    assert score({"test_acc": 0.5}) == 0.5
+    assert score({"test_acc": 0.5, "val_acc": 0.25}) == 0.25
+    assert best_score([{"test_acc": 0.9, "val_acc": 0.1}, {"test_acc": 0.2, "val_acc": 0.3}]) == 0.3
+    assert reached_in([{"test_acc": 0.1}, {"test_acc": 0.6, "time_to_target": 3.0}]) == {"test_acc": 0.6, "time_to_target": 3.0}
+
+
+def test_config_checks_the_new_flags():
+    for values, message in (({"target_acc": 0}, "--target-acc"), ({"target_acc": 101.0}, "--target-acc"),
+                            ({"eval_every": 1.5}, "--eval-every"), ({"eval_every": 0.0}, "--eval-every"),
+                            ({"val_split": 0}, "--val-split"), ({"bn_lr_scale": 0.0}, "--bn-lr-scale"),
+                            ({"crop_padding": -1}, "--crop-padding")):
+        with pytest.raises(UsageError, match=message):
+            Config(**values)
+
+
+def test_without_the_new_flags_metrics_keep_their_keys(tmp_path):
+    out, metrics = run(tmp_path, "plain", epochs=1, limit_train=128, limit_test=32, batch_size=32, model="cifar_cnn")
+    assert [set(m) for m in read_metrics(out)] == [PLAIN_KEYS]
+
+
+def test_target_acc_stops_at_the_first_evaluation_at_or_above_it(tmp_path, capsys):
+    small = dict(epochs=3, limit_train=512, limit_test=100, batch_size=64, eval_every=0.25)
+    _, reference = run(tmp_path, "reference", **small)
+    accs = [m["test_acc"] for m in reference]
+    assert len(accs) == 12 and [m["epoch"] for m in reference[:5]] == [0.25, 0.5, 0.75, 1, 1.25]
+    # a target first met strictly inside the run, by an evaluation that beats every earlier one
+    k = next(i for i in range(3, len(accs) - 1) if accs[i] > max(accs[:i]))
+    target = accs[k] * 100
+    flags = ["--model", "fast_cifar", "--epochs", "3", "--limit-train", "512", "--limit-test", "100", "--batch-size",
+             "64", "--eval-every", "0.25", "--lr", "0.375", "--momentum", "0.85", "--weight-decay", str(0.0153 / 11.5),
+             "--bn-lr-scale", "64", "--label-smoothing", "0.2", "--crop-padding", "2", "--no-tta", "--no-amp",
+             "--device", "cpu", "--quiet"]
+    out = tmp_path / "target"
+    capsys.readouterr()
+    assert main(["train", *flags, "--target-acc", f"{target:g}", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    metrics = read_metrics(out)
+    assert [m["test_acc"] for m in metrics] == accs[:k + 1]  # the same run, cut at the k-th evaluation
+    assert all(m["test_acc"] * 100 < target for m in metrics[:-1]) and metrics[-1]["test_acc"] * 100 >= target - 1e-9
+    stop = metrics[-1]
+    assert stop["time_to_target"] == stop["elapsed_s"] > 0 and stop["target_acc"] == pytest.approx(target)
+    assert all("time_to_target" not in m and m["elapsed_s"] <= stop["elapsed_s"] for m in metrics[:-1])
+    assert printed[-2].startswith(f"Epoch: {stop['epoch']:.2f}" if stop.get("partial") else f"Epoch: {stop['epoch']}, ")
+    assert printed[-2].endswith(f"reached {target:g}% in {stop['time_to_target']:.1f} s")
+    assert printed[-1].startswith(f"Reached {target:g}% test accuracy in {stop['time_to_target']:.1f} s")
+    # no training after the stop: the checkpoint is the state the evaluation saw, and eval agrees
+    last, best = load(out / "last.pt"), load(out / "best.pt")
+    steps_done = stop.get("step", stop["epoch"] * 8)
+    assert last["scheduler"]["step"] == steps_done and last["metrics"] == metrics
+    assert all(torch.equal(v, best["model"][k]) for k, v in last["model"].items())
+    flags = {"quiet": True, "limit_test": 100, "batch_size": 64, "amp": False}
+    assert evaluate_checkpoint(out / "best.pt", flags)["test_acc"] == stop["test_acc"]
+    # resuming a run that reached its target trains nothing and says so again
+    assert main(["train", "--resume", str(out)]) == 0
+    again = capsys.readouterr().out
+    assert "Epoch:" not in again and f"Reached {target:g}% test accuracy" in again
+    assert read_metrics(out) == metrics
+
+
+def test_a_target_not_reached_trains_every_epoch_and_says_so(tmp_path, capsys):
+    assert main(["train", "--model", "cifar_cnn", "--epochs", "1", "--limit-train", "128", "--limit-test", "32",
+                 "--batch-size", "32", "--device", "cpu", "--no-amp", "--quiet", "--target-acc", "100",
+                 "--out", str(tmp_path / "run")]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    metrics = read_metrics(tmp_path / "run")
+    assert [m["epoch"] for m in metrics] == [0.25, 0.5, 0.75, 1]  # --target-acc evaluates every quarter epoch
+    assert all(m.get("partial") for m in metrics[:3]) and "partial" not in metrics[3]
+    assert printed[-1].startswith("Did not reach 100% test accuracy")
+
+
+def test_val_split_keeps_its_images_out_of_training_and_chooses_best_pt(tmp_path):
+    cfg = Config(out=str(tmp_path / "session"), epochs=1, limit_train=256, val_split=64, **FAST)
+    s = open_session(cfg, say=lambda *_: None)
+    train_rows = {bytes(x.numpy().tobytes()) for x in s.train_loader.x}
+    val_rows = [bytes(x.numpy().tobytes()) for x in s.val_loader.x]
+    assert len(s.train_loader.x) == 256 and len(val_rows) == 64
+    assert not train_rows & set(val_rows)  # no validation image is trained on
+    again = open_session(Config(**{**cfg.to_dict(), "out": str(tmp_path / "again")}), say=lambda *_: None)
+    assert torch.equal(again.val_loader.x, s.val_loader.x)  # same seed, same split
+    s.run.close()
+    again.run.close()
+
+    # seed 3 of this setting is one where validation and test disagree on the best epoch
+    out, metrics = run(tmp_path, "val", epochs=4, limit_train=256, limit_test=64, batch_size=64, val_split=64, seed=3,
+                       schedule="constant")
+    val, test = [m["val_acc"] for m in metrics], [m["test_acc"] for m in metrics]
+    assert val.index(max(val)) != test.index(max(test)), "the setting no longer separates the two choices"
+    assert load(out / "best.pt")["epoch"] == val.index(max(val)) + 1
+    assert all({"val_loss", "val_acc"} <= set(m) for m in read_metrics(out))
+
+
+def test_fast_cifar_learns_exports_and_resumes_bit_for_bit(tmp_path):
+    small = dict(epochs=2, limit_train=256, limit_test=64, batch_size=64)
+    out, metrics = run(tmp_path, "whole", **small)
+    assert metrics[-1]["train_loss"] < metrics[0]["train_loss"]  # it learns
+
+    def stop_after_the_first_epoch(line):
+        if line.startswith("Epoch: 1,"):
+            raise KeyboardInterrupt  # as Ctrl-C after epoch 1 was saved
+
+    with pytest.raises(Exception, match="interrupted"):
+        train(Config(out=str(tmp_path / "halves"), **{**FAST, **small}), log=stop_after_the_first_epoch)
+    first = load(tmp_path / "halves" / "last.pt")
+    assert first["epoch"] == 1
+    train(Config.from_dict(first["config"]), resume=first, log=lambda *_: None)
+    a, b = load(out / "last.pt"), load(tmp_path / "halves" / "last.pt")
+    assert a["model"].keys() == b["model"].keys()
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+
+    from export.onnx_export import export_onnx
+
+    result = export_onnx(tmp_path / "fast.onnx", out / "best.pt", log=lambda *_: None)
+    assert result.parity is not None and (tmp_path / "fast.onnx").stat().st_size > 100_000
