@@ -164,8 +164,8 @@ def resolve_amp(cfg: Config, device, warn=warn):
     # CPU autocast is bf16. Without bf16 hardware it is emulated and several times slower (12x on a
     # Zen 3), so --amp keeps fp32 there unless --amp-dtype bf16 insists (with a warning).
     native = cpu_has_native_bf16()
-    if cfg.amp is False or (cfg.amp is None and not native):
-        return None
+    if cfg.amp is False or (cfg.amp is None and not native and cfg.amp_dtype != "bf16"):
+        return None  # an explicit --amp-dtype bf16 asks for bf16 even without --amp
     if cfg.amp_dtype == "fp16":
         raise UsageError("--amp-dtype fp16 is for CUDA; on CPU --amp uses bf16 (--amp-dtype auto or bf16)")
     if not native and cfg.amp_dtype == "auto":  # --amp means "where this hardware gains from it"

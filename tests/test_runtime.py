@@ -34,6 +34,9 @@ def test_cpu_without_native_bf16_keeps_fp32_on_amp_unless_bf16_is_forced(monkeyp
     assert len(warnings) == 1 and "keeps fp32" in warnings[0] and "--amp-dtype bf16" in warnings[0]
     assert resolve_amp(Config(amp=True, amp_dtype="bf16"), CPU, warnings.append) is torch.bfloat16
     assert len(warnings) == 2 and "several times slower" in warnings[1]
+    assert resolve_amp(Config(amp_dtype="bf16"), CPU, warnings.append) is torch.bfloat16  # explicit, without --amp
+    assert resolve_amp(Config(amp=False, amp_dtype="bf16"), CPU, warnings.append) is None  # --no-amp wins
+    assert len(warnings) == 3
     runtime = Runtime.from_config(Config(device="cpu", amp=True), warn=lambda *_: None)
     assert runtime.resolved()["precision"] == "fp32"
 
