@@ -7,6 +7,7 @@ a usage error, 130 when interrupted. Errors never show a traceback.
 
 import argparse
 import dataclasses
+import os
 import sys
 import typing
 
@@ -241,7 +242,8 @@ def main(argv=None):
         print(f"engine: {error}", file=sys.stderr)
         return error.exit_code
     except EngineError as error:
-        print(f"engine: error: {error}", file=sys.stderr)
+        if not isinstance(error, UsageError) or os.environ.get("RANK", "0") == "0":  # torchrun ranks share
+            print(f"engine: error: {error}", file=sys.stderr)  # their arguments: rank 0 alone names a bad one
         return error.exit_code
     except KeyboardInterrupt:
         print("engine: interrupted", file=sys.stderr)
