@@ -73,5 +73,14 @@ def evaluate_checkpoint(path, overrides, log=print):
                          train=False, channels_last=cfg.channels_last)
     tta = cfg.tta and spec.get("flip", False)  # --tta: only for data that trained with flips
     loss, acc = evaluate(model, loader, runtime, tta)
-    return {"test_loss": loss, "test_acc": acc, "images": len(data.test_x), "data": cfg.data, "epoch": checkpoint["epoch"],
+    return {"test_loss": loss, "test_acc": acc, "images": len(data.test_x), "data": cfg.data, "epoch": epochs_done(checkpoint),
             "tta": tta}
+
+
+def epochs_done(checkpoint):
+    """Epochs a checkpoint holds: whole ones, or e.g. 1.25 for one saved within an epoch (a stop at
+    --target-acc, --save-every)."""
+    scheduler, epochs = checkpoint.get("scheduler") or {}, checkpoint["config"].get("epochs")
+    if not checkpoint.get("step") or not scheduler.get("total_steps") or not epochs:
+        return checkpoint["epoch"]
+    return round(scheduler["step"] / (scheduler["total_steps"] / epochs), 2)
