@@ -239,7 +239,8 @@ def main(argv=None):
         args.argv = argv  # --nproc runs the same command under torchrun
         return args.func(args)
     except Interrupted as error:
-        print(f"engine: {error}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank is interrupted: rank 0 says so
+            print(f"engine: {error}", file=sys.stderr)
         return error.exit_code
     except EngineError as error:
         if not isinstance(error, UsageError) or os.environ.get("RANK", "0") == "0":  # torchrun ranks share

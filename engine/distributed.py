@@ -160,13 +160,17 @@ def launch(nproc, argv):
     if launched():
         raise UsageError("--nproc starts torchrun itself; under torchrun leave it out")
     args = without_nproc(argv)
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import main as torchrun
 
-    for name in ("torch.distributed.run", "torch.distributed.elastic"):  # its report becomes our one line
-        logging.getLogger(name).setLevel(logging.CRITICAL)
+    for name in list(logging.root.manager.loggerDict):  # torchrun's report becomes our one line
+        if name.startswith(("torch.distributed.run", "torch.distributed.elastic")):
+            logging.getLogger(name).setLevel(logging.CRITICAL)  # each sets its own level, so one by one
     try:
         torchrun(["--standalone", f"--nproc-per-node={nproc}", "-m", "engine", *args])
+    except SignalException:  # Ctrl-C or kill: torchrun stopped the ranks, and rank 0 said what was saved
+        return 130
     except ChildFailedError as error:
         rank, failure = error.get_first_failure()
         if failure.exitcode in (1, 2, 130):  # engine's own errors: the rank printed its line already
