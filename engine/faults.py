@@ -28,9 +28,12 @@ class LossWatch:
         self.streak.add_(1).mul_(~torch.isfinite(loss))  # +1 when non-finite, back to 0 when finite
         torch.maximum(self.worst, self.streak, out=self.worst)
 
-    def check(self, epoch, step):
-        """Raise when some `limit` steps in a row had a non-finite loss (syncs the device)."""
-        if int(self.worst.item()) >= self.limit:
+    def check(self, epoch, step, model=None):
+        """Raise when some `limit` steps in a row had a non-finite loss (syncs the device), or, given
+        the `model` about to be saved, when the last loss was non-finite and so are its weights."""
+        bad_weights = model is not None and int(self.streak.item()) > 0 and not all(
+            torch.isfinite(p).all() for p in model.parameters())
+        if int(self.worst.item()) >= self.limit or bad_weights:
             raise EngineError(
                 f"the training loss was NaN or infinite for {self.limit} steps in a row (epoch {epoch + 1}, by step "
                 f"{step}): the learning rate (--lr {self.lr:g}) is probably too high, or the data holds bad values; "

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from engine.errors import EngineError, UsageError
-from engine.lock import RunLock, remove_stale_temporaries
+from engine.lock import LOCK_NAME, RunLock, remove_stale_temporaries
 
 RUN_FILES = ("config.json", "metrics.jsonl", "curves.png", "last.pt", "best.pt")  # what a run writes
 
@@ -59,6 +59,8 @@ class RunDir:
         self.path = Path(path)
         self.created = []  # the folders this run made, deepest first
         self.lock = None
+        if create and (self.path / LOCK_NAME).exists():  # a live run here is the first thing to say
+            RunLock(self.path).release()
         taken = [name for name in RUN_FILES if (self.path / name).exists()]
         if not resuming and "last.pt" in taken:
             raise UsageError(f"--out {self.path} already holds a run; continue it with --resume {self.path} or choose another --out")

@@ -1,6 +1,7 @@
 """engine.checkpoint: atomic writes, weights_only loading, clear refusals, model rebuilt alone."""
 
 import os
+import re
 
 import pytest
 import torch
@@ -19,7 +20,7 @@ def checkpoint_for(model):
 
 def test_save_atomic_replaces_whole_files_and_leaves_no_temporaries(tmp_path):
     path = tmp_path / "deep" / "last.pt"
-    save_atomic({"a": torch.arange(3)}, path)
+    save_atomic({"a": torch.arange(3)}, path, make_parents=True)
     save_atomic({"a": torch.arange(5)}, path)
     assert torch.equal(torch.load(path, weights_only=True)["a"], torch.arange(5))
     assert os.listdir(path.parent) == ["last.pt"]
@@ -56,7 +57,7 @@ def test_refusals_are_one_line(tmp_path):
 
 def test_pickled_code_is_refused(tmp_path):
     torch.save({"format": FORMAT, "config": Config()}, tmp_path / "code.pt")  # a dataclass needs unpickling code
-    with pytest.raises(EngineError, match="not a readable engine checkpoint"):
+    with pytest.raises(EngineError, match=r"holds pickled code \(engine.config.Config\)"):
         load(tmp_path / "code.pt")
 
 
@@ -91,3 +92,171 @@ def test_ctrl_c_waits_for_the_writes_to_finish(tmp_path):
     assert finished == ["inner", "outer"]
     assert torch.load(tmp_path / "best.pt", weights_only=True) == {"a": 2}
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
+
+
+class Payload:
+    """Pickles as a call of os.system: unpickling it would create `marker`."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def hostile(path, marker):
+    """A file that looks like an engine checkpoint and carries a pickled callable."""
+    torch.save({"format": FORMAT, "config": Config().to_dict(), "epoch": 1, "data": {}, "model": {"w": Payload(marker)}},
+               path)
+    return path
+
+
+def engine(*args, cwd=None):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "engine", *args], capture_output=True, text=True, cwd=cwd, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+@pytest.mark.parametrize("command", ["eval", "export", "export-default", "resume", "resume-latest"])
+def test_a_hostile_checkpoint_never_runs_whichever_command_opens_it(tmp_path, command):
+    marker = tmp_path / "PAYLOAD_RAN"
+    run = tmp_path / "runs" / "run"
+    run.mkdir(parents=True)
+    (tmp_path / "runs" / "latest").symlink_to("run")
+    for name in ("last.pt", "best.pt"):
+        hostile(run / name, marker)
+    argv = {"eval": ["eval", str(run / "best.pt")],
+            "export": ["export", str(tmp_path / "m.onnx"), "--checkpoint", str(run / "best.pt")],
+            "export-default": ["export", "m.onnx"],  # runs/latest/best.pt
+            "resume": ["train", "--resume", str(run)],
+            "resume-latest": ["train", "--resume"]}[command]
+    result = engine(*argv, cwd=tmp_path)
+    assert not marker.exists()
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    opened = run / ("last.pt" if command.startswith("resume") else "best.pt")
+    assert result.stderr.strip().splitlines() == [
+        f"engine: error: {opened} "
+        "holds pickled code (posix.system), not only tensors and plain values; refusing to load it "
+        "(checkpoints are opened weights-only)"]
+
+
+def test_a_hostile_decode_cache_is_decoded_again_not_run(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from engine.data.imagefolder import dataset_label, read, source_key
+
+    for split in ("train", "test"):
+        for c in ("a", "b"):
+            (tmp_path / "img" / split / c).mkdir(parents=True)
+            Image.fromarray(np.full((4, 4, 3), 9, np.uint8)).save(tmp_path / "img" / split / c / "0.png")
+    marker = tmp_path / "PAYLOAD_RAN"
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    folder = tmp_path / "img"
+    hostile(cache / f"{dataset_label(str(folder))}-{source_key(folder)}.pt", marker)
+    data = read(folder, cache, log=lambda *_: None)
+    assert not marker.exists() and data.classes == ["a", "b"]
+
+
+def test_a_checkpoint_of_another_model_names_the_first_mismatch(tmp_path):
+    torch.manual_seed(0)
+    checkpoint = checkpoint_for(build_model("cifar_cnn", (3, 32, 32), 10))
+    checkpoint["config"]["model"] = "cifar_seq"
+    with pytest.raises(EngineError, match=r"c.pt does not fit cifar_seq on 3x32x32 images: features.0.conv.weight is "
+                                          r"\(64, 3, 3, 3\) in it, \(32, 3, 5, 5\) in the model"):
+        model_from_checkpoint(checkpoint, "c.pt")
+    checkpoint = checkpoint_for(build_model("cifar_cnn", (3, 32, 32), 10))
+    missing = next(iter(checkpoint["model"]))
+    del checkpoint["model"][missing]
+    with pytest.raises(EngineError, match=f"it has no {missing} \\(a checkpoint of another model\\?\\)"):
+        model_from_checkpoint(checkpoint, "c.pt")
+    checkpoint = checkpoint_for(build_model("cifar_cnn", (3, 32, 32), 10))
+    checkpoint["data"]["classes"] = checkpoint["data"]["classes"][:5]  # another dataset: 5 classes
+    with pytest.raises(EngineError, match=r"fc2.weight is \(10, 256\) in it, \(5, 256\) in the model \(another model, image size or class count\?\)"):
+        model_from_checkpoint(checkpoint, "c.pt")
+    checkpoint = checkpoint_for(build_model("cifar_cnn", (3, 32, 32), 10))
+    checkpoint["model"]["extra.weight"] = torch.zeros(1)
+    with pytest.raises(EngineError, match="it has extra.weight, which the model lacks"):
+        model_from_checkpoint(checkpoint, "c.pt")
+
+
+@pytest.mark.parametrize("key", ["optimizer", "rng", "metrics", "scheduler"])
+def test_resume_without_optimizer_rng_or_metrics_is_one_line(tiny_run, tmp_path, capsys, key):
+    from engine.cli import main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    checkpoint = load(tiny_run[0] / "last.pt")
+    del checkpoint[key]
+    torch.save(checkpoint, run / "last.pt")
+    assert main(["train", "--resume", str(run)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"engine: error: --resume: {run / 'last.pt'} has no {key} (it holds weights only); "
+                   "evaluate or export it, or start a new run"]
+
+
+def test_damaged_layouts_are_one_line(tmp_path):
+    base = checkpoint_for(build_model("cifar_cnn", (3, 32, 32), 10))
+    for change, words in [(lambda c: c.pop("model"), "incomplete engine checkpoint: it has no model"),
+                          (lambda c: c["data"].update(shape=[3, 32]), "image shape [3, 32] is not C, H, W"),
+                          (lambda c: c["data"].update(classes=["one"]), "fewer than 2 classes"),
+                          (lambda c: c.update(config={"lr": 1}), "its config names no model and data"),
+                          (lambda c: c["model"].update(w=[1, 2]), "not a state dict of tensors")]:
+        checkpoint = {**base, "data": dict(base["data"]), "model": dict(base["model"])}
+        change(checkpoint)
+        torch.save(checkpoint, tmp_path / "c.pt")
+        with pytest.raises(EngineError, match=re.escape(words)):
+            load(tmp_path / "c.pt")
+
+
+def test_resume_repairs_best_pt_and_metrics_from_last_pt(tiny_run, tmp_path, capsys):
+    """A kill between the renames of last.pt and best.pt/metrics.jsonl: last.pt is the commit record."""
+    import shutil
+
+    from engine.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run[0], run)
+    (run / "best.pt").unlink()  # as if killed right after last.pt's rename in the first epoch
+    (run / "metrics.jsonl").write_text("")
+    (run / "curves.png").unlink()
+    assert main(["train", "--resume", str(run)]) == 0  # all epochs done: it trains nothing, but repairs
+    assert load(run / "best.pt")["epoch"] == 1
+    best, last = load(run / "best.pt")["model"], load(run / "last.pt")["model"]
+    assert all(torch.equal(value, best[key]) for key, value in last.items())
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 1 and (run / "curves.png").exists()
+    capsys.readouterr()
+
+
+def test_resume_refuses_data_whose_images_changed(tmp_path, capsys):
+    """Same classes and image shape, other images: the step count and the schedule would jump."""
+    import numpy as np
+    from PIL import Image
+
+    from engine.cli import main
+
+    def picture(path, value):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((8, 8, 3), value, np.uint8)).save(path)
+
+    folder, run = tmp_path / "bugs", tmp_path / "run"
+    for split, n in (("train", 12), ("test", 4)):
+        for c, name in enumerate(("ants", "bees")):
+            for k in range(n):
+                picture(folder / split / name / f"{k}.png", 60 * c + k)
+    common = ["--cache-dir", str(tmp_path / "cache"), "--quiet"]
+    assert main(["train", "--data", str(folder), "--model", "mnist_cnn", "--batch-size", "8", "--epochs", "1",
+                 "--out", str(run), *common]) == 0
+    assert main(["train", "--resume", str(run), *common]) == 0  # the same data: fine
+    capsys.readouterr()
+    picture(folder / "train" / "ants" / "3.png", 200)  # one image redrawn: same count, classes and shape
+    assert main(["train", "--resume", str(run), *common]) == 1
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"engine: error: --resume: the data at {folder} changed since the run started (train images or labels differ); "
+        "restore it, or start a new run on the new data"]
+    picture(folder / "train" / "bees" / "12.png", 1)
+    assert main(["train", "--resume", str(run), *common]) == 1
+    assert "(train images 24 -> 25)" in capsys.readouterr().err

@@ -169,3 +169,48 @@ def test_truncated_archive_is_named(tmp_path, kind):
     path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
     with pytest.raises(EngineError, match=f"images.{kind} is not a readable archive"):
         read(path, tmp_path / "cache", log=lambda *_: None)
+
+
+def test_sixteen_bit_grayscale_is_scaled_not_clipped(tmp_path):
+    files = tree(mode="L")
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((5, 6), 30000, dtype=np.uint16)).save(buffer, format="PNG")  # mode I;16
+    files["train/cat/deep.png"] = buffer.getvalue()
+    data = read(source(tmp_path, files), tmp_path / "cache", log=lambda *_: None)
+    deep = data.train_x[data.train_y == 0][-1]  # cat's images in name order: 0000..0002, deep
+    assert (deep == round(30000 * 255 / 65535)).all()  # 117, where convert("L") gave 255
+
+
+def huge_png(width, height):
+    """PNG bytes whose header claims width x height; only the header is real (decoding would fail)."""
+    import struct
+    import zlib
+
+    data = bytearray(png(0))
+    ihdr = data[12:29]  # b"IHDR" + 13 bytes of header
+    ihdr[4:12] = struct.pack(">II", width, height)
+    data[12:29] = ihdr
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(ihdr)))
+    return bytes(data)
+
+
+@pytest.mark.parametrize("kind", ["folder", "tar.gz"])
+def test_a_huge_image_in_a_folder_is_refused_by_its_header(tmp_path, kind):
+    files = tree()
+    files["train/dog/zz-huge.png"] = huge_png(20000, 20000)
+    with pytest.raises(EngineError, match="zz-huge.png is 20000x20000 pixels, too large to decode safely"):
+        read(source(tmp_path, files, kind), tmp_path / "cache", log=lambda *_: None)
+
+
+def test_a_folder_that_would_not_fit_in_memory_is_refused_before_decoding(tmp_path):
+    from engine.data.imagefolder import available_memory
+
+    side = 7000  # 49 M pixels: under the per-image limit; 147 MB each as RGB
+    count = int(available_memory() // (2 * 3 * side * side)) + 2  # one or two more than fit
+    files = {f"{split}/{c}/{k:05d}.png": huge_png(side, side) for split in ("train", "test") for c in ("a", "b")
+             for k in range(-(-count // 4))}
+    messages = []
+    with pytest.raises(EngineError, match=f"decoding its {len(files):,} images of 7000x7000x3 needs about .* GB of memory, "
+                                          "and .* GB is available"):
+        read(source(tmp_path, files), tmp_path / "cache", log=messages.append)
+    assert not any("Decoding" in m for m in messages)  # refused before a pixel was decoded

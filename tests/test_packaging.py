@@ -3,8 +3,14 @@
 import re
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
+
+import pytest
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10, which pyproject.toml allows: tomllib came in 3.11
+    tomllib = None
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,6 +40,8 @@ def test_readme_quickstart_is_two_commands_and_ci_runs_the_second():
 
 
 def test_dependencies():
+    if tomllib is None:
+        pytest.skip("reading pyproject.toml needs tomllib (Python 3.11+)")
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     deps = project["dependencies"]
     names = {re.split(r"[<>=;\s\[]", d, maxsplit=1)[0] for d in deps}
@@ -62,3 +70,15 @@ def test_importing_engine_does_nothing():
     code = "import sys, engine, engine.cli, engine.config; print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0 and result.stdout.strip() == "False"
+
+
+def test_no_module_needs_a_newer_python_than_pyproject_allows():
+    """requires-python says 3.10: nothing may import 3.11's tomllib unconditionally at module level."""
+    floor = re.search(r'requires-python = ">=3\.(\d+)"', (ROOT / "pyproject.toml").read_text())
+    assert floor, "requires-python is a >=3.N floor"
+    if int(floor.group(1)) >= 11:
+        return
+    offenders = [str(path.relative_to(ROOT)) for folder in ("engine", "export", "kernels", "tests", "bench")
+                 for path in (ROOT / folder).rglob("*.py")
+                 if re.search(r"^(import tomllib|from tomllib import)", path.read_text(), re.M)]
+    assert offenders == []

@@ -24,7 +24,7 @@ from engine.checkpoint import save_atomic
 from engine.data.dataset import ARCHIVE_SUFFIXES, Dataset, dataset_label
 from engine.errors import EngineError
 from engine.lock import remove_stale_temporaries
-from engine.pixels import check_size, eight_bit
+from engine.pixels import SIXTEEN_BIT, check_size, eight_bit
 
 CACHE_FORMAT = 2  # 2: a set with any colour image is all RGB
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
@@ -93,7 +93,7 @@ def source_key(path: Path):
     return digest.hexdigest()[:20]
 
 
-GRAY_MODES = ("L", "1", "I;16", "I", "F")
+GRAY_MODES = ("L", "1", "F", *SIXTEEN_BIT)
 
 
 def _decode(data, name, size):
@@ -103,8 +103,7 @@ def _decode(data, name, size):
     try:
         with Image.open(io.BytesIO(data)) as image:
             check_size(image, name)  # by its header, before a pixel is decoded
-            gray = image.mode in GRAY_MODES
-            array = np.asarray(eight_bit(image).convert("L" if gray else "RGB"))  # 16-bit scaled, not clipped
+            array = np.asarray(eight_bit(image).convert("L" if image.mode in GRAY_MODES else "RGB"))  # 16-bit scaled
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise EngineError(f"cannot decode image {name}: {error}") from None
     if size is not None and array.shape[:2] != size:
@@ -179,7 +178,8 @@ def decode_folder(path: Path, log=print):
                 found[place[0]].setdefault(place[1], []).append(array)
                 progress.update()
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error) as error:  # gzip.BadGzipFile is an OSError
-        raise EngineError(f"{path} is not a readable archive ({error or type(error).__name__})") from None
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0].rstrip(":")  # tarfile lists every method tried
+        raise EngineError(f"{path} is not a readable archive ({reason})") from None
     except OSError as error:
         raise EngineError(f"cannot read {path}: {error}") from None
     finally:

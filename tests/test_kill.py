@@ -1,0 +1,116 @@
+"""Kill anywhere, resume exactly: a real `engine train` is killed with SIGKILL at seeded moments
+(mid-epoch after a mid-epoch checkpoint, during a checkpoint write, during evaluation, between
+last.pt and best.pt, mid-epoch without a mid-epoch checkpoint), resumed each time, and must end
+with the very weights of an uninterrupted run.
+
+The moments are hit exactly through the test-only hook ENGINE_TEST_PAUSE_AT=STAGE:N
+(engine.faults.pause_point): the process prints a marker and stops itself there.
+"""
+
+import json
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from engine.checkpoint import load
+
+TINY = ["--epochs", "3", "--limit-train", "256", "--limit-test", "64", "--batch-size", "32", "--no-amp",
+        "--device", "cpu", "--quiet"]  # 8 steps an epoch
+
+
+def start(*args, pause=None):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("ENGINE_TEST_PAUSE_AT", None)
+    if pause:
+        env["ENGINE_TEST_PAUSE_AT"] = pause
+    return subprocess.Popen([sys.executable, "-m", "engine", "train", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+
+
+def wait_for_pause(process, stage, timeout=120):
+    """Read the process's stdout until it says it paused at `stage` (then it is stopped)."""
+    deadline, seen = time.monotonic() + timeout, []
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([process.stdout], [], [], 1.0)
+        if not ready:
+            continue
+        line = process.stdout.readline()
+        if not line:  # it ended without reaching the stage
+            process.wait()
+            pytest.fail(f"never paused at {stage}; exit {process.returncode}: {process.stderr.read()[-2000:]}")
+        seen.append(line)
+        if line.strip() == f"ENGINE_TEST_PAUSED {stage}":
+            return seen
+    process.kill()
+    pytest.fail(f"no pause at {stage} within {timeout} s")
+
+
+def kill_at(process, pause):
+    wait_for_pause(process, pause.split(":")[0])
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    process.stdout.close()
+    process.stderr.close()
+
+
+def finish(process):
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 0, err
+    return out
+
+
+def test_killed_five_times_anywhere_resumes_to_the_uninterrupted_weights(tmp_path):
+    reference, run = tmp_path / "reference", tmp_path / "run"
+    finish(start(*TINY, "--out", str(reference)))
+
+    kills = [  # (pause point, extra flags): each process is killed there, then the next one resumes
+        ("step:3", ["--save-every", "0s"]),  # mid-epoch 1, just after a mid-epoch checkpoint (every step)
+        ("save:2", []),  # inside a checkpoint write: the temporary written, not yet renamed
+        ("eval:1", []),  # during epoch 1's evaluation
+        ("commit:1", []),  # between the renames of last.pt and best.pt (best.pt and metrics left behind)
+        ("step:11", ["--save-every", "off"]),  # mid-epoch 3 with only epoch-end checkpoints
+    ]
+    where = []
+    for n, (pause, flags) in enumerate(kills):
+        args = [*TINY, "--out", str(run), *flags] if n == 0 else ["--resume", str(run), *flags]
+        kill_at(start(*args, pause=pause), pause)
+        state = load(run / "last.pt")
+        where.append((state["epoch"], state.get("step", 0)))
+        if pause == "save:2":
+            assert list(run.glob(".last.pt.tmp*")), "the kill during a write leaves its temporary behind"
+        if pause == "commit:1":
+            assert not (run / "best.pt").exists() and not (run / "metrics.jsonl").exists()
+    assert where == [(0, 3), (0, 4), (0, 7), (1, 0), (2, 0)]  # (epochs done, steps of the next)
+    finish(start("--resume", str(run)))
+
+    a, b = load(reference / "last.pt"), load(run / "last.pt")
+    assert b["epoch"] == 3 and b["step"] == 0
+    assert a["model"].keys() == b["model"].keys()
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    for key in ("train_loss", "train_acc", "test_loss", "test_acc"):
+        assert [m[key] for m in a["metrics"]] == [m[key] for m in b["metrics"]], key
+    best_a, best_b = load(reference / "best.pt"), load(run / "best.pt")
+    assert best_a["epoch"] == best_b["epoch"] and all(torch.equal(v, best_b["model"][k]) for k, v in best_a["model"].items())
+    assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+    assert sorted(p.name for p in run.iterdir()) == ["best.pt", "config.json", "curves.png", "last.pt", "metrics.jsonl"]
+
+
+def test_a_run_directory_removed_mid_run_is_one_line(tmp_path):
+    run = tmp_path / "run"
+    process = start(*TINY, "--out", str(run), pause="step:2")
+    wait_for_pause(process, "step")
+    shutil.rmtree(run)
+    process.send_signal(signal.SIGCONT)
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 1
+    assert err.strip().splitlines() == [f"engine: error: the run directory {run} was removed during the run; "
+                                        "stopped (nothing more can be saved)"]
+    assert not run.exists()  # never silently recreated
