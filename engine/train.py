@@ -212,6 +212,17 @@ def train_epoch(s: Session, epoch, first) -> EpochFigures:
         loss, logits = train_step(s, x, y, epoch * steps + i)
         loss_sum += loss.float() * len(y)
         correct += (logits.argmax(1) == y).sum()
+        if s.watch.due(i + 1):  # --eval-every within the epoch; --target-acc may stop the run here
+            # (before a --save-every checkpoint of the same step, which then holds this evaluation)
+            s.runtime.sync()
+            paused = time.perf_counter()
+            record(s, EpochFigures(epoch, first, warm_until, started, steady_from, paused,
+                                   *s.ranks.sum(loss_sum.clone(), correct.clone()), skipped=skip, steps_done=i + 1))
+            if s.reached:
+                break
+            s.model.train()
+            if i + 1 - skip >= warm_until:  # img/s counts training time only
+                steady_from += time.perf_counter() - paused
         watch.update(loss)  # no sync: read every CHECK_EVERY steps and before any checkpoint
         if (i + 1) % CHECK_EVERY == 0 or i + 1 == steps or (i + 1 < steps and s.clock.due()):
             saving = i + 1 == steps or s.clock.due()  # never a checkpoint of non-finite weights
@@ -222,16 +233,6 @@ def train_epoch(s: Session, epoch, first) -> EpochFigures:
         if i + 1 - skip == warm_until:
             s.runtime.sync()
             steady_from = time.perf_counter()
-        if s.watch.due(i + 1):  # --eval-every within the epoch; --target-acc may stop the run here
-            s.runtime.sync()
-            paused = time.perf_counter()
-            record(s, EpochFigures(epoch, first, warm_until, started, steady_from, paused,
-                                   *s.ranks.sum(loss_sum.clone(), correct.clone()), skipped=skip, steps_done=i + 1))
-            if s.reached:
-                break
-            s.model.train()
-            if i + 1 - skip >= warm_until:  # img/s counts training time only
-                steady_from += time.perf_counter() - paused
         if not bar.disable:
             bar.update()
             if i % 25 == 0:
