@@ -37,8 +37,11 @@ class ModelInfo:
         from engine import __version__
 
         spec, cfg = checkpoint["data"], checkpoint["config"]
-        epoch = checkpoint["epoch"]
-        accuracy = next((m["test_acc"] for m in checkpoint.get("metrics", []) if m.get("epoch") == epoch), None)
+        from engine.evaluate import epochs_done
+
+        done = epochs_done(checkpoint)  # 2, or 1.25 for a checkpoint saved within an epoch
+        accuracy = next((m["test_acc"] for m in reversed(checkpoint.get("metrics", []))
+                         if abs(m.get("epoch", -1) - done) < 0.005 and "test_acc" in m), None)
         return cls(classes=list(spec["classes"]), input_size=list(spec["shape"]), mean=list(spec["mean"]),
                    std=list(spec["std"]), model=cfg["model"], dataset=cfg["data"], test_accuracy=accuracy,
                    engine_version=__version__, opset=opset, config=dict(cfg))

@@ -173,3 +173,15 @@ def test_engine_imports_neither_onnx_nor_onnxruntime():
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('onnx', 'onnxruntime', 'onnxscript')))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "[]", done.stderr
+
+
+def test_metadata_accuracy_is_the_checkpoints_own_evaluation_even_within_an_epoch(tmp_path):
+    from engine.config import Config
+    from engine.train import train
+
+    out, metrics = train(Config(epochs=3, limit_train=512, limit_test=200, batch_size=32, amp=False, quiet=True,
+                                device="cpu", target_acc=12.0, eval_every=0.25, out=str(tmp_path / "run")),
+                         log=lambda *_: None)
+    info = ModelInfo.from_checkpoint(load(out / "best.pt"), 20)
+    best = max(metrics, key=lambda m: m["test_acc"])
+    assert info.test_accuracy == best["test_acc"]  # the evaluation of exactly these weights, partial epoch or not
