@@ -59,7 +59,12 @@ def save_atomic(obj, path, make_parents=False):
     with interrupts_held():
         try:
             with open(temporary, "wb") as f:
-                torch.save(obj, f)
+                try:
+                    torch.save(obj, f)
+                except RuntimeError as error:  # torch's zip writer hides a full disk behind its own error
+                    if isinstance(error.__context__, OSError):
+                        raise error.__context__ from None
+                    raise
                 f.flush()
                 os.fsync(f.fileno())
             pause_point("save")  # test-only: a kill here is a kill during a checkpoint write

@@ -103,8 +103,11 @@ class RunDir:
             if not self.path.is_dir():
                 raise EngineError(f"the run directory {self.path} was removed during the run; stopped "
                                   "(nothing more can be saved)") from None
-            raise EngineError(f"cannot save to {self.path} ({error.strerror or error}); stopped, the last good "
-                              f"checkpoint is kept: make room, then engine train --resume {self.path}") from None
+            if (self.path / "last.pt").exists():
+                raise EngineError(f"cannot save to {self.path} ({error.strerror or error}); stopped, the last good "
+                                  f"checkpoint is kept: make room, then engine train --resume {self.path}") from None
+            raise EngineError(f"cannot save to {self.path} ({error.strerror or error}); stopped before any checkpoint "
+                              "was saved: make room and train again") from None
 
     def discard_if_unused(self):
         """Remove the folders this run created, as long as nothing was written into them."""

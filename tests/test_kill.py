@@ -114,3 +114,23 @@ def test_a_run_directory_removed_mid_run_is_one_line(tmp_path):
     assert err.strip().splitlines() == [f"engine: error: the run directory {run} was removed during the run; "
                                         "stopped (nothing more can be saved)"]
     assert not run.exists()  # never silently recreated
+
+
+def test_a_full_disk_is_one_line_and_leaves_no_temporaries(tmp_path):
+    """RLIMIT_FSIZE makes every write past 1 MB fail with EFBIG, as a full disk fails with ENOSPC:
+    the 2 MB checkpoint cannot be written."""
+    import resource
+
+    def small_files():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # an error from write(), not a signal
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1_000_000, 1_000_000))
+
+    run = tmp_path / "run"
+    result = subprocess.run([sys.executable, "-m", "engine", "train", *TINY, "--epochs", "1", "--out", str(run)],
+                            preexec_fn=small_files, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"engine: error: cannot save to {run} (File too large); stopped before any checkpoint was saved: make room "
+        "and train again"]
+    assert sorted(p.name for p in run.iterdir()) == ["config.json"]  # no half-written last.pt, no temporary
