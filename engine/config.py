@@ -74,7 +74,9 @@ class Config:
     tta: bool = option(False, "test-time flip: evaluate on the mean logits of each image and its mirror "
                               "(datasets that train with flips)", group="runtime")
     amp: bool | None = option(
-        None, "mixed precision: fp16/bf16 autocast (default: on for CUDA and for CPUs with native bf16)", group="runtime"
+        None, "mixed precision where the hardware gains from it: bf16/fp16 autocast on CUDA and on CPUs with "
+        "AVX512-BF16 or AMX; elsewhere it keeps fp32 and says so (--amp-dtype bf16 forces it) (default: on where it gains)",
+        group="runtime",
     )
     amp_dtype: str = option("auto", "autocast dtype: auto is bf16 where supported, else fp16 on CUDA", choices=("auto", "fp16", "bf16"), group="runtime")
     compile: bool = option(False, "torch.compile the model in place (warm-up reported apart)", group="runtime")

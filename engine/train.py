@@ -153,7 +153,7 @@ def open_session(cfg: Config, resume=None, say=print, ranks=None) -> Session:
         changed = [f"{k} {v} -> {runtime.resolved()[k]}" for k, v in resume.get("runtime", {}).items()
                    if runtime.resolved().get(k) != v]
         if changed:  # another machine, or other runtime flags: the weights continue, the arithmetic changes
-            say(f"Resuming on a different runtime: {', '.join(changed)}")
+            warn(f"resuming on a different runtime: {', '.join(changed)}")
 
     device = runtime.device
     train_loader = BatchLoader(data.train_x, data.train_y, cfg.batch_size, spec["mean"], spec["std"], device=device,

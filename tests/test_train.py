@@ -147,3 +147,48 @@ def test_triton_training_matches_eager_step_for_step(tmp_path):
     a, b = torch.load(fused_dir / "last.pt", weights_only=True), torch.load(eager_dir / "last.pt", weights_only=True)
     for key, value in a["model"].items():
         torch.testing.assert_close(value, b["model"][key], rtol=1e-4, atol=1e-6)
+
+
+def test_the_resolved_runtime_is_recorded_and_a_resume_on_another_says_what_changed(tmp_path, capsys):
+    out, _ = run(tmp_path, epochs=2, limit_train=128, limit_test=32, batch_size=32, amp=False)
+    recorded = json.loads((out / "config.json").read_text())["runtime"]
+    assert recorded == {"device": "cpu", "precision": "fp32", "channels_last": True, "compile": False,
+                        "compile_mode": None, "triton": False}
+    checkpoint = torch.load(out / "last.pt", weights_only=True)
+    assert checkpoint["runtime"] == recorded
+    # As if the run had been trained in bf16 on another machine, and is resumed here in fp32.
+    checkpoint["runtime"]["precision"], checkpoint["epoch"], checkpoint["metrics"] = "bf16", 1, checkpoint["metrics"][:1]
+    torch.save(checkpoint, out / "last.pt")
+    cfg = Config.from_dict({**checkpoint["config"], "out": str(out)})
+    capsys.readouterr()
+    train(cfg, resume=load(out / "last.pt"), log=lambda *_: None)
+    err = capsys.readouterr().err  # a warning, so even --quiet shows it
+    assert "different runtime: precision bf16 -> fp32" in err and err.count("\n") == 1
+
+
+def test_a_loss_that_stays_non_finite_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
+    from engine.cli import main
+
+    out = tmp_path / "run"
+    argv = ["train", "--lr", "1e6", "--limit-train", "256", "--limit-test", "32", "--batch-size", "32", "--epochs", "2",
+            "--device", "cpu", "--no-amp", "--save-every", "0s", "--quiet", "--out", str(out)]
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "NaN or infinite for 3 steps in a row" in err[0] and "--lr 1e+06) is probably too high" in err[0]
+    saved = load(out / "last.pt")  # a mid-epoch checkpoint from before the loss went bad
+    assert all(torch.isfinite(v).all() for v in saved["model"].values() if v.is_floating_point())
+    assert not (out / "metrics.jsonl").exists()  # no epoch was reported
+
+
+def test_the_loss_watch_counts_non_finite_steps_in_a_row():
+    """LossWatch.update only folds the loss into device tensors; check() is where the host reads them."""
+    from engine.faults import LossWatch
+
+    watch = LossWatch("cpu", lr=0.1)
+    for value in (1.0, float("nan"), float("inf"), 2.0, float("nan"), float("nan")):
+        watch.update(torch.tensor(value))
+    assert int(watch.streak) == 2 and int(watch.worst) == 2
+    watch.check(0, 6)  # 2 < 3: goes on
+    watch.update(torch.tensor(float("nan")))
+    with pytest.raises(Exception, match="3 steps in a row"):
+        watch.check(0, 7)
