@@ -10,7 +10,9 @@ import contextlib
 import datetime
 import logging
 import os
+import re
 import sys
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,6 +22,7 @@ import torch.distributed as dist
 from engine.errors import EngineError, UsageError
 
 TIMEOUT_S = 300  # default collective timeout: longer than any skew between ranks (a save, a first compile)
+LOST_GRACE_S = 3  # a rank that lost contact waits this long before it reports (see process_group)
 TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 
 
@@ -145,13 +148,23 @@ def process_group(device: torch.device):
     dist.init_process_group(backend, timeout=timeout(), device_id=device if backend == "nccl" else None)
     try:
         yield ranks
-        dist.barrier()  # leave together: a rank tearing down gloo while rank 0 still saves aborted (SIGABRT)
-    except dist.DistError as error:  # another rank died or stopped answering
-        first = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
-        raise EngineError(f"rank {ranks.rank}: lost contact with the other ranks ({first}); "
-                          "the failing rank's own error says why") from None
+        ranks.barrier()  # leave together: a rank tearing down gloo while rank 0 still saves aborted (SIGABRT)
+    except RuntimeError as error:
+        if not lost_contact(error):
+            raise
+        time.sleep(LOST_GRACE_S)  # if a local rank died, torchrun stops this one now: one line, the root cause
+        first = re.sub(r"^\[[^]]*\]\s*", "", str(error).strip().splitlines()[0])[:200]  # drop gloo's [file.cc:78]
+        raise EngineError(f"rank {ranks.rank}: lost contact with the other ranks ({first}); a rank died or hung "
+                          f"(collectives wait ENGINE_DIST_TIMEOUT={timeout().total_seconds():.0f} s)") from None
     finally:
         dist.destroy_process_group()
+
+
+def lost_contact(error):
+    """True for a collective that failed because another rank died or stopped answering: torch
+    raises DistError for some, and a plain RuntimeError from gloo's transport (from DDP's reducer)."""
+    text = str(error).lower()
+    return isinstance(error, dist.DistError) or any(word in text for word in ("gloo", "nccl", "timed out", "connection closed"))
 
 
 def launch(nproc, argv):

@@ -82,7 +82,7 @@ def killed_run(tmp_path_factory):
 
 
 def test_two_ranks_train_as_one_process_with_the_global_batch(ddp_run, tmp_path, monkeypatch):
-    out, dump, done = ddp_run
+    out, _, done = ddp_run
     monkeypatch.setenv("ENGINE_LOADER_DUMP", str(tmp_path))
     _, single = train(Config(out=str(tmp_path / "single"), batch_size=64, **ARGS), log=lambda *_: None)
     ddp = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
