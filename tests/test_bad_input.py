@@ -1,0 +1,238 @@
+"""The bad-input matrix: every row runs the real `engine` command in a subprocess and must give a
+non-zero exit, one to three lines on stderr, no traceback, and leave every file that was on disk
+before exactly as it was. Adding a case is one line in CASES.
+
+Each case runs in its own copy of a workspace (WORKSPACE below: a trained run, its ONNX file and
+a set of broken files). The subprocesses run a few at a time before the assertions, since each
+spends most of its ~2 s importing torch.
+"""
+
+import hashlib
+import io
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tarfile
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from engine.lock import RunLock
+
+# (case, command line run in the workspace, words its one error line must hold)
+CASES = [
+    # data
+    ("data: nonexistent path", "train --data nowhere/images --out out", "no such file or directory"),
+    ("data: empty folder", "train --data empty/ --out out", "no images under train/"),
+    ("data: no train/ and test/", "train --data flat/ --out out", "no images under train/"),
+    ("data: corrupt JPEG in a folder", "train --data corrupt/ --out out", "cannot decode image"),
+    ("data: corrupt JPEG in an archive", "train --data corrupt.tar.gz --out out", "cannot decode image"),
+    ("data: not an archive", "train --data fake.tar.gz --out out", "is not a readable archive"),
+    ("data: truncated archive", "train --data truncated.tar.gz --out out", "is not a readable archive"),
+    ("data: neither folder nor archive", "train --data notes.txt --out out", "is not a directory or a .tar"),
+    ("data: train/test classes differ", "train --data mismatch/ --out out", "test/ has classes that train/ lacks: cat"),
+    ("data: one class", "train --data oneclass/ --out out", "a classifier needs at least 2"),
+    ("data: a huge image in a folder", "train --data huge/ --out out", "20000x20000 pixels, too large to decode safely"),
+    ("data: eval on data of another shape", "eval run/last.pt --data small/", "was trained on 3x32x32 images of 10"),
+    # checkpoints
+    ("checkpoint: truncated", "eval truncated.pt", "not a readable engine checkpoint"),
+    ("checkpoint: not a checkpoint", "eval notes.pt", "not a readable engine checkpoint"),
+    ("checkpoint: another model's", "eval other.pt --limit-test 32", "does not fit lenet on 3x32x32 images"),
+    ("checkpoint: hostile (eval)", "eval hostile.pt", "holds pickled code (posix.system)"),
+    ("checkpoint: hostile (export)", "export m.onnx --checkpoint hostile.pt", "holds pickled code (posix.system)"),
+    ("checkpoint: truncated (export)", "export m.onnx --checkpoint truncated.pt", "not a readable engine checkpoint"),
+    ("checkpoint: another model's (export)", "export m.onnx --checkpoint other.pt", "does not fit lenet"),
+    ("checkpoint: missing", "eval absent.pt", "no checkpoint at absent.pt"),
+    ("checkpoint: a folder", "eval run", "no checkpoint at run"),
+    # ONNX
+    ("onnx: truncated (predict)", "predict truncated.onnx cat.png", "is not a valid ONNX model"),
+    ("onnx: text named .onnx (predict)", "predict text.onnx cat.png", "is not a valid ONNX model"),
+    ("onnx: no engine metadata (predict)", "predict bare.onnx cat.png", "--input-size"),
+    ("onnx: truncated (eval)", "eval truncated.onnx", "is not a valid ONNX model"),
+    ("onnx: no engine metadata (eval)", "eval bare.onnx", "--input-size"),
+    # predict
+    ("predict: missing image", "predict model.onnx absent.png", "absent.png: no such file"),
+    ("predict: not an image", "predict model.onnx notes.png", "is not a readable image"),
+    ("predict: zero-byte image", "predict model.onnx empty.png", "is empty (0 bytes)"),
+    ("predict: huge image", "predict model.onnx huge/train/a/big.png", "too large to decode safely"),
+    ("predict: --topk 0", "predict model.onnx cat.png --topk 0", "must be a whole number of at least 1"),
+    # numbers
+    ("numbers: negative epochs", "train --epochs -1", "--epochs must be a whole number of at least 1"),
+    ("numbers: zero epochs", "train --epochs 0", "--epochs must be a whole number of at least 1"),
+    ("numbers: zero batch size", "train --batch-size 0", "--batch-size must be a whole number of at least 1"),
+    ("numbers: batch larger than the data", "train --limit-train 16 --batch-size 32 --out out", "--batch-size 32 is larger"),
+    ("numbers: zero lr", "train --lr 0", "--lr must be greater than 0"),
+    ("numbers: negative lr", "train --lr -0.1", "--lr must be greater than 0"),
+    ("numbers: not a number", "train --epochs three", "invalid int value: 'three'"),
+    ("numbers: NaN lr", "train --lr nan", "--lr must be a finite number"),
+    ("numbers: inf lr", "train --lr inf", "--lr must be a finite number"),
+    ("numbers: NaN momentum", "train --momentum nan", "--momentum must be a finite number"),
+    ("numbers: negative seed", "train --seed -1", "--seed must be a whole number from 0"),
+    ("numbers: bad --save-every", "train --save-every soon", "--save-every must be a duration"),
+    # names
+    ("names: unknown optimizer", "train --optimizer lion", "invalid choice: 'lion'"),
+    ("names: unknown model", "train --model vgg", "unknown model 'vgg'"),
+    ("names: unknown dataset", "train --data imagenet", "unknown dataset 'imagenet'"),
+    ("names: unknown schedule", "train --schedule step", "invalid choice: 'step'"),
+    ("names: unknown command", "fly", "invalid choice: 'fly'"),
+    # output
+    ("output: --out under a file", "train --out notes.txt/run", "cannot write to --out notes.txt/run"),
+    ("output: --out unwritable", "train --out /proc/engine-run", "cannot write to --out /proc/engine-run"),
+    ("output: --out holds a run", "train --out run", "already holds a run; continue it with --resume"),
+    ("output: export into a file", "export notes.txt/m.onnx --checkpoint run/best.pt", "does not exist"),
+    ("output: export to a non-.onnx", "export model.txt --checkpoint run/best.pt", "must end in .onnx"),
+    # resume
+    ("resume: nothing to resume", "train --resume empty", "nothing to resume"),
+    ("resume: no run at all", "train --resume", "nothing to resume"),
+    ("resume: flags that change the model", "train --resume run --model lenet", "--model lenet differs from its cifar_cnn"),
+    ("resume: another batch size", "train --resume run --batch-size 16", "--batch-size 16 differs"),
+    ("resume: from best.pt", "train --resume run/best.pt", "takes a run directory or its last.pt"),
+    ("resume: run dir locked by a live run", "train --resume run", "is in use by another engine train"),
+    ("resume: a hostile last.pt", "train --resume hostile-run", "holds pickled code"),
+]
+LOCKED = {"resume: run dir locked by a live run"}  # this test process holds the run's lock meanwhile
+OFFLINE = {"http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9"}
+
+
+class Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def png_bytes(value, size=8, mode="RGB"):
+    buffer = io.BytesIO()
+    shape = (size, size, 3) if mode == "RGB" else (size, size)
+    Image.fromarray(np.full(shape, value, np.uint8), mode).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def huge_png():
+    import struct
+    import zlib
+
+    data = bytearray(png_bytes(0))
+    ihdr = data[12:29]
+    ihdr[4:12] = struct.pack(">II", 20000, 20000)
+    data[12:29] = ihdr
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(ihdr)))
+    return bytes(data)
+
+
+def put(root, files):
+    for name, data in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(data)
+
+
+def tar_gz(path, files):
+    with tarfile.open(path, "w:gz") as archive:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+
+
+def folder(classes=("a", "b"), test_classes=None, extra=None):
+    files = {f"{split}/{c}/{k}.png": png_bytes(40 * i + k)
+             for split, names in (("train", classes), ("test", test_classes or classes))
+             for i, c in enumerate(names) for k in range(3)}
+    return {**files, **(extra or {})}
+
+
+@pytest.fixture(scope="module")
+def workspace(tiny_run, tiny_onnx, tmp_path_factory):
+    """Everything the cases point at, built once; each case gets its own copy."""
+    import onnx
+
+    root = tmp_path_factory.mktemp("workspace")
+    shutil.copytree(tiny_run[0], root / "run")
+    shutil.copy(tiny_onnx, root / "model.onnx")
+    (root / "empty").mkdir()
+    put(root, {"flat/a.png": png_bytes(1), "notes.txt": b"notes", "notes.pt": b"hello", "notes.png": b"not an image",
+               "empty.png": b"", "cat.png": png_bytes(90, 32), "text.onnx": b"ir_version: 8\n"})
+    corrupt = folder(extra={"train/b/9.jpg": b"\xff\xd8\xff\xe0 broken jpeg"})
+    put(root / "corrupt", corrupt)
+    tar_gz(root / "corrupt.tar.gz", corrupt)
+    (root / "fake.tar.gz").write_text("this is not an archive")
+    tar_gz(root / "good.tar.gz", folder())
+    data = (root / "good.tar.gz").read_bytes()
+    (root / "truncated.tar.gz").write_bytes(data[: len(data) // 2])
+    (root / "good.tar.gz").unlink()
+    put(root / "mismatch", folder(("a", "b"), ("a", "b", "cat")))
+    put(root / "oneclass", folder(("a",)))
+    put(root / "small", folder())
+    put(root / "huge", folder(extra={"train/a/big.png": huge_png()}))
+    last = (root / "run" / "last.pt").read_bytes()
+    (root / "truncated.pt").write_bytes(last[: len(last) // 2])
+    other = torch.load(root / "run" / "last.pt", weights_only=True)
+    other["config"]["model"] = "lenet"
+    torch.save(other, root / "other.pt")
+    torch.save({"format": "engine-checkpoint/1", "model": {"w": Payload(root / "PAYLOAD_RAN")}}, root / "hostile.pt")
+    (root / "hostile-run").mkdir()
+    shutil.copy(root / "hostile.pt", root / "hostile-run" / "last.pt")
+    model = (root / "model.onnx").read_bytes()
+    (root / "truncated.onnx").write_bytes(model[: len(model) // 2])
+    bare = onnx.load(str(root / "model.onnx"))
+    del bare.metadata_props[:]
+    onnx.save(bare, str(root / "bare.onnx"))
+    return root
+
+
+def snapshot(root):
+    """{relative path: (mtime_ns, sha256)} of every file under root."""
+    files = {}
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and not path.is_symlink():
+            files[str(path.relative_to(root))] = (path.stat().st_mtime_ns, hashlib.sha256(path.read_bytes()).hexdigest())
+    return files
+
+
+def run_case(case, command, base, where):
+    shutil.copytree(base, where, symlinks=True)
+    before = snapshot(where)
+    lock = RunLock(where / "run") if case in LOCKED else None
+    try:
+        env = {**os.environ, **OFFLINE, "OMP_NUM_THREADS": "1", "ENGINE_CACHE_DIR": str(where / "cache")}
+        env.pop("ENGINE_TEST_PAUSE_AT", None)
+        result = subprocess.run([sys.executable, "-m", "engine", *shlex.split(command)], capture_output=True, text=True,
+                                cwd=where, env=env, timeout=300)
+    finally:
+        if lock:
+            lock.release()
+    after = snapshot(where)
+    changed = sorted(name for name, stamp in before.items() if after.get(name) != stamp)
+    return result, changed
+
+
+@pytest.fixture(scope="module")
+def outcomes(workspace, tmp_path_factory):
+    """Every case run, three subprocesses at a time: {case: (CompletedProcess, files lost or changed)}."""
+    root = tmp_path_factory.mktemp("cases")
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        futures = {case: pool.submit(run_case, case, command, workspace, root / f"case{i}")
+                   for i, (case, command, _) in enumerate(CASES)}
+        return {case: future.result() for case, future in futures.items()}
+
+
+@pytest.mark.parametrize("case, command, words", CASES, ids=[c[0] for c in CASES])
+def test_bad_input(outcomes, workspace, case, command, words):
+    result, changed = outcomes[case]
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode != 0, f"{command}: exit 0\n{result.stdout}"
+    assert "Traceback" not in result.stderr, result.stderr
+    assert 1 <= len(lines) <= 3, result.stderr
+    assert any(words in line for line in lines), result.stderr
+    assert changed == [], f"{command} changed or removed {changed}"
+    assert not (workspace / "PAYLOAD_RAN").exists()  # the hostile checkpoints' payload never ran
+
+
+def test_the_matrix_covers_enough_cases():
+    assert len(CASES) >= 30 and len({c[0] for c in CASES}) == len(CASES)
