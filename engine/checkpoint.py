@@ -245,7 +245,8 @@ def resume_path(run_dir):
         return run_dir
     last = run_dir / "last.pt"
     if not last.is_file():
-        where = f"{run_dir} has no last.pt" if run_dir.is_dir() else f"{run_dir} does not exist"
+        where = (f"{run_dir} has no last.pt" if run_dir.is_dir() else f"{run_dir} is not a run directory"
+                 if run_dir.exists() else f"{run_dir} does not exist")
         raise UsageError(f"--resume: nothing to resume ({where}); train without --resume first, or name a run directory")
     return last
 
