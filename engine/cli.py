@@ -43,7 +43,8 @@ def add_config_flags(parser, groups):
         elif f.metadata["choices"]:
             parser.add_argument(flag(f.name), choices=f.metadata["choices"], **kwargs)
         else:
-            metavar = {int: "N", float: "X"}.get(kind, "PATH" if f.name in ("data_dir", "cache_dir", "out") else None)
+            metavar = {int: "N", float: "X"}.get(kind, "PATH" if f.name in ("data_dir", "cache_dir", "out") else
+                                                 "DURATION" if f.name == "save_every" else None)
             parser.add_argument(flag(f.name), type=kind, metavar=metavar or f.name.upper(), **kwargs)
 
 
