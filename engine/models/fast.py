@@ -97,20 +97,25 @@ class FastNet(nn.Module):
         return self
 
 
-# airbench94's hyperparameters, moved to the engine's conventions: its loss is summed over the
-# batch, with lr 11.5 and decay 0.0153 per 1024 images divided by 1024 * (1 + 1 / (1 - momentum));
-# for the engine's mean loss at batch B that is lr 11.5 * B / (1024 * (1 + 1 / 0.15)) (0.375 at
-# 256) and an L2 --weight-decay of 0.0153 / 11.5. Its crops translate by up to 2 pixels.
-# A starting point from the GPU recipe, TO BE MEASURED on the CPU (batch, lr, epochs).
+# airbench94's hyperparameters moved to the engine's conventions (its loss is summed over the batch:
+# for the engine's mean loss its lr 11.5 per 1024 images is 11.5 * B / (1024 * (1 + 1 / 0.15)), and
+# its decay 0.0153 / 11.5 as an L2 --weight-decay; crops translate by up to 2 pixels), then changed
+# where measurement on the 2-core CPU said so (time to 55.9% and to 80% on the CIFAR-10 JPEG copy,
+# Intel Xeon with AMX, bf16; README "Time to accuracy"):
+# - batch 128, not 256: 2,500 against 2,770 img/s, but twice the steps per epoch, and the target
+#   came at 0.5 epoch instead of 0.7-0.8 (22.1 s against 24.2 s to 55.9% in the same run series);
+# - cosine from the peak, not onecycle's warm-up: 13.6 s against 17.2 s to 55.9%;
+# - lr 0.1, not 0.375 (0.2 at batch 128): under the default 10-epoch schedule 0.1 reached 55.9% at
+#   0.5 epoch (14.1 s), 0.2 at 0.75 (20.3 s); to 80% in 4 epochs the two were within 3%.
 FAST_CIFAR_RECIPE = {
-    "batch_size": 256,
+    "batch_size": 128,
     "optimizer": "sgd",
-    "lr": 0.375,
+    "lr": 0.1,
     "momentum": 0.85,
     "weight_decay": 0.0153 / 11.5,
     "bn_lr_scale": 64.0,
     "label_smoothing": 0.2,
-    "schedule": "onecycle",
+    "schedule": "cosine",
     "crop_padding": 2,
     "tta": True,
 }
