@@ -104,7 +104,9 @@ def load(path):
         # torch's weights-only message opens with advice to load unsafely; the cause is further down
         lines = [line.strip() for line in text.splitlines() if line.strip()
                  and not line.startswith(("Weights only load failed", "Please file an issue", "Check the documentation"))]
-        first = lines[0] if lines else type(error).__name__
+        first = lines[0].split(". ")[0] if lines else type(error).__name__  # torch's first sentence
+        if "Weights only load failed" in text:  # an unpickler error on bytes that are no checkpoint at all
+            first = "not a PyTorch checkpoint, or one holding objects other than tensors and plain values"
         raise EngineError(f"{path} is not a readable engine checkpoint ({first[:200]})") from None
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
         raise EngineError(f"{path} is not an engine checkpoint (format {FORMAT})")

@@ -60,7 +60,7 @@ class RunDir:
         self.created = []  # the folders this run made, deepest first
         self.lock = None
         if create and (self.path / LOCK_NAME).exists():  # a live run here is the first thing to say
-            RunLock(self.path).release()
+            RunLock(self.path, "--resume" if resuming else "--out").release()
         taken = [name for name in RUN_FILES if (self.path / name).exists()]
         if not resuming and "last.pt" in taken:
             raise UsageError(f"--out {self.path} already holds a run; continue it with --resume {self.path} or choose another --out")
@@ -80,7 +80,7 @@ class RunDir:
             probe.unlink()
         except OSError as error:
             raise EngineError(f"cannot write to --out {self.path}: {error.strerror or error}; choose a writable --out") from None
-        self.lock = RunLock(self.path)  # one training per run directory
+        self.lock = RunLock(self.path, "--resume" if resuming else "--out")  # one training per run directory
         taken = [name for name in RUN_FILES if (self.path / name).exists()]
         if not resuming and taken:  # a run that held the lock until a moment ago
             self.close()
