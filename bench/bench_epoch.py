@@ -28,7 +28,8 @@ from torch import nn
 
 from engine.config import Config
 from engine.models import training_flops
-from engine.train import open_session, train, train_epoch
+from engine.session import open_session
+from engine.train import train, train_epoch
 
 ROOT = Path(__file__).resolve().parents[1]
 ARCHIVE = ROOT.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"

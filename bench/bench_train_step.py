@@ -1,7 +1,7 @@
 """One training step of cifar_cnn on every path, at batch 32, 64 and 256: the engine's own `train_step`.
 
 Run: `python -m pytest bench/bench_train_step.py`. Each case builds a real engine session
-(`engine.train.open_session`: runtime, model, optimizer, loader) on the built-in synthetic set,
+(`engine.session.open_session`: runtime, model, optimizer, loader) on the built-in synthetic set,
 and times `train_step` on one fixed batch followed by a device sync. Compile and the first
 allocations run in warm-up rounds, outside the timing. `extra_info` has images/s and the share
 of the fp32 SGEMM roof measured in this run (training FLOPs from `engine.models.training_flops`);
@@ -15,7 +15,8 @@ import torch
 
 from engine.config import Config
 from engine.models import training_flops
-from engine.train import open_session, train_step
+from engine.session import open_session
+from engine.train import train_step
 
 CASES = {  # the flags of `engine train` each case stands for
     "eager-nchw-fp32": dict(amp=False, channels_last=False),

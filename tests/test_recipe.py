@@ -10,7 +10,7 @@ from engine.cli import main
 from engine.config import Config
 from engine.models import MODELS, build_model
 from engine.recipe import apply_recipe, whitening_images
-from engine.train import open_session
+from engine.session import open_session
 
 SMALL = ["--limit-train", "128", "--limit-test", "32", "--epochs", "1", "--device", "cpu", "--no-amp"]
 

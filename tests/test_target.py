@@ -14,11 +14,12 @@ from engine.config import Config
 from engine.errors import UsageError
 from engine.evaluate import evaluate_checkpoint
 from engine.target import best_score, eval_steps, process_age, reached_in, score
-from engine.train import open_session, train
+from engine.session import open_session
+from engine.train import train
 
 # fast_cifar with its recipe's optimizer values, small enough to learn the synthetic set in seconds
 FAST = dict(model="fast_cifar", lr=0.375, momentum=0.85, weight_decay=0.0153 / 11.5, bn_lr_scale=64.0,
-            label_smoothing=0.2, crop_padding=2, amp=False, quiet=True, device="cpu")
+            label_smoothing=0.2, crop_padding=2, schedule="onecycle", amp=False, quiet=True, device="cpu")
 PLAIN_KEYS = {"epoch", "train_loss", "train_acc", "test_loss", "test_acc", "images_per_s", "epoch_s", "warmup_s",
               "eval_s", "lr"}
 
@@ -77,7 +78,8 @@ def test_target_acc_stops_at_the_first_evaluation_at_or_above_it(tmp_path, capsy
     target = accs[k] * 100
     flags = ["--model", "fast_cifar", "--epochs", "3", "--limit-train", "512", "--limit-test", "100", "--batch-size",
              "64", "--eval-every", "0.25", "--lr", "0.375", "--momentum", "0.85", "--weight-decay", str(0.0153 / 11.5),
-             "--bn-lr-scale", "64", "--label-smoothing", "0.2", "--crop-padding", "2", "--no-tta", "--no-amp",
+             "--bn-lr-scale", "64", "--label-smoothing", "0.2", "--crop-padding", "2", "--schedule", "onecycle",
+             "--no-tta", "--no-amp",
              "--device", "cpu", "--quiet"]
     out = tmp_path / "target"
     capsys.readouterr()

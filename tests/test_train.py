@@ -12,7 +12,8 @@ import torch
 
 from engine.checkpoint import load
 from engine.config import Config
-from engine.train import checkpoint_state, open_session, train, train_epoch, train_step
+from engine.session import open_session
+from engine.train import checkpoint_state, train, train_epoch, train_step
 
 QUIET = dict(quiet=True, device="cpu")
 

@@ -8,7 +8,6 @@ The default widths (32, 64, 128) are sized for a 2-core CPU; airbench uses (64, 
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from engine.models.blocks import ConvPoolBNBlock, batch_norm
