@@ -24,6 +24,8 @@ from PIL import Image
 
 from engine.lock import RunLock
 
+pytestmark = pytest.mark.slow  # subprocesses or whole trainings: in CI (README's test command), not in a plain `pytest`
+
 # (case, command line run in the workspace, words its one error line must hold)
 CASES = [
     # data

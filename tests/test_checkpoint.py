@@ -119,6 +119,7 @@ def engine(*args, cwd=None):
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["eval", "export", "export-default", "resume", "resume-latest"])
 def test_a_hostile_checkpoint_never_runs_whichever_command_opens_it(tmp_path, command):
     marker = tmp_path / "PAYLOAD_RAN"

@@ -43,6 +43,7 @@ def image_archive(path, train=None):
     return path
 
 
+@pytest.mark.slow
 def test_train_then_eval_as_subprocesses(tmp_path):
     out = tmp_path / "run"
     trained = engine("train", *SMALL, "--out", str(out))
@@ -93,6 +94,7 @@ def test_relative_data_paths_work_from_another_directory(tmp_path, capsys, monke
     assert main(["train", "--resume", "../run", "--data", "../bugs.tar.gz"]) == 0  # the same data, named from here
 
 
+@pytest.mark.slow
 def test_eval_on_other_data_of_the_same_shape_and_classes(tmp_path, capsys):
     """Synthetic test images saved as an image folder: its classes come in alphabetical order, the
     model's in the synthetic set's order; eval must match them by name."""
@@ -123,6 +125,7 @@ def test_eval_on_other_data_of_the_same_shape_and_classes(tmp_path, capsys):
     assert f"Test_acc:{expected * 100:.2f}%" in printed
 
 
+@pytest.mark.slow
 def test_ctrl_c_keeps_completed_epochs_and_says_how_to_resume(tmp_path):
     out = tmp_path / "run"
     process = subprocess.Popen([sys.executable, "-m", "engine", "train", "--epochs", "3", "--batch-size", "32",
@@ -245,6 +248,7 @@ def test_eval_refuses_data_of_another_shape_and_non_checkpoints(tmp_path, capsys
     assert "no checkpoint at" in bad(capsys, ["eval", str(tmp_path / "absent.pt")], 2)
 
 
+@pytest.mark.slow
 def test_bad_input_as_a_subprocess_has_no_traceback(tmp_path):
     result = engine("train", "--epochs", "-1")
     assert result.returncode == 2 and result.stdout == ""

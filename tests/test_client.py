@@ -15,6 +15,8 @@ from PIL import Image
 from engine.cli import main
 from engine.data.synthetic import CLASSES, generate
 
+pytestmark = pytest.mark.slow  # subprocesses or whole trainings: in CI (README's test command), not in a plain `pytest`
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 

@@ -209,6 +209,7 @@ def test_sgd_step_matches_eager(crp, name):
         torch.testing.assert_close(p_fused, p_eager, **TOLERANCE[torch.float32], msg=lambda m: f"{pname}: {m}")
 
 
+@pytest.mark.slow
 def test_autocast_casts_like_conv2d(crp):
     """Under autocast the block's inputs go to the autocast dtype as conv2d's would; logits and
     every fp32 parameter gradient match the eager model under the same autocast."""

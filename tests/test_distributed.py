@@ -19,6 +19,8 @@ from engine.config import Config
 from engine.distributed import Ranks, without_nproc
 from engine.train import train
 
+pytestmark = pytest.mark.slow  # subprocesses or whole trainings: in CI (README's test command), not in a plain `pytest`
+
 # 1536 images make 24 global batches of 2 x 32 an epoch: long enough to kill a rank mid-run. AdamW
 # learns the synthetic shapes in 3 such epochs (SGD would need more).
 ARGS = dict(epochs=3, limit_train=1536, limit_test=256, optimizer="adamw", lr=0.002, amp=False, device="cpu", quiet=True, seed=0)

@@ -21,6 +21,8 @@ import torch
 
 from engine.checkpoint import load
 
+pytestmark = pytest.mark.slow  # subprocesses or whole trainings: in CI (README's test command), not in a plain `pytest`
+
 TINY = ["--epochs", "3", "--limit-train", "256", "--limit-test", "64", "--batch-size", "32", "--no-amp",
         "--device", "cpu", "--quiet"]  # 8 steps an epoch
 

@@ -43,6 +43,7 @@ def test_the_lock_dies_with_its_owner_even_by_kill_9(tmp_path):
     lock.release()
 
 
+@pytest.mark.slow
 def test_two_trainings_in_one_run_directory(tmp_path):
     """The second `engine train` at a run directory in use refuses in one line, exit 1."""
     run = tmp_path / "run"

@@ -102,6 +102,7 @@ def test_export_without_the_runs_data_verifies_on_random_images_and_says_so(tiny
     assert result.parity.agreement == 1.0 and (tmp_path / "m.onnx").is_file()
 
 
+@pytest.mark.slow
 def test_a_broken_export_fails_verification_and_leaves_no_file(tiny_run, tmp_path, monkeypatch, capsys):
     """A deliberately broken exporter (it perturbs one weight after writing) must be caught."""
     import export.onnx_export as exporter
@@ -129,6 +130,7 @@ def test_a_broken_export_fails_verification_and_leaves_no_file(tiny_run, tmp_pat
     assert out.read_bytes() == b"an earlier export"
 
 
+@pytest.mark.slow
 def test_int8_writes_a_valid_quantized_model_and_reports_both_accuracies(tiny_run, tmp_path, capsys):
     out = tmp_path / "model.onnx"
     assert main(["export", str(out), "--checkpoint", str(tiny_run[1]), "--int8"]) == 0
@@ -158,6 +160,7 @@ def test_bad_export_arguments_are_one_line(args, message, tiny_run, tmp_path, mo
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_the_exporter_prints_only_its_own_lines(tiny_run, tmp_path):
     """torch.onnx's progress lines and warnings stay off the terminal (checked on the real process)."""
     done = subprocess.run([sys.executable, "-m", "engine", "export", str(tmp_path / "m.onnx"), "--checkpoint",
@@ -168,6 +171,7 @@ def test_the_exporter_prints_only_its_own_lines(tiny_run, tmp_path):
     assert [line.split()[0] for line in lines] == ["Exporting", "Verified", "Wrote"], lines
 
 
+@pytest.mark.slow
 def test_engine_imports_neither_onnx_nor_onnxruntime():
     code = ("import sys, engine.cli, engine.train, engine.evaluate, engine.checkpoint, export; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('onnx', 'onnxruntime', 'onnxscript')))")

@@ -55,6 +55,7 @@ def test_dependencies():
     assert project["scripts"]["engine"] == "engine.cli:main"
 
 
+@pytest.mark.slow
 def test_engine_loads_no_kernel_and_no_onnx_without_asking(tmp_path):
     code = ("import sys; from engine.cli import main; "
             "main(['train', '--epochs', '1', '--limit-train', '64', '--limit-test', '32', '--batch-size', '32', "

@@ -126,6 +126,7 @@ def test_triton_matches_plain(plain):
     _check(plain, _flags(triton=True, channels_last=True), *FP32_TOLS, batch=SMALL)
 
 
+@pytest.mark.slow
 @triton_only
 def test_triton_compile_matches_plain(plain):
     """--triton --compile: the kernel as a registered op inside the compiled graph (on CPU its

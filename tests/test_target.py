@@ -68,6 +68,7 @@ def test_without_the_new_flags_metrics_keep_their_keys(tmp_path):
     assert [set(m) for m in read_metrics(out)] == [PLAIN_KEYS]
 
 
+@pytest.mark.slow
 def test_target_acc_stops_at_the_first_evaluation_at_or_above_it(tmp_path, capsys):
     small = dict(epochs=3, limit_train=512, limit_test=100, batch_size=64, eval_every=0.25)
     _, reference = run(tmp_path, "reference", **small)
@@ -119,6 +120,7 @@ def test_a_target_not_reached_trains_every_epoch_and_says_so(tmp_path, capsys):
     assert printed[-1].startswith("Did not reach 100% test accuracy")
 
 
+@pytest.mark.slow
 def test_val_split_keeps_its_images_out_of_training_and_chooses_best_pt(tmp_path):
     cfg = Config(out=str(tmp_path / "session"), epochs=1, limit_train=256, val_split=64, **FAST)
     s = open_session(cfg, say=lambda *_: None)
@@ -140,6 +142,7 @@ def test_val_split_keeps_its_images_out_of_training_and_chooses_best_pt(tmp_path
     assert all({"val_loss", "val_acc"} <= set(m) for m in read_metrics(out))
 
 
+@pytest.mark.slow
 def test_fast_cifar_learns_exports_and_resumes_bit_for_bit(tmp_path):
     small = dict(epochs=2, limit_train=256, limit_test=64, batch_size=64)
     out, metrics = run(tmp_path, "whole", **small)

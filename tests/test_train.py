@@ -23,6 +23,7 @@ def run(tmp_path, name="run", **values):
     return train(cfg, log=lambda *_: None)
 
 
+@pytest.mark.slow
 def test_one_epoch_on_the_synthetic_set_is_well_above_chance(tmp_path):
     _, metrics = run(tmp_path, epochs=1, amp=False)
     assert metrics[0]["test_acc"] > 0.5  # chance is 0.1
@@ -56,6 +57,7 @@ def test_default_run_directory_and_latest_link(tmp_path, monkeypatch):
     assert second != first and (tmp_path / "runs" / "latest").resolve() == second.resolve()
 
 
+@pytest.mark.slow
 def test_amp_trains_on_this_device(tmp_path):
     _, metrics = run(tmp_path, epochs=1, limit_test=500, amp=True)
     assert metrics[0]["test_acc"] > 0.5  # as fp32 does in one epoch (chance is 0.1): bf16 really trains
