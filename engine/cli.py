@@ -11,7 +11,7 @@ import os
 import sys
 import typing
 
-from engine.config import Config, fields_in, flag
+from engine.config import Config, fields_in, flag, parse_shape
 from engine.errors import EngineError, Interrupted, UsageError
 from engine.target import command_started  # noqa: F401  its import time is --target-acc's clock where /proc is missing
 
@@ -222,12 +222,7 @@ def cmd_summary(args):
 
     shape = MODELS[args.model].reference_shape if args.model in MODELS else (3, 32, 32)  # build_model names bad models
     if args.input_shape:
-        try:
-            shape = tuple(int(v) for v in args.input_shape.lower().split("x"))
-        except ValueError:
-            shape = ()
-        if len(shape) != 3 or min(shape) < 1:
-            raise UsageError(f"--input-shape {args.input_shape}: expected CxHxW with positive numbers, e.g. 3x32x32")
+        shape = tuple(parse_shape(args.input_shape, "--input-shape"))
     print(format_summary(args.model, build_model(args.model, shape, args.num_classes), shape))
     return 0
 

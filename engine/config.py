@@ -194,3 +194,14 @@ def looks_like_path(data):
 
 def fields_in(*groups):
     return [f for f in dataclasses.fields(Config) if f.metadata["group"] in groups]
+
+
+def parse_shape(text, name):
+    """'3x32x32' -> [3, 32, 32], or a UsageError naming the flag."""
+    try:
+        shape = [int(v) for v in str(text).lower().split("x")]
+    except ValueError:
+        shape = []
+    if len(shape) != 3 or min(shape) < 1:
+        raise UsageError(f"{name} {text}: expected CxHxW with positive numbers, e.g. 3x32x32")
+    return shape

@@ -8,6 +8,7 @@ read it back from a file, and a file without it needs `--input-size` and `--clas
 import json
 from dataclasses import dataclass, field
 
+from engine.config import parse_shape
 from engine.errors import EngineError, UsageError
 
 INPUT_RANGE = "0-1"  # float32 pixels scaled to [0, 1]; normalisation is inside the graph
@@ -104,14 +105,3 @@ class ModelInfo:
             raise EngineError(f"{source}: input_size must be [C, H, W] with C 1 or 3, not {self.input_size!r}")
         if self.input_range != INPUT_RANGE:
             raise EngineError(f"{source}: input_range {self.input_range!r} is not supported (expected {INPUT_RANGE!r})")
-
-
-def parse_shape(text, name):
-    """'3x32x32' -> [3, 32, 32], or a UsageError naming the flag."""
-    try:
-        shape = [int(v) for v in str(text).lower().split("x")]
-    except ValueError:
-        shape = []
-    if len(shape) != 3 or min(shape) < 1:
-        raise UsageError(f"{name} {text}: expected CxHxW with positive numbers, e.g. 3x32x32")
-    return shape
