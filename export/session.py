@@ -39,6 +39,10 @@ def load_checked(path):
         raise EngineError(f"{path} is not a file (expected an .onnx model)")
     if path.stat().st_size == 0:
         raise EngineError(f"{path} is empty, not an ONNX model")
+    with open(path, "rb") as f:
+        if f.read(4) == b"PK\x03\x04":  # torch.save's zip container, not a protobuf
+            raise EngineError(f"{path} looks like a PyTorch checkpoint, not an ONNX model; "
+                              f"export it first: engine export MODEL.onnx --checkpoint {path}")
     try:
         model = onnx.load(str(path))
         onnx.checker.check_model(model)

@@ -49,3 +49,8 @@ def test_a_model_that_is_not_an_image_classifier_is_refused(tmp_path):
     onnx.save(onnx.helper.make_model(graph), str(path))
     with pytest.raises(EngineError, match="one image input"):
         load_checked(path)
+
+
+def test_a_checkpoint_given_as_a_model_says_to_export_it(tiny_run):
+    with pytest.raises(EngineError, match="PyTorch checkpoint, not an ONNX model; export it first"):
+        load_checked(tiny_run[1])
