@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from engine.errors import EngineError, UsageError
+from engine.errors import EngineError, UsageError, first_line
 from engine.faults import pause_point
 
 FORMAT = "engine-checkpoint/1"
@@ -171,8 +171,7 @@ def restore(checkpoint, path, model, optimizer, scaler):
         if checkpoint.get("scaler"):
             scaler.load_state_dict(checkpoint["scaler"])
     except (KeyError, ValueError, RuntimeError, TypeError) as error:
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise EngineError(f"--resume: {path} does not fit this run's model or optimizer ({first[:160]})") from None
+        raise EngineError(f"--resume: {path} does not fit this run's model or optimizer ({first_line(error, 160)})") from None
 
 
 def best_of(checkpoint):

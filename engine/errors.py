@@ -21,3 +21,10 @@ class Interrupted(EngineError):
     """Ctrl-C: what was completed is saved (exit 130)."""
 
     exit_code = 130
+
+
+def first_line(error, limit=200):
+    """The first non-empty line of an exception's message (or its type's name), at most `limit` long:
+    libraries' messages can run to pages, and an error here is one line."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return (lines[0] if lines else type(error).__name__)[:limit]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.errors import EngineError
+from engine.errors import EngineError, first_line
 
 CALIBRATION_IMAGES = 512
 CALIBRATION_BATCH = 64
@@ -88,7 +88,7 @@ def quantize(fp32_path, out, calibration_images):
     except EngineError:
         raise
     except Exception as error:
-        raise EngineError(f"int8 quantization failed: {(str(error).splitlines() or [type(error).__name__])[0][:200]}") from None
+        raise EngineError(f"int8 quantization failed: {first_line(error)}") from None
     finally:
         prepared.unlink(missing_ok=True)
         temporary.unlink(missing_ok=True)

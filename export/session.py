@@ -9,7 +9,7 @@ import contextlib
 import os
 from pathlib import Path
 
-from engine.errors import EngineError
+from engine.errors import EngineError, first_line
 
 
 def physical_cores():
@@ -47,8 +47,7 @@ def load_checked(path):
         model = onnx.load(str(path))
         onnx.checker.check_model(model)
     except Exception as error:  # DecodeError, ValidationError, OSError: all mean "not a usable model"
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise EngineError(f"{path} is not a valid ONNX model ({first[:160]})") from None
+        raise EngineError(f"{path} is not a valid ONNX model ({first_line(error, 160)})") from None
     if len(model.graph.input) != 1 or len(model.graph.output) < 1:
         raise EngineError(f"{path}: expected one image input and a logits output, found {len(model.graph.input)} inputs")
     return model
@@ -79,8 +78,7 @@ def open_session(path, *, device="auto", threads=None):
         with _ort_quiet(ort):
             session = ort.InferenceSession(str(path), options, providers=wanted)
     except Exception as error:  # onnxruntime raises its own Fail/InvalidGraph/NotImplemented types
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise EngineError(f"onnxruntime cannot run {path} ({first[:200]})") from None
+        raise EngineError(f"onnxruntime cannot run {path} ({first_line(error)})") from None
     provider = session.get_providers()[0]
     if device == "cuda" and provider != "CUDAExecutionProvider":
         raise EngineError("--device cuda: onnxruntime's CUDA provider does not load here (no usable CUDA); use --device cpu")

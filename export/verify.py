@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from engine.errors import EngineError
+from engine.errors import EngineError, first_line
 
 ATOL = 1e-4  # fp32 logits: two fp32 implementations of the same graph differ by ~1e-6 here
 MIN_AGREEMENT = 1.0  # top-1 must agree on every image
@@ -24,7 +24,7 @@ def check_standard(path):
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except Exception as error:
-        raise EngineError(f"the exported model fails the ONNX checker: {str(error).splitlines()[0][:200]}") from None
+        raise EngineError(f"the exported model fails the ONNX checker: {first_line(error)}") from None
     model = onnx.load(str(path), load_external_data=False)
     foreign = sorted({f"{n.domain}.{n.op_type}" for n in model.graph.node if n.domain not in STANDARD_DOMAINS})
     if foreign:

@@ -22,7 +22,7 @@ import torch
 
 from engine.checkpoint import save_atomic
 from engine.data.dataset import ARCHIVE_SUFFIXES, Dataset, dataset_label
-from engine.errors import EngineError
+from engine.errors import EngineError, first_line
 from engine.lock import remove_stale_temporaries
 from engine.pixels import SIXTEEN_BIT, check_size, eight_bit
 
@@ -178,7 +178,7 @@ def decode_folder(path: Path, log=print):
                 found[place[0]].setdefault(place[1], []).append(array)
                 progress.update()
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error) as error:  # gzip.BadGzipFile is an OSError
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0].rstrip(":")  # tarfile lists every method tried
+        reason = first_line(error).rstrip(":")  # tarfile lists every method tried
         raise EngineError(f"{path} is not a readable archive ({reason})") from None
     except OSError as error:
         raise EngineError(f"cannot read {path}: {error}") from None
