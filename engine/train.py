@@ -92,10 +92,11 @@ def train_epoch(s: Session, epoch, first) -> EpochFigures:
             if i + 1 - skip >= warm_until:  # img/s counts training time only
                 steady_from += time.perf_counter() - paused
         watch.update(loss)  # no sync: read every CHECK_EVERY steps and before any checkpoint
-        if (i + 1) % CHECK_EVERY == 0 or i + 1 == steps or (i + 1 < steps and s.clock.due()):
-            saving = i + 1 == steps or s.clock.due()  # never a checkpoint of non-finite weights
-            watch.check(epoch, i + 1, s.model if saving else None)
-            if i + 1 < steps and s.clock.due():
+        due = i + 1 < steps and s.clock.due()  # a mid-epoch checkpoint (--save-every), read once
+        if (i + 1) % CHECK_EVERY == 0 or i + 1 == steps or due:
+            # a checkpoint follows at `due` and at the epoch's end: never one of non-finite weights
+            watch.check(epoch, i + 1, s.model if due or i + 1 == steps else None)
+            if due:
                 save_partial(s, epoch, i + 1, loss_sum, correct)
         pause_point("step")
         if i + 1 - skip == warm_until:
