@@ -49,6 +49,18 @@ def _describe(shape, classes):
     return f"{'x'.join(map(str, shape))} images of {len(classes)} classes ({names})"
 
 
+def labels_for(source, shape, classes, data, data_name):
+    """`data`'s test labels as indices into a model's `classes`, which it was trained on at `shape`.
+
+    Classes are matched by name, so another source of the same data may list them in another
+    order or hold only some of them; another image shape or an unknown class is one line.
+    """
+    if list(data.shape) != list(shape) or not set(data.classes) <= set(classes):
+        raise EngineError(f"{source} was trained on {_describe(shape, classes)}, "
+                          f"but --data {data_name} has {_describe(data.shape, data.classes)}")
+    return torch.tensor([classes.index(name) for name in data.classes])[data.test_y]  # (M,) int64
+
+
 def evaluate_checkpoint(path, overrides, log=print):
     """Test loss and accuracy of the checkpoint at `path` on its own dataset or on `overrides`' data.
 
@@ -62,12 +74,7 @@ def evaluate_checkpoint(path, overrides, log=print):
     runtime = Runtime.from_config(cfg)
     data = load_dataset(cfg, (lambda *_: None) if cfg.quiet else log)
     spec = checkpoint["data"]
-    if list(data.shape) != list(spec["shape"]) or not set(data.classes) <= set(spec["classes"]):
-        raise EngineError(f"{path} was trained on {_describe(spec['shape'], spec['classes'])}, "
-                          f"but --data {cfg.data} has {_describe(data.shape, data.classes)}")
-    # Classes are matched by name, so another source of the same data may list them in another order.
-    to_model = torch.tensor([spec["classes"].index(name) for name in data.classes])
-    data.test_y = to_model[data.test_y]
+    data.test_y = labels_for(path, spec["shape"], spec["classes"], data, cfg.data)
     model = runtime.prepare(model_from_checkpoint(checkpoint))
     loader = BatchLoader(data.test_x, data.test_y, cfg.batch_size, spec["mean"], spec["std"], device=runtime.device,
                          train=False, channels_last=cfg.channels_last)

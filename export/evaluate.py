@@ -21,6 +21,7 @@ def cross_entropy_sum(logits, labels):
 def evaluate_onnx(path, overrides, *, input_size=None, classes=None, log=print):
     """{test_loss, test_acc, images, data, provider} of the ONNX file at `path`."""
     from engine.data import load_dataset
+    from engine.evaluate import labels_for
     from export.predict import Classifier
 
     device = overrides.get("device", "auto")
@@ -32,11 +33,7 @@ def evaluate_onnx(path, overrides, *, input_size=None, classes=None, log=print):
     known = {k: v for k, v in overrides.items() if k in ("data", "data_dir", "cache_dir", "limit_test", "batch_size", "quiet")}
     cfg = Config(**{**saved, **known})
     data = load_dataset(cfg, (lambda *_: None) if cfg.quiet else log)
-    if list(data.shape) != list(info.input_size) or not set(data.classes) <= set(info.classes):
-        raise EngineError(f"{path} takes {'x'.join(map(str, info.input_size))} images of classes {info.classes[:4]}..., "
-                          f"but --data {cfg.data} has {'x'.join(map(str, data.shape))} images of {data.classes[:4]}...")
-    to_model = np.array([info.classes.index(name) for name in data.classes])
-    labels = to_model[data.test_y.numpy()]
+    labels = labels_for(path, info.input_size, info.classes, data, cfg.data).numpy()  # classes matched by name
     loss_sum, correct = 0.0, 0
     for start in range(0, len(labels), cfg.batch_size):
         images = data.test_x[start:start + cfg.batch_size].numpy().astype(np.float32) / 255  # as a client sends them

@@ -38,3 +38,34 @@ def test_cross_entropy_matches_a_direct_computation():
     probabilities /= probabilities.sum(1, keepdims=True)
     expected = -np.log(np.maximum(probabilities[np.arange(6), labels], 1e-300)).sum()
     assert cross_entropy_sum(logits, labels) == pytest.approx(expected, rel=1e-9)
+
+
+def write_folder(root, classes, size, seed=0):
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for split in ("train", "test"):
+        for name in classes:
+            (root / split / name).mkdir(parents=True)
+            for i in range(3):
+                Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(root / split / name / f"{i}.png")
+    return root
+
+
+def test_other_data_is_matched_by_class_name_and_refused_at_another_size(tiny_onnx, tmp_path, capsys):
+    from engine.data.synthetic import CLASSES
+
+    subset = write_folder(tmp_path / "subset", [CLASSES[7], CLASSES[2]], 32)  # two of its classes, in another order
+    result = evaluate_onnx(tiny_onnx, {"data": str(subset), "cache_dir": str(tmp_path / "cache"), "quiet": True})
+    import export
+
+    files = sorted((subset / "test").glob("*/*.png"))
+    truth = np.array([CLASSES.index(f.parent.name) for f in files])  # the model's own class indices, by name
+    logits = export.load(tiny_onnx).logits(files)
+    assert result["images"] == 6 and result["test_acc"] == pytest.approx((logits.argmax(1) == truth).mean())
+    # the loss depends on every label, so a wrong mapping fails here even where no prediction is right
+    assert result["test_loss"] == pytest.approx(cross_entropy_sum(logits, truth) / 6, rel=1e-5)
+    small = write_folder(tmp_path / "small", CLASSES[:2], 8)
+    assert main(["eval", str(tiny_onnx), "--data", str(small), "--cache-dir", str(tmp_path / "cache")]) == 1
+    err = capsys.readouterr().err
+    assert "was trained on 3x32x32 images of 10 classes" in err and "has 3x8x8 images" in err and err.count("\n") == 1
