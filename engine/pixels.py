@@ -1,4 +1,5 @@
-"""Pixels both readers share: the decode-size limit checked from a header, and 16-bit/float to 8-bit.
+"""What both image readers share: which files are images, the decode-size limit checked from a header,
+and 16-bit/float to 8-bit.
 
 Image folders (engine.data.imagefolder) and `engine predict` (export.images) read the same image
 files, so they refuse the same sizes and scale deep images the same way. Torch-free, so
@@ -9,6 +10,7 @@ import numpy as np
 
 from engine.errors import EngineError
 
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 MAX_PIXELS = 50_000_000  # 150 MB decoded as RGB; a 20000x20000 image (1.2 GB) is refused by its header
 SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 

@@ -12,9 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from engine.errors import EngineError, UsageError
-from engine.pixels import MAX_PIXELS, check_size, eight_bit  # noqa: F401 (MAX_PIXELS: part of this module's API)
+from engine.pixels import IMAGE_EXTENSIONS, MAX_PIXELS, check_size, eight_bit  # noqa: F401 (MAX_PIXELS: part of this module's API)
 
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 
 
 def expand(paths):

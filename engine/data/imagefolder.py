@@ -24,10 +24,9 @@ from engine.checkpoint import save_atomic
 from engine.data.dataset import ARCHIVE_SUFFIXES, Dataset, dataset_label
 from engine.errors import EngineError, first_line
 from engine.lock import remove_stale_temporaries
-from engine.pixels import SIXTEEN_BIT, check_size, eight_bit
+from engine.pixels import IMAGE_EXTENSIONS, SIXTEEN_BIT, check_size, eight_bit
 
 CACHE_FORMAT = 2  # 2: a set with any colour image is all RGB
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 SPLITS = ("train", "test")
 LAYOUT = "expected train/<class>/<image> and test/<class>/<image>"
 
