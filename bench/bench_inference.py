@@ -1,4 +1,8 @@
-"""Inference throughput of cifar_cnn: eager PyTorch (NCHW, channels_last, compiled) against onnxruntime fp32 and int8.
+"""Inference throughput of cifar_cnn: eager PyTorch (NCHW, channels_last), compiled, against onnxruntime fp32 and int8.
+
+Two compiled cases: `compile` is what `engine eval --compile` runs on this machine (on CPU,
+AOTInductor: engine/inference.py), `torch-compile` is torch.compile in place, as a training run
+evaluates each epoch with --compile.
 
 Run: `python -m pytest bench/bench_inference.py`. One model (random weights, seeded), one batch,
 every path in the same run, batch 1 and 256. `extra_info` has images/s, the share of the fp32
@@ -16,7 +20,7 @@ from engine.models import build_model, forward_flops
 from engine.normalization import Normalized
 
 MODEL, SHAPE, CLASSES = "cifar_cnn", (3, 32, 32), 10
-PATHS = ("eager-nchw", "eager-channels-last", "compile", "onnxruntime-fp32", "onnxruntime-int8")
+PATHS = ("eager-nchw", "eager-channels-last", "compile", "torch-compile", "onnxruntime-fp32", "onnxruntime-int8")
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +41,7 @@ def onnx_files(model, tmp_path_factory):
     return {"onnxruntime-fp32": fp32, "onnxruntime-int8": quantize(fp32, folder / "model.int8.onnx", calibration)}
 
 
-def runner(path, model, onnx_files):
+def runner(path, model, onnx_files, batch):
     """A callable images -> logits (numpy) for `path`, warmed up by the caller."""
     if path.startswith("onnxruntime"):
         from export.session import open_session
@@ -46,8 +50,18 @@ def runner(path, model, onnx_files):
         return lambda x: session.run(None, {"input": x})[0]
     channels_last = path != "eager-nchw"
     module = copy.deepcopy(model).to(memory_format=torch.channels_last) if channels_last else model
-    if path == "compile":
+    if path == "torch-compile":
         module.compile()
+    if path == "compile":
+        from engine.config import Config
+        from engine.inference import compile_inference
+        from engine.runtime import Runtime
+
+        runtime = Runtime.from_config(Config(device="cpu", amp=False, compile=True))
+        if runtime.ahead_of_time:
+            module = compile_inference(module, (batch, *SHAPE), runtime)
+        else:
+            module.compile()
 
     def run(x):
         with torch.inference_mode():
@@ -64,10 +78,10 @@ def runner(path, model, onnx_files):
 def test_inference(benchmark, roof, model, onnx_files, path, batch):
     benchmark.group = f"inference, batch {batch}"
     x = np.random.default_rng(2).random((batch, *SHAPE), dtype=np.float32)
-    run = runner(path, model, onnx_files)
+    run = runner(path, model, onnx_files, batch)
     for _ in range(3):  # warm-up: compile, session allocation, kernel selection
         run(x)
-    rounds = 400 if batch == 1 else 30
+    rounds = 2000 if batch == 1 else 30  # batch 1: 2,000 calls of ~0.2 ms, so a hiccup cannot move the median
     logits = benchmark.pedantic(run, args=(x,), rounds=rounds, iterations=1, warmup_rounds=2)
     times = np.array(benchmark.stats.stats.data)
     images_per_s = batch / np.median(times)

@@ -75,9 +75,15 @@ def evaluate_checkpoint(path, overrides, log=print):
     data = load_dataset(cfg, (lambda *_: None) if cfg.quiet else log)
     spec = checkpoint["data"]
     data.test_y = labels_for(path, spec["shape"], spec["classes"], data, cfg.data)
-    model = runtime.prepare(model_from_checkpoint(checkpoint))
+    model = runtime.prepare(model_from_checkpoint(checkpoint), compile=runtime.compile and not runtime.ahead_of_time)
     loader = BatchLoader(data.test_x, data.test_y, cfg.batch_size, spec["mean"], spec["std"], device=runtime.device,
                          train=False, channels_last=cfg.channels_last)
+    if runtime.ahead_of_time:
+        from engine.inference import compile_inference
+
+        if not cfg.quiet:
+            log("compiling the model ahead of time (torch.export + AOTInductor) ...")
+        model = compile_inference(model, (cfg.batch_size, *spec["shape"]), runtime, loader.memory_format)
     tta = cfg.tta and spec.get("flip", False)  # --tta: only for data that trained with flips
     loss, acc = evaluate(model, loader, runtime, tta)
     return {"test_loss": loss, "test_acc": acc, "images": len(data.test_x), "data": cfg.data, "epoch": epochs_done(checkpoint),

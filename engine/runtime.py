@@ -82,18 +82,27 @@ class Runtime:
             parts.append("Triton conv+ReLU+pool" + (" (interpreter)" if self.device.type == "cpu" else ""))
         return ", ".join(parts)
 
-    def prepare(self, model):
-        """Move `model` to the device and format, swap in the Triton op, compile in place."""
+    def prepare(self, model, compile=None):
+        """Move `model` to the device and format, swap in the Triton op, compile in place (unless
+        `compile` is False: a caller that compiles it another way)."""
+        compile = self.compile if compile is None else compile
         model.to(self.device)
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
         if self.triton:
-            use_triton(model, self.device, self.compile)
-        if self.compile:
+            use_triton(model, self.device, compile)
+        if compile:
             # Compiling in place keeps state-dict keys free of the `_orig_mod.` prefix.
             logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # "No CUDA runtime" on CPU
             model.compile(backend=CountingInductor(self.compile_mode, eager_training=self.eager_training))
         return model
+
+    @property
+    def ahead_of_time(self):
+        """Whether fixed-weight inference (`engine eval --compile`) compiles with AOTInductor
+        (engine/inference.py) rather than torch.compile: on CPU, where torch.compile's per-call
+        overhead lost to eager at batch 1, except with the Triton kernel (interpreted there)."""
+        return self.compile and self.device.type == "cpu" and not self.triton
 
     @property
     def eager_training(self):

@@ -1,0 +1,92 @@
+"""engine.inference: the AOTInductor-compiled model gives eager's logits, takes new weights, refuses
+other shapes; `engine eval --compile` uses it on CPU and agrees with eager evaluation.
+
+Each compile is a C++ build of several seconds, so one compiled model serves several tests.
+"""
+
+import copy
+
+import pytest
+import torch
+
+from engine.config import Config
+from engine.errors import EngineError
+from engine.evaluate import evaluate_checkpoint
+from engine.inference import CompiledInference, compile_inference
+from engine.models import build_model
+from engine.runtime import Runtime
+
+FP32 = Runtime.from_config(Config(device="cpu", amp=False, compile=True))
+
+
+@pytest.fixture(scope="module")
+def cifar_cnn():
+    """(eager cifar_cnn, its AOT-compiled copy for batch 1, channels_last)."""
+    torch.manual_seed(0)
+    model = FP32.prepare(build_model("cifar_cnn", (3, 32, 32), 10), compile=False).eval()
+    return model, compile_inference(copy.deepcopy(model), (1, 3, 32, 32), FP32)
+
+
+def test_compiled_logits_match_eager_at_batch_1(cifar_cnn):
+    model, compiled = cifar_cnn
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(x.contiguous(memory_format=torch.channels_last))
+        for layout in (torch.contiguous_format, torch.channels_last):  # either layout in, converted
+            torch.testing.assert_close(compiled(x.contiguous(memory_format=layout)), expected, rtol=0, atol=1e-4)
+
+
+def test_load_weights_replaces_the_compiled_copy(cifar_cnn):
+    model, compiled = cifar_cnn
+    changed = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in changed.parameters():
+            p.mul_(-0.5)
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        before = compiled(x)
+        compiled.load_weights(changed)
+        try:
+            torch.testing.assert_close(compiled(x), changed(x.contiguous(memory_format=torch.channels_last)),
+                                       rtol=0, atol=1e-4)
+            assert (compiled(x) - before).abs().max() > 1e-2  # the weights really changed
+        finally:
+            compiled.load_weights(model)
+    torch.testing.assert_close(compiled(x), before, rtol=0, atol=0)
+
+
+def test_another_batch_shape_is_one_line(cifar_cnn):
+    _, compiled = cifar_cnn
+    with pytest.raises(EngineError, match=r"compiled for batches of shape \[1, 3, 32, 32\], got \[2, 3, 32, 32\]"):
+        compiled(torch.zeros(2, 3, 32, 32))
+
+
+@pytest.mark.slow
+def test_a_batchnorm_net_in_nchw_under_bf16_autocast_matches_eager(monkeypatch):
+    """fast_cifar (BatchNorm, GELU) in NCHW under bf16 autocast, an odd batch: eager's bf16 logits,
+    to bf16's precision (the autocast casts are baked into the exported graph)."""
+    monkeypatch.setenv("ENGINE_CPU_BF16", "1")
+    runtime = Runtime.from_config(Config(device="cpu", amp=True, compile=True, channels_last=False))
+    torch.manual_seed(0)
+    model = runtime.prepare(build_model("fast_cifar", (3, 32, 32), 10), compile=False).eval()
+    compiled = compile_inference(copy.deepcopy(model), (5, 3, 32, 32), runtime, torch.contiguous_format)
+    assert isinstance(compiled, CompiledInference)
+    x = torch.randn(5, 3, 32, 32)
+    with torch.no_grad(), runtime.autocast():
+        expected = model(x).float()
+        logits = compiled(x).float()
+    assert (logits - expected).abs().max() <= 0.05 * expected.abs().max()
+    assert (logits.argmax(1) == expected.argmax(1)).all()
+
+
+def test_eval_compile_on_cpu_is_ahead_of_time_and_agrees_with_eager(tiny_run):
+    """`engine eval CHECKPOINT --compile`: the compiled model evaluates the same images to the same
+    accuracy, with a final batch padded to the compiled shape."""
+    flags = {"limit_test": 50, "batch_size": 16, "amp": False, "device": "cpu"}
+    said = []
+    compiled = evaluate_checkpoint(tiny_run[1], {**flags, "compile": True}, log=said.append)
+    assert any("AOTInductor" in line for line in said)
+    eager = evaluate_checkpoint(tiny_run[1], {**flags, "quiet": True})
+    assert compiled["images"] == eager["images"] == 50
+    assert compiled["test_acc"] == eager["test_acc"]
+    assert compiled["test_loss"] == pytest.approx(eager["test_loss"], abs=1e-5)
