@@ -185,7 +185,9 @@ def cmd_eval(args):
         if args.input_size or args.classes:
             raise UsageError("--input-size and --classes are for .onnx files; a checkpoint knows its own")
         result = evaluate_checkpoint(args.checkpoint, values, log=log)
-        source = f"checkpoint after epoch {result['epoch']}"
+        source = f"checkpoint after epoch {result['epoch']}; {result['images'] / result['seconds']:,.0f} img/s"
+        if result["compile_seconds"] is not None:
+            source += f", after compiling for {result['compile_seconds']:.1f} s"
     tta = "(tta)" if result.get("tta") else ""
     print(f"Test_acc{tta}:{result['test_acc'] * 100:.2f}%, Test_loss:{result['test_loss']:.4f} "
           f"({result['images']:,} test images of {result['data']}; {source})")

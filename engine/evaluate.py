@@ -5,6 +5,8 @@ of classes, a bug). Eval batches have one fixed shape, so a compiled model compi
 test-time flip (`tta`) the logits are the mean of each image's and its mirror's.
 """
 
+import time
+
 import torch
 import torch.nn.functional as F
 
@@ -14,7 +16,7 @@ from engine.data import load_dataset
 from engine.distributed import Ranks
 from engine.errors import EngineError
 from engine.loader import BatchLoader
-from engine.runtime import Runtime
+from engine.runtime import Runtime, setup_backends
 
 
 def predict(model, x, tta=False):
@@ -72,22 +74,26 @@ def evaluate_checkpoint(path, overrides, log=print):
     saved = checkpoint["config"]
     cfg = Config(**{**{k: saved[k] for k in ("model", "data", "data_dir", "cache_dir", "seed")}, **overrides})
     runtime = Runtime.from_config(cfg)
+    setup_backends(runtime.device, cfg.seed)
     data = load_dataset(cfg, (lambda *_: None) if cfg.quiet else log)
     spec = checkpoint["data"]
     data.test_y = labels_for(path, spec["shape"], spec["classes"], data, cfg.data)
     model = runtime.prepare(model_from_checkpoint(checkpoint), compile=runtime.compile and not runtime.ahead_of_time)
     loader = BatchLoader(data.test_x, data.test_y, cfg.batch_size, spec["mean"], spec["std"], device=runtime.device,
                          train=False, channels_last=cfg.channels_last)
+    started = time.perf_counter()
     if runtime.ahead_of_time:
         from engine.inference import compile_inference
 
         if not cfg.quiet:
             log("compiling the model ahead of time (torch.export + AOTInductor) ...")
         model = compile_inference(model, (cfg.batch_size, *spec["shape"]), runtime, loader.memory_format)
+    compiled = time.perf_counter()
     tta = cfg.tta and spec.get("flip", False)  # --tta: only for data that trained with flips
     loss, acc = evaluate(model, loader, runtime, tta)
     return {"test_loss": loss, "test_acc": acc, "images": len(data.test_x), "data": cfg.data, "epoch": epochs_done(checkpoint),
-            "tta": tta}
+            "tta": tta, "seconds": time.perf_counter() - compiled,
+            "compile_seconds": compiled - started if runtime.ahead_of_time else None}
 
 
 def epochs_done(checkpoint):
