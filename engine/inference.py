@@ -55,6 +55,10 @@ def compile_inference(model, shape, runtime: Runtime, memory_format=torch.channe
     except Exception as error:  # a model torch.export cannot trace: say which, in one line
         raise EngineError(f"--compile: torch.export could not trace {type(model).__name__}: {first_line(error)}") from error
     with tempfile.TemporaryDirectory(prefix="engine-aoti-") as folder:
-        package = torch._inductor.aoti_compile_and_package(program, package_path=os.path.join(folder, "model.pt2"))
+        try:  # a C++ build: no compiler, or a full disk, ends here
+            package = torch._inductor.aoti_compile_and_package(program, package_path=os.path.join(folder, "model.pt2"))
+        except Exception as error:
+            raise EngineError(f"--compile: AOTInductor could not build the model ({first_line(error)}); "
+                              "evaluate without --compile") from error
         runner = torch._inductor.aoti_load_package(package)  # extracts the library: the package can go
     return CompiledInference(runner, shape, memory_format)
