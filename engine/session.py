@@ -138,7 +138,7 @@ def open_session(cfg: Config, resume=None, say=print, ranks=None) -> Session:
         run.write_config(cfg.to_dict(), spec, runtime.resolved())
         if run.path.parent.resolve() == (Path.cwd() / RUNS).resolve():  # runs/latest: the newest run in runs/
             run.point_latest()
-    tensorboard = TensorBoard(run.path) if cfg.tensorboard and ranks.is_main else None
+    tensorboard = TensorBoard(run.path, len(train_loader)) if cfg.tensorboard and ranks.is_main else None
     session = Session(cfg, runtime, run, spec, model, optimizer, scaler, train_loader, test_loader, tensorboard,
                       metrics, start_epoch, best, ranks, ranks.wrap(model) if ranks.world > 1 else None,
                       fingerprint, best_epoch, step, resume.get("partial") if resume else None,

@@ -212,6 +212,8 @@ def record(s: Session, figures: EpochFigures):
     if figures.steps_done and not s.reached:
         if s.ranks.is_main:
             s.run.write_metrics(s.metrics)
+            if s.tensorboard:
+                s.tensorboard.log(m)
     else:
         acc = figures.val_acc if s.val_loader is not None else figures.test_acc  # unrounded, as measured
         best_now = acc > s.best

@@ -120,18 +120,28 @@ def test_compile_builds_its_graphs_in_the_first_epoch_only(tmp_path):
     assert metrics[0]["warmup_s"] > 0 and metrics[1]["warmup_s"] == 0  # compile is timed apart, in epoch 1
 
 
-def test_tensorboard_events_or_a_clear_error(tmp_path):
+def test_tensorboard_has_every_evaluation_at_its_global_step(tmp_path):
+    """4 steps an epoch and an evaluation every 2: each evaluation, mid-epoch ones too, is its own point."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out, metrics = run(tmp_path, epochs=2, limit_train=64, limit_test=32, batch_size=16, amp=False,
+                       tensorboard=True, eval_every=0.5)
+    events = EventAccumulator(str(out)).Reload()
+    points = [(e.step, e.value) for e in events.Scalars("test/acc")]
+    assert points == [(step, pytest.approx(m["test_acc"])) for step, m in zip([2, 4, 6, 8], metrics, strict=True)]
+
+
+def test_tensorboard_without_its_package_is_one_line_before_any_work(tmp_path, monkeypatch):
     import importlib.util
 
     from engine.errors import UsageError
 
-    if importlib.util.find_spec("tensorboard") is None:  # an optional extra
-        with pytest.raises(UsageError, match=r"pip install 'engine-cnn\[tensorboard\]'"):
-            run(tmp_path, epochs=1, limit_train=64, limit_test=32, tensorboard=True)
-        assert not (tmp_path / "run").exists()
-    else:
-        out, _ = run(tmp_path, epochs=1, limit_train=64, limit_test=32, amp=False, tensorboard=True)
-        assert list(out.glob("events.out.tfevents.*"))
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else find_spec(name, *a))
+    with pytest.raises(UsageError, match=r"pip install 'engine-cnn\[tensorboard\]'"):
+        run(tmp_path, epochs=1, limit_train=64, limit_test=32, tensorboard=True)
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.slow
