@@ -55,16 +55,12 @@ def runner(path, model, onnx_files, batch):
     module = copy.deepcopy(model).to(memory_format=torch.channels_last) if channels_last else model
     if path == "torch-compile":
         module.compile()
-    if path == "compile":
+    if path == "compile":  # engine eval --compile on CPU
         from engine.config import Config
         from engine.inference import compile_inference
         from engine.runtime import Runtime
 
-        runtime = Runtime.from_config(Config(device="cpu", amp=False, compile=True))
-        if runtime.ahead_of_time:
-            module = compile_inference(module, (batch, *SHAPE), runtime)
-        else:
-            module.compile()
+        module = compile_inference(module, (batch, *SHAPE), Runtime.from_config(Config(device="cpu", amp=False, compile=True)))
 
     def run(x):
         with torch.inference_mode():

@@ -6,7 +6,7 @@ goes through AOTAutograd's wrapper and a Python wrapper per graph: about 80 us a
 2-core CPUs, more than the compiled code saves on a small batch (cifar_cnn at batch 1 ran 0.97x
 eager). AOTInductor compiles the same graph into a shared library called from C++: 1.37x eager
 at batch 1 and 1.16x at batch 256 (Xeon, alternated medians). The library holds one input shape
-and a copy of the weights; `load_weights` refreshes that copy.
+and a copy of the weights.
 """
 
 import os
@@ -34,12 +34,6 @@ class CompiledInference(torch.nn.Module):
         if tuple(x.shape) != self.shape:
             raise EngineError(f"this model was compiled for batches of shape {list(self.shape)}, got {list(x.shape)}")
         return self.runner(x.contiguous(memory_format=self.memory_format))
-
-    def load_weights(self, model):
-        """Copy `model`'s current parameters and buffers into the compiled library."""
-        names = set(self.runner.get_constant_fqns())
-        tensors = {name: t for name, t in [*model.named_parameters(), *model.named_buffers()] if name in names}
-        self.runner.load_constants(tensors, check_full_update=True)
 
 
 def compile_inference(model, shape, runtime: Runtime, memory_format=torch.channels_last):
