@@ -79,7 +79,7 @@ class Config:
         group="runtime",
     )
     amp_dtype: str = option("auto", "autocast dtype: auto is bf16 where supported, else fp16 on CUDA", choices=("auto", "fp16", "bf16"), group="runtime")
-    compile: bool = option(False, "torch.compile the model in place (warm-up reported apart)", group="runtime")
+    compile: bool = option(False, "torch.compile the model in place (warm-up reported apart); engine eval on CPU compiles ahead of time (AOTInductor)", group="runtime")
     compile_mode: str = option(
         "default",
         "torch.compile mode",

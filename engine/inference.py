@@ -50,7 +50,10 @@ def compile_inference(model, shape, runtime: Runtime, memory_format=torch.channe
         raise EngineError(f"--compile: torch.export could not trace {type(model).__name__}: {first_line(error)}") from error
     with tempfile.TemporaryDirectory(prefix="engine-aoti-") as folder:
         try:  # a C++ build: no compiler, or a full disk, ends here
-            package = torch._inductor.aoti_compile_and_package(program, package_path=os.path.join(folder, "model.pt2"))
+            options = {k: v for k, v in torch._inductor.list_mode_options(runtime.compile_mode).items()
+                       if k != "triton.cudagraphs"}  # --compile-mode; CUDA graphs are torch.compile's alone
+            package = torch._inductor.aoti_compile_and_package(program, package_path=os.path.join(folder, "model.pt2"),
+                                                               inductor_configs=options)
         except Exception as error:
             raise EngineError(f"--compile: AOTInductor could not build the model ({first_line(error)}); "
                               "evaluate without --compile") from error
