@@ -1,28 +1,85 @@
-"""Checkpoints: written atomically, opened only with `torch.load(weights_only=True)`.
+"""Checkpoints: the one owner of their layout, written atomically, opened only with `torch.load(weights_only=True)`.
 
-A checkpoint is a dict of tensors and plain Python values: the config, the dataset spec
-(classes, input shape, mean, std), model, optimizer, schedule and scaler states, the epoch,
-RNG states and the metrics so far. That is enough to resume exactly, to evaluate, and to
-rebuild the model for export without the data or the code that trained it.
+`Checkpoint` is the typed record; on disk it is a dict of tensors and plain Python values (the
+config, the input spec, the model's stored reference and weights, optimizer, schedule and scaler
+states, the epoch, RNG states and the metrics so far). That is enough to resume exactly, to
+evaluate, and to rebuild the model for export without the data, and without running any code
+the person opening it did not name (engine/models/reference.py).
 """
 
 import contextlib
-import hashlib
 import os
 import re
 import signal
 import threading
 import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
-from engine.errors import EngineError, UsageError, first_line
+from engine.data.dataset import InputSpec
+from engine.errors import EngineError, UsageError
 from engine.faults import pause_point
+from engine.models.reference import ModelRef
 
 FORMAT = "engine-checkpoint/1"
 REQUIRED = ("format", "config", "data", "model", "epoch")
-RESUMABLE = ("optimizer", "scheduler", "rng", "metrics")  # what --resume needs beyond REQUIRED
+
+
+@dataclass
+class Checkpoint:
+    """A run's state after `epoch` epochs (and `step` steps of the next, for one saved within an epoch).
+    A weights-only checkpoint has no optimizer, scheduler, rng: it evaluates and exports, not resumes."""
+
+    config: dict  # Config.to_dict() of the run
+    spec: InputSpec  # the data's classes, shape, mean, std, flip (stored as "data")
+    model: dict  # the state dict
+    epoch: int
+    ref: ModelRef  # what builds the model (stored as "model_ref"; older checkpoints: the built-in config["model"])
+    optimizer: dict | None = None
+    scheduler: dict | None = None  # {"step": global steps done, "total_steps": of the whole run}
+    scaler: dict | None = None
+    rng: dict | None = None  # rng_states(), per rank under DDP
+    metrics: list | None = None  # one dict per evaluation (None: a weights-only checkpoint)
+    step: int = 0
+    partial: dict | None = None  # a mid-epoch checkpoint's running loss and accuracy sums
+    best: dict | None = None  # {"test_acc": best score so far, "epoch": its epoch}
+    fingerprint: dict | None = None  # resume.data_fingerprint of the data (stored as "data_fingerprint")
+    frozen: list = field(default_factory=list)  # parameters that do not train
+    runtime: dict = field(default_factory=dict)  # Runtime.resolved() of the run
+    versions: dict = field(default_factory=dict)
+
+    @property
+    def resumable(self):
+        return None not in (self.optimizer, self.scheduler, self.rng, self.metrics)
+
+    def to_dict(self):
+        """The plain dict torch.save writes (see load for the reverse)."""
+        return {"format": FORMAT, "config": self.config, "data": asdict(self.spec), "model": self.model,
+                "model_ref": self.ref.to_dict(), "epoch": self.epoch, "optimizer": self.optimizer,
+                "scheduler": self.scheduler, "scaler": self.scaler, "rng": self.rng, "metrics": self.metrics,
+                "step": self.step, "partial": self.partial, "best": self.best, "data_fingerprint": self.fingerprint,
+                "frozen": list(self.frozen), "runtime": self.runtime, "versions": self.versions}
+
+    @classmethod
+    def from_dict(cls, values, path="the checkpoint"):
+        """A loaded dict as the record, its layout and model reference checked (one line if not)."""
+        missing = [k for k in REQUIRED if k not in values]
+        if missing:
+            raise EngineError(f"{path} is an incomplete engine checkpoint: it has no {', '.join(missing)}")
+        _check_layout(values, path)
+        spec = values["data"]
+        ref = values.get("model_ref") or {"kind": "builtin", "name": values["config"]["model"]}
+        return cls(config=values["config"], model=values["model"], epoch=values["epoch"],
+                   spec=InputSpec(spec.get("name", ""), list(spec["classes"]), list(spec["shape"]), list(spec["mean"]),
+                                  list(spec["std"]), bool(spec.get("flip", False))),
+                   ref=ModelRef.from_dict(ref, path), optimizer=values.get("optimizer"),
+                   scheduler=values.get("scheduler"), scaler=values.get("scaler"), rng=values.get("rng"),
+                   metrics=values.get("metrics"),
+                   step=values.get("step") or 0, partial=values.get("partial"), best=values.get("best"),
+                   fingerprint=values.get("data_fingerprint"), frozen=list(values.get("frozen") or ()),
+                   runtime=values.get("runtime") or {}, versions=values.get("versions") or {})
 
 
 _holding = []  # non-empty while interrupts_held() is active: nested holds are one hold
@@ -87,8 +144,8 @@ def restore_rng_states(states):
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-def load(path):
-    """A checkpoint dict, or one line saying why `path` is not one. Never unpickles code: only
+def load(path) -> Checkpoint:
+    """The checkpoint at `path`, or one line saying why `path` is not one. Never unpickles code: only
     `torch.load(weights_only=True)`, with no fallback."""
     path = Path(path)
     if not path.is_file():
@@ -110,11 +167,11 @@ def load(path):
         raise EngineError(f"{path} is not a readable engine checkpoint ({first[:200]})") from None
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
         raise EngineError(f"{path} is not an engine checkpoint (format {FORMAT})")
-    missing = [k for k in REQUIRED if k not in checkpoint]
-    if missing:
-        raise EngineError(f"{path} is an incomplete engine checkpoint: it has no {', '.join(missing)}")
-    _check_layout(checkpoint, path)
-    return checkpoint
+    return Checkpoint.from_dict(checkpoint, path)
+
+
+def save(checkpoint: Checkpoint, path):
+    save_atomic(checkpoint.to_dict(), path)
 
 
 def _check_layout(checkpoint, path):
@@ -140,69 +197,6 @@ def _check_layout(checkpoint, path):
         raise EngineError(f"{path} is a damaged engine checkpoint: {problem}")
 
 
-def check_resume(checkpoint, path, fingerprint, total_steps, source):
-    """One line naming what keeps a checkpoint from being resumed on this data: a missing optimizer
-    state, RNG states or metrics, data whose images changed, or a schedule of another length."""
-    missing = [k for k in RESUMABLE if k not in checkpoint]
-    if missing:
-        raise EngineError(f"--resume: {path} has no {', '.join(missing)} (it holds weights only); "
-                          "evaluate or export it, or start a new run")
-    epochs = [m for m in checkpoint["metrics"] if not m.get("partial")] if isinstance(checkpoint["metrics"], list) else None
-    if epochs is None or len(epochs) != checkpoint["epoch"]:  # evaluations within an epoch (--eval-every) aside
-        raise EngineError(f"--resume: {path} has metrics for {len(checkpoint['metrics'])} epochs but says "
-                          f"{checkpoint['epoch']} are done; it is damaged")
-    if not isinstance(checkpoint["rng"], dict) or not isinstance(checkpoint["rng"].get("torch"), torch.Tensor):
-        raise EngineError(f"--resume: {path} has no torch RNG state; it is damaged")
-    changes = fingerprint_changes(checkpoint.get("data_fingerprint") or fingerprint, fingerprint)
-    if changes:
-        raise EngineError(f"--resume: the data at {source} changed since the run started ({changes}); restore it, "
-                          "or start a new run on the new data")
-    saved = (checkpoint["scheduler"] or {}).get("total_steps", total_steps)
-    if saved != total_steps:
-        raise EngineError(f"--resume: the run was scheduled for {saved:,} steps, but the data at {source} now gives "
-                          f"{total_steps:,}; restore the data, or start a new run")
-
-
-def restore(checkpoint, path, model, optimizer, scaler):
-    """Load the weights, optimizer and scaler states of a checked checkpoint (see check_state)."""
-    try:
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        if checkpoint.get("scaler"):
-            scaler.load_state_dict(checkpoint["scaler"])
-    except (KeyError, ValueError, RuntimeError, TypeError) as error:
-        raise EngineError(f"--resume: {path} does not fit this run's model or optimizer ({first_line(error, 160)})") from None
-
-
-def best_of(checkpoint):
-    """(best test accuracy, its epoch) so far: the checkpoint's record, else its metrics' maximum."""
-    if isinstance(checkpoint.get("best"), dict):
-        return checkpoint["best"]["test_acc"], checkpoint["best"]["epoch"]
-    metrics = checkpoint["metrics"]
-    best = max(range(len(metrics)), key=lambda i: metrics[i]["test_acc"], default=None)
-    return (-1.0, 0) if best is None else (metrics[best]["test_acc"], best + 1)
-
-
-def repair_run(run, checkpoint, say):
-    """last.pt is the commit record; bring the files written after it in step with it. An epoch
-    writes last.pt, then best.pt, metrics.jsonl and curves.png: a kill between those renames
-    left best.pt and the metrics one epoch behind, and this puts them right."""
-    repaired = []
-    if run.sync_metrics(checkpoint["metrics"]):
-        repaired.append("metrics.jsonl and curves.png")
-    _, epoch = best_of(checkpoint)
-    if epoch and epoch == checkpoint["epoch"] and not checkpoint.get("step"):  # last.pt is the best epoch itself
-        try:
-            current = load(run.path / "best.pt")["epoch"]
-        except EngineError:
-            current = None
-        if current != epoch:
-            save_atomic(checkpoint, run.path / "best.pt")
-            repaired.append("best.pt")
-    if repaired:
-        say(f"Repaired {' and '.join(repaired)} from last.pt (a kill had left them behind)")
-
-
 class SaveClock:
     """When a mid-epoch checkpoint is due: `every` seconds after the last save (None: never)."""
 
@@ -216,11 +210,11 @@ class SaveClock:
         self.last = time.monotonic()
 
 
-def check_state(checkpoint, model, path="the checkpoint"):
+def check_state(checkpoint: Checkpoint, model, path="the checkpoint"):
     """One line naming the first parameter where the checkpoint's weights and `model` differ (a
     missing or extra key, or another shape): a checkpoint of another model or dataset."""
-    saved, wanted = checkpoint["model"], model.state_dict()
-    where = f"{path} does not fit {checkpoint['config']['model']} on {'x'.join(map(str, checkpoint['data']['shape']))} images"
+    saved, wanted = checkpoint.model, model.state_dict()
+    where = f"{path} does not fit {checkpoint.ref.name} on {'x'.join(map(str, checkpoint.spec.shape))} images"
     for key, tensor in wanted.items():
         if key not in saved:
             raise EngineError(f"{where}: it has no {key} (a checkpoint of another model?)")
@@ -232,55 +226,13 @@ def check_state(checkpoint, model, path="the checkpoint"):
         raise EngineError(f"{where}: it has {extra[0]}, which the model lacks (a checkpoint of another model?)")
 
 
-def resume_path(run_dir):
-    """last.pt of `run_dir` (a run directory, `runs/latest`, or that last.pt itself).
+def model_from_checkpoint(checkpoint: Checkpoint, path="the checkpoint", code=None, say=print):
+    """The trained model, rebuilt from the checkpoint (eval mode, CPU, fp32, NCHW). `code`: the
+    --model given on this command line (a ModelRef), which a user model's checkpoint needs."""
+    from engine.models.reference import build, reopen
 
-    Any other checkpoint (best.pt, a copy) is refused: resuming rewrites the run's last.pt and
-    metrics from the checkpoint's epoch on, which would silently drop the epochs after it.
-    """
-    run_dir = Path(run_dir)
-    if run_dir.is_file():
-        if run_dir.name != "last.pt":
-            raise UsageError(f"--resume takes a run directory or its last.pt, not {run_dir}; to go on from another "
-                             "checkpoint, copy it as last.pt into a new run directory")
-        return run_dir
-    last = run_dir / "last.pt"
-    if not last.is_file():
-        where = (f"{run_dir} has no last.pt" if run_dir.is_dir() else f"{run_dir} is not a run directory"
-                 if run_dir.exists() else f"{run_dir} does not exist")
-        raise UsageError(f"--resume: nothing to resume ({where}); train without --resume first, or name a run directory")
-    return last
-
-
-def model_from_checkpoint(checkpoint, path="the checkpoint"):
-    """The trained model, rebuilt from the checkpoint alone (eval mode, CPU, fp32, NCHW)."""
-    from engine.models import build_model
-
-    spec = checkpoint["data"]
-    model = build_model(checkpoint["config"]["model"], tuple(spec["shape"]), len(spec["classes"]))
+    ref = reopen(checkpoint.ref, code, path, say)
+    model = build(ref, tuple(checkpoint.spec.shape), len(checkpoint.spec.classes))
     check_state(checkpoint, model, path)
-    model.load_state_dict(checkpoint["model"])
+    model.load_state_dict(checkpoint.model)
     return model.eval()
-
-
-def data_fingerprint(data):
-    """What --resume compares: image counts and a digest of the labels and the pixels (a strided
-    sample of at most 2,048 images per split, so a large set costs milliseconds)."""
-    def digest(x, y):
-        h = hashlib.blake2b(digest_size=8)
-        h.update(y.numpy().tobytes())
-        step = max(1, len(x) // 2048)
-        h.update(x[::step].contiguous().numpy().tobytes())
-        return h.hexdigest()
-
-    return {"train_images": len(data.train_x), "test_images": len(data.test_x),
-            "train": digest(data.train_x, data.train_y), "test": digest(data.test_x, data.test_y)}
-
-
-def fingerprint_changes(saved, now):
-    """A phrase saying what changed between two data fingerprints, or None."""
-    changes = [f"{key.replace('_', ' ')} {saved[key]:,} -> {now[key]:,}"
-               for key in ("train_images", "test_images") if saved.get(key) != now.get(key)]
-    if not changes:
-        changes = [f"{split} images or labels differ" for split in ("train", "test") if saved.get(split) != now.get(split)]
-    return "; ".join(changes) or None

@@ -43,8 +43,9 @@ def add_config_flags(parser, groups):
         elif f.metadata["choices"]:
             parser.add_argument(flag(f.name), choices=f.metadata["choices"], **kwargs)
         else:
-            metavar = {int: "N", float: "X"}.get(kind, "PATH" if f.name in ("data_dir", "cache_dir", "out") else
-                                                 "DURATION" if f.name == "save_every" else None)
+            metavar = {int: "N", float: "X"}.get(kind, "PATH" if f.name in ("data_dir", "cache_dir", "out", "init_from") else
+                                                 {"save_every": "DURATION", "model_args": "JSON", "freeze": "PREFIXES",
+                                                  "model": "MODEL"}.get(f.name))
             parser.add_argument(flag(f.name), type=kind, metavar=metavar or f.name.upper(), **kwargs)
 
 
@@ -68,6 +69,7 @@ def build_parser():
                                                "onnxruntime) on its own dataset's test split, or on --data.")
     evaluate.add_argument("checkpoint", metavar="CHECKPOINT|MODEL.onnx", help="a .pt file written by engine train, "
                           "or a .onnx file written by engine export")
+    add_code_flag(evaluate)
     add_config_flags(evaluate, ("data", "runtime"))
     add_metadata_flags(evaluate)
     evaluate.set_defaults(func=cmd_eval)
@@ -78,6 +80,7 @@ def build_parser():
                                              "PyTorch on the run's test images before it is written.")
     export.add_argument("out", metavar="OUT.onnx", help="the file to write")
     export.add_argument("--checkpoint", metavar="PATH", help="checkpoint to export (default: runs/latest/best.pt)")
+    add_code_flag(export)
     export.add_argument("--opset", type=int, metavar="N", help="ONNX opset (default: the exporter's, 18 or newer)")
     export.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,
                         help="check the file and compare onnxruntime with PyTorch before writing it (default: on)")
@@ -100,9 +103,12 @@ def build_parser():
 
     summary = commands.add_parser("summary", help="layer table of a model with output shapes and parameters",
                                   description="Print a model's layers, output shapes and parameter counts.")
-    summary.add_argument("--model", default="cifar_cnn", help="network, by name (default: cifar_cnn)")
-    summary.add_argument("--input-shape", metavar="CxHxW", help="input shape, e.g. 1x28x28 (default: the tutorial's)")
-    summary.add_argument("--num-classes", type=int, default=10, help="output classes (default: 10)")
+    summary.add_argument("--model", default="cifar_cnn", help="network: a built-in name, torchvision:NAME, FILE.py:NAME "
+                         "or package.module:NAME (default: cifar_cnn)")
+    summary.add_argument("--model-args", metavar="JSON", help="keyword arguments for the model's constructor")
+    summary.add_argument("--input-shape", metavar="CxHxW", help="input shape, e.g. 1x28x28 (default: a built-in's "
+                         "own, else 3x32x32)")
+    summary.add_argument("--num-classes", type=positive, default=10, help="output classes (default: 10)")
     summary.set_defaults(func=cmd_summary)
     return parser
 
@@ -116,6 +122,11 @@ def positive(text):
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {text!r}")
     return value
+
+
+def add_code_flag(parser):
+    parser.add_argument("--model", dest="code", metavar="FILE.py:NAME", help="a checkpoint of a user model: its code, named again "
+                        "(FILE.py:NAME or package.module:NAME); checkpoints never import code by themselves")
 
 
 def add_metadata_flags(parser):
@@ -143,26 +154,15 @@ def cmd_train(args):
     values = given(args)
     resume = None
     if args.resume is not None:
-        from engine.checkpoint import load, resume_path
+        from engine.resume import resume_config
 
-        path = resume_path(args.resume).resolve()  # runs/latest -> the run it names
-        resume = load(path)
-        saved = resume["config"]
-        fixed = {f.name for f in dataclasses.fields(Config) if not f.metadata["resume"]}
-        if "data" in values:  # the run saved it absolute
-            values["data"] = Config(data=values["data"]).with_absolute_paths().data
-        for name, value in values.items():
-            if name in fixed and saved.get(name) != value:
-                raise UsageError(f"--resume continues the run as configured; {flag(name)} {value} differs from its "
-                                 f"{saved.get(name)} (start a new run to change it)")
-        values = dict(saved, **values)
-        values["out"] = str(path.parent)
-    if resume is None:
-        from engine.recipe import apply_recipe
+        cfg, resume = resume_config(args.resume, values, say=log)
+        train(cfg, resume=resume, log=log)
+        return 0
+    from engine.recipe import apply_recipe
 
-        values = apply_recipe(values, say=(lambda *_: None) if values.get("quiet") else log)  # flags given win
-    cfg = Config.from_dict(values) if resume else Config(**values)
-    train(cfg, resume=resume, log=log)
+    values = apply_recipe(values, say=(lambda *_: None) if values.get("quiet") else log)  # flags given win
+    train(Config(**values), log=log)
     return 0
 
 
@@ -174,6 +174,8 @@ def cmd_eval(args):
     if args.checkpoint.lower().endswith(".onnx"):
         from export.evaluate import evaluate_onnx
 
+        if args.code:
+            raise UsageError("--model names a checkpoint's code; an .onnx file holds its whole model")
         for name in ONNX_IGNORED:
             if name in values:
                 raise UsageError(f"{flag(name)} applies to PyTorch checkpoints; an .onnx file runs in onnxruntime")
@@ -184,7 +186,7 @@ def cmd_eval(args):
 
         if args.input_size or args.classes:
             raise UsageError("--input-size and --classes are for .onnx files; a checkpoint knows its own")
-        result = evaluate_checkpoint(args.checkpoint, values, log=log)
+        result = evaluate_checkpoint(args.checkpoint, values, log=log, model=args.code)
         source = f"checkpoint after epoch {result['epoch']}; {result['images'] / result['seconds']:,.0f} img/s"
         if result["compile_seconds"] is not None:
             source += f", after compiling for {result['compile_seconds']:.1f} s"
@@ -197,7 +199,8 @@ def cmd_eval(args):
 def cmd_export(args):
     from export.onnx_export import export_onnx
 
-    result = export_onnx(args.out, args.checkpoint, opset=args.opset, verify=args.verify, int8=args.int8, log=log)
+    result = export_onnx(args.out, args.checkpoint, opset=args.opset, verify=args.verify, int8=args.int8, log=log,
+                         model=args.code)
     info = result.info
     if result.parity is not None:
         log(f"Verified on {result.verified_on}: {result.parity.describe()}")
@@ -220,12 +223,14 @@ def cmd_predict(args):
 
 
 def cmd_summary(args):
-    from engine.models import MODELS, build_model, format_summary
+    from engine.models import MODELS, format_summary
+    from engine.models.reference import build, parse_model
 
-    shape = MODELS[args.model].reference_shape if args.model in MODELS else (3, 32, 32)  # build_model names bad models
+    ref = parse_model(args.model, args.model_args)
+    shape = MODELS[ref.name].reference_shape if ref.kind == "builtin" else (3, 32, 32)
     if args.input_shape:
         shape = tuple(parse_shape(args.input_shape, "--input-shape"))
-    print(format_summary(args.model, build_model(args.model, shape, args.num_classes), shape))
+    print(format_summary(args.model, build(ref, shape, args.num_classes), shape))
     return 0
 
 

@@ -29,7 +29,20 @@ def option(default, help, *, choices=None, group="train", resume=False):
 @dataclass
 class Config:
     model: str = option(
-        "cifar_cnn", "network, by name: cifar_cnn, cifar_seq, mnist_cnn, lenet, mlp or fast_cifar (see `engine summary`)"
+        "cifar_cnn", "network: a built-in name (cifar_cnn, cifar_seq, mnist_cnn, lenet, mlp, fast_cifar), "
+        "torchvision:NAME (e.g. torchvision:resnet18), FILE.py:NAME or package.module:NAME (an nn.Module class or a "
+        "function returning one; see docs/models.md)"
+    )
+    model_args: str | None = option(
+        None, "JSON object of keyword arguments for the model's constructor, e.g. '{\"width\": 64}' (num_classes, "
+        "in_channels and in_shape are passed by name to a constructor that takes them)"
+    )
+    init_from: str | None = option(
+        None, "start from the weights in PATH: an engine checkpoint or a plain state dict (.pt/.pth, loaded "
+        "weights-only); a classifier head of another class count is re-initialised"
+    )
+    freeze: str | None = option(
+        None, "PREFIX[,PREFIX]: keep the parameters under these names fixed (e.g. conv1,layer1)"
     )
     data: str = option(
         "synthetic",
@@ -136,10 +149,11 @@ class Config:
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in choices:
                 raise UsageError(f"{flag(f.name)} must be one of {', '.join(choices)}, not {getattr(self, f.name)!r}")
-        from engine.models import MODELS  # torch is needed by then anyway
+        from engine.models.reference import parse_model  # torch is needed by then anyway
 
-        if self.model not in MODELS:
-            raise UsageError(f"unknown model {self.model!r}; choose one of: {', '.join(MODELS)}")
+        parse_model(self.model, self.model_args)  # the syntax, the file, the name; no user code runs here
+        if self.freeze is not None and not [p for p in self.freeze.split(",") if p.strip()]:
+            raise UsageError(f"--freeze takes parameter name prefixes such as conv1,layer1, not {self.freeze!r}")
         if self.data not in BUILTIN_DATASETS and not looks_like_path(self.data):
             raise UsageError(
                 f"unknown dataset {self.data!r}; use one of {', '.join(BUILTIN_DATASETS)} or the path of an image folder or archive"
@@ -160,12 +174,22 @@ class Config:
         """The same config with data paths made absolute, so a saved run works from any directory."""
         data = self.data if self.data in BUILTIN_DATASETS else os.path.abspath(os.path.expanduser(self.data))
         cache = os.path.abspath(os.path.expanduser(self.cache_dir)) if self.cache_dir else None
-        return dataclasses.replace(self, data=data, data_dir=os.path.abspath(os.path.expanduser(self.data_dir)), cache_dir=cache)
+        init = os.path.abspath(os.path.expanduser(self.init_from)) if self.init_from else None
+        return dataclasses.replace(self, data=data, data_dir=os.path.abspath(os.path.expanduser(self.data_dir)),
+                                   cache_dir=cache, init_from=init, model=absolute_model(self.model))
 
     def resolved_cache_dir(self) -> Path:
         if self.cache_dir:
             return Path(self.cache_dir).expanduser()
         return Path(os.environ.get("ENGINE_CACHE_DIR") or Path.home() / ".cache" / "engine")
+
+
+def absolute_model(model):
+    """`nets.py:Net` -> `/abs/path/nets.py:Net`; every other form unchanged."""
+    head, sep, name = model.rpartition(":")
+    if sep and head.endswith(".py"):
+        return f"{os.path.abspath(os.path.expanduser(head))}:{name}"
+    return model
 
 
 def parse_duration(text):

@@ -63,23 +63,29 @@ def labels_for(source, shape, classes, data, data_name):
     return torch.tensor([classes.index(name) for name in data.classes])[data.test_y]  # (M,) int64
 
 
-def evaluate_checkpoint(path, overrides, log=print):
+def evaluate_checkpoint(path, overrides, log=print, model=None):
     """Test loss and accuracy of the checkpoint at `path` on its own dataset or on `overrides`' data.
 
     overrides: config values given on the command line (data, data_dir, limit_test, device, ...).
+    model: a user model's code named again (`--model nets.py:Net`), which its checkpoint needs.
     """
+    from engine.models.reference import parse_model
+
     checkpoint = load(path)
+    code = parse_model(model) if model else None  # before the data is read: a bad --model is one line
     # The checkpoint decides what was trained on; how to run (device, amp, batch, limits) is this
     # command's own flags and defaults, never the training run's.
-    saved = checkpoint["config"]
-    cfg = Config(**{**{k: saved[k] for k in ("model", "data", "data_dir", "cache_dir", "seed")}, **overrides})
+    saved = checkpoint.config
+    cfg = Config(**{**{k: saved[k] for k in ("data", "data_dir", "cache_dir", "seed")}, **overrides})
+    say = (lambda *_: None) if cfg.quiet else log
+    rebuilt = model_from_checkpoint(checkpoint, path, code, say)
     runtime = Runtime.from_config(cfg)
     setup_backends(runtime.device, cfg.seed)
-    data = load_dataset(cfg, (lambda *_: None) if cfg.quiet else log)
-    spec = checkpoint["data"]
-    data.test_y = labels_for(path, spec["shape"], spec["classes"], data, cfg.data)
-    model = runtime.prepare(model_from_checkpoint(checkpoint), compile=runtime.compile and not runtime.ahead_of_time)
-    loader = BatchLoader(data.test_x, data.test_y, cfg.batch_size, spec["mean"], spec["std"], device=runtime.device,
+    data = load_dataset(cfg, say)
+    spec = checkpoint.spec
+    data.test_y = labels_for(path, spec.shape, spec.classes, data, cfg.data)
+    model = runtime.prepare(rebuilt, compile=runtime.compile and not runtime.ahead_of_time)
+    loader = BatchLoader(data.test_x, data.test_y, cfg.batch_size, spec.mean, spec.std, device=runtime.device,
                          train=False, channels_last=cfg.channels_last)
     started = time.perf_counter()
     if runtime.ahead_of_time:
@@ -87,9 +93,9 @@ def evaluate_checkpoint(path, overrides, log=print):
 
         if not cfg.quiet:
             log("compiling the model ahead of time (torch.export + AOTInductor) ...")
-        model = compile_inference(model, (cfg.batch_size, *spec["shape"]), runtime, loader.memory_format)
+        model = compile_inference(model, (cfg.batch_size, *spec.shape), runtime, loader.memory_format)
     compiled = time.perf_counter()
-    tta = cfg.tta and spec.get("flip", False)  # --tta: only for data that trained with flips
+    tta = cfg.tta and spec.flip  # --tta: only for data that trained with flips
     loss, acc = evaluate(model, loader, runtime, tta)
     return {"test_loss": loss, "test_acc": acc, "images": len(data.test_x), "data": cfg.data, "epoch": epochs_done(checkpoint),
             "tta": tta, "seconds": time.perf_counter() - compiled,
@@ -99,7 +105,7 @@ def evaluate_checkpoint(path, overrides, log=print):
 def epochs_done(checkpoint):
     """Epochs a checkpoint holds: whole ones, or e.g. 1.25 for one saved within an epoch (a stop at
     --target-acc, --save-every)."""
-    scheduler, epochs = checkpoint.get("scheduler") or {}, checkpoint["config"].get("epochs")
-    if not checkpoint.get("step") or not scheduler.get("total_steps") or not epochs:
-        return checkpoint["epoch"]
+    scheduler, epochs = checkpoint.scheduler or {}, checkpoint.config.get("epochs")
+    if not checkpoint.step or not scheduler.get("total_steps") or not epochs:
+        return checkpoint.epoch
     return round(scheduler["step"] / (scheduler["total_steps"] / epochs), 2)

@@ -39,7 +39,7 @@ def whitening_images(train_x, spec, seed, count=WHITEN_IMAGES):
     initialises the weights, is not touched."""
     generator = torch.Generator().manual_seed(seed)
     pick = torch.randperm(len(train_x), generator=generator)[:count].sort().values
-    return Normalize(spec["mean"], spec["std"])(train_x[pick])
+    return Normalize(spec.mean, spec.std)(train_x[pick])
 
 
 def init_from_data(model, train_x, spec, seed, say=print):

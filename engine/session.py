@@ -1,26 +1,30 @@
 """A run's session: everything set up before its first step, and what it carries between epochs.
 
-`open_session(cfg, resume)` resolves the runtime and the run directory, reads the data, builds the
-model, optimizer and scaler, restores a checkpoint when resuming (and repairs the run directory
-from it), and returns the `Session` that `engine.train` steps, evaluates and saves.
+`open_session(cfg, resume)` resolves the runtime and the run directory, then in three parts reads
+the data (`open_data`), builds and initialises the model (`open_model`: the reference, the probe,
+--init-from, --freeze) and, when resuming, restores the checkpoint's progress (`restore_progress`,
+which also repairs the run directory); it returns the `Session` that `engine.train` steps,
+evaluates and saves.
 """
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from engine.checkpoint import (SaveClock, best_of, check_resume, check_state, data_fingerprint, repair_run, restore,
-                               restore_rng_states)
+from engine.checkpoint import Checkpoint, SaveClock, check_state, restore_rng_states
 from engine.config import Config, parse_duration
-from engine.data import check_batch_size, dataset_label, load_dataset
+from engine.data import Dataset, InputSpec, check_batch_size, dataset_label, load_dataset
 from engine.distributed import Ranks
 from engine.errors import EngineError
 from engine.loader import BatchLoader
-from engine.models import build_model, count_parameters
+from engine.models import count_parameters
+from engine.models.reference import ModelRef, build, check_fits, load_code, parse_model, reference_of, reopen
 from engine.optim import build_optimizer
 from engine.recipe import freeze, init_from_data
 from engine.report import RunDir, TensorBoard, default_run_dir
+from engine.resume import best_of, check_resume, data_fingerprint, repair_run, restore
 from engine.runtime import Runtime, setup_backends, warn
 from engine.target import Watch, reached_in
 
@@ -34,7 +38,8 @@ class Session:
     cfg: Config  # with absolute paths and the run directory filled in
     runtime: Runtime
     run: RunDir
-    spec: dict  # the data spec the checkpoints keep (Dataset.spec(), or the resumed run's)
+    spec: InputSpec  # what the checkpoints keep of the data (Dataset.spec(), or the resumed run's)
+    ref: ModelRef  # what rebuilds the model: the checkpoints keep it
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
@@ -70,85 +75,139 @@ class Session:
         return self.steps * self.cfg.epochs
 
 
-def open_session(cfg: Config, resume=None, say=print, ranks=None) -> Session:
-    """Resolve the runtime and run directory, read the data, build the model, optimizer and scaler,
-    restore `resume` (a checkpoint dict) if given, and write config.json. Under torchrun `ranks`
-    says which rank this is: rank 0 alone writes the run directory."""
-    cfg = cfg.with_absolute_paths()
+def open_session(cfg: Config, resume: Checkpoint | None = None, say=print, ranks=None, model=None) -> Session:
+    """Resolve the runtime and run directory, read the data, build the model (or take `model`, a
+    module the caller built), optimizer and scaler, restore `resume` if given, and write config.json.
+    Under torchrun `ranks` says which rank this is: rank 0 alone writes the run directory."""
     ranks = ranks or Ranks()
+    ref = model_reference(cfg, resume, model, say)  # before any file is written: a bad --model is one line
+    cfg = dataclasses.replace(cfg, model=ref.label) if model is not None else cfg
+    cfg = cfg.with_absolute_paths()
     runtime = Runtime.from_config(cfg)
     runtime.device = ranks.device or runtime.device  # cuda:LOCAL_RANK under torchrun
     if cfg.tensorboard:
         TensorBoard.require()
     if not cfg.out:
-        cfg.out = ranks.broadcast(str(default_run_dir(cfg.model, dataset_label(cfg.data), RUNS)))
+        cfg.out = ranks.broadcast(str(default_run_dir(model_label(ref), dataset_label(cfg.data), RUNS)))
     run = RunDir(cfg.out, resuming=resume is not None, create=ranks.is_main)
     try:
-        data = load_dataset(cfg, say)
-        check_batch_size(data, cfg.batch_size)
-        fingerprint = data_fingerprint(data)
-        if resume is not None:
-            total = len(data.train_x) // (cfg.batch_size * ranks.world) * cfg.epochs
-            check_resume(resume, run.path / "last.pt", fingerprint, total, cfg.data)
-            spec = resume["data"]
-            if spec["classes"] != data.classes or list(spec["shape"]) != list(data.shape):
-                raise EngineError(f"--resume: the data at {cfg.data} no longer matches the run's (classes or image shape changed)")
-        else:
-            spec = data.spec()
+        data, spec, fingerprint = open_data(cfg, resume, run, ranks, say)
         setup_backends(runtime.device, cfg.seed)
-        model = ranks.sync_batchnorm(build_model(cfg.model, data.shape, len(data.classes)))
-        ranks.seed(cfg.seed)  # after the common initialisation: dropout differs per rank
-        if resume is not None:
-            check_state(resume, model, run.path / "last.pt")  # one line naming a mismatch
-        else:  # e.g. fast_cifar's whitened stem; a resume loads it from the checkpoint
-            init_from_data(model, data.train_x, spec, cfg.seed, say)
+        model = open_model(cfg, ref, data, spec, resume, ranks, model, run, say)
         runtime.prepare(model)
     except BaseException:
         run.discard_if_unused()
         raise
-    say(f"Model: {cfg.model}, {count_parameters(model):,} parameters, input {'x'.join(map(str, data.shape))}, "
+    say(f"Model: {model_label(ref)}, {count_parameters(model):,} parameters, input {'x'.join(map(str, data.shape))}, "
         f"{len(data.classes)} classes; {runtime.describe()}")
     optimizer = build_optimizer(cfg, model)
     scaler = runtime.grad_scaler()
-    metrics, start_epoch, best, best_epoch, step = [], 0, -1.0, 0, 0
+    session = Session(cfg, runtime, run, spec, ref, model, optimizer, scaler, *loaders(cfg, data, spec, runtime, ranks),
+                      None, [], ranks=ranks, ddp=ranks.wrap(model) if ranks.world > 1 else None, fingerprint=fingerprint,
+                      clock=SaveClock(parse_duration(cfg.save_every) if ranks.world == 1 else None))  # DDP: epoch ends only
     if resume is not None:
-        restore(resume, run.path / "last.pt", model, optimizer, scaler)
-        freeze(model, resume.get("frozen", ()))  # what the fresh run's init froze (a whitened stem)
-        restore_rng_states(ranks.rng_of_rank(resume["rng"]))
-        metrics, start_epoch, step = list(resume["metrics"]), resume["epoch"], resume.get("step", 0)
-        best, best_epoch = best_of(resume)
-        if reached_in(metrics):  # it stopped at --target-acc: nothing is left to train
-            start_epoch, step = cfg.epochs, 0
-        if ranks.is_main:
-            repair_run(run, resume, say)  # last.pt is the commit record: best.pt and metrics follow it
-        say(f"Resuming {run.path} after epoch {start_epoch}{f' and {step} steps' if step else ''} of {cfg.epochs}")
-        changed = [f"{k} {v} -> {runtime.resolved()[k]}" for k, v in resume.get("runtime", {}).items()
-                   if runtime.resolved().get(k) != v]
-        if changed:  # another machine, or other runtime flags: the weights continue, the arithmetic changes
-            warn(f"resuming on a different runtime: {', '.join(changed)}")
-
-    device = runtime.device
-    train_loader = BatchLoader(data.train_x, data.train_y, cfg.batch_size, spec["mean"], spec["std"], device=device,
-                               train=True, flip=spec["flip"], seed=cfg.seed, channels_last=cfg.channels_last,
-                               crop_padding=cfg.crop_padding,
-                               rank=ranks.rank, world=ranks.world)
-    test_loader = BatchLoader(data.test_x, data.test_y, cfg.batch_size, spec["mean"], spec["std"], device=device,
-                              train=False, channels_last=cfg.channels_last, rank=ranks.rank, world=ranks.world)
+        restore_progress(session, resume, say)
+    if data.val_x is not None:
+        session.val_loader = BatchLoader(data.val_x, data.val_y, cfg.batch_size, spec.mean, spec.std, device=runtime.device,
+                                         train=False, channels_last=cfg.channels_last, rank=ranks.rank, world=ranks.world)
     if ranks.is_main:
-        run.write_config(cfg.to_dict(), spec, runtime.resolved())
+        run.write_config(cfg.to_dict(), dataclasses.asdict(spec), runtime.resolved())
         if run.path.parent.resolve() == (Path.cwd() / RUNS).resolve():  # runs/latest: the newest run in runs/
             run.point_latest()
-    tensorboard = TensorBoard(run.path, len(train_loader)) if cfg.tensorboard and ranks.is_main else None
-    session = Session(cfg, runtime, run, spec, model, optimizer, scaler, train_loader, test_loader, tensorboard,
-                      metrics, start_epoch, best, ranks, ranks.wrap(model) if ranks.world > 1 else None,
-                      fingerprint, best_epoch, step, resume.get("partial") if resume else None,
-                      SaveClock(parse_duration(cfg.save_every) if ranks.world == 1 else None))  # DDP: epoch ends only
-    if data.val_x is not None:
-        session.val_loader = BatchLoader(data.val_x, data.val_y, cfg.batch_size, spec["mean"], spec["std"], device=device,
-                                         train=False, channels_last=cfg.channels_last, rank=ranks.rank, world=ranks.world)
-    session.watch, session.reached = Watch(cfg.target_acc, cfg.eval_every, session.steps), reached_in(metrics)
+    session.tensorboard = TensorBoard(run.path, session.steps) if cfg.tensorboard and ranks.is_main else None
+    session.watch, session.reached = Watch(cfg.target_acc, cfg.eval_every, session.steps), reached_in(session.metrics)
     per_rank = f" per rank x {ranks.world} ranks = {cfg.batch_size * ranks.world} global" if ranks.world > 1 else ""
     val = f" / {len(data.val_x):,} validation" if data.val_x is not None else ""
     say(f"Run: {run.path} ({len(data.train_x):,} train{val} / {len(data.test_x):,} test images, "
         f"{session.steps} steps of {cfg.batch_size}{per_rank} an epoch, {cfg.epochs} epoch{'s' if cfg.epochs > 1 else ''})")
     return session
+
+
+def model_label(ref: ModelRef):
+    """A short name for a run's model: cifar_cnn, resnet18, Net."""
+    return ref.name
+
+
+def model_reference(cfg: Config, resume: Checkpoint | None, model, say) -> ModelRef:
+    """What builds this run's model: `cfg.model` parsed, the resumed run's reference (its user code
+    named again), or the class of the caller's `model`."""
+    if model is not None:
+        ref = reference_of(model)
+        if resume is not None:
+            reopen(resume.ref, ref, "--resume's checkpoint", say)
+        return ref
+    given = parse_model(cfg.model, cfg.model_args)
+    ref = reopen(resume.ref, given, "--resume's checkpoint", say) if resume is not None else given
+    if ref.user_code:
+        load_code(ref)  # import it now: a missing name or a failing import is one line before any work
+    return ref
+
+
+def open_data(cfg: Config, resume: Checkpoint | None, run: RunDir, ranks: Ranks, say):
+    """(the Dataset, its InputSpec, its fingerprint); a resumed run's spec, once the data is shown to
+    be the same."""
+    data = load_dataset(cfg, say)
+    check_batch_size(data, cfg.batch_size)
+    fingerprint = data_fingerprint(data)
+    if resume is None:
+        return data, data.spec(), fingerprint
+    total = len(data.train_x) // (cfg.batch_size * ranks.world) * cfg.epochs
+    check_resume(resume, run.path / "last.pt", fingerprint, total, cfg.data)
+    if resume.spec.classes != data.classes or list(resume.spec.shape) != list(data.shape):
+        raise EngineError(f"--resume: the data at {cfg.data} no longer matches the run's (classes or image shape changed)")
+    return data, resume.spec, fingerprint
+
+
+def open_model(cfg: Config, ref: ModelRef, data: Dataset, spec: InputSpec, resume: Checkpoint | None, ranks: Ranks,
+               model, run: RunDir, say):
+    """The run's model on the CPU, checked to fit the data and initialised: a fresh run's
+    data-dependent init or --init-from, then --freeze; a resumed run's weights come later (restore)."""
+    from engine.models.weights import freeze_prefixes, init_from
+
+    if model is None:
+        model = build(ref, data.shape, len(data.classes))
+    else:
+        check_fits(model, ref, data.shape, len(data.classes))
+    model = ranks.sync_batchnorm(model)
+    ranks.seed(cfg.seed)  # after the common initialisation: dropout differs per rank
+    if resume is not None:
+        check_state(resume, model, run.path / "last.pt")  # one line naming a mismatch
+        return model
+    if cfg.init_from:
+        init_from(model, cfg.init_from, say)
+    else:  # e.g. fast_cifar's whitened stem
+        init_from_data(model, data.train_x, spec, cfg.seed, say)
+    if cfg.freeze:
+        freeze_prefixes(model, cfg.freeze, say)
+    return model
+
+
+def loaders(cfg: Config, data: Dataset, spec: InputSpec, runtime: Runtime, ranks: Ranks):
+    """(train, test) BatchLoaders on the run's device: this rank's part of each split."""
+    train = BatchLoader(data.train_x, data.train_y, cfg.batch_size, spec.mean, spec.std, device=runtime.device,
+                        train=True, flip=spec.flip, seed=cfg.seed, channels_last=cfg.channels_last,
+                        crop_padding=cfg.crop_padding, rank=ranks.rank, world=ranks.world)
+    test = BatchLoader(data.test_x, data.test_y, cfg.batch_size, spec.mean, spec.std, device=runtime.device,
+                       train=False, channels_last=cfg.channels_last, rank=ranks.rank, world=ranks.world)
+    return train, test
+
+
+def restore_progress(s: Session, resume: Checkpoint, say):
+    """A resumed run's weights, optimizer, scaler, RNG and progress (epochs, steps, metrics, best)."""
+    path = s.run.path / "last.pt"
+    restore(resume, path, s.model, s.optimizer, s.scaler)
+    freeze(s.model, resume.frozen)  # what the fresh run froze (a whitened stem, --freeze)
+    restore_rng_states(s.ranks.rng_of_rank(resume.rng))
+    s.metrics, s.start_epoch, s.resume_step = list(resume.metrics), resume.epoch, resume.step
+    s.best, s.best_epoch = best_of(resume)
+    s.partial = resume.partial
+    if reached_in(s.metrics):  # it stopped at --target-acc: nothing is left to train
+        s.start_epoch, s.resume_step = s.cfg.epochs, 0
+    if s.ranks.is_main:
+        repair_run(s.run, resume, say)  # last.pt is the commit record: best.pt and metrics follow it
+    step = s.resume_step
+    say(f"Resuming {s.run.path} after epoch {s.start_epoch}{f' and {step} steps' if step else ''} of {s.cfg.epochs}")
+    changed = [f"{k} {v} -> {s.runtime.resolved()[k]}" for k, v in resume.runtime.items()
+               if s.runtime.resolved().get(k) != v]
+    if changed:  # another machine, or other runtime flags: the weights continue, the arithmetic changes
+        warn(f"resuming on a different runtime: {', '.join(changed)}")

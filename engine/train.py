@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from engine import __version__
-from engine.checkpoint import FORMAT, interrupts_held, rng_states, save_atomic
+from engine.checkpoint import Checkpoint, interrupts_held, rng_states, save
 from engine.config import Config
 from engine.distributed import Ranks, process_group
 from engine.errors import Interrupted
@@ -117,7 +117,7 @@ def evaluate_epoch(s: Session, figures: EpochFigures):
     pause_point("eval")
     eval_started = time.perf_counter()
     s.ranks.sync_buffers(s.model)  # every rank evaluates its shard with rank 0's BatchNorm statistics
-    tta = s.cfg.tta and s.spec["flip"]  # --tta: only for data that trains with flips
+    tta = s.cfg.tta and s.spec.flip  # --tta: only for data that trains with flips
     figures.test_loss, figures.test_acc = evaluate(s.model, s.test_loader, s.runtime, tta)
     if s.val_loader is not None:
         figures.val_loss, figures.val_acc = evaluate(s.model, s.val_loader, s.runtime, tta)
@@ -156,30 +156,28 @@ def evaluation_extras(s: Session, f: EpochFigures) -> dict:
     extras = {"step": f.epoch * s.steps + f.steps_done, "partial": True} if f.steps_done else {}
     if s.val_loader is not None:
         extras.update(val_loss=round(f.val_loss, 5), val_acc=round(f.val_acc, 5))
-    if s.cfg.tta and s.spec["flip"]:
+    if s.cfg.tta and s.spec.flip:
         extras["tta"] = True
     return extras
 
 
-def checkpoint_state(s: Session, epochs_done, step=0, partial=None):
+def checkpoint_state(s: Session, epochs_done, step=0, partial=None) -> Checkpoint:
     """The checkpoint after `epochs_done` epochs and `step` steps of the next (with its `partial`
-    sums): tensors and plain values only (see checkpoint.load)."""
-    return {
-        "format": FORMAT, "config": s.cfg.to_dict(), "data": s.spec, "model": s.model.state_dict(),
-        "optimizer": s.optimizer.state_dict(),
-        "scheduler": {"step": epochs_done * s.steps + step, "total_steps": s.total_steps},
-        "scaler": s.scaler.state_dict(), "epoch": epochs_done, "rng": s.ranks.gather_rng(rng_states()), "metrics": s.metrics,
-        "versions": {"engine": __version__, "torch": str(torch.__version__)}, "runtime": s.runtime.resolved(),
-        "step": step, "partial": partial, "best": {"test_acc": s.best, "epoch": s.best_epoch},
-        "data_fingerprint": s.fingerprint, "frozen": frozen(s.model),
-    }
+    sums)."""
+    return Checkpoint(
+        config=s.cfg.to_dict(), spec=s.spec, model=s.model.state_dict(), epoch=epochs_done, ref=s.ref,
+        optimizer=s.optimizer.state_dict(), scheduler={"step": epochs_done * s.steps + step, "total_steps": s.total_steps},
+        scaler=s.scaler.state_dict(), rng=s.ranks.gather_rng(rng_states()), metrics=s.metrics, step=step, partial=partial,
+        best={"test_acc": s.best, "epoch": s.best_epoch}, fingerprint=s.fingerprint, frozen=frozen(s.model),
+        runtime=s.runtime.resolved(), versions={"engine": __version__, "torch": str(torch.__version__)},
+    )
 
 
 def save_partial(s: Session, epoch, step, loss_sum, correct):
     """A mid-epoch last.pt (--save-every): `step` steps of epoch `epoch` (0-based) done."""
     state = checkpoint_state(s, epoch, step, {"loss_sum": loss_sum.detach().cpu(), "correct": correct.detach().cpu()})
     with s.run.saving():
-        save_atomic(state, s.run.path / "last.pt")
+        save(state, s.run.path / "last.pt")
     s.clock.saved()
 
 
@@ -190,10 +188,10 @@ def save_epoch(s: Session, m, best_now, state=None):
     if not s.ranks.is_main:
         return
     with interrupts_held(), s.run.saving():  # an epoch's files are written whole, or not at all
-        save_atomic(state, s.run.path / "last.pt")  # the commit record: resume repairs the rest from it
+        save(state, s.run.path / "last.pt")  # the commit record: resume repairs the rest from it
         pause_point("commit")
         if best_now:
-            save_atomic(state, s.run.path / "best.pt")
+            save(state, s.run.path / "best.pt")
         s.run.write_metrics(s.metrics)
         s.run.plot(s.metrics)
         if s.tensorboard:
@@ -226,17 +224,22 @@ def record(s: Session, figures: EpochFigures):
     return m
 
 
-def train(cfg: Config, resume=None, log=print):
-    """Train as `cfg` says; `resume` is a checkpoint dict to continue. Returns (run dir, metrics).
+def train(cfg: Config, resume=None, log=print, model=None):
+    """Train as `cfg` says. Returns (run dir, metrics).
+
+    resume: a Checkpoint to continue (engine.resume.resume_config gives it with its config).
+    model: an nn.Module you built (airbench's make_net seam) instead of `cfg.model`; its class is
+    recorded as the checkpoint's reference, which `engine eval/export --model FILE.py:NAME` reloads.
+    A model's recipe (engine.recipe.apply_recipe) is the command line's: pass its values in `cfg`.
     Under torchrun every rank calls it, inside the process group; only rank 0 logs."""
     with process_group(resolve_device(cfg.device)) as ranks:
-        return train_ranks(cfg, resume, log if ranks.is_main else (lambda *_: None), ranks)
+        return train_ranks(cfg, resume, log if ranks.is_main else (lambda *_: None), ranks, model)
 
 
-def train_ranks(cfg: Config, resume, log, ranks: Ranks):
+def train_ranks(cfg: Config, resume, log, ranks: Ranks, model=None):
     """train() as one of `ranks`."""
     say = (lambda *_: None) if cfg.quiet else log
-    s = open_session(cfg, resume, say, ranks)
+    s = open_session(cfg, resume, say, ranks, model)
     s.log = log
     first = True  # the first epoch of this process times its first steps apart
     try:

@@ -37,14 +37,14 @@ class ModelInfo:
     def from_checkpoint(cls, checkpoint, opset):
         from engine import __version__
 
-        spec, cfg = checkpoint["data"], checkpoint["config"]
+        spec, cfg = checkpoint.spec, checkpoint.config
         from engine.evaluate import epochs_done
 
         done = epochs_done(checkpoint)  # 2, or 1.25 for a checkpoint saved within an epoch
-        accuracy = next((m["test_acc"] for m in reversed(checkpoint.get("metrics", []))
+        accuracy = next((m["test_acc"] for m in reversed(checkpoint.metrics or [])
                          if abs(m.get("epoch", -1) - done) < 0.005 and "test_acc" in m), None)
-        return cls(classes=list(spec["classes"]), input_size=list(spec["shape"]), mean=list(spec["mean"]),
-                   std=list(spec["std"]), model=cfg["model"], dataset=cfg["data"], test_accuracy=accuracy,
+        return cls(classes=list(spec.classes), input_size=list(spec.shape), mean=list(spec.mean),
+                   std=list(spec.std), model=checkpoint.ref.label, dataset=cfg["data"], test_accuracy=accuracy,
                    engine_version=__version__, opset=opset, config=dict(cfg))
 
     def to_props(self):

@@ -115,13 +115,14 @@ def run_data(checkpoint, log=print):
     from engine.config import Config
     from engine.data import load_dataset
 
-    cfg = dict(checkpoint["config"], quiet=True, limit_train=None, limit_test=None)
+    cfg = dict(checkpoint.config, quiet=True, limit_train=None, limit_test=None, model=Config.model, model_args=None,
+               init_from=None, freeze=None)  # the data alone: the model was rebuilt already
     try:
         data = load_dataset(Config.from_dict(cfg), log=lambda *_: None)
     except EngineError as error:
         log(f"The run's data is not available ({error})")
         return None
-    if list(data.shape) != list(checkpoint["data"]["shape"]):
+    if list(data.shape) != list(checkpoint.spec.shape):
         log(f"The run's data has changed (images are now {'x'.join(map(str, data.shape))})")
         return None
     return data
@@ -137,8 +138,9 @@ def verification_images(data, shape, count=VERIFY_IMAGES, seed=0):
     return data.test_x[pick].numpy().astype(np.float32) / 255, f"{len(pick)} test images of {data.name}"
 
 
-def export_onnx(out, checkpoint=None, *, opset=None, verify=True, int8=False, log=print):
-    """Export the checkpoint to `out`; returns an ExportResult. Nothing is left at `out` on failure."""
+def export_onnx(out, checkpoint=None, *, opset=None, verify=True, int8=False, log=print, model=None):
+    """Export the checkpoint to `out`; returns an ExportResult. Nothing is left at `out` on failure.
+    model: a user model's code named again (`--model nets.py:Net`), which its checkpoint needs."""
     from engine.checkpoint import load, model_from_checkpoint
     from engine.normalization import Normalized
     from export import verify as checks
@@ -147,25 +149,28 @@ def export_onnx(out, checkpoint=None, *, opset=None, verify=True, int8=False, lo
     out = check_out(out)
     if opset is not None and not MIN_OPSET <= opset <= torch.onnx._constants.ONNX_MAX_OPSET:
         raise UsageError(f"--opset {opset}: the exporter writes opsets {MIN_OPSET} to {torch.onnx._constants.ONNX_MAX_OPSET}")
+    from engine.models.reference import parse_model
+
     path = resolve_checkpoint(checkpoint)
     state = load(path)
-    spec = state["data"]
-    module = Normalized(model_from_checkpoint(state), spec["mean"], spec["std"]).eval()
-    log(f"Exporting {path} ({state['config']['model']}, epoch {state['epoch']}) to {out}")
+    spec = state.spec
+    code = parse_model(model) if model else None
+    module = Normalized(model_from_checkpoint(state, path, code, log), spec.mean, spec.std).eval()
+    log(f"Exporting {path} ({state.ref.name}, epoch {state.epoch}) to {out}")
     data = run_data(state, log) if verify or int8 else None
     if int8 and data is None:
         raise EngineError("--int8 calibrates on the run's training images, which are not available here; "
                           "export without --int8, or make the run's --data available")
     temporary = out.with_name(f".{out.name}.tmp{os.getpid()}")
     try:
-        sample = torch.rand(2, *spec["shape"])
+        sample = torch.rand(2, *spec.shape)
         written_opset = to_onnx(module, sample, temporary, opset)
         info = ModelInfo.from_checkpoint(state, written_opset)
         write_metadata(temporary, info)
         checks.check_standard(temporary)
         parity, source = None, "not verified (--no-verify)"
         if verify:
-            images, source = verification_images(data, spec["shape"])
+            images, source = verification_images(data, spec.shape)
             session, _ = open_session(temporary, device="cpu")
             parity = checks.check_parity(session, module, images)
         os.replace(temporary, out)

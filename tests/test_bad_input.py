@@ -175,7 +175,7 @@ def workspace(tiny_run, tiny_onnx, tmp_path_factory):
     last = (root / "run" / "last.pt").read_bytes()
     (root / "truncated.pt").write_bytes(last[: len(last) // 2])
     other = torch.load(root / "run" / "last.pt", weights_only=True)
-    other["config"]["model"] = "lenet"
+    other["config"]["model"] = other["model_ref"]["name"] = "lenet"
     torch.save(other, root / "other.pt")
     torch.save({"format": "engine-checkpoint/1", "model": {"w": Payload(root / "PAYLOAD_RAN")}}, root / "hostile.pt")
     (root / "hostile-run").mkdir()

@@ -6,10 +6,11 @@ import re
 import pytest
 import torch
 
-from engine.checkpoint import FORMAT, load, model_from_checkpoint, resume_path, save_atomic
+from engine.checkpoint import FORMAT, Checkpoint, load, model_from_checkpoint, save_atomic
 from engine.config import Config
 from engine.errors import EngineError, UsageError
 from engine.models import build_model
+from engine.resume import resume_path
 
 
 def checkpoint_for(model):
@@ -168,20 +169,20 @@ def test_a_checkpoint_of_another_model_names_the_first_mismatch(tmp_path):
     checkpoint["config"]["model"] = "cifar_seq"
     with pytest.raises(EngineError, match=r"c.pt does not fit cifar_seq on 3x32x32 images: features.0.conv.weight is "
                                           r"\(64, 3, 3, 3\) in it, \(32, 3, 5, 5\) in the model"):
-        model_from_checkpoint(checkpoint, "c.pt")
+        model_from_checkpoint(Checkpoint.from_dict(checkpoint), "c.pt")
     checkpoint = checkpoint_for(build_model("cifar_cnn", (3, 32, 32), 10))
     missing = next(iter(checkpoint["model"]))
     del checkpoint["model"][missing]
     with pytest.raises(EngineError, match=f"it has no {missing} \\(a checkpoint of another model\\?\\)"):
-        model_from_checkpoint(checkpoint, "c.pt")
+        model_from_checkpoint(Checkpoint.from_dict(checkpoint), "c.pt")
     checkpoint = checkpoint_for(build_model("cifar_cnn", (3, 32, 32), 10))
     checkpoint["data"]["classes"] = checkpoint["data"]["classes"][:5]  # another dataset: 5 classes
     with pytest.raises(EngineError, match=r"fc2.weight is \(10, 256\) in it, \(5, 256\) in the model \(another model, image size or class count\?\)"):
-        model_from_checkpoint(checkpoint, "c.pt")
+        model_from_checkpoint(Checkpoint.from_dict(checkpoint), "c.pt")
     checkpoint = checkpoint_for(build_model("cifar_cnn", (3, 32, 32), 10))
     checkpoint["model"]["extra.weight"] = torch.zeros(1)
     with pytest.raises(EngineError, match="it has extra.weight, which the model lacks"):
-        model_from_checkpoint(checkpoint, "c.pt")
+        model_from_checkpoint(Checkpoint.from_dict(checkpoint), "c.pt")
 
 
 @pytest.mark.parametrize("key", ["optimizer", "rng", "metrics", "scheduler"])
@@ -190,7 +191,7 @@ def test_resume_without_optimizer_rng_or_metrics_is_one_line(tiny_run, tmp_path,
 
     run = tmp_path / "run"
     run.mkdir()
-    checkpoint = load(tiny_run[0] / "last.pt")
+    checkpoint = load(tiny_run[0] / "last.pt").to_dict()
     del checkpoint[key]
     torch.save(checkpoint, run / "last.pt")
     assert main(["train", "--resume", str(run)]) == 1
@@ -225,8 +226,8 @@ def test_resume_repairs_best_pt_and_metrics_from_last_pt(tiny_run, tmp_path, cap
     (run / "metrics.jsonl").write_text("")
     (run / "curves.png").unlink()
     assert main(["train", "--resume", str(run)]) == 0  # all epochs done: it trains nothing, but repairs
-    assert load(run / "best.pt")["epoch"] == 1
-    best, last = load(run / "best.pt")["model"], load(run / "last.pt")["model"]
+    assert load(run / "best.pt").epoch == 1
+    best, last = load(run / "best.pt").model, load(run / "last.pt").model
     assert all(torch.equal(value, best[key]) for key, value in last.items())
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 1 and (run / "curves.png").exists()
     capsys.readouterr()

@@ -74,11 +74,11 @@ def test_resume_defaults_to_runs_latest(tmp_path, capsys, monkeypatch):
     run = (tmp_path / "runs" / "latest").resolve()
     (run / "last.pt").unlink()
     (run / "best.pt").rename(run / "last.pt")  # back to the best epoch: with this seed, epoch 1
-    assert load(run / "last.pt")["epoch"] == 1
+    assert load(run / "last.pt").epoch == 1
     capsys.readouterr()
     assert main(["train", "--resume"]) == 0
     assert capsys.readouterr().out.startswith("Epoch: 2, ")  # the run was quiet, and resumes quiet
-    assert load(run / "last.pt")["epoch"] == 2
+    assert load(run / "last.pt").epoch == 2
     assert (tmp_path / "runs" / "latest").resolve() == run and run.is_dir()
 
 
@@ -116,8 +116,8 @@ def test_eval_on_other_data_of_the_same_shape_and_classes(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "(200 test images of " in printed
     checkpoint = load(out + "/last.pt")
-    spec = checkpoint["data"]
-    mean, std = torch.tensor(spec["mean"]).view(1, 3, 1, 1), torch.tensor(spec["std"]).view(1, 3, 1, 1)
+    spec = checkpoint.spec
+    mean, std = torch.tensor(spec.mean).view(1, 3, 1, 1), torch.tensor(spec.std).view(1, 3, 1, 1)
     with torch.no_grad():
         predicted = model_from_checkpoint(checkpoint)((data.test_x.float() / 255 - mean) / std).argmax(1)
     expected = (predicted == data.test_y).float().mean().item()
@@ -138,7 +138,7 @@ def test_ctrl_c_keeps_completed_epochs_and_says_how_to_resume(tmp_path):
     err = process.communicate(timeout=60)[1]
     assert process.returncode == 130
     assert err.strip().splitlines()[-1] == f"engine: interrupted; completed epochs are saved: continue with engine train --resume {out}"
-    epoch = load(out / "last.pt")["epoch"]
+    epoch = load(out / "last.pt").epoch
     assert epoch >= 1  # an epoch's files are whole and in step, with no temporaries left
     assert sorted(os.listdir(out)) == ["best.pt", "config.json", "curves.png", "last.pt", "metrics.jsonl"]
     assert len((out / "metrics.jsonl").read_text().splitlines()) == epoch

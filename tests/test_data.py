@@ -17,8 +17,8 @@ def test_load_dataset_synthetic_with_limits_and_spec():
     data = load_dataset(Config(limit_train=300, limit_test=50), log=lambda *_: None)
     assert data.train_x.shape == (300, 3, 32, 32) and data.test_x.shape == (50, 3, 32, 32)
     spec = data.spec()
-    assert spec["shape"] == [3, 32, 32] and len(spec["classes"]) == 10 and spec["flip"]
-    assert all(0 < m < 1 for m in spec["mean"]) and all(0 < s < 1 for s in spec["std"])
+    assert spec.shape == [3, 32, 32] and len(spec.classes) == 10 and spec.flip
+    assert all(0 < m < 1 for m in spec.mean) and all(0 < s < 1 for s in spec.std)
 
 
 def test_batch_larger_than_the_data_is_refused():

@@ -124,9 +124,9 @@ def test_each_rank_trains_on_a_disjoint_shard_and_together_they_cover_the_epoch(
 def test_the_checkpoint_of_a_ddp_run_loads_in_single_process_eval_and_export(ddp_run, tmp_path, capsys):
     out, _, _ = ddp_run
     checkpoint = load(out / "best.pt")
-    assert not any(key.startswith("module.") for key in checkpoint["model"])  # the unwrapped model
+    assert not any(key.startswith("module.") for key in checkpoint.model)  # the unwrapped model
     assert sorted(p.name for p in out.iterdir()) == ["best.pt", "config.json", "curves.png", "last.pt", "metrics.jsonl"]
-    best = max(m["test_acc"] for m in checkpoint["metrics"])
+    best = max(m["test_acc"] for m in checkpoint.metrics)
     assert main(["eval", str(out / "best.pt"), "--device", "cpu", "--no-amp", "--limit-test", "256"]) == 0
     printed = capsys.readouterr().out
     shown = float(printed.split("Test_acc:")[1].split("%")[0]) / 100
@@ -149,16 +149,16 @@ def test_a_killed_rank_stops_the_job_with_one_line(killed_run):
 def test_resume_under_ddp_ends_with_the_weights_of_an_uninterrupted_run(ddp_run, killed_run):
     reference, _, _ = ddp_run
     out, _, _ = killed_run
-    killed_at = load(out / "last.pt")["epoch"]
+    killed_at = load(out / "last.pt").epoch
     assert 1 <= killed_at < 3, "the run finished before rank 1 was killed"
     resumed = subprocess.run([sys.executable, "-m", "engine", "train", "--nproc", "2", "--resume", str(out), "--quiet"],
                              capture_output=True, text=True, timeout=TIMEOUT)
     assert resumed.returncode == 0, resumed.stderr
     a, b = load(reference / "last.pt"), load(out / "last.pt")
-    assert b["epoch"] == 3 and len(b["rng"]["ranks"]) == 2  # every rank's RNG state is kept
-    for key, value in a["model"].items():
-        assert torch.equal(value, b["model"][key]), key
-    assert [m["test_loss"] for m in a["metrics"]] == [m["test_loss"] for m in b["metrics"]]
+    assert b.epoch == 3 and len(b.rng["ranks"]) == 2  # every rank's RNG state is kept
+    for key, value in a.model.items():
+        assert torch.equal(value, b.model[key]), key
+    assert [m["test_loss"] for m in a.metrics] == [m["test_loss"] for m in b.metrics]
 
 
 def test_one_rank_helpers_are_the_single_process_path():

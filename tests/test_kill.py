@@ -84,7 +84,7 @@ def test_killed_five_times_anywhere_resumes_to_the_uninterrupted_weights(tmp_pat
         args = [*TINY, "--out", str(run), *flags] if n == 0 else ["--resume", str(run), *flags]
         kill_at(start(*args, pause=pause), pause)
         state = load(run / "last.pt")
-        where.append((state["epoch"], state.get("step", 0)))
+        where.append((state.epoch, state.step))
         if pause == "save:2":
             assert list(run.glob(".last.pt.tmp*")), "the kill during a write leaves its temporary behind"
         if pause == "commit:1":
@@ -93,14 +93,14 @@ def test_killed_five_times_anywhere_resumes_to_the_uninterrupted_weights(tmp_pat
     finish(start("--resume", str(run)))
 
     a, b = load(reference / "last.pt"), load(run / "last.pt")
-    assert b["epoch"] == 3 and b["step"] == 0
-    assert a["model"].keys() == b["model"].keys()
-    for key, value in a["model"].items():
-        assert torch.equal(value, b["model"][key]), key
+    assert b.epoch == 3 and b.step == 0
+    assert a.model.keys() == b.model.keys()
+    for key, value in a.model.items():
+        assert torch.equal(value, b.model[key]), key
     for key in ("train_loss", "train_acc", "test_loss", "test_acc"):
-        assert [m[key] for m in a["metrics"]] == [m[key] for m in b["metrics"]], key
+        assert [m[key] for m in a.metrics] == [m[key] for m in b.metrics], key
     best_a, best_b = load(reference / "best.pt"), load(run / "best.pt")
-    assert best_a["epoch"] == best_b["epoch"] and all(torch.equal(v, best_b["model"][k]) for k, v in best_a["model"].items())
+    assert best_a.epoch == best_b.epoch and all(torch.equal(v, best_b.model[k]) for k, v in best_a.model.items())
     assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
     assert sorted(p.name for p in run.iterdir()) == ["best.pt", "config.json", "curves.png", "last.pt", "metrics.jsonl"]
 

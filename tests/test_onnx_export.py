@@ -38,21 +38,21 @@ def test_export_round_trip_from_a_trained_checkpoint(tiny_run, tmp_path):
 def test_metadata_reads_back_from_the_checkpoint(tiny_run, tiny_onnx):
     checkpoint = load(tiny_run[1])
     props = {p.key: p.value for p in onnx.load(str(tiny_onnx)).metadata_props}
-    assert json.loads(props["classes"]) == checkpoint["data"]["classes"]
+    assert json.loads(props["classes"]) == checkpoint.spec.classes
     assert json.loads(props["input_size"]) == [3, 32, 32] and props["input_range"] == "0-1"
-    assert json.loads(props["mean"]) == checkpoint["data"]["mean"] and json.loads(props["std"]) == checkpoint["data"]["std"]
+    assert json.loads(props["mean"]) == checkpoint.spec.mean and json.loads(props["std"]) == checkpoint.spec.std
     assert props["model"] == "cifar_cnn" and props["dataset"] == "synthetic"
-    assert float(props["test_accuracy"]) == pytest.approx(checkpoint["metrics"][-1]["test_acc"], abs=1e-5)
+    assert float(props["test_accuracy"]) == pytest.approx(checkpoint.metrics[-1]["test_acc"], abs=1e-5)
     assert props["engine_version"] and int(props["opset"]) >= 18
-    assert ModelInfo.from_props(props).classes == checkpoint["data"]["classes"]
+    assert ModelInfo.from_props(props).classes == checkpoint.spec.classes
 
 
 def test_the_graph_normalises_exactly_as_training_did(tiny_run, tiny_onnx):
     """onnxruntime on uint8 / 255 == the model on the batch loader's own normalisation of the uint8 pixels."""
     checkpoint = load(tiny_run[1])
-    spec = checkpoint["data"]
+    spec = checkpoint.spec
     pixels = torch.randint(0, 256, (9, 3, 32, 32), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
-    loader = BatchLoader(pixels, torch.zeros(9, dtype=torch.int64), 9, spec["mean"], spec["std"], device="cpu",
+    loader = BatchLoader(pixels, torch.zeros(9, dtype=torch.int64), 9, spec.mean, spec.std, device="cpu",
                          train=False, channels_last=False)
     normalised, _, _ = next(loader.epoch(0))
     with torch.no_grad():
@@ -93,9 +93,9 @@ def test_default_checkpoint_is_runs_latest_best_and_without_a_run_one_line_says_
 
 def test_export_without_the_runs_data_verifies_on_random_images_and_says_so(tiny_run, tmp_path):
     checkpoint = load(tiny_run[1])
-    checkpoint["config"]["data"] = str(tmp_path / "gone.tar.gz")  # a dataset that is not here any more
+    checkpoint.config["data"] = str(tmp_path / "gone.tar.gz")  # a dataset that is not here any more
     moved = tmp_path / "moved.pt"
-    torch.save(checkpoint, moved)
+    torch.save(checkpoint.to_dict(), moved)
     said = []
     result = export_onnx(tmp_path / "m.onnx", moved, log=said.append)
     assert "random images" in result.verified_on and any("not available" in line for line in said)

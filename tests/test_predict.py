@@ -30,8 +30,8 @@ def test_the_api_gives_the_models_own_probabilities(tiny_run, tiny_onnx, tmp_pat
     paths = write_images(tmp_path / "images")
     model = export.load(tiny_onnx)
     checkpoint = load(tiny_run[1])
-    assert model.classes == checkpoint["data"]["classes"] and model.provider == "CPUExecutionProvider"
-    reference = Normalized(model_from_checkpoint(checkpoint), checkpoint["data"]["mean"], checkpoint["data"]["std"]).eval()
+    assert model.classes == checkpoint.spec.classes and model.provider == "CPUExecutionProvider"
+    reference = Normalized(model_from_checkpoint(checkpoint), checkpoint.spec.mean, checkpoint.spec.std).eval()
     prepared = model.preprocess(paths)
     with torch.no_grad():
         expected = torch.softmax(reference(torch.from_numpy(prepared)), 1).numpy()

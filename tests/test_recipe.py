@@ -30,7 +30,7 @@ def test_a_recipe_fills_only_the_flags_not_given(tmp_path, capsys):
         assert cfg[name] == recipe[name], name  # not given: the recipe's
     line = next(line for line in printed if line.startswith("Recipe for fast_cifar:"))
     assert "--label-smoothing 0.2" in line and "--tta on" in line and "--lr" not in line and "--batch-size" not in line
-    assert load(out / "last.pt")["config"]["label_smoothing"] == recipe["label_smoothing"]  # and in the checkpoint
+    assert load(out / "last.pt").config["label_smoothing"] == recipe["label_smoothing"]  # and in the checkpoint
 
     plain = tmp_path / "plain"
     assert main(["train", "--model", "cifar_cnn", *SMALL, "--out", str(plain)]) == 0
@@ -62,10 +62,10 @@ def test_a_fresh_run_whitens_the_stem_and_a_resume_does_not(tmp_path):
 
     out, _ = train(Config(**{**cfg.to_dict(), "out": str(tmp_path / "trained")}), log=lambda *_: None)
     checkpoint = load(out / "last.pt")
-    assert "stem.0.weight" in checkpoint["frozen"]
-    checkpoint["model"]["stem.0.weight"] = checkpoint["model"]["stem.0.weight"] * 2  # not what whitening gives
-    resumed = open_session(Config.from_dict(checkpoint["config"]), resume=checkpoint, say=lambda *_: None)
-    assert torch.equal(resumed.model.stem[0].weight, checkpoint["model"]["stem.0.weight"])  # the checkpoint's
+    assert "stem.0.weight" in checkpoint.frozen
+    checkpoint.model["stem.0.weight"] = checkpoint.model["stem.0.weight"] * 2  # not what whitening gives
+    resumed = open_session(Config.from_dict(checkpoint.config), resume=checkpoint, say=lambda *_: None)
+    assert torch.equal(resumed.model.stem[0].weight, checkpoint.model["stem.0.weight"])  # the checkpoint's
     assert not resumed.model.stem[0].weight.requires_grad  # frozen again, as in the fresh run
     resumed.run.close()
 

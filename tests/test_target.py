@@ -97,8 +97,8 @@ def test_target_acc_stops_at_the_first_evaluation_at_or_above_it(tmp_path, capsy
     assert printed[-1].startswith(f"Reached {target:g}% test accuracy in {stop['time_to_target']:.1f} s")
     # no training after the stop: the checkpoint is the state the evaluation saw, and eval agrees
     last, best = load(out / "last.pt"), load(out / "best.pt")
-    assert last["scheduler"]["step"] == stop["step"] and last["metrics"] == metrics
-    assert all(torch.equal(v, best["model"][k]) for k, v in last["model"].items())
+    assert last.scheduler["step"] == stop["step"] and last.metrics == metrics
+    assert all(torch.equal(v, best.model[k]) for k, v in last.model.items())
     flags = {"quiet": True, "limit_test": 100, "batch_size": 64, "amp": False}
     evaluated = evaluate_checkpoint(out / "best.pt", flags)
     assert evaluated["test_acc"] == stop["test_acc"] and evaluated["epoch"] == stop["epoch"]  # e.g. 1.75
@@ -138,7 +138,7 @@ def test_val_split_keeps_its_images_out_of_training_and_chooses_best_pt(tmp_path
                        schedule="constant")
     val, test = [m["val_acc"] for m in metrics], [m["test_acc"] for m in metrics]
     assert val.index(max(val)) != test.index(max(test)), "the setting no longer separates the two choices"
-    assert load(out / "best.pt")["epoch"] == val.index(max(val)) + 1
+    assert load(out / "best.pt").epoch == val.index(max(val)) + 1
     assert all({"val_loss", "val_acc"} <= set(m) for m in read_metrics(out))
 
 
@@ -155,12 +155,12 @@ def test_fast_cifar_learns_exports_and_resumes_bit_for_bit(tmp_path):
     with pytest.raises(Exception, match="interrupted"):
         train(Config(out=str(tmp_path / "halves"), **{**FAST, **small}), log=stop_after_the_first_epoch)
     first = load(tmp_path / "halves" / "last.pt")
-    assert first["epoch"] == 1
-    train(Config.from_dict(first["config"]), resume=first, log=lambda *_: None)
+    assert first.epoch == 1
+    train(Config.from_dict(first.config), resume=first, log=lambda *_: None)
     a, b = load(out / "last.pt"), load(tmp_path / "halves" / "last.pt")
-    assert a["model"].keys() == b["model"].keys()
-    for key, value in a["model"].items():
-        assert torch.equal(value, b["model"][key]), key
+    assert a.model.keys() == b.model.keys()
+    for key, value in a.model.items():
+        assert torch.equal(value, b.model[key]), key
 
     from export.onnx_export import export_onnx
 

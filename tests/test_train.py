@@ -41,8 +41,9 @@ def test_run_directory_holds_everything_and_checkpoints_open_weights_only(tmp_pa
     for name in ("last.pt", "best.pt"):
         checkpoint = torch.load(out / name, weights_only=True)
         assert checkpoint["config"]["epochs"] == 2 and checkpoint["data"]["shape"] == [3, 32, 32]
-        assert set(checkpoint) >= {"model", "optimizer", "scheduler", "scaler", "epoch", "rng", "metrics"}
-    assert load(out / "last.pt")["epoch"] == 2
+        assert set(checkpoint) >= {"model", "model_ref", "optimizer", "scheduler", "scaler", "epoch", "rng", "metrics"}
+        assert checkpoint["model_ref"] == {"kind": "builtin", "name": "cifar_cnn", "file": None, "sha256": None, "args": {}}
+    assert load(out / "last.pt").epoch == 2
     assert json.loads((out / "config.json").read_text())["config"]["limit_train"] == 256
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -77,8 +78,8 @@ def test_the_pieces_of_an_epoch(tmp_path):
     assert figures.warm_until == 0  # 2 steps are too few to time a warm-up apart
     assert 0 <= figures.correct.item() <= 64 and 0 < figures.loss_sum.item() / 64 < 10
     state = checkpoint_state(s, epochs_done=1)
-    assert state["epoch"] == 1 and state["scheduler"] == {"step": 2, "total_steps": 4}
-    assert state["data"] == s.spec and state["config"]["out"] == str(tmp_path / "run")
+    assert state.epoch == 1 and state.scheduler == {"step": 2, "total_steps": 4}
+    assert state.spec == s.spec and state.config["out"] == str(tmp_path / "run")
 
 def engine_train(out, epochs, *extra):
     return [sys.executable, "-m", "engine", "train", "--epochs", str(epochs), "--limit-train", "1536", "--limit-test",
@@ -97,16 +98,16 @@ def test_resume_after_kill_9_gives_bit_identical_weights(tmp_path):
         time.sleep(0.01)
     os.kill(process.pid, signal.SIGKILL)  # mid-way through epoch 2
     process.wait()
-    killed_at = load(interrupted / "last.pt")["epoch"]
+    killed_at = load(interrupted / "last.pt").epoch
     assert killed_at < 3, "the run finished before it could be killed; give it more data"
 
     subprocess.run([sys.executable, "-m", "engine", "train", "--resume", str(interrupted), "--quiet"],
                    check=True, capture_output=True)
     a, b = load(reference / "last.pt"), load(interrupted / "last.pt")
-    assert b["epoch"] == 3
-    for key, value in a["model"].items():
-        assert torch.equal(value, b["model"][key]), key
-    assert [m["test_loss"] for m in a["metrics"]] == [m["test_loss"] for m in b["metrics"]]
+    assert b.epoch == 3
+    for key, value in a.model.items():
+        assert torch.equal(value, b.model[key]), key
+    assert [m["test_loss"] for m in a.metrics] == [m["test_loss"] for m in b.metrics]
     lines = (interrupted / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
 
@@ -158,8 +159,8 @@ def test_triton_training_matches_eager_step_for_step(tmp_path):
     assert fused_losses == pytest.approx(eager_losses, rel=1e-4)  # fp32: only the summation order differs
     assert [m["test_loss"] for m in fused] == pytest.approx([m["test_loss"] for m in eager], rel=1e-4)
     a, b = torch.load(fused_dir / "last.pt", weights_only=True), torch.load(eager_dir / "last.pt", weights_only=True)
-    for key, value in a["model"].items():
-        torch.testing.assert_close(value, b["model"][key], rtol=1e-4, atol=1e-6)
+    for key, value in a.model.items():
+        torch.testing.assert_close(value, b.model[key], rtol=1e-4, atol=1e-6)
 
 
 def test_the_resolved_runtime_is_recorded_and_a_resume_on_another_says_what_changed(tmp_path, capsys):
@@ -189,7 +190,7 @@ def test_a_loss_that_stays_non_finite_stops_the_run_and_keeps_the_last_good_chec
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "NaN or infinite for 3 steps in a row" in err[0] and "--lr 1e+06) is probably too high" in err[0]
     saved = load(out / "last.pt")  # a mid-epoch checkpoint from before the loss went bad
-    assert all(torch.isfinite(v).all() for v in saved["model"].values() if v.is_floating_point())
+    assert all(torch.isfinite(v).all() for v in saved.model.values() if v.is_floating_point())
     assert not (out / "metrics.jsonl").exists()  # no epoch was reported
 
 

@@ -6,10 +6,10 @@ when its data is asked for, so importing this package reads nothing and loads no
 """
 
 from engine.config import Config
-from engine.data.dataset import ARCHIVE_SUFFIXES, Dataset, channel_stats, dataset_label
+from engine.data.dataset import ARCHIVE_SUFFIXES, Dataset, InputSpec, channel_stats, dataset_label
 from engine.errors import UsageError
 
-__all__ = ["ARCHIVE_SUFFIXES", "Dataset", "channel_stats", "check_batch_size", "dataset_label", "load_dataset"]
+__all__ = ["ARCHIVE_SUFFIXES", "Dataset", "InputSpec", "channel_stats", "check_batch_size", "dataset_label", "load_dataset"]
 
 
 def load_dataset(cfg: Config, log=print) -> Dataset:

@@ -16,6 +16,19 @@ from engine.errors import UsageError
 
 
 @dataclass
+class InputSpec:
+    """What a model's input is, as a checkpoint keeps it: eval, export and predict rebuild the input
+    pipeline from it without the data."""
+
+    name: str  # the dataset's short name
+    classes: list  # class names, in logit order
+    shape: list  # [C, H, W]
+    mean: list  # per channel, in [0, 1] units
+    std: list
+    flip: bool  # horizontal flips keep the label (training augments with them; --tta uses them)
+
+
+@dataclass
 class Dataset:
     name: str
     classes: list
@@ -31,11 +44,10 @@ class Dataset:
     def shape(self):
         return tuple(self.train_x.shape[1:])
 
-    def spec(self):
-        """Plain values a checkpoint stores to rebuild the model and its input pipeline."""
+    def spec(self) -> InputSpec:
+        """What a checkpoint stores to rebuild the model and its input pipeline."""
         mean, std = channel_stats(self.train_x)
-        return {"name": self.name, "classes": list(self.classes), "shape": list(self.shape),
-                "mean": mean, "std": std, "flip": self.flip}
+        return InputSpec(self.name, list(self.classes), list(self.shape), mean, std, self.flip)
 
     def limit(self, limit_train=None, limit_test=None, seed=0):
         """Seeded random subsets of at most `limit_*` images (the same subset for the same seed)."""

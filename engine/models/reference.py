@@ -1,0 +1,357 @@
+"""A model as a stored reference: what `--model` names, what a checkpoint keeps, and how both rebuild it.
+
+Four forms: a built-in name (`cifar_cnn`), `torchvision:NAME`, `FILE.py:NAME` and
+`package.module:NAME`. `ModelRef` is plain data (kind, name, file, sha256, args), so a checkpoint
+holds it without a pickle, nanoGPT-style. Built-in and torchvision references rebuild by
+themselves; user code is imported only when the person running the command names it
+(`reopen`), and a checkpoint's reference is checked without importing anything (`from_dict`).
+`build` makes the network for a dataset and proves on a probe batch that it fits the data.
+"""
+
+import hashlib
+import importlib
+import importlib.util
+import inspect
+import json
+import keyword
+import os
+import sys
+import traceback
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from engine.errors import EngineError, UsageError, first_line
+
+KINDS = ("builtin", "torchvision", "file", "module")
+USER_MODULE = "engine_user_"  # the module name a FILE.py is imported under (plus a digest of its path)
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    kind: str  # one of KINDS
+    name: str  # the built-in or torchvision name, or the class/function NAME in the code
+    file: str | None = None  # file: its absolute path; module: the dotted module path
+    sha256: str | None = None  # file: the source's digest when the run started
+    args: dict = field(default_factory=dict)  # --model-args: constructor keyword arguments (JSON values)
+
+    @property
+    def user_code(self):
+        return self.kind in ("file", "module")
+
+    @property
+    def label(self):
+        """How --model names it: cifar_cnn, torchvision:resnet18, /abs/nets.py:Net, pkg.mod:Net."""
+        return {"builtin": self.name, "torchvision": f"torchvision:{self.name}"}.get(self.kind, f"{self.file}:{self.name}")
+
+    def to_dict(self):
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values, source="the checkpoint"):
+        """A checkpoint's stored reference, checked as data: nothing is imported. A reference that names
+        anything but a built-in, a torchvision classifier, or a class/function in a .py file or a
+        non-standard-library module is refused."""
+        if not isinstance(values, dict) or set(values) - {"kind", "name", "file", "sha256", "args"}:
+            raise EngineError(f"{source} holds a damaged model reference")
+        ref = cls(values.get("kind"), values.get("name"), values.get("file"), values.get("sha256"), values.get("args") or {})
+        problem = _check(ref)
+        if problem:
+            raise EngineError(f"{source} names a model the engine will not load ({problem}); refusing it")
+        return ref
+
+
+def _identifier(text, dotted=False):
+    parts = text.split(".") if dotted and isinstance(text, str) else [text]
+    return all(isinstance(p, str) and p.isidentifier() and not keyword.iskeyword(p) for p in parts)
+
+
+def _check(ref: ModelRef):
+    """What is wrong with a reference as plain data, or None."""
+    if ref.kind not in KINDS or not isinstance(ref.args, dict):
+        return f"kind {ref.kind!r}"
+    if ref.kind == "builtin":
+        from engine.models import MODELS
+
+        return None if ref.name in MODELS else f"no built-in model {ref.name!r}"
+    if ref.kind == "torchvision":
+        return None if ref.name in torchvision_names() else f"no torchvision classifier {ref.name!r}"
+    if not _identifier(ref.name, dotted=True):
+        return f"{ref.name!r} is not a Python name"
+    if ref.kind == "file":
+        ok = isinstance(ref.file, str) and ref.file.endswith(".py") and os.path.isabs(ref.file)
+        return None if ok else f"{ref.file!r} is not the absolute path of a .py file"
+    if not _identifier(ref.file, dotted=True):
+        return f"{ref.file!r} is not a module path"
+    if ref.file.split(".")[0] in sys.stdlib_module_names or ref.file.split(".")[0] in ("builtins", "torch"):
+        return f"{ref.file}:{ref.name} is not model code"  # os:system, subprocess:run, torch.*: never a network
+    return None
+
+
+def torchvision_names():
+    """Every classification model torchvision lists (not its detection or video models)."""
+    import torchvision.models
+
+    return set(torchvision.models.list_models(module=torchvision.models))
+
+
+def sha256_of(path):
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def parse_model(text, args=None) -> ModelRef:
+    """`--model TEXT` (and `--model-args` JSON text) as a reference; checks the syntax, the file's
+    existence and the names torchvision lists, but imports no user code."""
+    text = str(text).strip()
+    model_args = parse_args(args)
+    head, sep, name = text.rpartition(":")
+    if not sep:
+        from engine.models import MODELS
+
+        if text not in MODELS:
+            raise UsageError(f"unknown model {text!r}; choose one of: {', '.join(MODELS)}, or torchvision:NAME, "
+                             "FILE.py:NAME or package.module:NAME")
+        ref = ModelRef("builtin", text, args=model_args)
+    elif head == "torchvision":
+        if name not in torchvision_names():
+            close = sorted(n for n in torchvision_names() if n.startswith(name[:4]))[:4] if name else []
+            raise UsageError(f"torchvision has no classification model {name!r}"
+                             + (f" (did you mean {', '.join(close)}?)" if close else "; see torchvision.models.list_models()"))
+        ref = ModelRef("torchvision", name, args=model_args)
+    elif head.endswith(".py") or os.sep in head or "/" in head:
+        path = Path(head).expanduser()
+        if not path.is_file():
+            raise UsageError(f"--model {text}: no such file {head}")
+        if not head.endswith(".py"):
+            raise UsageError(f"--model {text}: {head} is not a .py file")
+        ref = ModelRef("file", name, str(path.resolve()), sha256_of(path), model_args)
+    else:
+        ref = ModelRef("module", name, head, None, model_args)
+    problem = _check(ref) if ref.user_code else None
+    if problem:
+        raise UsageError(f"--model {text}: {problem} (give FILE.py:NAME or package.module:NAME)")
+    if model_args and ref.kind == "builtin":
+        raise UsageError(f"--model-args is for torchvision and user models; the built-in {text} takes none")
+    return ref
+
+
+def parse_args(text):
+    """--model-args: a JSON object, or None/'' for none."""
+    if text is None or (isinstance(text, str) and not text.strip()):
+        return {}
+    if isinstance(text, dict):
+        return dict(text)
+    try:
+        value = json.loads(text)
+    except ValueError as error:
+        raise UsageError(f"--model-args must be a JSON object such as '{{\"width\": 64}}', not {text!r} ({error})") from None
+    if not isinstance(value, dict):
+        raise UsageError(f"--model-args must be a JSON object such as '{{\"width\": 64}}', not {text!r}")
+    return value
+
+
+def reopen(saved: ModelRef, given: ModelRef | None, source="the checkpoint", say=print) -> ModelRef:
+    """The reference to rebuild a checkpoint's model with: its own for built-in and torchvision
+    models; for user code, the code named again on this command line (`given`), which must be the
+    same class or function as the run's. Nothing is imported here."""
+    if not saved.user_code:
+        if given is not None and (given.kind, given.name) != (saved.kind, saved.name):
+            raise UsageError(f"{source} holds {saved.label}, not {given.label}; leave --model out")
+        return saved
+    if given is None:
+        raise UsageError(f"{source} was trained with {saved.label}, user code the engine does not import by itself; "
+                         f"name it again: --model {saved.label}")
+    notebook = saved.kind == "module" and saved.file == "__main__"  # a class typed into a notebook: no file to match
+    if not given.user_code or given.name != saved.name or (saved.kind == "module" and given.file != saved.file and not notebook):
+        raise UsageError(f"{source} was trained with {saved.label}, not {given.label}; pass --model {saved.label}")
+    if saved.kind == "file" and given.kind == "file" and saved.sha256 and given.sha256 != saved.sha256:
+        say(f"engine: warning: {given.file} changed since the run was trained (sha256 {saved.sha256[:12]} -> "
+            f"{given.sha256[:12]}); loading it only if the weights fit")
+    return replace(given, args=saved.args)
+
+
+def reference_of(model: nn.Module) -> ModelRef:
+    """The reference of a module built by the caller (`train(cfg, model=...)`): its class, in its .py
+    file when it comes from a script (or from a file `--model` loaded), else in its module. A class
+    typed into a notebook has no file: its checkpoint reloads with any code naming the same class."""
+    cls = type(model)
+    if "<locals>" in cls.__qualname__:
+        raise UsageError(f"model class {cls.__qualname__} is defined inside a function; define it at the top level "
+                         "of a file or module so a checkpoint can name it")
+    source = getattr(sys.modules.get(cls.__module__), "__file__", None)
+    from_file = cls.__module__ == "__main__" or cls.__module__.startswith(USER_MODULE)
+    if from_file and source and source.endswith(".py"):
+        return ModelRef("file", cls.__qualname__, str(Path(source).resolve()), sha256_of(source))
+    return ModelRef("module", cls.__qualname__, cls.__module__)
+
+
+def load_code(ref: ModelRef):
+    """The class or function a user reference names, imported once per process (and file digest);
+    one line for every failure. Called before a run reads its data, so a bad --model costs nothing."""
+    key = (ref.kind, ref.file, ref.sha256, ref.name)
+    if key not in _loaded:
+        _loaded[key] = _import(ref)
+    return _loaded[key]
+
+
+_loaded = {}
+
+
+def _import(ref: ModelRef):
+    where = f"{ref.file}:{ref.name}"
+    if ref.kind == "file":
+        unique = f"{USER_MODULE}{hashlib.sha1(ref.file.encode()).hexdigest()[:10]}"
+        spec = importlib.util.spec_from_file_location(unique, ref.file)
+        module = importlib.util.module_from_spec(spec)
+        writes, sys.dont_write_bytecode = sys.dont_write_bytecode, True  # no __pycache__ beside the user's file
+        sys.path.insert(0, str(Path(ref.file).parent))  # the file's own imports of its neighbours
+        sys.modules[unique] = module  # dataclasses and pickling look the module up by name
+        try:
+            spec.loader.exec_module(module)
+        except Exception as error:
+            sys.modules.pop(unique, None)
+            raise EngineError(f"{ref.file} raised {type(error).__name__} on import{_line_in(error, ref.file)}: "
+                              f"{first_line(error, 160)}") from None
+        finally:
+            sys.dont_write_bytecode = writes
+            sys.path.remove(str(Path(ref.file).parent))
+    else:
+        try:
+            module = importlib.import_module(ref.file)
+        except ModuleNotFoundError as error:
+            raise UsageError(f"--model {where}: no module named {error.name!r} (is it installed, or on PYTHONPATH?)") from None
+        except Exception as error:
+            raise EngineError(f"module {ref.file} raised {type(error).__name__} on import{_line_in(error)}: "
+                              f"{first_line(error, 160)}") from None
+    target = module
+    for part in ref.name.split("."):
+        target = getattr(target, part, None)
+    if target is None:
+        found = sorted(n for n, v in vars(module).items() if isinstance(v, type) and issubclass(v, nn.Module)
+                       and getattr(v, "__module__", None) == module.__name__)
+        raise UsageError(f"--model {where}: {ref.name} is not defined there"
+                         + (f" (nn.Module classes there: {', '.join(found)})" if found else ""))
+    if not ((inspect.isclass(target) and issubclass(target, nn.Module)) or inspect.isfunction(target)):
+        raise UsageError(f"--model {where}: {ref.name} is a {type(target).__name__}, not an nn.Module subclass "
+                         "or a function that returns one")
+    return target
+
+
+def _line_in(error, file=None):
+    """' (FILE, line N)' of the deepest frame of `error` in `file` (any file if None)."""
+    if isinstance(error, SyntaxError) and error.lineno:
+        return f" (line {error.lineno})"
+    frames = [f for f in traceback.extract_tb(error.__traceback__) if file is None or f.filename == file]
+    return f" (line {frames[-1].lineno})" if frames and file else f" ({frames[-1].filename}, line {frames[-1].lineno})" if frames else ""
+
+
+def build(ref: ModelRef, in_shape, num_classes) -> nn.Module:
+    """The network `ref` names for images of `in_shape` (C, H, W) and `num_classes` classes, proven on
+    a probe batch to take such images and give (batch, num_classes) logits."""
+    if num_classes < 2:
+        raise UsageError(f"a classifier needs at least 2 classes, not {num_classes}")
+    if ref.kind == "builtin":
+        from engine.models import build_model
+
+        return build_model(ref.name, in_shape, num_classes)  # sized to the data by design
+    if ref.kind == "torchvision":
+        model = _torchvision(ref, in_shape, num_classes)
+    else:
+        model = _construct(load_code(ref), ref, in_shape, num_classes)
+    check_fits(model, ref, in_shape, num_classes)
+    return model
+
+
+def _torchvision(ref, in_shape, num_classes):
+    """torchvision.models.get_model(NAME, weights=None, num_classes=K), fitted to the data where
+    torchvision has a documented knob: a ViT's `image_size`, and a 1-channel stem (the first 3-channel
+    conv is rebuilt for the data's channels, timm's `in_chans` convention)."""
+    import torchvision.models
+
+    channels, height, width = in_shape
+    kwargs = dict(ref.args)
+    if ref.name.startswith("vit_") and "image_size" not in kwargs:
+        if height != width:
+            raise UsageError(f"torchvision:{ref.name} takes square images, not {height}x{width}")
+        kwargs["image_size"] = height
+    try:
+        model = torchvision.models.get_model(ref.name, weights=None, num_classes=num_classes, **kwargs)
+    except (TypeError, ValueError, AssertionError) as error:
+        raise UsageError(f"torchvision:{ref.name} cannot be built for {channels}x{height}x{width} images and "
+                         f"{num_classes} classes: {first_line(error, 160)}") from None
+    if channels != 3:
+        stem = next(((parent, key, m) for parent in model.modules() for key, m in parent.named_children()
+                     if isinstance(m, nn.Conv2d) and m.in_channels == 3), None)
+        if stem is None:
+            raise UsageError(f"torchvision:{ref.name} has no 3-channel first convolution to fit to {channels}-channel images")
+        parent, key, conv = stem
+        setattr(parent, key, nn.Conv2d(channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                                       conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode))
+    return model
+
+
+def _construct(factory, ref, in_shape, num_classes):
+    """factory(**kwargs): num_classes, in_channels and in_shape by name where it takes them, then
+    --model-args (which win)."""
+    where = f"{ref.file}:{ref.name}"
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):
+        signature = None
+    offered = {"num_classes": num_classes, "in_channels": in_shape[0], "in_shape": tuple(in_shape)}
+    accepts = signature.parameters if signature else {}
+    kwargs = {k: v for k, v in offered.items() if k in accepts}
+    kwargs.update(ref.args)
+    if signature is not None:
+        try:
+            signature.bind(**kwargs)
+        except TypeError as error:
+            unknown = sorted(set(ref.args) - set(accepts)) if not any(
+                p.kind is p.VAR_KEYWORD for p in accepts.values()) else []
+            what = f"it takes no argument {', '.join(map(repr, unknown))}" if unknown else first_line(error)
+            raise UsageError(f"--model-args do not fit {ref.name}{signature}: {what}") from None
+    try:
+        model = factory(**kwargs)
+    except Exception as error:
+        file = ref.file if ref.kind == "file" else None
+        raise EngineError(f"{where}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())}) raised "
+                          f"{type(error).__name__}{_line_in(error, file)}: {first_line(error, 160)}") from None
+    if not isinstance(model, nn.Module):
+        raise UsageError(f"--model {where}: calling {ref.name} gave a {type(model).__name__}, not an nn.Module")
+    return model
+
+
+PROBE_BATCH = 2  # BatchNorm in training mode needs more than one value per channel
+
+
+def check_fits(model: nn.Module, ref: ModelRef, in_shape, num_classes):
+    """One training-mode forward of a probe batch (zeros, on CPU) before any work: the model must take
+    (B, C, H, W) images and return (B, num_classes) logits. BatchNorm statistics and the global RNG
+    are left as they were, so the probe changes nothing a run computes."""
+    label = ref.label if ref.kind != "file" else f"{Path(ref.file).name}:{ref.name}"
+    buffers = {name: b.clone() for name, b in model.named_buffers()}
+    training = model.training
+    try:
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            model.train()
+            output = model(torch.zeros(PROBE_BATCH, *in_shape))
+    except Exception as error:
+        file = ref.file if ref.kind == "file" else None
+        shape = "x".join(map(str, in_shape))
+        raise UsageError(f"{label} cannot take {shape} images: its forward raised {type(error).__name__}"
+                         f"{_line_in(error, file)}: {first_line(error, 160)}") from None
+    finally:
+        model.train(training)
+        with torch.no_grad():
+            for name, b in model.named_buffers():
+                b.copy_(buffers[name])
+    if not isinstance(output, torch.Tensor):
+        raise UsageError(f"{label} returns a {type(output).__name__}, not a tensor of logits (an auxiliary-output "
+                         "model? for torchvision googlenet and inception_v3 pass --model-args '{\"aux_logits\": false}')")
+    if tuple(output.shape) != (PROBE_BATCH, num_classes):
+        hint = (" (give its constructor a num_classes argument: the engine passes it by name)"
+                if output.ndim == 2 else "")
+        raise UsageError(f"{label} returns {tuple(output.shape)} for a batch of {PROBE_BATCH}, not (batch, classes) = "
+                         f"({PROBE_BATCH}, {num_classes}) for this data's {num_classes} classes{hint}")

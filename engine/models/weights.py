@@ -1,0 +1,92 @@
+"""Starting a new run from existing weights (`--init-from`) and keeping some fixed (`--freeze`).
+
+`--init-from` takes an engine checkpoint or a plain state dict (`.pt`/`.pth`, e.g. torchvision's
+downloaded weights), always opened with `torch.load(weights_only=True)`. Every tensor must fit the
+new model, except a classifier head whose class count differs, which keeps its fresh
+initialisation (said in one line). `--resume` is a different thing: it continues a run exactly.
+"""
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from engine.errors import EngineError, UsageError, first_line
+
+WRAPPERS = ("module.", "_orig_mod.")  # DistributedDataParallel's and torch.compile's key prefixes
+
+
+def read_state_dict(path):
+    """{name: tensor} from an engine checkpoint or a plain state dict (possibly under "state_dict" or
+    "model"), with DDP/compile prefixes removed; one line for anything else."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"--init-from: no such file {path}")
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise EngineError(f"--init-from: {path} is not a readable weights file ({first_line(error, 120)})") from None
+    for key in ("state_dict", "model", "model_state_dict"):  # "model": an engine checkpoint's weights
+        if isinstance(loaded, dict) and isinstance(loaded.get(key), dict):
+            loaded = loaded[key]
+    if not isinstance(loaded, dict) or not loaded or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
+        raise EngineError(f"--init-from: {path} holds no state dict of tensors")
+    state = {}
+    for key, value in loaded.items():
+        for prefix in WRAPPERS:
+            key = key.removeprefix(prefix)
+        state[key] = value
+    return state
+
+
+def head_keys(model: nn.Module):
+    """State-dict keys of the model's classifier head: the last Linear (or 1x1 Conv2d) in the module order."""
+    last = None
+    for name, module in model.named_modules():
+        if isinstance(module, (nn.Linear, nn.Conv2d)) and name:
+            last = name
+    return {f"{last}.weight", f"{last}.bias"} if last else set()
+
+
+def init_from(model: nn.Module, path, say=print):
+    """Load `path`'s weights into `model` (see the module docstring); returns the re-initialised keys."""
+    state, wanted = read_state_dict(path), model.state_dict()
+    head = head_keys(model)
+    fresh, load = [], {}
+    for key, tensor in wanted.items():
+        if key not in state:
+            raise EngineError(f"--init-from: {path} does not fit this model: it has no {key}")
+        if tuple(state[key].shape) != tuple(tensor.shape):
+            if key in head and state[key].shape[1:] == tensor.shape[1:]:  # the same head, another class count
+                fresh.append(key)
+                continue
+            raise EngineError(f"--init-from: {path} does not fit this model: {key} is {tuple(state[key].shape)} "
+                              f"there, {tuple(tensor.shape)} here")
+        load[key] = state[key]
+    extra = [key for key in state if key not in wanted]
+    if extra:
+        raise EngineError(f"--init-from: {path} does not fit this model: it has {extra[0]}, which the model lacks")
+    model.load_state_dict(load, strict=False)
+    note = ""
+    if fresh:
+        classes = tuple(state[fresh[0]].shape)[0]
+        note = f"; {', '.join(fresh)} re-initialised ({classes} classes there, {wanted[fresh[0]].shape[0]} here)"
+    say(f"Initialised from {path} ({len(load)} tensors{note})")
+    return fresh
+
+
+def freeze_prefixes(model: nn.Module, prefixes, say=print):
+    """requires_grad False for every parameter under the comma-separated `prefixes` (a prefix matches
+    a whole name or a dotted parent, `layer1` matching `layer1.0.conv1.weight` but not `layer10`)."""
+    names = [p.strip() for p in str(prefixes).split(",") if p.strip()]
+    params = dict(model.named_parameters())
+    for prefix in names:
+        matched = [n for n in params if n == prefix or n.startswith(prefix + ".")]
+        if not matched:
+            tops = sorted({n.split(".")[0] for n in params})
+            raise UsageError(f"--freeze {prefix}: no parameter is named {prefix} or under it; top-level names: "
+                             f"{', '.join(tops[:12])}{', ...' if len(tops) > 12 else ''}")
+        for name in matched:
+            params[name].requires_grad_(False)
+    count = sum(p.numel() for p in params.values() if not p.requires_grad)
+    say(f"Frozen: {', '.join(names)} ({count:,} parameters stay fixed)")

@@ -1,0 +1,151 @@
+"""Resuming a run: which checkpoint (`resume_path`), the config it continues with (`resume_config`,
+the same checks for the CLI and for Python callers), whether this data and schedule can continue it
+(`check_resume`), restoring its states (`restore`), and bringing the run directory in step with it.
+"""
+
+import dataclasses
+import hashlib
+from pathlib import Path
+
+from engine.checkpoint import Checkpoint, load, save_atomic
+from engine.config import Config, absolute_model, flag
+from engine.errors import EngineError, UsageError, first_line
+
+
+def resume_path(run_dir):
+    """last.pt of `run_dir` (a run directory, `runs/latest`, or that last.pt itself).
+
+    Any other checkpoint (best.pt, a copy) is refused: resuming rewrites the run's last.pt and
+    metrics from the checkpoint's epoch on, which would silently drop the epochs after it.
+    """
+    run_dir = Path(run_dir)
+    if run_dir.is_file():
+        if run_dir.name != "last.pt":
+            raise UsageError(f"--resume takes a run directory or its last.pt, not {run_dir}; to go on from another "
+                             "checkpoint, copy it as last.pt into a new run directory")
+        return run_dir
+    last = run_dir / "last.pt"
+    if not last.is_file():
+        where = (f"{run_dir} has no last.pt" if run_dir.is_dir() else f"{run_dir} is not a run directory"
+                 if run_dir.exists() else f"{run_dir} does not exist")
+        raise UsageError(f"--resume: nothing to resume ({where}); train without --resume first, or name a run directory")
+    return last
+
+
+def resume_config(run_dir, given=None, say=print):
+    """(Config, Checkpoint) to continue the run at `run_dir` with. `given`: Config values passed
+    again (a command line's flags); those that change what the weights depend on must equal the run's,
+    except that a user model's code is named again (`--model nets.py:Net`), which must be the run's."""
+    from engine.models.reference import parse_model, reopen
+
+    path = resume_path(run_dir).resolve()  # runs/latest -> the run it names
+    checkpoint = load(path)
+    saved, values = checkpoint.config, dict(given or {})
+    fixed = {f.name for f in dataclasses.fields(Config) if not f.metadata["resume"]}
+    if "data" in values:  # the run saved it absolute
+        values["data"] = Config(data=values["data"]).with_absolute_paths().data
+    if checkpoint.ref.user_code or "model" in values:  # the code, named again, must be the run's (one line if not)
+        given_ref = parse_model(values["model"], saved.get("model_args")) if "model" in values else None
+        if given_ref is not None and not checkpoint.ref.user_code and given_ref.label != checkpoint.ref.label:
+            raise UsageError(f"--resume continues the run as configured; --model {values['model']} differs from its "
+                             f"{saved.get('model')} (start a new run to change it)")
+        ref = reopen(checkpoint.ref, given_ref, path, say)
+        values["model"] = absolute_model(values.get("model", saved["model"]))
+        if ref.user_code:
+            saved = dict(saved, model=values["model"])
+    for name, value in values.items():
+        if name in fixed and saved.get(name) != value:
+            raise UsageError(f"--resume continues the run as configured; {flag(name)} {value} differs from its "
+                             f"{saved.get(name)} (start a new run to change it)")
+    values = dict(saved, **values)
+    values["out"] = str(path.parent)
+    return Config.from_dict(values), checkpoint
+
+
+def check_resume(checkpoint: Checkpoint, path, fingerprint, total_steps, source):
+    """One line naming what keeps a checkpoint from being resumed on this data: a missing optimizer
+    state, RNG states or metrics, data whose images changed, or a schedule of another length."""
+    missing = [k for k in ("optimizer", "rng", "metrics", "scheduler") if getattr(checkpoint, k) is None]
+    if missing:
+        raise EngineError(f"--resume: {path} has no {', '.join(missing)} (it holds weights only); "
+                          "evaluate or export it, or start a new run")
+    metrics = checkpoint.metrics
+    epochs = [m for m in metrics if not m.get("partial")] if isinstance(metrics, list) else None
+    if epochs is None or len(epochs) != checkpoint.epoch:  # evaluations within an epoch (--eval-every) aside
+        raise EngineError(f"--resume: {path} has metrics for {len(metrics)} epochs but says "
+                          f"{checkpoint.epoch} are done; it is damaged")
+    import torch
+
+    if not isinstance(checkpoint.rng, dict) or not isinstance(checkpoint.rng.get("torch"), torch.Tensor):
+        raise EngineError(f"--resume: {path} has no torch RNG state; it is damaged")
+    changes = fingerprint_changes(checkpoint.fingerprint or fingerprint, fingerprint)
+    if changes:
+        raise EngineError(f"--resume: the data at {source} changed since the run started ({changes}); restore it, "
+                          "or start a new run on the new data")
+    saved = (checkpoint.scheduler or {}).get("total_steps", total_steps)
+    if saved != total_steps:
+        raise EngineError(f"--resume: the run was scheduled for {saved:,} steps, but the data at {source} now gives "
+                          f"{total_steps:,}; restore the data, or start a new run")
+
+
+def restore(checkpoint: Checkpoint, path, model, optimizer, scaler):
+    """Load the weights, optimizer and scaler states of a checked checkpoint (see check_state)."""
+    try:
+        model.load_state_dict(checkpoint.model)
+        optimizer.load_state_dict(checkpoint.optimizer)
+        if checkpoint.scaler:
+            scaler.load_state_dict(checkpoint.scaler)
+    except (KeyError, ValueError, RuntimeError, TypeError) as error:
+        raise EngineError(f"--resume: {path} does not fit this run's model or optimizer ({first_line(error, 160)})") from None
+
+
+def best_of(checkpoint: Checkpoint):
+    """(best test accuracy, its epoch) so far: the checkpoint's record, else its metrics' maximum."""
+    if isinstance(checkpoint.best, dict):
+        return checkpoint.best["test_acc"], checkpoint.best["epoch"]
+    metrics = checkpoint.metrics or []
+    best = max(range(len(metrics)), key=lambda i: metrics[i]["test_acc"], default=None)
+    return (-1.0, 0) if best is None else (metrics[best]["test_acc"], best + 1)
+
+
+def repair_run(run, checkpoint: Checkpoint, say):
+    """last.pt is the commit record; bring the files written after it in step with it. An epoch
+    writes last.pt, then best.pt, metrics.jsonl and curves.png: a kill between those renames
+    left best.pt and the metrics one epoch behind, and this puts them right."""
+    repaired = []
+    if run.sync_metrics(checkpoint.metrics or []):
+        repaired.append("metrics.jsonl and curves.png")
+    _, epoch = best_of(checkpoint)
+    if epoch and epoch == checkpoint.epoch and not checkpoint.step:  # last.pt is the best epoch itself
+        try:
+            current = load(run.path / "best.pt").epoch
+        except EngineError:
+            current = None
+        if current != epoch:
+            save_atomic(checkpoint.to_dict(), run.path / "best.pt")
+            repaired.append("best.pt")
+    if repaired:
+        say(f"Repaired {' and '.join(repaired)} from last.pt (a kill had left them behind)")
+
+
+def data_fingerprint(data):
+    """What --resume compares: image counts and a digest of the labels and the pixels (a strided
+    sample of at most 2,048 images per split, so a large set costs milliseconds)."""
+    def digest(x, y):
+        h = hashlib.blake2b(digest_size=8)
+        h.update(y.numpy().tobytes())
+        step = max(1, len(x) // 2048)
+        h.update(x[::step].contiguous().numpy().tobytes())
+        return h.hexdigest()
+
+    return {"train_images": len(data.train_x), "test_images": len(data.test_x),
+            "train": digest(data.train_x, data.train_y), "test": digest(data.test_x, data.test_y)}
+
+
+def fingerprint_changes(saved, now):
+    """A phrase saying what changed between two data fingerprints, or None."""
+    changes = [f"{key.replace('_', ' ')} {saved[key]:,} -> {now[key]:,}"
+               for key in ("train_images", "test_images") if saved.get(key) != now.get(key)]
+    if not changes:
+        changes = [f"{split} images or labels differ" for split in ("train", "test") if saved.get(split) != now.get(split)]
+    return "; ".join(changes) or None
