@@ -79,7 +79,9 @@ class Runtime:
         if self.compile:
             parts.append(f"torch.compile ({self.compile_mode}{'; training runs eagerly' if self.eager_training else ''})")
         if self.triton:
-            parts.append("Triton conv+ReLU+pool" + (" (interpreter)" if self.device.type == "cpu" else ""))
+            blocks = getattr(self, "fused_blocks", None)  # known once prepare() has fused the model
+            count = f" on {blocks} block{'s' if blocks != 1 else ''}" if blocks is not None else ""
+            parts.append(f"Triton conv+ReLU+pool{count}" + (" (interpreter)" if self.device.type == "cpu" else ""))
         return ", ".join(parts)
 
     def prepare(self, model, compile=None):
@@ -90,7 +92,7 @@ class Runtime:
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
         if self.triton:
-            use_triton(model, self.device, compile)
+            self.fused_blocks = use_triton(model, self.device, compile)  # what describe() reports
         if compile:
             # Compiling in place keeps state-dict keys free of the `_orig_mod.` prefix.
             logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # "No CUDA runtime" on CPU
@@ -190,17 +192,28 @@ _warned = []  # the interpreter warning is given once per process
 
 
 def _swap_ops(model, op):
-    from engine.models import ConvReluPool
+    """Fuse the model's conv -> ReLU -> 2x2 max-pool runs (engine.fusion), then route every
+    kernel block (those and the ConvReluPool blocks) through `op`; returns how many blocks."""
+    from engine.fusion import fuse, kernel_blocks
 
-    for block in model.modules():
-        if isinstance(block, ConvReluPool):
-            block.op = op
-    return model
+    fuse(model)
+    blocks = kernel_blocks(model)
+    for block in blocks:
+        block.op = op
+    return len(blocks)
 
 
-def use_triton(model, device, compile=False):
-    """Route every ConvReluPool block through the fused Triton kernel (its registered custom op
-    under torch.compile, which Inductor calls inside the compiled graph)."""
+def use_triton(model, device, compile=False, name=None):
+    """Route every conv -> ReLU -> 2x2 max-pool of `model` through the fused Triton kernel (its
+    registered custom op under torch.compile, which Inductor calls inside the compiled graph):
+    the ConvReluPool blocks, and the runs inside any nn.Sequential, fused in place with their
+    state-dict keys unchanged (engine.fusion). Returns how many blocks run the kernel; a model
+    with none is a UsageError naming it (`name`, or its class), before Triton is loaded."""
+    from engine.fusion import find_runs, kernel_blocks
+
+    if not kernel_blocks(model) and not find_runs(model):
+        raise UsageError(f"--triton: {name or type(model).__name__} has no Conv2d -> ReLU -> MaxPool2d(2) run in an "
+                         "nn.Sequential that the fused kernel can replace; run without --triton")
     if device.type == "cpu":
         # Triton reads TRITON_INTERPRET when a kernel is decorated, so it must be set before the
         # kernel module is first imported (torch may import the triton package itself earlier).

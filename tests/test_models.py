@@ -1,12 +1,12 @@
-"""engine.models: the registry, the tutorials' parameter counts, input-shape fitting, summaries and FLOPs."""
+"""engine.models: the registry, the tutorials' parameter counts, input-shape fitting (summaries and FLOPs:
+tests/test_summary.py)."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from engine.errors import UsageError
-from engine.models import (MODELS, build_model, count_parameters, format_summary, forward_flops, smallest_side,
-                           summarize, training_flops)
+from engine.models import MODELS, build_model, count_parameters, smallest_side
 
 COUNTS = [("cifar_cnn", 246_474), ("cifar_seq", 145_578), ("mnist_cnn", 824_458), ("lenet", 62_006),
           ("mlp", 101_770), ("fast_cifar", 295_120)]
@@ -34,25 +34,6 @@ def test_every_model_gives_logits_and_gradients(name, shape):
     F.cross_entropy(logits, torch.tensor([0, 3, 6])).backward()
     trained = [p for p in model.parameters() if p.requires_grad]
     assert trained and all(p.grad is not None and torch.isfinite(p.grad).all() for p in trained)
-
-
-def test_summary_total_and_output_shapes():
-    model = build_model("cifar_cnn", (3, 32, 32), 10)
-    rows = summarize(model, (3, 32, 32))
-    assert [r[2] for r in rows] == [(64, 15, 15), (64, 6, 6), (128, 2, 2), (256,), (10,)]
-    assert sum(r[3] for r in rows) == 246_474
-    assert format_summary("cifar_cnn", model, (3, 32, 32)).endswith("Total parameters: 246,474")
-
-
-@pytest.mark.parametrize("name", list(MODELS))
-def test_summary_rows_add_up_and_leave_batchnorm_statistics_alone(name):
-    shape = MODELS[name].reference_shape
-    model = build_model(name, shape, 10)
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    rows = summarize(model, shape)
-    assert sum(r[3] for r in rows) == count_parameters(model)
-    assert rows[-1][2] == (10,) and model.training
-    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
 def test_first_layer_and_flatten_follow_the_input_shape():
@@ -101,29 +82,3 @@ SAVED_KEYS["cifar_seq"] = SAVED_KEYS["cifar_cnn"]
 @pytest.mark.parametrize("name", list(SAVED_KEYS))
 def test_state_dict_keys_of_existing_models_are_unchanged(name):
     assert list(build_model(name, MODELS[name].reference_shape, 10).state_dict()) == SAVED_KEYS[name]
-
-
-def test_forward_flops_counts_cifar_cnn_by_hand():
-    conv1 = 2 * 30 * 30 * 64 * (3 * 3 * 3)  # 32 -> 30, pool -> 15
-    conv2 = 2 * 13 * 13 * 64 * (64 * 3 * 3)  # 15 -> 13, pool -> 6
-    conv3 = 2 * 4 * 4 * 128 * (64 * 3 * 3)  # 6 -> 4, pool -> 2
-    fc1, fc2 = 2 * 512 * 256, 2 * 256 * 10
-    model = build_model("cifar_cnn", (3, 32, 32), 10)
-    assert forward_flops(model, (3, 32, 32)) == conv1 + conv2 + conv3 + fc1 + fc2 == 18_196_992
-
-
-def test_training_flops_are_three_forwards_less_the_first_layers_input_gradient():
-    model = build_model("cifar_cnn", (3, 32, 32), 10)
-    conv1 = 2 * 30 * 30 * 64 * 3 * 3 * 3
-    assert training_flops(model, (3, 32, 32)) == 3 * 18_196_992 - conv1 == 51_480_576  # the issue's 51.5 MFLOP
-
-
-def test_forward_flops_counts_plain_convs_and_mlp():
-    mlp = build_model("mlp", (1, 28, 28), 10)
-    assert forward_flops(mlp, (1, 28, 28)) == 2 * (784 * 128 + 128 * 10)
-    fast = build_model("fast_cifar", (3, 32, 32), 10)
-    stem = 2 * 31 * 31 * 24 * 12
-    block1 = 2 * 31 * 31 * 32 * 24 * 9 + 2 * 15 * 15 * 32 * 32 * 9
-    block2 = 2 * 15 * 15 * 64 * 32 * 9 + 2 * 7 * 7 * 64 * 64 * 9
-    block3 = 2 * 7 * 7 * 128 * 64 * 9 + 2 * 3 * 3 * 128 * 128 * 9
-    assert forward_flops(fast, (3, 32, 32)) == stem + block1 + block2 + block3 + 2 * 128 * 10
