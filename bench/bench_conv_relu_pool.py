@@ -20,9 +20,9 @@ import pytest
 import torch
 
 from kernels.aot import seed_layers
-from tests.conftest import requires_cuda, requires_triton
+from tests.conftest import requires_triton
 
-pytestmark = [requires_cuda, requires_triton]
+pytestmark = [pytest.mark.cuda, requires_triton]
 DEVICE = "cuda"
 REPEAT = 10
 LAYERS = [layer for layer in seed_layers(256) if layer.name.startswith("cifar_cnn")]

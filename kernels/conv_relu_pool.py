@@ -415,6 +415,10 @@ def _launch(x, weight, bias, stride, padding, store_window, config=None, launche
         args, constexprs = kernel_arguments(x[part], weight, bias, out[part], None if win is None else win[part],
                                             stride, padding)
         rows = out[part].shape[0] * out.shape[2] * out.shape[3]
+        if config is None and _INTERPRETED:
+            # The interpreter's one candidate, launched without the autotuner: Triton 3.6's (torch
+            # 2.11's) benchmarks even a single config, and its benchmarker needs a GPU driver.
+            kernel, meta = conv_relu_pool_kernel, candidate_configs(rows, oc, reduction_size(c, kh, kw))[0].all_kwargs()
         grid = lambda m: (triton.cdiv(rows, m["BLOCK_M"]) * triton.cdiv(oc, m["BLOCK_N"]),)  # noqa: E731
         (launcher(kernel) if launcher else kernel)[grid](*args, **constexprs, **meta)
     return out, win

@@ -1,4 +1,4 @@
-"""Skip marks and shared fixtures, defined once for the whole suite.
+"""Skip marks (the `cuda` marker's skip among them) and shared fixtures, defined once for the whole suite.
 
 Triton kernels run in Triton's interpreter when there is no GPU, and the interpreter must be
 chosen before triton is first imported, so that is decided here, before any test module loads.
@@ -15,8 +15,17 @@ if not HAS_CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 
-requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
 requires_triton = pytest.mark.skipif(not HAS_TRITON, reason="needs triton")
+# `@pytest.mark.cuda` (registered in pyproject.toml) marks a test that needs a CUDA GPU: it skips
+# without one (pytest_runtest_setup below), and `.ci/gpu` selects them all with `-m cuda`.
+requires_cuda = pytest.mark.cuda  # the old name of the same mark
+
+
+@pytest.hookimpl(tryfirst=True)  # before any fixture of the test is set up
+def pytest_runtest_setup(item):
+    """Skip a test marked `cuda` on a machine without a CUDA GPU. bench/conftest.py imports this hook."""
+    if not HAS_CUDA and item.get_closest_marker("cuda") is not None:
+        pytest.skip("needs a CUDA GPU (marked cuda)")
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from engine.config import Config
 from engine.models import build_model
 from engine.runtime import Runtime
-from tests.conftest import HAS_CUDA, HAS_TRITON, requires_cuda
+from tests.conftest import HAS_CUDA, HAS_TRITON
 
 DEVICE = "cuda" if HAS_CUDA else "cpu"
 # fp32 paths compute the same sums in another order (mkldnn's NHWC kernels, Inductor's fused
@@ -99,7 +99,7 @@ def test_bf16_autocast_matches_plain(plain, monkeypatch):
     _check(plain, _flags(amp=True, amp_dtype="bf16", channels_last=True), BF16_LOGITS, BF16)
 
 
-@requires_cuda
+@pytest.mark.cuda
 def test_fp16_autocast_matches_plain(plain):
     _check(plain, _flags(amp=True, amp_dtype="fp16", channels_last=True), FP16_LOGITS, FP16)
 

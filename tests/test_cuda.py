@@ -1,0 +1,269 @@
+"""The CUDA paths against fp32 eager on the GPU. Every test here is marked `cuda`: skipped without a
+GPU, run by `.ci/gpu` (`pytest -m cuda`) on one.
+
+- One training step (engine.session.open_session + engine.train.train_step) from the same seeded
+  weights and batch under fp16 autocast with GradScaler, bf16 autocast, torch.compile (Inductor,
+  and CUDA graphs with reduce-overhead), channels_last and the Triton kernel, against the plain
+  step (fp32 with TF32 off, NCHW, eager): the logits and every parameter's update.
+- The Triton kernel (kernels.conv_relu_pool) on cifar_cnn's real layer shapes against its eager
+  reference, forward and backward, in every dtype and layout.
+- SyncBatchNorm under DistributedDataParallel in a one-rank NCCL group (engine.distributed).
+- onnxruntime's CUDA provider (export.session) against its CPU provider, where it is installed.
+
+Errors are ||got - want|| / ||want|| per tensor, as in tests/test_parity.py (whose tolerances
+these follow: a weight gradient is a sum over the batch with heavy cancellation).
+"""
+
+import contextlib
+import copy
+import socket
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from engine.config import Config
+from engine.models import build_model
+from tests.conftest import HAS_TRITON
+
+pytestmark = pytest.mark.cuda
+
+BATCH = 64
+# TF32 (10-bit mantissa) in the fast path against IEEE fp32 in the plain one, and a pool window
+# whose top two values are closer than that rounding may route its gradient to another pixel.
+FP32 = (1e-2, 3e-2)  # (logits, parameter updates)
+# bf16 keeps 8 bits: logits to ~5e-3, gradients rounded at every layer on the way back (test_parity).
+BF16 = (2e-2, 0.3)
+# fp16 keeps 11 bits: an eighth of bf16's rounding, the same allowance for routing.
+FP16 = (5e-3, 0.1)
+MAX_SKIPPED = 4  # fp16 steps GradScaler may skip (an overflow halves its scale) before one counts
+
+STEP_CASES = {  # name: (model, flags of `engine train`, tolerances)
+    "cifar_cnn-channels_last": ("cifar_cnn", dict(channels_last=True), FP32),
+    "cifar_cnn-fp16-gradscaler": ("cifar_cnn", dict(amp=True, amp_dtype="fp16", channels_last=True), FP16),
+    "cifar_cnn-bf16": ("cifar_cnn", dict(amp=True, amp_dtype="bf16", channels_last=True), BF16),
+    "cifar_cnn-compile": ("cifar_cnn", dict(compile=True, channels_last=True), FP32),
+    "cifar_cnn-compile-reduce-overhead": ("cifar_cnn", dict(compile=True, compile_mode="reduce-overhead",
+                                                            channels_last=True), FP32),
+    "cifar_cnn-amp-compile": ("cifar_cnn", dict(amp=True, compile=True, channels_last=True), BF16),
+    "cifar_cnn-triton": ("cifar_cnn", dict(triton=True, channels_last=True), FP32),
+    "cifar_cnn-triton-nchw": ("cifar_cnn", dict(triton=True), FP32),
+    "cifar_cnn-triton-bf16": ("cifar_cnn", dict(triton=True, amp=True, amp_dtype="bf16", channels_last=True), BF16),
+    "cifar_cnn-triton-compile": ("cifar_cnn", dict(triton=True, compile=True, channels_last=True), FP32),
+    "fast_cifar-channels_last": ("fast_cifar", dict(channels_last=True), FP32),
+    "fast_cifar-fp16-gradscaler": ("fast_cifar", dict(amp=True, amp_dtype="fp16", channels_last=True), FP16),
+    "fast_cifar-bf16": ("fast_cifar", dict(amp=True, amp_dtype="bf16", channels_last=True), BF16),
+    "fast_cifar-compile": ("fast_cifar", dict(compile=True, channels_last=True), FP32),
+}
+
+
+@contextlib.contextmanager
+def ieee_fp32():
+    """fp32 matmuls and convolutions without TF32 for the block (the engine turns TF32 on when a
+    CUDA run starts); the settings are restored after it."""
+    matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn.conv
+    saved = matmul.fp32_precision, conv.fp32_precision
+    matmul.fp32_precision, conv.fp32_precision = "ieee", "ieee"
+    try:
+        yield
+    finally:
+        matmul.fp32_precision, conv.fp32_precision = saved
+
+
+def relative_error(got, want):
+    return ((got.float() - want.float()).norm() / want.float().norm()).item()
+
+
+def first_step(tmp_path, model, ieee=False, **flags):
+    """One train_step of `model` on the GPU from the seeded initial weights and the first training
+    batch of the synthetic set: (batch x, logits, {parameter: its update}), all fp32. `ieee`: the
+    step without TF32 (set after open_session, which turns it on)."""
+    from engine.session import open_session
+
+    flags = {"amp": False, "channels_last": False, **flags}
+    cfg = Config(model=model, device="cuda", epochs=1, batch_size=BATCH, limit_train=2 * BATCH, limit_test=BATCH,
+                 quiet=True, out=str(tmp_path / "-".join(f"{k}={v}" for k, v in sorted(flags.items()))), **flags)
+    s = open_session(cfg, say=lambda *_: None)
+    s.model.train()
+    x, y, _ = next(s.train_loader.epoch(0))
+    before = {name: p.detach().float().clone() for name, p in s.model.named_parameters() if p.requires_grad}
+    with ieee_fp32() if ieee else contextlib.nullcontext():
+        logits = _step_until_taken(s, x, y, before)
+    updates = {name: p.detach().float() - before[name] for name, p in s.model.named_parameters() if p.requires_grad}
+    return x.float(), logits, updates
+
+
+def _step_until_taken(s, x, y, before):
+    """train_step on (x, y) until GradScaler takes a step (fp16); returns its logits (fp32)."""
+    from engine.train import train_step
+
+    for _ in range(MAX_SKIPPED + 1):
+        scale = s.scaler.get_scale() if s.scaler.is_enabled() else None
+        _, logits = train_step(s, x, y, 0)
+        s.runtime.sync()
+        if scale is None or s.scaler.get_scale() >= scale:
+            break
+        # GradScaler found inf/nan in the scaled gradients: the step must have changed nothing
+        for name, p in s.model.named_parameters():
+            if p.requires_grad:
+                assert torch.equal(p.detach().float(), before[name]), f"a skipped fp16 step moved {name}"
+    else:
+        pytest.fail(f"GradScaler skipped {MAX_SKIPPED + 1} fp16 steps in a row (scale now {s.scaler.get_scale()})")
+    return logits.float().clone()
+
+
+@pytest.fixture(scope="module")
+def plain_steps(tmp_path_factory):
+    """The plain step (fp32 with TF32 off, NCHW, eager) of each model, computed once."""
+    steps = {}
+
+    def get(model):
+        if model not in steps:
+            steps[model] = first_step(tmp_path_factory.mktemp("plain"), model, ieee=True)
+        return steps[model]
+
+    return get
+
+
+@pytest.mark.parametrize("case", list(STEP_CASES))
+def test_training_step_matches_plain_fp32(tmp_path, plain_steps, case):
+    model, flags, (logits_tol, update_tol) = STEP_CASES[case]
+    if flags.get("triton") and not HAS_TRITON:
+        pytest.skip("needs triton")
+    if flags.get("amp_dtype", "auto") != "fp16" and flags.get("amp") and not torch.cuda.is_bf16_supported(
+            including_emulation=False):
+        pytest.skip("this GPU has no bf16")
+    torch.compiler.reset()  # each compiled case from a fresh cache (reduce-overhead's CUDA graphs among them)
+    want_x, want_logits, want_updates = plain_steps(model)
+    x, logits, updates = first_step(tmp_path, model, **flags)
+    assert torch.equal(x, want_x), "both sessions must train on the same batch"
+    errors = {"logits": relative_error(logits, want_logits)}
+    assert updates.keys() == want_updates.keys()
+    for name, update in updates.items():
+        assert torch.isfinite(update).all(), f"non-finite update of {name}"
+        if want_updates[name].norm() > 0:  # a parameter with no gradient on this batch stays put either way
+            errors[name] = relative_error(update, want_updates[name])
+    print(case, " ".join(f"{k}={v:.1e}" for k, v in errors.items()))
+    assert errors.pop("logits") <= logits_tol, f"logits differ from plain fp32 by {errors}"
+    worst = max(errors, key=errors.get)
+    assert errors[worst] <= update_tol, f"update of {worst}: relative error {errors[worst]:.2e} > {update_tol}"
+
+
+def test_fp16_step_uses_a_grad_scaler_and_bf16_does_not(tmp_path):
+    from engine.runtime import Runtime
+
+    fp16 = Runtime.from_config(Config(device="cuda", amp=True, amp_dtype="fp16"))
+    assert fp16.amp_dtype == torch.float16 and fp16.grad_scaler().is_enabled()
+    if torch.cuda.is_bf16_supported(including_emulation=False):
+        bf16 = Runtime.from_config(Config(device="cuda", amp=True, amp_dtype="bf16"))
+        assert bf16.amp_dtype == torch.bfloat16 and not bf16.grad_scaler().is_enabled()
+
+
+KERNEL_TOLERANCE = {  # relative to the fp32 reference on the same (rounded) values
+    torch.float32: 1e-2,  # TF32 where eager conv2d would use it, else the same sums in another order
+    torch.float16: 5e-3,  # output rounded to fp16 (2**-11 relative)
+    torch.bfloat16: 3e-2,  # output rounded to bf16 (2**-8 relative)
+}
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="needs triton")
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("dtype", list(KERNEL_TOLERANCE), ids=str)
+def test_kernel_on_cifar_cnn_layers_matches_reference(dtype, channels_last):
+    """The fused kernel at the shapes it runs in training (cifar_cnn's three blocks, batch 256),
+    forward and backward, against its eager fp32 reference on the same values."""
+    from kernels.aot import seed_layers
+    from kernels.conv_relu_pool import conv_relu_pool, conv_relu_pool_reference
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    for layer in (layer for layer in seed_layers(256) if layer.name.startswith("cifar_cnn")):
+        fan_in = layer.w_shape[1] * layer.w_shape[2] * layer.w_shape[3]
+        x = torch.randn(layer.x_shape, device="cuda", generator=g).to(dtype)  # (N, C, H, W)
+        weight = (torch.randn(layer.w_shape, device="cuda", generator=g) / fan_in**0.5).to(dtype)
+        bias = (torch.randn(layer.w_shape[0], device="cuda", generator=g) * 0.5).to(dtype)
+        if channels_last:
+            x, weight = x.contiguous(memory_format=torch.channels_last), weight.contiguous(memory_format=torch.channels_last)
+        inputs = [t.detach().requires_grad_() for t in (x, weight, bias)]
+        out = conv_relu_pool(*inputs, 1, layer.padding)
+        grad_out = torch.randn(out.shape, device="cuda", generator=g).to(dtype)
+        got = torch.autograd.grad(out, inputs, grad_out)
+        with ieee_fp32():
+            reference = [t.detach().float().requires_grad_() for t in (x, weight, bias)]
+            want_out = conv_relu_pool_reference(*reference, 1, layer.padding)
+            want = torch.autograd.grad(want_out, reference, grad_out.float())
+        assert out.dtype == dtype and out.shape == want_out.shape
+        assert out.is_contiguous(memory_format=torch.channels_last) == channels_last
+        tol = KERNEL_TOLERANCE[dtype]
+        assert relative_error(out, want_out) <= tol, f"{layer.name} forward"
+        for name, grad, expected in zip(("x", "weight", "bias"), got, want):
+            # half-precision backward routes a near-tie to another pixel than the fp32 reference:
+            # the gradients' allowance is test_parity's (a real defect is an O(1) error)
+            assert relative_error(grad, expected) <= max(tol, 3e-2 if dtype == torch.float32 else 0.1), \
+                f"{layer.name} gradient of {name}"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_sync_batchnorm_under_ddp_in_a_one_rank_nccl_group(monkeypatch):
+    """fast_cifar (BatchNorm) converted to SyncBatchNorm and wrapped in DistributedDataParallel inside
+    engine.distributed.process_group, as torchrun would start one rank: the same logits, gradients
+    and running statistics as the plain model. (With one rank SyncBatchNorm takes PyTorch's own
+    single-process path, batch_norm; this proves the NCCL group, the conversion and DDP's reducer
+    on the device, not the cross-rank reduction, which needs two GPUs.)"""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from engine.distributed import process_group
+
+    for name, value in dict(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1",
+                            MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port())).items():
+        monkeypatch.setenv(name, value)
+    torch.manual_seed(0)
+    plain = build_model("fast_cifar", (3, 32, 32), 10).cuda().train()
+    synced = torch.nn.SyncBatchNorm.convert_sync_batchnorm(copy.deepcopy(plain))
+    assert sum(isinstance(m, torch.nn.SyncBatchNorm) for m in synced.modules()) == \
+        sum(isinstance(m, torch.nn.BatchNorm2d) for m in plain.modules()) > 0
+    x = torch.randn(32, 3, 32, 32, device="cuda")
+    y = torch.randint(0, 10, (32,), device="cuda")
+    with ieee_fp32():
+        want = plain(x)
+        F.cross_entropy(want, y).backward()
+    with ieee_fp32(), process_group(torch.device("cuda")) as ranks:
+        assert (ranks.world, ranks.device) == (1, torch.device("cuda", 0)) and dist.get_backend() == "nccl"
+        ddp = DistributedDataParallel(synced, device_ids=[0])
+        logits = ddp(x)
+        F.cross_entropy(logits, y).backward()
+        total = torch.ones(1, device="cuda")
+        dist.all_reduce(total)  # a real NCCL collective on the device
+        assert total.item() == 1.0
+    assert not dist.is_initialized()  # process_group leaves the group on exit
+    assert relative_error(logits, want) <= 1e-4
+    for (name, p), q in zip(plain.named_parameters(), synced.parameters()):
+        if p.requires_grad:
+            assert relative_error(q.grad, p.grad) <= 1e-3, f"gradient of {name}"
+    for (name, buffer), synced_buffer in zip(plain.named_buffers(), synced.buffers()):
+        if buffer.is_floating_point():
+            torch.testing.assert_close(synced_buffer, buffer, rtol=1e-4, atol=1e-6, msg=f"running statistic {name}")
+
+
+def test_onnxruntime_cuda_provider_matches_cpu(tiny_onnx):
+    """export.session.open_session(device="cuda") runs on onnxruntime's CUDA provider, and its
+    logits match the CPU provider's (cuDNN may use TF32: a looser bound than verify.ATOL)."""
+    ort = pytest.importorskip("onnxruntime")
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip(f"onnxruntime {ort.__version__} has no CUDA provider here (onnxruntime-gpu is not installed)")
+    from export.session import open_session
+    from export.verify import run_session
+
+    cuda, provider = open_session(tiny_onnx, device="cuda")
+    assert provider == "CUDAExecutionProvider"
+    cpu, _ = open_session(tiny_onnx, device="cpu")
+    images = np.random.default_rng(0).random((64, 3, 32, 32), dtype=np.float32)
+    got, want = run_session(cuda, images, batch_size=16), run_session(cpu, images)
+    assert got.shape == want.shape == (64, 10)
+    assert np.linalg.norm(got - want) / np.linalg.norm(want) <= 1e-2
