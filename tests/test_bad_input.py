@@ -96,7 +96,39 @@ CASES = [
     ("resume: from best.pt", "train --resume run/best.pt", "takes a run directory or its last.pt"),
     ("resume: run dir locked by a live run", "train --resume run", "is in use by another engine train"),
     ("resume: a hostile last.pt", "train --resume hostile-run", "holds pickled code"),
+    # user models (--model FILE.py:NAME, package.module:NAME, torchvision:NAME)
+    ("model: missing file", "train --model absent.py:Net --out out", "no such file absent.py"),
+    ("model: file raises on import", "train --model raises.py:Net --out out", "raises.py raised ZeroDivisionError on import (line 2)"),
+    ("model: NAME not found", "train --model nets.py:Nope --out out", "Nope is not defined there (nn.Module classes there: Net)"),
+    ("model: NAME not a module", "train --model nets.py:WIDTH --out out", "WIDTH is not an nn.Module subclass or a function"),
+    ("model: constructor raises", "train --model ctor.py:Net --out out", "raised ValueError (line 6): boom"),
+    ("model: forward raises", "train --model fwd.py:Net --out out", "fwd.py:Net cannot take 3x32x32 images"),
+    ("model: output not (batch, classes)", "train --model out.py:Net --out out", "returns (2, 7) for a batch of 2"),
+    ("model: --model-args not JSON", "train --model nets.py:Net --model-args {width --out out", "--model-args must be a JSON object"),
+    ("model: --model-args not accepted", "train --model nets.py:Net --model-args '{\"width\": 3}' --out out",
+     "it takes no argument 'width'"),
+    ("model: torchvision:nope", "train --model torchvision:nope --out out", "torchvision has no classification model 'nope'"),
+    ("model: a standard-library function", "train --model os:system --out out", "os:system is not model code"),
+    ("model: user checkpoint without its code (eval)", "eval user.pt", "name it again: --model"),
+    ("model: user checkpoint without its code (export)", "export m.onnx --checkpoint user.pt", "name it again: --model"),
+    ("model: user run resumed without its code", "train --resume user-run", "name it again: --model"),
+    ("model: hostile reference", "eval hostileref.pt", "names a model the engine will not load"),
+    ("model: reference to other code than given", "eval evilref.pt --model nets.py:Net", "was trained with evil_mod:Net"),
+    ("model: --init-from that does not fit", "train --init-from lenet.pth --out out", "does not fit this model"),
+    ("model: --init-from not weights", "train --init-from notes.pt --out out", "is not a readable weights file"),
+    ("model: --freeze matching nothing", "train --freeze nothing --out out", "--freeze nothing: no parameter"),
 ]
+USER_CODE = {  # the user-model files the cases name
+    "nets.py": b"from torch import nn\n\nWIDTH = 3\n\n\nclass Net(nn.Module):\n    def __init__(self):\n"
+               b"        super().__init__()\n        self.fc = nn.Linear(3 * 32 * 32, 10)\n\n"
+               b"    def forward(self, x):\n        return self.fc(x.flatten(1))\n",
+    "raises.py": b"import torch\nx = 1 / 0\n",
+    "ctor.py": b"from torch import nn\n\n\nclass Net(nn.Module):\n    def __init__(self):\n        raise ValueError('boom')\n",
+    "fwd.py": b"from torch import nn\n\n\nclass Net(nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+              b"        self.fc = nn.Linear(3, 10)\n\n    def forward(self, x):\n        return self.fc(x)\n",
+    "out.py": b"from torch import nn\n\n\nclass Net(nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+              b"        self.fc = nn.Linear(3 * 32 * 32, 7)\n\n    def forward(self, x):\n        return self.fc(x.flatten(1))\n",
+}
 LOCKED = {"resume: run dir locked by a live run"}  # this test process holds the run's lock meanwhile
 OFFLINE = {"http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9"}
 
@@ -180,6 +212,19 @@ def workspace(tiny_run, tiny_onnx, tmp_path_factory):
     torch.save({"format": "engine-checkpoint/1", "model": {"w": Payload(root / "PAYLOAD_RAN")}}, root / "hostile.pt")
     (root / "hostile-run").mkdir()
     shutil.copy(root / "hostile.pt", root / "hostile-run" / "last.pt")
+    put(root, USER_CODE)
+    from engine.models import build_model
+
+    torch.save(build_model("lenet", (3, 32, 32), 10).state_dict(), root / "lenet.pth")  # a plain state dict
+    put(root, {"evil_mod.py": f"open({str(root / 'PAYLOAD_RAN')!r}, 'w').close()\n".encode()})  # importing it is the harm
+    state = torch.load(root / "run" / "last.pt", weights_only=True)
+    refs = {"user.pt": {"kind": "file", "name": "Net", "file": str(root / "nets.py"), "sha256": "0" * 64, "args": {}},
+            "hostileref.pt": {"kind": "module", "name": "system", "file": "os", "sha256": None, "args": {}},
+            "evilref.pt": {"kind": "module", "name": "Net", "file": "evil_mod", "sha256": None, "args": {}}}
+    for name, ref in refs.items():
+        torch.save({**state, "model_ref": ref}, root / name)
+    (root / "user-run").mkdir()
+    shutil.copy(root / "user.pt", root / "user-run" / "last.pt")
     model = (root / "model.onnx").read_bytes()
     (root / "truncated.onnx").write_bytes(model[: len(model) // 2])
     bare = onnx.load(str(root / "model.onnx"))

@@ -234,8 +234,8 @@ def _import(ref: ModelRef):
         raise UsageError(f"--model {where}: {ref.name} is not defined there"
                          + (f" (nn.Module classes there: {', '.join(found)})" if found else ""))
     if not ((inspect.isclass(target) and issubclass(target, nn.Module)) or inspect.isfunction(target)):
-        raise UsageError(f"--model {where}: {ref.name} is a {type(target).__name__}, not an nn.Module subclass "
-                         "or a function that returns one")
+        raise UsageError(f"--model {where}: {ref.name} is not an nn.Module subclass or a function that returns one "
+                         f"(it is of type {type(target).__name__})")
     return target
 
 
