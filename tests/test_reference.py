@@ -1,0 +1,160 @@
+"""engine.models.reference: the four --model forms, references as data, code imported only when named."""
+
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from engine.errors import EngineError, UsageError
+from engine.models.reference import ModelRef, build, check_fits, load_code, parse_model, reference_of, reopen
+
+TUTORIAL = """
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3)
+        self.bn = nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8 * 15 * 15, 10)
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.bn(self.conv(x))), 2)
+        return self.fc(torch.flatten(x, 1))
+
+
+class Sized(nn.Module):
+    def __init__(self, num_classes, in_channels=3, width=4):
+        super().__init__()
+        self.width = width
+        self.conv = nn.Conv2d(in_channels, width, 3, padding=1)
+        self.head = nn.Linear(width, num_classes)
+
+    def forward(self, x):
+        return self.head(self.conv(x).mean((2, 3)))
+
+
+def make(num_classes, in_shape):
+    return nn.Sequential(nn.Flatten(), nn.Linear(in_shape[0] * in_shape[1] * in_shape[2], num_classes))
+"""
+
+
+@pytest.fixture
+def nets(tmp_path):
+    path = tmp_path / "nets.py"
+    path.write_text(TUTORIAL)
+    return path
+
+
+def test_the_four_forms_parse_without_importing_user_code(nets, tmp_path):
+    assert parse_model("cifar_cnn") == ModelRef("builtin", "cifar_cnn")
+    assert parse_model("torchvision:resnet18", '{"zero_init_residual": true}').args == {"zero_init_residual": True}
+    ref = parse_model(f"{nets}:Net")
+    assert ref.kind == "file" and ref.file == str(nets.resolve()) and len(ref.sha256) == 64
+    assert parse_model("mypkg.nets:Net") == ModelRef("module", "Net", "mypkg.nets")  # not imported: no such package
+    (tmp_path / "marker.py").write_text(f"open({str(tmp_path / 'RAN')!r}, 'w').close()\n")
+    parse_model(f"{tmp_path / 'marker.py'}:Net")
+    assert not (tmp_path / "RAN").exists()
+
+
+@pytest.mark.parametrize("text, args, words", [
+    ("vgg", None, "unknown model 'vgg'"),
+    ("torchvision:nope", None, "torchvision has no classification model 'nope'"),
+    ("torchvision:fasterrcnn_resnet50_fpn", None, "no classification model"),  # a detection model
+    ("os:system", None, "os:system is not model code"),
+    ("subprocess.run:x", None, "not model code"),
+    ("absent.py:Net", None, "no such file absent.py"),
+    ("cifar_cnn", '{"width": 2}', "the built-in cifar_cnn takes none"),
+    ("torchvision:resnet18", "{width", "must be a JSON object"),
+    ("torchvision:resnet18", "[1, 2]", "must be a JSON object"),
+])
+def test_bad_references_are_one_line(text, args, words):
+    with pytest.raises(UsageError, match=words):
+        parse_model(text, args)
+
+
+def test_constructors_get_classes_and_shape_by_name_and_model_args_win(nets):
+    sized = build(parse_model(f"{nets}:Sized", '{"width": 6}'), (1, 20, 24), 5)
+    assert sized.width == 6 and sized.conv.in_channels == 1 and sized.head.out_features == 5
+    made = build(parse_model(f"{nets}:make"), (3, 8, 8), 4)  # a function returning a module
+    assert made(torch.zeros(2, 3, 8, 8)).shape == (2, 4)
+    with pytest.raises(UsageError, match=r"--model-args do not fit Net\(\): it takes no argument 'depth'"):
+        build(parse_model(f"{nets}:Net", '{"depth": 2}'), (3, 32, 32), 10)
+
+
+def test_a_model_that_does_not_fit_the_data_is_one_line_before_any_work(nets):
+    with pytest.raises(UsageError, match=r"nets.py:Net returns \(2, 10\) for a batch of 2, not .* \(2, 7\)"):
+        build(parse_model(f"{nets}:Net"), (3, 32, 32), 7)  # a tutorial net hard-wired to 10 classes
+    with pytest.raises(UsageError, match="nets.py:Net cannot take 3x16x16 images: its forward raised RuntimeError"):
+        build(parse_model(f"{nets}:Net"), (3, 16, 16), 10)
+
+
+def test_the_probe_changes_no_statistics_and_no_random_state(nets):
+    model = build(parse_model(f"{nets}:Net"), (3, 32, 32), 10)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    state = torch.get_rng_state()
+    check_fits(model, parse_model(f"{nets}:Net"), (3, 32, 32), 10)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # BatchNorm's running stats too
+
+
+def test_torchvision_models_fit_grey_images_and_small_vits():
+    grey = build(parse_model("torchvision:resnet18"), (1, 28, 28), 10)
+    assert grey.conv1.in_channels == 1 and grey(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    with pytest.raises(UsageError, match="takes square images"):
+        build(parse_model("torchvision:vit_b_16"), (3, 32, 48), 10)
+
+
+def test_stored_references_are_checked_as_data_and_refused_without_import(tmp_path, monkeypatch):
+    (tmp_path / "evil_mod.py").write_text(f"open({str(tmp_path / 'RAN')!r}, 'w').close()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for stored, words in [({"kind": "module", "name": "system", "file": "os"}, "os:system is not model code"),
+                          ({"kind": "pickle", "name": "x"}, "kind 'pickle'"),
+                          ({"kind": "file", "name": "Net", "file": "relative.py"}, "not the absolute path"),
+                          ({"kind": "builtin", "name": "os.system"}, "no built-in model"),
+                          ({"kind": "module", "name": "__import__('os')", "file": "x"}, "is not a Python name")]:
+        with pytest.raises(EngineError, match="will not load"):
+            ModelRef.from_dict(stored)
+    evil = ModelRef.from_dict({"kind": "module", "name": "Net", "file": "evil_mod"})
+    with pytest.raises(UsageError, match="was trained with evil_mod:Net, not"):
+        reopen(evil, parse_model("torchvision:resnet18"))
+    with pytest.raises(UsageError, match="name it again: --model evil_mod:Net"):
+        reopen(evil, None)
+    assert not (tmp_path / "RAN").exists() and "evil_mod" not in sys.modules
+
+
+def test_a_changed_file_is_said_and_loads_only_if_the_weights_fit(nets):
+    saved = parse_model(f"{nets}:Net")
+    nets.write_text(TUTORIAL + "\n# edited\n")
+    said = []
+    ref = reopen(saved, parse_model(f"{nets}:Net"), say=said.append)
+    assert ref.sha256 != saved.sha256 and "changed since the run was trained" in said[0]
+    with pytest.raises(UsageError, match="not .*:Sized"):
+        reopen(saved, parse_model(f"{nets}:Sized"))
+
+
+def test_a_module_built_by_the_caller_is_recorded_by_its_class(nets):
+    model = build(parse_model(f"{nets}:Net"), (3, 32, 32), 10)  # its class comes from the file
+    ref = reference_of(model)
+    assert ref.kind == "file" and ref.name == "Net" and ref.file == str(nets.resolve())
+    assert reference_of(nn.Linear(2, 2)) == ModelRef("module", "Linear", "torch.nn.modules.linear")
+
+    def local():
+        class Inner(nn.Module):
+            pass
+
+        return Inner()
+
+    with pytest.raises(UsageError, match="defined inside a function"):
+        reference_of(local())
+
+
+def test_import_errors_name_the_file_and_line(tmp_path):
+    (tmp_path / "broken.py").write_text("import torch\n\nx = undefined_name\n")
+    with pytest.raises(EngineError, match=r"broken.py raised NameError on import \(line 3\)"):
+        load_code(parse_model(f"{tmp_path / 'broken.py'}:Net"))
+    assert not (tmp_path / "__pycache__").exists()  # nothing written beside the user's file

@@ -1,0 +1,48 @@
+"""engine.models.weights: --init-from (engine checkpoints and plain state dicts) and --freeze."""
+
+import pytest
+import torch
+
+from engine.errors import EngineError, UsageError
+from engine.models import build_model
+from engine.models.reference import build, parse_model
+from engine.models.weights import freeze_prefixes, init_from
+
+
+def test_plain_torchvision_weights_load_and_a_head_of_another_class_count_is_reinitialised(tmp_path):
+    torch.manual_seed(0)
+    source = build(parse_model("torchvision:resnet18"), (3, 32, 32), 1000)  # like downloaded ImageNet weights
+    torch.save({f"module.{k}": v for k, v in source.state_dict().items()}, tmp_path / "r18.pth")  # a DDP prefix
+    model = build(parse_model("torchvision:resnet18"), (3, 32, 32), 10)
+    head = model.fc.weight.clone()
+    said = []
+    assert sorted(init_from(model, tmp_path / "r18.pth", say=said.append)) == ["fc.bias", "fc.weight"]
+    assert torch.equal(model.conv1.weight, source.conv1.weight) and torch.equal(model.fc.weight, head)
+    assert "fc.weight, fc.bias re-initialised (1000 classes there, 10 here)" in said[0]
+
+
+def test_an_engine_checkpoint_initialises_a_new_run(tiny_run):
+    model = build_model("cifar_cnn", (3, 32, 32), 10)
+    init_from(model, tiny_run[1], say=lambda *_: None)
+    saved = torch.load(tiny_run[1], weights_only=True)["model"]
+    assert all(torch.equal(v, saved[k]) for k, v in model.state_dict().items())
+
+
+def test_weights_that_do_not_fit_are_one_line(tmp_path):
+    torch.save(build_model("lenet", (3, 32, 32), 10).state_dict(), tmp_path / "lenet.pth")
+    with pytest.raises(EngineError, match="does not fit this model: it has no features.2.conv.weight|does not fit this model"):
+        init_from(build_model("cifar_cnn", (3, 32, 32), 10), tmp_path / "lenet.pth")
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    with pytest.raises(EngineError, match="is not a readable weights file"):
+        init_from(build_model("cifar_cnn", (3, 32, 32), 10), tmp_path / "junk.pt")
+    with pytest.raises(UsageError, match="no such file"):
+        init_from(build_model("cifar_cnn", (3, 32, 32), 10), tmp_path / "absent.pt")
+
+
+def test_freeze_keeps_named_parameters_fixed_and_a_prefix_matching_nothing_is_one_line():
+    model = build(parse_model("torchvision:resnet18"), (3, 32, 32), 10)
+    freeze_prefixes(model, "conv1,layer1", say=lambda *_: None)
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert "conv1.weight" in frozen and "layer1.0.conv1.weight" in frozen and "layer2.0.conv1.weight" not in frozen
+    with pytest.raises(UsageError, match="--freeze layer9: no parameter is named layer9 or under it; top-level names: bn1"):
+        freeze_prefixes(model, "layer9")
