@@ -116,7 +116,7 @@ def test_a_tutorial_net_in_a_file_trains_evaluates_exports_and_predicts(user_run
 
 
 def test_a_user_model_killed_at_three_moments_resumes_to_the_uninterrupted_weights(user_run, tmp_path):
-    from test_kill import finish, kill_at, start
+    from tests.test_kill import finish, kill_at, start
 
     root, reference = user_run
     args = ["--model", str(root / "nets.py") + ":Net", "--epochs", "2", *TINY]
