@@ -215,11 +215,12 @@ def use_triton(model, device, compile=False, name=None):
         raise UsageError(f"--triton: {name or type(model).__name__} has no Conv2d -> ReLU -> MaxPool2d(2) run in an "
                          "nn.Sequential that the fused kernel can replace; run without --triton")
     if device.type == "cpu":
-        # Triton reads TRITON_INTERPRET when a kernel is decorated, so it must be set before the
-        # kernel module is first imported (torch may import the triton package itself earlier).
+        # Triton reads TRITON_INTERPRET when a function is decorated, its own tl.cdiv & co. included,
+        # so it must be set before the triton package is first imported (torch.utils.flop_counter,
+        # for one, imports it).
         if os.environ.get("TRITON_INTERPRET") != "1":
-            if "kernels.conv_relu_pool" in sys.modules:
-                raise UsageError("--triton on CPU needs Triton's interpreter, but the kernel was loaded without it; "
+            if "triton" in sys.modules:
+                raise UsageError("--triton on CPU needs Triton's interpreter, but triton was loaded without it; "
                                  "set TRITON_INTERPRET=1")
             os.environ["TRITON_INTERPRET"] = "1"
         if not _warned:

@@ -5,6 +5,9 @@ stay tiny).
 """
 
 import copy
+import os
+import subprocess
+import sys
 from collections import OrderedDict
 
 import pytest
@@ -183,6 +186,25 @@ def test_prepare_counts_the_blocks_it_routes_through_the_kernel():
     mixed = _seq(ConvReluPool(3, 4, 3), nn.Conv2d(4, 5, 3), nn.ReLU(), nn.MaxPool2d(2))
     assert use_triton(mixed, DEVICE) == 2  # the engine's block and the user's run
     assert all(block.op is not conv_relu_pool_eager for block in (mixed[0], mixed[1]))
+
+
+@requires_triton
+@pytest.mark.slow
+def test_triton_on_cpu_after_triton_loaded_without_the_interpreter_is_one_line():
+    """Triton decorates its own tl.cdiv & co. when it is imported, so the interpreter cannot be
+    chosen afterwards: without the check the first step failed deep inside the kernel."""
+    code = ("import torch, triton\n"
+            "from engine.errors import UsageError\n"
+            "from engine.models import build_model\n"
+            "from engine.runtime import use_triton\n"
+            "try:\n"
+            "    use_triton(build_model('cifar_cnn', (3, 32, 32), 10), torch.device('cpu'))\n"
+            "except UsageError as error:\n"
+            "    print(error)\n")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip() == ("--triton on CPU needs Triton's interpreter, but triton was loaded without it; "
+                                     "set TRITON_INTERPRET=1"), result.stderr
 
 
 def _errors(dtype, channels_last, seed):

@@ -4,6 +4,8 @@ and torchvision's published figures; measuring leaves the model, its statistics 
 """
 
 import copy
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -220,3 +222,11 @@ def test_a_model_running_the_triton_kernel_is_measured_through_its_eager_op():
     kernel = model.features[0].op
     assert training_flops(model, (3, 32, 32)) == 51_480_576
     assert model.features[0].op is kernel
+
+
+def test_importing_the_models_loads_no_triton():
+    """torch.utils.flop_counter imports triton, which on CPU must wait until --triton has chosen
+    Triton's interpreter (engine.runtime.use_triton): the summary imports it only to measure."""
+    code = "import sys, engine.models; print('triton' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.stdout.strip() == "False", result.stderr

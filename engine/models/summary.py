@@ -15,7 +15,6 @@ from typing import NamedTuple
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 DEPTH = 2  # the layer table's rows: modules two levels down (resnet18's layer1.0), or leaves above that
 
@@ -136,6 +135,9 @@ def _measure(model, in_shape, train, watched=(), shapes=None, flops=None):
     """Total FLOPs of one image through `model` (train: forward + backward); optionally each
     module in `watched` records its output shape in `shapes` and its inclusive forward FLOPs in
     `flops` (both keyed by id). The model's mode, buffers, gradients and the RNG are restored."""
+    from torch.utils.flop_counter import FlopCounterMode  # lazily: it imports triton, which must not load
+    # before engine.runtime.use_triton has chosen Triton's interpreter (on CPU)
+
     from engine.fusion import eager_ops  # lazily: engine.fusion imports engine.models
 
     first = next(iter([*model.parameters(), *model.buffers()]), None)
