@@ -14,6 +14,7 @@ Two acceptance checks stay here, untimed: three epochs with the defaults reach 6
 start reaches its first training step within 5 s.
 """
 
+import math
 import os
 import subprocess
 import sys
@@ -143,3 +144,43 @@ def test_second_start_within_5_seconds(tmp_path):
     elapsed = min(seconds_to_first_step(tmp_path) for _ in range(2))
     print(f"\nsecond start: {elapsed:.2f} s to the first training step")
     assert elapsed is not None and elapsed < 5.0
+
+
+USER_IMAGES = 2048  # resnet18 trains ~25x slower than cifar_cnn: a seeded subset keeps the pair to about a minute
+
+
+def test_resnet18_beside_the_tutorial_loop(benchmark, roof, jpeg_folder, tmp_path):
+    """A user's model (torchvision:resnet18, 32x32 CIFAR images): the tutorial-style loop (ImageFolder, DataLoader +
+    ToTensor, batch 32, NCHW fp32, SGD) and `engine train`'s epoch with its defaults, on the same number of images,
+    timed one after the other in this run; extra_info holds the ratio."""
+    import torchvision
+    from torchvision import datasets, transforms
+
+    benchmark.group = "epoch, torchvision:resnet18"
+    torch.manual_seed(0)
+    folder = datasets.ImageFolder(str(jpeg_folder / "train"), transform=transforms.ToTensor())
+    pick = torch.randperm(len(folder), generator=torch.Generator().manual_seed(0))[:USER_IMAGES].tolist()
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(folder, pick), batch_size=32, shuffle=True)
+    model = torchvision.models.resnet18(num_classes=10)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    started = time.perf_counter()
+    for x, y in loader:
+        loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    tutorial_per_s = USER_IMAGES / (time.perf_counter() - started)
+
+    s = open_session(Config(data=str(ARCHIVE), model="torchvision:resnet18", limit_train=USER_IMAGES, epochs=1,
+                            quiet=True, out=str(tmp_path / "run")), say=lambda *_: None)
+    figures = []
+    benchmark.pedantic(lambda: figures.append(train_epoch(s, 0, True)), rounds=1, iterations=1)
+    images = s.steps * s.cfg.batch_size
+    images_per_s = images / benchmark.stats.stats.median
+    gflops = images_per_s * training_flops(s.model, (3, 32, 32)) / 1e9
+    benchmark.extra_info.update(images_per_s=round(images_per_s, 1), tutorial_images_per_s=round(tutorial_per_s, 1),
+                                ratio=round(images_per_s / tutorial_per_s, 2), runtime=s.runtime.describe(),
+                                roof_share=round(gflops / roof, 3), roof_gflops=round(roof, 1))
+    print(f"\nresnet18: tutorial loop {tutorial_per_s:.0f} img/s, engine {images_per_s:.0f} img/s "
+          f"({images_per_s / tutorial_per_s:.2f}x; {s.runtime.describe()})")
+    assert math.isfinite(figures[0].loss_sum.item())

@@ -1,4 +1,5 @@
-"""One training step of cifar_cnn on every path, at batch 32, 64 and 256: the engine's own `train_step`.
+"""One training step of cifar_cnn on every path, at batch 32, 64 and 256, and of torchvision's resnet18 and
+mobilenet_v3_small (users' models) at batch 64: the engine's own `train_step`.
 
 Run: `python -m pytest bench/bench_train_step.py`. Each case builds a real engine session
 (`engine.session.open_session`: runtime, model, optimizer, loader) on the built-in synthetic set,
@@ -28,17 +29,33 @@ CASES = {  # the flags of `engine train` each case stands for
     "triton": dict(amp=False, triton=True),  # CUDA only: on CPU the kernel runs in Triton's interpreter
 }
 ROUNDS = {32: 200, 64: 120, 256: 36}  # about 1.5 s of steps a case at bf16: shorter runs drifted 5-7% between cases
+# Users' models (issue 15): torchvision networks at batch 64 on the same paths, ~25x cifar_cnn's FLOPs a step.
+USER_MODELS = ("torchvision:resnet18", "torchvision:mobilenet_v3_small")
+USER_CASES = ("channels_last-fp32", "channels_last-bf16", "amp-compile")
+USER_ROUNDS = 12
 
 
 @pytest.mark.parametrize("batch", sorted(ROUNDS))
 @pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.cuda) if c == "triton" else c for c in CASES])
 def test_train_step(benchmark, roof, tmp_path, case, batch):
     benchmark.group = f"train_step, batch {batch}"
+    time_steps(benchmark, roof, tmp_path, case, batch, "cifar_cnn", ROUNDS[batch])
+
+
+@pytest.mark.parametrize("case", USER_CASES)
+@pytest.mark.parametrize("model", USER_MODELS)
+def test_train_step_user_model(benchmark, roof, tmp_path, model, case):
+    benchmark.group = "train_step, batch 64, torchvision models"
+    time_steps(benchmark, roof, tmp_path, case, 64, model, USER_ROUNDS)
+
+
+def time_steps(benchmark, roof, tmp_path, case, batch, model, rounds):
+    """Time `rounds` steps of `model` on the path `case` at `batch`, with images/s and roof share in extra_info."""
     # Each case starts from the same process state: a compiled case's session otherwise stays alive
     # in torch.compile's caches, and the next cases ran 2-8% slower beside it.
     torch.compiler.reset()
     gc.collect()
-    cfg = Config(epochs=1, batch_size=batch, limit_train=batch * 4, limit_test=batch, quiet=True,
+    cfg = Config(model=model, epochs=1, batch_size=batch, limit_train=batch * 4, limit_test=batch, quiet=True,
                  out=str(tmp_path / "run"), **CASES[case])
     s = open_session(cfg, say=lambda *_: None)
     s.model.train()
@@ -51,10 +68,10 @@ def test_train_step(benchmark, roof, tmp_path, case, batch):
         s.runtime.sync()
         losses.append(loss)
 
-    benchmark.pedantic(step, rounds=ROUNDS[batch], iterations=1, warmup_rounds=3)
+    benchmark.pedantic(step, rounds=rounds, iterations=1, warmup_rounds=3)
     images_per_s = batch / benchmark.stats.stats.median
     gflops = images_per_s * training_flops(s.model, tuple(s.spec.shape)) / 1e9
-    benchmark.extra_info.update(images_per_s=round(images_per_s, 1), batch=batch, runtime=s.runtime.describe(),
+    benchmark.extra_info.update(images_per_s=round(images_per_s, 1), batch=batch, model=model, runtime=s.runtime.describe(),
                                 gflops=round(gflops, 2), roof_share=round(gflops / roof, 3), roof_gflops=round(roof, 1))
     last = losses[-1].float().item()
     assert math.isfinite(last) and last < first.float().item()  # the same batch, trained on repeatedly
