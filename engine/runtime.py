@@ -82,12 +82,20 @@ class Runtime:
             blocks = getattr(self, "fused_blocks", None)  # known once prepare() has fused the model
             count = f" on {blocks} block{'s' if blocks != 1 else ''}" if blocks is not None else ""
             parts.append(f"Triton conv+ReLU+pool{count}" + (" (interpreter)" if self.device.type == "cpu" else ""))
+        if getattr(self, "reordered", 0):  # set by prepare() (engine/reorder.py)
+            parts.append(f"max-pool before ReLU ({self.reordered}x, exact)")
         return ", ".join(parts)
 
     def prepare(self, model, compile=None):
-        """Move `model` to the device and format, swap in the Triton op, compile in place (unless
-        `compile` is False: a caller that compiles it another way)."""
+        """The model to run: `model` with ReLU -> max-pool pairs swapped (engine/reorder.py; a new
+        GraphModule over the same parameters where any were), moved to the device and format, with the
+        Triton op swapped in, compiled in place (unless `compile` is False: a caller that compiles it
+        another way). Use what it returns."""
         compile = self.compile if compile is None else compile
+        if not self.triton:  # (--triton fuses conv -> ReLU -> pool runs itself)
+            from engine.reorder import pool_before_relu
+
+            model, self.reordered = pool_before_relu(model)  # exact: ReLU after max-pool, a quarter of the work
         model.to(self.device)
         if self.channels_last:
             model.to(memory_format=torch.channels_last)

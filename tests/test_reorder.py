@@ -1,0 +1,97 @@
+"""engine.reorder: ReLU moved after max-pool is exact (values and gradients), keeps every state-dict
+key, and leaves alone what it cannot prove safe."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.reorder import pool_before_relu
+
+
+class Tutorial(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(3, 6, 5), nn.Conv2d(6, 8, 3)
+        self.pool = nn.MaxPool2d(2, 2)
+        self.fc = nn.Linear(8 * 3 * 3, 10)
+
+    def forward(self, x):
+        x = self.pool(F.relu(self.conv1(x)))  # a module pool after a functional ReLU
+        x = F.max_pool2d(torch.relu(self.conv2(x)), 2)  # both functional
+        return self.fc(torch.flatten(x, 1))
+
+
+class Features(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(inplace=True),
+                                      nn.MaxPool2d(3, 2, padding=1), nn.Conv2d(4, 4, 3), nn.ReLU(), nn.MaxPool2d(2))
+        self.head = nn.Linear(4 * 2 * 2, 5)
+
+    def forward(self, x):
+        return self.head(self.features(x).flatten(1))
+
+
+class Reused(nn.Module):
+    """An in-place ReLU whose input is read again: swapping it would change `y`."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        z = F.max_pool2d(F.relu(y, inplace=True), 2)
+        return z.mean((1, 2, 3)) + y.mean((1, 2, 3))
+
+
+class Branchy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x):
+        if x.sum() > 0:  # data-dependent control flow: torch.fx cannot trace it
+            x = -x
+        return F.max_pool2d(F.relu(self.conv(x)), 2).flatten(1)
+
+
+@pytest.mark.parametrize("make, shape, swaps", [(Tutorial, (5, 3, 20, 20), 2), (Features, (4, 3, 13, 13), 2)])
+def test_the_swap_is_exact_for_values_and_gradients(make, shape, swaps):
+    torch.manual_seed(0)
+    model = make()
+    reordered, count = pool_before_relu(copy.deepcopy(model))
+    assert count == swaps and isinstance(reordered, torch.fx.GraphModule)
+    assert list(reordered.state_dict()) == list(model.state_dict())  # checkpoints keep their keys
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(1))
+    for net in (model, reordered):
+        net.train()
+    a, b = model(x), reordered(x)
+    assert torch.equal(a, b)  # the same elements are selected: equal, not merely close
+    a.square().sum().backward()
+    b.square().sum().backward()
+    for (name, p), q in zip(model.named_parameters(), reordered.parameters()):
+        assert torch.allclose(p.grad, q.grad, rtol=0, atol=1e-6), name  # summation order may differ in the last bit
+    assert all(torch.equal(u, v) for u, v in zip(model.buffers(), reordered.buffers()))  # BatchNorm statistics
+
+
+def test_what_cannot_be_proven_safe_is_left_alone():
+    for make in (Reused, Branchy):
+        model = make()
+        same, count = pool_before_relu(model)
+        assert same is model and count == 0
+    plain = nn.Sequential(nn.Conv2d(3, 4, 3), nn.MaxPool2d(2), nn.ReLU())  # already pooled first
+    assert pool_before_relu(plain) == (plain, 0)
+
+
+def test_the_runtime_reorders_a_users_model_and_reports_it():
+    from engine.config import Config
+    from engine.runtime import Runtime
+
+    runtime = Runtime.from_config(Config(device="cpu", amp=False, channels_last=True))
+    model = runtime.prepare(Tutorial())
+    assert isinstance(model, torch.fx.GraphModule) and "max-pool before ReLU (2x, exact)" in runtime.describe()
+    assert model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
