@@ -44,7 +44,7 @@ class Checkpoint:
     metrics: list | None = None  # one dict per evaluation (None: a weights-only checkpoint)
     step: int = 0
     partial: dict | None = None  # a mid-epoch checkpoint's running loss and accuracy sums
-    best: dict | None = None  # {"test_acc": best score so far, "epoch": its epoch}
+    best: dict | None = None  # {"acc": the best score so far, "split": "validation" or "test", "epoch": its epoch}
     fingerprint: dict | None = None  # resume.data_fingerprint of the data (stored as "data_fingerprint")
     frozen: list = field(default_factory=list)  # parameters that do not train
     runtime: dict = field(default_factory=dict)  # Runtime.resolved() of the run

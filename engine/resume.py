@@ -100,9 +100,10 @@ def restore(checkpoint: Checkpoint, path, model, optimizer, scaler):
 
 
 def best_of(checkpoint: Checkpoint):
-    """(best test accuracy, its epoch) so far: the checkpoint's record, else its metrics' maximum."""
-    if isinstance(checkpoint.best, dict):
-        return checkpoint.best["test_acc"], checkpoint.best["epoch"]
+    """(best accuracy, its epoch) so far, on the split that chooses best.pt (validation with --val-split,
+    else test): the checkpoint's record, else its metrics' maximum."""
+    if isinstance(checkpoint.best, dict):  # {"acc", "split", "epoch"}; checkpoints before 0.2 said "test_acc" for either
+        return checkpoint.best.get("acc", checkpoint.best.get("test_acc")), checkpoint.best["epoch"]
     metrics = checkpoint.metrics or []
     best = max(range(len(metrics)), key=lambda i: metrics[i]["test_acc"], default=None)
     return (-1.0, 0) if best is None else (metrics[best]["test_acc"], best + 1)

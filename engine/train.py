@@ -168,7 +168,8 @@ def checkpoint_state(s: Session, epochs_done, step=0, partial=None) -> Checkpoin
         config=s.cfg.to_dict(), spec=s.spec, model=s.model.state_dict(), epoch=epochs_done, ref=s.ref,
         optimizer=s.optimizer.state_dict(), scheduler={"step": epochs_done * s.steps + step, "total_steps": s.total_steps},
         scaler=s.scaler.state_dict(), rng=s.ranks.gather_rng(rng_states()), metrics=s.metrics, step=step, partial=partial,
-        best={"test_acc": s.best, "epoch": s.best_epoch}, fingerprint=s.fingerprint, frozen=frozen(s.model),
+        best={"acc": s.best, "split": "validation" if s.val_loader is not None else "test", "epoch": s.best_epoch},
+        fingerprint=s.fingerprint, frozen=frozen(s.model),
         runtime=s.runtime.resolved(), versions={"engine": __version__, "torch": str(torch.__version__)},
     )
 

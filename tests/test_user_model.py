@@ -178,3 +178,18 @@ def test_init_from_and_freeze_start_a_new_run(user_run, tmp_path):
         assert torch.equal(tuned.model[key], start.model[key]), key  # frozen: unchanged by training
     assert not torch.equal(tuned.model["fc2.weight"], start.model["fc2.weight"])  # the rest trained
     assert {"conv1.weight", "conv2.bias"} <= set(tuned.frozen)
+
+
+def test_a_user_model_takes_every_training_option(user_run, tmp_path):
+    root, _ = user_run
+    out = tmp_path / "opts"
+    printed = ok(engine("train", "--model", "nets.py:Small", "--model-args", '{"width": 8}', "--epochs", "2",
+                        "--limit-train", "512", "--limit-test", "64", "--batch-size", "32", "--device", "cpu",
+                        "--amp-dtype", "bf16", "--compile", "--val-split", "64", "--target-acc", "99.9",
+                        "--eval-every", "0.5", "--save-every", "0s", "--out", out, cwd=root))
+    assert "bf16 autocast" in printed and "torch.compile" in printed and "/ 64 validation /" in printed
+    checkpoint = load(out / "best.pt")
+    assert checkpoint.best["split"] == "validation"  # best.pt was chosen on the validation images
+    assert checkpoint.best["acc"] == pytest.approx(max(m["val_acc"] for m in checkpoint.metrics), abs=1e-5)  # rounded there
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in metrics] == [0.5, 1, 1.5, 2] and all("val_acc" in m for m in metrics)
