@@ -212,8 +212,13 @@ class TensorBoard:
 
 
 def progress(total, epoch, quiet):
-    """A tqdm bar over one epoch's steps, shown only when stdout is a terminal."""
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=f"Epoch {epoch}", unit="step", leave=False, file=sys.stdout,
-                disable=quiet or not sys.stdout.isatty(), dynamic_ncols=True)
+    """A tqdm bar over one epoch's steps, shown on a terminal and in a Jupyter notebook (tqdm's
+    widget, through tqdm.auto), not when stdout is a file or a pipe."""
+    in_notebook = "ipykernel" in sys.modules
+    if in_notebook:
+        from tqdm.auto import tqdm
+    else:
+        from tqdm import tqdm
+    shown = in_notebook or sys.stdout.isatty()
+    return tqdm(total=total, desc=f"Epoch {epoch}", unit="step", leave=False, file=None if in_notebook else sys.stdout,
+                disable=quiet or not shown, dynamic_ncols=True)

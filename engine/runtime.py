@@ -86,7 +86,7 @@ class Runtime:
             parts.append(f"max-pool before ReLU ({self.reordered}x, exact)")
         return ", ".join(parts)
 
-    def prepare(self, model, compile=None):
+    def prepare(self, model, compile=None, name=None):
         """The model to run: `model` with ReLU -> max-pool pairs swapped (engine/reorder.py; a new
         GraphModule over the same parameters where any were), moved to the device and format, with the
         Triton op swapped in, compiled in place (unless `compile` is False: a caller that compiles it
@@ -100,7 +100,7 @@ class Runtime:
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
         if self.triton:
-            self.fused_blocks = use_triton(model, self.device, compile)  # what describe() reports
+            self.fused_blocks = use_triton(model, self.device, compile, name)  # what describe() reports
         if compile:
             # Compiling in place keeps state-dict keys free of the `_orig_mod.` prefix.
             logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # "No CUDA runtime" on CPU

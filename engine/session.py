@@ -94,7 +94,7 @@ def open_session(cfg: Config, resume: Checkpoint | None = None, say=print, ranks
         data, spec, fingerprint = open_data(cfg, resume, run, ranks, say)
         setup_backends(runtime.device, cfg.seed)
         model = open_model(cfg, ref, data, spec, resume, ranks, model, run, say)
-        model = runtime.prepare(model)
+        model = runtime.prepare(model, name=ref.label)
     except BaseException:
         run.discard_if_unused()
         raise

@@ -68,3 +68,19 @@ def test_default_run_directories_are_unique(tmp_path):
     first.mkdir()
     second = default_run_dir("cifar_cnn", "synthetic", root=tmp_path)
     assert second != first and second.name.startswith("cifar_cnn-synthetic-")
+
+
+def test_the_progress_bar_shows_in_a_notebook_and_not_in_a_pipe(monkeypatch):
+    import sys
+    import types
+
+    from engine.report import progress
+
+    bar = progress(10, 1, quiet=False)  # pytest captures stdout: not a terminal
+    assert bar.disable
+    bar.close()
+    monkeypatch.setitem(sys.modules, "ipykernel", types.ModuleType("ipykernel"))  # as inside a Jupyter kernel
+    bar = progress(10, 1, quiet=False)
+    assert not bar.disable
+    bar.close()
+    assert progress(10, 1, quiet=True).disable
