@@ -4,7 +4,8 @@ GPU, run by `.ci/gpu` (`pytest -m cuda`) on one.
 - One training step (engine.session.open_session + engine.train.train_step) from the same seeded
   weights and batch under fp16 autocast with GradScaler, bf16 autocast, torch.compile (Inductor,
   and CUDA graphs with reduce-overhead), channels_last and the Triton kernel, against the plain
-  step (fp32 with TF32 off, NCHW, eager): the logits and every parameter's update.
+  step (fp32 with TF32 off, NCHW, eager): the logits and every parameter's update. The fast paths
+  run as the engine runs them, fp32 ones with TF32.
 - The Triton kernel (kernels.conv_relu_pool) on cifar_cnn's real layer shapes against its eager
   reference, forward and backward, in every dtype and layout.
 - SyncBatchNorm under DistributedDataParallel in a one-rank NCCL group (engine.distributed).
@@ -30,31 +31,38 @@ from tests.conftest import HAS_TRITON
 pytestmark = pytest.mark.cuda
 
 BATCH = 64
-# TF32 (10-bit mantissa) in the fast path against IEEE fp32 in the plain one, and a pool window
-# whose top two values are closer than that rounding may route its gradient to another pixel.
-FP32 = (1e-2, 3e-2)  # (logits, parameter updates)
-# bf16 keeps 8 bits: logits to ~5e-3, gradients rounded at every layer on the way back (test_parity).
-BF16 = (2e-2, 0.3)
-# fp16 keeps 11 bits: an eighth of bf16's rounding, the same allowance for routing.
-FP16 = (5e-3, 0.1)
+# (logits, parameter updates) against the plain step, by model and by the precision the fast path
+# computes in. cifar_cnn's are tests/test_parity.py's: bf16 keeps 8 mantissa bits (logits to ~4e-3,
+# conv weight updates to 0.14-0.15, measured on the CPU at this batch, seeds 0 and 1: gradients
+# rounded at every layer and summed with heavy cancellation); fp16 keeps 11, an eighth of that
+# rounding, with the same allowance for a pool window whose top two values are closer than the
+# rounding and route the gradient to another pixel. TF32, which the engine's fp32 uses on a GPU,
+# rounds the convolutions' and matmuls' inputs to fp16's 10-bit mantissa, so it gets fp16's.
+# fast_cifar's seven BatchNorms, normalising by batch statistics whose backward subtracts nearly
+# equal sums, amplify it: bf16 logits 2.2-2.5e-2 and updates 0.30-0.38 there (the same measurement).
+# A real defect (a wrong layout, dtype or gradient) is an O(1) error.
+TOLERANCE = {
+    "cifar_cnn": {"tf32": (5e-3, 0.1), "fp16": (5e-3, 0.1), "bf16": (2e-2, 0.3)},
+    "fast_cifar": {"tf32": (1e-2, 0.2), "fp16": (1e-2, 0.2), "bf16": (5e-2, 0.6)},
+}
 MAX_SKIPPED = 4  # fp16 steps GradScaler may skip (an overflow halves its scale) before one counts
 
-STEP_CASES = {  # name: (model, flags of `engine train`, tolerances)
-    "cifar_cnn-channels_last": ("cifar_cnn", dict(channels_last=True), FP32),
-    "cifar_cnn-fp16-gradscaler": ("cifar_cnn", dict(amp=True, amp_dtype="fp16", channels_last=True), FP16),
-    "cifar_cnn-bf16": ("cifar_cnn", dict(amp=True, amp_dtype="bf16", channels_last=True), BF16),
-    "cifar_cnn-compile": ("cifar_cnn", dict(compile=True, channels_last=True), FP32),
+STEP_CASES = {  # name: (model, flags of `engine train`, the precision they compute in)
+    "cifar_cnn-channels_last": ("cifar_cnn", dict(channels_last=True), "tf32"),
+    "cifar_cnn-fp16-gradscaler": ("cifar_cnn", dict(amp=True, amp_dtype="fp16", channels_last=True), "fp16"),
+    "cifar_cnn-bf16": ("cifar_cnn", dict(amp=True, amp_dtype="bf16", channels_last=True), "bf16"),
+    "cifar_cnn-compile": ("cifar_cnn", dict(compile=True, channels_last=True), "tf32"),
     "cifar_cnn-compile-reduce-overhead": ("cifar_cnn", dict(compile=True, compile_mode="reduce-overhead",
-                                                            channels_last=True), FP32),
-    "cifar_cnn-amp-compile": ("cifar_cnn", dict(amp=True, compile=True, channels_last=True), BF16),
-    "cifar_cnn-triton": ("cifar_cnn", dict(triton=True, channels_last=True), FP32),
-    "cifar_cnn-triton-nchw": ("cifar_cnn", dict(triton=True), FP32),
-    "cifar_cnn-triton-bf16": ("cifar_cnn", dict(triton=True, amp=True, amp_dtype="bf16", channels_last=True), BF16),
-    "cifar_cnn-triton-compile": ("cifar_cnn", dict(triton=True, compile=True, channels_last=True), FP32),
-    "fast_cifar-channels_last": ("fast_cifar", dict(channels_last=True), FP32),
-    "fast_cifar-fp16-gradscaler": ("fast_cifar", dict(amp=True, amp_dtype="fp16", channels_last=True), FP16),
-    "fast_cifar-bf16": ("fast_cifar", dict(amp=True, amp_dtype="bf16", channels_last=True), BF16),
-    "fast_cifar-compile": ("fast_cifar", dict(compile=True, channels_last=True), FP32),
+                                                            channels_last=True), "tf32"),
+    "cifar_cnn-amp-compile": ("cifar_cnn", dict(amp=True, compile=True, channels_last=True), "bf16"),
+    "cifar_cnn-triton": ("cifar_cnn", dict(triton=True, channels_last=True), "tf32"),
+    "cifar_cnn-triton-nchw": ("cifar_cnn", dict(triton=True), "tf32"),
+    "cifar_cnn-triton-bf16": ("cifar_cnn", dict(triton=True, amp=True, amp_dtype="bf16", channels_last=True), "bf16"),
+    "cifar_cnn-triton-compile": ("cifar_cnn", dict(triton=True, compile=True, channels_last=True), "tf32"),
+    "fast_cifar-channels_last": ("fast_cifar", dict(channels_last=True), "tf32"),
+    "fast_cifar-fp16-gradscaler": ("fast_cifar", dict(amp=True, amp_dtype="fp16", channels_last=True), "fp16"),
+    "fast_cifar-bf16": ("fast_cifar", dict(amp=True, amp_dtype="bf16", channels_last=True), "bf16"),
+    "fast_cifar-compile": ("fast_cifar", dict(compile=True, channels_last=True), "tf32"),
 }
 
 
@@ -128,7 +136,8 @@ def plain_steps(tmp_path_factory):
 
 @pytest.mark.parametrize("case", list(STEP_CASES))
 def test_training_step_matches_plain_fp32(tmp_path, plain_steps, case):
-    model, flags, (logits_tol, update_tol) = STEP_CASES[case]
+    model, flags, precision = STEP_CASES[case]
+    logits_tol, update_tol = TOLERANCE[model][precision]
     if flags.get("triton") and not HAS_TRITON:
         pytest.skip("needs triton")
     if flags.get("amp_dtype", "auto") != "fp16" and flags.get("amp") and not torch.cuda.is_bf16_supported(
@@ -251,7 +260,7 @@ def test_sync_batchnorm_under_ddp_in_a_one_rank_nccl_group(monkeypatch):
             torch.testing.assert_close(synced_buffer, buffer, rtol=1e-4, atol=1e-6, msg=f"running statistic {name}")
 
 
-def test_onnxruntime_cuda_provider_matches_cpu(tiny_onnx):
+def test_onnxruntime_cuda_provider_matches_cpu(request):
     """export.session.open_session(device="cuda") runs on onnxruntime's CUDA provider, and its
     logits match the CPU provider's (cuDNN may use TF32: a looser bound than verify.ATOL)."""
     ort = pytest.importorskip("onnxruntime")
@@ -260,6 +269,7 @@ def test_onnxruntime_cuda_provider_matches_cpu(tiny_onnx):
     from export.session import open_session
     from export.verify import run_session
 
+    tiny_onnx = request.getfixturevalue("tiny_onnx")  # a training and an export: only once the skip has passed
     cuda, provider = open_session(tiny_onnx, device="cuda")
     assert provider == "CUDAExecutionProvider"
     cpu, _ = open_session(tiny_onnx, device="cpu")
