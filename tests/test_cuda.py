@@ -169,10 +169,14 @@ def test_fp16_step_uses_a_grad_scaler_and_bf16_does_not(tmp_path):
         assert bf16.amp_dtype == torch.bfloat16 and not bf16.grad_scaler().is_enabled()
 
 
-KERNEL_TOLERANCE = {  # relative to the fp32 reference on the same (rounded) values
-    torch.float32: 1e-2,  # TF32 where eager conv2d would use it, else the same sums in another order
-    torch.float16: 5e-3,  # output rounded to fp16 (2**-11 relative)
-    torch.bfloat16: 3e-2,  # output rounded to bf16 (2**-8 relative)
+KERNEL_TOLERANCE = {  # (output, gradients) relative to the fp32 reference on the same (rounded) values
+    # without TF32 on either side: the same sums in another order; a window whose top two values tie
+    # to ~1e-7 may still route its gradient to the other pixel (one such among ~1M windows: ~1e-3)
+    torch.float32: (1e-4, 1e-2),
+    # output rounded to fp16 (2**-11 relative); eager fp16 backward (convolution_backward)
+    torch.float16: (5e-3, 0.1),
+    # output rounded to bf16 (2**-8 relative); eager bf16 backward
+    torch.bfloat16: (3e-2, 0.1),
 }
 
 
@@ -181,7 +185,8 @@ KERNEL_TOLERANCE = {  # relative to the fp32 reference on the same (rounded) val
 @pytest.mark.parametrize("dtype", list(KERNEL_TOLERANCE), ids=str)
 def test_kernel_on_cifar_cnn_layers_matches_reference(dtype, channels_last):
     """The fused kernel at the shapes it runs in training (cifar_cnn's three blocks, batch 256),
-    forward and backward, against its eager fp32 reference on the same values."""
+    forward and backward, against its eager fp32 reference on the same values, both without TF32
+    (the kernel follows the conv setting; the training-step cases above run it with TF32)."""
     from kernels.aot import seed_layers
     from kernels.conv_relu_pool import conv_relu_pool, conv_relu_pool_reference
 
@@ -194,22 +199,20 @@ def test_kernel_on_cifar_cnn_layers_matches_reference(dtype, channels_last):
         if channels_last:
             x, weight = x.contiguous(memory_format=torch.channels_last), weight.contiguous(memory_format=torch.channels_last)
         inputs = [t.detach().requires_grad_() for t in (x, weight, bias)]
-        out = conv_relu_pool(*inputs, 1, layer.padding)
-        grad_out = torch.randn(out.shape, device="cuda", generator=g).to(dtype)
-        got = torch.autograd.grad(out, inputs, grad_out)
         with ieee_fp32():
+            out = conv_relu_pool(*inputs, 1, layer.padding)
+            grad_out = torch.randn(out.shape, device="cuda", generator=g).to(dtype)
+            got = torch.autograd.grad(out, inputs, grad_out)
             reference = [t.detach().float().requires_grad_() for t in (x, weight, bias)]
             want_out = conv_relu_pool_reference(*reference, 1, layer.padding)
             want = torch.autograd.grad(want_out, reference, grad_out.float())
         assert out.dtype == dtype and out.shape == want_out.shape
         assert out.is_contiguous(memory_format=torch.channels_last) == channels_last
-        tol = KERNEL_TOLERANCE[dtype]
-        assert relative_error(out, want_out) <= tol, f"{layer.name} forward"
+        out_tol, grad_tol = KERNEL_TOLERANCE[dtype]
+        assert relative_error(out, want_out) <= out_tol, f"{layer.name} forward"
         for name, grad, expected in zip(("x", "weight", "bias"), got, want):
-            # half-precision backward routes a near-tie to another pixel than the fp32 reference:
-            # the gradients' allowance is test_parity's (a real defect is an O(1) error)
-            assert relative_error(grad, expected) <= max(tol, 3e-2 if dtype == torch.float32 else 0.1), \
-                f"{layer.name} gradient of {name}"
+            assert grad.dtype == dtype
+            assert relative_error(grad, expected) <= grad_tol, f"{layer.name} gradient of {name}"
 
 
 def free_port():
