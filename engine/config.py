@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.errors import UsageError
+from engine.errors import EngineError, UsageError
 
 BUILTIN_DATASETS = ("synthetic", "cifar10", "mnist", "fashion_mnist")
 
@@ -50,6 +50,16 @@ class Config:
         "(train/<class>/*, test/<class>/*) or of a .tar, .tar.gz or .zip archive of one",
         group="data",
     )
+    image_size: str | None = option(
+        None, "S or HxW: resize every image of an image folder once, when it is decoded, so its shorter side is S "
+        "(covering HxW), then centre-crop (needed for folders of mixed sizes; default: the images' own size)",
+        group="data",
+    )
+    test_split: str | None = option(
+        None, "for an image folder without test/ (or val/, valid/, validation/): hold out a seeded, stratified P%% "
+        "of each class as the test set; kept in the run, so engine eval uses the same images (default: 10%%)",
+        group="data",
+    )
     data_dir: str = option("./data", "where cifar10/mnist/fashion_mnist live in torchvision's layout", group="data", resume=True)
     cache_dir: str | None = option(
         None, "where decoded image folders are cached (default: $ENGINE_CACHE_DIR or ~/.cache/engine)", group="data", resume=True
@@ -72,6 +82,11 @@ class Config:
     )
     crop_padding: int = option(4, "random crops: pixels of zero padding each side (0: no crops)")
     label_smoothing: float = option(0.1, "cross-entropy label smoothing")
+    class_weights: str = option(
+        "none", "weight the cross-entropy per class: auto is inverse class frequency of the training images, "
+        "N / (classes x images of the class), so the mean weight over them is 1 (for imbalanced data; see "
+        "docs/training.md)", choices=("none", "auto")
+    )
     schedule: str = option("onecycle", "learning-rate schedule", choices=("onecycle", "cosine", "constant"))
     target_acc: float | None = option(
         None, "stop at the first evaluation whose test accuracy is at least X percent, and report the wall time "
@@ -80,9 +95,9 @@ class Config:
     eval_every: float | None = option(
         None, "also evaluate every X of an epoch, 0 < X <= 1 (default: 1, i.e. at epoch ends; 0.25 with --target-acc)"
     )
-    val_split: int | None = option(
-        None, "hold out a seeded N of the training images as a validation set: best.pt is then chosen on it and "
-        "the test set is only reported (default: none, best.pt is chosen on the test set)"
+    val_split: str | None = option(
+        None, "hold out a seeded N (or P%%) of the training images as a validation set: best.pt is then chosen on it "
+        "and the test set is only reported (default: none, best.pt is chosen on the test set)"
     )
     tta: bool = option(False, "test-time flip: evaluate on the mean logits of each image and its mirror "
                               "(datasets that train with flips)", group="runtime")
@@ -118,7 +133,7 @@ class Config:
 
     def validate(self):
         """Raise UsageError, naming the flag, for values no run could use."""
-        positive = ("epochs", "batch_size", "limit_train", "limit_test", "val_split")
+        positive = ("epochs", "batch_size", "limit_train", "limit_test")
         for name in positive:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
@@ -145,6 +160,7 @@ class Config:
         if self.eval_every is not None and not (math.isfinite(self.eval_every) and 0 < self.eval_every <= 1):
             raise UsageError(f"--eval-every is a fraction of an epoch, 0 < X <= 1, not {self.eval_every!r}")
         parse_duration(self.save_every)
+        self.check_data_options()
         for f in dataclasses.fields(self):
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in choices:
@@ -158,6 +174,23 @@ class Config:
             raise UsageError(
                 f"unknown dataset {self.data!r}; use one of {', '.join(BUILTIN_DATASETS)} or the path of an image folder or archive"
             )
+
+    def check_data_options(self):
+        """--image-size, --test-split and --val-split, as one line each (the same parsers the data reader uses)."""
+        from engine.data.layout import parse_count, parse_fraction
+        from engine.pixels import parse_image_size
+
+        if isinstance(self.val_split, int) and not isinstance(self.val_split, bool):  # runs before 0.2 kept a count
+            self.val_split = str(self.val_split)
+        if self.val_split is not None:
+            parse_count(self.val_split, 100, "--val-split")
+        if self.test_split is not None:
+            parse_fraction(self.test_split, "--test-split")
+        if self.image_size is not None:
+            try:
+                parse_image_size(self.image_size)
+            except EngineError as error:
+                raise UsageError(str(error)) from None
 
     def to_dict(self):
         return dataclasses.asdict(self)

@@ -2,7 +2,8 @@
 
 Test loss is the mean cross-entropy per test image (the tutorial divided its sum by the number
 of classes, a bug). Eval batches have one fixed shape, so a compiled model compiles once. With
-test-time flip (`tta`) the logits are the mean of each image's and its mirror's.
+test-time flip (`tta`) the logits are the mean of each image's and its mirror's. Either may also
+count the confusion matrix (engine/confusion.py).
 """
 
 import time
@@ -12,7 +13,8 @@ import torch.nn.functional as F
 
 from engine.checkpoint import load, model_from_checkpoint
 from engine.config import Config
-from engine.data import load_dataset
+from engine.confusion import Confusion
+from engine.data import dataset_label, load_dataset
 from engine.distributed import Ranks
 from engine.errors import EngineError
 from engine.loader import BatchLoader
@@ -28,8 +30,10 @@ def predict(model, x, tta=False):
     return logits
 
 
-def evaluate(model, loader: BatchLoader, runtime: Runtime, tta=False):
-    """(mean loss per image, accuracy) over every image of `loader`; `tta`: see `predict`."""
+def evaluate(model, loader: BatchLoader, runtime: Runtime, tta=False, confusion: Confusion | None = None):
+    """(mean loss per image, accuracy) over every image of `loader`; `tta`: see `predict`.
+    confusion: a Confusion (on runtime.device) that also counts each image's (true, predicted)
+    pair, summed over the ranks under DDP; without it nothing more is done."""
     model.eval()
     loss_sum = torch.zeros((), device=runtime.device, dtype=torch.float64)
     correct = torch.zeros((), device=runtime.device, dtype=torch.int64)
@@ -38,11 +42,17 @@ def evaluate(model, loader: BatchLoader, runtime: Runtime, tta=False):
         for x, y, count in loader.epoch(0):
             logits = predict(model, x, tta)[:count].float()  # (count, classes): padded rows dropped
             loss_sum += F.cross_entropy(logits, y[:count], reduction="sum").double()
-            correct += (logits.argmax(1) == y[:count]).sum()
+            pred = logits.argmax(1)  # (count,)
+            correct += (pred == y[:count]).sum()
+            if confusion is not None:
+                confusion.add(y[:count], pred)
             seen += count
     if loader.world > 1:  # each rank evaluated its own part (see BatchLoader): whole-set totals
         seen = torch.tensor(seen, device=runtime.device)
-        loss_sum, correct, seen = Ranks(world=loader.world).sum(loss_sum, correct, seen)
+        extra = (confusion.counts,) if confusion is not None else ()
+        loss_sum, correct, seen, *counts = Ranks(world=loader.world).sum(loss_sum, correct, seen, *extra)
+        if confusion is not None:
+            confusion.counts = counts[0]
     return loss_sum.item() / int(seen), correct.item() / int(seen)
 
 
@@ -76,7 +86,8 @@ def evaluate_checkpoint(path, overrides, log=print, model=None):
     # The checkpoint decides what was trained on; how to run (device, amp, batch, limits) is this
     # command's own flags and defaults, never the training run's.
     saved = checkpoint.config
-    cfg = Config(**{**{k: saved[k] for k in ("data", "data_dir", "cache_dir", "seed")}, **overrides})
+    run_data = ("data", "data_dir", "cache_dir", "seed", "image_size", "test_split")  # what chose and shaped its images
+    cfg = Config(**{**{k: saved[k] for k in run_data if k in saved}, **overrides})
     say = (lambda *_: None) if cfg.quiet else log
     rebuilt = model_from_checkpoint(checkpoint, path, code, say)
     runtime = Runtime.from_config(cfg)
@@ -96,10 +107,24 @@ def evaluate_checkpoint(path, overrides, log=print, model=None):
         model = compile_inference(model, (cfg.batch_size, *spec.shape), runtime, loader.memory_format)
     compiled = time.perf_counter()
     tta = cfg.tta and spec.flip  # --tta: only for data that trained with flips
-    loss, acc = evaluate(model, loader, runtime, tta)
+    confusion = Confusion(spec.classes, runtime.device)  # per-class results: an index_add per batch
+    loss, acc = evaluate(model, loader, runtime, tta, confusion)
     return {"test_loss": loss, "test_acc": acc, "images": len(data.test_x), "data": cfg.data, "epoch": epochs_done(checkpoint),
             "tta": tta, "seconds": time.perf_counter() - compiled,
-            "compile_seconds": compiled - started if runtime.ahead_of_time else None}
+            "compile_seconds": compiled - started if runtime.ahead_of_time else None,
+            "model": checkpoint.ref.name, "confusion": confusion.cpu()}
+
+
+def as_json(result):
+    """`engine eval --json`'s object: an evaluate_checkpoint or evaluate_onnx result with its
+    confusion matrix spelled out (classes, matrix, per_class, most_confused)."""
+    plain = {k: v for k, v in result.items() if k != "confusion"}
+    return {**plain, **result["confusion"].to_dict()}
+
+
+def picture_title(result):
+    """'cifar_cnn on synthetic': what an evaluation's confusion picture is of."""
+    return f"{result['model']} on {dataset_label(result['data'])}"
 
 
 def epochs_done(checkpoint):

@@ -34,3 +34,46 @@ def eight_bit(image):
         scale = 255.0 if np.nanmax(values, initial=0) <= 1.0 else 1.0
         return Image.fromarray(np.clip(np.nan_to_num(values) * scale, 0, 255).round().astype(np.uint8))
     return image
+
+
+def parse_image_size(text, flag="--image-size"):
+    """'32' -> (32, 32), '48x64' -> (48, 64) as (height, width); one line for anything else."""
+    parts = str(text).strip().lower().split("x")
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        values = []
+    if len(values) == 1:
+        values *= 2
+    if len(values) != 2 or min(values) < 1 or max(values) > 4096:
+        raise EngineError(f"{flag} takes a side S or HxW in pixels (1 to 4096), e.g. 32 or 48x64; not {text!r}")
+    return tuple(values)
+
+
+RESIZE_RULE = "shorter-side-then-center-crop"  # what ONNX metadata and checkpoints call the rule below
+
+
+def fit(image, size, mode):
+    """An opened PIL image decoded as `mode` ("L" or "RGB"; 16-bit scaled, alpha dropped), scaled
+    (keeping its aspect ratio) to cover `size` (H, W) and centre-cropped to it: for a square S, the
+    shorter side becomes S. `size` None, or the image's own size, decodes it unscaled.
+
+    Training's decode (engine.data.imagefolder) and every inference path (export.images) call this
+    one function, so a photo gives the same pixels at training and at serving time. A JPEG much
+    larger than needed is decoded at a reduced scale first (PIL's draft mode: 1/2, 1/4 or 1/8 in the
+    DCT, never below the size asked for); the resize is PIL's antialiased bilinear."""
+    from PIL import Image
+
+    if size is not None and image.format == "JPEG":
+        scale = max(size[0] / image.height, size[1] / image.width)
+        if scale < 0.5:
+            image.draft(image.mode, (max(1, round(image.width * scale)), max(1, round(image.height * scale))))
+    image = eight_bit(image).convert(mode)
+    if size is None or image.size == (size[1], size[0]):
+        return image
+    height, width = size
+    scale = max(height / image.height, width / image.width)
+    covered = (max(width, round(image.width * scale)), max(height, round(image.height * scale)))
+    image = image.resize(covered, Image.BILINEAR) if covered != image.size else image
+    left, top = (covered[0] - width) // 2, (covered[1] - height) // 2
+    return image.crop((left, top, left + width, top + height))

@@ -1,8 +1,9 @@
 """Images in, model input out: files, PIL images or uint8 arrays -> float32 (N, C, H, W) in [0, 1].
 
 Preprocessing comes from the model's metadata alone: convert to gray or RGB as `input_size`'s C
-says (alpha dropped, 16-bit scaled, not clipped), resize to H x W (PIL bilinear), scale by
-1/255. A file is opened by its header first, so an image too large to decode safely is refused
+says (alpha dropped, 16-bit scaled, not clipped), fit to H x W by training's own rule
+(engine.pixels.fit: shorter side scaled to cover H x W, antialiased bilinear, then a centre crop;
+never a stretch), scale by 1/255. A file is opened by its header first, so an image too large to decode safely is refused
 before a pixel is read. Every bad file is one line naming it.
 """
 
@@ -12,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.errors import EngineError, UsageError
-from engine.pixels import IMAGE_EXTENSIONS, MAX_PIXELS, check_size, eight_bit  # noqa: F401 (MAX_PIXELS: part of this module's API)
+from engine.pixels import IMAGE_EXTENSIONS, MAX_PIXELS, check_size, fit  # noqa: F401 (MAX_PIXELS: part of this module's API)
 
 
 
@@ -56,16 +57,11 @@ def open_image(path):
 
 
 def to_pixels(image, input_size, source="image"):
-    """(H, W, C) uint8 pixels of a PIL image, converted and resized for input_size [C, H, W]."""
-    from PIL import Image
-
+    """(H, W, C) uint8 pixels of a PIL image, converted and fitted to input_size [C, H, W]."""
     channels, height, width = input_size
     check_size(image, source)
     try:
-        image = eight_bit(image).convert("L" if channels == 1 else "RGB")
-        if image.size != (width, height):
-            image = image.resize((width, height), Image.BILINEAR)
-        pixels = np.asarray(image, dtype=np.uint8)
+        pixels = np.asarray(fit(image, (height, width), "L" if channels == 1 else "RGB"), dtype=np.uint8)
     except (OSError, SyntaxError, ValueError) as error:  # truncated or corrupt data found while decoding
         raise EngineError(f"cannot decode {source} ({error})") from None
     return pixels[..., None] if pixels.ndim == 2 else pixels

@@ -9,9 +9,13 @@ import json
 from dataclasses import dataclass, field
 
 from engine.config import parse_shape
+from engine.pixels import parse_image_size
 from engine.errors import EngineError, UsageError
 
 INPUT_RANGE = "0-1"  # float32 pixels scaled to [0, 1]; normalisation is inside the graph
+# How an image of another size becomes input_size: engine.pixels.fit, as training decoded its images
+# (shorter side scaled to cover H x W with antialiased bilinear, then a centre crop; never a stretch).
+RESIZE = "shorter-side-then-center-crop"
 REQUIRED = ("classes", "input_size")
 
 
@@ -20,6 +24,8 @@ class ModelInfo:
     classes: list  # class names, in logit order
     input_size: list  # [C, H, W]
     input_range: str = INPUT_RANGE
+    resize: str = RESIZE
+    image_size: list | None = None  # [H, W] training resized every image to (--image-size), else None (their own size)
     mean: list = field(default_factory=list)  # informational: already applied inside the graph
     std: list = field(default_factory=list)
     model: str = ""
@@ -45,7 +51,8 @@ class ModelInfo:
                          if abs(m.get("epoch", -1) - done) < 0.005 and "test_acc" in m), None)
         return cls(classes=list(spec.classes), input_size=list(spec.shape), mean=list(spec.mean),
                    std=list(spec.std), model=checkpoint.ref.label, dataset=cfg["data"], test_accuracy=accuracy,
-                   engine_version=__version__, opset=opset, config=dict(cfg))
+                   engine_version=__version__, opset=opset, config=dict(cfg),
+                   image_size=list(parse_image_size(cfg["image_size"])) if cfg.get("image_size") else None)
 
     def to_props(self):
         """{key: string} for ModelProto.metadata_props."""
@@ -53,6 +60,8 @@ class ModelInfo:
             "classes": json.dumps(self.classes),
             "input_size": json.dumps(self.input_size),
             "input_range": self.input_range,
+            "resize": self.resize,
+            "image_size": json.dumps(self.image_size),
             "mean": json.dumps(self.mean),
             "std": json.dumps(self.std),
             "model": self.model,
@@ -75,6 +84,7 @@ class ModelInfo:
             size = json.loads(props["input_size"])
             accuracy = props.get("test_accuracy") or None
             info = cls(classes=classes, input_size=size, input_range=props.get("input_range", INPUT_RANGE),
+                       resize=props.get("resize", RESIZE), image_size=json.loads(props.get("image_size") or "null"),
                        mean=json.loads(props.get("mean") or "[]"), std=json.loads(props.get("std") or "[]"),
                        model=props.get("model", ""), dataset=props.get("dataset", ""),
                        test_accuracy=float(accuracy) if accuracy else None,
@@ -105,3 +115,5 @@ class ModelInfo:
             raise EngineError(f"{source}: input_size must be [C, H, W] with C 1 or 3, not {self.input_size!r}")
         if self.input_range != INPUT_RANGE:
             raise EngineError(f"{source}: input_range {self.input_range!r} is not supported (expected {INPUT_RANGE!r})")
+        if self.resize != RESIZE:
+            raise EngineError(f"{source}: resize rule {self.resize!r} is not supported (expected {RESIZE!r})")

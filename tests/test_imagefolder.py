@@ -143,9 +143,11 @@ def test_corrupt_image_is_named(tmp_path):
 
 @pytest.mark.parametrize("files, message", [
     ({}, "no images under train/"),
-    ({"train/cat/a.png": png(1), "train/dog/b.png": png(2)}, "no images under test/"),
-    ({"images/cat/a.png": png(1)}, "no images under train/"),
-    ({"train/cat/a.png": png(1), "test/cat/b.png": png(2)}, "1 class under train/"),
+    ({"train/cat/a.png": png(1), "train/dog/b.png": png(2)}, "--test-split 10% leaves class cat with no test images"),
+    ({"images/cat/a.png": png(1), "images/dog/b.png": png(2)}, "--test-split 10% leaves class cat with no test images"),
+    ({"images/cat/a.png": png(1)}, "has 1 class; a classifier needs at least 2"),
+    ({"train/cat/a.png": png(1), "test/cat/b.png": png(2)}, "has 1 class; a classifier needs at least 2"),
+    ({"val/cat/a.png": png(1)}, "no images under train/ \\(it has val/"),
     ({"train/cat/a.png": png(1), "train/dog/b.png": png(2), "test/emu/c.png": png(3)}, "test/ has classes that train/ lacks: emu"),
     ({"train/cat/a.png": png(1), "train/dog/b.png": png(2, size=(7, 7)), "test/cat/c.png": png(3)}, "all images .* share one size"),
 ])
@@ -214,3 +216,59 @@ def test_a_folder_that_would_not_fit_in_memory_is_refused_before_decoding(tmp_pa
                                           "and .* GB is available"):
         read(source(tmp_path, files), tmp_path / "cache", log=messages.append)
     assert not any("Decoding" in m for m in messages)  # refused before a pixel was decoded
+
+
+def photo(seed, size):
+    """A JPEG of smooth random content, (width, height) = size: resizing it must keep its picture."""
+    generator = np.random.default_rng(seed)
+    small = generator.integers(0, 256, (4, 4, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(small).resize(size, Image.BICUBIC).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def test_mixed_sizes_need_an_image_size_and_are_fitted_as_predict_fits_them(tmp_path):
+    from export.images import batch
+
+    sizes = [(40, 60), (160, 120), (33, 33), (90, 70)]
+    files = {f"{split}/{name}/{k}.jpg": photo(k + 10 * c, sizes[(k + c) % 4])
+             for split in ("train", "val") for c, name in enumerate(CLASSES) for k in range(4)}
+    path = source(tmp_path, files)
+    with pytest.raises(EngineError, match=r"images differ in size \(\d+x\d+ .*, \d+x\d+ .*\); .* pass --image-size"):
+        read(path, tmp_path / "cache", log=lambda *_: None)
+    said = []
+    data = read(path, tmp_path / "cache", log=said.append, image_size=(24, 32))
+    assert data.train_x.shape == (12, 3, 24, 32) and data.test_x.shape == (12, 3, 24, 32)  # val/ is the test split
+    assert any("Decoded 24 images" in line and "img/s" in line for line in said)
+    first = sorted(p for p in path.rglob("*.jpg") if p.parts[-3] == "train")[0]  # train/cat/0.jpg, the first image
+    served = batch(first, [3, 24, 32])[0]  # what engine predict feeds the model for that file
+    assert np.array_equal(np.round(served * 255).astype(np.uint8), data.train_x[0].numpy())
+    assert len(list((tmp_path / "cache").glob("*-24x32.pt"))) == 1  # the cache is keyed by the size too
+    again = read(path, tmp_path / "cache", log=said.append, image_size=(24, 32))
+    assert torch.equal(again.train_x, data.train_x) and "decoded earlier" in said[-1]
+
+
+@pytest.mark.parametrize("evaluation", ["test", "val", "valid", "validation"])
+def test_any_evaluation_split_name_is_the_test_set(tmp_path, evaluation):
+    files = {name.replace("test/", f"{evaluation}/"): data for name, data in tree().items()}
+    data = read(source(tmp_path, files), tmp_path / "cache", log=lambda *_: None)
+    assert len(data.train_x) == 9 and len(data.test_x) == 6
+
+
+def test_class_folders_without_a_split_hold_out_a_seeded_stratified_test_set(tmp_path):
+    files = {f"{name}/{k:03d}.png": png(40 * c + k % 40) for c, name in enumerate(CLASSES) for k in range(10 * (c + 1))}
+    path = source(tmp_path, files)
+    said = []
+    default = read(path, tmp_path / "cache", log=said.append)
+    assert any("holding out a seeded, stratified 10%" in line for line in said)
+    assert default.test_y.bincount().tolist() == [1, 2, 3] and default.train_y.bincount().tolist() == [9, 18, 27]
+    a = read(path, tmp_path / "cache", log=lambda *_: None, test_split="20%", seed=4)
+    b = read(path, tmp_path / "cache", log=lambda *_: None, test_split="20%", seed=4)
+    c = read(path, tmp_path / "cache", log=lambda *_: None, test_split="20%", seed=5)
+    assert torch.equal(a.test_x, b.test_x) and not torch.equal(a.test_x, c.test_x)  # seeded
+    assert a.test_y.bincount().tolist() == [2, 4, 6]  # stratified: 20% of each class
+    with pytest.raises(EngineError, match="--test-split 5% leaves class cat with no test images"):
+        read(path, tmp_path / "cache", log=lambda *_: None, test_split="5%")
+    with pytest.raises(EngineError, match="--test-split is for folders without a test split"):
+        read(source(tmp_path / "x", tree()) if (tmp_path / "x").mkdir() is None else None, tmp_path / "cache",
+             log=lambda *_: None, test_split="10%")

@@ -5,7 +5,7 @@ and image folders or archives (`imagefolder`); each builds a `dataset.Dataset` a
 when its data is asked for, so importing this package reads nothing and loads no reader.
 """
 
-from engine.config import Config
+from engine.config import BUILTIN_DATASETS, Config
 from engine.data.dataset import ARCHIVE_SUFFIXES, Dataset, InputSpec, channel_stats, dataset_label
 from engine.errors import UsageError
 
@@ -14,6 +14,8 @@ __all__ = ["ARCHIVE_SUFFIXES", "Dataset", "InputSpec", "channel_stats", "check_b
 
 def load_dataset(cfg: Config, log=print) -> Dataset:
     """The dataset `cfg.data` names, with `--val-split` held out of its training images, then `--limit-*` applied."""
+    if cfg.data in BUILTIN_DATASETS and (cfg.image_size or cfg.test_split):
+        raise UsageError(f"--image-size and --test-split are for image folders; {cfg.data} has its own size and test set")
     if cfg.data == "synthetic":
         from engine.data import synthetic
 
@@ -29,10 +31,15 @@ def load_dataset(cfg: Config, log=print) -> Dataset:
         data = formats.read_mnist(cfg.data_dir, cfg.data, log)
     else:
         from engine.data import imagefolder
+        from engine.pixels import parse_image_size
 
-        data = imagefolder.read(cfg.data, cfg.resolved_cache_dir(), log)
+        size = parse_image_size(cfg.image_size) if cfg.image_size else None
+        data = imagefolder.read(cfg.data, cfg.resolved_cache_dir(), log, size, cfg.test_split, cfg.seed)
     # Held out before --limit-train, so the validation images do not depend on it.
-    return data.hold_out(cfg.val_split, cfg.seed).limit(cfg.limit_train, cfg.limit_test, cfg.seed)
+    from engine.data.layout import parse_count
+
+    count = parse_count(cfg.val_split, len(data.train_x), "--val-split") if cfg.val_split is not None else None
+    return data.hold_out(count, cfg.seed).limit(cfg.limit_train, cfg.limit_test, cfg.seed)
 
 
 def check_batch_size(data: Dataset, batch_size):

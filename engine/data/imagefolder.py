@@ -1,11 +1,12 @@
-"""Image-folder datasets (`train/<class>/*`, `test/<class>/*`) from a directory or an archive.
+"""Image-folder datasets from a directory or an archive, in any layout engine.data.layout accepts.
 
 Archives (.tar, .tar.gz, .tgz, .zip) are read member by member, never extracted. Images are
-decoded once into uint8 tensors and cached as one tensor file in the cache directory, keyed by
-the source's identity (path, size and modification time of every file), so the next start
-loads in about a second. A corrupt image is an error that names it; nothing is half-written.
-Before decoding, the image count and the first image's header must fit in memory, and every
-image is checked against the size limit by its header (engine.pixels).
+decoded once, on every core, into uint8 tensors (with `--image-size`, each resized by
+engine.pixels.fit: shorter side to the size, then a centre crop) and cached as one tensor file in
+the cache directory, keyed by the source's identity (path, size and modification time of every
+file) and the image size, so the next start loads in about a second. A corrupt image is an error
+that names it; nothing is half-written. Before decoding, the image count and size must fit in
+memory, and every image is checked against the size limit by its header (engine.pixels).
 """
 
 import hashlib
@@ -13,22 +14,23 @@ import io
 import os
 import sys
 import tarfile
+import time
 import zipfile
 import zlib
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from engine.checkpoint import save_atomic
+from engine.data import layout
 from engine.data.dataset import ARCHIVE_SUFFIXES, Dataset, dataset_label
-from engine.errors import EngineError, first_line
+from engine.errors import EngineError, UsageError, first_line
 from engine.lock import remove_stale_temporaries
-from engine.pixels import IMAGE_EXTENSIONS, SIXTEEN_BIT, check_size, eight_bit
+from engine.pixels import SIXTEEN_BIT, check_size, fit
 
-CACHE_FORMAT = 2  # 2: a set with any colour image is all RGB
-SPLITS = ("train", "test")
-LAYOUT = "expected train/<class>/<image> and test/<class>/<image>"
+CACHE_FORMAT = 3  # 2: a set with any colour image is all RGB; 3: any layout, test split optional, --image-size
+CHUNK = 1024  # images handed to the decoding processes at a time: bounds the undecoded bytes held in memory
 
 
 def _archive_kind(path: Path):
@@ -63,20 +65,6 @@ def _members(path: Path):
         raise EngineError(f"{path} is not a directory or a .tar, .tar.gz or .zip archive of an image folder")
 
 
-def _place(name):
-    """(split, class) for an image's path, allowing one wrapping folder; None for other files."""
-    parts = PurePosixPath(name).parts
-    if any(p.startswith(".") or p == "__MACOSX" for p in parts):
-        return None
-    if PurePosixPath(name).suffix.lower() not in IMAGE_EXTENSIONS:
-        return None
-    if len(parts) == 3 and parts[0] in SPLITS:
-        return parts[0], parts[1]
-    if len(parts) == 4 and parts[1] in SPLITS:
-        return parts[1], parts[2]
-    return None
-
-
 def source_key(path: Path):
     """A digest of what the source is: its path and the size and mtime of each of its files."""
     digest = hashlib.sha256(f"{CACHE_FORMAT}:{path.resolve()}".encode())
@@ -95,22 +83,34 @@ def source_key(path: Path):
 GRAY_MODES = ("L", "1", "F", *SIXTEEN_BIT)
 
 
-def _decode(data, name, size):
-    """(H, W) uint8 for a grayscale image, (H, W, 3) for any other; `size` (H, W) must match."""
+def _decode(item):
+    """(H, W) uint8 for a grayscale image, (H, W, 3) for any other, from (name, bytes, image size or None);
+    with an image size, resized to it by engine.pixels.fit. Runs in the decoding processes."""
     from PIL import Image, UnidentifiedImageError
 
+    name, data, size = item
+    Image.MAX_IMAGE_PIXELS = None  # check_size refuses large ones, naming the size
     try:
         with Image.open(io.BytesIO(data)) as image:
             check_size(image, name)  # by its header, before a pixel is decoded
-            array = np.asarray(eight_bit(image).convert("L" if image.mode in GRAY_MODES else "RGB"))  # 16-bit scaled
+            return np.asarray(fit(image, size, "L" if image.mode in GRAY_MODES else "RGB"))  # 16-bit scaled
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise EngineError(f"cannot decode image {name}: {error}") from None
-    if size is not None and array.shape[:2] != size:
-        raise EngineError(
-            f"image {name} is {array.shape[1]}x{array.shape[0]} but the first image was {size[1]}x{size[0]}; "
-            "all images in a folder dataset must share one size"
-        )
-    return array
+
+
+def _chunks(path: Path, size):
+    """Lists of (split, class, (name, bytes, size)) of at most CHUNK images, in the source's order."""
+    chunk = []
+    for name, read in _members(path):
+        where = layout.place(name)
+        if where is None:
+            continue
+        chunk.append((*where, (f"{path}:{name}" if path.is_file() else str(path / name), read(), size)))
+        if len(chunk) == CHUNK:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def available_memory():
@@ -127,14 +127,15 @@ def available_memory():
         return None
 
 
-def check_memory(path: Path):
-    """Refuse, before decoding, a source whose decoded images would not fit in memory: the image
-    count times the first image's size (all must share it), twice over while they are stacked."""
+def check_memory(path: Path, size=None):
+    """The source's image count; refuses, before decoding, a source whose decoded images would not fit
+    in memory: the count times the first image's size (or `size`, H x W), twice over while they are
+    stacked."""
     from PIL import Image, UnidentifiedImageError
 
     count, first = 0, None
     for name, read in _members(path):
-        if _place(name) is None:
+        if layout.place(name) is None:
             continue
         count += 1
         if first is None:
@@ -146,36 +147,43 @@ def check_memory(path: Path):
                 first = ()  # the decoding pass names the bad file
     available = available_memory()
     if not first or available is None:
-        return
+        return count
     width, height, channels = first
+    if size is not None:
+        height, width = size
     need = 2 * count * width * height * channels
     if need > available:
         raise EngineError(f"{path}: decoding its {count:,} images of {width}x{height}x{channels} needs about "
                           f"{need / 1e9:,.1f} GB of memory, and {available / 1e9:,.1f} GB is available; "
-                          "use fewer or smaller images, or a machine with more memory")
+                          "use fewer or smaller images (--image-size), or a machine with more memory")
+    return count
 
 
-def decode_folder(path: Path, log=print):
-    """Decode every image once: {"classes", "train_x", "train_y", "test_x", "test_y"}."""
+def decode_folder(path: Path, log=print, size=None):
+    """Decode every image once, on every core: {"classes", "train_x", "train_y"} and, where the source
+    has an evaluation split, "test_x", "test_y". `size` (H, W): resize each image to it (engine.pixels.fit)."""
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
     from PIL import Image
     from tqdm import tqdm
 
-    found = {split: {} for split in SPLITS}  # split -> class -> [arrays]
-    size, colour = None, False
-    progress = tqdm(desc="Decoding", unit=" img", disable=not sys.stderr.isatty(), leave=False)
+    found = {}  # split (None: no split) -> class -> [arrays]
     bomb_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # check_size refuses large ones, naming the size
+    workers = max(1, min(os.cpu_count() or 1, 32))
+    pool = ProcessPoolExecutor(workers, mp_context=get_context("fork")) if workers > 1 else None
+    started, sizes = time.perf_counter(), {}
     try:
-        check_memory(path)
-        log(f"Decoding {path} (first use only; the result is cached)")
-        with progress:
-            for name, read in _members(path):
-                place = _place(name)
-                if place is None:
-                    continue
-                array = _decode(read(), f"{path}:{name}" if path.is_file() else str(path / name), size)
-                size, colour = array.shape[:2], colour or array.ndim == 3
-                found[place[0]].setdefault(place[1], []).append(array)
-                progress.update()
+        total = check_memory(path, size)
+        log(f"Decoding {path}{f' at {size[0]}x{size[1]}' if size else ''} (first use only; the result is cached)")
+        with tqdm(total=total, desc="Decoding", unit=" img", disable=not sys.stderr.isatty(), leave=False) as progress:
+            for chunk in _chunks(path, size):
+                items = [item for _, _, item in chunk]
+                arrays = list(pool.map(_decode, items, chunksize=64)) if pool else [_decode(i) for i in items]
+                for (split, name, item), array in zip(chunk, arrays):
+                    sizes.setdefault(array.shape[:2], item[0])
+                    found.setdefault(split, {}).setdefault(name, []).append(array)
+                progress.update(len(chunk))
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error) as error:  # gzip.BadGzipFile is an OSError
         reason = first_line(error).rstrip(":")  # tarfile lists every method tried
         raise EngineError(f"{path} is not a readable archive ({reason})") from None
@@ -183,20 +191,32 @@ def decode_folder(path: Path, log=print):
         raise EngineError(f"cannot read {path}: {error}") from None
     finally:
         Image.MAX_IMAGE_PIXELS = bomb_limit
-    for split in SPLITS:
-        if not found[split]:
-            raise EngineError(f"{path} has no images under {split}/ ({LAYOUT})")
-    classes = sorted(found["train"])
-    missing = sorted(set(found["test"]) - set(classes))
-    if missing:
-        raise EngineError(f"{path}: test/ has classes that train/ lacks: {', '.join(missing)}")
+        if pool:
+            pool.shutdown(cancel_futures=True)
+    if len(sizes) > 1:
+        (a, first), (b, other) = list(sizes.items())[:2]
+        raise UsageError(f"{path}: images differ in size ({a[1]}x{a[0]} {first}, {b[1]}x{b[0]} {other}); all images "
+                         "must share one size: pass --image-size S (or HxW) to resize them once, shorter side to S")
+    seconds = time.perf_counter() - started
+    count = sum(len(v) for classes in found.values() for v in classes.values())
+    log(f"Decoded {count:,} images in {seconds:.1f} s ({count / max(seconds, 1e-9):,.0f} img/s on {workers} "
+        f"process{'es' if workers > 1 else ''})")
+    train, test = layout.choose(found, path, log)
+    classes = sorted(train)
+    if test is not None:
+        missing = sorted(set(test) - set(classes))
+        if missing:
+            raise EngineError(f"{path}: test/ has classes that train/ lacks: {', '.join(missing)}")
     if len(classes) < 2:
-        raise EngineError(f"{path} has {len(classes)} class under train/; a classifier needs at least 2 ({LAYOUT})")
+        raise EngineError(f"{path} has {len(classes)} class; a classifier needs at least 2 ({layout.LAYOUT})")
+    colour = any(a.ndim == 3 for part in (train, test or {}) for images in part.values() for a in images)
     result = {"classes": classes}
-    for split in SPLITS:
+    for split, part in (("train", train), ("test", test)):
+        if part is None:
+            continue
         arrays, labels = [], []
         for index, name in enumerate(classes):
-            images = found[split].get(name, [])
+            images = part.get(name, [])
             if colour:  # one colour image makes the whole set RGB (grey replicated, as PIL does)
                 images = [a if a.ndim == 3 else np.repeat(a[..., None], 3, axis=2) for a in images]
             arrays += images
@@ -208,33 +228,49 @@ def decode_folder(path: Path, log=print):
     return result
 
 
-def read(source, cache_dir: Path, log=print) -> Dataset:
-    """The image folder or archive at `source`, decoded once and then loaded from the cache."""
+def read(source, cache_dir: Path, log=print, image_size=None, test_split=None, seed=0) -> Dataset:
+    """The image folder or archive at `source`, decoded once (resized to `image_size` (H, W) if given)
+    and then loaded from the cache. A source without an evaluation split gets its test set held out
+    by `test_split` (a percentage; default 10%), seeded and stratified (engine.data.layout)."""
     path = Path(source).expanduser()
     if not path.exists():
         raise EngineError(f"--data {source}: no such file or directory (give an image folder or a .tar/.tar.gz/.zip of one)")
     if not path.is_dir() and _archive_kind(path) is None:
         raise EngineError(f"--data {source} is not a directory or a .tar, .tar.gz or .zip archive")
     name = dataset_label(str(path))
-    cache = Path(cache_dir) / f"{name}-{source_key(path)}.pt"
+    sized = f"-{image_size[0]}x{image_size[1]}" if image_size else ""
+    cache = Path(cache_dir) / f"{name}-{source_key(path)}{sized}.pt"
     if cache.is_file():
         try:
             tensors = torch.load(cache, weights_only=True, mmap=True)
         except Exception:  # a cache from another version or a damaged one: decode again
             tensors = None
         if tensors is not None:
-            log(f"Data: {path} ({len(tensors['train_x']):,} train / {len(tensors['test_x']):,} test, decoded earlier: {cache})")
-            return _dataset(name, tensors)
-    tensors = decode_folder(path, log)
+            test = f"{len(tensors['test_x']):,} test" if "test_x" in tensors else "no test split"
+            log(f"Data: {path} ({len(tensors['train_x']):,} train / {test}, decoded earlier: {cache})")
+            return _dataset(name, tensors, test_split, seed, path, log)
+    tensors = decode_folder(path, log, image_size)
     remove_stale_temporaries(cache.parent)  # full-size temporaries of killed decodes
     try:
         save_atomic(tensors, cache, make_parents=True)
-        log(f"Cached {len(tensors['train_x']) + len(tensors['test_x']):,} decoded images in {cache}")
+        log(f"Cached {sum(len(tensors[k]) for k in ('train_x', 'test_x') if k in tensors):,} decoded images in {cache}")
     except OSError as error:  # a read-only cache costs time, not correctness
         print(f"engine: warning: could not write the decode cache {cache}: {error.strerror}", file=sys.stderr)
-    return _dataset(name, tensors)
+    return _dataset(name, tensors, test_split, seed, path, log)
 
 
-def _dataset(name, t):
+def _dataset(name, t, test_split, seed, path, log):
+    """The Dataset of cached tensors `t`, its test set held out of the training images where the source has none."""
     three_channels = t["train_x"].shape[1] == 3  # colour photos flip; grayscale sets are often digits
-    return Dataset(name, list(t["classes"]), t["train_x"], t["train_y"], t["test_x"], t["test_y"], flip=three_channels)
+    classes, x, y = list(t["classes"]), t["train_x"], t["train_y"]
+    if "test_x" in t:
+        if test_split is not None:
+            raise UsageError(f"--test-split is for folders without a test split; {path} has one (pass --val-split "
+                             "to hold out validation images from train/)")
+        return Dataset(name, classes, x, y, t["test_x"], t["test_y"], flip=three_channels)
+    fraction = layout.parse_fraction(test_split or layout.DEFAULT_TEST_SPLIT, "--test-split")
+    keep, held = layout.stratified(y, fraction, seed, classes)
+    if test_split is None:
+        log(f"{path} has no test split: holding out a seeded, stratified {fraction:.0%} of each class ({len(held):,} "
+            "images) as the test set (--test-split P% to choose)")
+    return Dataset(name, classes, x[keep], y[keep], x[held], y[held], flip=three_channels)
