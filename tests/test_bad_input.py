@@ -117,6 +117,22 @@ CASES = [
     ("model: --init-from that does not fit", "train --init-from lenet.pth --out out", "does not fit this model"),
     ("model: --init-from not weights", "train --init-from notes.pt --out out", "is not a readable weights file"),
     ("model: --freeze matching nothing", "train --freeze nothing --out out", "--freeze nothing: no parameter"),
+    # users' images (--image-size, layouts, splits)
+    ("images: mixed sizes without --image-size", "train --data mixed/ --out out", "images differ in size (8x8"),
+    ("images: --image-size 0", "train --data mixed/ --image-size 0 --out out", "--image-size takes a side S or HxW"),
+    ("images: --image-size -3", "train --data mixed/ --image-size -3 --out out", "--image-size takes a side S or HxW"),
+    ("images: --image-size abc", "train --data mixed/ --image-size abc --out out", "--image-size takes a side S or HxW"),
+    ("images: --image-size 10x", "train --data mixed/ --image-size 10x --out out", "--image-size takes a side S or HxW"),
+    ("images: val/ classes differ from train's", "train --data valmismatch/ --out out", "val/ has classes that train/ lacks: cat"),
+    ("images: a class with no images", "train --data emptyclass/ --out out", "class folder train/c has no images"),
+    ("images: a split leaving a class empty", "train --data flatfew/ --test-split 10% --out out",
+     "--test-split 10% leaves class a with no test images"),
+    ("images: --test-split not a percentage", "train --data flatfew/ --test-split half --out out",
+     "--test-split takes a percentage"),
+    ("images: --test-split with a test/ folder", "train --data small/ --test-split 20% --out out",
+     "--test-split is for folders without a test split"),
+    ("images: --image-size on a built-in set", "train --image-size 32 --out out", "--image-size and --test-split are for image folders"),
+    ("images: a corrupt image among thousands", "train --data thousands/ --out out", "thousands/train/b/0777.png: cannot identify image file"),
 ]
 USER_CODE = {  # the user-model files the cases name
     "nets.py": b"from torch import nn\n\nWIDTH = 3\n\n\nclass Net(nn.Module):\n    def __init__(self):\n"
@@ -204,6 +220,15 @@ def workspace(tiny_run, tiny_onnx, tmp_path_factory):
     put(root / "oneclass", folder(("a",)))
     put(root / "small", folder())
     put(root / "huge", folder(extra={"train/a/big.png": huge_png()}))
+    put(root / "mixed", folder(extra={"train/b/odd.png": png_bytes(7, size=12)}))
+    put(root / "valmismatch", {name.replace("test/", "val/"): data
+                               for name, data in folder(("a", "b"), ("a", "b", "cat")).items()})
+    put(root / "emptyclass", folder())
+    (root / "emptyclass" / "train" / "c").mkdir()
+    put(root / "flatfew", {f"{c}/{k}.png": png_bytes(k) for c in ("a", "b") for k in range(3)})
+    many = {f"{split}/{c}/{k:04d}.png": png_bytes(k % 200, size=4) for split, n in (("train", 1000), ("test", 50))
+            for c in ("a", "b") for k in range(n)}
+    put(root / "thousands", {**many, "train/b/0777.png": b"\x89PNG\r\n\x1a\n broken"})
     last = (root / "run" / "last.pt").read_bytes()
     (root / "truncated.pt").write_bytes(last[: len(last) // 2])
     other = torch.load(root / "run" / "last.pt", weights_only=True)

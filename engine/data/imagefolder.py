@@ -201,12 +201,16 @@ def decode_folder(path: Path, log=print, size=None):
     count = sum(len(v) for classes in found.values() for v in classes.values())
     log(f"Decoded {count:,} images in {seconds:.1f} s ({count / max(seconds, 1e-9):,.0f} img/s on {workers} "
         f"process{'es' if workers > 1 else ''})")
-    train, test = layout.choose(found, path, log)
+    train, test, named = layout.choose(found, path, log)
+    empty = layout.empty_classes(path, found)
+    if empty:
+        raise EngineError(f"{path}: class folder {empty[0]} has no images{f' (nor {len(empty) - 1} more)' if len(empty) > 1 else ''}; "
+                          "add images or remove the folder")
     classes = sorted(train)
     if test is not None:
         missing = sorted(set(test) - set(classes))
         if missing:
-            raise EngineError(f"{path}: test/ has classes that train/ lacks: {', '.join(missing)}")
+            raise EngineError(f"{path}: {named}/ has classes that train/ lacks: {', '.join(missing)}")
     if len(classes) < 2:
         raise EngineError(f"{path} has {len(classes)} class; a classifier needs at least 2 ({layout.LAYOUT})")
     colour = any(a.ndim == 3 for part in (train, test or {}) for images in part.values() for a in images)

@@ -42,13 +42,13 @@ def place(name):
 
 def choose(found, source, say=print):
     """The layout of `found` ({split or None: {class: [items]}}): (train {class: items}, test {class: items}
-    or None when the test set is to be split off the training images)."""
+    or None when the test set is to be split off the training images, the test split's folder name)."""
     splits = [s for s in SPLITS if found.get(s)]
     if not splits:
         flat = found.get(None)
         if not flat:
             raise EngineError(f"{source} has no images under train/ ({LAYOUT})")
-        return flat, None
+        return flat, None, None
     if "train" not in splits:
         raise EngineError(f"{source} has no images under train/ (it has {', '.join(s + '/' for s in splits)}; {LAYOUT})")
     evaluation = next((s for s in EVAL_SPLITS if s in splits), None)
@@ -56,7 +56,30 @@ def choose(found, source, say=print):
     if unused:
         say(f"Using {evaluation}/ as the test split; {', '.join(s + '/' for s in unused)} not used "
             "(--val-split holds out validation images from train/)")
-    return found["train"], found[evaluation] if evaluation else None
+    return found["train"], found[evaluation] if evaluation else None, evaluation
+
+
+def empty_classes(root, found):
+    """Class-level folders of a directory source that hold no image at all, as 'train/cat' (the walk
+    that finds images never sees an empty folder)."""
+    from pathlib import Path
+
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    wrappers = [d for d in root.iterdir() if d.is_dir() and d.name not in SPLITS and not d.name.startswith(".")]
+    levels = []  # folders whose subfolders are classes
+    for split in found:
+        levels += [root / split, *(w / split for w in wrappers)] if split else [root, *wrappers]
+    empty = []
+    for level in levels:
+        if not level.is_dir():
+            continue
+        for d in sorted(level.iterdir()):
+            has_image = any(p.suffix.lower() in IMAGE_EXTENSIONS for p in d.rglob("*")) if d.is_dir() else True
+            if d.is_dir() and not d.name.startswith(".") and not has_image:
+                empty.append(str(d.relative_to(root)))
+    return empty
 
 
 def parse_fraction(text, flag):
