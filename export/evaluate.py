@@ -1,8 +1,10 @@
-"""`engine eval MODEL.onnx`: test accuracy and loss through onnxruntime, as `engine eval CHECKPOINT` reports them.
+"""`engine eval MODEL.onnx`: test accuracy, loss and per-class results through onnxruntime, as for a checkpoint.
 
 The data is the file's own (its metadata names the dataset and the training config) or `--data`;
 images go in as a client sends them (uint8 / 255, float32, NCHW), classes are matched by name.
 """
+
+from pathlib import Path
 
 import numpy as np
 
@@ -19,7 +21,10 @@ def cross_entropy_sum(logits, labels):
 
 
 def evaluate_onnx(path, overrides, *, input_size=None, classes=None, log=print):
-    """{test_loss, test_acc, images, data, provider} of the ONNX file at `path`."""
+    """{test_loss, test_acc, images, data, provider, model, confusion} of the ONNX file at `path`."""
+    import torch
+
+    from engine.confusion import Confusion
     from engine.data import load_dataset
     from engine.evaluate import labels_for
     from export.predict import Classifier
@@ -27,19 +32,24 @@ def evaluate_onnx(path, overrides, *, input_size=None, classes=None, log=print):
     device = overrides.get("device", "auto")
     model = Classifier(path, input_size=input_size, classes=classes, device=device)
     info = model.info
-    saved = {k: info.config[k] for k in ("data", "data_dir", "cache_dir", "seed") if k in info.config}
+    saved = {k: info.config[k] for k in ("data", "data_dir", "cache_dir", "seed", "image_size", "resize", "test_split")
+             if k in info.config}
     if "data" not in overrides and not saved.get("data"):
         raise EngineError(f"{path} does not say which data it was trained on; pass --data")
-    known = {k: v for k, v in overrides.items() if k in ("data", "data_dir", "cache_dir", "limit_test", "batch_size", "quiet")}
+    known = {k: v for k, v in overrides.items()
+             if k in ("data", "data_dir", "cache_dir", "limit_test", "batch_size", "quiet", "image_size", "resize", "test_split")}
     cfg = Config(**{**saved, **known})
     data = load_dataset(cfg, (lambda *_: None) if cfg.quiet else log)
     labels = labels_for(path, info.input_size, info.classes, data, cfg.data).numpy()  # classes matched by name
     loss_sum, correct = 0.0, 0
+    confusion = Confusion(info.classes)  # the same per-class results as a checkpoint's evaluation
     for start in range(0, len(labels), cfg.batch_size):
         images = data.test_x[start:start + cfg.batch_size].numpy().astype(np.float32) / 255  # as a client sends them
         logits = model.logits(images)
         y = labels[start:start + cfg.batch_size]
         loss_sum += cross_entropy_sum(logits, y)
-        correct += int((logits.argmax(1) == y).sum())
+        pred = logits.argmax(1)  # (B,)
+        correct += int((pred == y).sum())
+        confusion.add(torch.from_numpy(y), torch.from_numpy(pred))
     return {"test_loss": loss_sum / len(labels), "test_acc": correct / len(labels), "images": len(labels),
-            "data": cfg.data, "provider": model.provider}
+            "data": cfg.data, "provider": model.provider, "model": Path(path).name, "confusion": confusion}

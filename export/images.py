@@ -2,8 +2,8 @@
 
 Preprocessing comes from the model's metadata alone: convert to gray or RGB as `input_size`'s C
 says (alpha dropped, 16-bit scaled, not clipped), fit to H x W by training's own rule
-(engine.pixels.fit: shorter side scaled to cover H x W, antialiased bilinear, then a centre crop;
-never a stretch), scale by 1/255. A file is opened by its header first, so an image too large to decode safely is refused
+(engine.pixels.fit with the file's `resize`: the whole image stretched to H x W, or its shorter side
+scaled to cover H x W and the centre cropped; antialiased bicubic), scale by 1/255. A file is opened by its header first, so an image too large to decode safely is refused
 before a pixel is read. Every bad file is one line naming it.
 """
 
@@ -56,12 +56,12 @@ def open_image(path):
     return image
 
 
-def to_pixels(image, input_size, source="image"):
-    """(H, W, C) uint8 pixels of a PIL image, converted and fitted to input_size [C, H, W]."""
+def to_pixels(image, input_size, source="image", rule="stretch"):
+    """(H, W, C) uint8 pixels of a PIL image, converted and fitted to input_size [C, H, W] by `rule`."""
     channels, height, width = input_size
     check_size(image, source)
     try:
-        pixels = np.asarray(fit(image, (height, width), "L" if channels == 1 else "RGB"), dtype=np.uint8)
+        pixels = np.asarray(fit(image, (height, width), "L" if channels == 1 else "RGB", rule), dtype=np.uint8)
     except (OSError, SyntaxError, ValueError) as error:  # truncated or corrupt data found while decoding
         raise EngineError(f"cannot decode {source} ({error})") from None
     return pixels[..., None] if pixels.ndim == 2 else pixels
@@ -88,8 +88,9 @@ def _from_array(array):
     return Image.fromarray(np.ascontiguousarray(array))
 
 
-def batch(images, input_size):
-    """float32 (N, C, H, W) in [0, 1] for a list of paths, PIL images and uint8 arrays (or one of them)."""
+def batch(images, input_size, rule="stretch"):
+    """float32 (N, C, H, W) in [0, 1] for a list of paths, PIL images and uint8 arrays (or one of them),
+    each fitted to input_size by `rule` (the --resize training used: crop or stretch)."""
     from PIL import Image
 
     if isinstance(images, (str, os.PathLike, Image.Image, np.ndarray)):
@@ -98,11 +99,11 @@ def batch(images, input_size):
     for item in images:
         if isinstance(item, (str, os.PathLike)):
             with open_image(item) as image:
-                pixels.append(to_pixels(image, input_size, str(item)))
+                pixels.append(to_pixels(image, input_size, str(item), rule))
         elif isinstance(item, Image.Image):
-            pixels.append(to_pixels(item, input_size))
+            pixels.append(to_pixels(item, input_size, rule=rule))
         elif isinstance(item, np.ndarray):
-            pixels += [to_pixels(_from_array(a), input_size, "array") for a in _array_images(item)]
+            pixels += [to_pixels(_from_array(a), input_size, "array", rule) for a in _array_images(item)]
         else:
             raise UsageError(f"cannot read an image from {type(item).__name__}; give paths, PIL images or uint8 arrays")
     if not pixels:

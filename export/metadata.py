@@ -9,13 +9,14 @@ import json
 from dataclasses import dataclass, field
 
 from engine.config import parse_shape
-from engine.pixels import parse_image_size
+from engine.pixels import RESIZE_RULES, parse_image_size
 from engine.errors import EngineError, UsageError
 
 INPUT_RANGE = "0-1"  # float32 pixels scaled to [0, 1]; normalisation is inside the graph
-# How an image of another size becomes input_size: engine.pixels.fit, as training decoded its images
-# (shorter side scaled to cover H x W with antialiased bilinear, then a centre crop; never a stretch).
-RESIZE = "shorter-side-then-center-crop"
+# How an image of another size becomes input_size: engine.pixels.fit with the rule training decoded its
+# images with (--resize: stretch, or the shorter side scaled to cover H x W and the centre cropped).
+# Files written before the rule was recorded were served stretched: that is the default.
+RESIZE = RESIZE_RULES["stretch"]
 REQUIRED = ("classes", "input_size")
 
 
@@ -52,7 +53,8 @@ class ModelInfo:
         return cls(classes=list(spec.classes), input_size=list(spec.shape), mean=list(spec.mean),
                    std=list(spec.std), model=checkpoint.ref.label, dataset=cfg["data"], test_accuracy=accuracy,
                    engine_version=__version__, opset=opset, config=dict(cfg),
-                   image_size=list(parse_image_size(cfg["image_size"])) if cfg.get("image_size") else None)
+                   image_size=list(parse_image_size(cfg["image_size"])) if cfg.get("image_size") else None,
+                   resize=RESIZE_RULES[cfg.get("resize") or "stretch"])
 
     def to_props(self):
         """{key: string} for ModelProto.metadata_props."""
@@ -115,5 +117,11 @@ class ModelInfo:
             raise EngineError(f"{source}: input_size must be [C, H, W] with C 1 or 3, not {self.input_size!r}")
         if self.input_range != INPUT_RANGE:
             raise EngineError(f"{source}: input_range {self.input_range!r} is not supported (expected {INPUT_RANGE!r})")
-        if self.resize != RESIZE:
-            raise EngineError(f"{source}: resize rule {self.resize!r} is not supported (expected {RESIZE!r})")
+        if self.resize not in RESIZE_RULES.values():
+            raise EngineError(f"{source}: resize rule {self.resize!r} is not supported (one of "
+                              f"{', '.join(RESIZE_RULES.values())})")
+
+    @property
+    def rule(self):
+        """The --resize name of the file's rule (crop or stretch), for engine.pixels.fit."""
+        return next(name for name, long in RESIZE_RULES.items() if long == self.resize)

@@ -54,7 +54,7 @@ class Classifier:
 
     def preprocess(self, images):
         """float32 (N, C, H, W) in [0, 1], the file's input, for paths, PIL images or uint8 arrays."""
-        return imaging.batch(images, self.info.input_size)
+        return imaging.batch(images, self.info.input_size, self.info.rule)
 
     def logits(self, images):
         """(N, classes) float32 logits; `images` as for `preprocess`, or an already prepared float32 batch."""

@@ -204,16 +204,18 @@ def test_a_huge_image_in_a_folder_is_refused_by_its_header(tmp_path, kind):
         read(source(tmp_path, files, kind), tmp_path / "cache", log=lambda *_: None)
 
 
-def test_a_folder_that_would_not_fit_in_memory_is_refused_before_decoding(tmp_path):
+def test_a_folder_that_would_fit_neither_in_memory_nor_on_the_cache_disk_is_refused_before_decoding(tmp_path):
+    import shutil
+
     from engine.data.imagefolder import available_memory
 
     side = 7000  # 49 M pixels: under the per-image limit; 147 MB each as RGB
-    count = int(available_memory() // (2 * 3 * side * side)) + 2  # one or two more than fit
+    # Too large to decode in memory (it would stream from the file cache), and for the disk that cache is on.
+    count = int(max(available_memory() / 2, shutil.disk_usage(tmp_path).free) // (3 * side * side)) + 8
     files = {f"{split}/{c}/{k:05d}.png": huge_png(side, side) for split in ("train", "test") for c in ("a", "b")
              for k in range(-(-count // 4))}
     messages = []
-    with pytest.raises(EngineError, match=f"decoding its {len(files):,} images of 7000x7000x3 needs about .* GB of memory, "
-                                          "and .* GB is available"):
+    with pytest.raises(EngineError, match="its decoded images need .* GB in the decode cache at .*, and .* GB is free there"):
         read(source(tmp_path, files), tmp_path / "cache", log=messages.append)
     assert not any("Decoding" in m for m in messages)  # refused before a pixel was decoded
 
@@ -243,7 +245,11 @@ def test_mixed_sizes_need_an_image_size_and_are_fitted_as_predict_fits_them(tmp_
     first = sorted(p for p in path.rglob("*.jpg") if p.parts[-3] == "train")[0]  # train/cat/0.jpg, the first image
     served = batch(first, [3, 24, 32])[0]  # what engine predict feeds the model for that file
     assert np.array_equal(np.round(served * 255).astype(np.uint8), data.train_x[0].numpy())
-    assert len(list((tmp_path / "cache").glob("*-24x32.pt"))) == 1  # the cache is keyed by the size too
+    assert len(list((tmp_path / "cache").glob("*-24x32-stretch.pt"))) == 1  # the cache is keyed by the size too
+    cropped = read(path, tmp_path / "cache", log=said.append, image_size=(24, 32), resize="crop")
+    assert not torch.equal(cropped.train_x, data.train_x)  # another rule, another cache entry
+    assert torch.equal(torch.from_numpy(np.round(batch(first, [3, 24, 32], "crop")[0] * 255).astype(np.uint8)),
+                       cropped.train_x[0])
     again = read(path, tmp_path / "cache", log=said.append, image_size=(24, 32))
     assert torch.equal(again.train_x, data.train_x) and "decoded earlier" in said[-1]
 

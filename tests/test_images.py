@@ -51,9 +51,12 @@ def test_gray_rgba_palette_and_other_sizes_become_the_models_input(tmp_path):
     Image.fromarray(pixels((45, 61, 3))).save(tmp_path / "big.jpg")
     out = batch([tmp_path / "palette.gif", tmp_path / "big.jpg"], RGB)
     assert out.shape == (2, 3, 32, 32) and 0 <= out.min() and out.max() <= 1
-    # 45 high x 61 wide: the shorter side scaled to 32 (61 -> 43 wide), then the centre 32 columns; never a stretch
-    expected = np.asarray(Image.open(tmp_path / "big.jpg").convert("RGB").resize((43, 32), Image.BILINEAR))[:, 5:37]
+    expected = np.asarray(Image.open(tmp_path / "big.jpg").convert("RGB").resize((32, 32), Image.BICUBIC))  # stretched
     np.testing.assert_array_equal(out[1], expected.transpose(2, 0, 1) / np.float32(255))
+    # crop (--resize crop): 45 high x 61 wide -> the shorter side to 32 (61 -> 43 wide), then the centre 32 columns
+    cropped = batch(tmp_path / "big.jpg", RGB, rule="crop")[0]
+    expected = np.asarray(Image.open(tmp_path / "big.jpg").convert("RGB").resize((43, 32), Image.BICUBIC))[:, 5:37]
+    np.testing.assert_array_equal(cropped, expected.transpose(2, 0, 1) / np.float32(255))
     assert batch(tmp_path / "rgba.png", GRAY).shape == (1, 1, 28, 28)  # colour into a gray model
 
 

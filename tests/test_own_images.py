@@ -90,7 +90,7 @@ def test_mixed_sizes_train_and_predict_agrees_with_eval_image_by_image(tmp_path)
     from engine.checkpoint import model_from_checkpoint
     from engine.normalization import Normalized
 
-    tensors = torch.load(next((tmp_path / "cache").glob("*-24x24.pt")), weights_only=True)
+    tensors = torch.load(next((tmp_path / "cache").glob("*-24x24-stretch.pt")), weights_only=True)
     model = Normalized(model_from_checkpoint(checkpoint), checkpoint.spec.mean, checkpoint.spec.std).eval()
     with torch.no_grad():
         top = model(tensors["test_x"].float() / 255).argmax(1)
@@ -113,6 +113,6 @@ def test_a_folder_without_a_split_holds_out_a_test_set_and_eval_uses_exactly_it(
     # The held-out images are the seeded, stratified ones: recomputed here from the labels alone
     from engine.data.layout import stratified
 
-    tensors = torch.load(next((tmp_path / "cache").glob("*-20x20.pt")), weights_only=True)
+    tensors = torch.load(next((tmp_path / "cache").glob("*-20x20-stretch.pt")), weights_only=True)
     _, held = stratified(tensors["train_y"], 0.25, 0, list(CLASSES))
     assert len(held) == 45 and torch.bincount(tensors["train_y"][held]).tolist() == [15, 15, 15]

@@ -34,7 +34,7 @@ def load_dataset(cfg: Config, log=print) -> Dataset:
         from engine.pixels import parse_image_size
 
         size = parse_image_size(cfg.image_size) if cfg.image_size else None
-        data = imagefolder.read(cfg.data, cfg.resolved_cache_dir(), log, size, cfg.test_split, cfg.seed)
+        data = imagefolder.read(cfg.data, cfg.resolved_cache_dir(), log, size, cfg.test_split, cfg.seed, cfg.resize)
     # Held out before --limit-train, so the validation images do not depend on it.
     from engine.data.layout import parse_count
 

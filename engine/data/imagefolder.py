@@ -1,8 +1,8 @@
 """Image-folder datasets from a directory or an archive, in any layout engine.data.layout accepts.
 
 Archives (.tar, .tar.gz, .tgz, .zip) are read member by member, never extracted. Images are
-decoded once, on every core, into uint8 tensors (with `--image-size`, each resized by
-engine.pixels.fit: shorter side to the size, then a centre crop) and cached as one tensor file in
+decoded once, on every core, into uint8 tensors (with `--image-size`, each fitted to it by
+engine.pixels.fit and `--resize`: stretched, or shorter side to the size and the centre cropped) and cached as one tensor file in
 the cache directory, keyed by the source's identity (path, size and modification time of every
 file) and the image size, so the next start loads in about a second. A corrupt image is an error
 that names it; nothing is half-written. Before decoding, the image count and size must fit in
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from engine.checkpoint import save_atomic
-from engine.data import layout
+from engine.data import filecache, layout, stream
 from engine.data.dataset import ARCHIVE_SUFFIXES, Dataset, dataset_label
 from engine.errors import EngineError, UsageError, first_line
 from engine.lock import remove_stale_temporaries
@@ -88,24 +88,24 @@ def _decode(item):
     with an image size, resized to it by engine.pixels.fit. Runs in the decoding processes."""
     from PIL import Image, UnidentifiedImageError
 
-    name, data, size = item
+    name, data, size, rule = item
     Image.MAX_IMAGE_PIXELS = None  # check_size refuses large ones, naming the size
     try:
         with Image.open(io.BytesIO(data)) as image:
             check_size(image, name)  # by its header, before a pixel is decoded
-            return np.asarray(fit(image, size, "L" if image.mode in GRAY_MODES else "RGB"))  # 16-bit scaled
+            return np.asarray(fit(image, size, "L" if image.mode in GRAY_MODES else "RGB", rule))  # 16-bit scaled
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise EngineError(f"cannot decode image {name}: {error}") from None
 
 
-def _chunks(path: Path, size):
-    """Lists of (split, class, (name, bytes, size)) of at most CHUNK images, in the source's order."""
+def _chunks(path: Path, size, rule):
+    """Lists of (split, class, (name, bytes, size, rule)) of at most CHUNK images, in the source's order."""
     chunk = []
     for name, read in _members(path):
         where = layout.place(name)
         if where is None:
             continue
-        chunk.append((*where, (f"{path}:{name}" if path.is_file() else str(path / name), read(), size)))
+        chunk.append((*where, (f"{path}:{name}" if path.is_file() else str(path / name), read(), size, rule)))
         if len(chunk) == CHUNK:
             yield chunk
             chunk = []
@@ -114,7 +114,16 @@ def _chunks(path: Path, size):
 
 
 def available_memory():
-    """Bytes the kernel could give this process without swapping (MemAvailable), or None."""
+    """Bytes the kernel could give this process without swapping (MemAvailable), or None; at most
+    ENGINE_MEMORY_LIMIT where that test setting is given (engine.memory)."""
+    from engine.memory import memory_limit
+
+    limit = memory_limit()
+    available = _available_memory()
+    return available if limit is None else limit if available is None else min(limit, available)
+
+
+def _available_memory():
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemAvailable:"):
@@ -127,10 +136,19 @@ def available_memory():
         return None
 
 
+class DoesNotFit(EngineError):
+    """check_memory's finding that a source's decoded images would not fit in memory: `read` then
+    decodes it into the file cache (engine.data.filecache) instead."""
+
+    def __init__(self, message, count, size, channels):
+        super().__init__(message)
+        self.count, self.size, self.channels = count, size, channels  # images, (H, W), 1 or 3
+
+
 def check_memory(path: Path, size=None):
-    """The source's image count; refuses, before decoding, a source whose decoded images would not fit
-    in memory: the count times the first image's size (or `size`, H x W), twice over while they are
-    stacked."""
+    """The source's image count; raises DoesNotFit, before decoding, for a source whose decoded images
+    would not fit in memory: the count times the first image's size (or `size`, H x W), twice over
+    while they are stacked."""
     from PIL import Image, UnidentifiedImageError
 
     count, first = 0, None
@@ -153,13 +171,14 @@ def check_memory(path: Path, size=None):
         height, width = size
     need = 2 * count * width * height * channels
     if need > available:
-        raise EngineError(f"{path}: decoding its {count:,} images of {width}x{height}x{channels} needs about "
-                          f"{need / 1e9:,.1f} GB of memory, and {available / 1e9:,.1f} GB is available; "
-                          "use fewer or smaller images (--image-size), or a machine with more memory")
+        raise DoesNotFit(f"{path}: decoding its {count:,} images of {width}x{height}x{channels} needs about "
+                         f"{need / 1e9:,.1f} GB of memory, and {available / 1e9:,.1f} GB is available; "
+                         "use fewer or smaller images (--image-size), or a machine with more memory",
+                         count, (height, width), channels)
     return count
 
 
-def decode_folder(path: Path, log=print, size=None):
+def decode_folder(path: Path, log=print, size=None, rule="stretch"):
     """Decode every image once, on every core: {"classes", "train_x", "train_y"} and, where the source
     has an evaluation split, "test_x", "test_y". `size` (H, W): resize each image to it (engine.pixels.fit)."""
     from concurrent.futures import ProcessPoolExecutor
@@ -177,7 +196,7 @@ def decode_folder(path: Path, log=print, size=None):
         total = check_memory(path, size)
         log(f"Decoding {path}{f' at {size[0]}x{size[1]}' if size else ''} (first use only; the result is cached)")
         with tqdm(total=total, desc="Decoding", unit=" img", disable=not sys.stderr.isatty(), leave=False) as progress:
-            for chunk in _chunks(path, size):
+            for chunk in _chunks(path, size, rule):
                 items = [item for _, _, item in chunk]
                 arrays = list(pool.map(_decode, items, chunksize=64)) if pool else [_decode(i) for i in items]
                 for (split, name, item), array in zip(chunk, arrays):
@@ -201,18 +220,7 @@ def decode_folder(path: Path, log=print, size=None):
     count = sum(len(v) for classes in found.values() for v in classes.values())
     log(f"Decoded {count:,} images in {seconds:.1f} s ({count / max(seconds, 1e-9):,.0f} img/s on {workers} "
         f"process{'es' if workers > 1 else ''})")
-    train, test, named = layout.choose(found, path, log)
-    empty = layout.empty_classes(path, found)
-    if empty:
-        raise EngineError(f"{path}: class folder {empty[0]} has no images{f' (nor {len(empty) - 1} more)' if len(empty) > 1 else ''}; "
-                          "add images or remove the folder")
-    classes = sorted(train)
-    if test is not None:
-        missing = sorted(set(test) - set(classes))
-        if missing:
-            raise EngineError(f"{path}: {named}/ has classes that train/ lacks: {', '.join(missing)}")
-    if len(classes) < 2:
-        raise EngineError(f"{path} has {len(classes)} class; a classifier needs at least 2 ({layout.LAYOUT})")
+    train, test, classes = split_classes(found, path, log)
     colour = any(a.ndim == 3 for part in (train, test or {}) for images in part.values() for a in images)
     result = {"classes": classes}
     for split, part in (("train", train), ("test", test)):
@@ -232,7 +240,26 @@ def decode_folder(path: Path, log=print, size=None):
     return result
 
 
-def read(source, cache_dir: Path, log=print, image_size=None, test_split=None, seed=0) -> Dataset:
+def split_classes(found, path, log):
+    """(train {class: items}, test {class: items} or None, sorted class names) of what a decode found
+    ({split or None: {class: [items]}}), checked: no empty class folder, no test class train lacks,
+    at least 2 classes. engine.data.filecache checks its decode with it too."""
+    train, test, named = layout.choose(found, path, log)
+    empty = layout.empty_classes(path, found)
+    if empty:
+        raise EngineError(f"{path}: class folder {empty[0]} has no images{f' (nor {len(empty) - 1} more)' if len(empty) > 1 else ''}; "
+                          "add images or remove the folder")
+    classes = sorted(train)
+    if test is not None:
+        missing = sorted(set(test) - set(classes))
+        if missing:
+            raise EngineError(f"{path}: {named}/ has classes that train/ lacks: {', '.join(missing)}")
+    if len(classes) < 2:
+        raise EngineError(f"{path} has {len(classes)} class; a classifier needs at least 2 ({layout.LAYOUT})")
+    return train, test, classes
+
+
+def read(source, cache_dir: Path, log=print, image_size=None, test_split=None, seed=0, resize="stretch") -> Dataset:
     """The image folder or archive at `source`, decoded once (resized to `image_size` (H, W) if given)
     and then loaded from the cache. A source without an evaluation split gets its test set held out
     by `test_split` (a percentage; default 10%), seeded and stratified (engine.data.layout)."""
@@ -242,8 +269,13 @@ def read(source, cache_dir: Path, log=print, image_size=None, test_split=None, s
     if not path.is_dir() and _archive_kind(path) is None:
         raise EngineError(f"--data {source} is not a directory or a .tar, .tar.gz or .zip archive")
     name = dataset_label(str(path))
-    sized = f"-{image_size[0]}x{image_size[1]}" if image_size else ""
+    sized = f"-{image_size[0]}x{image_size[1]}-{resize}" if image_size else ""
     cache = Path(cache_dir) / f"{name}-{source_key(path)}{sized}.pt"
+    streamed = filecache.open_cache(filecache.cache_folder(cache)) if not cache.is_file() else None
+    if streamed is not None:  # a set decoded into the file cache, reopened memory-mapped
+        test = f"{len(streamed['test_x']):,} test" if "test_x" in streamed else "no test split"
+        log(f"Data: {path} ({len(streamed['train_x']):,} train / {test}, decoded earlier: {filecache.cache_folder(cache)})")
+        return _dataset(name, stream.place(streamed), test_split, seed, path, log)
     if cache.is_file():
         try:
             tensors = torch.load(cache, weights_only=True, mmap=True)
@@ -252,8 +284,13 @@ def read(source, cache_dir: Path, log=print, image_size=None, test_split=None, s
         if tensors is not None:
             test = f"{len(tensors['test_x']):,} test" if "test_x" in tensors else "no test split"
             log(f"Data: {path} ({len(tensors['train_x']):,} train / {test}, decoded earlier: {cache})")
-            return _dataset(name, tensors, test_split, seed, path, log)
-    tensors = decode_folder(path, log, image_size)
+            return _dataset(name, stream.place(tensors), test_split, seed, path, log)
+    try:
+        tensors = decode_folder(path, log, image_size, resize)
+    except DoesNotFit as large:  # decoded chunk by chunk into a file instead, then streamed
+        tensors = filecache.decode_to_cache(path, filecache.cache_folder(cache), large.count, large.size, large.channels,
+                                            image_size, log)
+        return _dataset(name, stream.place(tensors), test_split, seed, path, log)
     remove_stale_temporaries(cache.parent)  # full-size temporaries of killed decodes
     try:
         save_atomic(tensors, cache, make_parents=True)
@@ -277,4 +314,4 @@ def _dataset(name, t, test_split, seed, path, log):
     if test_split is None:
         log(f"{path} has no test split: holding out a seeded, stratified {fraction:.0%} of each class ({len(held):,} "
             "images) as the test set (--test-split P% to choose)")
-    return Dataset(name, classes, x[keep], y[keep], x[held], y[held], flip=three_channels)
+    return Dataset(name, classes, stream.take(x, keep), y[keep], stream.take(x, held), y[held], flip=three_channels)
