@@ -68,7 +68,7 @@ def fit(image, size, mode, rule="stretch"):
     from PIL import Image
 
     if size is not None and image.format == "JPEG":
-        scale = (max if rule == "crop" else min)(size[0] / image.height, size[1] / image.width)
+        scale = max(size[0] / image.height, size[1] / image.width)  # both sides stay at least the size asked for
         if scale < 0.5:
             image.draft(image.mode, (max(1, round(image.width * scale)), max(1, round(image.height * scale))))
     image = eight_bit(image).convert(mode)

@@ -57,3 +57,31 @@ def test_readme_client_matches_engine_eval_at_batch_1_7_and_256(image_folder, tm
         client_acc = float(re.search(r"accuracy ([\d.]+)% on 130 images", done.stdout).group(1))
         assert abs(client_acc - engine_acc) <= 0.1, (batch, client_acc, engine_acc)
     assert 0 < engine_acc < 100 and not np.isnan(engine_acc)
+
+
+@pytest.mark.parametrize("resize", ["stretch", "crop"])
+def test_readme_client_fits_images_of_any_size_as_training_did(tmp_path, resize, capsys):
+    """Mixed-size JPEGs (big ones too, decoded in draft mode): the client's accuracy equals engine eval's."""
+    root = tmp_path / "mixed"
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 40), ("test", 30)):
+        for label, name in enumerate(("dark", "light")):
+            for k in range(n):
+                size = (int(rng.integers(20, 400)), int(rng.integers(20, 400)))
+                pixels = rng.integers(0, 120, (size[1], size[0], 3)) + 120 * label * (rng.random() < 0.8)
+                (root / split / name).mkdir(parents=True, exist_ok=True)
+                Image.fromarray(pixels.astype(np.uint8)).save(root / split / name / f"{k}.jpg", quality=90)
+    out, cache = tmp_path / "run", str(tmp_path / "cache")
+    assert main(["train", "--data", str(root), "--image-size", "16x24", "--resize", resize, "--model", "mlp",
+                 "--epochs", "1", "--batch-size", "16", "--no-amp", "--cache-dir", cache, "--out", str(out),
+                 "--quiet"]) == 0
+    assert main(["export", str(tmp_path / "m.onnx"), "--checkpoint", str(out / "best.pt")]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "m.onnx"), "--cache-dir", cache, "--quiet"]) == 0
+    engine_acc = float(re.search(r"Test_acc:([\d.]+)%", capsys.readouterr().out).group(1))
+    script = tmp_path / "client.py"
+    script.write_text(client_script())
+    done = subprocess.run([sys.executable, "-I", str(script), str(tmp_path / "m.onnx"), str(root / "test"), "7"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert float(re.search(r"accuracy ([\d.]+)% on 60 images", done.stdout).group(1)) == engine_acc

@@ -1,0 +1,34 @@
+"""engine.augment: batched random-resized crops against their definition."""
+
+import torch
+import torch.nn.functional as F
+
+from engine.augment import draw_boxes, random_resized_crop
+
+
+def test_the_whole_image_as_its_box_is_the_identity():
+    x = torch.randint(0, 256, (3, 3, 7, 9), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    boxes = torch.tensor([[1.0, 1.0, 0.0, 0.0]]).repeat(3, 1)
+    assert torch.allclose(random_resized_crop(x, boxes), x.float(), atol=1e-3)
+
+
+def test_a_box_is_its_region_resized_back_with_bilinear_sampling():
+    x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    boxes = torch.tensor([[0.5, 0.5, 0.0, 0.0], [0.5, 0.5, 0.5, 0.5]])  # the top-left and bottom-right quarters
+    out = random_resized_crop(x, boxes)
+    for i, (r, c) in enumerate([(0, 0), (4, 4)]):
+        expected = F.interpolate(x[i:i + 1, :, r:r + 4, c:c + 4], size=(8, 8), mode="bilinear", align_corners=False)
+        # inside, the same samples; on the box's far edge the crop reads the next pixel instead of repeating its own
+        assert torch.allclose(out[i, :, 1:-2, 1:-2], expected[0, :, 1:-2, 1:-2], atol=1e-5)
+
+
+def test_boxes_follow_torchvisions_ranges_and_the_seed():
+    boxes = draw_boxes(20_000, torch.Generator().manual_seed(3), scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3))
+    height, width, top, left = boxes.unbind(1)
+    area, aspect = height * width, width / height
+    assert area.min() >= 0.2 - 1e-6 and area.max() <= 1 + 1e-6
+    unclamped = (height < 1) & (width < 1)
+    assert aspect[unclamped].min() >= 3 / 4 - 1e-4 and aspect[unclamped].max() <= 4 / 3 + 1e-4
+    assert (top >= 0).all() and (top + height <= 1 + 1e-6).all() and (left + width <= 1 + 1e-6).all()
+    again = draw_boxes(20_000, torch.Generator().manual_seed(3), scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3))
+    assert torch.equal(boxes, again)
