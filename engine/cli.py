@@ -252,6 +252,14 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("engine: interrupted", file=sys.stderr)
         return 130
+    except RuntimeError as error:  # torch.cuda.OutOfMemoryError anywhere: one line saying what to lower
+        from engine.memory import out_of_memory_line
+
+        line = out_of_memory_line(error)
+        if line is None:
+            raise  # anything else is a bug: its traceback
+        print(f"engine: error: {line}", file=sys.stderr)
+        return 1
     except OSError as error:  # a full disk, a vanished file: the environment, not a bug
         print(f"engine: error: {error}", file=sys.stderr)
         return 1

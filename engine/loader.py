@@ -14,6 +14,11 @@ of the whole split, so they are the same whatever the number of ranks. Evaluatio
 images into `world` contiguous parts of almost equal size: every image counted once.
 ENGINE_LOADER_DUMP=DIR appends each training batch's image indices to DIR/indices-rank<r>.txt
 ("epoch step i i ...") for tests and debugging.
+
+A split that does not fit (a streamed set's engine.data.stream.Rows, or a split too large for the
+GPU next to the model) stays on the host, memory-mapped: each batch is gathered from it in the same
+seeded order, READ_AHEAD batches ahead in a background thread, then moved to the device. Same
+order, same crops and flips: the same batches, bit for bit, as in memory.
 """
 
 import os
@@ -22,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from engine.data.stream import Rows, read_ahead
 from engine.normalization import Normalize
 
 
@@ -60,10 +66,11 @@ class BatchLoader:
 
     def __init__(self, x, y, batch_size, mean, std, *, device, train, flip=True, crop_padding=4,
                  seed=0, channels_last=True, rank=0, world=1):
-        self.x = x.to(device)  # (N, C, H, W) uint8
+        self.device = torch.device(device)
+        self.why = streams(x, self.device)  # why the split streams from the host; None: it is on the device
+        self.x = x if self.why else x.to(device)  # (N, C, H, W) uint8
         self.y = y.to(device)  # (N,) int64
         self.batch_size = batch_size
-        self.device = torch.device(device)
         self.train, self.flip, self.padding, self.seed = train, flip, crop_padding, seed
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.normalize = Normalize(mean, std).to(device)  # the same module the exported ONNX graph holds
@@ -89,8 +96,9 @@ class BatchLoader:
         n, B = len(self.x), self.batch_size
         if not self.train:
             first, end = self.eval_range()
-            for start in range(first + skip * B, end, B):
-                x, y = self.x[start:min(start + B, end)], self.y[start:min(start + B, end)]
+            starts = range(first + skip * B, end, B)
+            for start, x in self.read(lambda start: (start, self.x[start:min(start + B, end)]), starts):
+                y = self.y[start:min(start + B, end)]
                 count = len(x)
                 if count < B:  # pad to the one batch shape; padded rows are ignored by count
                     x = torch.cat([x, x.new_zeros((B - count, *x.shape[1:]))])
@@ -98,22 +106,50 @@ class BatchLoader:
                 yield self.normalise(x), y, count
             return
         generator = epoch_generator(self.seed, epoch)
-        order = torch.randperm(n, generator=generator).to(self.device)
+        order = torch.randperm(n, generator=generator)  # (n,) on the CPU: a streamed split gathers with it there
         shifts = torch.randint(0, 2 * self.padding + 1, (n, 2), generator=generator).to(self.device)
         flips = (torch.rand(n, generator=generator) < 0.5).to(self.device)
+        order = order if self.why else order.to(self.device)
         dump = os.environ.get("ENGINE_LOADER_DUMP")
-        for step in range(skip, len(self)):
+
+        def batch(step):
             start = (step * self.world + self.rank) * B  # this rank's slice of global batch `step`
             index = order[start:start + B]
+            return step, index, self.x[index]  # (B, C, H, W) uint8
+
+        for step, index, x in self.read(batch, range(skip, len(self))):
+            index = index.to(self.device)
             if dump:
                 self.dump(dump, epoch, step, index)
-            x = self.x[index]
             if self.padding:
                 x = random_crop(x, shifts[index], self.padding)
             if self.flip:
                 x = random_flip(x, flips[index])
             yield self.normalise(x), self.y[index], B
 
+    def read(self, batch, keys):
+        """batch(key) for each key: in this thread when the split is on the device, else read ahead
+        in the background and moved to the device (the last item of each tuple)."""
+        if not self.why:
+            return map(batch, keys)
+        return read_ahead(batch, keys, self.device)
+
     def dump(self, folder, epoch, step, index):
         with open(os.path.join(folder, f"indices-rank{self.rank}.txt"), "a") as f:
             f.write(f"{epoch} {step} {' '.join(map(str, index.tolist()))}\n")
+
+
+def streams(x, device):
+    """Why the split x streams from the host, or None when it goes whole to `device`: a streamed
+    set (a Rows view: it does not fit in memory), or on CUDA a split larger than the GPU's room
+    for it next to the model (engine.memory.gpu_room)."""
+    if isinstance(x, Rows):
+        return x.why or "it is read from the decode cache"
+    if device.type == "cuda" and x.device.type == "cpu":
+        from engine.memory import gpu_room, size_text
+
+        room = gpu_room(device)
+        need = x.numel() * x.element_size()
+        if need > room:
+            return f"they do not fit on {device} next to the model ({size_text(need)}, room for {size_text(room)})"
+    return None

@@ -16,9 +16,11 @@ import torch
 from engine.checkpoint import Checkpoint, SaveClock, check_state, restore_rng_states
 from engine.config import Config, parse_duration
 from engine.data import Dataset, InputSpec, check_batch_size, dataset_label, load_dataset
+from engine.data.stream import READ_AHEAD, Rows
 from engine.distributed import Ranks
 from engine.errors import EngineError
 from engine.loader import BatchLoader
+from engine.memory import size_text
 from engine.models import count_parameters
 from engine.models.reference import ModelRef, build, check_fits, load_code, parse_model, reference_of, reopen
 from engine.optim import build_optimizer
@@ -102,7 +104,7 @@ def open_session(cfg: Config, resume: Checkpoint | None = None, say=print, ranks
         f"{len(data.classes)} classes; {runtime.describe()}")
     optimizer = build_optimizer(cfg, model)
     scaler = runtime.grad_scaler()
-    session = Session(cfg, runtime, run, spec, ref, model, optimizer, scaler, *loaders(cfg, data, spec, runtime, ranks),
+    session = Session(cfg, runtime, run, spec, ref, model, optimizer, scaler, *loaders(cfg, data, spec, runtime, ranks, say),
                       None, [], ranks=ranks, ddp=ranks.wrap(model) if ranks.world > 1 else None, fingerprint=fingerprint,
                       clock=SaveClock(parse_duration(cfg.save_every) if ranks.world == 1 else None))  # DDP: epoch ends only
     if resume is not None:
@@ -182,13 +184,21 @@ def open_model(cfg: Config, ref: ModelRef, data: Dataset, spec: InputSpec, resum
     return model
 
 
-def loaders(cfg: Config, data: Dataset, spec: InputSpec, runtime: Runtime, ranks: Ranks):
-    """(train, test) BatchLoaders on the run's device: this rank's part of each split."""
+def loaders(cfg: Config, data: Dataset, spec: InputSpec, runtime: Runtime, ranks: Ranks, say=print):
+    """(train, test) BatchLoaders on the run's device: this rank's part of each split; a split that
+    does not fit streams from the decode cache (engine.loader), said in one line."""
     train = BatchLoader(data.train_x, data.train_y, cfg.batch_size, spec.mean, spec.std, device=runtime.device,
                         train=True, flip=spec.flip, seed=cfg.seed, channels_last=cfg.channels_last,
                         crop_padding=cfg.crop_padding, rank=ranks.rank, world=ranks.world)
     test = BatchLoader(data.test_x, data.test_y, cfg.batch_size, spec.mean, spec.std, device=runtime.device,
                        train=False, channels_last=cfg.channels_last, rank=ranks.rank, world=ranks.world)
+    streamed = [(name, x) for name, x, loader in (("train", data.train_x, train), ("test", data.test_x, test)) if loader.why]
+    if streamed and ranks.is_main:
+        images = " and ".join(f"{len(x):,} {name}" for name, x in streamed)
+        size = sum(len(x) * x[:1].numel() for _, x in streamed)  # uint8: one byte a value
+        where = "the memory-mapped decode cache" if isinstance(streamed[0][1], Rows) else "host memory"
+        say(f"Streaming {images} images ({size_text(size)}) from {where}, {READ_AHEAD} batches read ahead: "
+            f"{(train if train.why else test).why}")
     return train, test
 
 

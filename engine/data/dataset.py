@@ -1,6 +1,7 @@
-"""What a dataset is: `Dataset`, whose splits are whole (N, C, H, W) uint8 tensors, its seeded
-`--limit-*` subsets and `--val-split` hold-out, its exact per-channel statistics and the short
-name `--data` goes by.
+"""What a dataset is: `Dataset`, whose splits are whole (N, C, H, W) uint8 tensors (or, for a set
+too large for memory, engine.data.stream.Rows views of the file cache), its seeded `--limit-*`
+subsets and `--val-split` hold-out, its exact per-channel statistics and the short name `--data`
+goes by.
 
 `Dataset.spec()` is the part a checkpoint keeps, so eval and export rebuild the model and its
 normalisation without the data. The readers build a `Dataset` and depend on this module only.
@@ -12,7 +13,10 @@ from pathlib import Path
 import torch
 
 from engine.config import BUILTIN_DATASETS
+from engine.data.stream import take
 from engine.errors import UsageError
+
+STATS_CHUNK = 4096  # images counted at a time: a streamed split is never read whole into memory
 
 
 @dataclass
@@ -32,7 +36,7 @@ class InputSpec:
 class Dataset:
     name: str
     classes: list
-    train_x: torch.Tensor  # (N, C, H, W) uint8
+    train_x: torch.Tensor  # (N, C, H, W) uint8, or a streamed set's Rows view
     train_y: torch.Tensor  # (N,) int64
     test_x: torch.Tensor  # (M, C, H, W) uint8
     test_y: torch.Tensor  # (M,) int64
@@ -67,8 +71,8 @@ class Dataset:
         generator = torch.Generator().manual_seed(seed + 2)  # seed and seed + 1 pick the --limit-* subsets
         order = torch.randperm(len(self.train_x), generator=generator)
         val, keep = order[:count].sort().values, order[count:].sort().values
-        self.val_x, self.val_y = self.train_x[val], self.train_y[val]
-        self.train_x, self.train_y = self.train_x[keep], self.train_y[keep]
+        self.val_x, self.val_y = take(self.train_x, val), self.train_y[val]  # index views of a streamed split
+        self.train_x, self.train_y = take(self.train_x, keep), self.train_y[keep]
         return self
 
 
@@ -77,15 +81,20 @@ def _subset(x, y, limit, seed):
         return x, y
     generator = torch.Generator().manual_seed(seed)
     keep = torch.randperm(len(x), generator=generator)[:limit].sort().values
-    return x[keep], y[keep]
+    return take(x, keep), y[keep]
 
 
 def channel_stats(x):
     """Per-channel mean and std of uint8 images, in [0, 1] units, exactly, via 256-bin histograms."""
     values = torch.arange(256, dtype=torch.float64) / 255
+    histograms = torch.zeros(x.shape[1], 256, dtype=torch.int64)  # (C, 256): exact counts, summed chunk by chunk
+    for start in range(0, len(x), STATS_CHUNK):
+        chunk = x[start:start + STATS_CHUNK]  # (n, C, H, W): a streamed split is read a chunk at a time
+        for c in range(x.shape[1]):
+            histograms[c] += torch.bincount(chunk[:, c].reshape(-1), minlength=256)
     mean, std = [], []
     for c in range(x.shape[1]):
-        counts = torch.bincount(x[:, c].reshape(-1), minlength=256).double()
+        counts = histograms[c].double()
         n = counts.sum()
         m = (counts * values).sum() / n
         var = (counts * (values - m) ** 2).sum() / n

@@ -289,7 +289,7 @@ def read(source, cache_dir: Path, log=print, image_size=None, test_split=None, s
         tensors = decode_folder(path, log, image_size, resize)
     except DoesNotFit as large:  # decoded chunk by chunk into a file instead, then streamed
         tensors = filecache.decode_to_cache(path, filecache.cache_folder(cache), large.count, large.size, large.channels,
-                                            image_size, log)
+                                            image_size, resize, log)
         return _dataset(name, stream.place(tensors), test_split, seed, path, log)
     remove_stale_temporaries(cache.parent)  # full-size temporaries of killed decodes
     try:

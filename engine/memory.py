@@ -1,0 +1,56 @@
+"""What fits where: the test-only memory limit (ENGINE_MEMORY_LIMIT), the GPU's room for a data
+split next to the model, and the one line said when the GPU runs out of memory anyway.
+
+The host's available memory is read by engine.data.imagefolder.available_memory, which applies
+the limit here; the loader asks `gpu_room` before copying a split to a CUDA device.
+"""
+
+import os
+import re
+
+LIMIT_VARIABLE = "ENGINE_MEMORY_LIMIT"  # test-only: BYTES of memory (host and GPU) the data may use
+GPU_SHARE = 0.5  # of the GPU's free memory a split may take: the model, its activations and optimizer need the rest
+
+
+def size_text(nbytes):
+    """'11.10 GB' or, under 0.1 GB, '2.6 MB': a size as the one-line messages say it."""
+    return f"{nbytes / 1e9:,.2f} GB" if nbytes >= 1e8 else f"{nbytes / 1e6:,.1f} MB"
+
+
+def memory_limit():
+    """ENGINE_MEMORY_LIMIT in bytes, or None. Test-only: it makes a small set behave as one that does
+    not fit (decoded into the file cache and streamed), without a dataset larger than the machine."""
+    value = os.environ.get(LIMIT_VARIABLE, "").strip()
+    if not value:
+        return None
+    try:
+        return max(0, int(float(value)))
+    except ValueError:
+        return None  # a test setting: a bad value is ignored rather than a user-facing error
+
+
+def gpu_room(device):
+    """Bytes of `device` (a CUDA torch.device) a data split may take: a share of its free memory,
+    capped by ENGINE_MEMORY_LIMIT."""
+    import torch
+
+    free, _ = torch.cuda.mem_get_info(device)
+    room = int(free * GPU_SHARE)
+    limit = memory_limit()
+    return room if limit is None else min(room, limit)
+
+
+def out_of_memory_line(error):
+    """One line for a GPU out-of-memory error (what ran out and what to lower), or None for any other error."""
+    text = str(error)
+    name = type(error).__name__
+    if name != "OutOfMemoryError" and "out of memory" not in text.lower():
+        return None
+    asked = re.search(r"Tried to allocate ([\d.]+ [KMGT]i?B)", text)
+    where = re.search(r"GPU (\d+) has a total capacity of ([\d.]+ [KMGT]i?B) of which ([\d.]+ [KMGT]i?B) is free", text)
+    detail = ", ".join(filter(None, [
+        f"it asked for {asked.group(1)} more" if asked else None,
+        f"GPU {where.group(1)} has {where.group(2)}, {where.group(3)} free" if where else None,
+    ]))
+    return (f"the GPU ran out of memory{f' ({detail})' if detail else ''}: lower --batch-size (activations grow "
+            "with it) or --image-size, or run on the CPU with --device cpu")
