@@ -87,6 +87,11 @@ class Config:
         1.0, "learning-rate multiplier for BatchNorm parameters, whose weight decay is divided by it (airbench: 64)"
     )
     crop_padding: int = option(4, "random crops: pixels of zero padding each side (0: no crops)")
+    resized_crop: float | None = option(
+        None, "random-resized crops instead of padded ones: each training image cropped to a box of MIN to all of "
+        "its area (aspect 3:4 to 4:3) and resized back, batched on the device (e.g. 0.35; default: off, see "
+        "docs/data.md for the measurement)"
+    )
     label_smoothing: float = option(0.1, "cross-entropy label smoothing")
     class_weights: str = option(
         "none", "weight the cross-entropy per class: auto is inverse class frequency of the training images, "
@@ -155,6 +160,8 @@ class Config:
             raise UsageError(f"--momentum must be in [0, 1), not {self.momentum!r}")
         if not (math.isfinite(self.bn_lr_scale) and self.bn_lr_scale > 0):
             raise UsageError(f"--bn-lr-scale must be a finite number greater than 0, not {self.bn_lr_scale!r}")
+        if self.resized_crop is not None and not (math.isfinite(self.resized_crop) and 0 < self.resized_crop < 1):
+            raise UsageError(f"--resized-crop is the smallest area fraction of a crop, 0 < MIN < 1, not {self.resized_crop!r}")
         if not isinstance(self.crop_padding, int) or self.crop_padding < 0:
             raise UsageError(f"--crop-padding must be a whole number of 0 or more, not {self.crop_padding!r}")
         if not self.weight_decay >= 0:

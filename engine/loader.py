@@ -65,13 +65,14 @@ class BatchLoader:
     """
 
     def __init__(self, x, y, batch_size, mean, std, *, device, train, flip=True, crop_padding=4,
-                 seed=0, channels_last=True, rank=0, world=1):
+                 seed=0, channels_last=True, rank=0, world=1, resized_crop=None):
         self.device = torch.device(device)
         self.why = streams(x, self.device)  # why the split streams from the host; None: it is on the device
         self.x = x if self.why else x.to(device)  # (N, C, H, W) uint8
         self.y = y.to(device)  # (N,) int64
         self.batch_size = batch_size
         self.train, self.flip, self.padding, self.seed = train, flip, crop_padding, seed
+        self.resized_crop = resized_crop  # None, or the smallest area fraction of a random-resized crop
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.normalize = Normalize(mean, std).to(device)  # the same module the exported ONNX graph holds
         self.rank, self.world = rank, world
@@ -110,6 +111,10 @@ class BatchLoader:
         shifts = torch.randint(0, 2 * self.padding + 1, (n, 2), generator=generator).to(self.device)
         flips = (torch.rand(n, generator=generator) < 0.5).to(self.device)
         order = order if self.why else order.to(self.device)
+        if self.resized_crop:  # drawn after the rest, so runs without it keep their crops and flips
+            from engine.augment import RATIO, draw_boxes, random_resized_crop
+
+            boxes = draw_boxes(n, generator, (self.resized_crop, 1.0), RATIO).to(self.device)  # (n, 4)
         dump = os.environ.get("ENGINE_LOADER_DUMP")
 
         def batch(step):
@@ -121,7 +126,9 @@ class BatchLoader:
             index = index.to(self.device)
             if dump:
                 self.dump(dump, epoch, step, index)
-            if self.padding:
+            if self.resized_crop:  # instead of the padded crop: float (B, C, H, W) in 0-255
+                x = random_resized_crop(x, boxes[index])
+            elif self.padding:
                 x = random_crop(x, shifts[index], self.padding)
             if self.flip:
                 x = random_flip(x, flips[index])

@@ -15,6 +15,7 @@ import torch
 
 from engine.checkpoint import Checkpoint, SaveClock, check_state, restore_rng_states
 from engine.config import Config, parse_duration
+from engine.confusion import loss_weights
 from engine.data import Dataset, InputSpec, check_batch_size, dataset_label, load_dataset
 from engine.data.stream import READ_AHEAD, Rows
 from engine.distributed import Ranks
@@ -62,6 +63,7 @@ class Session:
     watch: Watch | None = None  # when to evaluate within an epoch, and --target-acc
     reached: dict | None = None  # the metrics entry that reached --target-acc: the run stops there
     log: object = print  # where epoch lines go
+    class_weights: torch.Tensor | None = None  # (classes,) the loss's weights with --class-weights auto
 
     @property
     def net(self):
@@ -107,6 +109,7 @@ def open_session(cfg: Config, resume: Checkpoint | None = None, say=print, ranks
     session = Session(cfg, runtime, run, spec, ref, model, optimizer, scaler, *loaders(cfg, data, spec, runtime, ranks, say),
                       None, [], ranks=ranks, ddp=ranks.wrap(model) if ranks.world > 1 else None, fingerprint=fingerprint,
                       clock=SaveClock(parse_duration(cfg.save_every) if ranks.world == 1 else None))  # DDP: epoch ends only
+    session.class_weights = loss_weights(cfg.class_weights, data.train_y, data.classes, runtime.device, say)
     if resume is not None:
         restore_progress(session, resume, say)
     if data.val_x is not None:
@@ -189,7 +192,8 @@ def loaders(cfg: Config, data: Dataset, spec: InputSpec, runtime: Runtime, ranks
     does not fit streams from the decode cache (engine.loader), said in one line."""
     train = BatchLoader(data.train_x, data.train_y, cfg.batch_size, spec.mean, spec.std, device=runtime.device,
                         train=True, flip=spec.flip, seed=cfg.seed, channels_last=cfg.channels_last,
-                        crop_padding=cfg.crop_padding, rank=ranks.rank, world=ranks.world)
+                        crop_padding=cfg.crop_padding, rank=ranks.rank, world=ranks.world,
+                        resized_crop=cfg.resized_crop)
     test = BatchLoader(data.test_x, data.test_y, cfg.batch_size, spec.mean, spec.std, device=runtime.device,
                        train=False, channels_last=cfg.channels_last, rank=ranks.rank, world=ranks.world)
     streamed = [(name, x) for name, x, loader in (("train", data.train_x, train), ("test", data.test_x, test)) if loader.why]

@@ -32,3 +32,20 @@ def test_boxes_follow_torchvisions_ranges_and_the_seed():
     assert (top >= 0).all() and (top + height <= 1 + 1e-6).all() and (left + width <= 1 + 1e-6).all()
     again = draw_boxes(20_000, torch.Generator().manual_seed(3), scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3))
     assert torch.equal(boxes, again)
+
+
+def test_the_loader_crops_by_seed_and_epoch_and_leaves_runs_without_it_unchanged():
+    from engine.loader import BatchLoader
+
+    x = torch.randint(0, 256, (64, 3, 12, 12), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    y = torch.arange(64) % 4
+
+    def batches(**kwargs):
+        loader = BatchLoader(x, y, 16, [0.5] * 3, [0.25] * 3, device="cpu", train=True, seed=7, **kwargs)
+        return [b for b, _, _ in loader.epoch(1)]
+
+    plain, again, resized = batches(), batches(resized_crop=None), batches(resized_crop=0.4)
+    assert all(torch.equal(a, b) for a, b in zip(plain, again))
+    assert not any(torch.equal(a, b) for a, b in zip(plain, resized))
+    assert all(torch.equal(a, b) for a, b in zip(resized, batches(resized_crop=0.4)))  # seeded: resumable
+    assert all(b.shape == (16, 3, 12, 12) and torch.isfinite(b).all() for b in resized)
