@@ -144,14 +144,11 @@ def restore_rng_states(states):
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-def load(path) -> Checkpoint:
-    """The checkpoint at `path`, or one line saying why `path` is not one. Never unpickles code: only
-    `torch.load(weights_only=True)`, with no fallback."""
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"no checkpoint at {path}")
+def read_weights_only(path, what="engine checkpoint"):
+    """What torch.load(weights_only=True) reads from the file at `path`, or one line saying why it
+    cannot: pickled code is named and refused, never run. No fallback to an unsafe load."""
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
         text = str(error).strip()
         refused = re.search(r"unsupported GLOBAL (\S+)|Unsupported global: GLOBAL (\S+)", text, re.I)
@@ -164,7 +161,15 @@ def load(path) -> Checkpoint:
         first = lines[0].split(". ")[0] if lines else type(error).__name__  # torch's first sentence
         if "Weights only load failed" in text:  # an unpickler error on bytes that are no checkpoint at all
             first = "not a PyTorch checkpoint, or one holding objects other than tensors and plain values"
-        raise EngineError(f"{path} is not a readable engine checkpoint ({first[:200]})") from None
+        raise EngineError(f"{path} is not a readable {what} ({first[:200]})") from None
+
+
+def load(path) -> Checkpoint:
+    """The checkpoint at `path`, or one line saying why `path` is not one (see read_weights_only)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"no checkpoint at {path}")
+    checkpoint = read_weights_only(path)
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
         raise EngineError(f"{path} is not an engine checkpoint (format {FORMAT})")
     return Checkpoint.from_dict(checkpoint, path)

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from engine.errors import EngineError, UsageError, first_line
+from engine.errors import EngineError, UsageError
 
 WRAPPERS = ("module.", "_orig_mod.")  # DistributedDataParallel's and torch.compile's key prefixes
 
@@ -22,10 +22,12 @@ def read_state_dict(path):
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"--init-from: no such file {path}")
+    from engine.checkpoint import read_weights_only
+
     try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise EngineError(f"--init-from: {path} is not a readable weights file ({first_line(error, 120)})") from None
+        loaded = read_weights_only(path, "weights file")
+    except EngineError as error:
+        raise EngineError(f"--init-from: {error}") from None
     for key in ("state_dict", "model", "model_state_dict"):  # "model": an engine checkpoint's weights
         if isinstance(loaded, dict) and isinstance(loaded.get(key), dict):
             loaded = loaded[key]
