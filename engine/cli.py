@@ -7,6 +7,7 @@ a usage error, 130 when interrupted. Errors never show a traceback.
 
 import argparse
 import dataclasses
+import json
 import os
 import sys
 import typing
@@ -72,6 +73,10 @@ def build_parser():
     add_code_flag(evaluate)
     add_config_flags(evaluate, ("data", "runtime"))
     add_metadata_flags(evaluate)
+    evaluate.add_argument("--confusion", metavar="PATH.png", help="also write the confusion matrix as a picture "
+                          "(colours: each true class's shares; counts in the cells up to 20 classes)")
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object (accuracy, loss, the whole "
+                          "confusion matrix, per-class accuracy and precision) instead of text")
     evaluate.set_defaults(func=cmd_eval)
 
     export = commands.add_parser("export", help="write a trained model as one verified ONNX file",
@@ -170,7 +175,14 @@ ONNX_IGNORED = ("amp", "amp_dtype", "compile", "compile_mode", "channels_last", 
 
 
 def cmd_eval(args):
+    from engine.confusion import check_png_path
+    from engine.evaluate import as_json, picture_title
+
     values = given(args)
+    if args.confusion:
+        check_png_path(args.confusion)  # before any work
+    if args.json:
+        values["quiet"] = True  # stdout is the one JSON object
     if args.checkpoint.lower().endswith(".onnx"):
         from export.evaluate import evaluate_onnx
 
@@ -190,9 +202,17 @@ def cmd_eval(args):
         source = f"checkpoint after epoch {result['epoch']}; {result['images'] / result['seconds']:,.0f} img/s"
         if result["compile_seconds"] is not None:
             source += f", after compiling for {result['compile_seconds']:.1f} s"
+    if args.confusion:
+        result["confusion"].save_png(args.confusion, picture_title(result))
+    if args.json:
+        print(json.dumps({**as_json(result), "confusion_png": args.confusion}))
+        return 0
     tta = "(tta)" if result.get("tta") else ""
     print(f"Test_acc{tta}:{result['test_acc'] * 100:.2f}%, Test_loss:{result['test_loss']:.4f} "
           f"({result['images']:,} test images of {result['data']}; {source})")
+    print(result["confusion"].format())
+    if args.confusion:
+        print(f"Wrote {args.confusion} (confusion matrix)")
     return 0
 
 

@@ -2,8 +2,8 @@
 
 Test loss is the mean cross-entropy per test image (the tutorial divided its sum by the number
 of classes, a bug). Eval batches have one fixed shape, so a compiled model compiles once. With
-test-time flip (`tta`) the logits are the mean of each image's and its mirror's. Either may also
-count the confusion matrix (engine/confusion.py).
+test-time flip (`tta`) the logits are the mean of each image's and its mirror's. `evaluate` can also
+count the confusion matrix (engine/confusion.py), whose per-class results `engine eval` prints.
 """
 
 import time

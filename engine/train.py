@@ -6,6 +6,7 @@ data and builds the model; then each epoch is `train_epoch` (one `train_step` pe
 a process (compile and allocation warm-up) are timed apart from steady state.
 """
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,8 @@ import torch.nn.functional as F
 from engine import __version__
 from engine.checkpoint import Checkpoint, interrupts_held, rng_states, save
 from engine.config import Config
+from engine.confusion import Confusion
+from engine.data import dataset_label
 from engine.distributed import Ranks, process_group
 from engine.errors import Interrupted
 from engine.evaluate import evaluate
@@ -56,7 +59,7 @@ def train_step(s: Session, x, y, step):
     set_lr(s.optimizer, lr_at(s.cfg, step, s.total_steps))
     with s.runtime.autocast():
         logits = s.net(x)  # (B, classes)
-        loss = F.cross_entropy(logits, y, label_smoothing=s.cfg.label_smoothing)
+        loss = F.cross_entropy(logits, y, weight=s.class_weights, label_smoothing=s.cfg.label_smoothing)
     s.optimizer.zero_grad(set_to_none=True)
     s.scaler.scale(loss).backward()
     s.scaler.step(s.optimizer)
@@ -225,6 +228,25 @@ def record(s: Session, figures: EpochFigures):
     return m
 
 
+def write_confusion(s: Session):
+    """confusion.png and confusion.json beside curves.png: the test set's confusion matrix of the
+    model as the run leaves it (its last evaluation's), counted in one more evaluation after the
+    run's epochs, so nothing is added inside them. Every rank takes part (the matrix is summed
+    over them); rank 0 writes."""
+    if not s.metrics:
+        return
+    s.ranks.sync_buffers(s.model)  # as evaluate_epoch: rank 0's BatchNorm statistics
+    confusion = Confusion(s.spec.classes, s.runtime.device)
+    evaluate(s.model, s.test_loader, s.runtime, s.cfg.tta and s.spec.flip, confusion)
+    if not s.ranks.is_main:
+        return
+    confusion = confusion.cpu()
+    with interrupts_held(), s.run.saving():
+        s.run.write_text("confusion.json", json.dumps(confusion.to_dict()) + "\n")
+        confusion.save_png(s.run.path / "confusion.png",
+                           f"{s.ref.name} on {dataset_label(s.cfg.data)} after epoch {s.metrics[-1]['epoch']}")
+
+
 def train(cfg: Config, resume=None, log=print, model=None):
     """Train as `cfg` says. Returns (run dir, metrics).
 
@@ -254,6 +276,7 @@ def train_ranks(cfg: Config, resume, log, ranks: Ranks, model=None):
             first = False
             if s.reached:
                 break
+        write_confusion(s)  # after the timed epochs: one more pass over the test set
     except KeyboardInterrupt:
         if not (s.run.path / "last.pt").exists():
             raise Interrupted(f"interrupted before the first epoch ended; nothing to resume in {s.run.path}") from None
@@ -263,7 +286,8 @@ def train_ranks(cfg: Config, resume, log, ranks: Ranks, model=None):
             s.tensorboard.close()
         s.run.close()
     which = "validation" if s.val_loader is not None else "test"
-    say(f"Saved {Path(s.run.path) / 'last.pt'} (best {which} accuracy {s.best * 100:.1f}%: best.pt)")
+    say(f"Saved {Path(s.run.path) / 'last.pt'} (best {which} accuracy {s.best * 100:.1f}%: best.pt; "
+        "the last model's confusion matrix: confusion.png)")
     if s.watch.target is not None:
         log(s.watch.summary(s.reached, s.metrics))
     return s.run.path, s.metrics

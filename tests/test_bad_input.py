@@ -133,6 +133,13 @@ CASES = [
      "--test-split is for folders without a test split"),
     ("images: --image-size on a built-in set", "train --image-size 32 --out out", "--image-size and --test-split are for image folders"),
     ("images: a corrupt image among thousands", "train --data thousands/ --out out", "thousands/train/b/0777.png: cannot identify image file"),
+    # per-class results and class weights
+    ("confusion: into a missing folder", "eval run/last.pt --confusion nowhere/cm.png", "nowhere does not exist"),
+    ("confusion: under a file", "eval run/last.pt --confusion notes.txt/cm.png", "notes.txt is not a folder"),
+    ("confusion: not a .png", "eval run/last.pt --confusion cm.jpg", "give a file name ending in .png"),
+    ("confusion: unwritable folder (onnx)", "eval model.onnx --confusion /proc/cm.png", "cannot write to /proc"),
+    ("names: unknown --class-weights", "train --class-weights balanced", "invalid choice: 'balanced'"),
+    ("resume: another --class-weights", "train --resume run --class-weights auto", "--class-weights auto differs"),
 ]
 USER_CODE = {  # the user-model files the cases name
     "nets.py": b"from torch import nn\n\nWIDTH = 3\n\n\nclass Net(nn.Module):\n    def __init__(self):\n"

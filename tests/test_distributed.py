@@ -125,7 +125,8 @@ def test_the_checkpoint_of_a_ddp_run_loads_in_single_process_eval_and_export(ddp
     out, _, _ = ddp_run
     checkpoint = load(out / "best.pt")
     assert not any(key.startswith("module.") for key in checkpoint.model)  # the unwrapped model
-    assert sorted(p.name for p in out.iterdir()) == ["best.pt", "config.json", "curves.png", "last.pt", "metrics.jsonl"]
+    assert sorted(p.name for p in out.iterdir()) == ["best.pt", "config.json", "confusion.json", "confusion.png",
+                                                     "curves.png", "last.pt", "metrics.jsonl"]
     best = max(m["test_acc"] for m in checkpoint.metrics)
     assert main(["eval", str(out / "best.pt"), "--device", "cpu", "--no-amp", "--limit-test", "256"]) == 0
     printed = capsys.readouterr().out

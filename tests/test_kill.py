@@ -102,7 +102,8 @@ def test_killed_five_times_anywhere_resumes_to_the_uninterrupted_weights(tmp_pat
     best_a, best_b = load(reference / "best.pt"), load(run / "best.pt")
     assert best_a.epoch == best_b.epoch and all(torch.equal(v, best_b.model[k]) for k, v in best_a.model.items())
     assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
-    assert sorted(p.name for p in run.iterdir()) == ["best.pt", "config.json", "curves.png", "last.pt", "metrics.jsonl"]
+    assert sorted(p.name for p in run.iterdir()) == ["best.pt", "config.json", "confusion.json", "confusion.png",
+                                                     "curves.png", "last.pt", "metrics.jsonl"]
 
 
 def test_a_run_directory_removed_mid_run_is_one_line(tmp_path):

@@ -87,4 +87,5 @@ def test_a_resumed_run_cleans_what_a_killed_one_left(tiny_run, tmp_path):
     shutil.copytree(tiny_run[0], run)
     (run / f".last.pt.tmp{dead_pid()}").write_bytes(b"half a checkpoint")
     assert main(["train", "--resume", str(run), "--quiet"]) == 0
-    assert sorted(p.name for p in run.iterdir()) == ["best.pt", "config.json", "curves.png", "last.pt", "metrics.jsonl"]
+    assert sorted(p.name for p in run.iterdir()) == ["best.pt", "config.json", "confusion.json", "confusion.png",
+                                                     "curves.png", "last.pt", "metrics.jsonl"]

@@ -32,7 +32,8 @@ def test_one_epoch_on_the_synthetic_set_is_well_above_chance(tmp_path):
 
 def test_run_directory_holds_everything_and_checkpoints_open_weights_only(tmp_path):
     out, metrics = run(tmp_path, epochs=2, limit_train=256, limit_test=100, batch_size=32, amp=False)
-    assert sorted(p.name for p in out.iterdir()) == ["best.pt", "config.json", "curves.png", "last.pt", "metrics.jsonl"]
+    assert sorted(p.name for p in out.iterdir()) == ["best.pt", "config.json", "confusion.json", "confusion.png",
+                                                     "curves.png", "last.pt", "metrics.jsonl"]
     assert not (tmp_path / "latest").exists()  # only default-named runs move runs/latest
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert lines == metrics and [m["epoch"] for m in lines] == [1, 2]
