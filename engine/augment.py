@@ -33,8 +33,9 @@ def draw_boxes(n, generator, scale=SCALE, ratio=RATIO):
 
 
 def random_resized_crop(x, boxes):
-    """Each image of (B, C, H, W) (uint8 or float pixels) cropped to its box (B, 4) and resized back
-    to (H, W) with bilinear sampling: float32 (B, C, H, W) in the input's 0-255 or 0-1 units."""
+    """Each image of (B, C, H, W) cropped to its box (B, 4) and resized back to (H, W) with bilinear
+    sampling, in the input's dtype (uint8 pixels are rounded back to uint8, which the loader's
+    normalisation expects)."""
     B = x.shape[0]
     height, width, top, left = boxes.to(x.device).unbind(1)
     # affine_grid maps output coordinates in [-1, 1] to input coordinates: scale by the box's size
@@ -45,4 +46,5 @@ def random_resized_crop(x, boxes):
     theta[:, 0, 2] = 2 * (left + width / 2) - 1
     theta[:, 1, 2] = 2 * (top + height / 2) - 1
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)  # (B, H, W, 2)
-    return F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
+    out = F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return out.round_().clamp_(0, 255).to(torch.uint8) if x.dtype == torch.uint8 else out.to(x.dtype)

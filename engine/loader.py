@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from engine.data.stream import Rows, read_ahead
+from engine.data.stream import Rows, gather, read_ahead
 from engine.normalization import Normalize
 
 
@@ -98,7 +98,7 @@ class BatchLoader:
         if not self.train:
             first, end = self.eval_range()
             starts = range(first + skip * B, end, B)
-            for start, x in self.read(lambda start: (start, self.x[start:min(start + B, end)]), starts):
+            for start, x in self.read(lambda start: (start, self.rows(start, min(start + B, end))), starts):
                 y = self.y[start:min(start + B, end)]
                 count = len(x)
                 if count < B:  # pad to the one batch shape; padded rows are ignored by count
@@ -120,19 +120,26 @@ class BatchLoader:
         def batch(step):
             start = (step * self.world + self.rank) * B  # this rank's slice of global batch `step`
             index = order[start:start + B]
-            return step, index, self.x[index]  # (B, C, H, W) uint8
+            return step, index, self.rows(index)  # (B, C, H, W) uint8
 
         for step, index, x in self.read(batch, range(skip, len(self))):
             index = index.to(self.device)
             if dump:
                 self.dump(dump, epoch, step, index)
-            if self.resized_crop:  # instead of the padded crop: float (B, C, H, W) in 0-255
+            if self.resized_crop:  # instead of the padded crop
                 x = random_resized_crop(x, boxes[index])
             elif self.padding:
                 x = random_crop(x, shifts[index], self.padding)
             if self.flip:
                 x = random_flip(x, flips[index])
             yield self.normalise(x), self.y[index], B
+
+    def rows(self, index, stop=None):
+        """Images `index` (B,) of the split, or [index, stop): (B, C, H, W) uint8 on the device, or
+        gathered on the host when it streams."""
+        if stop is not None:
+            return gather(self.x, torch.arange(index, stop)) if self.why else self.x[index:stop]
+        return gather(self.x, index) if self.why else self.x[index]
 
     def read(self, batch, keys):
         """batch(key) for each key: in this thread when the split is on the device, else read ahead
