@@ -56,7 +56,8 @@ def build_parser():
 
     train = commands.add_parser("train", help="train a model and write a run directory",
                                 description="Train a model. Every epoch prints the tutorial's line and writes "
-                                            "last.pt, best.pt, metrics.jsonl and curves.png to the run directory.")
+                                            "last.pt, best.pt, metrics.jsonl and curves.png to the run directory; the run ends with "
+                                            "confusion.png and confusion.json.")
     add_config_flags(train, ("train", "data", "runtime"))
     train.add_argument("--resume", nargs="?", const=LATEST, metavar="RUN_DIR",
                        help=f"continue a run from its last completed epoch (default RUN_DIR: {LATEST})")

@@ -63,6 +63,7 @@ class Session:
     watch: Watch | None = None  # when to evaluate within an epoch, and --target-acc
     reached: dict | None = None  # the metrics entry that reached --target-acc: the run stops there
     log: object = print  # where epoch lines go
+    confusion: object = None  # engine.confusion.Confusion of the latest test evaluation (confusion.png at the end)
     class_weights: torch.Tensor | None = None  # (classes,) the loss's weights with --class-weights auto
 
     @property

@@ -121,7 +121,8 @@ def evaluate_epoch(s: Session, figures: EpochFigures):
     eval_started = time.perf_counter()
     s.ranks.sync_buffers(s.model)  # every rank evaluates its shard with rank 0's BatchNorm statistics
     tta = s.cfg.tta and s.spec.flip  # --tta: only for data that trains with flips
-    figures.test_loss, figures.test_acc = evaluate(s.model, s.test_loader, s.runtime, tta)
+    s.confusion = Confusion(s.spec.classes, s.runtime.device)  # counted on the device as it goes: no extra pass
+    figures.test_loss, figures.test_acc = evaluate(s.model, s.test_loader, s.runtime, tta, s.confusion)
     if s.val_loader is not None:
         figures.val_loss, figures.val_acc = evaluate(s.model, s.val_loader, s.runtime, tta)
     figures.eval_s = time.perf_counter() - eval_started
@@ -230,14 +231,16 @@ def record(s: Session, figures: EpochFigures):
 
 def write_confusion(s: Session):
     """confusion.png and confusion.json beside curves.png: the test set's confusion matrix of the
-    model as the run leaves it (its last evaluation's), counted in one more evaluation after the
-    run's epochs, so nothing is added inside them. Every rank takes part (the matrix is summed
-    over them); rank 0 writes."""
+    model as the run leaves it, counted during its last evaluation (a resumed run with nothing left
+    to train evaluates once more). Every rank takes part (the matrix is summed over them); rank 0
+    writes."""
     if not s.metrics:
         return
-    s.ranks.sync_buffers(s.model)  # as evaluate_epoch: rank 0's BatchNorm statistics
-    confusion = Confusion(s.spec.classes, s.runtime.device)
-    evaluate(s.model, s.test_loader, s.runtime, s.cfg.tta and s.spec.flip, confusion)
+    confusion = s.confusion
+    if confusion is None:
+        s.ranks.sync_buffers(s.model)  # as evaluate_epoch: rank 0's BatchNorm statistics
+        confusion = Confusion(s.spec.classes, s.runtime.device)
+        evaluate(s.model, s.test_loader, s.runtime, s.cfg.tta and s.spec.flip, confusion)
     if not s.ranks.is_main:
         return
     confusion = confusion.cpu()
@@ -276,7 +279,7 @@ def train_ranks(cfg: Config, resume, log, ranks: Ranks, model=None):
             first = False
             if s.reached:
                 break
-        write_confusion(s)  # after the timed epochs: one more pass over the test set
+        write_confusion(s)  # the last evaluation's matrix, after the timed epochs
     except KeyboardInterrupt:
         if not (s.run.path / "last.pt").exists():
             raise Interrupted(f"interrupted before the first epoch ended; nothing to resume in {s.run.path}") from None

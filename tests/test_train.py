@@ -160,8 +160,8 @@ def test_triton_training_matches_eager_step_for_step(tmp_path):
     assert fused_losses == pytest.approx(eager_losses, rel=1e-4)  # fp32: only the summation order differs
     assert [m["test_loss"] for m in fused] == pytest.approx([m["test_loss"] for m in eager], rel=1e-4)
     a, b = torch.load(fused_dir / "last.pt", weights_only=True), torch.load(eager_dir / "last.pt", weights_only=True)
-    for key, value in a.model.items():
-        torch.testing.assert_close(value, b.model[key], rtol=1e-4, atol=1e-6)
+    for key, value in a["model"].items():
+        torch.testing.assert_close(value, b["model"][key], rtol=1e-4, atol=1e-6)
 
 
 def test_the_resolved_runtime_is_recorded_and_a_resume_on_another_says_what_changed(tmp_path, capsys):
