@@ -9,6 +9,7 @@ lists (`take`), and a batch is gathered from the file only when the loader asks 
 import queue
 import threading
 
+import numpy as np
 import torch
 
 HOST_SHARE = 0.75  # of the available memory a set may take and stay in memory: the run needs the rest
@@ -56,6 +57,14 @@ class Rows:
     def numpy(self):
         """Every row as one array: the whole split in memory (export's calibration and the like)."""
         return self[:].numpy()
+
+
+def gather(x, index):
+    """Rows `index` (B,) of x (a Rows view or a host tensor) as one (B, C, H, W) tensor, copied on one
+    core by numpy: the reading thread must not start a second OpenMP team beside the training
+    threads (on 2 cores its spinning threads took a third of the training speed)."""
+    base, rows = (x.base, index if x.index is None else x.index[index]) if isinstance(x, Rows) else (x, index)
+    return torch.from_numpy(np.take(base.numpy(), rows.numpy(), axis=0))
 
 
 def take(x, index):
