@@ -56,13 +56,13 @@ class FastNet(nn.Module):
             blocks.append(ConvPoolBNBlock(width, out_channels))
             width = out_channels
         self.blocks = nn.Sequential(*blocks)
-        self.pool = nn.AdaptiveMaxPool2d(1)  # any input size -> (B, C, 1, 1)
         self.head = nn.Linear(width, num_classes, bias=False)
         self.logit_scale = spec.logit_scale  # a plain attribute: part of the spec, not the weights
 
     def forward(self, x):  # (B, C, H, W) -> (B, num_classes)
         x = self.blocks(self.stem(x))  # (B, widths[-1], H', W')
-        x = torch.flatten(self.pool(x), 1)  # (B, widths[-1])
+        x = x.amax(dim=(2, 3))  # (B, widths[-1]): the global max-pool, for any input size (torch 2.11's ONNX
+        # exporter has no translation of AdaptiveMaxPool2d; amax exports on every supported version)
         return self.head(x) * self.logit_scale
 
     @torch.no_grad()
