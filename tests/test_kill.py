@@ -106,10 +106,22 @@ def test_killed_five_times_anywhere_resumes_to_the_uninterrupted_weights(tmp_pat
                                                      "curves.png", "last.pt", "metrics.jsonl"]
 
 
+def wait_until_stopped(process, timeout=60):
+    """The pause point prints its marker, then stops itself: a SIGCONT sent in between is lost."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with open(f"/proc/{process.pid}/stat") as f:
+            if f.read().rsplit(")", 1)[1].split()[0] == "T":
+                return
+        time.sleep(0.02)
+    pytest.fail(f"the process never stopped within {timeout} s")
+
+
 def test_a_run_directory_removed_mid_run_is_one_line(tmp_path):
     run = tmp_path / "run"
     process = start(*TINY, "--out", str(run), pause="step:2")
     wait_for_pause(process, "step")
+    wait_until_stopped(process)
     shutil.rmtree(run)
     process.send_signal(signal.SIGCONT)
     out, err = process.communicate(timeout=300)

@@ -13,7 +13,6 @@ from pathlib import Path
 import torch
 
 from engine.config import BUILTIN_DATASETS
-from engine.data.stream import take
 from engine.errors import UsageError
 
 STATS_CHUNK = 4096  # images counted at a time: a streamed split is never read whole into memory
@@ -71,6 +70,8 @@ class Dataset:
         generator = torch.Generator().manual_seed(seed + 2)  # seed and seed + 1 pick the --limit-* subsets
         order = torch.randperm(len(self.train_x), generator=generator)
         val, keep = order[:count].sort().values, order[count:].sort().values
+        from engine.data.stream import take  # here: importing engine.data loads nothing more
+
         self.val_x, self.val_y = take(self.train_x, val), self.train_y[val]  # index views of a streamed split
         self.train_x, self.train_y = take(self.train_x, keep), self.train_y[keep]
         return self
@@ -81,6 +82,8 @@ def _subset(x, y, limit, seed):
         return x, y
     generator = torch.Generator().manual_seed(seed)
     keep = torch.randperm(len(x), generator=generator)[:limit].sort().values
+    from engine.data.stream import take
+
     return take(x, keep), y[keep]
 
 
