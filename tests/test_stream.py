@@ -7,6 +7,7 @@ tmp_path behave as sets larger than the machine.
 
 import os
 import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -218,6 +219,20 @@ def test_a_set_larger_than_the_free_disk_is_one_line_before_decoding(tmp_path, t
         "1.0 MB is free there" in message
     assert not any("Decoding" in line for line in said)  # refused before a pixel was decoded
     assert list((tiny_disk / "cache").iterdir()) == []
+
+
+@pytest.mark.slow
+def test_engine_train_on_a_set_larger_than_the_free_disk_is_one_line_and_writes_nothing(tmp_path, tiny_disk):
+    """The command line's view of the case above (issue 16's bad input): exit 1, one line, no traceback,
+    no run directory, nothing in the cache."""
+    path = folder(tmp_path / "images", counts=(("train", 60), ("test", 10)), size=(64, 64))
+    env = {**os.environ, "ENGINE_MEMORY_LIMIT": "1000", "OMP_NUM_THREADS": "1"}  # the set does not fit: it must stream
+    done = subprocess.run([sys.executable, "-m", "engine", "train", "--data", str(path), "--cache-dir",
+                           str(tiny_disk / "cache"), "--out", str(tmp_path / "run")], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and "1.0 MB is free there" in done.stderr
+    assert not (tmp_path / "run").exists() and list((tiny_disk / "cache").iterdir()) == []
 
 
 def test_a_gpu_out_of_memory_is_one_line_saying_what_to_lower():
