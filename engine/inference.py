@@ -15,7 +15,7 @@ import tempfile
 import torch
 
 from engine.errors import EngineError, first_line
-from engine.runtime import Runtime
+from engine.runtime import Runtime, quiet_compiler
 
 
 class CompiledInference(torch.nn.Module):
@@ -41,6 +41,7 @@ def compile_inference(model, shape, runtime: Runtime, memory_format=torch.channe
     of `shape` under runtime's autocast; takes seconds (a C++ compile)."""
     import torch._inductor  # the package's declared API: aoti_compile_and_package, aoti_load_package
 
+    quiet_compiler()
     model.eval()
     example = torch.zeros(shape, device=runtime.device).contiguous(memory_format=memory_format)
     try:

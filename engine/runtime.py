@@ -103,7 +103,7 @@ class Runtime:
             self.fused_blocks = use_triton(model, self.device, compile, name)  # what describe() reports
         if compile:
             # Compiling in place keeps state-dict keys free of the `_orig_mod.` prefix.
-            logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # "No CUDA runtime" on CPU
+            quiet_compiler()
             model.compile(backend=CountingInductor(self.compile_mode, eager_training=self.eager_training))
         return model
 
@@ -153,6 +153,13 @@ class CountingInductor:
             return gm.forward
         options = torch._inductor.list_mode_options(self.mode)
         return torch._inductor.compile(gm, example_inputs, options=options)
+
+
+def quiet_compiler():
+    """Keep torch's "No CUDA runtime is found, using CUDA_HOME=..." off a CPU run's terminal: Inductor's
+    C++ build imports torch.utils.cpp_extension, which warns whenever there is no CUDA, a line that
+    means nothing to a CPU user. Set before the import, by every path that compiles."""
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 
 
 def compiled_graphs():

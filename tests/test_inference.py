@@ -72,3 +72,19 @@ def test_eval_compile_on_cpu_is_ahead_of_time_and_agrees_with_eager(tiny_run):
     assert compiled["test_acc"] == eager["test_acc"]
     assert compiled["test_loss"] == pytest.approx(eager["test_loss"], abs=1e-5)
     assert compiled["compile_seconds"] > 0 and eager["compile_seconds"] is None  # compile timed apart
+
+
+@pytest.mark.slow
+def test_engine_eval_compile_prints_no_cuda_home_warning_on_a_cpu(tiny_run, tmp_path):
+    """Inductor's C++ build imports torch.utils.cpp_extension, which warns about CUDA_HOME without CUDA."""
+    import os
+    import subprocess
+    import sys
+
+    if torch.cuda.is_available():
+        pytest.skip("the warning is only printed without CUDA")
+    done = subprocess.run([sys.executable, "-m", "engine", "eval", str(tiny_run[1]), "--compile", "--device", "cpu",
+                           "--limit-test", "64", "--batch-size", "32"], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")})
+    assert done.returncode == 0, done.stderr
+    assert "CUDA_HOME" not in done.stderr and "CUDA_HOME" not in done.stdout
