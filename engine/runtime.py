@@ -33,6 +33,25 @@ def cpu_has_native_bf16():
     return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
 
+def cpu_name():
+    """The CPU's model name and the flags that decide its fast paths, e.g. 'Intel(R) Xeon(R) Processor
+    avx2 avx512f amx_bf16' (platform's name where /proc/cpuinfo is missing)."""
+    import platform
+
+    name, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+    return " ".join([name, *(f for f in wanted if f in flags)])
+
+
 def warn(message):
     print(f"engine: warning: {message}", file=sys.stderr)
 

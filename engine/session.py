@@ -99,6 +99,8 @@ def open_session(cfg: Config, resume: Checkpoint | None = None, say=print, ranks
         data, spec, fingerprint = open_data(cfg, resume, run, ranks, say)
         setup_backends(runtime.device, cfg.seed)
         model = open_model(cfg, ref, data, spec, resume, ranks, model, run, say)
+        train_loader, test_loader = loaders(cfg, data, spec, runtime, ranks, say)
+        choose_precision(cfg, runtime, model, ref, resume, ranks, train_loader, say)
         model = runtime.prepare(model, name=ref.label)
     except BaseException:
         run.discard_if_unused()
@@ -107,7 +109,7 @@ def open_session(cfg: Config, resume: Checkpoint | None = None, say=print, ranks
         f"{len(data.classes)} classes; {runtime.describe()}")
     optimizer = build_optimizer(cfg, model)
     scaler = runtime.grad_scaler()
-    session = Session(cfg, runtime, run, spec, ref, model, optimizer, scaler, *loaders(cfg, data, spec, runtime, ranks, say),
+    session = Session(cfg, runtime, run, spec, ref, model, optimizer, scaler, train_loader, test_loader,
                       None, [], ranks=ranks, ddp=ranks.wrap(model) if ranks.world > 1 else None, fingerprint=fingerprint,
                       clock=SaveClock(parse_duration(cfg.save_every) if ranks.world == 1 else None))  # DDP: epoch ends only
     session.class_weights = loss_weights(cfg.class_weights, data.train_y, data.classes, runtime.device, say)
@@ -127,6 +129,29 @@ def open_session(cfg: Config, resume: Checkpoint | None = None, say=print, ranks
     say(f"Run: {run.path} ({len(data.train_x):,} train{val} / {len(data.test_x):,} test images, "
         f"{session.steps} steps of {cfg.batch_size}{per_rank} an epoch, {cfg.epochs} epoch{'s' if cfg.epochs > 1 else ''})")
     return session
+
+
+def choose_precision(cfg: Config, runtime: Runtime, model, ref: ModelRef, resume: Checkpoint | None, ranks: Ranks,
+                     loader: BatchLoader, say):
+    """--amp where it gains: on a CPU where bf16 autocast was picked because the hardware has it (not
+    forced by --amp-dtype bf16), keep it only where it measures no slower for this model
+    (engine/precision.py). A resumed run keeps its own precision; under DDP rank 0 decides."""
+    if runtime.device.type != "cpu" or runtime.amp_dtype != torch.bfloat16 or cfg.amp_dtype != "auto":
+        return
+    from engine.precision import apply, decide
+
+    if resume is not None:
+        decision = {"precision": resume.runtime.get("precision", "bf16"), "ratio": float("nan"), "cached": True,
+                    "file": "the checkpoint"}
+    else:
+        decision = None
+        if ranks.is_main:
+            batches = loader.epoch(0)
+            x, y, _ = next(batches)
+            batches.close()  # a streamed split's read-ahead stops here
+            decision = decide(model, runtime, ref, x, y, cfg.resolved_cache_dir())
+        decision = ranks.broadcast(decision)
+    apply(decision, runtime, ref, say)
 
 
 def model_label(ref: ModelRef):

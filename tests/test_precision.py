@@ -1,0 +1,55 @@
+"""engine.precision: bf16 autocast kept only where it measures no slower, decided once and cached."""
+
+import json
+
+import torch
+
+from engine.config import Config
+from engine.session import open_session
+
+QUIET = dict(epochs=1, limit_train=256, limit_test=64, batch_size=32, device="cpu", quiet=True)
+
+
+def session(tmp_path, name, **kwargs):
+    said = []
+    s = open_session(Config(**{**QUIET, **kwargs}, cache_dir=str(tmp_path / "cache"), out=str(tmp_path / name)),
+                     say=said.append)
+    return s, said
+
+
+def test_the_decision_is_measured_once_cached_and_changes_nothing_else(tmp_path, monkeypatch):
+    monkeypatch.setenv("ENGINE_CPU_BF16", "1")  # as on a CPU with AMX: the default picks bf16, to be measured
+    first, _ = session(tmp_path, "a")
+    decisions = json.loads((tmp_path / "cache" / "precision.json").read_text())
+    (decision,) = decisions.values()
+    assert decision["precision"] == first.runtime.resolved()["precision"] and decision["ratio"] > 0
+    decisions[next(iter(decisions))] = dict(decision, precision="fp32", ratio=0.5)  # as if bf16 had lost here
+    (tmp_path / "cache" / "precision.json").write_text(json.dumps(decisions))
+    second, said = session(tmp_path, "b")
+    assert second.runtime.resolved()["precision"] == "fp32"  # the cached decision, not a new measurement
+    assert any("Precision: fp32, as bf16 autocast trained cifar_cnn at 0.50x" in line and "measured earlier" in line
+               for line in said)
+    plain, _ = session(tmp_path, "c", amp=False)  # the measurement touched neither the weights nor the RNG
+    assert all(torch.equal(a, b) for a, b in zip(first.model.state_dict().values(), plain.model.state_dict().values()))
+
+
+def test_forced_bf16_and_no_amp_measure_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv("ENGINE_CPU_BF16", "1")
+    forced, _ = session(tmp_path, "a", amp_dtype="bf16")
+    off, _ = session(tmp_path, "b", amp=False)
+    assert forced.runtime.resolved()["precision"] == "bf16" and off.runtime.resolved()["precision"] == "fp32"
+    assert not (tmp_path / "cache" / "precision.json").exists()
+
+
+def test_a_resumed_run_keeps_its_own_precision(tmp_path, monkeypatch):
+    from engine.checkpoint import load
+    from engine.train import train
+
+    monkeypatch.setenv("ENGINE_CPU_BF16", "1")
+    cfg = Config(**{**QUIET, "epochs": 2}, cache_dir=str(tmp_path / "cache"), out=str(tmp_path / "run"))
+    train(cfg, log=lambda *_: None)
+    checkpoint = load(tmp_path / "run" / "last.pt")
+    checkpoint.runtime["precision"] = "fp32"  # as if the run had chosen fp32 when it started
+    checkpoint.epoch, checkpoint.metrics = 1, checkpoint.metrics[:1]
+    resumed = open_session(Config.from_dict(checkpoint.config), resume=checkpoint, say=lambda *_: None)
+    assert resumed.runtime.resolved()["precision"] == "fp32"
