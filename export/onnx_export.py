@@ -6,11 +6,7 @@ with a dynamic batch, then checked and compared with PyTorch on real test images
 moved into place: a file that fails verification never reaches OUT.
 """
 
-import contextlib
-import io
-import logging
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +15,7 @@ import torch
 
 from engine.errors import EngineError, UsageError
 from export.metadata import ModelInfo
+from export.quiet import quiet_exporter
 
 DEFAULT_CHECKPOINT = Path("runs/latest/best.pt")
 VERIFY_IMAGES = 256  # real test images compared between onnxruntime and PyTorch
@@ -61,26 +58,6 @@ def check_out(out):
     if not os.access(out.parent, os.W_OK):
         raise EngineError(f"cannot write {out}: folder {out.parent} is not writable")
     return out
-
-
-@contextlib.contextmanager
-def quiet_exporter():
-    """torch.onnx and onnxscript progress lines and warnings a user cannot act on stay off the terminal.
-
-    Yields the captured text, so a failure can still quote it.
-    """
-    captured = io.StringIO()
-    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript", "torch.export", "torch._dynamo")]
-    levels = [logger.level for logger in loggers]
-    with warnings.catch_warnings(), contextlib.redirect_stdout(captured), contextlib.redirect_stderr(captured):
-        warnings.simplefilter("ignore")
-        for logger in loggers:
-            logger.setLevel(logging.ERROR)
-        try:
-            yield captured
-        finally:
-            for logger, level in zip(loggers, levels):
-                logger.setLevel(level)
 
 
 def to_onnx(module, sample, path, opset=None):

@@ -1,0 +1,29 @@
+"""Keeping torch.onnx's, onnxscript's and onnxruntime's tooling quiet: their progress lines and
+warnings are nothing a user of `engine export` can act on. Shared by the exporter and the int8
+quantizer, so neither imports the other for it.
+"""
+
+import contextlib
+import io
+import logging
+import warnings
+
+
+@contextlib.contextmanager
+def quiet_exporter():
+    """torch.onnx and onnxscript progress lines and warnings a user cannot act on stay off the terminal.
+
+    Yields the captured text, so a failure can still quote it.
+    """
+    captured = io.StringIO()
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript", "torch.export", "torch._dynamo")]
+    levels = [logger.level for logger in loggers]
+    with warnings.catch_warnings(), contextlib.redirect_stdout(captured), contextlib.redirect_stderr(captured):
+        warnings.simplefilter("ignore")
+        for logger in loggers:
+            logger.setLevel(logging.ERROR)
+        try:
+            yield captured
+        finally:
+            for logger, level in zip(loggers, levels):
+                logger.setLevel(level)
