@@ -234,7 +234,8 @@ def check_state(checkpoint: Checkpoint, model, path="the checkpoint"):
 def model_from_checkpoint(checkpoint: Checkpoint, path="the checkpoint", code=None, say=print):
     """The trained model, rebuilt from the checkpoint (eval mode, CPU, fp32, NCHW). `code`: the
     --model given on this command line (a ModelRef), which a user model's checkpoint needs."""
-    from engine.models.reference import build, reopen
+    from engine.models.build import build
+    from engine.models.reference import reopen
 
     ref = reopen(checkpoint.ref, code, path, say)
     model = build(ref, tuple(checkpoint.spec.shape), len(checkpoint.spec.classes))

@@ -245,7 +245,8 @@ def cmd_predict(args):
 
 def cmd_summary(args):
     from engine.models import MODELS, format_summary
-    from engine.models.reference import build, parse_model
+    from engine.models.build import build
+    from engine.models.reference import parse_model
 
     ref = parse_model(args.model, args.model_args)
     shape = MODELS[ref.name].reference_shape if ref.kind == "builtin" else (3, 32, 32)

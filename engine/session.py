@@ -23,7 +23,8 @@ from engine.errors import EngineError
 from engine.loader import BatchLoader
 from engine.memory import size_text
 from engine.models import count_parameters
-from engine.models.reference import ModelRef, build, check_fits, load_code, parse_model, reference_of, reopen
+from engine.models.build import build, check_fits
+from engine.models.reference import ModelRef, load_code, parse_model, reference_of, reopen
 from engine.optim import build_optimizer
 from engine.recipe import freeze, init_from_data
 from engine.report import RunDir, TensorBoard, default_run_dir

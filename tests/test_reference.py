@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from engine.errors import EngineError, UsageError
-from engine.models.reference import ModelRef, build, check_fits, load_code, parse_model, reference_of, reopen
+from engine.models.build import build, check_fits
+from engine.models.reference import ModelRef, load_code, parse_model, reference_of, reopen
 
 TUTORIAL = """
 import torch

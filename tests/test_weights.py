@@ -5,7 +5,8 @@ import torch
 
 from engine.errors import EngineError, UsageError
 from engine.models import build_model
-from engine.models.reference import build, parse_model
+from engine.models.build import build
+from engine.models.reference import parse_model
 from engine.models.weights import freeze_prefixes, init_from
 
 

@@ -5,7 +5,7 @@ Four forms: a built-in name (`cifar_cnn`), `torchvision:NAME`, `FILE.py:NAME` an
 holds it without a pickle, nanoGPT-style. Built-in and torchvision references rebuild by
 themselves; user code is imported only when the person running the command names it
 (`reopen`), and a checkpoint's reference is checked without importing anything (`from_dict`).
-`build` makes the network for a dataset and proves on a probe batch that it fits the data.
+engine/models/build.py makes the network a reference names for a dataset.
 """
 
 import hashlib
@@ -20,7 +20,6 @@ import traceback
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from engine.errors import EngineError, UsageError, first_line
@@ -212,7 +211,7 @@ def _import(ref: ModelRef):
             spec.loader.exec_module(module)
         except Exception as error:
             sys.modules.pop(unique, None)
-            raise EngineError(f"{ref.file} raised {type(error).__name__} on import{_line_in(error, ref.file)}: "
+            raise EngineError(f"{ref.file} raised {type(error).__name__} on import{line_in(error, ref.file)}: "
                               f"{first_line(error, 160)}") from None
         finally:
             sys.dont_write_bytecode = writes
@@ -223,7 +222,7 @@ def _import(ref: ModelRef):
         except ModuleNotFoundError as error:
             raise UsageError(f"--model {where}: no module named {error.name!r} (is it installed, or on PYTHONPATH?)") from None
         except Exception as error:
-            raise EngineError(f"module {ref.file} raised {type(error).__name__} on import{_line_in(error)}: "
+            raise EngineError(f"module {ref.file} raised {type(error).__name__} on import{line_in(error)}: "
                               f"{first_line(error, 160)}") from None
     target = module
     for part in ref.name.split("."):
@@ -239,119 +238,9 @@ def _import(ref: ModelRef):
     return target
 
 
-def _line_in(error, file=None):
+def line_in(error, file=None):
     """' (FILE, line N)' of the deepest frame of `error` in `file` (any file if None)."""
     if isinstance(error, SyntaxError) and error.lineno:
         return f" (line {error.lineno})"
     frames = [f for f in traceback.extract_tb(error.__traceback__) if file is None or f.filename == file]
     return f" (line {frames[-1].lineno})" if frames and file else f" ({frames[-1].filename}, line {frames[-1].lineno})" if frames else ""
-
-
-def build(ref: ModelRef, in_shape, num_classes) -> nn.Module:
-    """The network `ref` names for images of `in_shape` (C, H, W) and `num_classes` classes, proven on
-    a probe batch to take such images and give (batch, num_classes) logits."""
-    if num_classes < 2:
-        raise UsageError(f"a classifier needs at least 2 classes, not {num_classes}")
-    if ref.kind == "builtin":
-        from engine.models import build_model
-
-        return build_model(ref.name, in_shape, num_classes)  # sized to the data by design
-    if ref.kind == "torchvision":
-        model = _torchvision(ref, in_shape, num_classes)
-    else:
-        model = _construct(load_code(ref), ref, in_shape, num_classes)
-    check_fits(model, ref, in_shape, num_classes)
-    return model
-
-
-def _torchvision(ref, in_shape, num_classes):
-    """torchvision.models.get_model(NAME, weights=None, num_classes=K), fitted to the data where
-    torchvision has a documented knob: a ViT's `image_size`, and a 1-channel stem (the first 3-channel
-    conv is rebuilt for the data's channels, timm's `in_chans` convention)."""
-    import torchvision.models
-
-    channels, height, width = in_shape
-    kwargs = dict(ref.args)
-    if ref.name.startswith("vit_") and "image_size" not in kwargs:
-        if height != width:
-            raise UsageError(f"torchvision:{ref.name} takes square images, not {height}x{width}")
-        kwargs["image_size"] = height
-    try:
-        model = torchvision.models.get_model(ref.name, weights=None, num_classes=num_classes, **kwargs)
-    except (TypeError, ValueError, AssertionError) as error:
-        raise UsageError(f"torchvision:{ref.name} cannot be built for {channels}x{height}x{width} images and "
-                         f"{num_classes} classes: {first_line(error, 160)}") from None
-    if channels != 3:
-        stem = next(((parent, key, m) for parent in model.modules() for key, m in parent.named_children()
-                     if isinstance(m, nn.Conv2d) and m.in_channels == 3), None)
-        if stem is None:
-            raise UsageError(f"torchvision:{ref.name} has no 3-channel first convolution to fit to {channels}-channel images")
-        parent, key, conv = stem
-        setattr(parent, key, nn.Conv2d(channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                                       conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode))
-    return model
-
-
-def _construct(factory, ref, in_shape, num_classes):
-    """factory(**kwargs): num_classes, in_channels and in_shape by name where it takes them, then
-    --model-args (which win)."""
-    where = f"{ref.file}:{ref.name}"
-    try:
-        signature = inspect.signature(factory)
-    except (TypeError, ValueError):
-        signature = None
-    offered = {"num_classes": num_classes, "in_channels": in_shape[0], "in_shape": tuple(in_shape)}
-    accepts = signature.parameters if signature else {}
-    kwargs = {k: v for k, v in offered.items() if k in accepts}
-    kwargs.update(ref.args)
-    if signature is not None:
-        try:
-            signature.bind(**kwargs)
-        except TypeError as error:
-            unknown = sorted(set(ref.args) - set(accepts)) if not any(
-                p.kind is p.VAR_KEYWORD for p in accepts.values()) else []
-            what = f"it takes no argument {', '.join(map(repr, unknown))}" if unknown else first_line(error)
-            raise UsageError(f"--model-args do not fit {ref.name}{signature}: {what}") from None
-    try:
-        model = factory(**kwargs)
-    except Exception as error:
-        file = ref.file if ref.kind == "file" else None
-        raise EngineError(f"{where}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())}) raised "
-                          f"{type(error).__name__}{_line_in(error, file)}: {first_line(error, 160)}") from None
-    if not isinstance(model, nn.Module):
-        raise UsageError(f"--model {where}: calling {ref.name} gave a {type(model).__name__}, not an nn.Module")
-    return model
-
-
-PROBE_BATCH = 2  # BatchNorm in training mode needs more than one value per channel
-
-
-def check_fits(model: nn.Module, ref: ModelRef, in_shape, num_classes):
-    """One training-mode forward of a probe batch (zeros, on CPU) before any work: the model must take
-    (B, C, H, W) images and return (B, num_classes) logits. BatchNorm statistics and the global RNG
-    are left as they were, so the probe changes nothing a run computes."""
-    label = ref.label if ref.kind != "file" else f"{Path(ref.file).name}:{ref.name}"
-    buffers = {name: b.clone() for name, b in model.named_buffers()}
-    training = model.training
-    try:
-        with torch.random.fork_rng(devices=[]), torch.no_grad():
-            model.train()
-            output = model(torch.zeros(PROBE_BATCH, *in_shape))
-    except Exception as error:
-        file = ref.file if ref.kind == "file" else None
-        shape = "x".join(map(str, in_shape))
-        raise UsageError(f"{label} cannot take {shape} images: its forward raised {type(error).__name__}"
-                         f"{_line_in(error, file)}: {first_line(error, 160)}") from None
-    finally:
-        model.train(training)
-        with torch.no_grad():
-            for name, b in model.named_buffers():
-                b.copy_(buffers[name])
-    if not isinstance(output, torch.Tensor):
-        raise UsageError(f"{label} returns a {type(output).__name__}, not a tensor of logits (an auxiliary-output "
-                         "model? for torchvision googlenet and inception_v3 pass --model-args '{\"aux_logits\": false}')")
-    if tuple(output.shape) != (PROBE_BATCH, num_classes):
-        hint = (" (give its constructor a num_classes argument: the engine passes it by name)"
-                if output.ndim == 2 else "")
-        raise UsageError(f"{label} returns {tuple(output.shape)} for a batch of {PROBE_BATCH}, not (batch, classes) = "
-                         f"({PROBE_BATCH}, {num_classes}) for this data's {num_classes} classes{hint}")
