@@ -6,12 +6,13 @@ the share of the roof it reached, in `extra_info`. `python bench/table.py RUN.js
 (saved with `--benchmark-json RUN.json`) as a Markdown table.
 """
 
-import platform
 import statistics
 import time
 
 import pytest
 import torch
+
+from engine.runtime import cpu_description
 
 from tests.conftest import pytest_runtest_setup  # noqa: F401  the `cuda` marker's skip, defined once
 
@@ -22,22 +23,6 @@ GPU_ROOF_SIZE = 8192  # square bf16 matmul: 1.1 TFLOP, about 1.5 ms on an H100/H
 def roof_device():
     """The device the bench cases run on when they leave it to the engine (`--device auto`)."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def cpu_description():
-    """`lscpu`'s model name and the flags that decide the fast paths here."""
-    model, flags = platform.processor() or platform.machine(), set()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name") and model in ("", platform.machine(), "x86_64"):
-                model = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    except OSError:
-        pass
-    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
-    return model, [f for f in wanted if f in flags]
 
 
 def measure_roof(size=None, rounds=15, device=None):

@@ -33,23 +33,31 @@ def cpu_has_native_bf16():
     return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
 
-def cpu_name():
-    """The CPU's model name and the flags that decide its fast paths, e.g. 'Intel(R) Xeon(R) Processor
-    avx2 avx512f amx_bf16' (platform's name where /proc/cpuinfo is missing)."""
+CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")  # what decides fast paths
+
+
+def cpu_description():
+    """(the CPU's model name, [its flags among CPU_FLAGS]) from /proc/cpuinfo (platform's name where
+    it is missing): what every measured decision and bench figure names its machine by."""
     import platform
 
     name, flags = platform.processor() or platform.machine(), set()
     try:
         for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
+            if line.startswith("model name") and name in ("", platform.machine(), "x86_64"):
                 name = line.split(":", 1)[1].strip()
             elif line.startswith("flags"):
                 flags = set(line.split(":", 1)[1].split())
                 break
     except OSError:
         pass
-    wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
-    return " ".join([name, *(f for f in wanted if f in flags)])
+    return name, [f for f in CPU_FLAGS if f in flags]
+
+
+def cpu_name():
+    """'Intel(R) Xeon(R) Processor avx2 fma avx512f ...': cpu_description as one string."""
+    name, flags = cpu_description()
+    return " ".join([name, *flags])
 
 
 def warn(message):
