@@ -40,7 +40,10 @@ def decide(model, runtime, ref, x, y, cache_dir):
 
 def apply(decision, runtime, ref, say=print):
     """Set runtime's autocast to the decision's precision, saying so in one line where it is fp32."""
-    if decision["precision"] == "fp32":
+    if decision["precision"] == "fp32" and decision.get("resumed"):
+        runtime.amp_dtype = None
+        say("Precision: fp32, as the run chose when it started (its checkpoint's precision)")
+    elif decision["precision"] == "fp32":
         runtime.amp_dtype = None
         say(f"Precision: fp32, as bf16 autocast trained {ref.name} at {decision['ratio']:.2f}x of fp32's speed on this "
             f"CPU ({'measured earlier' if decision['cached'] else 'measured now'}, cached in {decision['file']}; "

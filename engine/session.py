@@ -142,8 +142,7 @@ def choose_precision(cfg: Config, runtime: Runtime, model, ref: ModelRef, resume
     from engine.precision import apply, decide
 
     if resume is not None:
-        decision = {"precision": resume.runtime.get("precision", "bf16"), "ratio": float("nan"), "cached": True,
-                    "file": "the checkpoint"}
+        decision = {"precision": resume.runtime.get("precision", "bf16"), "resumed": True}
     else:
         decision = None
         if ranks.is_main:

@@ -51,5 +51,7 @@ def test_a_resumed_run_keeps_its_own_precision(tmp_path, monkeypatch):
     checkpoint = load(tmp_path / "run" / "last.pt")
     checkpoint.runtime["precision"] = "fp32"  # as if the run had chosen fp32 when it started
     checkpoint.epoch, checkpoint.metrics = 1, checkpoint.metrics[:1]
-    resumed = open_session(Config.from_dict(checkpoint.config), resume=checkpoint, say=lambda *_: None)
+    said = []
+    resumed = open_session(Config.from_dict(checkpoint.config), resume=checkpoint, say=said.append)
     assert resumed.runtime.resolved()["precision"] == "fp32"
+    assert "Precision: fp32, as the run chose when it started (its checkpoint's precision)" in said
