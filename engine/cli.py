@@ -42,7 +42,11 @@ def add_config_flags(parser, groups):
         if kind is bool:
             parser.add_argument(flag(f.name), action=argparse.BooleanOptionalAction, **kwargs)
         elif f.metadata["choices"]:
-            parser.add_argument(flag(f.name), choices=f.metadata["choices"], **kwargs)
+            optional = {} if f.metadata.get("const") is None else dict(nargs="?", const=f.metadata["const"])
+            parser.add_argument(flag(f.name), choices=f.metadata["choices"], type=kind, **optional, **kwargs)
+            if optional:  # --tta alone is level 1 and --no-tta level 0, as when it was on/off
+                parser.add_argument("--no-" + flag(f.name)[2:], dest=f.name, action="store_const", const=f.default,
+                                    default=argparse.SUPPRESS, help=f"{flag(f.name)} {f.default}")
         else:
             metavar = {int: "N", float: "X"}.get(kind, "PATH" if f.name in ("data_dir", "cache_dir", "out", "init_from") else
                                                  {"save_every": "DURATION", "model_args": "JSON", "freeze": "PREFIXES",
@@ -208,7 +212,9 @@ def cmd_eval(args):
     if args.json:
         print(json.dumps({**as_json(result), "confusion_png": args.confusion}))
         return 0
-    tta = "(tta)" if result.get("tta") else ""
+    from engine.report import tta_mark
+
+    tta = tta_mark(result.get("tta"))
     print(f"Test_acc{tta}:{result['test_acc'] * 100:.2f}%, Test_loss:{result['test_loss']:.4f} "
           f"({result['images']:,} test images of {result['data']}; {source})")
     print(result["confusion"].format())

@@ -16,20 +16,22 @@ from engine.errors import EngineError, UsageError
 BUILTIN_DATASETS = ("synthetic", "cifar10", "mnist", "fashion_mnist")
 
 
-def option(default, help, *, choices=None, group="train", resume=False):
+def option(default, help, *, choices=None, group="train", resume=False, const=None):
     """A config field with the metadata its command-line flag is generated from.
 
     group: "train" (train only), "data" and "runtime" (train and eval).
     resume: the flag may differ from the saved config when resuming (it changes nothing the
     weights depend on).
+    const: the value of the flag given alone (its value is then optional, and --no-FLAG gives the default).
     """
-    return field(default=default, metadata={"help": help, "choices": choices, "group": group, "resume": resume})
+    return field(default=default, metadata={"help": help, "choices": choices, "group": group, "resume": resume,
+                                            "const": const})
 
 
 @dataclass
 class Config:
     model: str = option(
-        "cifar_cnn", "network: a built-in name (cifar_cnn, cifar_seq, mnist_cnn, lenet, mlp, fast_cifar), "
+        "cifar_cnn", "network: a built-in name (cifar_cnn, cifar_seq, mnist_cnn, lenet, mlp, fast_cifar, fast_cifar94), "
         "torchvision:NAME (e.g. torchvision:resnet18), FILE.py:NAME or package.module:NAME (an nn.Module class or a "
         "function returning one; see docs/models.md)"
     )
@@ -87,6 +89,11 @@ class Config:
         1.0, "learning-rate multiplier for BatchNorm parameters, whose weight decay is divided by it (airbench: 64)"
     )
     crop_padding: int = option(4, "random crops: pixels of zero padding each side (0: no crops)")
+    flip: str = option(
+        "random", "training flips, for datasets that train with them: random (each image mirrored with probability "
+        "1/2 in each epoch) or alternate (airbench: a seeded half in epoch 0, then each image's side swaps every epoch)",
+        choices=("random", "alternate"),
+    )
     resized_crop: float | None = option(
         None, "random-resized crops instead of padded ones: each training image cropped to a box of MIN to all of "
         "its area (aspect 3:4 to 4:3) and resized back, batched on the device (e.g. 0.35; default: off, see "
@@ -110,8 +117,11 @@ class Config:
         None, "hold out a seeded N (or P%%) of the training images as a validation set: best.pt is then chosen on it "
         "and the test set is only reported (default: none, best.pt is chosen on the test set)"
     )
-    tta: bool = option(False, "test-time flip: evaluate on the mean logits of each image and its mirror "
-                              "(datasets that train with flips)", group="runtime")
+    tta: int = option(
+        0, "test-time augmentation level, for datasets that train with flips: 0 none, 1 (also --tta alone) the mean "
+        "logits of each image and its mirror, 2 also its 1-pixel translations, airbench94's weighting (6 forward "
+        "passes; see docs/time-to-accuracy.md)", choices=(0, 1, 2), group="runtime", const=1,
+    )
     amp: bool | None = option(
         None, "mixed precision where the hardware gains from it: bf16/fp16 autocast on CUDA and on CPUs with "
         "AVX512-BF16 or AMX; elsewhere it keeps fp32 and says so (--amp-dtype bf16 forces it) (default: on where it gains)",
@@ -172,12 +182,14 @@ class Config:
             raise UsageError(f"--target-acc is a test accuracy in percent, 0 < X <= 100, not {self.target_acc!r}")
         if self.eval_every is not None and not (math.isfinite(self.eval_every) and 0 < self.eval_every <= 1):
             raise UsageError(f"--eval-every is a fraction of an epoch, 0 < X <= 1, not {self.eval_every!r}")
+        if isinstance(self.tta, bool):  # runs before the levels kept --tta as on/off: on is level 1
+            self.tta = int(self.tta)
         parse_duration(self.save_every)
         self.check_data_options()
         for f in dataclasses.fields(self):
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in choices:
-                raise UsageError(f"{flag(f.name)} must be one of {', '.join(choices)}, not {getattr(self, f.name)!r}")
+                raise UsageError(f"{flag(f.name)} must be one of {', '.join(map(str, choices))}, not {getattr(self, f.name)!r}")
         from engine.models.reference import parse_model  # torch is needed by then anyway
 
         parse_model(self.model, self.model_args)  # the syntax, the file, the name; no user code runs here

@@ -2,8 +2,9 @@
 
 Test loss is the mean cross-entropy per test image (the tutorial divided its sum by the number
 of classes, a bug). Eval batches have one fixed shape, so a compiled model compiles once. With
-test-time flip (`tta`) the logits are the mean of each image's and its mirror's. `evaluate` can also
-count the confusion matrix (engine/confusion.py), whose per-class results `engine eval` prints.
+test-time augmentation (`tta`, a level: `tta_views`) the logits are a weighted mean over views of
+each image, every view of the batch's shape and memory format. `evaluate` can also count the
+confusion matrix (engine/confusion.py), whose per-class results `engine eval` prints.
 """
 
 import time
@@ -21,13 +22,43 @@ from engine.loader import BatchLoader
 from engine.runtime import Runtime, setup_backends
 
 
-def predict(model, x, tta=False):
-    """Logits (B, classes) of a batch x (B, C, H, W); with `tta`, the mean of the logits of x and
-    of its horizontal mirror (two forward passes: evaluation costs twice as much)."""
-    logits = model(x)
-    if tta:
-        logits = (logits + model(x.flip(3))) / 2
-    return logits
+def tta_views(x, level):
+    """(weight, view) pairs of a batch x (B, C, H, W), one at a time, whose weighted logits `predict`
+    sums; the weights sum to 1. Level 1: x and its mirror, 1/2 each. Level 2 (airbench94's `infer`):
+    half on those two, half on the mirrored pair of each of two 1-pixel translations (up-left and
+    down-right, into a reflected border): 1/4, 1/4 and 4 x 1/8. Each view has x's shape and memory
+    format, so a compiled (or ahead-of-time compiled) model sees one input, whatever the level."""
+    if level == 2:
+        B, C, H, W = x.shape
+        fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() \
+            else torch.contiguous_format
+        padded = F.pad(x, (1, 1, 1, 1), mode="reflect")  # (B, C, H + 2, W + 2)
+        yield 1 / 4, x
+        yield 1 / 4, x.flip(3)
+        for top in (0, 2):  # the content moves down-right by one pixel, then up-left
+            shifted = padded[:, :, top:top + H, top:top + W].contiguous(memory_format=fmt)  # (B, C, H, W)
+            yield 1 / 8, shifted
+            yield 1 / 8, shifted.flip(3)
+    elif level == 1:
+        yield 1 / 2, x
+        yield 1 / 2, x.flip(3)
+    else:
+        yield 1.0, x
+
+
+def predict(model, x, tta=0):
+    """Logits (B, classes) of a batch x (B, C, H, W); with `tta` (level 1 or 2; True is 1) the
+    weighted mean over `tta_views`, summed in float32: one forward pass a view, so evaluation costs
+    2x (level 1) or 6x (level 2) as much."""
+    if not tta:
+        return model(x)
+    return sum(weight * model(view).float() for weight, view in tta_views(x, int(tta)))
+
+
+def tta_level(cfg: Config, spec):
+    """The run's --tta level for data whose InputSpec `spec` trains with flips; 0 for the rest (a
+    mirrored digit is not the same digit)."""
+    return int(cfg.tta) if spec.flip else 0
 
 
 def evaluate(model, loader: BatchLoader, runtime: Runtime, tta=False, confusion: Confusion | None = None):
@@ -106,7 +137,7 @@ def evaluate_checkpoint(path, overrides, log=print, model=None):
             log("compiling the model ahead of time (torch.export + AOTInductor) ...")
         model = compile_inference(model, (cfg.batch_size, *spec.shape), runtime, loader.memory_format)
     compiled = time.perf_counter()
-    tta = cfg.tta and spec.flip  # --tta: only for data that trained with flips
+    tta = tta_level(cfg, spec)
     confusion = Confusion(spec.classes, runtime.device)  # per-class results: an index_add per batch
     loss, acc = evaluate(model, loader, runtime, tta, confusion)
     return {"test_loss": loss, "test_acc": acc, "images": len(data.test_x), "data": cfg.data, "epoch": epochs_done(checkpoint),

@@ -1,7 +1,8 @@
 """The optimizer and the learning-rate schedule.
 
 The schedule is a pure function of the global step, so its whole state is one integer: a
-checkpoint stores it as plain data and a resumed run continues on exactly the same curve.
+checkpoint stores it as plain data and a resumed run continues on exactly the same curve. So is
+the freezing of a parameter that trains for its first epochs only (fast_cifar94's whitening bias).
 """
 
 import math
@@ -21,7 +22,8 @@ def build_optimizer(cfg: Config, model):
     RMSprop's momentum (its squared-gradient average keeps torch's alpha 0.99). --weight-decay is
     decoupled for adamw and an L2 term added to the gradient for sgd, adam and rmsprop, so with
     adam and rmsprop it is scaled by the adaptive step like any gradient (as torch implements it).
-    `--bn-lr-scale` gives BatchNorm parameters their own group (see `parameter_groups`).
+    `--bn-lr-scale` gives BatchNorm parameters their own group, and a model's epoch-limited
+    parameters get theirs (see `parameter_groups`).
     Frozen parameters (requires_grad False) stay in the list, so the optimizer's state lines up
     with a checkpoint's whatever was frozen; they never get a gradient, and torch skips those.
     """
@@ -38,20 +40,27 @@ def build_optimizer(cfg: Config, model):
 
 def parameter_groups(model, bn_lr_scale=1.0, weight_decay=0.0):
     """The model's parameters as the optimizer's groups: one group, or with `bn_lr_scale` != 1
-    two, the BatchNorm parameters getting lr x bn_lr_scale and weight decay / bn_lr_scale.
+    two, the BatchNorm parameters getting lr x bn_lr_scale and weight decay / bn_lr_scale; then
+    one group for each parameter the model limits to its first epochs (`model.epoch_limited()`,
+    {parameter: epochs}), which carries `epochs` and stops there (see `set_lr`).
 
     airbench trains BatchNorm biases at 64x the learning rate: a shift's gradient is small next
     to a conv weight's, and the GELU's bend moves only through it. Dividing its decay keeps each
     step's shrinkage (lr x decay) the same as every other parameter's. Each group carries its
-    `lr_scale`, which `set_lr` applies as the schedule moves.
+    `lr_scale`, which `set_lr` applies as the schedule moves. Group keys are saved with the
+    optimizer's state, so a checkpoint keeps them.
     """
-    norms = [p for m in model.modules() if isinstance(m, nn.modules.batchnorm._NormBase) for p in m.parameters(recurse=False)]
+    limited = model.epoch_limited() if hasattr(model, "epoch_limited") else {}
+    apart = {id(p) for p in limited}
+    norms = [p for m in model.modules() if isinstance(m, nn.modules.batchnorm._NormBase)
+             for p in m.parameters(recurse=False) if id(p) not in apart]
+    own = [{"params": [p], "lr_scale": 1.0, "epochs": epochs} for p, epochs in limited.items()]
     if bn_lr_scale == 1 or not norms:
-        return [{"params": list(model.parameters()), "lr_scale": 1.0}]
-    taken = {id(p) for p in norms}
+        return [{"params": [p for p in model.parameters() if id(p) not in apart], "lr_scale": 1.0}, *own]
+    taken = {id(p) for p in norms} | apart
     rest = [p for p in model.parameters() if id(p) not in taken]
     return [{"params": rest, "lr_scale": 1.0},
-            {"params": norms, "lr_scale": bn_lr_scale, "weight_decay": weight_decay / bn_lr_scale}]
+            {"params": norms, "lr_scale": bn_lr_scale, "weight_decay": weight_decay / bn_lr_scale}, *own]
 
 
 def lr_at(cfg: Config, step, total_steps):
@@ -70,7 +79,11 @@ def lr_at(cfg: Config, step, total_steps):
     return cfg.lr * (1 - progress) / (1 - WARMUP)
 
 
-def set_lr(optimizer, lr):
-    """The schedule's `lr` for every group, times the group's `lr_scale` (see parameter_groups)."""
+def set_lr(optimizer, lr, epoch=None):
+    """The schedule's `lr` for every group, times the group's `lr_scale` (see parameter_groups);
+    0 for a group whose `epochs` are over at `epoch` (global step / steps per epoch, a float): its
+    parameters then stay exactly as they are under every optimizer here (airbench94 freezes its
+    whitening bias after 3 epochs). Without `epoch` no group stops."""
     for group in optimizer.param_groups:
-        group["lr"] = lr * group.get("lr_scale", 1.0)
+        over = epoch is not None and group.get("epochs") is not None and epoch >= group["epochs"]
+        group["lr"] = 0.0 if over else lr * group.get("lr_scale", 1.0)

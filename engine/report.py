@@ -27,10 +27,11 @@ def format_epoch(m):
     """The tutorial's line, plus speed: `Epoch: 1, Train_acc:43.4%, ..., 2,050 img/s, 26.1 s`.
 
     Within an epoch (--eval-every) the epoch is fractional (`Epoch: 1.25`) and Train_* cover the
-    epoch so far; `Val_*` with --val-split; `(tta)` marks test-time flip; with --target-acc the
-    line ends with the time since the command started, and the target when it is reached.
+    epoch so far; `Val_*` with --val-split; `(tta)` marks test-time flip, `(tta2)` with translations
+    (`tta_mark`); with --target-acc the line ends with the time since the command started, and the
+    target when it is reached.
     """
-    tta = "(tta)" if m.get("tta") else ""
+    tta = tta_mark(m.get("tta"))
     epoch = f"{m['epoch']:.2f}" if m.get("partial") else m["epoch"]
     val = f"Val_acc{tta}:{m['val_acc'] * 100:.1f}%, Val_loss:{m['val_loss']:.3f}, " if "val_acc" in m else ""
     line = (f"Epoch: {epoch}, Train_acc:{m['train_acc'] * 100:.1f}%, Train_loss:{m['train_loss']:.3f}, {val}"
@@ -41,6 +42,12 @@ def format_epoch(m):
     if "time_to_target" in m:
         line += f", reached {m['target_acc']:g}% in {m['time_to_target']:.1f} s"
     return line
+
+
+def tta_mark(level):
+    """What an accuracy's label carries for a --tta level: "(tta)" for the mirror (level 1, or True
+    in runs before the levels), "(tta2)" with the translations too, "" for none."""
+    return "" if not level else "(tta)" if level is True or level == 1 else f"(tta{level})"
 
 
 def default_run_dir(model, data_name, root="runs"):

@@ -217,7 +217,7 @@ def loaders(cfg: Config, data: Dataset, spec: InputSpec, runtime: Runtime, ranks
     """(train, test) BatchLoaders on the run's device: this rank's part of each split; a split that
     does not fit streams from the decode cache (engine.loader), said in one line."""
     train = BatchLoader(data.train_x, data.train_y, cfg.batch_size, spec.mean, spec.std, device=runtime.device,
-                        train=True, flip=spec.flip, seed=cfg.seed, channels_last=cfg.channels_last,
+                        train=True, flip=spec.flip and cfg.flip, seed=cfg.seed, channels_last=cfg.channels_last,
                         crop_padding=cfg.crop_padding, rank=ranks.rank, world=ranks.world,
                         resized_crop=cfg.resized_crop)
     test = BatchLoader(data.test_x, data.test_y, cfg.batch_size, spec.mean, spec.std, device=runtime.device,

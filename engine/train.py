@@ -21,7 +21,7 @@ from engine.confusion import Confusion
 from engine.data import dataset_label
 from engine.distributed import Ranks, process_group
 from engine.errors import Interrupted
-from engine.evaluate import evaluate
+from engine.evaluate import evaluate, tta_level
 from engine.faults import CHECK_EVERY, LossWatch, pause_point
 from engine.optim import lr_at, set_lr
 from engine.recipe import frozen
@@ -56,7 +56,7 @@ class EpochFigures:
 def train_step(s: Session, x, y, step):
     """One optimizer step on the batch x (B, C, H, W), y (B,) at global `step`; returns the
     detached loss () and logits (B, classes)."""
-    set_lr(s.optimizer, lr_at(s.cfg, step, s.total_steps))
+    set_lr(s.optimizer, lr_at(s.cfg, step, s.total_steps), epoch=step / s.steps)  # epoch: see set_lr
     with s.runtime.autocast():
         logits = s.net(x)  # (B, classes)
         loss = F.cross_entropy(logits, y, weight=s.class_weights, label_smoothing=s.cfg.label_smoothing)
@@ -120,7 +120,7 @@ def evaluate_epoch(s: Session, figures: EpochFigures):
     pause_point("eval")
     eval_started = time.perf_counter()
     s.ranks.sync_buffers(s.model)  # every rank evaluates its shard with rank 0's BatchNorm statistics
-    tta = s.cfg.tta and s.spec.flip  # --tta: only for data that trains with flips
+    tta = tta_level(s.cfg, s.spec)
     s.confusion = Confusion(s.spec.classes, s.runtime.device)  # counted on the device as it goes: no extra pass
     figures.test_loss, figures.test_acc = evaluate(s.model, s.test_loader, s.runtime, tta, s.confusion)
     if s.val_loader is not None:
@@ -160,8 +160,8 @@ def evaluation_extras(s: Session, f: EpochFigures) -> dict:
     extras = {"step": f.epoch * s.steps + f.steps_done, "partial": True} if f.steps_done else {}
     if s.val_loader is not None:
         extras.update(val_loss=round(f.val_loss, 5), val_acc=round(f.val_acc, 5))
-    if s.cfg.tta and s.spec.flip:
-        extras["tta"] = True
+    if tta_level(s.cfg, s.spec):
+        extras["tta"] = tta_level(s.cfg, s.spec)
     return extras
 
 
@@ -240,7 +240,7 @@ def write_confusion(s: Session):
     if confusion is None:
         s.ranks.sync_buffers(s.model)  # as evaluate_epoch: rank 0's BatchNorm statistics
         confusion = Confusion(s.spec.classes, s.runtime.device)
-        evaluate(s.model, s.test_loader, s.runtime, s.cfg.tta and s.spec.flip, confusion)
+        evaluate(s.model, s.test_loader, s.runtime, tta_level(s.cfg, s.spec), confusion)
     if not s.ranks.is_main:
         return
     confusion = confusion.cpu()

@@ -69,6 +69,65 @@ def test_eval_tta_is_off_unless_asked(tmp_path):
     out, _ = train(Config(epochs=1, limit_train=128, limit_test=16, batch_size=32, amp=False, quiet=True, tta=True,
                           out=str(tmp_path / "run")), log=lambda *_: None)
     flags = {"quiet": True, "limit_test": 50, "amp": False}
-    assert evaluate_checkpoint(out / "last.pt", flags)["tta"] is False  # the run's --tta is not eval's
-    with_tta = evaluate_checkpoint(out / "last.pt", {**flags, "tta": True})
-    assert with_tta["tta"] is True and with_tta["images"] == 50
+    assert evaluate_checkpoint(out / "last.pt", flags)["tta"] == 0  # the run's --tta is not eval's
+    with_tta = evaluate_checkpoint(out / "last.pt", {**flags, "tta": True})  # on/off as before the levels: level 1
+    assert with_tta["tta"] == 1 and with_tta["images"] == 50
+
+
+def shifted(x, dy, dx):
+    """x (B, C, H, W) moved by (dy, dx) pixels, the border filled by reflection, written out index by
+    index (the specification `tta_views` must match)."""
+    H, W = x.shape[2:]
+    reflect = lambda i, n: abs(i) if i < 0 else 2 * (n - 1) - i if i >= n else i  # noqa: E731
+    rows = torch.tensor([reflect(i - dy, H) for i in range(H)])
+    cols = torch.tensor([reflect(j - dx, W) for j in range(W)])
+    return x[:, :, rows][:, :, :, cols]
+
+
+def test_tta_level_2_is_airbench_s_weighted_mean_of_six_views():
+    """1/4 each for the image and its mirror, 1/8 each for the 1-pixel up-left and down-right
+    translations and their mirrors; a model that is neither flip- nor translation-invariant."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 9 * 11, 5)).eval()
+    x = torch.randn(4, 3, 9, 11)
+    from engine.evaluate import predict
+
+    with torch.no_grad():
+        views = [x, x.flip(3), shifted(x, 1, 1), shifted(x, 1, 1).flip(3), shifted(x, -1, -1), shifted(x, -1, -1).flip(3)]
+        expected = sum(w * model(v) for w, v in zip([1 / 4, 1 / 4, 1 / 8, 1 / 8, 1 / 8, 1 / 8], views))
+        got = predict(model, x, 2)
+        torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
+        assert not torch.allclose(got, predict(model, x, 1), atol=1e-3)  # the translations count
+        torch.testing.assert_close(predict(model, x, 1), (model(x) + model(x.flip(3))) / 2)
+        assert torch.equal(predict(model, x, 0), model(x))
+
+
+def test_every_tta_view_has_the_batch_s_shape_and_memory_format():
+    """A compiled model compiles once: each view it is given looks like the batch itself."""
+    from engine.evaluate import predict
+
+    seen = []
+
+    class Record(torch.nn.Module):
+        def forward(self, x):
+            seen.append((tuple(x.shape), x.stride()))
+            return x.mean((2, 3))
+
+    for fmt in (torch.channels_last, torch.contiguous_format):
+        x = torch.randn(5, 3, 8, 8).contiguous(memory_format=fmt)
+        seen.clear()
+        predict(Record(), x, 2)
+        assert len(seen) == 6 and set(seen) == {(tuple(x.shape), x.stride())}
+
+
+def test_tta_levels_in_the_config_and_the_command_line():
+    from engine.cli import build_parser
+    from engine.errors import UsageError
+
+    parse = lambda *flags: vars(build_parser().parse_args(["eval", "x.pt", *flags])).get("tta")  # noqa: E731
+    assert (parse("--tta"), parse("--tta", "2"), parse("--no-tta"), parse()) == (1, 2, 0, None)
+    assert Config(tta=True).tta == 1 and Config(tta=False).tta == 0  # configs saved before the levels
+    with pytest.raises(UsageError, match="--tta must be one of 0, 1, 2, not 3"):
+        Config(tta=3)
+    with pytest.raises(UsageError, match="invalid choice"):
+        parse("--tta", "4")

@@ -161,3 +161,73 @@ def test_indices_dump_records_each_rank_s_batches(tmp_path, monkeypatch):
     rows = [line.split() for line in (tmp_path / "indices-rank1.txt").read_text().splitlines()]
     assert [(int(r[0]), int(r[1])) for r in rows] == [(5, 0), (5, 1), (5, 2)]
     assert [[int(i) for i in r[2:]] for r in rows] == batches  # image i has label i
+
+
+def flip_states(loader, epoch, x, skip=0):
+    """{image index: mirrored?} for every image an epoch of `loader` trains on (after `skip` batches).
+    Images of `asymmetric_images` carry their index in column 0 and (index + 1) in the last column."""
+    states = {}
+    for images, labels, _ in loader.epoch(epoch, skip=skip):
+        raw = unnormalised(loader, images)[:, 0, 0]  # (B, W): the first row of channel 0
+        for row, label in zip(raw, labels.tolist()):
+            left, right = row[0].item(), row[-1].item()
+            assert {left, right} == {label % 200, label % 200 + 1}
+            states[label] = left == label % 200 + 1
+    return states
+
+
+def asymmetric_images(n=40, size=6):
+    x = torch.full((n, 3, size, size), 250, dtype=torch.uint8)
+    x[:, :, :, 0] = (torch.arange(n) % 200).view(n, 1, 1)
+    x[:, :, :, -1] = (torch.arange(n) % 200 + 1).view(n, 1, 1)
+    return x, torch.arange(n)
+
+
+def test_alternate_flips_swap_every_image_between_consecutive_epochs():
+    x, y = asymmetric_images()
+    loader = BatchLoader(x, y, 8, [0] * 3, [1] * 3, device="cpu", train=True, seed=5, crop_padding=0, flip="alternate")
+    epochs = [flip_states(loader, e, x) for e in range(4)]
+    for before, after in zip(epochs, epochs[1:]):
+        common = before.keys() & after.keys()  # 40 images, batches of 8: none dropped
+        assert len(common) == 40 and all(before[i] != after[i] for i in common)
+    assert 10 <= sum(epochs[0].values()) <= 30  # epoch 0: a random half, not all or none
+    # seeded: the same seed gives the same states, another seed others
+    again = BatchLoader(x, y, 8, [0] * 3, [1] * 3, device="cpu", train=True, seed=5, crop_padding=0, flip="alternate")
+    assert flip_states(again, 3, x) == epochs[3]
+    other = BatchLoader(x, y, 8, [0] * 3, [1] * 3, device="cpu", train=True, seed=6, crop_padding=0, flip="alternate")
+    assert flip_states(other, 0, x) != epochs[0]
+
+
+def test_random_flips_do_not_alternate_and_stay_the_default():
+    """The default (True, or "random") keeps its draw: some image repeats its side between epochs,
+    and the flips match the (seed, epoch) generator's third draw as before."""
+    x, y = asymmetric_images()
+    loader = BatchLoader(x, y, 8, [0] * 3, [1] * 3, device="cpu", train=True, seed=5, crop_padding=0)
+    a, b = flip_states(loader, 0, x), flip_states(loader, 1, x)
+    assert any(a[i] == b[i] for i in a)
+    generator = epoch_generator(5, 0)
+    torch.randperm(40, generator=generator), torch.randint(0, 1, (40, 2), generator=generator)
+    drawn = torch.rand(40, generator=generator) < 0.5
+    assert a == {i: bool(drawn[i]) for i in range(40)}
+
+
+def test_alternate_flips_are_the_same_on_every_rank_and_after_a_skip():
+    """Under DDP each rank's images carry the flips the single process gives them; a resumed epoch
+    (skip) too: the states are a function of (seed, epoch, image) alone."""
+    x, y = asymmetric_images(48)
+    args = dict(device="cpu", train=True, seed=2, crop_padding=0, flip="alternate")
+    single = flip_states(BatchLoader(x, y, 8, [0] * 3, [1] * 3, **args), 3, x)
+    ranks = {}
+    for rank in range(2):
+        ranks.update(flip_states(BatchLoader(x, y, 4, [0] * 3, [1] * 3, rank=rank, world=2, **args), 3, x))
+    assert ranks == single
+    later = flip_states(BatchLoader(x, y, 8, [0] * 3, [1] * 3, **args), 3, x, skip=2)
+    assert len(later) == 32 and later.items() <= single.items()
+
+
+def test_alternate_flips_function():
+    from engine.loader import alternate_flips
+
+    base = alternate_flips(0, 0, 1000)
+    assert torch.equal(alternate_flips(0, 2, 1000), base) and torch.equal(alternate_flips(0, 7, 1000), ~base)
+    assert 400 < int(base.sum()) < 600

@@ -9,7 +9,7 @@ from engine.errors import UsageError
 from engine.models import MODELS, build_model, count_parameters, smallest_side
 
 COUNTS = [("cifar_cnn", 246_474), ("cifar_seq", 145_578), ("mnist_cnn", 824_458), ("lenet", 62_006),
-          ("mlp", 101_770), ("fast_cifar", 295_120)]
+          ("mlp", 101_770), ("fast_cifar", 295_120), ("fast_cifar94", 1_972_792)]
 
 
 def test_every_model_has_a_count():

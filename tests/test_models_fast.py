@@ -1,5 +1,7 @@
-"""engine.models.fast: fast_cifar's layout, that it learns, and its patch-whitening init."""
+"""engine.models.fast: fast_cifar's and fast_cifar94's layouts, that they learn, the patch-whitening and dirac
+inits, and fast_cifar94 end to end (its whitening bias frozen after 3 epochs, resumed, exported)."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -73,3 +75,79 @@ def test_whitening_init_works_for_greyscale():
     images = torch.randn(20, 1, 28, 28, generator=torch.Generator().manual_seed(2))
     model = build_model("fast_cifar", (1, 28, 28), 10).init_from_data(images)
     assert model.stem[0].weight.shape == (8, 1, 2, 2) and not model.stem[0].weight.requires_grad
+
+
+def test_fast_cifar94_is_airbench94_s_layout():
+    """Widths 64/256/256; the stem is conv (with a zero bias) -> GELU, no BatchNorm; the bias alone is
+    limited to the first 3 epochs (the whitening weight is frozen by its init)."""
+    model = build_model("fast_cifar94", (3, 32, 32), 10)
+    assert [tuple(b.conv2.weight.shape[:2]) for b in model.blocks] == [(64, 64), (256, 256), (256, 256)]
+    assert [type(m) for m in model.stem] == [torch.nn.Conv2d, torch.nn.GELU]
+    assert torch.equal(model.stem[0].bias, torch.zeros(24))
+    assert model.epoch_limited() == {model.stem[0].bias: 3}
+    assert build_model("fast_cifar", (3, 32, 32), 10).epoch_limited() == {}  # fast_cifar unchanged
+    assert count_parameters(model) == 1_972_792
+
+
+def test_dirac_init_makes_the_first_in_channels_filters_the_identity():
+    """Every block conv's first Cin filters pass input channel i to output i unchanged; a conv with
+    Cout == Cin is then the identity, and the filters beyond Cin keep the default (random) init."""
+    torch.manual_seed(0)
+    model = build_model("fast_cifar94", (3, 32, 32), 10)
+    x = torch.randn(2, 256, 7, 9)
+    for block in model.blocks:
+        for conv in (block.conv1, block.conv2):
+            cin, cout = conv.in_channels, conv.out_channels
+            out = conv(x[:, :cin])  # (2, Cout, 7, 9): 3x3 with padding 1 keeps the size
+            torch.testing.assert_close(out[:, :cin], x[:, :cin], rtol=0, atol=0)
+            if cout > cin:  # the rest: Kaiming-uniform, not touched
+                rest = conv.weight[cin:]
+                bound = 1 / (cin * 9) ** 0.5
+                assert rest.abs().max() <= bound and rest.std() > bound / 3
+    plain = build_model("fast_cifar", (3, 32, 32), 10).blocks[1].conv2.weight  # no dirac init for fast_cifar
+    assert not torch.equal(plain[:, :, 1, 1].diagonal(), torch.ones(64))
+
+
+@pytest.mark.slow
+def test_fast_cifar94_trains_freezes_its_whitening_bias_resumes_bit_for_bit_and_exports(tmp_path):
+    """Its recipe at batch 16 on 32 synthetic images (2 steps an epoch), 4 epochs: a run stopped after
+    epoch 2 and after epoch 3 and resumed each time ends bit for bit where the whole run does; the
+    whitening bias trains in epochs 1-3 and not in 4; evaluation at tta 2; the ONNX file is the plain
+    model, verified against PyTorch."""
+    from engine.checkpoint import load
+    from engine.config import Config
+    from engine.models import MODELS
+    from engine.train import train
+    from export.onnx_export import export_onnx
+
+    values = {**MODELS["fast_cifar94"].recipe, "model": "fast_cifar94", "epochs": 4, "batch_size": 16, "lr": 0.02,
+              "limit_train": 32, "limit_test": 16, "amp": False, "quiet": True, "device": "cpu"}
+    assert values["flip"] == "alternate" and values["tta"] == 2
+    out, metrics = train(Config(out=str(tmp_path / "whole"), **values), log=lambda *_: None)
+    assert [m["tta"] for m in metrics] == [2] * 4 and all(0 <= m["test_acc"] <= 1 for m in metrics)
+
+    def stop_after(epoch):
+        def log(line):
+            if line.startswith(f"Epoch: {epoch},"):
+                raise KeyboardInterrupt  # as Ctrl-C once the epoch was saved
+        return log
+
+    parts = tmp_path / "parts"
+    with pytest.raises(Exception, match="interrupted"):
+        train(Config(out=str(parts), **values), log=stop_after(2))
+    second = load(parts / "last.pt")
+    with pytest.raises(Exception, match="interrupted"):
+        train(Config.from_dict(second.config), resume=second, log=stop_after(3))
+    third = load(parts / "last.pt")
+    train(Config.from_dict(third.config), resume=third, log=lambda *_: None)
+    whole, resumed = load(out / "last.pt"), load(parts / "last.pt")
+    assert (second.epoch, third.epoch, resumed.epoch) == (2, 3, 4)
+    for key, value in whole.model.items():
+        assert torch.equal(value, resumed.model[key]), key
+    bias = [c.model["stem.0.bias"] for c in (second, third, whole)]
+    assert torch.count_nonzero(bias[0]) > 0 and not torch.equal(bias[0], bias[1])  # trained (from 0) to epoch 3
+    assert torch.equal(bias[1], bias[2])  # frozen in epoch 4
+    assert not torch.equal(third.model["head.weight"], whole.model["head.weight"])  # while the rest trains
+    onnx = tmp_path / "fast94.onnx"
+    result = export_onnx(onnx, out / "last.pt", log=lambda *_: None)
+    assert result.parity is not None and onnx.stat().st_size > 7_000_000  # 1.97M float32 weights

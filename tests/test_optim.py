@@ -105,3 +105,54 @@ def test_a_batchnorm_bias_steps_bn_lr_scale_times_further():
         steps.append((model[1].bias.detach() - before[0], model[0].weight.detach() - before[1]))
     torch.testing.assert_close(steps[1][0], 8 * steps[0][0])  # the BatchNorm bias: 8x the step
     torch.testing.assert_close(steps[1][1], steps[0][1])  # a conv weight: unchanged
+
+
+def test_an_epoch_limited_parameter_has_its_own_group_and_stops_at_its_epoch():
+    """fast_cifar94's whitening bias: its own group after the BatchNorm one, lr 0 from epoch 3 on
+    (a function of the step alone), every other group untouched by the limit."""
+    from engine.models import build_model
+
+    model = build_model("fast_cifar94", (3, 32, 32), 10)
+    optimizer = build_optimizer(Config(lr=0.4, weight_decay=1e-3, bn_lr_scale=64.0), model)
+    rest, norm, bias = optimizer.param_groups
+    assert bias["params"] == [model.stem[0].bias] and bias["epochs"] == 3 and bias["weight_decay"] == 1e-3
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(model.parameters()))
+    set_lr(optimizer, 0.2, epoch=2.999)
+    assert (rest["lr"], norm["lr"], bias["lr"]) == (0.2, pytest.approx(12.8), 0.2)
+    set_lr(optimizer, 0.2, epoch=3.0)
+    assert (rest["lr"], norm["lr"], bias["lr"]) == (0.2, pytest.approx(12.8), 0.0)
+    set_lr(optimizer, 0.2)  # without an epoch nothing stops (callers outside the training loop)
+    assert bias["lr"] == 0.2
+    assert len(build_optimizer(Config(), model).param_groups) == 2  # bn_lr_scale 1: the rest and the bias
+
+
+@pytest.mark.parametrize("name", ["sgd", "adamw", "adam", "rmsprop"])
+def test_a_stopped_group_stays_bit_for_bit_while_the_rest_trains(name):
+    """lr 0 freezes a parameter exactly under every optimizer, momentum and weight decay included."""
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = torch.nn.Linear(3, 3), torch.nn.Linear(3, 1)
+
+        def forward(self, x):
+            return self.b(torch.tanh(self.a(x)))
+
+        def epoch_limited(self):
+            return {self.a.bias: 1}
+
+    torch.manual_seed(0)
+    model = Net()
+    optimizer = build_optimizer(Config(optimizer=name, lr=0.05, momentum=0.9, weight_decay=1e-2), model)
+    x, y = torch.randn(8, 3), torch.randn(8, 1)
+    initial = model.a.bias.detach().clone()
+    for step in range(6):  # 3 steps an epoch: steps 0-2 train the bias, 3-5 do not
+        if step == 3:
+            stopped, weight = model.a.bias.detach().clone(), model.a.weight.detach().clone()
+        set_lr(optimizer, 0.05, epoch=step / 3)
+        optimizer.zero_grad()
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        optimizer.step()
+    assert not torch.equal(stopped, initial)  # it trained in epoch 0
+    assert torch.equal(model.a.bias, stopped)  # and not since, though its gradient was not None
+    assert model.a.bias.grad is not None and not torch.equal(model.a.weight, weight)

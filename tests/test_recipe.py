@@ -29,7 +29,7 @@ def test_a_recipe_fills_only_the_flags_not_given(tmp_path, capsys):
     for name in set(recipe) - {"batch_size", "lr"}:
         assert cfg[name] == recipe[name], name  # not given: the recipe's
     line = next(line for line in printed if line.startswith("Recipe for fast_cifar:"))
-    assert "--label-smoothing 0.2" in line and "--tta on" in line and "--lr" not in line and "--batch-size" not in line
+    assert "--label-smoothing 0.2" in line and "--tta 1" in line and "--lr" not in line and "--batch-size" not in line
     assert load(out / "last.pt").config["label_smoothing"] == recipe["label_smoothing"]  # and in the checkpoint
 
     plain = tmp_path / "plain"
