@@ -1,8 +1,8 @@
 """Checkpoints: the one owner of their layout, written atomically, opened only with `torch.load(weights_only=True)`.
 
 `Checkpoint` is the typed record; on disk it is a dict of tensors and plain Python values (the
-config, the input spec, the model's stored reference and weights, optimizer, schedule and scaler
-states, the epoch, RNG states and the metrics so far). That is enough to resume exactly, to
+config, the input spec, the model's stored reference and weights (and with --ema their average),
+optimizer, schedule and scaler states, the epoch, RNG states and the metrics so far). That is enough to resume exactly, to
 evaluate, and to rebuild the model for export without the data, and without running any code
 the person opening it did not name (engine/models/reference.py).
 """
@@ -49,6 +49,8 @@ class Checkpoint:
     frozen: list = field(default_factory=list)  # parameters that do not train
     runtime: dict = field(default_factory=dict)  # Runtime.resolved() of the run
     versions: dict = field(default_factory=dict)
+    ema: dict | None = None  # --ema: the averaged weights, keyed as `model` (stored as "model_ema", as torchvision does)
+    ema_updates: int = 0  # optimizer steps the average holds
 
     @property
     def resumable(self):
@@ -60,7 +62,8 @@ class Checkpoint:
                 "model_ref": self.ref.to_dict(), "epoch": self.epoch, "optimizer": self.optimizer,
                 "scheduler": self.scheduler, "scaler": self.scaler, "rng": self.rng, "metrics": self.metrics,
                 "step": self.step, "partial": self.partial, "best": self.best, "data_fingerprint": self.fingerprint,
-                "frozen": list(self.frozen), "runtime": self.runtime, "versions": self.versions}
+                "frozen": list(self.frozen), "runtime": self.runtime, "versions": self.versions,
+                "model_ema": self.ema, "ema_updates": self.ema_updates}
 
     @classmethod
     def from_dict(cls, values, path="the checkpoint"):
@@ -79,7 +82,8 @@ class Checkpoint:
                    metrics=values.get("metrics"),
                    step=values.get("step") or 0, partial=values.get("partial"), best=values.get("best"),
                    fingerprint=values.get("data_fingerprint"), frozen=list(values.get("frozen") or ()),
-                   runtime=values.get("runtime") or {}, versions=values.get("versions") or {})
+                   runtime=values.get("runtime") or {}, versions=values.get("versions") or {},
+                   ema=values.get("model_ema"), ema_updates=values.get("ema_updates") or 0)
 
 
 _holding = []  # non-empty while interrupts_held() is active: nested holds are one hold
@@ -196,6 +200,9 @@ def _check_layout(checkpoint, path):
         problem = f"its mean and std do not have {spec['shape'][0]} channels"
     elif not isinstance(model, dict) or not all(isinstance(v, torch.Tensor) for v in model.values()):
         problem = "its model is not a state dict of tensors"
+    elif checkpoint.get("model_ema") is not None and not (isinstance(checkpoint["model_ema"], dict) and all(
+            isinstance(v, torch.Tensor) for v in checkpoint["model_ema"].values())):
+        problem = "its model_ema is not a state dict of tensors"
     elif not isinstance(checkpoint["epoch"], int) or checkpoint["epoch"] < 0:
         problem = f"its epoch {checkpoint['epoch']!r} is not a count"
     if problem:
@@ -215,10 +222,11 @@ class SaveClock:
         self.last = time.monotonic()
 
 
-def check_state(checkpoint: Checkpoint, model, path="the checkpoint"):
-    """One line naming the first parameter where the checkpoint's weights and `model` differ (a
-    missing or extra key, or another shape): a checkpoint of another model or dataset."""
-    saved, wanted = checkpoint.model, model.state_dict()
+def check_state(checkpoint: Checkpoint, model, path="the checkpoint", saved=None):
+    """One line naming the first parameter where the checkpoint's weights (or `saved`, e.g. its
+    averaged ones) and `model` differ (a missing or extra key, or another shape): a checkpoint of
+    another model or dataset."""
+    saved, wanted = checkpoint.model if saved is None else saved, model.state_dict()
     where = f"{path} does not fit {checkpoint.ref.name} on {'x'.join(map(str, checkpoint.spec.shape))} images"
     for key, tensor in wanted.items():
         if key not in saved:
@@ -232,13 +240,19 @@ def check_state(checkpoint: Checkpoint, model, path="the checkpoint"):
 
 
 def model_from_checkpoint(checkpoint: Checkpoint, path="the checkpoint", code=None, say=print):
-    """The trained model, rebuilt from the checkpoint (eval mode, CPU, fp32, NCHW). `code`: the
-    --model given on this command line (a ModelRef), which a user model's checkpoint needs."""
+    """The trained model, rebuilt from the checkpoint (eval mode, CPU, fp32, NCHW): the averaged
+    weights of a run with --ema (said in one line), which its evaluations measured, else the
+    weights. `code`: the --model given on this command line (a ModelRef), which a user model's
+    checkpoint needs."""
     from engine.models.build import build
     from engine.models.reference import reopen
 
     ref = reopen(checkpoint.ref, code, path, say)
     model = build(ref, tuple(checkpoint.spec.shape), len(checkpoint.spec.classes))
-    check_state(checkpoint, model, path)
-    model.load_state_dict(checkpoint.model)
+    weights = checkpoint.model if checkpoint.ema is None else checkpoint.ema
+    check_state(checkpoint, model, path, weights)
+    model.load_state_dict(weights)
+    if checkpoint.ema is not None:
+        say(f"Using the weight average in {path} (--ema {checkpoint.config.get('ema')}, "
+            f"{checkpoint.ema_updates:,} steps), as its evaluations did")
     return model.eval()

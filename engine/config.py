@@ -106,6 +106,11 @@ class Config:
         "docs/training.md)", choices=("none", "auto")
     )
     schedule: str = option("onecycle", "learning-rate schedule", choices=("onecycle", "cosine", "constant"))
+    ema: float | None = option(
+        None, "evaluate, keep as best.pt and export an exponential moving average of the weights, updated after "
+        "every step with decay DECAY, 0 < DECAY < 1 (e.g. 0.99; BatchNorm statistics averaged alike; see "
+        "docs/training.md) (default: off)"
+    )
     target_acc: float | None = option(
         None, "stop at the first evaluation whose test accuracy is at least X percent, and report the wall time "
         "to it from the command's start (default: train all --epochs)"
@@ -178,6 +183,8 @@ class Config:
             raise UsageError(f"--weight-decay must be 0 or more, not {self.weight_decay!r}")
         if not 0 <= self.label_smoothing < 1:
             raise UsageError(f"--label-smoothing must be in [0, 1), not {self.label_smoothing!r}")
+        if self.ema is not None and not (isinstance(self.ema, (int, float)) and math.isfinite(self.ema) and 0 < self.ema < 1):
+            raise UsageError(f"--ema is the weight average's decay per step, 0 < DECAY < 1 (e.g. 0.99), not {self.ema!r}")
         if self.target_acc is not None and not (math.isfinite(self.target_acc) and 0 < self.target_acc <= 100):
             raise UsageError(f"--target-acc is a test accuracy in percent, 0 < X <= 100, not {self.target_acc!r}")
         if self.eval_every is not None and not (math.isfinite(self.eval_every) and 0 < self.eval_every <= 1):

@@ -28,10 +28,10 @@ def format_epoch(m):
 
     Within an epoch (--eval-every) the epoch is fractional (`Epoch: 1.25`) and Train_* cover the
     epoch so far; `Val_*` with --val-split; `(tta)` marks test-time flip, `(tta2)` with translations
-    (`tta_mark`); with --target-acc the line ends with the time since the command started, and the
-    target when it is reached.
+    (`tta_mark`); `(ema)` marks the figures of the weight average (--ema); with --target-acc the line
+    ends with the time since the command started, and the target when it is reached.
     """
-    tta = tta_mark(m.get("tta"))
+    tta = "(ema)" * bool(m.get("ema")) + tta_mark(m.get("tta"))
     epoch = f"{m['epoch']:.2f}" if m.get("partial") else m["epoch"]
     val = f"Val_acc{tta}:{m['val_acc'] * 100:.1f}%, Val_loss:{m['val_loss']:.3f}, " if "val_acc" in m else ""
     line = (f"Epoch: {epoch}, Train_acc:{m['train_acc'] * 100:.1f}%, Train_loss:{m['train_loss']:.3f}, {val}"

@@ -55,8 +55,9 @@ def resume_config(run_dir, given=None, say=print):
             saved = dict(saved, model=values["model"])
     for name, value in values.items():
         if name in fixed and saved.get(name) != value:
+            was = "none" if saved.get(name) is None else saved.get(name)
             raise UsageError(f"--resume continues the run as configured; {flag(name)} {value} differs from its "
-                             f"{saved.get(name)} (start a new run to change it)")
+                             f"{was} (start a new run to change it)")
     values = dict(saved, **values)
     values["out"] = str(path.parent)
     return Config.from_dict(values), checkpoint
@@ -88,13 +89,18 @@ def check_resume(checkpoint: Checkpoint, path, fingerprint, total_steps, source)
                           f"{total_steps:,}; restore the data, or start a new run")
 
 
-def restore(checkpoint: Checkpoint, path, model, optimizer, scaler):
-    """Load the weights, optimizer and scaler states of a checked checkpoint (see check_state)."""
+def restore(checkpoint: Checkpoint, path, model, optimizer, scaler, ema=None):
+    """Load the weights, optimizer and scaler states of a checked checkpoint (see check_state), and
+    into `ema` (an engine.ema.WeightAverage, with --ema) the averaged weights and their step count."""
+    if ema is not None and checkpoint.ema is None:
+        raise EngineError(f"--resume: {path} has no averaged weights (model_ema) although its run used --ema; it is damaged")
     try:
         model.load_state_dict(checkpoint.model)
         optimizer.load_state_dict(checkpoint.optimizer)
         if checkpoint.scaler:
             scaler.load_state_dict(checkpoint.scaler)
+        if ema is not None:
+            ema.load_state_dict(checkpoint.ema, checkpoint.ema_updates)
     except (KeyError, ValueError, RuntimeError, TypeError) as error:
         raise EngineError(f"--resume: {path} does not fit this run's model or optimizer ({first_line(error, 160)})") from None
 

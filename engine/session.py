@@ -19,6 +19,7 @@ from engine.confusion import loss_weights
 from engine.data import Dataset, InputSpec, check_batch_size, dataset_label, load_dataset
 from engine.data.stream import READ_AHEAD, Rows
 from engine.distributed import Ranks
+from engine.ema import WeightAverage
 from engine.errors import EngineError
 from engine.loader import BatchLoader
 from engine.memory import size_text
@@ -66,6 +67,13 @@ class Session:
     log: object = print  # where epoch lines go
     confusion: object = None  # engine.confusion.Confusion of the latest test evaluation (confusion.png at the end)
     class_weights: torch.Tensor | None = None  # (classes,) the loss's weights with --class-weights auto
+    ema: WeightAverage | None = None  # --ema: the weight average, updated after each step
+
+    @property
+    def evaluated(self):
+        """What evaluations measure (and so what chooses best.pt and meets --target-acc): the weight
+        average with --ema, else the model."""
+        return self.ema.module if self.ema is not None else self.model
 
     @property
     def net(self):
@@ -102,17 +110,24 @@ def open_session(cfg: Config, resume: Checkpoint | None = None, say=print, ranks
         model = open_model(cfg, ref, data, spec, resume, ranks, model, run, say)
         train_loader, test_loader = loaders(cfg, data, spec, runtime, ranks, say)
         choose_precision(cfg, runtime, model, ref, resume, ranks, train_loader, say)
+        ema = WeightAverage(model, cfg.ema) if cfg.ema is not None else None  # copied before compile (engine/ema.py)
         model = runtime.prepare(model, name=ref.label)
+        if ema is not None:
+            ema.prepare(lambda averaged: runtime.prepare(averaged, name=ref.label), model)
     except BaseException:
         run.discard_if_unused()
         raise
     say(f"Model: {model_label(ref)}, {count_parameters(model):,} parameters, input {'x'.join(map(str, data.shape))}, "
         f"{len(data.classes)} classes; {runtime.describe()}")
+    if ema is not None:
+        say(f"Weight average: decay {cfg.ema:g} a step (a horizon of about {1 / (1 - cfg.ema):,.0f} steps); "
+            "evaluations, best.pt and export use it")
     optimizer = build_optimizer(cfg, model)
     scaler = runtime.grad_scaler()
     session = Session(cfg, runtime, run, spec, ref, model, optimizer, scaler, train_loader, test_loader,
                       None, [], ranks=ranks, ddp=ranks.wrap(model) if ranks.world > 1 else None, fingerprint=fingerprint,
                       clock=SaveClock(parse_duration(cfg.save_every) if ranks.world == 1 else None))  # DDP: epoch ends only
+    session.ema = ema
     session.class_weights = loss_weights(cfg.class_weights, data.train_y, data.classes, runtime.device, say)
     if resume is not None:
         restore_progress(session, resume, say)
@@ -235,7 +250,7 @@ def loaders(cfg: Config, data: Dataset, spec: InputSpec, runtime: Runtime, ranks
 def restore_progress(s: Session, resume: Checkpoint, say):
     """A resumed run's weights, optimizer, scaler, RNG and progress (epochs, steps, metrics, best)."""
     path = s.run.path / "last.pt"
-    restore(resume, path, s.model, s.optimizer, s.scaler)
+    restore(resume, path, s.model, s.optimizer, s.scaler, s.ema)
     freeze(s.model, resume.frozen)  # what the fresh run froze (a whitened stem, --freeze)
     restore_rng_states(s.ranks.rng_of_rank(resume.rng))
     s.metrics, s.start_epoch, s.resume_step = list(resume.metrics), resume.epoch, resume.step

@@ -64,6 +64,8 @@ def train_step(s: Session, x, y, step):
     s.scaler.scale(loss).backward()
     s.scaler.step(s.optimizer)
     s.scaler.update()
+    if s.ema is not None:
+        s.ema.update(s.model)  # --ema: the average follows every step (engine/ema.py)
     return loss.detach(), logits.detach()
 
 
@@ -120,11 +122,13 @@ def evaluate_epoch(s: Session, figures: EpochFigures):
     pause_point("eval")
     eval_started = time.perf_counter()
     s.ranks.sync_buffers(s.model)  # every rank evaluates its shard with rank 0's BatchNorm statistics
+    if s.ema is not None:
+        s.ranks.sync_buffers(s.ema.module)  # ... and the average's, which each rank averaged from its own
     tta = tta_level(s.cfg, s.spec)
     s.confusion = Confusion(s.spec.classes, s.runtime.device)  # counted on the device as it goes: no extra pass
-    figures.test_loss, figures.test_acc = evaluate(s.model, s.test_loader, s.runtime, tta, s.confusion)
+    figures.test_loss, figures.test_acc = evaluate(s.evaluated, s.test_loader, s.runtime, tta, s.confusion)
     if s.val_loader is not None:
-        figures.val_loss, figures.val_acc = evaluate(s.model, s.val_loader, s.runtime, tta)
+        figures.val_loss, figures.val_acc = evaluate(s.evaluated, s.val_loader, s.runtime, tta)
     figures.eval_s = time.perf_counter() - eval_started
 
 
@@ -156,12 +160,14 @@ def epoch_metrics(s: Session, figures: EpochFigures) -> dict:
 
 
 def evaluation_extras(s: Session, f: EpochFigures) -> dict:
-    """What --eval-every, --val-split and --tta add to an evaluation's metrics (nothing without them)."""
+    """What --eval-every, --val-split, --tta and --ema add to an evaluation's metrics (nothing without them)."""
     extras = {"step": f.epoch * s.steps + f.steps_done, "partial": True} if f.steps_done else {}
     if s.val_loader is not None:
         extras.update(val_loss=round(f.val_loss, 5), val_acc=round(f.val_acc, 5))
     if tta_level(s.cfg, s.spec):
         extras["tta"] = tta_level(s.cfg, s.spec)
+    if s.ema is not None:
+        extras["ema"] = True  # the figures are the weight average's
     return extras
 
 
@@ -175,6 +181,7 @@ def checkpoint_state(s: Session, epochs_done, step=0, partial=None) -> Checkpoin
         best={"acc": s.best, "split": "validation" if s.val_loader is not None else "test", "epoch": s.best_epoch},
         fingerprint=s.fingerprint, frozen=frozen(s.model),
         runtime=s.runtime.resolved(), versions={"engine": __version__, "torch": str(torch.__version__)},
+        ema=s.ema.state_dict() if s.ema is not None else None, ema_updates=s.ema.updates if s.ema is not None else 0,
     )
 
 
@@ -238,9 +245,9 @@ def write_confusion(s: Session):
         return
     confusion = s.confusion
     if confusion is None:
-        s.ranks.sync_buffers(s.model)  # as evaluate_epoch: rank 0's BatchNorm statistics
+        s.ranks.sync_buffers(s.evaluated)  # as evaluate_epoch: rank 0's BatchNorm statistics
         confusion = Confusion(s.spec.classes, s.runtime.device)
-        evaluate(s.model, s.test_loader, s.runtime, tta_level(s.cfg, s.spec), confusion)
+        evaluate(s.evaluated, s.test_loader, s.runtime, tta_level(s.cfg, s.spec), confusion)
     if not s.ranks.is_main:
         return
     confusion = confusion.cpu()

@@ -140,6 +140,11 @@ CASES = [
     ("confusion: unwritable folder (onnx)", "eval model.onnx --confusion /proc/cm.png", "cannot write to /proc"),
     ("names: unknown --class-weights", "train --class-weights balanced", "invalid choice: 'balanced'"),
     ("resume: another --class-weights", "train --resume run --class-weights auto", "--class-weights auto differs"),
+    ("numbers: --ema 1", "train --ema 1", "--ema is the weight average's decay per step, 0 < DECAY < 1"),
+    ("numbers: --ema 0", "train --ema 0", "--ema is the weight average's decay per step, 0 < DECAY < 1"),
+    ("numbers: NaN --ema", "train --ema nan", "--ema is the weight average's decay per step, 0 < DECAY < 1"),
+    ("numbers: --ema not a number", "train --ema high", "invalid float value: 'high'"),
+    ("resume: --ema added to a run without it", "train --resume run --ema 0.99", "--ema 0.99 differs from its none"),
 ]
 USER_CODE = {  # the user-model files the cases name
     "nets.py": b"from torch import nn\n\nWIDTH = 3\n\n\nclass Net(nn.Module):\n    def __init__(self):\n"

@@ -1,0 +1,61 @@
+"""Weight averaging (--ema DECAY): an exponential moving average of a model that knows nothing of it.
+
+`WeightAverage` wraps `torch.optim.swa_utils.AveragedModel` with `get_ema_multi_avg_fn`: after each
+optimizer step every parameter and buffer moves towards the model's, avg += (1 - DECAY) * (w - avg),
+in one foreach lerp per dtype. BatchNorm running statistics are averaged with the weights
+(use_buffers=True, torchvision's references' choice): the running mean and variance then describe
+an average of the recent models, as the weights do, at no cost beyond the lerp. Copying the live
+model's statistics would pair the averaged weights with the last step's statistics, and recomputing
+them (swa_utils.update_bn) costs a forward pass over the training set per evaluation.
+"""
+
+import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+
+class WeightAverage:
+    """The running average of `model`'s parameters and buffers. Build it from the model before the
+    runtime prepares it (device, memory format, reordering, compile) and `prepare` the average the
+    same way: it then runs as fast as the model, and owns its compiled forward rather than a deep
+    copy of the model's (compiler state that is not the module's to copy)."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.decay = decay
+        self.averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+        self.averaged.module.requires_grad_(False)  # evaluated only: no autograd state on its weights
+
+    @property
+    def module(self) -> torch.nn.Module:
+        """The averaged model: what evaluations, best.pt's choice and the exporter use."""
+        return self.averaged.module
+
+    @property
+    def updates(self) -> int:
+        """Optimizer steps averaged so far (the first one is copied, not averaged)."""
+        return int(self.averaged.n_averaged)  # a CPU tensor: no device sync
+
+    def prepare(self, prepare, model: torch.nn.Module):
+        """Run the average through `prepare` (Runtime.prepare), as the trained `model` was, and
+        check that both hold the same parameters and buffers in the same order: update() pairs them
+        by position, as AveragedModel does."""
+        self.averaged.module = prepare(self.module)
+        self.module.requires_grad_(False)
+        ours = [n for n, _ in self.module.named_parameters()] + [n for n, _ in self.module.named_buffers()]
+        theirs = [n for n, _ in model.named_parameters()] + [n for n, _ in model.named_buffers()]
+        if ours != theirs:  # a bug, not a user's mistake: the two were prepared differently
+            raise RuntimeError(f"--ema: the averaged model's tensors do not pair with the model's ({ours[:3]} ...)")
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module):
+        """Move the average towards `model` (the trained module itself, not its DDP wrapper): after
+        each optimizer step. Under DDP the weights are equal on every rank after a step, so a local
+        update keeps the average equal too (buffers aside: evaluation takes rank 0's)."""
+        self.averaged.update_parameters(model)
+
+    def state_dict(self) -> dict:
+        """The averaged weights, with the model's own state-dict keys (checkpoint "model_ema")."""
+        return self.module.state_dict()
+
+    def load_state_dict(self, weights: dict, updates: int):
+        self.module.load_state_dict(weights)
+        self.averaged.n_averaged.fill_(updates)
