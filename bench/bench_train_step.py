@@ -1,5 +1,6 @@
-"""One training step of cifar_cnn on every path, at batch 32, 64 and 256, and of torchvision's resnet18 and
-mobilenet_v3_small (users' models) at batch 64: the engine's own `train_step`.
+"""One training step of cifar_cnn on every path, at batch 32, 64 and 256, of torchvision's resnet18 and
+mobilenet_v3_small (users' models) at batch 64, and of fast_cifar and fast_cifar94 at their recipes' batch:
+the engine's own `train_step`.
 
 Run: `python -m pytest bench/bench_train_step.py`. Each case builds a real engine session
 (`engine.session.open_session`: runtime, model, optimizer, loader) on the built-in synthetic set,
@@ -33,6 +34,10 @@ ROUNDS = {32: 200, 64: 120, 256: 36}  # about 1.5 s of steps a case at bf16: sho
 USER_MODELS = ("torchvision:resnet18", "torchvision:mobilenet_v3_small")
 USER_CASES = ("channels_last-fp32", "channels_last-bf16", "amp-compile")
 USER_ROUNDS = 12
+# The zoo's airbench nets (issue 17) at their recipes' batch on the CPU's paths: fast_cifar94 is ~6x
+# fast_cifar's FLOPs an image (236 against 40 MFLOP forward); 5 of its bf16 steps are ~4 s on the 2-core Xeon.
+FAST_MODELS = {"fast_cifar": (128, 40), "fast_cifar94": (1024, 5)}  # name: (batch, rounds)
+FAST_CASES = ("channels_last-fp32", "channels_last-bf16", "amp-compile")
 
 
 @pytest.mark.parametrize("batch", sorted(ROUNDS))
@@ -47,6 +52,14 @@ def test_train_step(benchmark, roof, tmp_path, case, batch):
 def test_train_step_user_model(benchmark, roof, tmp_path, model, case):
     benchmark.group = "train_step, batch 64, torchvision models"
     time_steps(benchmark, roof, tmp_path, case, 64, model, USER_ROUNDS)
+
+
+@pytest.mark.parametrize("case", FAST_CASES)
+@pytest.mark.parametrize("model", FAST_MODELS)
+def test_train_step_fast_model(benchmark, roof, tmp_path, model, case):
+    batch, rounds = FAST_MODELS[model]
+    benchmark.group = f"train_step, {model} at its recipe's batch {batch}"
+    time_steps(benchmark, roof, tmp_path, case, batch, model, rounds)
 
 
 def time_steps(benchmark, roof, tmp_path, case, batch, model, rounds):
