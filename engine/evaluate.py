@@ -130,19 +130,28 @@ def evaluate_checkpoint(path, overrides, log=print, model=None):
     loader = BatchLoader(data.test_x, data.test_y, cfg.batch_size, spec.mean, spec.std, device=runtime.device,
                          train=False, channels_last=cfg.channels_last)
     started = time.perf_counter()
-    if runtime.ahead_of_time:
+    compile_seconds = None
+    if runtime.ahead_of_time and runtime.plans_compile:  # compiled where it pays (engine/compile_plan.py)
+        from engine.compile_plan import keep_compiled_code
+        from engine.inference import choose_inference
+
+        keep_compiled_code(cfg.resolved_cache_dir())
+        model, compile_seconds = choose_inference(model.eval(), loader, runtime, checkpoint.ref, path,
+                                                  cfg.resolved_cache_dir(), say)
+    elif runtime.ahead_of_time:
         from engine.inference import compile_inference
 
         if not cfg.quiet:
             log("compiling the model ahead of time (torch.export + AOTInductor) ...")
         model = compile_inference(model, (cfg.batch_size, *spec.shape), runtime, loader.memory_format)
+        compile_seconds = time.perf_counter() - started
     compiled = time.perf_counter()
     tta = tta_level(cfg, spec)
     confusion = Confusion(spec.classes, runtime.device)  # per-class results: an index_add per batch
     loss, acc = evaluate(model, loader, runtime, tta, confusion)
     return {"test_loss": loss, "test_acc": acc, "images": len(data.test_x), "data": cfg.data, "epoch": epochs_done(checkpoint),
             "tta": tta, "seconds": time.perf_counter() - compiled,
-            "compile_seconds": compiled - started if runtime.ahead_of_time else None,
+            "compile_seconds": compile_seconds,
             "model": checkpoint.ref.name, "confusion": confusion.cpu()}
 
 

@@ -9,8 +9,13 @@ at batch 1 and 1.16x at batch 256 (Xeon, alternated medians). The library holds 
 and a copy of the weights.
 """
 
+import hashlib
 import os
+import shutil
+import statistics
 import tempfile
+import time
+from pathlib import Path
 
 import torch
 
@@ -36,9 +41,10 @@ class CompiledInference(torch.nn.Module):
         return self.runner(x.contiguous(memory_format=self.memory_format))
 
 
-def compile_inference(model, shape, runtime: Runtime, memory_format=torch.channels_last):
+def compile_inference(model, shape, runtime: Runtime, memory_format=torch.channels_last, package_path=None):
     """`model` (on runtime's device, in eval mode from here on) compiled ahead of time for batches
-    of `shape` under runtime's autocast; takes seconds (a C++ compile)."""
+    of `shape` under runtime's autocast; takes seconds (a C++ compile). With `package_path` the
+    package is kept there (written whole or not at all), for `load_inference` in a later run."""
     import torch._inductor  # the package's declared API: aoti_compile_and_package, aoti_load_package
 
     quiet_compiler()
@@ -59,4 +65,79 @@ def compile_inference(model, shape, runtime: Runtime, memory_format=torch.channe
             raise EngineError(f"--compile: AOTInductor could not build the model ({first_line(error)}); "
                               "evaluate without --compile") from error
         runner = torch._inductor.aoti_load_package(package)  # extracts the library: the package can go
+        if package_path is not None:
+            try:
+                Path(package_path).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(package, f"{package_path}.tmp{os.getpid()}")
+                os.replace(f"{package_path}.tmp{os.getpid()}", package_path)
+            except OSError:  # a cache that cannot be written costs a compile next time, nothing else
+                pass
     return CompiledInference(runner, shape, memory_format)
+
+
+def load_inference(package_path, shape, memory_format=torch.channels_last):
+    """A package `compile_inference` kept, loaded (a fraction of a second)."""
+    import torch._inductor
+
+    return CompiledInference(torch._inductor.aoti_load_package(str(package_path)), shape, memory_format)
+
+
+def choose_inference(model, loader, runtime: Runtime, ref, source, cache_dir, say=print):
+    """What `engine eval --compile` evaluates with on CPU, and the seconds compiling (or loading) took
+    (None where it runs eagerly): the model compiled ahead of time where that measured faster on this
+    machine and the batches of `loader` repay the compile (engine/compile_plan.py), else `model`.
+    The package is kept in the cache, keyed by the compile key and the checkpoint file `source`
+    (path, size, modification time), so evaluating it again loads it instead of compiling."""
+    from engine.compile_plan import WIN_FROM, decide, key, read, record
+
+    batches = loader.epoch(0)
+    x, _, _ = next(batches)  # (B, C, H, W): the one eval shape
+    batches.close()
+    cache_key = key("aot", ref, x.shape, runtime)
+    entries = read(cache_dir)
+    eager_key = key("eager_infer", ref, x.shape, runtime)
+    eager_s = entries.get(eager_key, {}).get("seconds") or _batch_time(model, x, runtime)
+    if eager_key not in entries:
+        record_time(cache_dir, eager_key, eager_s, ref)
+    stat = os.stat(source)
+    file_key = hashlib.sha256(f"{os.path.realpath(source)}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    package = cache_dir / "compiled" / f"{cache_key}-{file_key}.pt2"
+    entry = entries.get(cache_key)
+    started = time.perf_counter()
+    if package.exists() and entry and entry["ratio"] >= WIN_FROM:
+        say(f"--compile: the model compiled ahead of time for this checkpoint earlier ({entry['ratio']:.2f}x eager), from {package}")
+        return load_inference(package, x.shape, loader.memory_format), time.perf_counter() - started
+    decision = decide("aot", cache_key, cache_dir, eager_s * len(loader))
+    say(f"--compile: {'compiling ahead of time (torch.export + AOTInductor)' if decision.compile else 'evaluating eagerly'}: "
+        f"{decision.why}")
+    if not decision.compile:
+        return model, None
+    compiled = compile_inference(model, x.shape, runtime, loader.memory_format, package_path=package)
+    compile_s = time.perf_counter() - started
+    ratio = eager_s / _batch_time(compiled, x, runtime)
+    record(cache_dir, cache_key, ratio, compile_s, model=ref.label, batch=len(x), what="inference, AOTInductor")
+    if ratio < WIN_FROM:
+        package.unlink(missing_ok=True)
+        say(f"--compile: the compiled model ran {ratio:.2f}x eager here: evaluating eagerly")
+        return model, compile_s
+    return compiled, compile_s
+
+
+def record_time(cache_dir, cache_key, seconds, ref):
+    from engine.compile_plan import _write, read
+
+    entries = read(cache_dir)
+    entries[cache_key] = {"seconds": round(seconds, 6), "model": ref.label}
+    _write(cache_dir / "compile.json", entries)
+
+
+def _batch_time(model, x, runtime, rounds=5):
+    """Median seconds of `model` on the batch x under no_grad and runtime's autocast, after one warm-up call."""
+    samples = []
+    with torch.no_grad(), runtime.autocast():
+        model(x)
+        for _ in range(rounds):
+            started = time.perf_counter()
+            model(x)
+            samples.append(time.perf_counter() - started)
+    return statistics.median(samples)

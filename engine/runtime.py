@@ -73,6 +73,10 @@ class Runtime:
     compile: bool
     compile_mode: str
     triton: bool
+    # On CPU whether the training graph is compiled (engine/compile_plan.py decides it per model and
+    # machine for a run); None: not decided, so training graphs run eagerly there (see CountingInductor)
+    compile_training: bool | None = None
+    compile_note: str = ""  # what the run's compile decisions were, for describe()
 
     @classmethod
     def from_config(cls, cfg: Config, warn=warn):
@@ -104,7 +108,7 @@ class Runtime:
         amp = {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast + GradScaler"}[self.amp_dtype]
         parts = [str(self.device), amp, "channels_last" if self.channels_last else "NCHW"]
         if self.compile:
-            parts.append(f"torch.compile ({self.compile_mode}{'; training runs eagerly' if self.eager_training else ''})")
+            parts.append(f"torch.compile ({self.compile_note or self.compile_mode + ('; training runs eagerly' if self.eager_training else '')})")
         if self.triton:
             blocks = getattr(self, "fused_blocks", None)  # known once prepare() has fused the model
             count = f" on {blocks} block{'s' if blocks != 1 else ''}" if blocks is not None else ""
@@ -143,9 +147,19 @@ class Runtime:
 
     @property
     def eager_training(self):
-        """Whether compiled training graphs run eagerly: on CPU Inductor's training graph lost to
-        eager (see CountingInductor), except with the Triton kernel, which is for correctness there."""
-        return self.device.type == "cpu" and not self.triton
+        """Whether compiled training graphs run eagerly: on CPU, unless a measurement chose to compile
+        them (`compile_training`, engine/compile_plan.py), since Inductor's training graph lost to eager
+        there (see CountingInductor); never with the Triton kernel, which is for correctness there."""
+        return self.device.type == "cpu" and not self.triton and not self.compile_training
+
+    @property
+    def plans_compile(self):
+        """Whether this run's compiles are decisions by measurement (engine/compile_plan.py): on CPU,
+        without the Triton kernel, unless ENGINE_COMPILE=always (tests of the compiled path) asks to
+        compile whatever the measurement. CUDA compiles as asked."""
+        if os.environ.get("ENGINE_COMPILE", "measured") not in ("measured", "always"):
+            raise EngineError(f"ENGINE_COMPILE={os.environ['ENGINE_COMPILE']!r}: set it to measured or always, or unset it")
+        return self.compile and self.device.type == "cpu" and not self.triton and os.environ.get("ENGINE_COMPILE") != "always"
 
 
 _graphs = [0]  # graphs handed to Inductor in this process, by every CountingInductor

@@ -8,6 +8,7 @@ evaluates and saves.
 """
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,6 +69,7 @@ class Session:
     confusion: object = None  # engine.confusion.Confusion of the latest test evaluation (confusion.png at the end)
     class_weights: torch.Tensor | None = None  # (classes,) the loss's weights with --class-weights auto
     ema: WeightAverage | None = None  # --ema: the weight average, updated after each step
+    eval_plan: object = None  # engine.compile_plan.EvalPlan: --compile on CPU, whether evaluations compile
 
     @property
     def evaluated(self):
@@ -110,10 +112,12 @@ def open_session(cfg: Config, resume: Checkpoint | None = None, say=print, ranks
         model = open_model(cfg, ref, data, spec, resume, ranks, model, run, say)
         train_loader, test_loader = loaders(cfg, data, spec, runtime, ranks, say)
         choose_precision(cfg, runtime, model, ref, resume, ranks, train_loader, say)
+        choose_compile(cfg, runtime, model, ref, ranks, train_loader, say)
         ema = WeightAverage(model, cfg.ema) if cfg.ema is not None else None  # copied before compile (engine/ema.py)
-        model = runtime.prepare(model, name=ref.label)
+        in_place = runtime.compile and not (runtime.plans_compile and not runtime.compile_training)
+        model = runtime.prepare(model, compile=in_place, name=ref.label)
         if ema is not None:
-            ema.prepare(lambda averaged: runtime.prepare(averaged, name=ref.label), model)
+            ema.prepare(lambda averaged: runtime.prepare(averaged, compile=in_place, name=ref.label), model)
     except BaseException:
         run.discard_if_unused()
         raise
@@ -131,6 +135,11 @@ def open_session(cfg: Config, resume: Checkpoint | None = None, say=print, ranks
     session.class_weights = loss_weights(cfg.class_weights, data.train_y, data.classes, runtime.device, say)
     if resume is not None:
         restore_progress(session, resume, say)
+    if runtime.plans_compile and not runtime.compile_training:  # evaluations: compiled where that pays
+        from engine.compile_plan import EvalPlan
+
+        evaluations = (cfg.epochs - session.start_epoch) * math.ceil(1 / (cfg.eval_every or 1))
+        session.eval_plan = EvalPlan(runtime, ref, (cfg.batch_size, *data.shape), evaluations, cfg.resolved_cache_dir(), say)
     if data.val_x is not None:
         session.val_loader = BatchLoader(data.val_x, data.val_y, cfg.batch_size, spec.mean, spec.std, device=runtime.device,
                                          train=False, channels_last=cfg.channels_last, rank=ranks.rank, world=ranks.world)
@@ -167,6 +176,26 @@ def choose_precision(cfg: Config, runtime: Runtime, model, ref: ModelRef, resume
             decision = decide(model, runtime, ref, x, y, cfg.resolved_cache_dir())
         decision = ranks.broadcast(decision)
     apply(decision, runtime, ref, say)
+
+
+def choose_compile(cfg: Config, runtime: Runtime, model, ref: ModelRef, ranks: Ranks, loader: BatchLoader, say):
+    """--compile on CPU: whether the training step is compiled, by measurement on this machine against
+    the run's length (engine/compile_plan.py); under DDP rank 0 decides for every rank."""
+    if not runtime.plans_compile:
+        return
+    from engine.compile_plan import keep_compiled_code, plan_training
+
+    cache_dir = cfg.resolved_cache_dir()
+    keep_compiled_code(cache_dir)
+    compile_training = None
+    if ranks.is_main:
+        batches = loader.epoch(0)
+        x, y, _ = next(batches)
+        batches.close()
+        steps = len(loader) * cfg.epochs
+        compile_training = plan_training(runtime, model, ref, x, y, steps, cache_dir, say).compile
+    runtime.compile_training = ranks.broadcast(compile_training)
+    runtime.compile_note = f"training {'compiled' if runtime.compile_training else 'eager'}"
 
 
 def model_label(ref: ModelRef):

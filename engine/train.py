@@ -126,10 +126,13 @@ def evaluate_epoch(s: Session, figures: EpochFigures):
         s.ranks.sync_buffers(s.ema.module)  # ... and the average's, which each rank averaged from its own
     tta = tta_level(s.cfg, s.spec)
     s.confusion = Confusion(s.spec.classes, s.runtime.device)  # counted on the device as it goes: no extra pass
-    figures.test_loss, figures.test_acc = evaluate(s.evaluated, s.test_loader, s.runtime, tta, s.confusion)
+    model = s.eval_plan.model(s.evaluated) if s.eval_plan else s.evaluated  # --compile on CPU: compiled where it pays
+    figures.test_loss, figures.test_acc = evaluate(model, s.test_loader, s.runtime, tta, s.confusion)
     if s.val_loader is not None:
-        figures.val_loss, figures.val_acc = evaluate(s.evaluated, s.val_loader, s.runtime, tta)
+        figures.val_loss, figures.val_acc = evaluate(model, s.val_loader, s.runtime, tta)
     figures.eval_s = time.perf_counter() - eval_started
+    if s.eval_plan:
+        s.eval_plan.timed(figures.eval_s)
 
 
 def epoch_metrics(s: Session, figures: EpochFigures) -> dict:
@@ -281,7 +284,7 @@ def train_ranks(cfg: Config, resume, log, ranks: Ranks, model=None):
             if s.reached:  # stopped within the epoch at --target-acc
                 break
             m = record(s, figures)
-            if figures.warm_until and s.runtime.compile:
+            if figures.warm_until and s.runtime.compile and not s.runtime.eager_training:
                 say(f"Warm-up: {m['warmup_s']:.1f} s for the first {figures.warm_until} steps (torch.compile), kept out of img/s")
             first = False
             if s.reached:

@@ -60,9 +60,11 @@ def test_a_batchnorm_net_in_nchw_under_bf16_autocast_matches_eager(monkeypatch):
     assert (logits.argmax(1) == expected.argmax(1)).all()
 
 
-def test_eval_compile_on_cpu_is_ahead_of_time_and_agrees_with_eager(tiny_run):
+def test_eval_compile_on_cpu_is_ahead_of_time_and_agrees_with_eager(tiny_run, monkeypatch):
     """`engine eval CHECKPOINT --compile`: the compiled model evaluates the same images to the same
-    accuracy, with a final batch padded to the compiled shape."""
+    accuracy, with a final batch padded to the compiled shape (compiled whatever it measures:
+    tests/test_compile_plan.py checks the decision)."""
+    monkeypatch.setenv("ENGINE_COMPILE", "always")
     flags = {"limit_test": 50, "batch_size": 16, "amp": False, "device": "cpu"}
     said = []
     compiled = evaluate_checkpoint(tiny_run[1], {**flags, "compile": True}, log=said.append)
@@ -85,6 +87,6 @@ def test_engine_eval_compile_prints_no_cuda_home_warning_on_a_cpu(tiny_run, tmp_
         pytest.skip("the warning is only printed without CUDA")
     done = subprocess.run([sys.executable, "-m", "engine", "eval", str(tiny_run[1]), "--compile", "--device", "cpu",
                            "--limit-test", "64", "--batch-size", "32"], capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor")})
+                          env={**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor"), "ENGINE_COMPILE": "always"})
     assert done.returncode == 0, done.stderr
     assert "CUDA_HOME" not in done.stderr and "CUDA_HOME" not in done.stdout

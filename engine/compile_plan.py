@@ -1,0 +1,249 @@
+"""Whether `--compile` pays for the work at hand on this machine: measured once, cached, said in one line.
+
+A compile is an investment: seconds of Inductor's C++ build, paid back only if the compiled graph
+runs faster than eager and there is enough work left to recover the build. On the 2-core CPUs
+neither held everywhere: Inductor's CPU training graphs ran 0.83-0.97x eager on a Xeon with AMX
+(docs/performance.md has the profiles), AOTInductor inference won on that Xeon and lost on a Zen 3
+(0.82-0.92x), and a 5-second evaluation paid 20 s of compiling. So on CPU every compile is a
+decision per (what is compiled, model, input, batch, precision, memory format, CPU, torch, threads):
+
+- a measurement is cached in `<cache dir>/compile.json`: the steady-state ratio (eager time /
+  compiled time, > 1 is a win) and the seconds the last compile took;
+- a compile happens only where the ratio is at least 1 and the work left saves more than the
+  compile costs; before anything is measured, only where the work could pay for a compile at the
+  largest ratio seen on these CPUs (`MAX_RATIO`) against a typical compile (`FIRST_COMPILE_S`);
+- the compiled code itself is reused across runs: Inductor's on-disk caches (its FX graph and
+  AOTAutograd caches, on by default) live under the engine's cache directory, and `engine eval
+  --compile` keeps its AOTInductor packages there, keyed like the decode cache.
+
+CUDA runs compile as asked (nothing here was measured on a GPU).
+"""
+
+import copy
+import hashlib
+import json
+import os
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+# Before any measurement on this machine: what a first compile costs (Xeon, cold caches: cifar_cnn's
+# training graph 5 s, fast_cifar's 13-17 s, an inference graph 3-6 s, an AOTInductor library 8-20 s)
+# and the most a compile has gained on these CPUs (training: 1.11x fast_cifar fp32; inference: 1.8x
+# bf16 at batch 256).
+FIRST_COMPILE_S = {"train": 15.0, "eval": 5.0, "aot": 15.0}
+MAX_RATIO = {"train": 1.25, "eval": 1.8, "aot": 1.8}
+WIN_FROM = 1.0  # a compiled graph is used only where it is at least as fast as eager
+BUDGET_S = 0.4  # seconds of timed steps per side in a training measurement
+
+
+@dataclass
+class Decision:
+    compile: bool
+    why: str  # one line for the run's log
+    measured: dict | None = None  # the cache entry it rests on, if any
+
+
+def key(kind, ref, shape, runtime, precision=None):
+    """The cache key of compiling `kind` ("train", "eval", "aot") for `ref` on batches of `shape`
+    (B, C, H, W) with runtime's precision, format and mode, on this CPU and torch."""
+    from engine.runtime import cpu_name
+
+    precision = precision or runtime.resolved()["precision"]
+    fields = {"kind": kind, "model": ref.label, "args": ref.args, "shape": list(shape), "precision": precision,
+              "channels_last": runtime.channels_last, "mode": runtime.compile_mode, "cpu": cpu_name(),
+              "torch": str(torch.__version__), "threads": torch.get_num_threads()}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def decide(kind, cache_key, cache_dir, work_s):
+    """Whether to compile `kind` for `work_s` seconds of eager work left. Returns a Decision; where
+    nothing is measured yet and the work could pay, compile (the caller then measures and records)."""
+    entry = read(cache_dir).get(cache_key)
+    if entry is not None:
+        ratio, cost = entry["ratio"], entry["compile_s"]
+        if ratio < WIN_FROM:
+            return Decision(False, f"compiled ran {ratio:.2f}x eager here (measured earlier)", entry)
+        saved = work_s * (1 - 1 / ratio)
+        if saved <= cost:
+            return Decision(False, f"{cost:.0f} s of compiling would save about {saved:.1f} s of {work_s:.0f} s "
+                                   f"(compiled {ratio:.2f}x, measured earlier)", entry)
+        return Decision(True, f"compiled {ratio:.2f}x eager here (measured earlier)", entry)
+    best_case = work_s * (1 - 1 / MAX_RATIO[kind])
+    if best_case <= FIRST_COMPILE_S[kind]:
+        return Decision(False, f"about {work_s:.1f} s of work is too little to pay for a first compile "
+                               f"(~{FIRST_COMPILE_S[kind]:.0f} s)")
+    return Decision(True, "not measured on this machine yet: compiling and measuring")
+
+
+def record(cache_dir, cache_key, ratio, compile_s, **about):
+    """Keep a measurement (ratio = eager time / compiled time; compile_s, the seconds it took)."""
+    entries = read(cache_dir)
+    entries[cache_key] = {"ratio": round(ratio, 3), "compile_s": round(compile_s, 2), **about}
+    _write(cache_dir / "compile.json", entries)
+    return entries[cache_key]
+
+
+def read(cache_dir):
+    try:
+        return json.loads((cache_dir / "compile.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _write(path, entries):
+    """Atomically; a cache that cannot be written costs a measurement next time, nothing else."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        temporary.write_text(json.dumps(entries, indent=1, sort_keys=True) + "\n")
+        os.replace(temporary, path)
+    except OSError:
+        pass
+
+
+def keep_compiled_code(cache_dir):
+    """Point Inductor's on-disk caches (compiled kernels, FX graphs, AOTAutograd) at the engine's
+    cache directory, so a later run of the same graph loads it instead of building it (cifar_cnn's
+    training graph: 5 s cold, about 1 s from the cache). A user's own TORCHINDUCTOR_CACHE_DIR wins."""
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir / "inductor"))
+
+
+def step_time(model, runtime, x, y, rounds=None):
+    """Median seconds of a training step's forward and backward of `model` on x (B, C, H, W), y (B,)
+    under runtime's autocast, after two warm-up steps; returns (median, seconds of the first two)."""
+    def step():
+        with runtime.autocast():
+            loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+
+    started = time.perf_counter()
+    step()
+    step()
+    warm = time.perf_counter() - started
+    started = time.perf_counter()
+    step()
+    once = time.perf_counter() - started
+    rounds = rounds or max(2, min(20, int(BUDGET_S / max(once, 1e-6))))
+    samples = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        step()
+        samples.append(time.perf_counter() - started)
+    return statistics.median(samples), warm
+
+
+def measure_training(model, runtime, x, y):
+    """(eager time / compiled time of a training step, seconds the compile took) on copies of
+    `model` (its statistics and the random state untouched), with every graph compiled."""
+    from engine.runtime import CountingInductor, quiet_compiler
+
+    quiet_compiler()
+    with torch.random.fork_rng(devices=[]):
+        eager = copy.deepcopy(model).train()
+        eager_s, eager_warm = step_time(eager, runtime, x, y)
+        compiled = copy.deepcopy(model).train()
+        compiled.compile(backend=CountingInductor(runtime.compile_mode))
+        compiled_s, compiled_warm = step_time(compiled, runtime, x, y)
+        eager_again, _ = step_time(eager, runtime, x, y)  # the machine may have changed pace: bracket it
+    eager_s = statistics.median([eager_s, eager_again])
+    return eager_s / compiled_s, max(compiled_warm - eager_warm, 0.0)
+
+
+def plan_training(runtime, model, ref, x, y, steps, cache_dir, say=print):
+    """Decide `runtime.compile_training` for a run of `steps` training steps of `model` (not yet
+    prepared) on batches like x (B, C, H, W), y (B,), and say it in one line. The eager step time
+    is measured once per key (a fraction of a second) and cached with the compile measurement."""
+    entries = read(cache_dir)
+    eager_key = key("eager_step", ref, x.shape, runtime)
+    eager_s = entries.get(eager_key, {}).get("seconds")
+    if eager_s is None:
+        probe = _probe_copy(model, runtime)
+        with torch.random.fork_rng(devices=[]):
+            eager_s, _ = step_time(probe, runtime, x, y)
+        entries[eager_key] = {"seconds": round(eager_s, 5), "model": ref.label, "batch": len(y)}
+        _write(cache_dir / "compile.json", entries)
+    train_key = key("train", ref, x.shape, runtime)
+    decision = decide("train", train_key, cache_dir, steps * eager_s)
+    if decision.compile and decision.measured is None:
+        ratio, compile_s = measure_training(_probe_copy(model, runtime), runtime, x, y)
+        record(cache_dir, train_key, ratio, compile_s, model=ref.label, batch=len(y), what="training step")
+        decision = decide("train", train_key, cache_dir, steps * eager_s)
+        decision.why = decision.why.replace("measured earlier", "measured now")
+    runtime.compile_training = decision.compile
+    runtime.compile_note = f"training {'compiled' if decision.compile else 'eager'}"
+    say(f"--compile: the training step {'is compiled' if decision.compile else 'runs eagerly'}: {decision.why} "
+        f"(cached in {cache_dir / 'compile.json'})")
+    return decision
+
+
+def _probe_copy(model, runtime):
+    probe = copy.deepcopy(model).train().to(runtime.device)
+    return probe.to(memory_format=torch.channels_last) if runtime.channels_last else probe
+
+
+class EvalPlan:
+    """Whether a training run's evaluations are compiled, decided at its second evaluation.
+
+    The first evaluation runs eagerly and is timed; before the next, the evaluations left times that
+    time is the work a compile would serve (`decide`). Where nothing is measured yet, the next one
+    compiles (timed apart: one forward on a batch of the eval shape) and is measured against the
+    first; a compiled evaluation slower than eager is dropped for the rest of the run, and either
+    way the measurement is cached. The compiled model is torch.compile over the same module, so it
+    always evaluates the current weights.
+    """
+
+    def __init__(self, runtime, ref, shape, evaluations, cache_dir, say=print):
+        self.runtime, self.ref, self.shape, self.left = runtime, ref, tuple(shape), evaluations
+        self.cache_dir, self.say = cache_dir, say
+        self.key = key("eval", ref, shape, runtime)
+        self.state, self.eager_s, self.compiled, self.compile_s = "first", None, None, 0.0
+
+    def model(self, module):
+        """What to evaluate `module` with this time: itself, or its compiled form."""
+        if self.state == "first" or self.state == "eager":
+            return module
+        if self.state == "undecided":
+            decision = decide("eval", self.key, self.cache_dir, self.left * self.eager_s)
+            self.say(f"--compile: evaluation {'compiled' if decision.compile else 'runs eagerly'}: {decision.why}")
+            if not decision.compile:
+                self.state = "eager"
+                return module
+            self.compiled = self._compile(module)
+            self.state = "measuring" if decision.measured is None else "compiled"
+        return self.compiled
+
+    def timed(self, seconds):
+        """The evaluation just done took `seconds`."""
+        self.left -= 1
+        if self.state == "first":
+            self.eager_s, self.state = seconds, "undecided"
+        elif self.state == "measuring":  # this evaluation began with the compile: not part of its time
+            ratio = self.eager_s / max(seconds - self.compile_s, 1e-9)
+            record(self.cache_dir, self.key, ratio, self.compile_s, model=self.ref.label, batch=self.shape[0],
+                   what="evaluation")
+            if ratio < WIN_FROM:
+                self.say(f"--compile: the compiled evaluation ran {ratio:.2f}x eager: evaluating eagerly from here")
+                self.state = "eager"
+            else:
+                self.state = "compiled"
+
+    def _compile(self, module):
+        from engine.runtime import CountingInductor, quiet_compiler
+
+        quiet_compiler()
+        compiled = torch.compile(module, backend=CountingInductor(self.runtime.compile_mode))
+        memory_format = torch.channels_last if self.runtime.channels_last else torch.contiguous_format
+        example = torch.zeros(self.shape, device=self.runtime.device).contiguous(memory_format=memory_format)
+        training = module.training
+        started = time.perf_counter()
+        with torch.no_grad(), self.runtime.autocast():
+            module.eval()
+            compiled(example)
+        self.compile_s = time.perf_counter() - started
+        module.train(training)
+        return compiled

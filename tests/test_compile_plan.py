@@ -1,0 +1,128 @@
+"""--compile on CPU decides by measurement (engine/compile_plan.py): the rule, the cache, and what a
+training run and `engine eval` then do. Measurements a test needs are planted in the cache file the
+engine reads (a decision rests on it, whatever machine runs the test); everything else is real."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from engine.compile_plan import FIRST_COMPILE_S, MAX_RATIO, decide, key, read, record
+from engine.config import Config
+from engine.models.reference import parse_model
+from engine.runtime import Runtime, compiled_graphs
+from engine.train import train
+
+CPU = dict(device="cpu", amp=False, channels_last=True)
+
+
+def test_a_measured_loss_never_compiles(tmp_path):
+    record(tmp_path, "k", 0.9, 1.0)
+    decision = decide("train", "k", tmp_path, work_s=10_000)
+    assert not decision.compile and "0.90x" in decision.why
+
+
+def test_a_measured_win_compiles_only_where_the_work_repays_the_compile(tmp_path):
+    record(tmp_path, "k", 1.25, 10.0)  # saves a fifth of the work: 50 s of work saves 10 s
+    assert not decide("eval", "k", tmp_path, work_s=49).compile
+    assert decide("eval", "k", tmp_path, work_s=51).compile
+
+
+@pytest.mark.parametrize("kind", ["train", "eval", "aot"])
+def test_before_any_measurement_only_work_that_could_pay_compiles(tmp_path, kind):
+    enough = FIRST_COMPILE_S[kind] / (1 - 1 / MAX_RATIO[kind])  # the work a best-case compile repays
+    assert not decide(kind, "k", tmp_path, work_s=enough * 0.99).compile
+    decision = decide(kind, "k", tmp_path, work_s=enough * 1.01)
+    assert decision.compile and decision.measured is None
+
+
+def test_the_key_names_everything_a_measurement_depends_on():
+    ref = parse_model("cifar_cnn")
+    runtime = Runtime.from_config(Config(**CPU, compile=True))
+    base = key("train", ref, (64, 3, 32, 32), runtime)
+    assert base == key("train", ref, (64, 3, 32, 32), runtime)
+    assert base != key("eval", ref, (64, 3, 32, 32), runtime)
+    assert base != key("train", ref, (32, 3, 32, 32), runtime)
+    assert base != key("train", parse_model("fast_cifar"), (64, 3, 32, 32), runtime)
+    assert base != key("train", ref, (64, 3, 32, 32), runtime, precision="bf16")
+
+
+def _run(tmp_path, name, **flags):
+    said = []
+    cfg = Config(**{**CPU, "epochs": 2, "limit_train": 256, "limit_test": 128, "batch_size": 64, "compile": True,
+                    "cache_dir": str(tmp_path / "cache"), "out": str(tmp_path / name), **flags})
+    _, metrics = train(cfg, log=said.append)
+    return said, metrics
+
+
+def test_a_short_run_trains_and_evaluates_eagerly_and_says_why(tmp_path):
+    before = compiled_graphs()
+    said, metrics = _run(tmp_path, "short")
+    assert compiled_graphs() == before  # nothing went to Dynamo or Inductor
+    assert any("training step runs eagerly" in line and "too little" in line for line in said)
+    assert any("evaluation runs eagerly" in line for line in said)
+    entries = read(tmp_path / "cache")
+    assert [e["model"] for e in entries.values()] == ["cifar_cnn"]  # the eager step time, measured once
+    assert metrics[-1]["compiled_graphs"] == compiled_graphs()
+
+
+def test_a_measured_training_win_compiles_the_training_step(tmp_path):
+    ref, runtime = parse_model("cifar_cnn"), Runtime.from_config(Config(**CPU, compile=True))
+    record(tmp_path / "cache", key("train", ref, (64, 3, 32, 32), runtime), 2.0, 0.0)
+    before = compiled_graphs()
+    said, _ = _run(tmp_path, "compiled")
+    assert any("training step is compiled" in line and "2.00x" in line for line in said)
+    assert compiled_graphs() >= before + 2  # the training graph and the evaluation graph
+
+
+@pytest.mark.parametrize("ratio", [3.0, 0.5])
+def test_evaluations_compile_from_the_second_one_where_measured_faster(tmp_path, ratio):
+    ref, runtime = parse_model("cifar_cnn"), Runtime.from_config(Config(**CPU, compile=True))
+    record(tmp_path / "cache", key("eval", ref, (64, 3, 32, 32), runtime), ratio, 0.0)
+    before = compiled_graphs()
+    said, metrics = _run(tmp_path, f"eval{ratio}", epochs=3)
+    assert any("training step runs eagerly" in line for line in said)
+    compiled = [line for line in said if "evaluation compiled" in line]
+    assert bool(compiled) == (ratio > 1)
+    assert compiled_graphs() == before + (1 if ratio > 1 else 0)  # one inference graph, no training graph
+    assert len(metrics) == 3
+
+
+def _engine_eval(checkpoint, cache, *flags):
+    done = subprocess.run([sys.executable, "-m", "engine", "eval", str(checkpoint), "--compile", "--device", "cpu",
+                           "--no-amp", "--limit-test", "64", "--batch-size", "32", *flags],
+                          capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "ENGINE_CACHE_DIR": str(cache), "ENGINE_COMPILE": "measured"})
+    assert done.returncode == 0, done.stderr
+    return done.stdout + done.stderr
+
+
+def test_engine_eval_compile_skips_a_compile_the_work_cannot_repay(tiny_run, tmp_path):
+    out = _engine_eval(tiny_run[1], tmp_path / "cache")
+    assert "evaluating eagerly" in out and "too little" in out and "after compiling" not in out
+    assert not (tmp_path / "cache" / "compiled").exists()
+
+
+@pytest.mark.slow
+def test_engine_eval_compile_measures_keeps_and_reuses_the_compiled_model(tiny_run, tmp_path):
+    """A planted win makes it compile; it then measures the compiled model itself, records that, and
+    keeps the package only where it won, which the next evaluation of the checkpoint loads."""
+    cache = tmp_path / "cache"
+    ref, runtime = parse_model("cifar_cnn"), Runtime.from_config(Config(**CPU, compile=True))
+    aot = key("aot", ref, (32, 3, 32, 32), runtime)
+    record(cache, aot, 5.0, 0.0)
+    first = _engine_eval(tiny_run[1], cache)
+    assert "compiling ahead of time" in first
+    measured = read(cache)[aot]
+    assert measured["what"] == "inference, AOTInductor" and measured["compile_s"] > 0
+    packages = list((cache / "compiled").glob("*.pt2"))
+    second = _engine_eval(tiny_run[1], cache)
+    if measured["ratio"] >= 1:
+        assert len(packages) == 1 and "compiled ahead of time for this checkpoint earlier" in second
+    else:
+        assert packages == [] and "evaluating eagerly" in second and "measured earlier" in second
+    assert json.loads((cache / "compile.json").read_text())[aot] == measured  # nothing measured twice
+    torch.compiler.reset()
