@@ -143,8 +143,8 @@ ARGS = ["--epochs", "3", "--limit-train", "256", "--limit-test", "64", "--batch-
         "--device", "cpu", "--quiet", "--ema", "0.9"]  # 8 steps an epoch
 
 
-def engine(*args, cwd):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+def engine(*args, cwd, **env_vars):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **env_vars}
     env.pop("ENGINE_TEST_PAUSE_AT", None)
     result = subprocess.run([sys.executable, "-m", "engine", *map(str, args)], capture_output=True, text=True, cwd=cwd,
                             env=env, timeout=600)
@@ -197,8 +197,9 @@ def test_eval_and_export_use_the_average(tmp_path):
 def test_a_compiled_run_evaluates_the_average_not_the_model(tmp_path):
     """The average is prepared (and compiled) apart from the model: the run's evaluations, compiled,
     measure the averaged weights, as an eager evaluation of them does."""
-    engine("train", *ARGS, "--epochs", "1", "--compile", "--out", "run", cwd=tmp_path)
+    engine("train", *ARGS, "--epochs", "1", "--compile", "--out", "run", cwd=tmp_path, ENGINE_COMPILE="always")
     checkpoint = load(tmp_path / "run" / "last.pt")
+    assert checkpoint.metrics[-1]["compiled_graphs"] >= 2  # the step's and the evaluation's: compiled, not planned away
     eager = json.loads(engine("eval", "run/last.pt", "--json", "--no-amp", "--limit-test", "64", cwd=tmp_path))
     assert eager["test_loss"] == pytest.approx(checkpoint.metrics[-1]["test_loss"], abs=1e-4)
 
