@@ -88,6 +88,7 @@ def ema_run(tmp_path_factory):
     return train(Config(out=str(out), epochs=2, ema=0.8, **TINY), log=lambda *_: None)
 
 
+@pytest.mark.slow  # a 2-epoch run (about 3 s with its fixture): the quick loop is at its 2-minute budget
 def test_a_run_evaluates_saves_and_chooses_best_on_the_average(ema_run):
     run, metrics = ema_run
     last, best = load(run / "last.pt"), load(run / "best.pt")
@@ -105,6 +106,7 @@ def test_a_run_evaluates_saves_and_chooses_best_on_the_average(ema_run):
     assert plain["test_loss"] != pytest.approx(result["test_loss"], rel=1e-4)
 
 
+@pytest.mark.slow  # a 2-epoch run (about 3 s with its fixture): the quick loop is at its 2-minute budget
 def test_eval_of_an_averaged_checkpoint_says_so_in_one_line(ema_run):
     run, _ = ema_run
     lines = []
@@ -113,6 +115,7 @@ def test_eval_of_an_averaged_checkpoint_says_so_in_one_line(ema_run):
     assert said == [f"Using the weight average in {run / 'last.pt'} (--ema 0.8, 8 steps), as its evaluations did"]
 
 
+@pytest.mark.slow  # a 2-epoch run (about 3 s with its fixture): the quick loop is at its 2-minute budget
 def test_a_resume_refuses_another_decay_and_a_checkpoint_without_its_average(ema_run, tmp_path):
     run, _ = ema_run
     with pytest.raises(UsageError, match=r"--ema 0.5 differs from its 0.8 \(start a new run"):
@@ -127,6 +130,7 @@ def test_a_resume_refuses_another_decay_and_a_checkpoint_without_its_average(ema
         train(cfg, resume=checkpoint, log=lambda *_: None)
 
 
+@pytest.mark.slow  # a 2-epoch run (about 3 s with its fixture): the quick loop is at its 2-minute budget
 def test_a_damaged_average_in_a_checkpoint_is_one_line(ema_run, tmp_path):
     run, _ = ema_run
     values = torch.load(run / "last.pt", weights_only=True)
