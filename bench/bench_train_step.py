@@ -18,6 +18,7 @@ import torch
 
 from engine.config import Config
 from engine.models import training_flops
+from engine.runtime import CountingInductor
 from engine.session import open_session
 from engine.train import train_step
 
@@ -28,7 +29,12 @@ CASES = {  # the flags of `engine train` each case stands for
     "compile-fp32": dict(amp=False, compile=True),
     "amp-compile": dict(amp=True, compile=True),  # the headline `--amp --compile`, resolved for this machine
     "triton": dict(amp=False, triton=True),  # CUDA only: on CPU the kernel runs in Triton's interpreter
+    # Inductor's whole training graph, whatever the measured decision (on CPU `--compile` trains it
+    # only where it measured faster: engine/compile_plan.py); what that decision rests on, in this run
+    "inductor-fp32": dict(amp=False),
+    "inductor-bf16": dict(amp=True, amp_dtype="bf16"),
 }
+INDUCTOR = ("inductor-fp32", "inductor-bf16")
 ROUNDS = {32: 200, 64: 120, 256: 36}  # about 1.5 s of steps a case at bf16: shorter runs drifted 5-7% between cases
 # Users' models (issue 15): torchvision networks at batch 64 on the same paths, ~25x cifar_cnn's FLOPs a step.
 USER_MODELS = ("torchvision:resnet18", "torchvision:mobilenet_v3_small")
@@ -37,12 +43,14 @@ USER_ROUNDS = 12
 # The zoo's airbench nets (issue 17) at their recipes' batch on the CPU's paths: fast_cifar94 is ~6x
 # fast_cifar's FLOPs an image (236 against 40 MFLOP forward); 5 of its bf16 steps are ~4 s on the 2-core Xeon.
 FAST_MODELS = {"fast_cifar": (128, 40), "fast_cifar94": (1024, 5)}  # name: (batch, rounds)
-FAST_CASES = ("channels_last-fp32", "channels_last-bf16", "amp-compile")
+FAST_CASES = ("channels_last-fp32", "channels_last-bf16", "amp-compile", *INDUCTOR)
 
 
 @pytest.mark.parametrize("batch", sorted(ROUNDS))
 @pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.cuda) if c == "triton" else c for c in CASES])
 def test_train_step(benchmark, roof, tmp_path, case, batch):
+    if case in INDUCTOR and batch != 64:
+        pytest.skip("Inductor's training graph is timed at batch 64 only")
     benchmark.group = f"train_step, batch {batch}"
     time_steps(benchmark, roof, tmp_path, case, batch, "cifar_cnn", ROUNDS[batch])
 
@@ -71,6 +79,8 @@ def time_steps(benchmark, roof, tmp_path, case, batch, model, rounds):
     cfg = Config(model=model, epochs=1, batch_size=batch, limit_train=batch * 4, limit_test=batch, quiet=True,
                  out=str(tmp_path / "run"), **CASES[case])
     s = open_session(cfg, say=lambda *_: None)
+    if case in INDUCTOR:
+        s.model.compile(backend=CountingInductor())  # every graph through Inductor, training included
     s.model.train()
     x, y, _ = next(s.train_loader.epoch(0))
     first, _ = train_step(s, x, y, 0)

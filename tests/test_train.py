@@ -114,7 +114,8 @@ def test_resume_after_kill_9_gives_bit_identical_weights(tmp_path):
 
 
 @pytest.mark.slow
-def test_compile_builds_its_graphs_in_the_first_epoch_only(tmp_path):
+def test_compile_builds_its_graphs_in_the_first_epoch_only(tmp_path, monkeypatch):
+    monkeypatch.setenv("ENGINE_COMPILE", "always")  # compiled whatever it measures (tests/test_compile_plan.py)
     # 100 test images at batch 64 need a padded last eval batch; 500 train images drop a partial one.
     _, metrics = run(tmp_path, epochs=3, limit_train=500, limit_test=100, batch_size=64, amp=False, compile=True)
     graphs = [m["compiled_graphs"] for m in metrics]
