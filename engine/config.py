@@ -76,6 +76,11 @@ class Config:
     limit_test: int | None = option(None, "evaluate on a seeded random subset of N images (default: all)", group="data")
     epochs: int = option(10, "passes over the training set")
     batch_size: int = option(64, "images per step (64 was fastest per image on the 2-core CPU)", group="runtime")
+    eval_batch_size: int | None = option(
+        None, "images per evaluation batch (default: --batch-size; 250 and 512 measured no faster end to end on the "
+        "2-core Xeon, see docs/time-to-accuracy.md)",
+        group="runtime", resume=True,
+    )
     lr: float = option(0.05, "peak learning rate")
     optimizer: str = option(
         "sgd",
@@ -159,7 +164,7 @@ class Config:
 
     def validate(self):
         """Raise UsageError, naming the flag, for values no run could use."""
-        positive = ("epochs", "batch_size", "limit_train", "limit_test")
+        positive = ("epochs", "batch_size", "eval_batch_size", "limit_train", "limit_test")
         for name in positive:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):

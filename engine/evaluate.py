@@ -127,8 +127,8 @@ def evaluate_checkpoint(path, overrides, log=print, model=None):
     spec = checkpoint.spec
     data.test_y = labels_for(path, spec.shape, spec.classes, data, cfg.data)
     model = runtime.prepare(rebuilt, compile=runtime.compile and not runtime.ahead_of_time)
-    loader = BatchLoader(data.test_x, data.test_y, cfg.batch_size, spec.mean, spec.std, device=runtime.device,
-                         train=False, channels_last=cfg.channels_last)
+    loader = BatchLoader(data.test_x, data.test_y, cfg.eval_batch_size or cfg.batch_size, spec.mean, spec.std,
+                         device=runtime.device, train=False, channels_last=cfg.channels_last)
     started = time.perf_counter()
     compile_seconds = None
     if runtime.ahead_of_time and runtime.plans_compile:  # compiled where it pays (engine/compile_plan.py)
@@ -143,7 +143,7 @@ def evaluate_checkpoint(path, overrides, log=print, model=None):
 
         if not cfg.quiet:
             log("compiling the model ahead of time (torch.export + AOTInductor) ...")
-        model = compile_inference(model, (cfg.batch_size, *spec.shape), runtime, loader.memory_format)
+        model = compile_inference(model, (loader.batch_size, *spec.shape), runtime, loader.memory_format)
         compile_seconds = time.perf_counter() - started
     compiled = time.perf_counter()
     tta = tta_level(cfg, spec)

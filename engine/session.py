@@ -139,10 +139,11 @@ def open_session(cfg: Config, resume: Checkpoint | None = None, say=print, ranks
         from engine.compile_plan import EvalPlan
 
         evaluations = (cfg.epochs - session.start_epoch) * math.ceil(1 / (cfg.eval_every or 1))
-        session.eval_plan = EvalPlan(runtime, ref, (cfg.batch_size, *data.shape), evaluations, cfg.resolved_cache_dir(), say)
+        session.eval_plan = EvalPlan(runtime, ref, (test_loader.batch_size, *data.shape), evaluations, cfg.resolved_cache_dir(), say)
     if data.val_x is not None:
-        session.val_loader = BatchLoader(data.val_x, data.val_y, cfg.batch_size, spec.mean, spec.std, device=runtime.device,
-                                         train=False, channels_last=cfg.channels_last, rank=ranks.rank, world=ranks.world)
+        session.val_loader = BatchLoader(data.val_x, data.val_y, test_loader.batch_size, spec.mean, spec.std,  # one eval shape
+                                         device=runtime.device, train=False, channels_last=cfg.channels_last,
+                                         rank=ranks.rank, world=ranks.world)
     if ranks.is_main:
         run.write_config(cfg.to_dict(), dataclasses.asdict(spec), runtime.resolved())
         if run.path.parent.resolve() == (Path.cwd() / RUNS).resolve():  # runs/latest: the newest run in runs/
@@ -264,8 +265,9 @@ def loaders(cfg: Config, data: Dataset, spec: InputSpec, runtime: Runtime, ranks
                         train=True, flip=spec.flip and cfg.flip, seed=cfg.seed, channels_last=cfg.channels_last,
                         crop_padding=cfg.crop_padding, rank=ranks.rank, world=ranks.world,
                         resized_crop=cfg.resized_crop)
-    test = BatchLoader(data.test_x, data.test_y, cfg.batch_size, spec.mean, spec.std, device=runtime.device,
-                       train=False, channels_last=cfg.channels_last, rank=ranks.rank, world=ranks.world)
+    test = BatchLoader(data.test_x, data.test_y, cfg.eval_batch_size or cfg.batch_size, spec.mean, spec.std,
+                       device=runtime.device, train=False, channels_last=cfg.channels_last, rank=ranks.rank,
+                       world=ranks.world)
     streamed = [(name, x) for name, x, loader in (("train", data.train_x, train), ("test", data.test_x, test)) if loader.why]
     if streamed and ranks.is_main:
         images = " and ".join(f"{len(x):,} {name}" for name, x in streamed)

@@ -1,5 +1,8 @@
 """engine.evaluate: loss and accuracy over exactly the real images, and `engine eval`'s config rules."""
 
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -9,6 +12,7 @@ from engine.evaluate import evaluate, evaluate_checkpoint
 from engine.loader import BatchLoader
 from engine.models import build_model
 from engine.runtime import Runtime
+from engine.session import open_session
 from engine.train import train
 
 
@@ -131,3 +135,26 @@ def test_tta_levels_in_the_config_and_the_command_line():
         Config(tta=3)
     with pytest.raises(UsageError, match="invalid choice"):
         parse("--tta", "4")
+
+
+def test_a_run_evaluates_at_its_eval_batch_with_the_training_batch_s_figures(tmp_path):
+    """The eval loader's batch is --batch-size, or --eval-batch-size when given, and an evaluation
+    at either gives the same figures: every image once, padding ignored."""
+    values = dict(limit_train=256, limit_test=300, batch_size=32, amp=False, quiet=True, device="cpu")
+    s = open_session(Config(out=str(tmp_path / "default"), **values), say=lambda *_: None)
+    assert s.test_loader.batch_size == 32 and len(s.test_loader) == 10  # the last of 12 real images, padded
+    given = open_session(Config(out=str(tmp_path / "given"), eval_batch_size=150, **values), say=lambda *_: None)
+    assert given.test_loader.batch_size == 150 and len(given.test_loader) == 2
+    small = evaluate(s.model, s.test_loader, s.runtime)
+    large = evaluate(s.model, given.test_loader, given.runtime)
+    assert large[1] == small[1] and large[0] == pytest.approx(small[0], rel=1e-5)  # fp32: rounding only
+
+
+def test_eval_batch_size_is_a_flag_of_train_and_eval_and_refuses_zero(tmp_path):
+    for command in ("train", "eval"):
+        shown = subprocess.run([sys.executable, "-m", "engine", command, "--help"], capture_output=True, text=True)
+        assert "--eval-batch-size N" in shown.stdout
+    refused = subprocess.run([sys.executable, "-m", "engine", "train", "--eval-batch-size", "0", "--out", str(tmp_path / "r")],
+                             capture_output=True, text=True)
+    assert refused.returncode == 2 and "--eval-batch-size must be a whole number of at least 1" in refused.stderr
+    assert not (tmp_path / "r").exists()
