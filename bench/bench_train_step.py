@@ -97,4 +97,7 @@ def time_steps(benchmark, roof, tmp_path, case, batch, model, rounds):
     benchmark.extra_info.update(images_per_s=round(images_per_s, 1), batch=batch, model=model, runtime=s.runtime.describe(),
                                 gflops=round(gflops, 2), roof_share=round(gflops / roof, 3), roof_gflops=round(roof, 1))
     last = losses[-1].float().item()
+    if case in INDUCTOR and not math.isfinite(last):  # a finding, which the compile decision checks for
+        benchmark.extra_info["diverged"] = True
+        pytest.xfail(f"Inductor's whole training graph of {model} gave a non-finite loss (eager's is finite)")
     assert math.isfinite(last) and last < first.float().item()  # the same batch, trained on repeatedly

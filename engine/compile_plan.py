@@ -65,6 +65,8 @@ def decide(kind, cache_key, cache_dir, work_s):
     entry = read(cache_dir).get(cache_key)
     if entry is not None:
         ratio, cost = entry["ratio"], entry["compile_s"]
+        if ratio == 0:
+            return Decision(False, "the compiled graph disagreed with eager here (measured earlier)", entry)
         if ratio < WIN_FROM:
             return Decision(False, f"compiled ran {ratio:.2f}x eager here (measured earlier)", entry)
         saved = work_s * (1 - 1 / ratio)
@@ -139,39 +141,70 @@ def step_time(model, runtime, x, y, rounds=None):
 
 def measure_training(model, runtime, x, y):
     """(eager time / compiled time of a training step, seconds the compile took) on copies of
-    `model` (its statistics and the random state untouched), with every graph compiled."""
+    `model` (its statistics and the random state untouched), with every graph compiled. A compiled
+    step whose loss or gradients disagree with eager's on the same weights and batch (beyond the
+    precision's rounding) measures 0: a fast path is used only where it is proven against eager.
+    (Inductor's bf16 training graph of fast_cifar gave a non-finite loss where eager's was finite.)"""
     from engine.runtime import CountingInductor, quiet_compiler
 
     quiet_compiler()
     with torch.random.fork_rng(devices=[]):
         eager = copy.deepcopy(model).train()
-        eager_s, eager_warm = step_time(eager, runtime, x, y)
         compiled = copy.deepcopy(model).train()
         compiled.compile(backend=CountingInductor(runtime.compile_mode))
-        compiled_s, compiled_warm = step_time(compiled, runtime, x, y)
+        started = time.perf_counter()
+        agree = agrees(eager, compiled, runtime, x, y)  # the compile happens here
+        compile_s = time.perf_counter() - started
+        if not agree:
+            return 0.0, compile_s
+        eager_s, _ = step_time(eager, runtime, x, y)
+        compiled_s, _ = step_time(compiled, runtime, x, y)
         eager_again, _ = step_time(eager, runtime, x, y)  # the machine may have changed pace: bracket it
     eager_s = statistics.median([eager_s, eager_again])
-    return eager_s / compiled_s, max(compiled_warm - eager_warm, 0.0)
+    return eager_s / compiled_s, compile_s
 
 
-def plan_training(runtime, model, ref, x, y, steps, cache_dir, say=print):
+def agrees(eager, compiled, runtime, x, y):
+    """Whether one training forward and backward of `compiled` gives eager's loss and gradients on x, y
+    (the two modules hold the same weights): within 1e-3 relative in fp32, 5e-2 under bf16/fp16."""
+    results = []
+    for model in (eager, compiled):
+        with runtime.autocast():
+            loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        grads = [p.grad.float().flatten() for p in model.parameters() if p.grad is not None]
+        results.append((loss.detach().float(), torch.cat(grads) if grads else torch.zeros(1)))
+        model.zero_grad(set_to_none=True)
+    (loss_a, grad_a), (loss_b, grad_b) = results
+    tolerance = 1e-3 if runtime.amp_dtype is None else 5e-2
+    if not (torch.isfinite(loss_b) and torch.isfinite(grad_b).all()):
+        return False
+    return bool((loss_a - loss_b).abs() <= tolerance * loss_a.abs().clamp_min(1e-6)
+                and (grad_a - grad_b).norm() <= tolerance * grad_a.norm().clamp_min(1e-12))
+
+
+def plan_training(runtime, model, ref, shape, batch, steps, cache_dir, say=print):
     """Decide `runtime.compile_training` for a run of `steps` training steps of `model` (not yet
-    prepared) on batches like x (B, C, H, W), y (B,), and say it in one line. The eager step time
-    is measured once per key (a fraction of a second) and cached with the compile measurement."""
+    prepared) on batches of `shape` (B, C, H, W), and say it in one line. `batch()` gives a real
+    batch (x, y) when something must be measured: the eager step time, once per key (a fraction of
+    a second), cached with the compile measurement; a cached run reads no batch."""
     entries = read(cache_dir)
-    eager_key = key("eager_step", ref, x.shape, runtime)
+    eager_key = key("eager_step", ref, shape, runtime)
     eager_s = entries.get(eager_key, {}).get("seconds")
     if eager_s is None:
+        x, y = batch()
         probe = _probe_copy(model, runtime)
         with torch.random.fork_rng(devices=[]):
             eager_s, _ = step_time(probe, runtime, x, y)
         entries[eager_key] = {"seconds": round(eager_s, 5), "model": ref.label, "batch": len(y)}
         _write(cache_dir / "compile.json", entries)
-    train_key = key("train", ref, x.shape, runtime)
+    train_key = key("train", ref, shape, runtime)
     decision = decide("train", train_key, cache_dir, steps * eager_s)
     if decision.compile and decision.measured is None:
+        x, y = batch()
         ratio, compile_s = measure_training(_probe_copy(model, runtime), runtime, x, y)
-        record(cache_dir, train_key, ratio, compile_s, model=ref.label, batch=len(y), what="training step")
+        record(cache_dir, train_key, ratio, compile_s, model=ref.label, batch=len(y),
+               what="training step" if ratio else "training step: compiled disagreed with eager")
         decision = decide("train", train_key, cache_dir, steps * eager_s)
         decision.why = decision.why.replace("measured earlier", "measured now")
     runtime.compile_training = decision.compile

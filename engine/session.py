@@ -189,12 +189,15 @@ def choose_compile(cfg: Config, runtime: Runtime, model, ref: ModelRef, ranks: R
     cache_dir = cfg.resolved_cache_dir()
     keep_compiled_code(cache_dir)
     compile_training = None
-    if ranks.is_main:
+    def batch():  # a real training batch, read only if something must be measured
         batches = loader.epoch(0)
         x, y, _ = next(batches)
-        batches.close()
-        steps = len(loader) * cfg.epochs
-        compile_training = plan_training(runtime, model, ref, x, y, steps, cache_dir, say).compile
+        batches.close()  # a streamed split's read-ahead stops here
+        return x, y
+
+    if ranks.is_main:
+        shape = (cfg.batch_size, *loader.x.shape[1:])
+        compile_training = plan_training(runtime, model, ref, shape, batch, len(loader) * cfg.epochs, cache_dir, say).compile
     runtime.compile_training = ranks.broadcast(compile_training)
     runtime.compile_note = f"training {'compiled' if runtime.compile_training else 'eager'}"
 

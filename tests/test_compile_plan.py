@@ -19,6 +19,15 @@ from engine.train import train
 CPU = dict(device="cpu", amp=False, channels_last=True)
 
 
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
+    """Dynamo stops compiling a function after 8 recompiles in a process (other tests compile the same
+    forward): each test here starts from empty compile caches."""
+    torch.compiler.reset()
+    yield
+    torch.compiler.reset()
+
+
 def test_a_measured_loss_never_compiles(tmp_path):
     record(tmp_path, "k", 0.9, 1.0)
     decision = decide("train", "k", tmp_path, work_s=10_000)
@@ -125,4 +134,24 @@ def test_engine_eval_compile_measures_keeps_and_reuses_the_compiled_model(tiny_r
     else:
         assert packages == [] and "evaluating eagerly" in second and "measured earlier" in second
     assert json.loads((cache / "compile.json").read_text())[aot] == measured  # nothing measured twice
+    torch.compiler.reset()
+
+
+def test_a_compiled_training_step_is_checked_against_eager_before_it_is_timed():
+    from engine.compile_plan import agrees, measure_training
+    from engine.models import build_model
+    from engine.runtime import CountingInductor
+
+    runtime = Runtime.from_config(Config(**CPU, compile=True))
+    torch.manual_seed(0)
+    model = build_model("cifar_cnn", (3, 32, 32), 10).to(memory_format=torch.channels_last)
+    x, y = torch.randn(16, 3, 32, 32).contiguous(memory_format=torch.channels_last), torch.randint(0, 10, (16,))
+    other = build_model("cifar_cnn", (3, 32, 32), 10).to(memory_format=torch.channels_last)  # other weights
+    assert not agrees(model, other, runtime, x, y)
+    compiled = build_model("cifar_cnn", (3, 32, 32), 10).to(memory_format=torch.channels_last)
+    compiled.load_state_dict(model.state_dict())
+    compiled.compile(backend=CountingInductor())
+    assert agrees(model, compiled, runtime, x, y)
+    ratio, compile_s = measure_training(model, runtime, x, y)
+    assert ratio > 0 and compile_s > 0
     torch.compiler.reset()
