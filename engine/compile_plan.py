@@ -30,6 +30,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from engine import decisions
+
 # Before any measurement on this machine: what a first compile costs (Xeon, cold caches: cifar_cnn's
 # training graph 5 s, fast_cifar's 13-17 s, an inference graph 3-6 s, an AOTInductor library 8-20 s)
 # and the most a compile has gained on these CPUs (training: 1.11x fast_cifar fp32; inference: 1.8x
@@ -85,26 +87,17 @@ def record(cache_dir, cache_key, ratio, compile_s, **about):
     """Keep a measurement (ratio = eager time / compiled time; compile_s, the seconds it took)."""
     entries = read(cache_dir)
     entries[cache_key] = {"ratio": round(ratio, 3), "compile_s": round(compile_s, 2), **about}
-    _write(cache_dir / "compile.json", entries)
+    write(cache_dir, entries)
     return entries[cache_key]
 
 
 def read(cache_dir):
-    try:
-        return json.loads((cache_dir / "compile.json").read_text())
-    except (OSError, ValueError):
-        return {}
+    """The cached measurements: {key: entry}."""
+    return decisions.read(cache_dir / "compile.json")
 
 
-def _write(path, entries):
-    """Atomically; a cache that cannot be written costs a measurement next time, nothing else."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        temporary.write_text(json.dumps(entries, indent=1, sort_keys=True) + "\n")
-        os.replace(temporary, path)
-    except OSError:
-        pass
+def write(cache_dir, entries):
+    decisions.write(cache_dir / "compile.json", entries)
 
 
 def keep_compiled_code(cache_dir):
@@ -197,7 +190,7 @@ def plan_training(runtime, model, ref, shape, batch, steps, cache_dir, say=print
         with torch.random.fork_rng(devices=[]):
             eager_s, _ = step_time(probe, runtime, x, y)
         entries[eager_key] = {"seconds": round(eager_s, 5), "model": ref.label, "batch": len(y)}
-        _write(cache_dir / "compile.json", entries)
+        write(cache_dir, entries)
     train_key = key("train", ref, shape, runtime)
     decision = decide("train", train_key, cache_dir, steps * eager_s)
     if decision.compile and decision.measured is None:

@@ -90,14 +90,20 @@ def choose_inference(model, loader, runtime: Runtime, ref, source, cache_dir, sa
     (path, size, modification time), so evaluating it again loads it instead of compiling."""
     from engine.compile_plan import WIN_FROM, decide, key, read, record
 
-    batches = loader.epoch(0)
-    x, _, _ = next(batches)  # (B, C, H, W): the one eval shape
-    batches.close()
-    cache_key = key("aot", ref, x.shape, runtime)
+    shape = (loader.batch_size, *loader.x.shape[1:])  # (B, C, H, W): the one eval shape
+
+    def batch():  # the first real batch, read only when something is measured or compiled
+        batches = loader.epoch(0)
+        x, _, _ = next(batches)
+        batches.close()
+        return x
+
+    cache_key = key("aot", ref, shape, runtime)
     entries = read(cache_dir)
-    eager_key = key("eager_infer", ref, x.shape, runtime)
-    eager_s = entries.get(eager_key, {}).get("seconds") or _batch_time(model, x, runtime)
-    if eager_key not in entries:
+    eager_key = key("eager_infer", ref, shape, runtime)
+    eager_s = entries.get(eager_key, {}).get("seconds")
+    if eager_s is None:
+        eager_s = _batch_time(model, batch(), runtime)
         record_time(cache_dir, eager_key, eager_s, ref)
     stat = os.stat(source)
     file_key = hashlib.sha256(f"{os.path.realpath(source)}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
@@ -106,16 +112,16 @@ def choose_inference(model, loader, runtime: Runtime, ref, source, cache_dir, sa
     started = time.perf_counter()
     if package.exists() and entry and entry["ratio"] >= WIN_FROM:
         say(f"--compile: the model compiled ahead of time for this checkpoint earlier ({entry['ratio']:.2f}x eager), from {package}")
-        return load_inference(package, x.shape, loader.memory_format), time.perf_counter() - started
+        return load_inference(package, shape, loader.memory_format), time.perf_counter() - started
     decision = decide("aot", cache_key, cache_dir, eager_s * len(loader))
     say(f"--compile: {'compiling ahead of time (torch.export + AOTInductor)' if decision.compile else 'evaluating eagerly'}: "
         f"{decision.why}")
     if not decision.compile:
         return model, None
-    compiled = compile_inference(model, x.shape, runtime, loader.memory_format, package_path=package)
+    compiled = compile_inference(model, shape, runtime, loader.memory_format, package_path=package)
     compile_s = time.perf_counter() - started
-    ratio = eager_s / _batch_time(compiled, x, runtime)
-    record(cache_dir, cache_key, ratio, compile_s, model=ref.label, batch=len(x), what="inference, AOTInductor")
+    ratio = eager_s / _batch_time(compiled, batch(), runtime)
+    record(cache_dir, cache_key, ratio, compile_s, model=ref.label, batch=shape[0], what="inference, AOTInductor")
     if ratio < WIN_FROM:
         package.unlink(missing_ok=True)
         say(f"--compile: the compiled model ran {ratio:.2f}x eager here: evaluating eagerly")
@@ -124,11 +130,11 @@ def choose_inference(model, loader, runtime: Runtime, ref, source, cache_dir, sa
 
 
 def record_time(cache_dir, cache_key, seconds, ref):
-    from engine.compile_plan import _write, read
+    from engine.compile_plan import read, write
 
     entries = read(cache_dir)
     entries[cache_key] = {"seconds": round(seconds, 6), "model": ref.label}
-    _write(cache_dir / "compile.json", entries)
+    write(cache_dir, entries)
 
 
 def _batch_time(model, x, runtime, rounds=5):

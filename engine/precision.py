@@ -12,12 +12,13 @@ keeps its checkpoint's precision, and under DDP rank 0 decides for every rank.
 import copy
 import hashlib
 import json
-import os
 import statistics
 import time
 
 import torch
 import torch.nn.functional as F
+
+from engine.decisions import read, write
 
 # bf16 stays only where it is at least as fast as fp32: a fast path never loses. (0.95 let resnet18
 # keep bf16 on a 0.957 measurement that the bench then put at 0.90x; at a true ratio near 1 either
@@ -31,13 +32,13 @@ def decide(model, runtime, ref, x, y, cache_dir):
     {"precision": "bf16" or "fp32", "ratio": fp32 time / bf16 time, "cached": bool, "file": the cache}."""
     key = _key(ref, x, runtime)
     cache = cache_dir / "precision.json"
-    decisions = _read(cache)
+    decisions = read(cache)
     cached = key in decisions
     if not cached:
         ratio = measure(model, runtime, x, y)
         decisions[key] = {"precision": "bf16" if ratio >= KEEP_BF16_FROM else "fp32", "ratio": round(ratio, 3),
                           "model": ref.label, "batch": len(y)}
-        _write(cache, decisions)
+        write(cache, decisions)
     return dict(decisions[key], cached=cached, file=str(cache))
 
 
@@ -95,21 +96,3 @@ def _key(ref, x, runtime):
               "channels_last": runtime.channels_last, "cpu": cpu_name(), "torch": str(torch.__version__),
               "threads": torch.get_num_threads()}
     return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:24]
-
-
-def _read(path):
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def _write(path, decisions):
-    """Atomically; a cache that cannot be written costs a measurement next time, nothing else."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        temporary.write_text(json.dumps(decisions, indent=1, sort_keys=True) + "\n")
-        os.replace(temporary, path)
-    except OSError:
-        pass
