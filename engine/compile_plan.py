@@ -91,6 +91,18 @@ def record(cache_dir, cache_key, ratio, compile_s, **about):
     return entries[cache_key]
 
 
+def eager_seconds(cache_dir, cache_key, measure, **about):
+    """The eager time of one step or batch under `cache_key`: cached, else `measure()`d now and kept."""
+    entry = read(cache_dir).get(cache_key)
+    if entry is not None:
+        return entry["seconds"]
+    seconds = measure()
+    entries = read(cache_dir)
+    entries[cache_key] = {"seconds": round(seconds, 6), **about}
+    write(cache_dir, entries)
+    return seconds
+
+
 def read(cache_dir):
     """The cached measurements: {key: entry}."""
     return decisions.read(cache_dir / "compile.json")
@@ -177,20 +189,15 @@ def agrees(eager, compiled, runtime, x, y):
 
 
 def plan_training(runtime, model, ref, shape, batch, steps, cache_dir, say=print):
-    """Decide `runtime.compile_training` for a run of `steps` training steps of `model` (not yet
+    """Whether to compile the training step for a run of `steps` training steps of `model` (not yet
     prepared) on batches of `shape` (B, C, H, W), and say it in one line. `batch()` gives a real
     batch (x, y) when something must be measured: the eager step time, once per key (a fraction of
     a second), cached with the compile measurement; a cached run reads no batch."""
-    entries = read(cache_dir)
-    eager_key = key("eager_step", ref, shape, runtime)
-    eager_s = entries.get(eager_key, {}).get("seconds")
-    if eager_s is None:
-        x, y = batch()
-        probe = _probe_copy(model, runtime)
+    def measure():
         with torch.random.fork_rng(devices=[]):
-            eager_s, _ = step_time(probe, runtime, x, y)
-        entries[eager_key] = {"seconds": round(eager_s, 5), "model": ref.label, "batch": len(y)}
-        write(cache_dir, entries)
+            return step_time(_probe_copy(model, runtime), runtime, *batch())[0]
+
+    eager_s = eager_seconds(cache_dir, key("eager_step", ref, shape, runtime), measure, model=ref.label, batch=shape[0])
     train_key = key("train", ref, shape, runtime)
     decision = decide("train", train_key, cache_dir, steps * eager_s)
     if decision.compile and decision.measured is None:
@@ -200,8 +207,6 @@ def plan_training(runtime, model, ref, shape, batch, steps, cache_dir, say=print
                what="training step" if ratio else "training step: compiled disagreed with eager")
         decision = decide("train", train_key, cache_dir, steps * eager_s)
         decision.why = decision.why.replace("measured earlier", "measured now")
-    runtime.compile_training = decision.compile
-    runtime.compile_note = f"training {'compiled' if decision.compile else 'eager'}"
     say(f"--compile: the training step {'is compiled' if decision.compile else 'runs eagerly'}: {decision.why} "
         f"(cached in {cache_dir / 'compile.json'})")
     return decision

@@ -88,7 +88,7 @@ def choose_inference(model, loader, runtime: Runtime, ref, source, cache_dir, sa
     machine and the batches of `loader` repay the compile (engine/compile_plan.py), else `model`.
     The package is kept in the cache, keyed by the compile key and the checkpoint file `source`
     (path, size, modification time), so evaluating it again loads it instead of compiling."""
-    from engine.compile_plan import WIN_FROM, decide, key, read, record
+    from engine.compile_plan import WIN_FROM, decide, eager_seconds, key, read, record
 
     shape = (loader.batch_size, *loader.x.shape[1:])  # (B, C, H, W): the one eval shape
 
@@ -99,12 +99,9 @@ def choose_inference(model, loader, runtime: Runtime, ref, source, cache_dir, sa
         return x
 
     cache_key = key("aot", ref, shape, runtime)
+    eager_s = eager_seconds(cache_dir, key("eager_infer", ref, shape, runtime),
+                            lambda: _batch_time(model, batch(), runtime), model=ref.label, batch=shape[0])
     entries = read(cache_dir)
-    eager_key = key("eager_infer", ref, shape, runtime)
-    eager_s = entries.get(eager_key, {}).get("seconds")
-    if eager_s is None:
-        eager_s = _batch_time(model, batch(), runtime)
-        record_time(cache_dir, eager_key, eager_s, ref)
     stat = os.stat(source)
     file_key = hashlib.sha256(f"{os.path.realpath(source)}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
     package = cache_dir / "compiled" / f"{cache_key}-{file_key}.pt2"
@@ -127,14 +124,6 @@ def choose_inference(model, loader, runtime: Runtime, ref, source, cache_dir, sa
         say(f"--compile: the compiled model ran {ratio:.2f}x eager here: evaluating eagerly")
         return model, compile_s
     return compiled, compile_s
-
-
-def record_time(cache_dir, cache_key, seconds, ref):
-    from engine.compile_plan import read, write
-
-    entries = read(cache_dir)
-    entries[cache_key] = {"seconds": round(seconds, 6), "model": ref.label}
-    write(cache_dir, entries)
 
 
 def _batch_time(model, x, runtime, rounds=5):

@@ -8,6 +8,7 @@ evaluates and saves.
 """
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -189,7 +190,9 @@ def choose_compile(cfg: Config, runtime: Runtime, model, ref: ModelRef, ranks: R
     cache_dir = cfg.resolved_cache_dir()
     keep_compiled_code(cache_dir)
     compile_training = None
-    def batch():  # a real training batch, read only if something must be measured
+
+    @functools.cache
+    def batch():  # a real training batch, read once and only if something must be measured
         batches = loader.epoch(0)
         x, y, _ = next(batches)
         batches.close()  # a streamed split's read-ahead stops here
