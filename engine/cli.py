@@ -262,11 +262,26 @@ def cmd_summary(args):
     return 0
 
 
+def bare_optional_values(argv):
+    """argv with each flag whose value is optional (--tta) given alone written as FLAG=CONST when the
+    next word is not a number: argparse would take `engine eval --tta run/best.pt`'s checkpoint as
+    the level and fail on it (a number that is not a level is still refused by argparse)."""
+    optional = {flag(f.name): f.metadata for f in dataclasses.fields(Config) if f.metadata.get("const") is not None}
+    out = []
+    for i, word in enumerate(argv):
+        meta = optional.get(word)
+        following = argv[i + 1] if i + 1 < len(argv) else None
+        if meta is not None and following is not None and not following.lstrip("-").isdigit():
+            word = f"{word}={meta['const']}"
+        out.append(word)
+    return out
+
+
 def main(argv=None):
     parser = build_parser()
     try:
         argv = sys.argv[1:] if argv is None else list(argv)
-        args = parser.parse_args(argv)
+        args = parser.parse_args(bare_optional_values(argv))
         args.argv = argv  # --nproc runs the same command under torchrun
         return args.func(args)
     except Interrupted as error:

@@ -66,6 +66,11 @@ def test_main_trains_resumes_and_evaluates_in_process(tmp_path, capsys):
     assert "Epoch:" not in capsys.readouterr().out
     assert main(["eval", out + "/best.pt", "--quiet"]) == 0
     assert capsys.readouterr().out.startswith("Test_acc:")
+    # --tta's level is optional: given alone before the checkpoint, the checkpoint is not taken as the level
+    assert main(["eval", "--tta", out + "/best.pt", "--quiet"]) == 0
+    assert capsys.readouterr().out.startswith("Test_acc(tta):")
+    assert main(["eval", "--tta", "2", out + "/best.pt", "--quiet"]) == 0
+    assert capsys.readouterr().out.startswith("Test_acc(tta2):")
 
 
 def test_resume_defaults_to_runs_latest(tmp_path, capsys, monkeypatch):
@@ -185,6 +190,7 @@ def bad(capsys, argv, code):
     (["summary", "--model", "vgg"], 2, "unknown model"),
     (["summary", "--input-shape", "32x32"], 2, "expected CxHxW"),
     (["eval"], 2, "required: CHECKPOINT"),
+    (["eval", "--tta", "3", "run/best.pt"], 2, "argument --tta: invalid choice: 3"),
     (["fly"], 2, "invalid choice"),
 ])
 def test_usage_errors(tmp_path, capsys, argv, code, words):
