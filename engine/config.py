@@ -93,7 +93,11 @@ class Config:
     bn_lr_scale: float = option(
         1.0, "learning-rate multiplier for BatchNorm parameters, whose weight decay is divided by it (airbench: 64)"
     )
-    crop_padding: int = option(4, "random crops: pixels of zero padding each side (0: no crops)")
+    crop_padding: int = option(4, "random crops: pixels of padding each side (0: no crops)")
+    crop_padding_mode: str = option(
+        "zeros", "what fills the --crop-padding border: zeros, or reflect (the image mirrored at its edges, without "
+        "repeating the edge pixel, as airbench pads)", choices=("zeros", "reflect"),
+    )
     flip: str = option(
         "random", "training flips, for datasets that train with them: random (each image mirrored with probability "
         "1/2 in each epoch) or alternate (airbench: a seeded half in epoch 0, then each image's side swaps every epoch)",

@@ -2,7 +2,7 @@
 
 Each epoch shuffles with a generator seeded by (seed, epoch), so an epoch's batches depend on
 nothing but those two numbers: a resumed run sees exactly the batches an uninterrupted one
-would. Random crops (zero padding) and horizontal flips (random, or alternating from epoch to
+would. Random crops (zero or reflected padding) and horizontal flips (random, or alternating from epoch to
 epoch: `alternate_flips`) run on whole batches; normalisation is
 `engine.normalization.Normalize`, the module exported ONNX files hold too. There is no
 per-sample Python work and no worker process.
@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.data.stream import Rows, gather, read_ahead
+from engine.errors import UsageError
 from engine.normalization import Normalize
 
 FLIP_STREAM = 1  # SeedSequence spawn key of the alternating flips' base draw (epochs use entropy [seed, epoch])
@@ -40,13 +41,15 @@ def epoch_generator(seed, epoch):
     return torch.Generator().manual_seed(int(state) & (2**63 - 1))
 
 
-def random_crop(x, shifts, padding):
-    """Crop each image of (B, C, H, W) at its own offset into a zero border of `padding` pixels.
+def random_crop(x, shifts, padding, mode="zeros"):
+    """Crop each image of (B, C, H, W) at its own offset into a border of `padding` pixels: zeros,
+    or with mode "reflect" the image mirrored at its edges (torch's reflect: the edge pixel is not
+    repeated; it needs padding < H and < W).
 
     shifts: (B, 2) ints in [0, 2 * padding], the (row, column) of each crop's top-left corner.
     """
     B, C, H, W = x.shape
-    padded = F.pad(x, (padding, padding, padding, padding))  # (B, C, H + 2p, W + 2p)
+    padded = F.pad(x, (padding,) * 4, mode="constant" if mode == "zeros" else mode)  # (B, C, H + 2p, W + 2p)
     rows = shifts[:, 0, None] + torch.arange(H, device=x.device)  # (B, H)
     cols = shifts[:, 1, None] + torch.arange(W, device=x.device)  # (B, W)
     batch = torch.arange(B, device=x.device)[:, None, None, None]
@@ -79,7 +82,7 @@ class BatchLoader:
     flip: False, "random" (True: the same) or "alternate" (`alternate_flips`).
     """
 
-    def __init__(self, x, y, batch_size, mean, std, *, device, train, flip=True, crop_padding=4,
+    def __init__(self, x, y, batch_size, mean, std, *, device, train, flip=True, crop_padding=4, padding_mode="zeros",
                  seed=0, channels_last=True, rank=0, world=1, resized_crop=None):
         self.device = torch.device(device)
         self.why = streams(x, self.device)  # why the split streams from the host; None: it is on the device
@@ -87,6 +90,11 @@ class BatchLoader:
         self.y = y.to(device)  # (N,) int64
         self.batch_size = batch_size
         self.train, self.flip, self.padding, self.seed = train, "random" if flip is True else flip, crop_padding, seed
+        self.padding_mode = padding_mode
+        side = min(x.shape[2:]) if len(x) else 0
+        if train and padding_mode == "reflect" and crop_padding >= side and not resized_crop:
+            raise UsageError(f"--crop-padding {crop_padding} with --crop-padding-mode reflect needs images larger than "
+                             f"{crop_padding} pixels a side, not {side}: pad less, or with zeros")
         self.resized_crop = resized_crop  # None, or the smallest area fraction of a random-resized crop
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.normalize = Normalize(mean, std).to(device)  # the same module the exported ONNX graph holds
@@ -147,7 +155,7 @@ class BatchLoader:
             if self.resized_crop:  # instead of the padded crop
                 x = random_resized_crop(x, boxes[index])
             elif self.padding:
-                x = random_crop(x, shifts[index], self.padding)
+                x = random_crop(x, shifts[index], self.padding, self.padding_mode)
             if self.flip:
                 x = random_flip(x, flips[index])
             yield self.normalise(x), self.y[index], B

@@ -269,7 +269,7 @@ def loaders(cfg: Config, data: Dataset, spec: InputSpec, runtime: Runtime, ranks
     does not fit streams from the decode cache (engine.loader), said in one line."""
     train = BatchLoader(data.train_x, data.train_y, cfg.batch_size, spec.mean, spec.std, device=runtime.device,
                         train=True, flip=spec.flip and cfg.flip, seed=cfg.seed, channels_last=cfg.channels_last,
-                        crop_padding=cfg.crop_padding, rank=ranks.rank, world=ranks.world,
+                        crop_padding=cfg.crop_padding, padding_mode=cfg.crop_padding_mode, rank=ranks.rank, world=ranks.world,
                         resized_crop=cfg.resized_crop)
     test = BatchLoader(data.test_x, data.test_y, cfg.eval_batch_size or cfg.batch_size, spec.mean, spec.std,
                        device=runtime.device, train=False, channels_last=cfg.channels_last, rank=ranks.rank,

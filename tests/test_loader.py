@@ -1,8 +1,10 @@
 """engine.loader: batches keep labels with their images; crops, flips, shuffles and padding are right."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 
+from engine.errors import UsageError
 from engine.loader import BatchLoader, epoch_generator, random_crop, random_flip
 
 
@@ -63,6 +65,25 @@ def test_crop_is_a_window_of_the_zero_padded_image():
         assert torch.equal(out[i], padded[i, :, dy:dy + 7, dx:dx + 9])
     assert torch.equal(out[2], x[2])  # shift (4, 4) is the identity
     assert (out[0, :, :4, :] == 0).all() and (out[0, :, 4:, 4:] == x[0, :, :3, :5]).all()
+
+
+def test_reflect_crop_mirrors_the_image_at_its_edges():
+    x = torch.randint(0, 256, (3, 2, 6, 5), dtype=torch.uint8)
+    shifts = torch.tensor([[0, 0], [2, 2], [4, 1]])
+    out = random_crop(x, shifts, 2, "reflect")
+    assert torch.equal(out[1], x[1])  # shift (2, 2) is the identity
+    # shift (0, 0): the window starts 2 pixels above and left; reflected rows/columns -2, -1 are 2, 1
+    rows, cols = [2, 1, 0, 1, 2, 3], [2, 1, 0, 1, 2]
+    assert torch.equal(out[0], x[0][:, rows][:, :, cols])
+    rows, cols = [2, 3, 4, 5, 4, 3], [1, 0, 1, 2, 3]  # shift (4, 1): rows 6, 7 reflect to 4, 3
+    assert torch.equal(out[2], x[2][:, rows][:, :, cols])
+
+
+def test_reflect_padding_needs_images_wider_than_it():
+    x, y = labelled_images(n=8, size=4, channels=1)
+    with pytest.raises(UsageError, match="--crop-padding 4 with --crop-padding-mode reflect"):
+        BatchLoader(x, y, 8, [0], [1], device="cpu", train=True, crop_padding=4, padding_mode="reflect")
+    BatchLoader(x, y, 8, [0], [1], device="cpu", train=True, crop_padding=3, padding_mode="reflect")  # fits
 
 
 def test_random_shifts_stay_inside_the_padding():
