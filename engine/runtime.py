@@ -153,6 +153,12 @@ class Runtime:
         return self.device.type == "cpu" and not self.triton and not self.compile_training
 
     @property
+    def compiles_training(self):
+        """Whether the model a training step calls is torch.compile'd in place: with --compile, except
+        where a measurement on CPU kept the training step eager (the model is then left as it is)."""
+        return self.compile and not (self.plans_compile and not self.compile_training)
+
+    @property
     def plans_compile(self):
         """Whether this run's compiles are decisions by measurement (engine/compile_plan.py): on CPU,
         without the Triton kernel, unless ENGINE_COMPILE=always (tests of the compiled path) asks to

@@ -115,7 +115,7 @@ def open_session(cfg: Config, resume: Checkpoint | None = None, say=print, ranks
         choose_precision(cfg, runtime, model, ref, resume, ranks, train_loader, say)
         choose_compile(cfg, runtime, model, ref, ranks, train_loader, say)
         ema = WeightAverage(model, cfg.ema) if cfg.ema is not None else None  # copied before compile (engine/ema.py)
-        in_place = runtime.compile and not (runtime.plans_compile and not runtime.compile_training)
+        in_place = runtime.compiles_training
         model = runtime.prepare(model, compile=in_place, name=ref.label)
         if ema is not None:
             ema.prepare(lambda averaged: runtime.prepare(averaged, compile=in_place, name=ref.label), model)

@@ -23,7 +23,7 @@ from engine.distributed import Ranks, process_group
 from engine.errors import Interrupted
 from engine.evaluate import evaluate, tta_level
 from engine.faults import CHECK_EVERY, LossWatch, pause_point
-from engine.optim import lr_at, set_lr
+from engine.optim import lr_at, set_lr, stop_finished
 from engine.recipe import frozen
 from engine.report import format_epoch, progress
 from engine.runtime import compiled_graphs, resolve_device, warn
@@ -260,6 +260,18 @@ def write_confusion(s: Session):
                            f"{s.ref.name} on {dataset_label(s.cfg.data)} after epoch {s.metrics[-1]['epoch']}")
 
 
+def settle_limits(s: Session, epoch):
+    """Before `epoch`: the model's epoch-limited parameters whose epochs are over stop taking
+    gradients (engine.optim.stop_finished), unless the training step is compiled, where a changed
+    requires_grad would recompile it for more than the gradient saves (their lr of 0 holds them
+    still either way). DDP registers the parameters that take gradients when it wraps the model,
+    so the wrapper is made again."""
+    if s.runtime.compiles_training:
+        return
+    if stop_finished(s.model, epoch) and s.ddp is not None:
+        s.ddp = s.ranks.wrap(s.model)
+
+
 def train(cfg: Config, resume=None, log=print, model=None):
     """Train as `cfg` says. Returns (run dir, metrics).
 
@@ -280,6 +292,7 @@ def train_ranks(cfg: Config, resume, log, ranks: Ranks, model=None):
     first = True  # the first epoch of this process times its first steps apart
     try:
         for epoch in range(s.start_epoch, s.cfg.epochs):
+            settle_limits(s, epoch)
             figures = train_epoch(s, epoch, first)
             if s.reached:  # stopped within the epoch at --target-acc
                 break

@@ -162,6 +162,20 @@ def test_resume_under_ddp_ends_with_the_weights_of_an_uninterrupted_run(ddp_run,
     assert [m["test_loss"] for m in a.metrics] == [m["test_loss"] for m in b.metrics]
 
 
+def test_a_parameter_that_stops_training_mid_run_under_ddp(tmp_path):
+    """fast_cifar94's whitening bias stops taking gradients after epoch 3: the DDP wrapper, which
+    registers the parameters that take gradients, is made again, and the run goes on to its end."""
+    out = tmp_path / "run"
+    flags = ["--model", "fast_cifar94", "--epochs", "4", "--limit-train", "64", "--limit-test", "32", "--batch-size", "16",
+             "--lr", "0.02", "--no-amp", "--device", "cpu", "--quiet", "--out", str(out)]
+    done = subprocess.run([sys.executable, "-m", "engine", "train", "--nproc", "2", *flags], capture_output=True,
+                          text=True, timeout=TIMEOUT)
+    assert done.returncode == 0, done.stderr
+    assert sum(line.startswith("Epoch:") for line in done.stdout.splitlines()) == 4
+    state = load(out / "last.pt")
+    assert state.epoch == 4 and "stem.0.bias" in state.frozen
+
+
 def test_one_rank_helpers_are_the_single_process_path():
     ranks = Ranks()
     t = torch.tensor(3.0)

@@ -147,6 +147,7 @@ def test_fast_cifar94_trains_freezes_its_whitening_bias_resumes_bit_for_bit_and_
     bias = [c.model["stem.0.bias"] for c in (second, third, whole)]
     assert torch.count_nonzero(bias[0]) > 0 and not torch.equal(bias[0], bias[1])  # trained (from 0) to epoch 3
     assert torch.equal(bias[1], bias[2])  # frozen in epoch 4
+    assert "stem.0.bias" not in third.frozen and "stem.0.bias" in whole.frozen  # no gradient from epoch 4 on
     assert not torch.equal(third.model["head.weight"], whole.model["head.weight"])  # while the rest trains
     onnx = tmp_path / "fast94.onnx"
     result = export_onnx(onnx, out / "last.pt", log=lambda *_: None)

@@ -126,6 +126,46 @@ def test_an_epoch_limited_parameter_has_its_own_group_and_stops_at_its_epoch():
     assert len(build_optimizer(Config(), model).param_groups) == 2  # bn_lr_scale 1: the rest and the bias
 
 
+def test_a_finished_parameter_stops_taking_gradients_and_the_rest_get_the_same():
+    """stop_finished turns the whitening bias's gradient off from epoch 3 (its limit) on, never back on,
+    and the other parameters' gradients are bit for bit what they were with it on."""
+    from engine.models import build_model
+    from engine.optim import stop_finished
+
+    torch.manual_seed(0)
+    model = build_model("fast_cifar94", (3, 32, 32), 10)
+    model.stem[0].weight.requires_grad_(False)  # as the whitening init leaves it
+    x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+
+    def grads():
+        model.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        return {name: None if p.grad is None else p.grad.clone() for name, p in model.named_parameters()}
+
+    before = grads()
+    assert before["stem.0.bias"] is not None
+    assert stop_finished(model, 2) is False and model.stem[0].bias.requires_grad  # epoch 3 (0-based 2) still trains it
+    assert stop_finished(model, 3) is True and not model.stem[0].bias.requires_grad
+    assert stop_finished(model, 4) is False  # already off
+    after = grads()
+    assert after["stem.0.bias"] is None
+    for name, grad in before.items():
+        if name != "stem.0.bias" and grad is not None:
+            assert torch.equal(grad, after[name]), name
+    plain = build_model("fast_cifar", (3, 32, 32), 10)  # no epoch-limited parameters: nothing changes
+    trains = [p.requires_grad for p in plain.parameters()]
+    assert stop_finished(plain, 10) is False and [p.requires_grad for p in plain.parameters()] == trains
+
+
+def test_a_parameter_frozen_otherwise_is_never_turned_back_on():
+    from engine.models import build_model
+    from engine.optim import stop_finished
+
+    model = build_model("fast_cifar94", (3, 32, 32), 10)
+    model.stem[0].bias.requires_grad_(False)  # --freeze stem
+    assert stop_finished(model, 0) is False and not model.stem[0].bias.requires_grad
+
+
 @pytest.mark.parametrize("name", ["sgd", "adamw", "adam", "rmsprop"])
 def test_a_stopped_group_stays_bit_for_bit_while_the_rest_trains(name):
     """lr 0 freezes a parameter exactly under every optimizer, momentum and weight decay included."""
