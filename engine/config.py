@@ -125,7 +125,9 @@ class Config:
         "to it from the command's start (default: train all --epochs)"
     )
     eval_every: float | None = option(
-        None, "also evaluate every X of an epoch, 0 < X <= 1 (default: 1, i.e. at epoch ends; 0.25 with --target-acc)"
+        None, "also evaluate every X of an epoch, 0 < X <= 1, or only every X epochs, X a whole number (the last "
+        "epoch always evaluates; a fixed budget timed to its end evaluates once) (default: 1, i.e. at epoch ends; "
+        "0.25 with --target-acc)"
     )
     val_split: str | None = option(
         None, "hold out a seeded N (or P%%) of the training images as a validation set: best.pt is then chosen on it "
@@ -196,8 +198,10 @@ class Config:
             raise UsageError(f"--ema is the weight average's decay per step, 0 < DECAY < 1 (e.g. 0.99), not {self.ema!r}")
         if self.target_acc is not None and not (math.isfinite(self.target_acc) and 0 < self.target_acc <= 100):
             raise UsageError(f"--target-acc is a test accuracy in percent, 0 < X <= 100, not {self.target_acc!r}")
-        if self.eval_every is not None and not (math.isfinite(self.eval_every) and 0 < self.eval_every <= 1):
-            raise UsageError(f"--eval-every is a fraction of an epoch, 0 < X <= 1, not {self.eval_every!r}")
+        if self.eval_every is not None and not (math.isfinite(self.eval_every) and self.eval_every > 0 and (
+                self.eval_every <= 1 or float(self.eval_every).is_integer())):
+            raise UsageError(f"--eval-every is a fraction of an epoch, 0 < X <= 1, or a whole number of epochs, "
+                             f"not {self.eval_every!r}")
         if isinstance(self.tta, bool):  # runs before the levels kept --tta as on/off: on is level 1
             self.tta = int(self.tta)
         parse_duration(self.save_every)

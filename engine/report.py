@@ -28,14 +28,15 @@ def format_epoch(m):
 
     Within an epoch (--eval-every) the epoch is fractional (`Epoch: 1.25`) and Train_* cover the
     epoch so far; `Val_*` with --val-split; `(tta)` marks test-time flip, `(tta2)` with translations
-    (`tta_mark`); `(ema)` marks the figures of the weight average (--ema); with --target-acc the line
-    ends with the time since the command started, and the target when it is reached.
+    (`tta_mark`); `(ema)` marks the figures of the weight average (--ema); an epoch that did not
+    evaluate (--eval-every N > 1) has no Test_* (nor Val_*); with --target-acc the line ends with the
+    time since the command started, and the target when it is reached.
     """
     tta = "(ema)" * bool(m.get("ema")) + tta_mark(m.get("tta"))
     epoch = f"{m['epoch']:.2f}" if m.get("partial") else m["epoch"]
     val = f"Val_acc{tta}:{m['val_acc'] * 100:.1f}%, Val_loss:{m['val_loss']:.3f}, " if "val_acc" in m else ""
-    line = (f"Epoch: {epoch}, Train_acc:{m['train_acc'] * 100:.1f}%, Train_loss:{m['train_loss']:.3f}, {val}"
-            f"Test_acc{tta}:{m['test_acc'] * 100:.1f}%, Test_loss:{m['test_loss']:.3f}, "
+    test = f"Test_acc{tta}:{m['test_acc'] * 100:.1f}%, Test_loss:{m['test_loss']:.3f}, " if "test_acc" in m else ""
+    line = (f"Epoch: {epoch}, Train_acc:{m['train_acc'] * 100:.1f}%, Train_loss:{m['train_loss']:.3f}, {val}{test}"
             f"{m['images_per_s']:,.0f} img/s, {m['epoch_s']:.1f} s")
     if "elapsed_s" in m:
         line += f", {m['elapsed_s']:.1f} s since start"
@@ -176,10 +177,12 @@ class RunDir:
         epochs = [m["epoch"] for m in metrics]
         fig, (acc, loss) = plt.subplots(1, 2, figsize=(10, 4))
         acc.plot(epochs, [m["train_acc"] * 100 for m in metrics], label="Training Accuracy")
-        acc.plot(epochs, [m["test_acc"] * 100 for m in metrics], label="Test Accuracy")
+        tested = [m for m in metrics if "test_acc" in m]  # --eval-every N > 1 skips epochs
+        marker = "o" if len(tested) < len(metrics) else None
+        acc.plot([m["epoch"] for m in tested], [m["test_acc"] * 100 for m in tested], marker=marker, label="Test Accuracy")
         acc.set(title="Training and Test Accuracy", xlabel="epoch", ylabel="accuracy (%)")
         loss.plot(epochs, [m["train_loss"] for m in metrics], label="Training Loss")
-        loss.plot(epochs, [m["test_loss"] for m in metrics], label="Test Loss")
+        loss.plot([m["epoch"] for m in tested], [m["test_loss"] for m in tested], marker=marker, label="Test Loss")
         loss.set(title="Training and Test Loss", xlabel="epoch", ylabel="loss")
         for ax in (acc, loss):
             ax.legend()

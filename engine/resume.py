@@ -111,7 +111,7 @@ def best_of(checkpoint: Checkpoint):
     if isinstance(checkpoint.best, dict):  # {"acc", "split", "epoch"}; checkpoints before 0.2 said "test_acc" for either
         return checkpoint.best.get("acc", checkpoint.best.get("test_acc")), checkpoint.best["epoch"]
     metrics = checkpoint.metrics or []
-    best = max(range(len(metrics)), key=lambda i: metrics[i]["test_acc"], default=None)
+    best = max((i for i, m in enumerate(metrics) if "test_acc" in m), key=lambda i: metrics[i]["test_acc"], default=None)
     return (-1.0, 0) if best is None else (metrics[best]["test_acc"], best + 1)
 
 

@@ -139,7 +139,7 @@ def open_session(cfg: Config, resume: Checkpoint | None = None, say=print, ranks
     if runtime.plans_compile and not runtime.compile_training:  # evaluations: compiled where that pays
         from engine.compile_plan import EvalPlan
 
-        evaluations = (cfg.epochs - session.start_epoch) * math.ceil(1 / (cfg.eval_every or 1))
+        evaluations = evaluations_left(cfg, session.start_epoch)
         session.eval_plan = EvalPlan(runtime, ref, (test_loader.batch_size, *data.shape), evaluations, cfg.resolved_cache_dir(), say)
     if data.val_x is not None:
         session.val_loader = BatchLoader(data.val_x, data.val_y, test_loader.batch_size, spec.mean, spec.std,  # one eval shape
@@ -150,12 +150,23 @@ def open_session(cfg: Config, resume: Checkpoint | None = None, say=print, ranks
         if run.path.parent.resolve() == (Path.cwd() / RUNS).resolve():  # runs/latest: the newest run in runs/
             run.point_latest()
     session.tensorboard = TensorBoard(run.path, session.steps) if cfg.tensorboard and ranks.is_main else None
-    session.watch, session.reached = Watch(cfg.target_acc, cfg.eval_every, session.steps), reached_in(session.metrics)
+    session.watch, session.reached = Watch(cfg.target_acc, cfg.eval_every, session.steps, cfg.epochs), reached_in(session.metrics)
     per_rank = f" per rank x {ranks.world} ranks = {cfg.batch_size * ranks.world} global" if ranks.world > 1 else ""
     val = f" / {len(data.val_x):,} validation" if data.val_x is not None else ""
     say(f"Run: {run.path} ({len(data.train_x):,} train{val} / {len(data.test_x):,} test images, "
         f"{session.steps} steps of {cfg.batch_size}{per_rank} an epoch, {cfg.epochs} epoch{'s' if cfg.epochs > 1 else ''})")
     return session
+
+
+def evaluations_left(cfg: Config, start_epoch):
+    """How many evaluations the epochs from `start_epoch` on make (--eval-every's cadence; the last
+    epoch always evaluates)."""
+    every = cfg.eval_every or 1
+    left = cfg.epochs - start_epoch
+    if every <= 1:
+        return left * math.ceil(1 / every)
+    every = round(every)
+    return sum(1 for e in range(start_epoch, cfg.epochs) if (e + 1) % every == 0 or e + 1 == cfg.epochs) if left else 0
 
 
 def choose_precision(cfg: Config, runtime: Runtime, model, ref: ModelRef, resume: Checkpoint | None, ranks: Ranks,

@@ -3,7 +3,9 @@ stop at `--target-acc`.
 
 The clock starts when the process did (read from /proc), so a time to target counts interpreter
 start-up, imports, data loading and every evaluation: the wall time a user waits. Evaluations
-happen at the end of each epoch and, with `--eval-every X` below 1, every X of an epoch.
+happen at the end of each epoch and, with `--eval-every X` below 1, every X of an epoch; with a
+whole X above 1 only after every X-th epoch and the last (a metrics entry without test figures
+marks an epoch that did not evaluate).
 """
 
 import os
@@ -56,8 +58,13 @@ def score(m):
     return m["val_acc"] if "val_acc" in m else m["test_acc"]
 
 
+def evaluated(metrics):
+    """The entries of evaluations (--eval-every N > 1 leaves epochs without one)."""
+    return [m for m in metrics if "test_acc" in m]
+
+
 def best_score(metrics):
-    return max((score(m) for m in metrics), default=-1.0)
+    return max((score(m) for m in evaluated(metrics)), default=-1.0)
 
 
 def reached_in(metrics):
@@ -72,15 +79,21 @@ class Watch:
     EVAL_EVERY_WITH_TARGET with a target); steps: training steps per epoch.
     """
 
-    def __init__(self, target, every, steps):
+    def __init__(self, target, every, steps, epochs):
         self.target = target
         self.every = every if every is not None else EVAL_EVERY_WITH_TARGET if target is not None else 1.0
         self.points = eval_steps(steps, self.every)
+        self.epochs = epochs
         self.started = command_started()
 
     def due(self, done):
         """Whether the epoch evaluates after `done` of its steps (besides its end)."""
         return done in self.points
+
+    def evaluates(self, epoch):
+        """Whether the end of `epoch` (0-based) evaluates: every epoch's, or with --eval-every N > 1
+        every N-th epoch's and the last one's."""
+        return self.every <= 1 or (epoch + 1) % round(self.every) == 0 or epoch + 1 >= self.epochs
 
     def elapsed(self):
         return time.perf_counter() - self.started
@@ -91,6 +104,8 @@ class Watch:
         if self.target is None:
             return False
         m["elapsed_s"] = round(self.elapsed(), 2)
+        if "test_acc" not in m:  # an epoch that did not evaluate
+            return False
         # 1e-9: a test accuracy of exactly X% counts (0.29 * 100 is 28.999999999999996 in floats)
         if m["test_acc"] * 100 < self.target - 1e-9:
             return False
@@ -102,6 +117,7 @@ class Watch:
         if reached is not None:
             return (f"Reached {self.target:g}% test accuracy in {reached['time_to_target']:.1f} s from the command's "
                     f"start, at epoch {reached['epoch']:g} ({reached['test_acc'] * 100:.2f}%)")
-        best = max((m["test_acc"] for m in metrics), default=0.0)
+        done = evaluated(metrics)
+        best = max((m["test_acc"] for m in done), default=0.0)
         return (f"Did not reach {self.target:g}% test accuracy in {self.elapsed():.1f} s "
-                f"(best {best * 100:.2f}% over {len(metrics)} evaluations); train longer or aim lower")
+                f"(best {best * 100:.2f}% over {len(done)} evaluations); train longer or aim lower")

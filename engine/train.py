@@ -49,6 +49,7 @@ class EpochFigures:
     eval_s: float = 0.0
     skipped: int = 0  # steps a mid-epoch checkpoint had already done (resumed), not run here
     steps_done: int = 0  # an evaluation within the epoch (--eval-every): its steps so far; 0 at the end
+    evaluated: bool = True  # False: an epoch end that --eval-every N > 1 does not evaluate
     val_loss: float = float("nan")  # with --val-split
     val_acc: float = float("nan")
 
@@ -146,8 +147,7 @@ def epoch_metrics(s: Session, figures: EpochFigures) -> dict:
         "epoch": f.epoch + 1 if done == steps else round(f.epoch + done / steps, 4),
         "train_loss": round(f.loss_sum.item() / seen, 5),
         "train_acc": round(f.correct.item() / seen, 5),
-        "test_loss": round(f.test_loss, 5),
-        "test_acc": round(f.test_acc, 5),
+        **({"test_loss": round(f.test_loss, 5), "test_acc": round(f.test_acc, 5)} if f.evaluated else {}),
         "images_per_s": round(steady_images / (f.trained - (f.started if in_warmup else f.steady_from)), 1),
         "epoch_s": round(time.perf_counter() - f.started, 2),
         "warmup_s": round(f.steady_from - f.started, 2) if f.warm_until else 0.0,
@@ -165,6 +165,8 @@ def epoch_metrics(s: Session, figures: EpochFigures) -> dict:
 def evaluation_extras(s: Session, f: EpochFigures) -> dict:
     """What --eval-every, --val-split, --tta and --ema add to an evaluation's metrics (nothing without them)."""
     extras = {"step": f.epoch * s.steps + f.steps_done, "partial": True} if f.steps_done else {}
+    if not f.evaluated:
+        return extras
     if s.val_loader is not None:
         extras.update(val_loss=round(f.val_loss, 5), val_acc=round(f.val_acc, 5))
     if tta_level(s.cfg, s.spec):
@@ -215,10 +217,12 @@ def save_epoch(s: Session, m, best_now, state=None):
 
 
 def record(s: Session, figures: EpochFigures):
-    """Evaluate after `figures`' steps, check --target-acc, save and print. Epoch ends and the
-    stop at the target write checkpoints (best.pt on the validation accuracy with --val-split);
-    evaluations within an epoch that do not stop it only add a metrics entry."""
-    evaluate_epoch(s, figures)
+    """Evaluate after `figures`' steps (unless `figures.evaluated` is False: an epoch end that
+    --eval-every N > 1 skips), check --target-acc, save and print. Epoch ends and the stop at the
+    target write checkpoints (best.pt on the validation accuracy with --val-split, only where
+    evaluated); evaluations within an epoch that do not stop it only add a metrics entry."""
+    if figures.evaluated:
+        evaluate_epoch(s, figures)
     m = epoch_metrics(s, figures)
     s.reached = m if s.watch.check(m) else None
     s.metrics.append(m)
@@ -229,8 +233,8 @@ def record(s: Session, figures: EpochFigures):
                 s.tensorboard.log(m)
     else:
         acc = figures.val_acc if s.val_loader is not None else figures.test_acc  # unrounded, as measured
-        best_now = acc > s.best
-        s.best = max(s.best, acc)
+        best_now = figures.evaluated and acc > s.best
+        s.best = acc if best_now else s.best
         s.best_epoch = m["epoch"] if best_now else s.best_epoch
         partial = {"loss_sum": figures.loss_sum.detach().cpu(), "correct": figures.correct.detach().cpu()}
         state = checkpoint_state(s, figures.epoch, figures.steps_done, partial) if figures.steps_done else None
@@ -296,6 +300,7 @@ def train_ranks(cfg: Config, resume, log, ranks: Ranks, model=None):
             figures = train_epoch(s, epoch, first)
             if s.reached:  # stopped within the epoch at --target-acc
                 break
+            figures.evaluated = s.watch.evaluates(epoch)
             m = record(s, figures)
             if figures.warm_until and s.runtime.compile and not s.runtime.eager_training:
                 say(f"Warm-up: {m['warmup_s']:.1f} s for the first {figures.warm_until} steps (torch.compile), kept out of img/s")

@@ -57,10 +57,63 @@ def test_score_prefers_validation_accuracy():
 def test_config_checks_the_new_flags():
     for values, message in (({"target_acc": 0}, "--target-acc"), ({"target_acc": 101.0}, "--target-acc"),
                             ({"eval_every": 1.5}, "--eval-every"), ({"eval_every": 0.0}, "--eval-every"),
+                            ({"eval_every": 2.5}, "--eval-every"), ({"eval_every": float("inf")}, "--eval-every"),
+                            ({"eval_every": -2.0}, "--eval-every"),
                             ({"val_split": 0}, "--val-split"), ({"bn_lr_scale": 0.0}, "--bn-lr-scale"),
                             ({"crop_padding": -1}, "--crop-padding")):
         with pytest.raises(UsageError, match=message):
             Config(**values)
+
+
+def test_evaluations_left_follow_the_cadence():
+    from engine.session import evaluations_left
+
+    assert evaluations_left(Config(epochs=5), 0) == 5
+    assert evaluations_left(Config(epochs=5, eval_every=0.25), 2) == 12
+    assert evaluations_left(Config(epochs=5, eval_every=2), 0) == 3  # after epochs 2, 4 and the last
+    assert evaluations_left(Config(epochs=6, eval_every=3), 1) == 2  # 3 and 6
+    assert evaluations_left(Config(epochs=6, eval_every=10), 5) == 1  # the last always
+    assert evaluations_left(Config(epochs=6, eval_every=2), 6) == 0
+
+
+def test_eval_every_n_epochs_evaluates_every_nth_and_the_last_and_resumes(tmp_path, capsys):
+    """--eval-every 2 over 5 epochs: epochs 2, 4 and 5 evaluate; 1 and 3 print and record their training
+    figures only, write last.pt (a resume point) but never best.pt; a run resumed after epoch 3 goes on
+    to the same cadence."""
+    out = tmp_path / "run"
+    flags = ["train", "--model", "cifar_cnn", "--limit-train", "128", "--limit-test", "32", "--batch-size", "32",
+             "--device", "cpu", "--no-amp", "--eval-every", "2", "--out", str(out), "--quiet"]
+
+    def stop_after(epoch):
+        import engine.train as loop
+
+        original = loop.save_epoch
+
+        def save_then_stop(s, m, best_now, state=None):
+            original(s, m, best_now, state)
+            if m["epoch"] == epoch:
+                raise KeyboardInterrupt
+        return original, save_then_stop
+
+    import engine.train as loop
+
+    original, stopping = stop_after(3)
+    loop.save_epoch = stopping
+    try:
+        assert main([*flags, "--epochs", "5"]) == 130
+    finally:
+        loop.save_epoch = original
+    assert load(out / "last.pt").epoch == 3 and load(out / "best.pt").epoch == 2
+    assert main(["train", "--resume", str(out)]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("Epoch:")]
+    assert [("Test_acc" in line) for line in lines] == [False, True, True, True]  # epochs 1, 2; resumed: 4, 5
+    metrics = read_metrics(out)
+    assert [m["epoch"] for m in metrics] == [1, 2, 3, 4, 5]
+    assert [("test_acc" in m) for m in metrics] == [False, True, False, True, True]
+    assert all("train_acc" in m and "images_per_s" in m for m in metrics)
+    best = load(out / "best.pt")
+    assert best.epoch in (2, 4, 5) and best.best["acc"] == max(m["test_acc"] for m in metrics if "test_acc" in m)
+    assert (out / "curves.png").stat().st_size > 0 and (out / "confusion.png").exists()
 
 
 def test_without_the_new_flags_metrics_keep_their_keys(tmp_path):
