@@ -130,12 +130,15 @@ def open_session(cfg: Config, resume: Checkpoint | None = None, say=print, ranks
     optimizer = build_optimizer(cfg, model)
     scaler = runtime.grad_scaler()
     session = Session(cfg, runtime, run, spec, ref, model, optimizer, scaler, train_loader, test_loader,
-                      None, [], ranks=ranks, ddp=ranks.wrap(model) if ranks.world > 1 else None, fingerprint=fingerprint,
+                      None, [], ranks=ranks, fingerprint=fingerprint,
                       clock=SaveClock(parse_duration(cfg.save_every) if ranks.world == 1 else None))  # DDP: epoch ends only
     session.ema = ema
     session.class_weights = loss_weights(cfg.class_weights, data.train_y, data.classes, runtime.device, say)
     if resume is not None:
         restore_progress(session, resume, say)
+    # after the restore: DDP registers the parameters that take gradients when it wraps the model,
+    # and a resumed run freezes again what the fresh one froze (a whitened stem, --freeze)
+    session.ddp = ranks.wrap(model) if ranks.world > 1 else None
     if runtime.plans_compile and not runtime.compile_training:  # evaluations: compiled where that pays
         from engine.compile_plan import EvalPlan
 

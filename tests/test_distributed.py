@@ -162,18 +162,34 @@ def test_resume_under_ddp_ends_with_the_weights_of_an_uninterrupted_run(ddp_run,
     assert [m["test_loss"] for m in a.metrics] == [m["test_loss"] for m in b.metrics]
 
 
-def test_a_parameter_that_stops_training_mid_run_under_ddp(tmp_path):
+def test_parameters_that_stop_training_mid_run_or_on_resume_under_ddp(tmp_path):
     """fast_cifar94's whitening bias stops taking gradients after epoch 3: the DDP wrapper, which
-    registers the parameters that take gradients, is made again, and the run goes on to its end."""
+    registers the parameters that take gradients, is made again, and the run goes on to its end.
+    A run killed after that resumes with its frozen stem (weight and bias) wrapped as frozen."""
     out = tmp_path / "run"
-    flags = ["--model", "fast_cifar94", "--epochs", "4", "--limit-train", "64", "--limit-test", "32", "--batch-size", "16",
-             "--lr", "0.02", "--no-amp", "--device", "cpu", "--quiet", "--out", str(out)]
-    done = subprocess.run([sys.executable, "-m", "engine", "train", "--nproc", "2", *flags], capture_output=True,
-                          text=True, timeout=TIMEOUT)
-    assert done.returncode == 0, done.stderr
-    assert sum(line.startswith("Epoch:") for line in done.stdout.splitlines()) == 4
+    flags = ["--model", "fast_cifar94", "--epochs", "6", "--limit-train", "640", "--limit-test", "32", "--batch-size",
+             "16", "--lr", "0.02", "--no-amp", "--device", "cpu", "--quiet", "--out", str(out)]
+    job = subprocess.Popen([sys.executable, "-m", "engine", "train", "--nproc", "2", *flags], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + TIMEOUT
+    while job.poll() is None and time.time() < deadline:  # kill rank 1 once epoch 4 (frozen bias) is saved
+        try:
+            if load(out / "last.pt").epoch >= 4:
+                break
+        except Exception:  # not written yet
+            pass
+        time.sleep(0.05)
+    pid = worker_pid(job.pid, 1)
+    if pid is not None:
+        os.kill(pid, signal.SIGKILL)
+    job.communicate(timeout=120)
+    killed = load(out / "last.pt")
+    assert 4 <= killed.epoch < 6 and "stem.0.bias" in killed.frozen, "the run ended before rank 1 was killed"
+    resumed = subprocess.run([sys.executable, "-m", "engine", "train", "--nproc", "2", "--resume", str(out), "--quiet"],
+                             capture_output=True, text=True, timeout=TIMEOUT)
+    assert resumed.returncode == 0, resumed.stderr
     state = load(out / "last.pt")
-    assert state.epoch == 4 and "stem.0.bias" in state.frozen
+    assert state.epoch == 6 and {"stem.0.weight", "stem.0.bias"} <= set(state.frozen)
 
 
 def test_one_rank_helpers_are_the_single_process_path():
