@@ -5,7 +5,8 @@ runs faster than eager and there is enough work left to recover the build. On th
 neither held everywhere: Inductor's CPU training graphs ran 0.83-0.97x eager on a Xeon with AMX
 and 0.85-0.98x on a Zen 3 (docs/performance.md has the profiles), AOTInductor inference won on
 that Xeon and, on the Zen 3, at batch 1 only (1.44x eager; 0.86x at 256), and a 5-second
-evaluation paid 20 s of compiling. So on CPU every compile is a decision per (what is compiled, model, input, batch, precision, memory format, CPU, torch, threads):
+evaluation paid 20 s of compiling. So on CPU every compile is a decision per (what is compiled,
+model, input, batch, precision, memory format, CPU, torch, threads):
 
 - a measurement is cached in `<cache dir>/compile.json`: the steady-state ratio (eager time /
   compiled time, > 1 is a win) and the seconds the last compile took;
