@@ -33,7 +33,7 @@ from engine.recipe import freeze, init_from_data
 from engine.report import RunDir, TensorBoard, default_run_dir
 from engine.resume import best_of, check_resume, data_fingerprint, repair_run, restore
 from engine.runtime import Runtime, setup_backends, warn
-from engine.target import Watch, reached_in
+from engine.target import Watch, evaluates_after, reached_in
 
 RUNS = "runs"  # where default-named runs go, and runs/latest
 
@@ -165,11 +165,9 @@ def evaluations_left(cfg: Config, start_epoch):
     """How many evaluations the epochs from `start_epoch` on make (--eval-every's cadence; the last
     epoch always evaluates)."""
     every = cfg.eval_every or 1
-    left = cfg.epochs - start_epoch
     if every <= 1:
-        return left * math.ceil(1 / every)
-    every = round(every)
-    return sum(1 for e in range(start_epoch, cfg.epochs) if (e + 1) % every == 0 or e + 1 == cfg.epochs) if left else 0
+        return (cfg.epochs - start_epoch) * math.ceil(1 / every)
+    return sum(evaluates_after(e, every, cfg.epochs) for e in range(start_epoch, cfg.epochs))
 
 
 def choose_precision(cfg: Config, runtime: Runtime, model, ref: ModelRef, resume: Checkpoint | None, ranks: Ranks,

@@ -63,6 +63,12 @@ def evaluated(metrics):
     return [m for m in metrics if "test_acc" in m]
 
 
+def evaluates_after(epoch, every, epochs):
+    """Whether the end of `epoch` (0-based) of `epochs` evaluates with --eval-every `every`: every
+    epoch's, or with a whole `every` above 1 every `every`-th epoch's and the last one's."""
+    return every <= 1 or (epoch + 1) % round(every) == 0 or epoch + 1 >= epochs
+
+
 def best_score(metrics):
     return max((score(m) for m in evaluated(metrics)), default=-1.0)
 
@@ -91,9 +97,8 @@ class Watch:
         return done in self.points
 
     def evaluates(self, epoch):
-        """Whether the end of `epoch` (0-based) evaluates: every epoch's, or with --eval-every N > 1
-        every N-th epoch's and the last one's."""
-        return self.every <= 1 or (epoch + 1) % round(self.every) == 0 or epoch + 1 >= self.epochs
+        """Whether the end of `epoch` (0-based) evaluates (`evaluates_after`)."""
+        return evaluates_after(epoch, self.every, self.epochs)
 
     def elapsed(self):
         return time.perf_counter() - self.started
