@@ -250,13 +250,14 @@ class EvalPlan:
             self.state = "measuring" if decision.measured is None else "compiled"
         return self.compiled
 
-    def timed(self, seconds):
-        """The evaluation just done took `seconds`."""
+    def timed(self, seconds, share=1.0):
+        """The evaluation just done took `seconds` for `share` of the images (less than 1 where
+        --target-acc's screen stopped it): times are compared as whole evaluations."""
         self.left -= 1
         if self.state == "first":
-            self.eager_s, self.state = seconds, "undecided"
+            self.eager_s, self.state = seconds / share, "undecided"
         elif self.state == "measuring":  # this evaluation began with the compile: not part of its time
-            ratio = self.eager_s / max(seconds - self.compile_s, 1e-9)
+            ratio = self.eager_s / max((seconds - self.compile_s) / share, 1e-9)
             record(self.cache_dir, self.key, ratio, self.compile_s, model=self.ref.label, batch=self.shape[0],
                    what="evaluation")
             if ratio < WIN_FROM:

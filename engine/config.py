@@ -122,12 +122,13 @@ class Config:
     )
     target_acc: float | None = option(
         None, "stop at the first evaluation whose test accuracy is at least X percent, and report the wall time "
-        "to it from the command's start (default: train all --epochs)"
+        "to it from the command's start; an evaluation within an epoch stops reading the test set early where the "
+        "images read show it far below X (docs/time-to-accuracy.md) (default: train all --epochs)"
     )
     eval_every: float | None = option(
         None, "also evaluate every X of an epoch, 0 < X <= 1, or only every X epochs, X a whole number (the last "
         "epoch always evaluates; a fixed budget timed to its end evaluates once) (default: 1, i.e. at epoch ends; "
-        "0.25 with --target-acc)"
+        "with --target-acc 0.125 in the first epoch, then 0.25)"
     )
     val_split: str | None = option(
         None, "hold out a seeded N (or P%%) of the training images as a validation set: best.pt is then chosen on it "

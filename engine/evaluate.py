@@ -65,6 +65,13 @@ def evaluate(model, loader: BatchLoader, runtime: Runtime, tta=False, confusion:
     """(mean loss per image, accuracy) over every image of `loader`; `tta`: see `predict`.
     confusion: a Confusion (on runtime.device) that also counts each image's (true, predicted)
     pair, summed over the ranks under DDP; without it nothing more is done."""
+    loss_sum, correct, seen = evaluate_sums(model, loader, runtime, tta, confusion)
+    return loss_sum / seen, correct / seen
+
+
+def evaluate_sums(model, loader: BatchLoader, runtime: Runtime, tta=False, confusion: Confusion | None = None):
+    """(summed loss, images right, images) over every image of `loader`, all ranks' under DDP (see
+    `evaluate`)."""
     model.eval()
     loss_sum = torch.zeros((), device=runtime.device, dtype=torch.float64)
     correct = torch.zeros((), device=runtime.device, dtype=torch.int64)
@@ -84,7 +91,20 @@ def evaluate(model, loader: BatchLoader, runtime: Runtime, tta=False, confusion:
         loss_sum, correct, seen, *counts = Ranks(world=loader.world).sum(loss_sum, correct, seen, *extra)
         if confusion is not None:
             confusion.counts = counts[0]
-    return loss_sum.item() / int(seen), correct.item() / int(seen)
+    return loss_sum.item(), int(correct.item()), int(seen)
+
+
+def evaluate_screened(model, parts, runtime: Runtime, short, tta=False, confusion: Confusion | None = None):
+    """`evaluate` over the images of the BatchLoaders `parts` together (one test set in parts), read in
+    order until `short(correct, seen)` of those read so far says True (asked before each part after
+    the first). Returns (mean loss, accuracy, images read, whole): over every image when `whole`."""
+    loss_sum, correct, seen = 0.0, 0, 0
+    for i, part in enumerate(parts):
+        if i and short(correct, seen):
+            return loss_sum / seen, correct / seen, seen, False
+        more = evaluate_sums(model, part, runtime, tta, confusion)
+        loss_sum, correct, seen = loss_sum + more[0], correct + more[1], seen + more[2]
+    return loss_sum / seen, correct / seen, seen, True
 
 
 def _describe(shape, classes):

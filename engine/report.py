@@ -29,13 +29,17 @@ def format_epoch(m):
     Within an epoch (--eval-every) the epoch is fractional (`Epoch: 1.25`) and Train_* cover the
     epoch so far; `Val_*` with --val-split; `(tta)` marks test-time flip, `(tta2)` with translations
     (`tta_mark`); `(ema)` marks the figures of the weight average (--ema); an epoch that did not
-    evaluate (--eval-every N > 1) has no Test_* (nor Val_*); with --target-acc the line ends with the
-    time since the command started, and the target when it is reached.
+    evaluate (--eval-every N > 1) has no Test_* (nor Val_*); one within an epoch that --target-acc's
+    screen stopped has Screen_acc instead, the accuracy on the screened test images; with
+    --target-acc the line ends with the time since the command started, and the target when it is
+    reached.
     """
     tta = "(ema)" * bool(m.get("ema")) + tta_mark(m.get("tta"))
     epoch = f"{m['epoch']:.2f}" if m.get("partial") else m["epoch"]
     val = f"Val_acc{tta}:{m['val_acc'] * 100:.1f}%, Val_loss:{m['val_loss']:.3f}, " if "val_acc" in m else ""
     test = f"Test_acc{tta}:{m['test_acc'] * 100:.1f}%, Test_loss:{m['test_loss']:.3f}, " if "test_acc" in m else ""
+    if "screen_acc" in m:  # --target-acc's screen stopped this evaluation (engine.target)
+        test = f"Screen_acc{tta}:{m['screen_acc'] * 100:.1f}% of {m['screen_images']:,} test images (short of the target), "
     line = (f"Epoch: {epoch}, Train_acc:{m['train_acc'] * 100:.1f}%, Train_loss:{m['train_loss']:.3f}, {val}{test}"
             f"{m['images_per_s']:,.0f} img/s, {m['epoch_s']:.1f} s")
     if "elapsed_s" in m:

@@ -19,7 +19,7 @@ from engine.checkpoint import Checkpoint, SaveClock, check_state, restore_rng_st
 from engine.config import Config, parse_duration
 from engine.confusion import loss_weights
 from engine.data import Dataset, InputSpec, check_batch_size, dataset_label, load_dataset
-from engine.data.stream import READ_AHEAD, Rows
+from engine.data.stream import READ_AHEAD, Rows, take
 from engine.distributed import Ranks
 from engine.ema import WeightAverage
 from engine.errors import EngineError
@@ -33,7 +33,7 @@ from engine.recipe import freeze, init_from_data
 from engine.report import RunDir, TensorBoard, default_run_dir
 from engine.resume import best_of, check_resume, data_fingerprint, repair_run, restore
 from engine.runtime import Runtime, setup_backends, warn
-from engine.target import Watch, evaluates_after, reached_in
+from engine.target import SCREEN_PARTS, Watch, evaluates_after, reached_in, screened
 
 RUNS = "runs"  # where default-named runs go, and runs/latest
 
@@ -71,6 +71,7 @@ class Session:
     class_weights: torch.Tensor | None = None  # (classes,) the loss's weights with --class-weights auto
     ema: WeightAverage | None = None  # --ema: the weight average, updated after each step
     eval_plan: object = None  # engine.compile_plan.EvalPlan: --compile on CPU, whether evaluations compile
+    screen: list | None = None  # --target-acc: BatchLoaders of the test set's SCREEN_PARTS (engine.target)
 
     @property
     def evaluated(self):
@@ -112,6 +113,7 @@ def open_session(cfg: Config, resume: Checkpoint | None = None, say=print, ranks
         setup_backends(runtime.device, cfg.seed)
         model = open_model(cfg, ref, data, spec, resume, ranks, model, run, say)
         train_loader, test_loader = loaders(cfg, data, spec, runtime, ranks, say)
+        screen = screen_loaders(cfg, data, spec, runtime, ranks) if cfg.target_acc is not None else None
         choose_precision(cfg, runtime, model, ref, resume, ranks, train_loader, say)
         choose_compile(cfg, runtime, model, ref, ranks, train_loader, say)
         ema = WeightAverage(model, cfg.ema) if cfg.ema is not None else None  # copied before compile (engine/ema.py)
@@ -132,7 +134,7 @@ def open_session(cfg: Config, resume: Checkpoint | None = None, say=print, ranks
     session = Session(cfg, runtime, run, spec, ref, model, optimizer, scaler, train_loader, test_loader,
                       None, [], ranks=ranks, fingerprint=fingerprint,
                       clock=SaveClock(parse_duration(cfg.save_every) if ranks.world == 1 else None))  # DDP: epoch ends only
-    session.ema = ema
+    session.ema, session.screen = ema, screen
     session.class_weights = loss_weights(cfg.class_weights, data.train_y, data.classes, runtime.device, say)
     if resume is not None:
         restore_progress(session, resume, say)
@@ -294,6 +296,19 @@ def loaders(cfg: Config, data: Dataset, spec: InputSpec, runtime: Runtime, ranks
         say(f"Streaming {images} images ({size_text(size)}) from {where}, {READ_AHEAD} batches read ahead: "
             f"{(train if train.why else test).why}")
     return train, test
+
+
+def screen_loaders(cfg: Config, data: Dataset, spec: InputSpec, runtime: Runtime, ranks: Ranks):
+    """The test set as --target-acc's evaluations within an epoch read it: one BatchLoader for each of
+    engine.target's SCREEN_PARTS (image i in the part that holds i % 10, so a test set in class order
+    gives each class its share), batched as the test loader is; None for a small test set."""
+    if not screened(len(data.test_x)):
+        return None
+    residue = torch.arange(len(data.test_x)) % 10
+    parts = [torch.isin(residue, torch.tensor(part)).nonzero()[:, 0] for part in SCREEN_PARTS]
+    return [BatchLoader(take(data.test_x, rows), data.test_y[rows], cfg.eval_batch_size or cfg.batch_size, spec.mean,
+                        spec.std, device=runtime.device, train=False, channels_last=cfg.channels_last,
+                        rank=ranks.rank, world=ranks.world) for rows in parts]
 
 
 def restore_progress(s: Session, resume: Checkpoint, say):

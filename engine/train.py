@@ -21,13 +21,14 @@ from engine.confusion import Confusion
 from engine.data import dataset_label
 from engine.distributed import Ranks, process_group
 from engine.errors import Interrupted
-from engine.evaluate import evaluate, tta_level
+from engine.evaluate import evaluate, evaluate_screened, tta_level
 from engine.faults import CHECK_EVERY, LossWatch, pause_point
 from engine.optim import lr_at, set_lr, stop_finished
 from engine.recipe import frozen
 from engine.report import format_epoch, progress
 from engine.runtime import compiled_graphs, resolve_device, warn
 from engine.session import Session, open_session
+from engine.target import short_of
 
 WARMUP_STEPS = 3  # steps of a process's first epoch timed as warm-up, not steady state
 
@@ -50,6 +51,7 @@ class EpochFigures:
     skipped: int = 0  # steps a mid-epoch checkpoint had already done (resumed), not run here
     steps_done: int = 0  # an evaluation within the epoch (--eval-every): its steps so far; 0 at the end
     evaluated: bool = True  # False: an epoch end that --eval-every N > 1 does not evaluate
+    screened: int = 0  # test images an evaluation within the epoch read before its screen stopped it (0: whole)
     val_loss: float = float("nan")  # with --val-split
     val_acc: float = float("nan")
 
@@ -86,7 +88,7 @@ def train_epoch(s: Session, epoch, first) -> EpochFigures:
         loss, logits = train_step(s, x, y, epoch * steps + i)
         loss_sum += loss.float() * len(y)
         correct += (logits.argmax(1) == y).sum()
-        if s.watch.due(i + 1):  # --eval-every within the epoch; --target-acc may stop the run here
+        if s.watch.due(epoch, i + 1):  # --eval-every within the epoch; --target-acc may stop the run here
             # (before a --save-every checkpoint of the same step, which then holds this evaluation)
             s.runtime.sync()
             paused = time.perf_counter()
@@ -128,12 +130,21 @@ def evaluate_epoch(s: Session, figures: EpochFigures):
     tta = tta_level(s.cfg, s.spec)
     s.confusion = Confusion(s.spec.classes, s.runtime.device)  # counted on the device as it goes: no extra pass
     model = s.eval_plan.model(s.evaluated) if s.eval_plan else s.evaluated  # --compile on CPU: compiled where it pays
-    figures.test_loss, figures.test_acc = evaluate(model, s.test_loader, s.runtime, tta, s.confusion)
-    if s.val_loader is not None:
+    share = 1.0
+    if figures.steps_done and s.screen:  # --target-acc within an epoch: a screen first (engine.target)
+        total = len(s.test_loader.x)
+        figures.test_loss, figures.test_acc, seen, whole = evaluate_screened(
+            model, s.screen, s.runtime, lambda right, read: short_of(s.watch.target, right, read, total), tta,
+            s.confusion)
+        if not whole:
+            figures.evaluated, figures.screened, share, s.confusion = False, seen, seen / total, None
+    else:
+        figures.test_loss, figures.test_acc = evaluate(model, s.test_loader, s.runtime, tta, s.confusion)
+    if s.val_loader is not None and figures.evaluated:
         figures.val_loss, figures.val_acc = evaluate(model, s.val_loader, s.runtime, tta)
     figures.eval_s = time.perf_counter() - eval_started
     if s.eval_plan:
-        s.eval_plan.timed(figures.eval_s)
+        s.eval_plan.timed(figures.eval_s, share)
 
 
 def epoch_metrics(s: Session, figures: EpochFigures) -> dict:
@@ -154,6 +165,8 @@ def epoch_metrics(s: Session, figures: EpochFigures) -> dict:
         "eval_s": round(f.eval_s, 2),
         "lr": lr_at(cfg, f.epoch * steps + done - 1, s.total_steps),
     }
+    if f.screened:  # the screen stopped it: its part's accuracy, which no rule reads as the test set's
+        m.update(screen_acc=round(f.test_acc, 5), screen_images=f.screened)
     m.update(evaluation_extras(s, f))
     if s.runtime.compile:
         m["compiled_graphs"] = compiled_graphs()
@@ -165,9 +178,9 @@ def epoch_metrics(s: Session, figures: EpochFigures) -> dict:
 def evaluation_extras(s: Session, f: EpochFigures) -> dict:
     """What --eval-every, --val-split, --tta and --ema add to an evaluation's metrics (nothing without them)."""
     extras = {"step": f.epoch * s.steps + f.steps_done, "partial": True} if f.steps_done else {}
-    if not f.evaluated:
+    if not f.evaluated and not f.screened:
         return extras
-    if s.val_loader is not None:
+    if s.val_loader is not None and f.evaluated:
         extras.update(val_loss=round(f.val_loss, 5), val_acc=round(f.val_acc, 5))
     if tta_level(s.cfg, s.spec):
         extras["tta"] = tta_level(s.cfg, s.spec)

@@ -155,3 +155,17 @@ def test_a_compiled_training_step_is_checked_against_eager_before_it_is_timed():
     ratio, compile_s = measure_training(model, runtime, x, y)
     assert ratio > 0 and compile_s > 0
     torch.compiler.reset()
+
+
+def test_an_evaluation_cut_short_by_the_target_screen_counts_as_a_whole_one(tmp_path):
+    """--target-acc's screen may stop an evaluation after a tenth of the test set: its time is scaled
+    to the whole set, for the eager baseline and for the compiled measurement alike."""
+    from engine.compile_plan import EvalPlan
+
+    runtime = Runtime.from_config(Config(**CPU, compile=True))
+    plan = EvalPlan(runtime, parse_model("cifar_cnn"), (64, 3, 32, 32), 4, tmp_path, say=lambda *_: None)
+    plan.timed(0.5, share=0.1)  # eager, a tenth of the images in 0.5 s: 5 s a whole evaluation
+    assert plan.eager_s == pytest.approx(5.0) and plan.left == 3 and plan.state == "undecided"
+    plan.state, plan.compile_s = "measuring", 1.0  # as model() leaves it after compiling in 1 s
+    plan.timed(1.25, share=0.1)  # 0.25 s of compiled work for a tenth: 2.5 s a whole one
+    assert read(tmp_path)[plan.key]["ratio"] == pytest.approx(2.0) and plan.state == "compiled"

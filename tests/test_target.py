@@ -40,6 +40,19 @@ def test_eval_steps_split_the_epoch_and_leave_its_end_out():
     assert eval_steps(100, 1 / 3) == {33, 67}
 
 
+def test_a_target_evaluates_every_eighth_of_the_first_epoch_then_every_quarter():
+    from engine.target import Watch
+
+    def points(watch, epoch):
+        return [done for done in range(1, 16) if watch.due(epoch, done)]
+
+    default = Watch(55.9, None, 16, 3)
+    assert points(default, 0) == [2, 4, 6, 8, 10, 12, 14] and points(default, 1) == points(default, 2) == [4, 8, 12]
+    given = Watch(55.9, 0.25, 16, 3)  # --eval-every X: one cadence for every epoch
+    assert points(given, 0) == points(given, 1) == [4, 8, 12]
+    assert points(Watch(None, None, 16, 3), 0) == [] and points(Watch(None, 0.5, 16, 3), 0) == [8]
+
+
 def test_process_age_counts_from_the_process_start():
     code = "import time; time.sleep(0.5); from engine.target import process_age; print(process_age())"
     age = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
@@ -168,7 +181,7 @@ def test_a_target_not_reached_trains_every_epoch_and_says_so(tmp_path, capsys):
                  "--out", str(tmp_path / "run")]) == 0
     printed = capsys.readouterr().out.splitlines()
     metrics = read_metrics(tmp_path / "run")
-    assert [m["epoch"] for m in metrics] == [0.25, 0.5, 0.75, 1]  # --target-acc evaluates every quarter epoch
+    assert [m["epoch"] for m in metrics] == [0.25, 0.5, 0.75, 1]  # every eighth of 4 steps: after steps 1, 2, 3
     assert all(m.get("partial") for m in metrics[:3]) and "partial" not in metrics[3]
     assert printed[-1].startswith("Did not reach 100% test accuracy")
 
@@ -219,3 +232,93 @@ def test_fast_cifar_learns_exports_and_resumes_bit_for_bit(tmp_path):
 
     result = export_onnx(tmp_path / "fast.onnx", out / "best.pt", log=lambda *_: None)
     assert result.parity is not None and (tmp_path / "fast.onnx").stat().st_size > 100_000
+
+
+def test_short_of_stops_only_well_below_the_target():
+    from engine.target import SCREEN_SE, short_of
+
+    # 1,000 of 10,000 images at a target of 55.9%: one standard error is 1.49 points
+    error = (0.559 * 0.441 / 1000 * 9000 / 9999) ** 0.5
+    assert short_of(55.9, 400, 1000, 10_000) and short_of(55.9, int(1000 * (0.559 - SCREEN_SE * error)) - 1, 1000, 10_000)
+    assert not short_of(55.9, int(1000 * (0.559 - SCREEN_SE * error)) + 1, 1000, 10_000)
+    assert not short_of(55.9, 540, 1000, 10_000)  # 54.0%, 1.3 errors below: the rest is read
+    assert short_of(55.9, 3_240, 6_000, 10_000)  # 54.0% of 6,000 (an error of 0.41 points): cut
+    assert not short_of(55.9, 3_300, 6_000, 10_000)
+    assert not short_of(55.9, 559, 1000, 10_000) and not short_of(10.0, 1000, 1000, 10_000)
+
+
+def screen_fixture(root, test=5000):
+    """torchvision's cifar-10-batches-py holding the synthetic shapes: 1,000 training and `test` test
+    images that a small net learns (a test set large enough for --target-acc's screen)."""
+    import pickle
+
+    from engine.data.synthetic import generate
+
+    data = generate(seed=1, train_size=1000, test_size=test)
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    parts = [(f"data_batch_{i + 1}", data.train_x[i * 200:(i + 1) * 200], data.train_y[i * 200:(i + 1) * 200])
+             for i in range(5)] + [("test_batch", data.test_x, data.test_y)]
+    for name, x, y in parts:
+        record = {b"batch_label": name.encode(), b"labels": y.tolist(), b"data": x.reshape(len(x), -1).numpy(),
+                  b"filenames": [f"{i}.png".encode() for i in range(len(x))]}
+        (folder / name).write_bytes(pickle.dumps(record, protocol=2))
+    names = [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog", b"horse", b"ship", b"truck"]
+    (folder / "batches.meta").write_bytes(pickle.dumps({b"label_names": names}, protocol=2))
+    return root
+
+
+def test_evaluate_screened_reads_the_parts_as_one_set_or_stops_after_the_first(tmp_path):
+    """Read whole, the parts give evaluate()'s figures on the whole set (its confusion counts too);
+    told short after the first part, it stops there with that part's figures."""
+    from engine.confusion import Confusion
+    from engine.data import load_dataset
+    from engine.evaluate import evaluate, evaluate_screened
+    from engine.models import build_model
+    from engine.session import screen_loaders
+
+    cfg = Config(data="cifar10", data_dir=str(screen_fixture(tmp_path)), batch_size=128, device="cpu", amp=False,
+                 target_acc=99.0)
+    s = open_session(Config(**{**cfg.to_dict(), "out": str(tmp_path / "run"), "quiet": True}), say=lambda *_: None)
+    parts = s.screen
+    assert [len(p.x) for p in parts] == [500, 1000, 1500, 2000]
+    torch.manual_seed(0)
+    model = build_model("cifar_cnn", (3, 32, 32), 10).eval()
+    whole = Confusion(range(10))
+    loss, acc = evaluate(model, s.test_loader, s.runtime, 1, whole)
+    counted, asked = Confusion(range(10)), []
+    got = evaluate_screened(model, parts, s.runtime, lambda right, read: asked.append(read) or False, 1, counted)
+    # the same predictions; each batch's loss is summed in float32, over other batches here
+    assert got[1:] == (acc, 5000, True) and got[0] == pytest.approx(loss, rel=1e-6)
+    assert asked == [500, 1500, 3000] and torch.equal(counted.counts, whole.counts)
+    first = evaluate(model, parts[0], s.runtime, 1)
+    assert evaluate_screened(model, parts, s.runtime, lambda *_: True, 1) == (first[0], first[1], 500, False)
+    small = Config(**{**cfg.to_dict(), "limit_test": 4999})  # under SCREEN_FROM: read whole
+    data = load_dataset(small, lambda *_: None)
+    assert len(data.test_x) == 4999 and screen_loaders(small, data, data.spec(), s.runtime, s.ranks) is None
+    s.run.close()
+
+
+@pytest.mark.slow
+def test_target_acc_screens_evaluations_within_an_epoch(tmp_path, capsys):
+    """Within an epoch, evaluations far below the target stop after the screened tenth (Screen_acc, no
+    test figures); epoch ends evaluate the whole set; a target within reach reads the whole set, whose
+    accuracy the checkpoint's own evaluation repeats."""
+    root = screen_fixture(tmp_path)
+    flags = ["train", "--model", "cifar_cnn", "--data", "cifar10", "--data-dir", str(root), "--batch-size", "50",
+             "--device", "cpu", "--no-amp", "--quiet", "--epochs", "1", "--no-tta"]
+    assert main([*flags, "--target-acc", "99", "--out", str(tmp_path / "far")]) == 0
+    printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("Epoch:")]
+    metrics = read_metrics(tmp_path / "far")
+    assert [m["epoch"] for m in metrics] == [0.1, 0.25, 0.4, 0.5, 0.6, 0.75, 0.9, 1]  # 20 steps: every eighth
+    for m, line in zip(metrics[:-1], printed):
+        assert "test_acc" not in m and m["screen_images"] == 500 and 0 <= m["screen_acc"] < 0.9
+        assert f"Screen_acc:{m['screen_acc'] * 100:.1f}% of 500 test images" in line and "Test_acc" not in line
+    assert "screen_acc" not in metrics[-1] and "Test_acc" in printed[-1]
+    assert load(tmp_path / "far" / "best.pt").best["acc"] == metrics[-1]["test_acc"]  # a screen never picks best.pt
+
+    assert main([*flags, "--target-acc", "1", "--out", str(tmp_path / "near")]) == 0
+    stop = read_metrics(tmp_path / "near")[-1]
+    assert stop["epoch"] == 0.1 and "screen_acc" not in stop and stop["time_to_target"] > 0
+    evaluated = evaluate_checkpoint(tmp_path / "near" / "best.pt", {"quiet": True, "batch_size": 50, "amp": False})
+    assert evaluated["test_acc"] == stop["test_acc"] and evaluated["test_loss"] == pytest.approx(stop["test_loss"], abs=1e-5)
