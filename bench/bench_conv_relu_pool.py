@@ -46,7 +46,8 @@ def implementation(name):
 @pytest.mark.parametrize("dtype", list(DTYPES))
 @pytest.mark.parametrize("layer", LAYERS, ids=lambda layer: layer.name)
 def test_conv_relu_pool(benchmark, layer, dtype, impl):
-    from kernels.conv_relu_pool import conv_relu_pool_reference, traffic
+    from kernels.conv_relu_pool import conv_relu_pool_reference
+    from kernels.traffic import traffic
 
     g = torch.Generator(device=DEVICE).manual_seed(0)
     x = torch.randn(layer.x_shape, device=DEVICE, generator=g).to(DTYPES[dtype])  # (N, C, H, W)

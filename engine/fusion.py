@@ -14,10 +14,7 @@ import contextlib
 from torch import nn
 
 from engine.models.blocks import ConvReluPool, conv_relu_pool_eager
-
-# The kernel's envelope (kernels/conv_relu_pool.py: MAX_KERNEL, MAX_PADDING, STRIDES, per axis),
-# repeated so that finding runs needs no Triton; tests/test_fusion.py checks that they agree.
-MAX_KERNEL, MAX_PADDING, STRIDES, POOL = 7, 3, (1, 2), 2
+from kernels.envelope import MAX_KERNEL, MAX_PADDING, POOL, STRIDES  # the kernel's, per axis (no Triton import)
 
 
 class FusedConvReluPool(nn.Module):

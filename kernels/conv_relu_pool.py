@@ -14,7 +14,7 @@ gradients, a quarter of the ReLU work), and is still three kernels on CUDA:
 b and writes only the pooled output (plus an int8 window index when training), so the conv
 output never reaches DRAM: that removes two full-resolution passes (conv write, pool read), the
 indices (8 bytes per pooled element, twice an fp32 value) and the ReLU's pass. Compulsory DRAM
-traffic of a forward pass for cifar_cnn at batch 256 (`traffic()` below computes it;
+traffic of a forward pass for cifar_cnn at batch 256 (`kernels.traffic` computes it;
 tests/test_conv_relu_pool.py re-derives it from the eager ops' real tensors and prints it):
 
     stage (fp32)                      engine eager      fused   ratio
@@ -48,8 +48,6 @@ spatial size; x, weight and bias all fp32, fp16 or bf16 (accumulated in fp32) on
 not supported.
 """
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 import triton
@@ -57,9 +55,10 @@ import triton.language as tl
 from torch.autograd.function import once_differentiable
 from triton.runtime.interpreter import InterpretedFunction
 
-SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-MAX_KERNEL, MAX_PADDING, STRIDES, POOL = 7, 3, (1, 2), 2
-INDEX_LIMIT = 2**31  # the kernel's offsets are int32; larger batches are split into launches
+from kernels import envelope
+from kernels.envelope import POOL, autocast_args, images_per_launch, pooled_like
+from kernels.window import conv_output_grad
+
 FLAT_BELOW = 16  # channel counts below this reduce over flat (c, kh, kw); see _conv_flat
 
 
@@ -286,83 +285,14 @@ _autotuned_kernel = triton.autotune(
 # ---------------------------------------------------------------------------------------------
 # 4. The wrapper: check, allocate, launch
 # ---------------------------------------------------------------------------------------------
-def _pair(name, value):
-    """An int or a pair of ints -> (h, w); anything else is a ValueError naming the argument."""
-    pair = (value, value) if isinstance(value, int) else tuple(value) if isinstance(value, (tuple, list)) else None
-    if pair is None or len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in pair):
-        raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
-    return pair
-
-
-def _check(x, weight, bias, stride, padding, pool):
-    """Raise ValueError naming the first argument outside the envelope; return (stride, padding) pairs."""
-    for name, t in (("x", x), ("weight", weight), ("bias", bias)):
-        if not (isinstance(t, torch.Tensor) or (name == "bias" and t is None)):
-            raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if x.dim() != 4:
-        raise ValueError(f"x must be 4-D (N, C, H, W), got shape {tuple(x.shape)}")
-    if weight.dim() != 4:
-        raise ValueError(f"weight must be 4-D (OC, C, KH, KW), got shape {tuple(weight.shape)}")
-    if x.dtype not in SUPPORTED_DTYPES:
-        raise ValueError(f"x.dtype {x.dtype} is not supported (float32, float16, bfloat16)")
-    for name, t in (("weight", weight), ("bias", bias)):
-        if t is not None and t.dtype != x.dtype:
-            raise ValueError(f"{name}.dtype {t.dtype} differs from x.dtype {x.dtype}")
-        if t is not None and t.device != x.device:
-            raise ValueError(f"{name} is on {t.device} but x is on {x.device}")
+def check(x, weight, bias, stride, padding, pool):
+    """kernels.envelope.check, then the device: a CUDA tensor, or a CPU one in Triton's interpreter.
+    Returns (stride, padding) pairs."""
+    stride, padding = envelope.check(x, weight, bias, stride, padding, pool)
     if x.device.type != "cuda" and not (_INTERPRETED and x.device.type == "cpu"):
         raise ValueError(f"x is on {x.device}: the kernel needs a CUDA tensor (or a CPU tensor with "
                          "TRITON_INTERPRET=1 set before triton is first imported)")
-    n, c, h, w = x.shape
-    oc, wc, kh, kw = weight.shape
-    if c == 0 or oc == 0:
-        raise ValueError(f"x has {c} channels and weight {oc} output channels; both must be at least 1")
-    if wc != c:
-        raise ValueError(f"weight has {wc} input channels but x has {c} (grouped convolution is not supported)")
-    if not (1 <= kh <= MAX_KERNEL and 1 <= kw <= MAX_KERNEL):
-        raise ValueError(f"weight kernel size {kh}x{kw} is outside 1..{MAX_KERNEL}")
-    if bias is not None and tuple(bias.shape) != (oc,):
-        raise ValueError(f"bias must have shape ({oc},), got {tuple(bias.shape)}")
-    stride, padding = _pair("stride", stride), _pair("padding", padding)
-    if not all(s in STRIDES for s in stride):
-        raise ValueError(f"stride {stride} is not supported (1 or 2)")
-    if not all(0 <= p <= MAX_PADDING for p in padding):
-        raise ValueError(f"padding {padding} is outside 0..{MAX_PADDING}")
-    if _pair("pool", pool) != (POOL, POOL):
-        raise ValueError(f"pool {pool!r} is not supported (only 2: a 2x2 window with stride 2)")
-    oh, ow = _conv_size(h, w, kh, kw, stride, padding)
-    if oh < POOL or ow < POOL:
-        raise ValueError(f"x of {h}x{w} gives a {oh}x{ow} conv output, too small for a {POOL}x{POOL} pool")
-    # int32 offsets: the batch is split into launches as needed (_images_per_launch), but one image
-    # of x or of the output, and the whole weight, must each fit
-    if max(_span(x[:1]), _span(weight), oc * (oh // POOL) * (ow // POOL)) >= INDEX_LIMIT:
-        raise ValueError(f"x {tuple(x.shape)} or weight {tuple(weight.shape)} is too large: one image and the "
-                         f"weight must each span fewer than {INDEX_LIMIT} elements")
     return stride, padding
-
-
-def _span(t):
-    """Elements from a tensor's first to its last element, plus one."""
-    return sum((size - 1) * abs(st) for size, st in zip(t.shape, t.stride())) + 1
-
-
-def _conv_size(h, w, kh, kw, stride, padding):
-    return (h + 2 * padding[0] - kh) // stride[0] + 1, (w + 2 * padding[1] - kw) // stride[1] + 1
-
-
-def _memory_format(x):
-    """channels_last if x is (and is not also plain contiguous), as eager conv2d's output would be."""
-    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-    return torch.channels_last if channels_last else torch.contiguous_format
-
-
-def _images_per_launch(*tensors):
-    """Images per launch so every int32 offset the kernel forms stays below INDEX_LIMIT."""
-    images = tensors[0].shape[0]
-    for t in tensors:
-        if t.stride(0) > 0:
-            images = min(images, (INDEX_LIMIT - _span(t[:1])) // t.stride(0) + 1)
-    return images
 
 
 def kernel_arguments(x, weight, bias, out, win, stride, padding):
@@ -397,10 +327,9 @@ def conv_allows_tf32():
 def _launch(x, weight, bias, stride, padding, store_window, config=None, launcher=None):
     """Allocate and launch on checked arguments: (N, OC, PH, PW) output and int8 window (or None).
     `launcher` wraps the kernel before its launch (kernels.ops passes torch.library.wrap_triton)."""
-    n, c, h, w = x.shape
+    n, c, _, _ = x.shape
     oc, _, kh, kw = weight.shape
-    oh, ow = _conv_size(h, w, kh, kw, stride, padding)
-    out = torch.empty((n, oc, oh // POOL, ow // POOL), device=x.device, dtype=x.dtype, memory_format=_memory_format(x))
+    out = pooled_like(x, weight, stride, padding)
     win = torch.empty_like(out, dtype=torch.int8) if store_window else None
     if out.numel() == 0:
         return out, win
@@ -409,7 +338,7 @@ def _launch(x, weight, bias, stride, padding, store_window, config=None, launche
     else:  # a fixed config: the tests run every one of them through the interpreter
         kernel = conv_relu_pool_kernel
         meta = config.all_kwargs()
-    images = _images_per_launch(x, out)
+    images = images_per_launch(x, out)
     for i in range(0, n, images):  # one launch unless the batch is too large for int32 offsets
         part = slice(i, i + images)
         args, constexprs = kernel_arguments(x[part], weight, bias, out[part], None if win is None else win[part],
@@ -426,7 +355,7 @@ def _launch(x, weight, bias, stride, padding, store_window, config=None, launche
 
 def conv_relu_pool_forward(x, weight, bias=None, stride=1, padding=0, pool=2, store_window=False, config=None):
     """The kernel without autograd: checks, then returns (output, int8 window index or None)."""
-    stride, padding = _check(x, weight, bias, stride, padding, pool)
+    stride, padding = check(x, weight, bias, stride, padding, pool)
     return _launch(x, weight, bias, stride, padding, store_window, config)
 
 
@@ -449,18 +378,8 @@ class _ConvReluPoolFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_out):  # (N, OC, PH, PW)
         x, weight, out, win = ctx.saved_tensors
-        n, oc, ph, pw = out.shape
-        oh, ow = _conv_size(*x.shape[2:], *weight.shape[2:], ctx.stride, ctx.padding)
-        grad = torch.where(out > 0, grad_out, 0)  # ReLU passes gradient only where the output is positive
-        # The window index as max_pool2d's own argmax (flat row * OW + col in the conv output), so
-        # eager pool backward scatters it: one full-resolution write; dropped rows/cols get 0.
-        top = torch.arange(0, ph * POOL, POOL, device=win.device).view(ph, 1)  # (PH, 1)
-        left = torch.arange(0, pw * POOL, POOL, device=win.device)  # (PW,)
-        argmax = (top + (win // POOL).long()) * ow + left + (win % POOL).long()  # (N, OC, PH, PW)
-        conv_like = torch.empty((n, oc, oh, ow), dtype=grad.dtype, device=grad.device,
-                                memory_format=_memory_format(x))  # shape and layout only
-        grad = torch.ops.aten.max_pool2d_with_indices_backward(
-            grad, conv_like, [POOL, POOL], [POOL, POOL], [0, 0], [1, 1], False, argmax)  # (N, OC, OH, OW)
+        oc = out.shape[1]
+        grad = conv_output_grad(grad_out, out, win, x, weight, ctx.stride, ctx.padding)  # (N, OC, OH, OW)
         needs = ctx.needs_input_grad
         grad_x, grad_w, grad_b = torch.ops.aten.convolution_backward(
             grad, x, weight, [oc] if ctx.has_bias else None, list(ctx.stride), list(ctx.padding), [1, 1],
@@ -474,50 +393,7 @@ def conv_relu_pool(x, weight, bias=None, stride=1, padding=0, pool=2):
     (N, C, H, W) -> (N, OC, OH // 2, OW // 2) in x's dtype (and layout). Under torch.autocast for
     x's device type, x, weight and bias are first cast to the autocast dtype, as conv2d would be.
     """
-    if isinstance(x, torch.Tensor) and torch.is_autocast_enabled(x.device.type):
-        dtype = torch.get_autocast_dtype(x.device.type)
-        cast = lambda t: t.to(dtype) if isinstance(t, torch.Tensor) and t.dtype in SUPPORTED_DTYPES else t  # noqa: E731
-        x, weight, bias = cast(x), cast(weight), cast(bias)
-    stride, padding = _check(x, weight, bias, stride, padding, pool)
+    x, weight, bias = autocast_args(x, weight, bias)
+    stride, padding = check(x, weight, bias, stride, padding, pool)
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
     return _ConvReluPoolFunction.apply(x, weight, bias, stride, padding, needs_grad)
-
-
-# ---------------------------------------------------------------------------------------------
-# 6. The bytes-moved model (shared by the tests, the bench and the docstring table)
-# ---------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Traffic:
-    """Compulsory DRAM traffic of one forward pass, per path: {op: (bytes read, bytes written)}."""
-
-    unfused: dict
-    fused: dict
-    flops: int  # 2 x MACs of the conv outputs the pool keeps: the useful work, equal for both paths
-
-    @property
-    def unfused_bytes(self):
-        return sum(r + w for r, w in self.unfused.values())
-
-    @property
-    def fused_bytes(self):
-        return sum(r + w for r, w in self.fused.values())
-
-
-def traffic(x_shape, weight_shape, stride=1, padding=0, element_size=4, has_bias=True, training=False):
-    """Each tensor read or written once at its real size (caches assumed to catch re-reads of x
-    and w inside a kernel). `unfused` is the engine's own eager path on CUDA
-    (engine.models.conv_relu_pool_eager: conv, then max-pool, whose CUDA kernel always writes
-    int64 argmax indices, then ReLU on the pooled tensor); `training` adds the fused kernel's
-    int8 window index."""
-    n, c, h, w = x_shape
-    oc, _, kh, kw = weight_shape
-    oh, ow = _conv_size(h, w, kh, kw, _pair("stride", stride), _pair("padding", padding))
-    ph, pw = oh // POOL, ow // POOL
-    inputs = (n * c * h * w + oc * c * kh * kw + (oc if has_bias else 0)) * element_size
-    conv, pooled = n * oc * oh * ow * element_size, n * oc * ph * pw * element_size
-    indices = 8 * n * oc * ph * pw  # int64, one per pooled element
-    return Traffic(
-        unfused={"conv": (inputs, conv), "pool": (conv, pooled + indices), "relu": (pooled, pooled)},
-        fused={"conv_relu_pool": (inputs, pooled + (n * oc * ph * pw if training else 0))},
-        flops=2 * n * oc * ph * POOL * pw * POOL * c * kh * kw,
-    )

@@ -16,6 +16,8 @@ from torch import Tensor
 from torch.library import triton_op, wrap_triton
 
 from kernels import conv_relu_pool as crp
+from kernels.envelope import autocast_args, conv_size, memory_format, pooled_like
+from kernels.window import conv_output_grad
 
 
 @triton_op("kernels::conv_relu_pool", mutates_args=())
@@ -40,11 +42,7 @@ def _with_window(out, win):
 
 @_forward_cpu.register_fake
 def _(x, weight, bias, stride, padding, store_window):
-    n, _, h, w = x.shape
-    oc, _, kh, kw = weight.shape
-    oh, ow = crp._conv_size(h, w, kh, kw, stride, padding)
-    out = torch.empty((n, oc, oh // crp.POOL, ow // crp.POOL), device=x.device, dtype=x.dtype,
-                      memory_format=crp._memory_format(x))
+    out = pooled_like(x, weight, stride, padding)
     return out, (torch.empty_like(out, dtype=torch.int8) if store_window else out.new_empty(0, dtype=torch.int8))
 
 
@@ -52,17 +50,7 @@ def _(x, weight, bias, stride, padding, store_window):
 def _backward(grad_out: Tensor, out: Tensor, win: Tensor, x: Tensor, weight: Tensor, stride: list[int],
               padding: list[int], mask: list[bool]) -> tuple[Tensor, Tensor, Tensor]:
     """Gradients of x, weight and bias (0-element where `mask` says they are not needed)."""
-    n, oc, ph, pw = out.shape
-    oh, ow = crp._conv_size(*x.shape[2:], *weight.shape[2:], stride, padding)
-    grad = torch.where(out > 0, grad_out, 0)  # ReLU passes gradient only where the output is positive
-    # The window index as max_pool2d's own argmax (flat row * OW + col in the conv output)
-    top = torch.arange(0, ph * crp.POOL, crp.POOL, device=win.device).view(ph, 1)  # (PH, 1)
-    left = torch.arange(0, pw * crp.POOL, crp.POOL, device=win.device)  # (PW,)
-    argmax = (top + (win // crp.POOL).long()) * ow + left + (win % crp.POOL).long()  # (N, OC, PH, PW)
-    conv_like = torch.empty((n, oc, oh, ow), dtype=grad.dtype, device=grad.device,
-                            memory_format=crp._memory_format(x))  # shape and layout only
-    grad = torch.ops.aten.max_pool2d_with_indices_backward(
-        grad, conv_like, [crp.POOL] * 2, [crp.POOL] * 2, [0, 0], [1, 1], False, argmax)  # (N, OC, OH, OW)
+    grad = conv_output_grad(grad_out, out, win, x, weight, stride, padding)  # (N, OC, OH, OW)
     return _conv_backward(grad, x, weight, stride, padding, mask)
 
 
@@ -76,9 +64,8 @@ def _conv_backward(grad, x, weight, stride, padding, mask):
 @_backward.register_fake
 def _(grad_out, out, win, x, weight, stride, padding, mask):
     n, oc, _, _ = out.shape
-    oh, ow = crp._conv_size(*x.shape[2:], *weight.shape[2:], stride, padding)
-    grad = torch.empty((n, oc, oh, ow), dtype=grad_out.dtype, device=grad_out.device,
-                       memory_format=crp._memory_format(x))
+    oh, ow = conv_size(*x.shape[2:], *weight.shape[2:], stride, padding)
+    grad = torch.empty((n, oc, oh, ow), dtype=grad_out.dtype, device=grad_out.device, memory_format=memory_format(x))
     return _conv_backward(grad, x, weight, stride, padding, mask)
 
 
@@ -104,10 +91,7 @@ _forward.register_autograd(_autograd, setup_context=_setup_context)
 def conv_relu_pool(x, weight, bias=None, stride=1, padding=0, pool=2):
     """kernels.conv_relu_pool.conv_relu_pool through the registered ops (same arguments, same
     checks, same autocast casts), for use under torch.compile."""
-    if isinstance(x, torch.Tensor) and torch.is_autocast_enabled(x.device.type):
-        dtype = torch.get_autocast_dtype(x.device.type)
-        cast = lambda t: t.to(dtype) if isinstance(t, torch.Tensor) and t.dtype in crp.SUPPORTED_DTYPES else t  # noqa: E731
-        x, weight, bias = cast(x), cast(weight), cast(bias)
-    stride, padding = crp._check(x, weight, bias, stride, padding, pool)
+    x, weight, bias = autocast_args(x, weight, bias)
+    stride, padding = crp.check(x, weight, bias, stride, padding, pool)
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
     return _forward(x, weight, bias, list(stride), list(padding), needs_grad)[0]

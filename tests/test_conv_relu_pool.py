@@ -265,11 +265,13 @@ def test_large_batch_is_split_into_launches(crp, monkeypatch):
     """Offsets are int32, so a batch past 2**31 elements is launched in pieces; shrink the limit
     to run that path on a small batch (the kernel and the reference are both real)."""
     x, weight, bias = make_inputs(5, 3, 9, 9, 6, 3, 3, torch.float32, channels_last=True)
-    monkeypatch.setattr(crp, "INDEX_LIMIT", 2 * x.stride(0) + 10)
-    assert crp._images_per_launch(x) == 2
+    from kernels import envelope
+
+    monkeypatch.setattr(envelope, "INDEX_LIMIT", 2 * x.stride(0) + 10)
+    assert envelope.images_per_launch(x) == 2
     torch.testing.assert_close(crp.conv_relu_pool(x, weight, bias), crp.conv_relu_pool_reference(x, weight, bias),
                                **TOLERANCE[torch.float32])
-    monkeypatch.setattr(crp, "INDEX_LIMIT", x.stride(0) - 1)  # not even one image fits: refuse, never wrap
+    monkeypatch.setattr(envelope, "INDEX_LIMIT", x.stride(0) - 1)  # not even one image fits: refuse, never wrap
     with pytest.raises(ValueError, match="too large"):
         crp.conv_relu_pool(x, weight, bias)
 
@@ -326,6 +328,7 @@ def test_bytes_moved_model(crp):
     its int64 indices, ReLU on the pooled tensor) run on real meta tensors (shapes only), and the
     table the kernel module's docstring quotes."""
     from engine.models import conv_relu_pool_eager
+    from kernels.traffic import traffic
 
     rows, totals, totals_half = [], [0, 0], [0, 0]
     for i, (x_shape, w_shape) in enumerate(cifar_cnn_layers(256), 1):
@@ -335,7 +338,7 @@ def test_bytes_moved_model(crp):
         relu = F.relu(pool)
         assert relu.shape == conv_relu_pool_eager(x, w, b).shape  # the path whose traffic this is
         nbytes = lambda *ts: sum(z.numel() * z.element_size() for z in ts)  # noqa: E731
-        t = crp.traffic(x_shape, w_shape, element_size=4)
+        t = traffic(x_shape, w_shape, element_size=4)
         assert t.unfused == {"conv": (nbytes(x, w, b), nbytes(conv)), "pool": (nbytes(conv), nbytes(pool, indices)),
                              "relu": (nbytes(pool), nbytes(relu))}
         assert indices.dtype == torch.int64 and nbytes(indices) == 2 * nbytes(pool)
@@ -343,10 +346,10 @@ def test_bytes_moved_model(crp):
         # the saving: conv write + pool read, the indices, and the ReLU's read + write
         assert t.unfused_bytes - t.fused_bytes == 2 * nbytes(conv) + nbytes(indices) + 2 * nbytes(pool)
         assert t.flops == 2 * pool.numel() * 4 * w[0].numel()
-        half = crp.traffic(x_shape, w_shape, element_size=2)
+        half = traffic(x_shape, w_shape, element_size=2)
         assert 2 * half.fused_bytes == t.fused_bytes
         assert half.unfused_bytes == t.unfused_bytes / 2 + nbytes(indices) / 2  # int64 indices do not shrink
-        train = crp.traffic(x_shape, w_shape, element_size=4, training=True)
+        train = traffic(x_shape, w_shape, element_size=4, training=True)
         assert train.fused_bytes - t.fused_bytes == pool.numel()  # int8 window index
         assert train.unfused_bytes == t.unfused_bytes  # the eager indices are written either way
         rows.append((f"conv{i} {x_shape[1]}->{w_shape[0]}", t.unfused_bytes, t.fused_bytes))

@@ -17,7 +17,7 @@ from torch import nn
 
 from engine.config import Config
 from engine.errors import UsageError
-from engine.fusion import MAX_KERNEL, MAX_PADDING, STRIDES, FusedConvReluPool, eager_ops, find_runs, fuse
+from engine.fusion import FusedConvReluPool, eager_ops, find_runs, fuse
 from engine.models import ConvReluPool, build_model, conv_relu_pool_eager
 from engine.runtime import Runtime, use_triton
 from tests.conftest import HAS_CUDA, requires_triton
@@ -57,11 +57,6 @@ class Net(nn.Module):
 def _net(seed=0):
     torch.manual_seed(seed)
     return Net().to(DEVICE)
-
-
-def test_envelope_is_the_kernels():
-    crp = pytest.importorskip("kernels.conv_relu_pool")
-    assert (MAX_KERNEL, MAX_PADDING, STRIDES) == (crp.MAX_KERNEL, crp.MAX_PADDING, crp.STRIDES)
 
 
 def test_fuse_rewrites_every_run_and_keeps_keys_and_parameters():
