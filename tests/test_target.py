@@ -283,7 +283,7 @@ def test_evaluate_screened_reads_the_parts_as_one_set_or_stops_after_the_first(t
     parts = s.screen
     assert [len(p.x) for p in parts] == [500, 1000, 1500, 2000]
     torch.manual_seed(0)
-    model = build_model("cifar_cnn", (3, 32, 32), 10).eval()
+    model = build_model("lenet", (3, 32, 32), 10).eval()
     whole = Confusion(range(10))
     loss, acc = evaluate(model, s.test_loader, s.runtime, 1, whole)
     counted, asked = Confusion(range(10)), []
