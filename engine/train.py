@@ -1,12 +1,11 @@
-"""train(cfg): the training loop, its per-epoch metrics, checkpoints and run directory.
+"""train(cfg): the training loop, its evaluations and per-epoch metrics.
 
 One call does a whole run: `open_session` (engine/session.py) resolves the runtime, reads the
 data and builds the model; then each epoch is `train_epoch` (one `train_step` per batch), `evaluate_epoch`,
-`epoch_metrics` and `save_epoch`. Speed is measured without per-step syncs; the first steps of
+`epoch_metrics` and `save_epoch` (engine/run_files.py: the checkpoints and the run directory's files). Speed is measured without per-step syncs; the first steps of
 a process (compile and allocation warm-up) are timed apart from steady state.
 """
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,18 +13,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from engine import __version__
-from engine.checkpoint import Checkpoint, interrupts_held, rng_states, save
 from engine.config import Config
 from engine.confusion import Confusion
-from engine.data import dataset_label
 from engine.distributed import Ranks, process_group
 from engine.errors import Interrupted
 from engine.evaluate import evaluate, evaluate_screened, tta_level
 from engine.faults import CHECK_EVERY, LossWatch, pause_point
 from engine.optim import lr_at, set_lr, stop_finished
-from engine.recipe import frozen
 from engine.report import format_epoch, progress
+from engine.run_files import checkpoint_state, save_epoch, save_partial, write_confusion
 from engine.runtime import compiled_graphs, resolve_device, warn
 from engine.session import Session, open_session
 from engine.target import short_of
@@ -189,46 +185,6 @@ def evaluation_extras(s: Session, f: EpochFigures) -> dict:
     return extras
 
 
-def checkpoint_state(s: Session, epochs_done, step=0, partial=None) -> Checkpoint:
-    """The checkpoint after `epochs_done` epochs and `step` steps of the next (with its `partial`
-    sums)."""
-    return Checkpoint(
-        config=s.cfg.to_dict(), spec=s.spec, model=s.model.state_dict(), epoch=epochs_done, ref=s.ref,
-        optimizer=s.optimizer.state_dict(), scheduler={"step": epochs_done * s.steps + step, "total_steps": s.total_steps},
-        scaler=s.scaler.state_dict(), rng=s.ranks.gather_rng(rng_states()), metrics=s.metrics, step=step, partial=partial,
-        best={"acc": s.best, "split": "validation" if s.val_loader is not None else "test", "epoch": s.best_epoch},
-        fingerprint=s.fingerprint, frozen=frozen(s.model),
-        runtime=s.runtime.resolved(), versions={"engine": __version__, "torch": str(torch.__version__)},
-        ema=s.ema.state_dict() if s.ema is not None else None, ema_updates=s.ema.updates if s.ema is not None else 0,
-    )
-
-
-def save_partial(s: Session, epoch, step, loss_sum, correct):
-    """A mid-epoch last.pt (--save-every): `step` steps of epoch `epoch` (0-based) done."""
-    state = checkpoint_state(s, epoch, step, {"loss_sum": loss_sum.detach().cpu(), "correct": correct.detach().cpu()})
-    with s.run.saving():
-        save(state, s.run.path / "last.pt")
-    s.clock.saved()
-
-
-def save_epoch(s: Session, m, best_now, state=None):
-    """last.pt (and best.pt if `best_now`), metrics.jsonl, curves.png and TensorBoard for the epoch `m`
-    (`state`: the checkpoint, if not the one after epoch m["epoch"])."""
-    state = state or checkpoint_state(s, m["epoch"])  # every rank: it gathers their RNG states
-    if not s.ranks.is_main:
-        return
-    with interrupts_held(), s.run.saving():  # an epoch's files are written whole, or not at all
-        save(state, s.run.path / "last.pt")  # the commit record: resume repairs the rest from it
-        pause_point("commit")
-        if best_now:
-            save(state, s.run.path / "best.pt")
-        s.run.write_metrics(s.metrics)
-        s.run.plot(s.metrics)
-        if s.tensorboard:
-            s.tensorboard.log(m)
-    s.clock.saved()
-
-
 def record(s: Session, figures: EpochFigures):
     """Evaluate after `figures`' steps (unless `figures.evaluated` is False: an epoch end that
     --eval-every N > 1 skips), check --target-acc, save and print. Epoch ends and the stop at the
@@ -254,27 +210,6 @@ def record(s: Session, figures: EpochFigures):
         save_epoch(s, m, best_now, state)
     s.log(format_epoch(m))
     return m
-
-
-def write_confusion(s: Session):
-    """confusion.png and confusion.json beside curves.png: the test set's confusion matrix of the
-    model as the run leaves it, counted during its last evaluation (a resumed run with nothing left
-    to train evaluates once more). Every rank takes part (the matrix is summed over them); rank 0
-    writes."""
-    if not s.metrics:
-        return
-    confusion = s.confusion
-    if confusion is None:
-        s.ranks.sync_buffers(s.evaluated)  # as evaluate_epoch: rank 0's BatchNorm statistics
-        confusion = Confusion(s.spec.classes, s.runtime.device)
-        evaluate(s.evaluated, s.test_loader, s.runtime, tta_level(s.cfg, s.spec), confusion)
-    if not s.ranks.is_main:
-        return
-    confusion = confusion.cpu()
-    with interrupts_held(), s.run.saving():
-        s.run.write_text("confusion.json", json.dumps(confusion.to_dict()) + "\n")
-        confusion.save_png(s.run.path / "confusion.png",
-                           f"{s.ref.name} on {dataset_label(s.cfg.data)} after epoch {s.metrics[-1]['epoch']}")
 
 
 def settle_limits(s: Session, epoch):

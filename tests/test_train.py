@@ -13,7 +13,8 @@ import torch
 from engine.checkpoint import load
 from engine.config import Config
 from engine.session import open_session
-from engine.train import checkpoint_state, train, train_epoch, train_step
+from engine.run_files import checkpoint_state
+from engine.train import train, train_epoch, train_step
 
 QUIET = dict(quiet=True, device="cpu")
 
