@@ -147,9 +147,7 @@ def open_session(cfg: Config, resume: Checkpoint | None = None, say=print, ranks
         evaluations = evaluations_left(cfg, session.start_epoch)
         session.eval_plan = EvalPlan(runtime, ref, (test_loader.batch_size, *data.shape), evaluations, cfg.resolved_cache_dir(), say)
     if data.val_x is not None:
-        session.val_loader = BatchLoader(data.val_x, data.val_y, test_loader.batch_size, spec.mean, spec.std,  # one eval shape
-                                         device=runtime.device, train=False, channels_last=cfg.channels_last,
-                                         rank=ranks.rank, world=ranks.world)
+        session.val_loader = eval_loader(cfg, data.val_x, data.val_y, spec, runtime, ranks)  # the test set's shape
     if ranks.is_main:
         run.write_config(cfg.to_dict(), dataclasses.asdict(spec), runtime.resolved())
         if run.path.parent.resolve() == (Path.cwd() / RUNS).resolve():  # runs/latest: the newest run in runs/
@@ -285,9 +283,7 @@ def loaders(cfg: Config, data: Dataset, spec: InputSpec, runtime: Runtime, ranks
                         train=True, flip=spec.flip and cfg.flip, seed=cfg.seed, channels_last=cfg.channels_last,
                         crop_padding=cfg.crop_padding, padding_mode=cfg.crop_padding_mode, rank=ranks.rank, world=ranks.world,
                         resized_crop=cfg.resized_crop)
-    test = BatchLoader(data.test_x, data.test_y, cfg.eval_batch_size or cfg.batch_size, spec.mean, spec.std,
-                       device=runtime.device, train=False, channels_last=cfg.channels_last, rank=ranks.rank,
-                       world=ranks.world)
+    test = eval_loader(cfg, data.test_x, data.test_y, spec, runtime, ranks)
     streamed = [(name, x) for name, x, loader in (("train", data.train_x, train), ("test", data.test_x, test)) if loader.why]
     if streamed and ranks.is_main:
         images = " and ".join(f"{len(x):,} {name}" for name, x in streamed)
@@ -306,9 +302,14 @@ def screen_loaders(cfg: Config, data: Dataset, spec: InputSpec, runtime: Runtime
         return None
     residue = torch.arange(len(data.test_x)) % 10
     parts = [torch.isin(residue, torch.tensor(part)).nonzero()[:, 0] for part in SCREEN_PARTS]
-    return [BatchLoader(take(data.test_x, rows), data.test_y[rows], cfg.eval_batch_size or cfg.batch_size, spec.mean,
-                        spec.std, device=runtime.device, train=False, channels_last=cfg.channels_last,
-                        rank=ranks.rank, world=ranks.world) for rows in parts]
+    return [eval_loader(cfg, take(data.test_x, rows), data.test_y[rows], spec, runtime, ranks) for rows in parts]
+
+
+def eval_loader(cfg: Config, x, y, spec: InputSpec, runtime: Runtime, ranks: Ranks):
+    """A BatchLoader that evaluates images x (N, C, H, W) uint8 with labels y (N,): this rank's part,
+    in order, in batches of --eval-batch-size (default --batch-size), each of one shape."""
+    return BatchLoader(x, y, cfg.eval_batch_size or cfg.batch_size, spec.mean, spec.std, device=runtime.device,
+                       train=False, channels_last=cfg.channels_last, rank=ranks.rank, world=ranks.world)
 
 
 def restore_progress(s: Session, resume: Checkpoint, say):
