@@ -1,9 +1,10 @@
 """train(cfg): the training loop, its evaluations and per-epoch metrics.
 
 One call does a whole run: `open_session` (engine/session.py) resolves the runtime, reads the
-data and builds the model; then each epoch is `train_epoch` (one `train_step` per batch), `evaluate_epoch`,
-`epoch_metrics` and `save_epoch` (engine/run_files.py: the checkpoints and the run directory's files). Speed is measured without per-step syncs; the first steps of
-a process (compile and allocation warm-up) are timed apart from steady state.
+data and builds the model; then each epoch is `train_epoch` (one `train_step` per batch),
+`evaluate_epoch`, `epoch_metrics` and `save_epoch` (engine/run_files.py: the checkpoints and the
+run directory's files). Speed is measured without per-step syncs; the first steps of a process
+(compile and allocation warm-up) are timed apart from steady state.
 """
 
 import time
