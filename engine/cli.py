@@ -20,8 +20,9 @@ LATEST = "runs/latest"
 
 
 class Parser(argparse.ArgumentParser):
-    def error(self, message):  # argparse's usage dump becomes one line
-        raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
+    def error(self, message):  # argparse's usage dump becomes one line, naming the subcommand if any
+        where = f"{self.prog}: " if " " in self.prog else ""  # "engine: error: " is printed before it
+        raise UsageError(f"{where}{message} (see {self.prog} --help)")
 
 
 def _scalar_type(annotation):
@@ -39,19 +40,19 @@ def add_config_flags(parser, groups):
             shown = "on" if f.default is True else "off" if f.default is False else f.default
             help_text += f" (default: {shown})"
         kwargs = dict(dest=f.name, default=argparse.SUPPRESS, help=help_text)
+        optional = {} if f.metadata.get("const") is None else dict(nargs="?", const=f.metadata["const"])
         if kind is bool:
             parser.add_argument(flag(f.name), action=argparse.BooleanOptionalAction, **kwargs)
         elif f.metadata["choices"]:
-            optional = {} if f.metadata.get("const") is None else dict(nargs="?", const=f.metadata["const"])
             parser.add_argument(flag(f.name), choices=f.metadata["choices"], type=kind, **optional, **kwargs)
-            if optional:  # --tta alone is level 1 and --no-tta level 0, as when it was on/off
-                parser.add_argument("--no-" + flag(f.name)[2:], dest=f.name, action="store_const", const=f.default,
-                                    default=argparse.SUPPRESS, help=f"{flag(f.name)} {f.default}")
         else:
             metavar = {int: "N", float: "X"}.get(kind, "PATH" if f.name in ("data_dir", "cache_dir", "out", "init_from") else
                                                  {"save_every": "DURATION", "model_args": "JSON", "freeze": "PREFIXES",
                                                   "model": "MODEL"}.get(f.name))
-            parser.add_argument(flag(f.name), type=kind, metavar=metavar or f.name.upper(), **kwargs)
+            parser.add_argument(flag(f.name), type=kind, metavar=metavar or f.name.upper(), **optional, **kwargs)
+        if optional:  # --tta alone is level 1 and --no-tta level 0; --ema alone is 0.99 and --no-ema off
+            parser.add_argument("--no-" + flag(f.name)[2:], dest=f.name, action="store_const", const=f.default,
+                                default=argparse.SUPPRESS, help=f"{flag(f.name)} {'off' if f.default is None else f.default}")
 
 
 def build_parser():
@@ -263,18 +264,26 @@ def cmd_summary(args):
 
 
 def bare_optional_values(argv):
-    """argv with each flag whose value is optional (--tta) given alone written as FLAG=CONST when the
-    next word is not a number: argparse would take `engine eval --tta run/best.pt`'s checkpoint as
-    the level and fail on it (a number that is not a level is still refused by argparse)."""
+    """argv with each flag whose value is optional (--tta, --ema) given alone written as FLAG=CONST
+    when the next word is not a number: argparse would take `engine eval --tta run/best.pt`'s
+    checkpoint as the level and fail on it (a number that is not a level is still refused by argparse)."""
     optional = {flag(f.name): f.metadata for f in dataclasses.fields(Config) if f.metadata.get("const") is not None}
     out = []
     for i, word in enumerate(argv):
         meta = optional.get(word)
         following = argv[i + 1] if i + 1 < len(argv) else None
-        if meta is not None and following is not None and not following.lstrip("-").isdigit():
+        if meta is not None and following is not None and not _number(following):
             word = f"{word}={meta['const']}"
         out.append(word)
     return out
+
+
+def _number(word):
+    try:
+        float(word)
+    except ValueError:
+        return False
+    return True
 
 
 def main(argv=None):

@@ -117,8 +117,9 @@ class Config:
     schedule: str = option("onecycle", "learning-rate schedule", choices=("onecycle", "cosine", "constant"))
     ema: float | None = option(
         None, "evaluate, keep as best.pt and export an exponential moving average of the weights, updated after "
-        "every step with decay DECAY, 0 < DECAY < 1 (e.g. 0.99; BatchNorm statistics averaged alike; see "
-        "docs/training.md) (default: off)"
+        "every step with decay DECAY, 0 < DECAY < 1 (--ema alone: 0.99), warmed up over the first steps; --no-ema "
+        "turns off a recipe's (BatchNorm statistics averaged alike; see docs/training.md) (default: off, fast_cifar's "
+        "recipe 0.99)", const=0.99,
     )
     target_acc: float | None = option(
         None, "stop at the first evaluation whose test accuracy is at least X percent, and report the wall time "

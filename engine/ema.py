@@ -1,16 +1,40 @@
 """Weight averaging (--ema DECAY): an exponential moving average of a model that knows nothing of it.
 
-`WeightAverage` wraps `torch.optim.swa_utils.AveragedModel` with `get_ema_multi_avg_fn`: after each
-optimizer step every parameter and buffer moves towards the model's, avg += (1 - DECAY) * (w - avg),
-in one foreach lerp per dtype. BatchNorm running statistics are averaged with the weights
-(use_buffers=True, torchvision's references' choice): the running mean and variance then describe
-an average of the recent models, as the weights do, at no cost beyond the lerp. Copying the live
+`WeightAverage` wraps `torch.optim.swa_utils.AveragedModel`: after each optimizer step every
+parameter and buffer moves towards the model's, avg += (1 - d) * (w - avg), in one foreach lerp per
+dtype, as `get_ema_multi_avg_fn(DECAY)` does, except that the decay warms up: after n averaged steps
+d = min(DECAY, (1 + n) / (10 + n)) (TensorFlow's ExponentialMovingAverage with num_updates). The
+average then spans about the last tenth of the steps so far until that reaches DECAY's 1 / (1 - DECAY),
+and the first steps' weights, which the plain form keeps at DECAY^n, drop out as fast as the model
+leaves them. Measured on fast_cifar (docs/training.md): 56.9-58.8% test accuracy at 0.37 of an epoch
+against 56.9% for the bias-corrected average over all steps so far and 24.9% for the plain one at 0.99.
+
+BatchNorm running statistics are averaged with the weights (use_buffers=True, torchvision's
+references' choice): the running mean and variance then describe an average of the recent models,
+as the weights do, at no cost beyond the lerp. Copying the live
 model's statistics would pair the averaged weights with the last step's statistics, and recomputing
 them (swa_utils.update_bn) costs a forward pass over the training set per evaluation.
 """
 
 import torch
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
+
+WARMUP = 10  # d = min(DECAY, (1 + n) / (WARMUP + n)) after n averaged steps
+
+
+def warm_decay(decay: float, averaged_steps: int) -> float:
+    """The decay of the update that follows `averaged_steps` (1 or more) steps in the average."""
+    return min(decay, (1 + averaged_steps) / (WARMUP + averaged_steps))
+
+
+def lerp_towards(averaged: list, current: list, weight: float):
+    """averaged += weight * (current - averaged), tensor by tensor: one foreach lerp for floating
+    tensors, the library's EMA formula for integer ones (BatchNorm's num_batches_tracked)."""
+    if torch.is_floating_point(averaged[0]):
+        torch._foreach_lerp_(averaged, current, weight)
+    else:
+        for a, c in zip(averaged, current, strict=True):
+            a.copy_(a * (1 - weight) + c * weight)
 
 
 class WeightAverage:
@@ -21,8 +45,15 @@ class WeightAverage:
 
     def __init__(self, model: torch.nn.Module, decay: float):
         self.decay = decay
-        self.averaged = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+        self.averaged = AveragedModel(model, multi_avg_fn=self._average, use_buffers=True)
         self.averaged.module.requires_grad_(False)  # evaluated only: no autograd state on its weights
+
+    @torch.no_grad()
+    def _average(self, averaged: list, current: list, _device_count):
+        """AveragedModel's multi_avg_fn: `get_ema_multi_avg_fn(decay)` with the decay warmed up by the
+        step count, read from the average's own CPU counter (the copy on the device it passes would
+        cost a CUDA sync a step)."""
+        lerp_towards(averaged, current, 1 - warm_decay(self.decay, self.updates))
 
     @property
     def module(self) -> torch.nn.Module:

@@ -146,7 +146,7 @@ def test_target_acc_stops_at_the_first_evaluation_at_or_above_it(tmp_path, capsy
     flags = ["--model", "fast_cifar", "--epochs", "3", "--limit-train", "512", "--limit-test", "100", "--batch-size",
              "64", "--eval-every", "0.25", "--lr", "0.375", "--momentum", "0.85", "--weight-decay", str(0.0153 / 11.5),
              "--bn-lr-scale", "64", "--label-smoothing", "0.2", "--crop-padding", "2", "--schedule", "onecycle",
-             "--no-tta", "--no-amp",
+             "--no-tta", "--no-amp", "--no-ema",
              "--device", "cpu", "--quiet"]
     out = tmp_path / "target"
     capsys.readouterr()
