@@ -266,7 +266,11 @@ def cmd_summary(args):
 def bare_optional_values(argv):
     """argv with each flag whose value is optional (--tta, --ema) given alone written as FLAG=CONST
     when the next word is not a number: argparse would take `engine eval --tta run/best.pt`'s
-    checkpoint as the level and fail on it (a number that is not a level is still refused by argparse)."""
+    checkpoint as the level and fail on it (a number that is not a level is still refused by argparse).
+    `engine train` takes no positional argument, so its argv is argparse's as given: `--ema high`
+    is then argparse's one line, "invalid float value: 'high'"."""
+    if argv[:1] == ["train"]:
+        return list(argv)
     optional = {flag(f.name): f.metadata for f in dataclasses.fields(Config) if f.metadata.get("const") is not None}
     out = []
     for i, word in enumerate(argv):
