@@ -12,9 +12,9 @@ of an epoch, against 56.9% for an average over all steps so far (bias-corrected,
 
 BatchNorm running statistics are averaged with the weights (use_buffers=True, torchvision's
 references' choice): the running mean and variance then describe an average of the recent models,
-as the weights do, at no cost beyond the lerp. Copying the live
-model's statistics would pair the averaged weights with the last step's statistics, and recomputing
-them (swa_utils.update_bn) costs a forward pass over the training set per evaluation.
+as the weights do, at no cost beyond the lerp. Copying the live model's statistics would pair the
+averaged weights with the last step's statistics, and recomputing them (swa_utils.update_bn) costs
+a forward pass over the training set per evaluation.
 """
 
 import torch

@@ -127,8 +127,8 @@ def open_session(cfg: Config, resume: Checkpoint | None = None, say=print, ranks
     say(f"Model: {model_label(ref)}, {count_parameters(model):,} parameters, input {'x'.join(map(str, data.shape))}, "
         f"{len(data.classes)} classes; {runtime.describe()}")
     if ema is not None:
-        say(f"Weight average: decay {cfg.ema:g} a step (a horizon of about {1 / (1 - cfg.ema):,.0f} steps); "
-            "evaluations, best.pt and export use it")
+        say(f"Weight average: decay {cfg.ema:g} a step once warmed up (a horizon of about "
+            f"{1 / (1 - cfg.ema):,.0f} steps); evaluations, best.pt and export use it")
     optimizer = build_optimizer(cfg, model)
     scaler = runtime.grad_scaler()
     session = Session(cfg, runtime, run, spec, ref, model, optimizer, scaler, train_loader, test_loader,

@@ -140,7 +140,7 @@ def dirac_init(module):
 # - lr 0.1, not 0.375 (0.2 at batch 128): under the default 10-epoch schedule 0.1 reached 55.9% at
 #   0.5 epoch (14.1 s), 0.2 at 0.75 (20.3 s); to 80% in 4 epochs the two were within 3%.
 # - --ema 0.99 (its decay warmed up, engine/ema.py): the average reached 55.9% at 0.37 of an epoch in
-#   each of 3 seeds, the trained weights at 0.5-0.63 (AMD EPYC, 2026-12-02: 42-45 s against 57-74 s).
+#   each of 3 seeds, the trained weights at 0.5-0.63 (AMD EPYC, 2026-12-02: 44-50 s against 57-74 s).
 FAST_CIFAR_RECIPE = {
     "batch_size": 128,
     "optimizer": "sgd",
