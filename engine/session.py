@@ -8,7 +8,6 @@ evaluates and saves.
 """
 
 import dataclasses
-import functools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ from engine.data.stream import READ_AHEAD, Rows, take
 from engine.distributed import Ranks
 from engine.ema import WeightAverage
 from engine.errors import EngineError
+from engine.fast_paths import choose_compile, choose_precision
 from engine.loader import BatchLoader
 from engine.memory import size_text
 from engine.models import count_parameters
@@ -168,53 +168,6 @@ def evaluations_left(cfg: Config, start_epoch):
     if every <= 1:
         return (cfg.epochs - start_epoch) * math.ceil(1 / every)
     return sum(evaluates_after(e, every, cfg.epochs) for e in range(start_epoch, cfg.epochs))
-
-
-def choose_precision(cfg: Config, runtime: Runtime, model, ref: ModelRef, resume: Checkpoint | None, ranks: Ranks,
-                     loader: BatchLoader, say):
-    """--amp where it gains: on a CPU where bf16 autocast was picked because the hardware has it (not
-    forced by --amp-dtype bf16), keep it only where it measures no slower for this model
-    (engine/precision.py). A resumed run keeps its own precision; under DDP rank 0 decides."""
-    if runtime.device.type != "cpu" or runtime.amp_dtype != torch.bfloat16 or cfg.amp_dtype != "auto":
-        return
-    from engine.precision import apply, decide
-
-    if resume is not None:
-        decision = {"precision": resume.runtime.get("precision", "bf16"), "resumed": True}
-    else:
-        decision = None
-        if ranks.is_main:
-            batches = loader.epoch(0)
-            x, y, _ = next(batches)
-            batches.close()  # a streamed split's read-ahead stops here
-            decision = decide(model, runtime, ref, x, y, cfg.resolved_cache_dir())
-        decision = ranks.broadcast(decision)
-    apply(decision, runtime, ref, say)
-
-
-def choose_compile(cfg: Config, runtime: Runtime, model, ref: ModelRef, ranks: Ranks, loader: BatchLoader, say):
-    """--compile on CPU: whether the training step is compiled, by measurement on this machine against
-    the run's length (engine/compile_plan.py); under DDP rank 0 decides for every rank."""
-    if not runtime.plans_compile:
-        return
-    from engine.compile_plan import keep_compiled_code, plan_training
-
-    cache_dir = cfg.resolved_cache_dir()
-    keep_compiled_code(cache_dir)
-    compile_training = None
-
-    @functools.cache
-    def batch():  # a real training batch, read once and only if something must be measured
-        batches = loader.epoch(0)
-        x, y, _ = next(batches)
-        batches.close()  # a streamed split's read-ahead stops here
-        return x, y
-
-    if ranks.is_main:
-        shape = (cfg.batch_size, *loader.x.shape[1:])
-        compile_training = plan_training(runtime, model, ref, shape, batch, len(loader) * cfg.epochs, cache_dir, say).compile
-    runtime.compile_training = ranks.broadcast(compile_training)
-    runtime.compile_note = f"training {'compiled' if runtime.compile_training else 'eager'}"
 
 
 def model_label(ref: ModelRef):
