@@ -65,7 +65,8 @@ class Config:
     )
     test_split: str | None = option(
         None, "for an image folder without test/ (or val/, valid/, validation/): hold out a seeded, stratified P%% "
-        "of each class as the test set; kept in the run, so engine eval uses the same images (default: 10%%)",
+        "of each class as the test set; kept in the run, so engine eval uses the same images (default: 10%%). engine "
+        "eval of other --data: all, every image (its default)",
         group="data",
     )
     data_dir: str = option("./data", "where cifar10/mnist/fashion_mnist live in torchvision's layout", group="data", resume=True)
@@ -232,7 +233,7 @@ class Config:
         if self.val_split is not None:
             parse_count(self.val_split, 100, "--val-split")
         if self.test_split is not None:
-            parse_fraction(self.test_split, "--test-split")
+            parse_fraction(self.test_split, "--test-split", whole=True)
         if self.image_size is not None:
             try:
                 parse_image_size(self.image_size)

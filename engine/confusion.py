@@ -7,6 +7,7 @@ a JSON-able dict and a PNG. `engine eval` (checkpoint and ONNX) and every traini
 """
 
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -93,33 +94,35 @@ class Confusion:
         matplotlib.use("Agg")
         from matplotlib import pyplot as plt
 
-        k = len(self.classes)
-        counts = self.counts.cpu()
-        shares = (counts.double() / counts.sum(1, keepdim=True).clamp(min=1)).numpy()  # (K, K) row-normalised
-        side = min(max(6, 4 + 0.22 * k), 26)  # inches: 6 up to 10 classes, 100 classes 26 (2,600 px at dpi 100)
-        font = max(6.0, min(10.0, 260 / k))  # points; a cell is about 12 points high from 30 classes up
-        fig, ax = plt.subplots(figsize=(side + 1.5, side))
-        image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
-        fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
-        ax.set_xticks(range(k), self.classes, rotation=90, fontsize=font)
-        ax.set_yticks(range(k), self.classes, fontsize=font)
-        ax.set(xlabel="predicted class", ylabel="true class")
-        ax.set_title(f"{title}\naccuracy {self.accuracy * 100:.2f}% on {self.images:,} test images", fontsize=11)
-        if k <= COUNTS_UP_TO:
-            for i in range(k):
-                for j in range(k):
-                    if counts[i, j]:
-                        ax.text(j, i, f"{int(counts[i, j]):,}", ha="center", va="center", fontsize=font * 0.9,
-                                color="white" if shares[i, j] > 0.5 else "black")
-        fig.tight_layout()
-        path = Path(path)
-        temporary = path.parent / f".{path.name}.tmp{os.getpid()}.png"
-        try:
-            fig.savefig(temporary, dpi=100)
-            os.replace(temporary, path)
-        finally:
-            plt.close(fig)
-            temporary.unlink(missing_ok=True)
+        with warnings.catch_warnings():  # a class name in a script the font lacks draws as boxes: no stderr line a cell
+            warnings.filterwarnings("ignore", message=r"Glyph \d+ .* missing from font", category=UserWarning)
+            k = len(self.classes)
+            counts = self.counts.cpu()
+            shares = (counts.double() / counts.sum(1, keepdim=True).clamp(min=1)).numpy()  # (K, K) row-normalised
+            side = min(max(6, 4 + 0.22 * k), 26)  # inches: 6 up to 10 classes, 100 classes 26 (2,600 px at dpi 100)
+            font = max(6.0, min(10.0, 260 / k))  # points; a cell is about 12 points high from 30 classes up
+            fig, ax = plt.subplots(figsize=(side + 1.5, side))
+            image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
+            fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
+            ax.set_xticks(range(k), self.classes, rotation=90, fontsize=font)
+            ax.set_yticks(range(k), self.classes, fontsize=font)
+            ax.set(xlabel="predicted class", ylabel="true class")
+            ax.set_title(f"{title}\naccuracy {self.accuracy * 100:.2f}% on {self.images:,} test images", fontsize=11)
+            if k <= COUNTS_UP_TO:
+                for i in range(k):
+                    for j in range(k):
+                        if counts[i, j]:
+                            ax.text(j, i, f"{int(counts[i, j]):,}", ha="center", va="center", fontsize=font * 0.9,
+                                    color="white" if shares[i, j] > 0.5 else "black")
+            fig.tight_layout()
+            path = Path(path)
+            temporary = path.parent / f".{path.name}.tmp{os.getpid()}.png"
+            try:
+                fig.savefig(temporary, dpi=100)
+                os.replace(temporary, path)
+            finally:
+                plt.close(fig)
+                temporary.unlink(missing_ok=True)
 
 
 def describe_pair(pair):

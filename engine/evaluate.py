@@ -8,6 +8,7 @@ confusion matrix (engine/confusion.py), whose per-class results `engine eval` pr
 """
 
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -16,10 +17,12 @@ from engine.checkpoint import load, model_from_checkpoint
 from engine.config import Config
 from engine.confusion import Confusion
 from engine.data import dataset_label, load_dataset
+from engine.data.layout import WHOLE
 from engine.distributed import Ranks
 from engine.errors import EngineError
 from engine.loader import BatchLoader
-from engine.runtime import Runtime, setup_backends
+from engine.resume import test_set_changes
+from engine.runtime import Runtime, setup_backends, warn
 
 
 def tta_views(x, level):
@@ -124,6 +127,27 @@ def labels_for(source, shape, classes, data, data_name):
     return torch.tensor([classes.index(name) for name in data.classes])[data.test_y]  # (M,) int64
 
 
+RUN_DATA = ("data", "data_dir", "cache_dir", "seed", "image_size", "resize", "test_split")  # what chose and shaped a run's images
+
+
+def evaluation_data(saved, given):
+    """The data settings an evaluation of a trained model reads: the run's own (`saved`: what chose and
+    shaped its images), then those the command `given`. Other data than the run's (--data) is read
+    whole where it has no test split of its own (--test-split all), unless --test-split is given; the
+    run's own data keeps the images it held out."""
+    values = {k: saved[k] for k in RUN_DATA if k in saved}
+    if "data" in given and "test_split" not in given and not same_data(given["data"], saved.get("data")):
+        values["test_split"] = WHOLE
+    return {**values, **given}
+
+
+def same_data(a, b):
+    """Whether two --data values name the same source (a built-in name, or the same path)."""
+    if a is None or b is None:
+        return a == b
+    return a == b or Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+
+
 def evaluate_checkpoint(path, overrides, log=print, model=None):
     """Test loss and accuracy of the checkpoint at `path` on its own dataset or on `overrides`' data.
 
@@ -137,13 +161,17 @@ def evaluate_checkpoint(path, overrides, log=print, model=None):
     # The checkpoint decides what was trained on; how to run (device, amp, batch, limits) is this
     # command's own flags and defaults, never the training run's.
     saved = checkpoint.config
-    run_data = ("data", "data_dir", "cache_dir", "seed", "image_size", "resize", "test_split")  # what chose and shaped its images
-    cfg = Config(**{**{k: saved[k] for k in run_data if k in saved}, **overrides})
+    cfg = Config(**evaluation_data(saved, overrides))
     say = (lambda *_: None) if cfg.quiet else log
     rebuilt = model_from_checkpoint(checkpoint, path, code, say)
     runtime = Runtime.from_config(cfg)
     setup_backends(runtime.device, cfg.seed)
     data = load_dataset(cfg, say)
+    if "data" not in overrides and "limit_test" not in overrides and saved.get("limit_test") is None:
+        changed = test_set_changes(checkpoint.fingerprint, data)  # the run's own test set, read again
+        if changed:
+            warn(f"the test set of {cfg.data} changed since {path} was trained ({changed}); where it is held out of "
+                 "the training images (--test-split), it now holds other images, some of them trained on")
     spec = checkpoint.spec
     data.test_y = labels_for(path, spec.shape, spec.classes, data, cfg.data)
     model = runtime.prepare(rebuilt, compile=runtime.compile and not runtime.ahead_of_time)

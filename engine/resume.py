@@ -149,6 +149,17 @@ def data_fingerprint(data):
             "train": digest(data.train_x, data.train_y), "test": digest(data.test_x, data.test_y)}
 
 
+def test_set_changes(saved, data):
+    """What changed in a run's test set since its data fingerprint `saved` was taken, or None (also
+    where there is no fingerprint, as in checkpoints from before it)."""
+    if not saved:
+        return None
+    now = data_fingerprint(data)
+    if saved.get("test_images") != now["test_images"]:
+        return f"test images {saved.get('test_images', 0):,} -> {now['test_images']:,}"
+    return "test images or labels differ" if saved.get("test") != now["test"] else None
+
+
 def fingerprint_changes(saved, now):
     """A phrase saying what changed between two data fingerprints, or None."""
     changes = [f"{key.replace('_', ' ')} {saved[key]:,} -> {now[key]:,}"

@@ -18,10 +18,11 @@ from engine.checkpoint import Checkpoint, SaveClock, check_state, restore_rng_st
 from engine.config import Config, parse_duration
 from engine.confusion import loss_weights
 from engine.data import Dataset, InputSpec, check_batch_size, dataset_label, load_dataset
+from engine.data.layout import WHOLE
 from engine.data.stream import READ_AHEAD, Rows, take
 from engine.distributed import Ranks
 from engine.ema import WeightAverage
-from engine.errors import EngineError
+from engine.errors import EngineError, UsageError
 from engine.fast_paths import choose_compile, choose_precision
 from engine.loader import BatchLoader
 from engine.memory import size_text
@@ -193,6 +194,9 @@ def model_reference(cfg: Config, resume: Checkpoint | None, model, say) -> Model
 def open_data(cfg: Config, resume: Checkpoint | None, run: RunDir, ranks: Ranks, say):
     """(the Dataset, its InputSpec, its fingerprint); a resumed run's spec, once the data is shown to
     be the same."""
+    if cfg.test_split == WHOLE:
+        raise UsageError(f"--test-split {WHOLE} is for engine eval (every image a test image); a training run holds out "
+                         "a percentage such as 10%")
     data = load_dataset(cfg, say)
     check_batch_size(data, cfg.batch_size)
     fingerprint = data_fingerprint(data)

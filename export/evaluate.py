@@ -26,19 +26,17 @@ def evaluate_onnx(path, overrides, *, input_size=None, classes=None, log=print):
 
     from engine.confusion import Confusion
     from engine.data import load_dataset
-    from engine.evaluate import labels_for
+    from engine.evaluate import evaluation_data, labels_for
     from export.predict import Classifier
 
     device = overrides.get("device", "auto")
     model = Classifier(path, input_size=input_size, classes=classes, device=device)
     info = model.info
-    saved = {k: info.config[k] for k in ("data", "data_dir", "cache_dir", "seed", "image_size", "resize", "test_split")
-             if k in info.config}
-    if "data" not in overrides and not saved.get("data"):
+    if "data" not in overrides and not info.config.get("data"):
         raise EngineError(f"{path} does not say which data it was trained on; pass --data")
     known = {k: v for k, v in overrides.items()
              if k in ("data", "data_dir", "cache_dir", "limit_test", "batch_size", "quiet", "image_size", "resize", "test_split")}
-    cfg = Config(**{**saved, **known})
+    cfg = Config(**evaluation_data(info.config, known))
     data = load_dataset(cfg, (lambda *_: None) if cfg.quiet else log)
     labels = labels_for(path, info.input_size, info.classes, data, cfg.data).numpy()  # classes matched by name
     loss_sum, correct = 0.0, 0

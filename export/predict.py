@@ -79,11 +79,13 @@ def predict_files(model: Classifier, paths, topk=3, batch_size=64, as_json=False
     files = imaging.expand(paths)
     for path in files:  # every header first: a bad file fails before any output
         imaging.open_image(path).close()
+    results = []  # every prediction before any output: a file that fails to decode fails alone, as one line
     for start in range(0, len(files), batch_size):
         chunk = files[start:start + batch_size]
-        for path, top in zip(chunk, model.predict(chunk, topk=topk)):
-            if as_json:
-                say(json.dumps({"image": str(path), "top": [{"class": c, "probability": round(p, 6)} for c, p in top]}))
-            else:
-                say(f"{path}: " + ", ".join(f"{c} {p * 100:.1f}%" for c, p in top))
+        results += zip(chunk, model.predict(chunk, topk=topk))
+    for path, top in results:
+        if as_json:
+            say(json.dumps({"image": str(path), "top": [{"class": c, "probability": round(p, 6)} for c, p in top]}))
+        else:
+            say(f"{path}: " + ", ".join(f"{c} {p * 100:.1f}%" for c, p in top))
     return len(files)

@@ -85,3 +85,29 @@ def test_readme_client_fits_images_of_any_size_as_training_did(tmp_path, resize,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert float(re.search(r"accuracy ([\d.]+)% on 60 images", done.stdout).group(1)) == engine_acc
+
+
+def test_readme_client_scales_sixteen_bit_images_as_training_did(tmp_path, capsys):
+    """16-bit grey PNGs whose classes differ only above 255: clipping (PIL's convert) would lose them."""
+    root = tmp_path / "deep"
+    rng = np.random.default_rng(1)
+    for split, n in (("train", 40), ("test", 20)):
+        for label, name in enumerate(("low", "high")):
+            (root / split / name).mkdir(parents=True, exist_ok=True)
+            for k in range(n):
+                values = rng.integers(1_000, 30_000, (12, 12)) + 34_000 * label
+                Image.fromarray(values.astype(np.uint16)).save(root / split / name / f"{k}.png")
+    out, cache = tmp_path / "run", str(tmp_path / "cache")
+    assert main(["train", "--data", str(root), "--model", "mlp", "--epochs", "2", "--batch-size", "16", "--no-amp",
+                 "--cache-dir", cache, "--out", str(out), "--quiet"]) == 0
+    assert main(["export", str(tmp_path / "m.onnx"), "--checkpoint", str(out / "best.pt")]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "m.onnx"), "--cache-dir", cache, "--quiet"]) == 0
+    engine_acc = float(re.search(r"Test_acc:([\d.]+)%", capsys.readouterr().out).group(1))
+    script = tmp_path / "client.py"
+    script.write_text(client_script())
+    done = subprocess.run([sys.executable, "-I", str(script), str(tmp_path / "m.onnx"), str(root / "test"), "8"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert float(re.search(r"accuracy ([\d.]+)% on 40 images", done.stdout).group(1)) == engine_acc
+    assert engine_acc > 90  # the classes are apart after scaling; clipped, every pixel would be 255

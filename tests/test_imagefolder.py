@@ -278,3 +278,87 @@ def test_class_folders_without_a_split_hold_out_a_seeded_stratified_test_set(tmp
     with pytest.raises(EngineError, match="--test-split is for folders without a test split"):
         read(source(tmp_path / "x", tree()) if (tmp_path / "x").mkdir() is None else None, tmp_path / "cache",
              log=lambda *_: None, test_split="10%")
+
+
+@pytest.mark.parametrize("kind", ["folder", "tar", "zip"])
+def test_images_in_a_class_folders_subfolders_belong_to_that_class(tmp_path, kind):
+    files = {}
+    for c, name in enumerate(CLASSES):  # <class>/<year>/<image>: the years are not classes
+        for year in ("2019", "2020"):
+            for k in range(5):
+                files[f"{name}/{year}/{k}.png"] = png(40 * c + k)
+    data = read(source(tmp_path, files, kind), tmp_path / "cache", log=lambda *_: None)
+    assert data.classes == CLASSES
+    for x, y in ((data.train_x, data.train_y), (data.test_x, data.test_y)):
+        assert torch.equal(y, x[:, 0, 0, 0].long() // 40)
+    nested = tree()  # a split layout, one class's images only in a subfolder of it
+    for k in range(3):
+        nested[f"train/frog/batch1/{k}.png"] = nested.pop(f"train/frog/{k:04d}.png")
+    target = tmp_path / "split"
+    target.mkdir()
+    data = read(source(target, nested, kind), tmp_path / "cache", log=lambda *_: None)
+    assert data.classes == CLASSES and len(data.train_x) == 9
+    assert torch.equal(data.train_y, data.train_x[:, 0, 0, 0].long() // 40)
+
+
+def test_a_class_folder_with_no_image_is_refused_in_archives_and_beside_junk(tmp_path):
+    files = tree()
+    files["train/emu/.DS_Store"] = b"junk"  # a folder holding only a hidden file has no image
+    with pytest.raises(EngineError, match="class folder train/emu has no images"):
+        read(source(tmp_path, files), tmp_path / "cache", log=lambda *_: None)
+    archive = tmp_path / "empty.tar"
+    with tarfile.open(archive, "w") as tar:  # `tar cf x.tar .` of a folder with an empty class folder
+        for name, data in tree().items():
+            info = tarfile.TarInfo(f"./{name}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        folder = tarfile.TarInfo("./train/emu")
+        folder.type = tarfile.DIRTYPE
+        tar.addfile(folder)
+    with pytest.raises(EngineError, match="class folder train/emu has no images"):
+        read(archive, tmp_path / "cache", log=lambda *_: None)
+
+
+class Unflagged(zipfile.ZipInfo):
+    """A member whose name is stored as UTF-8 bytes without the flag (0x800) that says so, as Info-ZIP's
+    zip and macOS's archiver write them (zipfile itself always sets it)."""
+
+    def _encodeFilenameFlags(self):
+        return self.filename.encode("utf-8"), self.flag_bits & ~0x800
+
+
+def test_zip_names_stored_as_utf8_without_the_flag_are_read_as_utf8(tmp_path):
+    path = tmp_path / "names.zip"
+    with zipfile.ZipFile(path, "w") as archive:
+        for c, name in enumerate(("blue 蓝", "grün ü")):
+            for k in range(10):
+                archive.writestr(Unflagged(f"{name}/{k}.png"), png(40 * c + k))
+    with zipfile.ZipFile(path) as archive:  # what zipfile alone makes of these names: cp437
+        assert "grün ü/0.png" not in archive.namelist()
+    data = read(path, tmp_path / "cache", log=lambda *_: None)
+    assert data.classes == ["blue 蓝", "grün ü"]
+    assert torch.equal(data.train_y, data.train_x[:, 0, 0, 0].long() // 40)
+
+
+def test_grey_images_with_alpha_keep_a_grey_set_grey(tmp_path):
+    files = tree(mode="L")
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((5, 6), 90, dtype=np.uint8), "L").convert("LA").save(buffer, format="PNG")
+    files["train/cat/alpha.png"] = buffer.getvalue()
+    data = read(source(tmp_path, files), tmp_path / "cache", log=lambda *_: None)
+    assert data.train_x.shape[1] == 1 and (data.train_x == 90).flatten(1).all(1).any()
+
+
+def test_an_evaluation_split_must_hold_every_class_train_has(tmp_path):
+    files = {k: v for k, v in tree().items() if not k.startswith("test/frog/")}
+    with pytest.raises(EngineError, match="test/ lacks classes that train/ has: frog"):
+        read(source(tmp_path, files), tmp_path / "cache", log=lambda *_: None)
+
+
+def test_mixed_sizes_are_refused_by_their_headers_before_the_pixels_are_decoded(tmp_path):
+    files = tree()
+    big = io.BytesIO()
+    Image.fromarray(np.zeros((3000, 3000, 3), dtype=np.uint8)).save(big, format="PNG")
+    files["train/frog/big.png"] = big.getvalue()[:200]  # a header that says 3000x3000, and no pixels after it
+    with pytest.raises(EngineError, match=r"images differ in size \(6x5 .*, 3000x3000 .*big.png\)"):
+        read(source(tmp_path, files), tmp_path / "cache", log=lambda *_: None)

@@ -116,3 +116,17 @@ def test_a_folder_without_a_split_holds_out_a_test_set_and_eval_uses_exactly_it(
     tensors = torch.load(next((tmp_path / "cache").glob("*-20x20-stretch.pt")), weights_only=True)
     _, held = stratified(tensors["train_y"], 0.25, 0, list(CLASSES))
     assert len(held) == 45 and torch.bincount(tensors["train_y"][held]).tolist() == [15, 15, 15]
+    # Other data than the run's, with no split of its own, is evaluated whole (--test-split all)
+    import shutil
+
+    shutil.copytree(data, tmp_path / "copy")
+    other = ok(engine("eval", tmp_path / "run" / "best.pt", "--data", tmp_path / "copy", "--no-amp", "--device", "cpu",
+                      cwd=tmp_path, env=cache))
+    assert "(180 test images of" in other
+    refused = engine("train", "--data", data, "--test-split", "all", "--out", tmp_path / "all", cwd=tmp_path, env=cache)
+    assert refused.returncode == 2 and "--test-split all is for engine eval" in refused.stderr
+    assert not (tmp_path / "all").exists()
+    # The run's own folder changed since: its held-out images are not the run's any more, and eval says so
+    (data / "disc" / "999.jpg").write_bytes(drawing("disc", 999, (50, 50)))
+    changed = engine("eval", tmp_path / "run" / "best.pt", "--no-amp", "--device", "cpu", cwd=tmp_path, env=cache)
+    assert changed.returncode == 0 and "test set of" in changed.stderr and "changed since" in changed.stderr

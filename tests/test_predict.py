@@ -108,3 +108,13 @@ def test_a_truncated_model_is_one_line(tiny_onnx, tmp_path, capsys):
     assert main(["predict", str(cut), str(image)]) == 1
     err = capsys.readouterr().err
     assert "not a valid ONNX model" in err and err.count("\n") == 1
+
+
+def test_a_truncated_image_after_good_ones_prints_no_predictions(tiny_onnx, tmp_path, capsys):
+    paths = write_images(tmp_path / "images")
+    last = tmp_path / "images" / "z_truncated.png"
+    data = (tmp_path / "images" / "a_rgb.png").read_bytes()
+    last.write_bytes(data[: len(data) // 2])  # its header reads; its pixels do not
+    assert main(["predict", str(tiny_onnx), *map(str, paths), str(last), "--batch-size", "2"]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and "z_truncated.png" in err and err.count("\n") == 1

@@ -61,12 +61,13 @@ def check_disk(path, folder: Path, need):
                           "(or a smaller --image-size)")
 
 
-def decode_to_cache(path: Path, folder: Path, count, size, channels, image_size=None, rule="stretch", log=print):
-    """Decode the source at `path` into the file cache `folder` and open it. count: its images;
-    size: (H, W) every image has (`image_size`, fitted by `rule` as engine.pixels.fit does, or else
+def decode_to_cache(path: Path, folder: Path, survey, size, channels, image_size=None, rule="stretch", log=print):
+    """Decode the source at `path` into the file cache `folder` and open it. survey: its
+    engine.data.imagefolder.Survey (image count, folders, first image); size: (H, W) every image has (`image_size`, fitted by `rule` as engine.pixels.fit does, or else
     the first image's); channels: the first image's (1 or 3). A colour image in a set that began grey starts the decode again in RGB, as an
     in-memory decode makes the whole set RGB."""
     H, W = size
+    count = survey.count
     check_disk(path, folder.parent, count * 3 * H * W)  # RGB: a grey set may turn out to hold a colour image
     _remove_stale(folder.parent)
     temporary = folder.with_name(f".{folder.name}.tmp{os.getpid()}")
@@ -74,12 +75,12 @@ def decode_to_cache(path: Path, folder: Path, count, size, channels, image_size=
         while True:  # at most twice: again in RGB
             shutil.rmtree(temporary, ignore_errors=True)
             temporary.mkdir(parents=True)
-            places = _decode_into(path, temporary / "images.u8", count, size, channels, image_size, rule, log)
+            places = _decode_into(path, temporary / "images.u8", survey, size, channels, image_size, rule, log)
             if places is not None:
                 break
             channels = 3
             log(f"{path}: a colour image among grey ones: decoding again in RGB (one colour image makes the set RGB)")
-        index = _index(path, places, log)
+        index = _index(path, places, survey.folders, log)
         index["shape"] = [len(places), channels, H, W]
         with open(temporary / "index.pt", "wb") as f:
             torch.save(index, f)
@@ -98,44 +99,42 @@ def decode_to_cache(path: Path, folder: Path, count, size, channels, image_size=
     return open_cache(folder)
 
 
-def _decode_into(path, file, count, size, channels, image_size, rule, log):
-    """Decode every image into `file` as (N, C, H, W) uint8 rows in the source's order; their (split,
-    class) places, or None when a colour image turns up in a grey (channels 1) decode."""
+def _decode_into(path, file, survey, size, channels, image_size, rule, log):
+    """Decode every image into `file` as (N, C, H, W) uint8 rows in the source's order; their folders
+    (tuples, placed by engine.data.layout), or None when a colour image turns up in a grey (channels 1)
+    decode."""
     from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import get_context
 
     from PIL import Image
     from tqdm import tqdm
 
-    from engine.data.imagefolder import _chunks, _decode
+    from engine.data.imagefolder import _chunks, _decode, mixed_sizes
 
     H, W = size
     workers = max(1, min(os.cpu_count() or 1, 32))
     pool = ProcessPoolExecutor(workers, mp_context=get_context("fork")) if workers > 1 else None
     bomb_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # check_size refuses large ones, naming the size
-    places, first, started = [], None, time.perf_counter()
+    count, places, first, started = survey.count, [], None, time.perf_counter()
     log(f"Decoding {path} at {H}x{W} into a file cache, chunk by chunk: {count:,} images, "
         f"{size_text(count * channels * H * W)}, more than memory holds (first use only)")
     try:
         with open(file, "wb") as f, tqdm(total=count, desc="Decoding", unit=" img", disable=not sys.stderr.isatty(),
                                          leave=False) as progress:
-            for chunk in _chunks(path, image_size, rule):
-                items = [item for _, _, item in chunk]
+            for chunk in _chunks(path, image_size, rule, survey.expected(path, image_size)):
+                items = [item for _, item in chunk]
                 arrays = list(pool.map(_decode, items, chunksize=64)) if pool else [_decode(i) for i in items]
                 rows = []
-                for (split, name, item), array in zip(chunk, arrays):
-                    first = first or (array.shape[:2], item[0])
+                for (folder, item), array in zip(chunk, arrays):
+                    first = first or (array.shape[1::-1], item[0])
                     if array.shape[:2] != (H, W):
-                        (h, w), other = array.shape[:2], item[0]
-                        raise UsageError(f"{path}: images differ in size ({W}x{H} {first[1]}, {w}x{h} {other}); all "
-                                         "images must share one size: pass --image-size S (or HxW) to resize them once, "
-                                         "shorter side to S")
+                        raise UsageError(mixed_sizes(path, ((W, H), first[1]), (array.shape[1::-1], item[0])))
                     if array.ndim == 3 and channels == 1:
                         return None
                     if array.ndim == 2 and channels == 3:  # grey replicated, as PIL does
                         array = np.repeat(array[..., None], 3, axis=2)
                     rows.append(array.reshape(H, W, channels))
-                    places.append((split, name))
+                    places.append(folder)
                 f.write(np.ascontiguousarray(np.stack(rows).transpose(0, 3, 1, 2)).tobytes())  # (n, C, H, W)
                 progress.update(len(chunk))
             f.flush()
@@ -150,15 +149,15 @@ def _decode_into(path, file, count, size, channels, image_size, rule, log):
     return places
 
 
-def _index(path, places, log):
+def _index(path, places, folders, log):
     """Each split's rows (int64) and labels in the order an in-memory decode stacks them: class by
     class in name order, each class's images in the source's order."""
-    found = {}
-    for row, (split, name) in enumerate(places):
-        found.setdefault(split, {}).setdefault(name, []).append(row)
+    images = {}
+    for row, folder in enumerate(places):
+        images.setdefault(folder, []).append(row)
     from engine.data.imagefolder import split_classes
 
-    train, test, classes = split_classes(found, path, log)
+    train, test, classes = split_classes(images, folders, path, log)
     index = {"classes": classes}
     for split, part in (("train", train), ("test", test)):
         if part is None:

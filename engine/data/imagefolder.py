@@ -17,7 +17,8 @@ import tarfile
 import time
 import zipfile
 import zlib
-from pathlib import Path
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import torch
@@ -29,7 +30,8 @@ from engine.errors import EngineError, UsageError, first_line
 from engine.lock import remove_stale_temporaries
 from engine.pixels import SIXTEEN_BIT, check_size, fit
 
-CACHE_FORMAT = 3  # 2: a set with any colour image is all RGB; 3: any layout, test split optional, --image-size
+CACHE_FORMAT = 4  # 2: a set with any colour image is all RGB; 3: any layout, test split optional, --image-size;
+# 4: class folders with subfolders, grey images with alpha
 CHUNK = 1024  # images handed to the decoding processes at a time: bounds the undecoded bytes held in memory
 
 
@@ -43,26 +45,41 @@ def _archive_kind(path: Path):
 
 
 def _members(path: Path):
-    """(name inside the source, bytes) for every file, in the source's own order."""
+    """(name inside the source, bytes) for every file, in the source's own order, and (name, None) for
+    every folder the source lists (a directory's, or an archive's folder entries)."""
     kind = _archive_kind(path)
     if path.is_dir():
         for root, dirs, files in os.walk(path, followlinks=True):
             dirs.sort()
+            for name in dirs:
+                yield (Path(root) / name).relative_to(path).as_posix(), None
             for name in sorted(files):
                 full = Path(root) / name
                 yield full.relative_to(path).as_posix(), full.read_bytes
     elif kind == "zip":
         with zipfile.ZipFile(path) as archive:
             for info in archive.infolist():
-                if not info.is_dir():
-                    yield info.filename, lambda info=info: archive.read(info)
+                yield _zip_name(info), None if info.is_dir() else lambda info=info: archive.read(info)
     elif kind == "tar":
         with tarfile.open(path, "r:*") as archive:
             for info in archive:
-                if info.isfile():
+                if info.isdir():
+                    yield info.name, None
+                elif info.isfile():
                     yield info.name, lambda info=info: archive.extractfile(info).read()
     else:
         raise EngineError(f"{path} is not a directory or a .tar, .tar.gz or .zip archive of an image folder")
+
+
+def _zip_name(info: zipfile.ZipInfo):
+    """A zip member's name. Archivers (Info-ZIP, macOS's) store UTF-8 names without the flag that says
+    so, which zipfile then reads as cp437: read those as UTF-8 where their bytes are UTF-8."""
+    if info.flag_bits & 0x800:
+        return info.filename
+    try:
+        return info.filename.encode("cp437").decode("utf-8")
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        return info.filename
 
 
 def source_key(path: Path):
@@ -80,32 +97,51 @@ def source_key(path: Path):
     return digest.hexdigest()[:20]
 
 
-GRAY_MODES = ("L", "1", "F", *SIXTEEN_BIT)
+GRAY_MODES = ("L", "LA", "La", "1", "F", *SIXTEEN_BIT)  # LA: grey with alpha, which is dropped as RGBA's is
+
+
+def mixed_sizes(path, first, other):
+    """The one line for a source whose images differ in size: `first` and `other` are ((W, H), name)."""
+    (a, first_name), (b, other_name) = first, other
+    return (f"{path}: images differ in size ({a[0]}x{a[1]} {first_name}, {b[0]}x{b[1]} {other_name}); all images must "
+            "share one size: pass --image-size S (or HxW) to resize them once (--resize: stretch, the default, or crop)")
 
 
 def _decode(item):
-    """(H, W) uint8 for a grayscale image, (H, W, 3) for any other, from (name, bytes, image size or None);
-    with an image size, resized to it by engine.pixels.fit. Runs in the decoding processes."""
+    """(H, W) uint8 for a grayscale image, (H, W, 3) for any other, from (name, bytes, image size or None,
+    resize rule, the first image's ((W, H), name) or None). With an image size, resized to it by
+    engine.pixels.fit; without one, an image whose header differs from the first's size is refused
+    before its pixels are decoded. Runs in the decoding processes."""
     from PIL import Image, UnidentifiedImageError
 
-    name, data, size, rule = item
+    name, data, size, rule, first = item
     Image.MAX_IMAGE_PIXELS = None  # check_size refuses large ones, naming the size
+    if not data:
+        raise EngineError(f"cannot decode image {name}: the file is empty (0 bytes)")
     try:
         with Image.open(io.BytesIO(data)) as image:
             check_size(image, name)  # by its header, before a pixel is decoded
+            if size is None and first is not None and image.size != first[0]:
+                raise UsageError(mixed_sizes(first[2], first[:2], (image.size, name)))
             return np.asarray(fit(image, size, "L" if image.mode in GRAY_MODES else "RGB", rule))  # 16-bit scaled
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise EngineError(f"cannot decode image {name}: {error}") from None
+        reason = "not an image PIL can read" if isinstance(error, UnidentifiedImageError) else error
+        raise EngineError(f"cannot decode image {name}: {reason}") from None
 
 
-def _chunks(path: Path, size, rule):
-    """Lists of (split, class, (name, bytes, size, rule)) of at most CHUNK images, in the source's order."""
+def _label(path: Path, name):
+    return f"{path}:{name}" if path.is_file() else str(path / name)
+
+
+def _chunks(path: Path, size, rule, first=None):
+    """Lists of (folder, (name, bytes, size, rule, first)) of at most CHUNK images, in the source's
+    order; `first`: see `_decode`."""
     chunk = []
     for name, read in _members(path):
-        where = layout.place(name)
-        if where is None:
+        folder = layout.folder_of(name) if read is not None else None
+        if folder is None:
             continue
-        chunk.append((*where, (f"{path}:{name}" if path.is_file() else str(path / name), read(), size, rule)))
+        chunk.append((folder, (_label(path, name), read(), size, rule, first)))
         if len(chunk) == CHUNK:
             yield chunk
             chunk = []
@@ -136,37 +172,54 @@ def _available_memory():
         return None
 
 
+@dataclass
+class Survey:
+    """What one pass over a source's names found before decoding: its image count, every folder it
+    lists, and its first image's ((W, H), name, channels), () where that one does not open."""
+    count: int
+    folders: list
+    first: tuple
+
+    def expected(self, path, size):
+        """`_decode`'s `first`: the first image's size and name where the images must all share it."""
+        return (*self.first[:2], str(path)) if size is None and self.first else None
+
+
 class DoesNotFit(EngineError):
     """check_memory's finding that a source's decoded images would not fit in memory: `read` then
     decodes it into the file cache (engine.data.filecache) instead."""
 
-    def __init__(self, message, count, size, channels):
+    def __init__(self, message, survey, size, channels):
         super().__init__(message)
-        self.count, self.size, self.channels = count, size, channels  # images, (H, W), 1 or 3
+        self.survey, self.size, self.channels = survey, size, channels  # (H, W), 1 or 3
 
 
 def check_memory(path: Path, size=None):
-    """The source's image count; raises DoesNotFit, before decoding, for a source whose decoded images
+    """The source's Survey; raises DoesNotFit, before decoding, for a source whose decoded images
     would not fit in memory: the count times the first image's size (or `size`, H x W), twice over
     while they are stacked."""
     from PIL import Image, UnidentifiedImageError
 
-    count, first = 0, None
+    count, first, folders = 0, None, []
     for name, read in _members(path):
-        if layout.place(name) is None:
+        if read is None:
+            folders.append(PurePosixPath(name).parts)
+            continue
+        if layout.folder_of(name) is None:
             continue
         count += 1
         if first is None:
             try:
                 with Image.open(io.BytesIO(read())) as image:
-                    check_size(image, f"{path}:{name}" if path.is_file() else str(path / name))
-                    first = (*image.size, 1 if image.mode in GRAY_MODES else 3)
+                    check_size(image, _label(path, name))
+                    first = (image.size, _label(path, name), 1 if image.mode in GRAY_MODES else 3)
             except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
                 first = ()  # the decoding pass names the bad file
+    survey = Survey(count, folders, first or ())
     available = available_memory()
     if not first or available is None:
-        return count
-    width, height, channels = first
+        return survey
+    (width, height), _, channels = first
     if size is not None:
         height, width = size
     need = 2 * count * width * height * channels
@@ -174,8 +227,8 @@ def check_memory(path: Path, size=None):
         raise DoesNotFit(f"{path}: decoding its {count:,} images of {width}x{height}x{channels} needs about "
                          f"{need / 1e9:,.1f} GB of memory, and {available / 1e9:,.1f} GB is available; "
                          "use fewer or smaller images (--image-size), or a machine with more memory",
-                         count, (height, width), channels)
-    return count
+                         survey, (height, width), channels)
+    return survey
 
 
 def decode_folder(path: Path, log=print, size=None, rule="stretch"):
@@ -187,21 +240,21 @@ def decode_folder(path: Path, log=print, size=None, rule="stretch"):
     from PIL import Image
     from tqdm import tqdm
 
-    found = {}  # split (None: no split) -> class -> [arrays]
+    images = {}  # folder tuple -> [arrays], placed by engine.data.layout once all are read
     bomb_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # check_size refuses large ones, naming the size
     workers = max(1, min(os.cpu_count() or 1, 32))
     pool = ProcessPoolExecutor(workers, mp_context=get_context("fork")) if workers > 1 else None
     started, sizes = time.perf_counter(), {}
     try:
-        total = check_memory(path, size)
+        survey = check_memory(path, size)
         log(f"Decoding {path}{f' at {size[0]}x{size[1]}' if size else ''} (first use only; the result is cached)")
-        with tqdm(total=total, desc="Decoding", unit=" img", disable=not sys.stderr.isatty(), leave=False) as progress:
-            for chunk in _chunks(path, size, rule):
-                items = [item for _, _, item in chunk]
+        with tqdm(total=survey.count, desc="Decoding", unit=" img", disable=not sys.stderr.isatty(), leave=False) as progress:
+            for chunk in _chunks(path, size, rule, survey.expected(path, size)):
+                items = [item for _, item in chunk]
                 arrays = list(pool.map(_decode, items, chunksize=64)) if pool else [_decode(i) for i in items]
-                for (split, name, item), array in zip(chunk, arrays):
+                for (folder, item), array in zip(chunk, arrays):
                     sizes.setdefault(array.shape[:2], item[0])
-                    found.setdefault(split, {}).setdefault(name, []).append(array)
+                    images.setdefault(folder, []).append(array)
                 progress.update(len(chunk))
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error) as error:  # gzip.BadGzipFile is an OSError
         reason = first_line(error).rstrip(":")  # tarfile lists every method tried
@@ -212,15 +265,14 @@ def decode_folder(path: Path, log=print, size=None, rule="stretch"):
         Image.MAX_IMAGE_PIXELS = bomb_limit
         if pool:
             pool.shutdown(cancel_futures=True)
-    if len(sizes) > 1:
+    if len(sizes) > 1:  # only where the first image's header did not open (see Survey)
         (a, first), (b, other) = list(sizes.items())[:2]
-        raise UsageError(f"{path}: images differ in size ({a[1]}x{a[0]} {first}, {b[1]}x{b[0]} {other}); all images "
-                         "must share one size: pass --image-size S (or HxW) to resize them once, shorter side to S")
+        raise UsageError(mixed_sizes(path, (a[::-1], first), (b[::-1], other)))
     seconds = time.perf_counter() - started
-    count = sum(len(v) for classes in found.values() for v in classes.values())
+    count = sum(len(v) for v in images.values())
     log(f"Decoded {count:,} images in {seconds:.1f} s ({count / max(seconds, 1e-9):,.0f} img/s on {workers} "
         f"process{'es' if workers > 1 else ''})")
-    train, test, classes = split_classes(found, path, log)
+    train, test, classes = split_classes(images, survey.folders, path, log)
     colour = any(a.ndim == 3 for part in (train, test or {}) for images in part.values() for a in images)
     result = {"classes": classes}
     for split, part in (("train", train), ("test", test)):
@@ -240,20 +292,22 @@ def decode_folder(path: Path, log=print, size=None, rule="stretch"):
     return result
 
 
-def split_classes(found, path, log):
+def split_classes(images, folders, path, log):
     """(train {class: items}, test {class: items} or None, sorted class names) of what a decode found
-    ({split or None: {class: [items]}}), checked: no empty class folder, no test class train lacks,
-    at least 2 classes. engine.data.filecache checks its decode with it too."""
+    ({folder tuple: [items]}; `folders`: every folder the source lists), checked: no empty class
+    folder, the evaluation split's classes those of train/, at least 2 classes.
+    engine.data.filecache checks its decode with it too."""
+    found, empty = layout.group(images, folders)
     train, test, named = layout.choose(found, path, log)
-    empty = layout.empty_classes(path, found)
     if empty:
         raise EngineError(f"{path}: class folder {empty[0]} has no images{f' (nor {len(empty) - 1} more)' if len(empty) > 1 else ''}; "
                           "add images or remove the folder")
     classes = sorted(train)
-    if test is not None:
-        missing = sorted(set(test) - set(classes))
-        if missing:
-            raise EngineError(f"{path}: {named}/ has classes that train/ lacks: {', '.join(missing)}")
+    if test is not None and set(test) != set(classes):
+        extra, missing = sorted(set(test) - set(classes)), sorted(set(classes) - set(test))
+        differ = (f"has classes that train/ lacks: {', '.join(extra)}" if extra else
+                  f"lacks classes that train/ has: {', '.join(missing)}")
+        raise EngineError(f"{path}: {named}/ {differ} (the evaluation split needs train/'s classes, each with images)")
     if len(classes) < 2:
         raise EngineError(f"{path} has {len(classes)} class; a classifier needs at least 2 ({layout.LAYOUT})")
     return train, test, classes
@@ -288,7 +342,7 @@ def read(source, cache_dir: Path, log=print, image_size=None, test_split=None, s
     try:
         tensors = decode_folder(path, log, image_size, resize)
     except DoesNotFit as large:  # decoded chunk by chunk into a file instead, then streamed
-        tensors = filecache.decode_to_cache(path, filecache.cache_folder(cache), large.count, large.size, large.channels,
+        tensors = filecache.decode_to_cache(path, filecache.cache_folder(cache), large.survey, large.size, large.channels,
                                             image_size, resize, log)
         return _dataset(name, stream.place(tensors), test_split, seed, path, log)
     remove_stale_temporaries(cache.parent)  # full-size temporaries of killed decodes
@@ -305,10 +359,12 @@ def _dataset(name, t, test_split, seed, path, log):
     three_channels = t["train_x"].shape[1] == 3  # colour photos flip; grayscale sets are often digits
     classes, x, y = list(t["classes"]), t["train_x"], t["train_y"]
     if "test_x" in t:
-        if test_split is not None:
+        if test_split not in (None, layout.WHOLE):  # WHOLE: the source's own test split is the whole test set
             raise UsageError(f"--test-split is for folders without a test split; {path} has one (pass --val-split "
                              "to hold out validation images from train/)")
         return Dataset(name, classes, x, y, t["test_x"], t["test_y"], flip=three_channels)
+    if test_split == layout.WHOLE:  # engine eval of a folder that is not the run's: every image
+        return Dataset(name, classes, stream.take(x, torch.arange(0)), y[:0], x, y, flip=three_channels)
     fraction = layout.parse_fraction(test_split or layout.DEFAULT_TEST_SPLIT, "--test-split")
     keep, held = layout.stratified(y, fraction, seed, classes)
     if test_split is None:

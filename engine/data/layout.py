@@ -4,7 +4,8 @@ Accepted layouts (optionally inside one wrapping folder):
 - `train/<class>/*` with an evaluation split named any of `test/`, `val/`, `valid/`, `validation/`;
 - `train/<class>/*` alone, or `<class>/*` with no split at all: `--test-split P%` (default 10%)
   holds out a seeded, stratified fraction of each class as the test set.
-The split is a pure function of the labels, the fraction and the seed, so a checkpoint's config
+A class folder's images may sit in subfolders of it (as torchvision's ImageFolder reads them); one
+top folder holding everything is a wrapper, not a class. The split is a pure function of the labels, the fraction and the seed, so a checkpoint's config
 (which keeps all three) lets `engine eval` rebuild exactly the held-out images.
 """
 
@@ -20,24 +21,59 @@ SPLITS = ("train", *EVAL_SPLITS)
 LAYOUT = ("expected train/<class>/<image> with test/ (or val/, valid/, validation/), or <class>/<image> folders "
           "split by --test-split")
 DEFAULT_TEST_SPLIT = "10%"
+WHOLE = "all"  # --test-split all: every image is a test image (engine eval of data other than the run's)
 
 
-def place(name):
-    """(split or None, class) for an image's path inside the source, allowing one wrapping folder;
-    None for anything that is not an image in a class folder."""
+def folder_of(name):
+    """The folders (a tuple of names) that hold the file `name` inside the source, when it is an image
+    that is not hidden (no part starting with '.', no __MACOSX); None for anything else."""
     path = PurePosixPath(name)
-    parts = path.parts
-    if any(p.startswith(".") or p == "__MACOSX" for p in parts) or path.suffix.lower() not in IMAGE_EXTENSIONS:
+    if any(p.startswith(".") or p == "__MACOSX" for p in path.parts) or path.suffix.lower() not in IMAGE_EXTENSIONS:
         return None
-    if len(parts) == 3 and parts[0] in SPLITS:
-        return parts[0], parts[1]
-    if len(parts) == 4 and parts[1] in SPLITS:
-        return parts[1], parts[2]
-    if len(parts) == 2 and parts[0] not in SPLITS:
-        return None, parts[0]  # <class>/<image>
-    if len(parts) == 3 and parts[1] not in SPLITS and parts[0] not in SPLITS:
-        return None, parts[1]  # <wrapper>/<class>/<image>
-    return None
+    return path.parts[:-1]
+
+
+def _shape(folders):
+    """(wrapper, split layout) of the image folders `folders`: the one top folder every image sits
+    under, or None; whether the folders below it are split folders (train/, test/, ...)."""
+    folders = [f for f in folders if f]
+    tops = {f[0] for f in folders}
+    top = next(iter(tops)) if len(tops) == 1 else None
+    wrapper = top if top not in (None, *SPLITS) and any(len(f) >= 2 for f in folders) else None
+    rest = [f[1:] if wrapper else f for f in folders]
+    return wrapper, any(f and f[0] in SPLITS for f in rest)
+
+
+def _place(folder, wrapper, split_layout):
+    """(split or None, class) of an image folder, or None for one outside every class folder. Images
+    in subfolders of a class folder belong to it, as in torchvision's ImageFolder."""
+    if wrapper:
+        if not folder or folder[0] != wrapper:
+            return None
+        folder = folder[1:]
+    if split_layout:
+        return (folder[0], folder[1]) if len(folder) >= 2 and folder[0] in SPLITS else None
+    return (None, folder[0]) if folder else None
+
+
+def group(images, directories=()):
+    """Place the images of a source: `images` is {folder tuple: [items]} in the source's order (from
+    `folder_of`), `directories` every folder tuple the source lists, images or not. Returns (found
+    {split or None: {class: [items]}}, the class folders that hold no image, as 'train/cat')."""
+    wrapper, split_layout = _shape(images)
+    found = {}
+    for folder, items in images.items():
+        where = _place(folder, wrapper, split_layout)
+        if where is not None:
+            found.setdefault(where[0], {}).setdefault(where[1], []).extend(items)
+    depth = (1 if wrapper else 0) + (2 if split_layout else 1)  # a class folder's parts
+    empty = set()
+    for folder in directories:
+        where = _place(folder, wrapper, split_layout) if len(folder) == depth else None
+        hidden = any(p.startswith(".") or p == "__MACOSX" for p in folder)
+        if where is not None and not hidden and where[1] not in found.get(where[0], {}):
+            empty.add("/".join(folder))
+    return found, sorted(empty)
 
 
 def choose(found, source, say=print):
@@ -59,38 +95,18 @@ def choose(found, source, say=print):
     return found["train"], found[evaluation] if evaluation else None, evaluation
 
 
-def empty_classes(root, found):
-    """Class-level folders of a directory source that hold no image at all, as 'train/cat' (the walk
-    that finds images never sees an empty folder)."""
-    from pathlib import Path
-
-    root = Path(root)
-    if not root.is_dir():
-        return []
-    wrappers = [d for d in root.iterdir() if d.is_dir() and d.name not in SPLITS and not d.name.startswith(".")]
-    levels = []  # folders whose subfolders are classes
-    for split in found:
-        levels += [root / split, *(w / split for w in wrappers)] if split else [root, *wrappers]
-    empty = []
-    for level in levels:
-        if not level.is_dir():
-            continue
-        for d in sorted(level.iterdir()):
-            has_image = any(p.suffix.lower() in IMAGE_EXTENSIONS for p in d.rglob("*")) if d.is_dir() else True
-            if d.is_dir() and not d.name.startswith(".") and not has_image:
-                empty.append(str(d.relative_to(root)))
-    return empty
-
-
-def parse_fraction(text, flag):
-    """'10%' -> 0.1; one line for anything that is not a percentage in (0, 100)."""
+def parse_fraction(text, flag, whole=False):
+    """'10%' -> 0.1; one line for anything that is not a percentage in (0, 100). With `whole`, WHOLE
+    ('all') is 1.0."""
     value = str(text).strip()
+    if whole and value == WHOLE:
+        return 1.0
     try:
         fraction = float(value[:-1]) / 100 if value.endswith("%") else float("nan")
     except ValueError:
         fraction = float("nan")
     if not 0 < fraction < 1:
-        raise UsageError(f"{flag} takes a percentage such as 10%, not {text!r}")
+        raise UsageError(f"{flag} takes a percentage such as 10%{' or all' if whole else ''}, not {text!r}")
     return fraction
 
 
@@ -118,7 +134,7 @@ def stratified(labels: torch.Tensor, fraction, seed, classes, flag="--test-split
         count = round(fraction * len(members))
         if count == 0 or count == len(members):
             side = "test" if count == 0 else "training"
-            raise UsageError(f"{flag} {fraction:.0%} leaves class {name} with no {side} images (it has "
+            raise UsageError(f"{flag} {fraction * 100:g}% leaves class {name} with no {side} images (it has "
                              f"{len(members)}); use another fraction, or more images of {name}")
         order = members[torch.randperm(len(members), generator=generator)]
         held.append(order[:count])
