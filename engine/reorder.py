@@ -7,11 +7,15 @@ backward touch a quarter of the elements: the tutorials' `self.pool(F.relu(self.
 10% slower than the engine's `cifar_cnn`, the same network pooling first (5,050 against 5,634 img/s,
 3 CIFAR-10 epochs, bf16, Intel Xeon with AMX).
 
-The model is traced with torch.fx; where it does not trace (data-dependent control flow), where a
-ReLU feeds anything but the pool, or where the traced module would not keep every state-dict key,
-the model is left as it is. The GraphModule keeps the original's submodules under their names, so
-checkpoints, resume and export see the same keys; export rebuilds the user's own class anyway.
+Copies of the model are traced with torch.fx, once in training and once in eval mode; where it does
+not trace (data-dependent control flow), where the two traces differ (a forward that reads
+`self.training`: a trace would freeze one mode), where a ReLU feeds anything but the pool, or where
+the traced module would not keep every state-dict key, the model is left as it is. The GraphModule
+keeps the submodules under their names, so checkpoints, resume and export see the same keys; export
+rebuilds the user's own class anyway.
 """
+
+import copy
 
 import torch
 import torch.nn.functional as F
@@ -46,10 +50,13 @@ def _is_pool(node, modules):
 
 
 def pool_before_relu(model: nn.Module):
-    """(model, count): `model` with each ReLU -> max-pool pair swapped, as an fx.GraphModule, or
-    `model` itself and 0 where nothing was swapped or it does not trace."""
-    try:
-        traced = torch.fx.symbolic_trace(model)
+    """(model, count): a copy of `model` with each ReLU -> max-pool pair swapped, as an fx.GraphModule
+    (its parameters copies too: use it in place of `model`), or `model` itself and 0 where nothing was
+    swapped or it does not trace the same in both modes."""
+    try:  # traced copies: a forward that writes its own attributes changes only the copy
+        traced = torch.fx.symbolic_trace(copy.deepcopy(model).train(True))
+        if traced.code != torch.fx.symbolic_trace(copy.deepcopy(model).train(False)).code:
+            return model, 0  # forward reads self.training (F.dropout(training=...), `if self.training:`)
     except Exception:  # any failure to trace means: leave the user's model alone
         return model, 0
     graph, modules, count = traced.graph, dict(traced.named_modules()), 0

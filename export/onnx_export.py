@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine.errors import EngineError, UsageError
+from engine.errors import EngineError, UsageError, first_line
 from export.metadata import ModelInfo
 from export.quiet import quiet_exporter
 
@@ -70,8 +70,8 @@ def to_onnx(module, sample, path, opset=None):
                                         external_data=False, optimize=True, verify=False)
             program.save(str(path), external_data=False)  # one file: no .onnx.data beside it
         except Exception as error:
-            lines = [line for line in (str(error) + "\n" + captured.getvalue()).splitlines() if line.strip()]
-            raise EngineError(f"torch.onnx.export failed: {lines[0][:200] if lines else type(error).__name__}") from None
+            said = f"{error}\n{captured.getvalue()}"
+            raise EngineError(f"torch.onnx.export failed: {first_line(said) if said.strip() else type(error).__name__}") from None
     import onnx
 
     model = onnx.load(str(path), load_external_data=False)

@@ -117,6 +117,9 @@ CASES = [
     ("model: --init-from that does not fit", "train --init-from lenet.pth --out out", "does not fit this model"),
     ("model: --init-from not weights", "train --init-from notes.pt --out out", "is not a readable weights file"),
     ("model: --freeze matching nothing", "train --freeze nothing --out out", "--freeze nothing: no parameter"),
+    ("model: --freeze of every parameter", "train --freeze features,fc1,fc2 --out out", "leaves no parameter to train"),
+    ("model: a reference holding a list", "eval listref.pt", "names a model the engine will not load (name ['cifar_cnn']"),
+    ("model: a folder named like a file", "train --model adir.py:Net --out out", "adir.py is a folder, not a .py file"),
     # users' images (--image-size, layouts, splits)
     ("images: mixed sizes without --image-size", "train --data mixed/ --out out", "images differ in size (8x8"),
     ("images: --image-size 0", "train --data mixed/ --image-size 0 --out out", "--image-size takes a side S or HxW"),
@@ -132,7 +135,12 @@ CASES = [
     ("images: --test-split with a test/ folder", "train --data small/ --test-split 20% --out out",
      "--test-split is for folders without a test split"),
     ("images: --image-size on a built-in set", "train --image-size 32 --out out", "--image-size and --test-split are for image folders"),
-    ("images: a corrupt image among thousands", "train --data thousands/ --out out", "thousands/train/b/0777.png: cannot identify image file"),
+    ("images: a corrupt image among thousands", "train --data thousands/ --out out", "thousands/train/b/0777.png: not an image PIL can read"),
+    ("images: an empty (0-byte) image file", "train --data zerobyte/ --out out", "zerobyte/train/b/1.png: the file is empty"),
+    ("images: a class folder holding only hidden files", "train --data junkclass/ --out out", "class folder train/c has no images"),
+    ("images: test/ lacking a class train/ has", "train --data testlacks/ --out out", "test/ lacks classes that train/ has: cat"),
+    ("images: --test-split all in training", "train --data flatfew/ --test-split all --out out",
+     "--test-split all is for engine eval"),
     # per-class results and class weights
     ("confusion: into a missing folder", "eval run/last.pt --confusion nowhere/cm.png", "nowhere does not exist"),
     ("confusion: under a file", "eval run/last.pt --confusion notes.txt/cm.png", "notes.txt is not a folder"),
@@ -237,6 +245,10 @@ def workspace(tiny_run, tiny_onnx, tmp_path_factory):
                                for name, data in folder(("a", "b"), ("a", "b", "cat")).items()})
     put(root / "emptyclass", folder())
     (root / "emptyclass" / "train" / "c").mkdir()
+    (root / "adir.py").mkdir()
+    put(root / "zerobyte", folder(extra={"train/b/1.png": b""}))
+    put(root / "junkclass", folder(extra={"train/c/.DS_Store": b"junk", "train/c/._0.png": b"junk"}))
+    put(root / "testlacks", folder(("a", "b", "cat"), ("a", "b")))
     put(root / "flatfew", {f"{c}/{k}.png": png_bytes(k) for c in ("a", "b") for k in range(3)})
     many = {f"{split}/{c}/{k:04d}.png": png_bytes(k % 200, size=4) for split, n in (("train", 1000), ("test", 50))
             for c in ("a", "b") for k in range(n)}
@@ -257,7 +269,8 @@ def workspace(tiny_run, tiny_onnx, tmp_path_factory):
     state = torch.load(root / "run" / "last.pt", weights_only=True)
     refs = {"user.pt": {"kind": "file", "name": "Net", "file": str(root / "nets.py"), "sha256": "0" * 64, "args": {}},
             "hostileref.pt": {"kind": "module", "name": "system", "file": "os", "sha256": None, "args": {}},
-            "evilref.pt": {"kind": "module", "name": "Net", "file": "evil_mod", "sha256": None, "args": {}}}
+            "evilref.pt": {"kind": "module", "name": "Net", "file": "evil_mod", "sha256": None, "args": {}},
+            "listref.pt": {"kind": "builtin", "name": ["cifar_cnn"], "file": None, "sha256": None, "args": {}}}
     for name, ref in refs.items():
         torch.save({**state, "model_ref": ref}, root / name)
     (root / "user-run").mkdir()

@@ -117,8 +117,12 @@ def test_stored_references_are_checked_as_data_and_refused_without_import(tmp_pa
                           ({"kind": "pickle", "name": "x"}, "kind 'pickle'"),
                           ({"kind": "file", "name": "Net", "file": "relative.py"}, "not the absolute path"),
                           ({"kind": "builtin", "name": "os.system"}, "no built-in model"),
-                          ({"kind": "module", "name": "__import__('os')", "file": "x"}, "is not a Python name")]:
-        with pytest.raises(EngineError, match="will not load"):
+                          ({"kind": "module", "name": "__import__('os')", "file": "x"}, "is not a Python name"),
+                          ({"kind": "builtin", "name": ["cifar_cnn"]}, "name \\['cifar_cnn'\\]"),
+                          ({"kind": "torchvision", "name": ["resnet18"]}, "name \\['resnet18'\\]"),
+                          ({"kind": ["file"], "name": "Net"}, "kind \\['file'\\]"),
+                          ({"kind": "builtin", "name": "cifar_cnn", "args": [1]}, "model args \\[1\\]")]:
+        with pytest.raises(EngineError, match=f"will not load .*{words}"):
             ModelRef.from_dict(stored)
     evil = ModelRef.from_dict({"kind": "module", "name": "Net", "file": "evil_mod"})
     with pytest.raises(UsageError, match="was trained with evil_mod:Net, not"):
@@ -159,3 +163,14 @@ def test_import_errors_name_the_file_and_line(tmp_path):
     with pytest.raises(EngineError, match=r"broken.py raised NameError on import \(line 3\)"):
         load_code(parse_model(f"{tmp_path / 'broken.py'}:Net"))
     assert not (tmp_path / "__pycache__").exists()  # nothing written beside the user's file
+
+
+def test_lazy_modules_take_their_shapes_from_the_probe(tmp_path):
+    (tmp_path / "lazy.py").write_text(
+        "from torch import nn\n"
+        "def Lazy(num_classes):\n"
+        "    return nn.Sequential(nn.LazyConv2d(8, 3), nn.LazyBatchNorm2d(), nn.ReLU(), nn.Flatten(), nn.LazyLinear(num_classes))\n")
+    ref = parse_model(f"{tmp_path / 'lazy.py'}:Lazy")
+    model = build(ref, (3, 12, 12), 4)
+    assert model[0].weight.shape == (8, 3, 3, 3) and model[4].weight.shape == (4, 8 * 10 * 10)
+    assert torch.equal(model[1].running_mean, torch.zeros(8)) and int(model[1].num_batches_tracked) == 0

@@ -95,3 +95,49 @@ def test_the_runtime_reorders_a_users_model_and_reports_it():
     model = runtime.prepare(Tutorial())
     assert isinstance(model, torch.fx.GraphModule) and "max-pool before ReLU (2x, exact)" in runtime.describe()
     assert model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+class Dropping(nn.Module):
+    """The tutorials' functional dropout: its forward reads self.training, which a trace would freeze."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(3, 4, 3), nn.Linear(4 * 3 * 3, 10)
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.conv(x)), 2)
+        return self.fc(F.dropout(torch.flatten(x, 1), 0.5, training=self.training))
+
+
+class Counting(nn.Module):
+    """A forward that writes its own buffer in training mode: tracing it must not touch the user's module."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("seen", torch.zeros((), dtype=torch.long))
+        self.conv, self.fc = nn.Conv2d(3, 4, 3), nn.Linear(4 * 3 * 3, 10)
+
+    def forward(self, x):
+        if self.training:
+            self.seen += x.shape[0]
+        return self.fc(torch.flatten(F.max_pool2d(F.relu(self.conv(x)), 2), 1))
+
+
+def test_a_forward_that_reads_self_training_is_left_alone_and_untouched_by_tracing():
+    from engine.config import Config
+    from engine.runtime import Runtime
+
+    x = torch.randn(4, 3, 8, 8)
+    for make in (Dropping, Counting):
+        model = make()
+        same, count = pool_before_relu(model)
+        assert same is model and count == 0
+        assert isinstance(model.seen, torch.Tensor) if make is Counting else True  # no fx Proxy left behind
+        prepared = Runtime.from_config(Config(device="cpu", amp=False)).prepare(make()).eval()
+        with torch.no_grad():
+            assert torch.equal(prepared(x), prepared(x))  # eval mode evaluates in eval mode: no dropout
+        prepared.train()(x)  # and it still trains (the buffer counts)
+    tutorial = Tutorial()
+    weights = {k: v.clone() for k, v in tutorial.state_dict().items()}
+    reordered, count = pool_before_relu(tutorial)
+    assert count == 2 and all(torch.equal(weights[k], v) for k, v in tutorial.state_dict().items())

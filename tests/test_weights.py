@@ -47,3 +47,5 @@ def test_freeze_keeps_named_parameters_fixed_and_a_prefix_matching_nothing_is_on
     assert "conv1.weight" in frozen and "layer1.0.conv1.weight" in frozen and "layer2.0.conv1.weight" not in frozen
     with pytest.raises(UsageError, match="--freeze layer9: no parameter is named layer9 or under it; top-level names: bn1"):
         freeze_prefixes(model, "layer9")
+    with pytest.raises(UsageError, match="--freeze conv1,bn1,layer1,layer2,layer3,layer4,fc leaves no parameter to train"):
+        freeze_prefixes(model, "conv1,bn1,layer1,layer2,layer3,layer4,fc", say=lambda *_: None)

@@ -8,10 +8,12 @@ training-mode probe batch (`check_fits`): a model that cannot take the data, or 
 """
 
 import inspect
+import sys
 from pathlib import Path
 
 import torch
 from torch import nn
+from torch.nn.parameter import is_lazy
 
 from engine.errors import EngineError, UsageError, first_line
 from engine.models.reference import ModelRef, line_in, load_code
@@ -85,12 +87,21 @@ def _construct(factory, ref, in_shape, num_classes):
     try:
         model = factory(**kwargs)
     except Exception as error:
-        file = ref.file if ref.kind == "file" else None
+        file = code_file(ref)
         raise EngineError(f"{where}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())}) raised "
                           f"{type(error).__name__}{line_in(error, file)}: {first_line(error, 160)}") from None
     if not isinstance(model, nn.Module):
         raise UsageError(f"--model {where}: calling {ref.name} gave a {type(model).__name__}, not an nn.Module")
     return model
+
+
+def code_file(ref: ModelRef):
+    """The source file of a user model's code (FILE.py, or package.module's file once imported), where
+    an error's line is looked for; None for the built-in and torchvision models."""
+    if ref.kind == "file":
+        return ref.file
+    module = sys.modules.get(ref.file) if ref.kind == "module" else None
+    return getattr(module, "__file__", None)
 
 
 PROBE_BATCH = 2  # BatchNorm in training mode needs more than one value per channel
@@ -101,27 +112,31 @@ def check_fits(model: nn.Module, ref: ModelRef, in_shape, num_classes):
     (B, C, H, W) images and return (B, num_classes) logits. BatchNorm statistics and the global RNG
     are left as they were, so the probe changes nothing a run computes."""
     label = ref.label if ref.kind != "file" else f"{Path(ref.file).name}:{ref.name}"
-    buffers = {name: b.clone() for name, b in model.named_buffers()}
-    training = model.training
+    training, buffers, probe = model.training, None, torch.zeros(PROBE_BATCH, *in_shape)
     try:
         with torch.random.fork_rng(devices=[]), torch.no_grad():
+            if any(is_lazy(t) for t in (*model.parameters(), *model.buffers())):
+                model.eval()(probe)  # lazy modules (nn.LazyConv2d, ...) take their shapes; eval leaves statistics
+            buffers = {name: b.clone() for name, b in model.named_buffers()}
             model.train()
-            output = model(torch.zeros(PROBE_BATCH, *in_shape))
+            output = model(probe)
     except Exception as error:
-        file = ref.file if ref.kind == "file" else None
+        file = code_file(ref)
         shape = "x".join(map(str, in_shape))
         raise UsageError(f"{label} cannot take {shape} images: its forward raised {type(error).__name__}"
                          f"{line_in(error, file)}: {first_line(error, 160)}") from None
     finally:
         model.train(training)
         with torch.no_grad():
-            for name, b in model.named_buffers():
+            for name, b in model.named_buffers() if buffers is not None else ():
                 b.copy_(buffers[name])
     if not isinstance(output, torch.Tensor):
         raise UsageError(f"{label} returns a {type(output).__name__}, not a tensor of logits (an auxiliary-output "
                          "model? for torchvision googlenet and inception_v3 pass --model-args '{\"aux_logits\": false}')")
     if tuple(output.shape) != (PROBE_BATCH, num_classes):
         hint = (" (give its constructor a num_classes argument: the engine passes it by name)"
-                if output.ndim == 2 else "")
+                if output.ndim == 2 and "num_classes" not in ref.args else
+                " (--model-args sets num_classes; leave it out and the engine passes the data's)"
+                if "num_classes" in ref.args else "")
         raise UsageError(f"{label} returns {tuple(output.shape)} for a batch of {PROBE_BATCH}, not (batch, classes) = "
                          f"({PROBE_BATCH}, {num_classes}) for this data's {num_classes} classes{hint}")

@@ -15,6 +15,7 @@ import inspect
 import json
 import keyword
 import os
+import shlex
 import sys
 import traceback
 from dataclasses import asdict, dataclass, field, replace
@@ -69,8 +70,12 @@ def _identifier(text, dotted=False):
 
 def _check(ref: ModelRef):
     """What is wrong with a reference as plain data, or None."""
-    if ref.kind not in KINDS or not isinstance(ref.args, dict):
+    if not isinstance(ref.kind, str) or ref.kind not in KINDS:
         return f"kind {ref.kind!r}"
+    if not isinstance(ref.args, dict):
+        return f"model args {ref.args!r}"
+    if not isinstance(ref.name, str) or not (ref.file is None or isinstance(ref.file, str)):
+        return f"name {ref.name!r}, file {ref.file!r}"
     if ref.kind == "builtin":
         from engine.models import MODELS
 
@@ -119,8 +124,10 @@ def parse_model(text, args=None) -> ModelRef:
             raise UsageError(f"torchvision has no classification model {name!r}"
                              + (f" (did you mean {', '.join(close)}?)" if close else "; see torchvision.models.list_models()"))
         ref = ModelRef("torchvision", name, args=model_args)
-    elif head.endswith(".py") or os.sep in head or "/" in head:
+    elif head.endswith(".py") or os.sep in head or "/" in head or Path(head).expanduser().exists():
         path = Path(head).expanduser()
+        if path.is_dir():
+            raise UsageError(f"--model {text}: {head} is a folder, not a .py file")
         if not path.is_file():
             raise UsageError(f"--model {text}: no such file {head}")
         if not head.endswith(".py"):
@@ -161,13 +168,14 @@ def reopen(saved: ModelRef, given: ModelRef | None, source="the checkpoint", say
         return saved
     if given is None:
         raise UsageError(f"{source} was trained with {saved.label}, user code the engine does not import by itself; "
-                         f"name it again: --model {saved.label}")
+                         f"name it again: --model {shlex.quote(saved.label)}")
     notebook = saved.kind == "module" and saved.file == "__main__"  # a class typed into a notebook: no file to match
     if not given.user_code or given.name != saved.name or (saved.kind == "module" and given.file != saved.file and not notebook):
-        raise UsageError(f"{source} was trained with {saved.label}, not {given.label}; pass --model {saved.label}")
+        raise UsageError(f"{source} was trained with {saved.label}, not {given.label}; pass --model {shlex.quote(saved.label)}")
     if saved.kind == "file" and given.kind == "file" and saved.sha256 and given.sha256 != saved.sha256:
-        say(f"engine: warning: {given.file} changed since the run was trained (sha256 {saved.sha256[:12]} -> "
-            f"{given.sha256[:12]}); loading it only if the weights fit")
+        what = "changed since the run was trained" if given.file == saved.file else f"is not the run's {saved.file}"
+        say(f"engine: warning: {given.file} {what} (sha256 {saved.sha256[:12]} -> {given.sha256[:12]}); "
+            "loading it only if the weights fit")
     return replace(given, args=saved.args)
 
 

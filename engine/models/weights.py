@@ -91,4 +91,7 @@ def freeze_prefixes(model: nn.Module, prefixes, say=print):
         for name in matched:
             params[name].requires_grad_(False)
     count = sum(p.numel() for p in params.values() if not p.requires_grad)
+    if not any(p.requires_grad for p in params.values()):
+        raise UsageError(f"--freeze {prefixes} leaves no parameter to train (all {count:,} would stay fixed); "
+                         "freeze fewer layers")
     say(f"Frozen: {', '.join(names)} ({count:,} parameters stay fixed)")
