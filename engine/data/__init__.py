@@ -7,7 +7,6 @@ when its data is asked for, so importing this package reads nothing and loads no
 
 from engine.config import BUILTIN_DATASETS, Config
 from engine.data.dataset import ARCHIVE_SUFFIXES, Dataset, InputSpec, channel_stats, dataset_label
-from engine.data.layout import WHOLE
 from engine.errors import UsageError
 
 __all__ = ["ARCHIVE_SUFFIXES", "Dataset", "InputSpec", "channel_stats", "check_batch_size", "dataset_label", "load_dataset"]
@@ -15,7 +14,7 @@ __all__ = ["ARCHIVE_SUFFIXES", "Dataset", "InputSpec", "channel_stats", "check_b
 
 def load_dataset(cfg: Config, log=print) -> Dataset:
     """The dataset `cfg.data` names, with `--val-split` held out of its training images, then `--limit-*` applied."""
-    if cfg.data in BUILTIN_DATASETS and (cfg.image_size or cfg.test_split not in (None, WHOLE)):
+    if cfg.data in BUILTIN_DATASETS and (cfg.image_size or cfg.test_split not in (None, "all")):  # all: layout.WHOLE
         raise UsageError(f"--image-size and --test-split are for image folders; {cfg.data} has its own size and test set")
     if cfg.data == "synthetic":
         from engine.data import synthetic
