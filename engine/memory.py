@@ -1,7 +1,7 @@
 """What fits where: the test-only memory limit (ENGINE_MEMORY_LIMIT), the GPU's room for a data
 split next to the model, and the one line said when the GPU runs out of memory anyway.
 
-The host's available memory is read by engine.data.imagefolder.available_memory, which applies
+The host's available memory is read by engine.data.sources.available_memory, which applies
 the limit here; the loader asks `gpu_room` before copying a split to a CUDA device.
 """
 

@@ -207,7 +207,7 @@ def test_a_huge_image_in_a_folder_is_refused_by_its_header(tmp_path, kind):
 def test_a_folder_that_would_fit_neither_in_memory_nor_on_the_cache_disk_is_refused_before_decoding(tmp_path):
     import shutil
 
-    from engine.data.imagefolder import available_memory
+    from engine.data.sources import available_memory
 
     side = 7000  # 49 M pixels: under the per-image limit; 147 MB each as RGB
     # Too large to decode in memory (it would stream from the file cache), and for the disk that cache is on.

@@ -1,9 +1,9 @@
 """Image-folder datasets from a directory or an archive, in any layout engine.data.layout accepts.
 
-Archives (.tar, .tar.gz, .tgz, .zip) are read member by member, never extracted. Images are
-decoded once, on every core, into uint8 tensors (with `--image-size`, each fitted to it by
-engine.pixels.fit and `--resize`: stretched, or shorter side to the size and the centre cropped) and cached as one tensor file in
-the cache directory, keyed by the source's identity (path, size and modification time of every
+Archives (.tar, .tar.gz, .tgz, .zip) are read member by member, never extracted
+(engine.data.sources). Images are decoded once, on every core, into uint8 tensors (with
+`--image-size`, each fitted to it by engine.pixels.fit and `--resize`: stretched, or shorter side
+to the size and the centre cropped) and cached as one tensor file in the cache directory, keyed by the source's identity (path, size and modification time of every
 file) and the image size, so the next start loads in about a second. A corrupt image is an error
 that names it; nothing is half-written. Before decoding, the image count and size must fit in
 memory, and every image is checked against the size limit by its header (engine.pixels).
@@ -17,69 +17,22 @@ import tarfile
 import time
 import zipfile
 import zlib
-from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from engine.checkpoint import save_atomic
 from engine.data import filecache, layout, stream
-from engine.data.dataset import ARCHIVE_SUFFIXES, Dataset, dataset_label
+from engine.data.dataset import Dataset, dataset_label
+from engine.data.sources import GRAY_MODES, DoesNotFit, archive_kind, check_memory, label, members
 from engine.errors import EngineError, UsageError, first_line
 from engine.lock import remove_stale_temporaries
-from engine.pixels import SIXTEEN_BIT, check_size, fit
+from engine.pixels import check_size, fit
 
 CACHE_FORMAT = 4  # 2: a set with any colour image is all RGB; 3: any layout, test split optional, --image-size;
 # 4: class folders with subfolders, grey images with alpha
 CHUNK = 1024  # images handed to the decoding processes at a time: bounds the undecoded bytes held in memory
-
-
-def _archive_kind(path: Path):
-    name = path.name.lower()
-    if name.endswith(".zip"):
-        return "zip"
-    if name.endswith(ARCHIVE_SUFFIXES):  # .tar, .tar.gz, .tgz
-        return "tar"
-    return None
-
-
-def _members(path: Path):
-    """(name inside the source, bytes) for every file, in the source's own order, and (name, None) for
-    every folder the source lists (a directory's, or an archive's folder entries)."""
-    kind = _archive_kind(path)
-    if path.is_dir():
-        for root, dirs, files in os.walk(path, followlinks=True):
-            dirs.sort()
-            for name in dirs:
-                yield (Path(root) / name).relative_to(path).as_posix(), None
-            for name in sorted(files):
-                full = Path(root) / name
-                yield full.relative_to(path).as_posix(), full.read_bytes
-    elif kind == "zip":
-        with zipfile.ZipFile(path) as archive:
-            for info in archive.infolist():
-                yield _zip_name(info), None if info.is_dir() else lambda info=info: archive.read(info)
-    elif kind == "tar":
-        with tarfile.open(path, "r:*") as archive:
-            for info in archive:
-                if info.isdir():
-                    yield info.name, None
-                elif info.isfile():
-                    yield info.name, lambda info=info: archive.extractfile(info).read()
-    else:
-        raise EngineError(f"{path} is not a directory or a .tar, .tar.gz or .zip archive of an image folder")
-
-
-def _zip_name(info: zipfile.ZipInfo):
-    """A zip member's name. Archivers (Info-ZIP, macOS's) store UTF-8 names without the flag that says
-    so, which zipfile then reads as cp437: read those as UTF-8 where their bytes are UTF-8."""
-    if info.flag_bits & 0x800:
-        return info.filename
-    try:
-        return info.filename.encode("cp437").decode("utf-8")
-    except (UnicodeEncodeError, UnicodeDecodeError):
-        return info.filename
 
 
 def source_key(path: Path):
@@ -95,9 +48,6 @@ def source_key(path: Path):
         st = path.stat()
         digest.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
     return digest.hexdigest()[:20]
-
-
-GRAY_MODES = ("L", "LA", "La", "1", "F", *SIXTEEN_BIT)  # LA: grey with alpha, which is dropped as RGBA's is
 
 
 def mixed_sizes(path, first, other):
@@ -129,106 +79,20 @@ def _decode(item):
         raise EngineError(f"cannot decode image {name}: {reason}") from None
 
 
-def _label(path: Path, name):
-    return f"{path}:{name}" if path.is_file() else str(path / name)
-
-
 def _chunks(path: Path, size, rule, first=None):
     """Lists of (folder, (name, bytes, size, rule, first)) of at most CHUNK images, in the source's
     order; `first`: see `_decode`."""
     chunk = []
-    for name, read in _members(path):
+    for name, read in members(path):
         folder = layout.folder_of(name) if read is not None else None
         if folder is None:
             continue
-        chunk.append((folder, (_label(path, name), read(), size, rule, first)))
+        chunk.append((folder, (label(path, name), read(), size, rule, first)))
         if len(chunk) == CHUNK:
             yield chunk
             chunk = []
     if chunk:
         yield chunk
-
-
-def available_memory():
-    """Bytes the kernel could give this process without swapping (MemAvailable), or None; at most
-    ENGINE_MEMORY_LIMIT where that test setting is given (engine.memory)."""
-    from engine.memory import memory_limit
-
-    limit = memory_limit()
-    available = _available_memory()
-    return available if limit is None else limit if available is None else min(limit, available)
-
-
-def _available_memory():
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
-@dataclass
-class Survey:
-    """What one pass over a source's names found before decoding: its image count, every folder it
-    lists, and its first image's ((W, H), name, channels), () where that one does not open."""
-    count: int
-    folders: list
-    first: tuple
-
-    def expected(self, path, size):
-        """`_decode`'s `first`: the first image's size and name where the images must all share it."""
-        return (*self.first[:2], str(path)) if size is None and self.first else None
-
-
-class DoesNotFit(EngineError):
-    """check_memory's finding that a source's decoded images would not fit in memory: `read` then
-    decodes it into the file cache (engine.data.filecache) instead."""
-
-    def __init__(self, message, survey, size, channels):
-        super().__init__(message)
-        self.survey, self.size, self.channels = survey, size, channels  # (H, W), 1 or 3
-
-
-def check_memory(path: Path, size=None):
-    """The source's Survey; raises DoesNotFit, before decoding, for a source whose decoded images
-    would not fit in memory: the count times the first image's size (or `size`, H x W), twice over
-    while they are stacked."""
-    from PIL import Image, UnidentifiedImageError
-
-    count, first, folders = 0, None, []
-    for name, read in _members(path):
-        if read is None:
-            folders.append(PurePosixPath(name).parts)
-            continue
-        if layout.folder_of(name) is None:
-            continue
-        count += 1
-        if first is None:
-            try:
-                with Image.open(io.BytesIO(read())) as image:
-                    check_size(image, _label(path, name))
-                    first = (image.size, _label(path, name), 1 if image.mode in GRAY_MODES else 3)
-            except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-                first = ()  # the decoding pass names the bad file
-    survey = Survey(count, folders, first or ())
-    available = available_memory()
-    if not first or available is None:
-        return survey
-    (width, height), _, channels = first
-    if size is not None:
-        height, width = size
-    need = 2 * count * width * height * channels
-    if need > available:
-        raise DoesNotFit(f"{path}: decoding its {count:,} images of {width}x{height}x{channels} needs about "
-                         f"{need / 1e9:,.1f} GB of memory, and {available / 1e9:,.1f} GB is available; "
-                         "use fewer or smaller images (--image-size), or a machine with more memory",
-                         survey, (height, width), channels)
-    return survey
 
 
 def decode_folder(path: Path, log=print, size=None, rule="stretch"):
@@ -320,7 +184,7 @@ def read(source, cache_dir: Path, log=print, image_size=None, test_split=None, s
     path = Path(source).expanduser()
     if not path.exists():
         raise EngineError(f"--data {source}: no such file or directory (give an image folder or a .tar/.tar.gz/.zip of one)")
-    if not path.is_dir() and _archive_kind(path) is None:
+    if not path.is_dir() and archive_kind(path) is None:
         raise EngineError(f"--data {source} is not a directory or a .tar, .tar.gz or .zip archive")
     name = dataset_label(str(path))
     sized = f"-{image_size[0]}x{image_size[1]}-{resize}" if image_size else ""

@@ -5,8 +5,9 @@ Accepted layouts (optionally inside one wrapping folder):
 - `train/<class>/*` alone, or `<class>/*` with no split at all: `--test-split P%` (default 10%)
   holds out a seeded, stratified fraction of each class as the test set.
 A class folder's images may sit in subfolders of it (as torchvision's ImageFolder reads them); one
-top folder holding everything is a wrapper, not a class. The split is a pure function of the labels, the fraction and the seed, so a checkpoint's config
-(which keeps all three) lets `engine eval` rebuild exactly the held-out images.
+top folder holding everything is a wrapper, not a class. The split is a pure function of the
+labels, the fraction and the seed, so a checkpoint's config (which keeps all three) lets `engine
+eval` rebuild exactly the held-out images.
 """
 
 from pathlib import PurePosixPath
@@ -28,9 +29,14 @@ def folder_of(name):
     """The folders (a tuple of names) that hold the file `name` inside the source, when it is an image
     that is not hidden (no part starting with '.', no __MACOSX); None for anything else."""
     path = PurePosixPath(name)
-    if any(p.startswith(".") or p == "__MACOSX" for p in path.parts) or path.suffix.lower() not in IMAGE_EXTENSIONS:
+    if hidden(path.parts) or path.suffix.lower() not in IMAGE_EXTENSIONS:
         return None
     return path.parts[:-1]
+
+
+def hidden(parts):
+    """Whether a path's parts hold a hidden file or folder ('.DS_Store', '._x.jpg', '__MACOSX')."""
+    return any(p.startswith(".") or p == "__MACOSX" for p in parts)
 
 
 def _shape(folders):
@@ -69,9 +75,8 @@ def group(images, directories=()):
     depth = (1 if wrapper else 0) + (2 if split_layout else 1)  # a class folder's parts
     empty = set()
     for folder in directories:
-        where = _place(folder, wrapper, split_layout) if len(folder) == depth else None
-        hidden = any(p.startswith(".") or p == "__MACOSX" for p in folder)
-        if where is not None and not hidden and where[1] not in found.get(where[0], {}):
+        where = _place(folder, wrapper, split_layout) if len(folder) == depth and not hidden(folder) else None
+        if where is not None and where[1] not in found.get(where[0], {}):
             empty.add("/".join(folder))
     return found, sorted(empty)
 

@@ -76,7 +76,7 @@ def place(tensors):
     """The decode cache's {"train_x", "test_x"?, ...} with every split in memory when they fit in
     HOST_SHARE of the available memory (a file cache's views gathered), else every split a `Rows`
     view that streams, its reason given."""
-    from engine.data.imagefolder import available_memory
+    from engine.data.sources import available_memory
     from engine.memory import size_text
 
     splits = [k for k in ("train_x", "test_x") if k in tensors]
