@@ -59,6 +59,25 @@ def test_readme_client_matches_engine_eval_at_batch_1_7_and_256(image_folder, tm
     assert 0 < engine_acc < 100 and not np.isnan(engine_acc)
 
 
+def client_against_eval(root, train, tmp_path, capsys, batch=7):
+    """(engine eval's accuracy, the README client's, its image count) on root/test, from a run with
+    the `train` flags on `root` and its export."""
+    out, cache = tmp_path / "run", str(tmp_path / "cache")
+    assert main(["train", "--data", str(root), *train, "--no-amp", "--cache-dir", cache, "--out", str(out),
+                 "--quiet"]) == 0
+    assert main(["export", str(tmp_path / "m.onnx"), "--checkpoint", str(out / "best.pt")]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "m.onnx"), "--cache-dir", cache, "--quiet"]) == 0
+    engine_acc = float(re.search(r"Test_acc:([\d.]+)%", capsys.readouterr().out).group(1))
+    script = tmp_path / "client.py"
+    script.write_text(client_script())
+    done = subprocess.run([sys.executable, "-I", str(script), str(tmp_path / "m.onnx"), str(root / "test"), str(batch)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    found = re.search(r"accuracy ([\d.]+)% on (\d+) images", done.stdout)
+    return engine_acc, float(found.group(1)), int(found.group(2))
+
+
 @pytest.mark.parametrize("resize", ["stretch", "crop"])
 def test_readme_client_fits_images_of_any_size_as_training_did(tmp_path, resize, capsys):
     """Mixed-size JPEGs (big ones too, decoded in draft mode): the client's accuracy equals engine eval's."""
@@ -71,20 +90,9 @@ def test_readme_client_fits_images_of_any_size_as_training_did(tmp_path, resize,
                 pixels = rng.integers(0, 120, (size[1], size[0], 3)) + 120 * label * (rng.random() < 0.8)
                 (root / split / name).mkdir(parents=True, exist_ok=True)
                 Image.fromarray(pixels.astype(np.uint8)).save(root / split / name / f"{k}.jpg", quality=90)
-    out, cache = tmp_path / "run", str(tmp_path / "cache")
-    assert main(["train", "--data", str(root), "--image-size", "16x24", "--resize", resize, "--model", "mlp",
-                 "--epochs", "1", "--batch-size", "16", "--no-amp", "--cache-dir", cache, "--out", str(out),
-                 "--quiet"]) == 0
-    assert main(["export", str(tmp_path / "m.onnx"), "--checkpoint", str(out / "best.pt")]) == 0
-    capsys.readouterr()
-    assert main(["eval", str(tmp_path / "m.onnx"), "--cache-dir", cache, "--quiet"]) == 0
-    engine_acc = float(re.search(r"Test_acc:([\d.]+)%", capsys.readouterr().out).group(1))
-    script = tmp_path / "client.py"
-    script.write_text(client_script())
-    done = subprocess.run([sys.executable, "-I", str(script), str(tmp_path / "m.onnx"), str(root / "test"), "7"],
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    assert float(re.search(r"accuracy ([\d.]+)% on 60 images", done.stdout).group(1)) == engine_acc
+    train = ["--image-size", "16x24", "--resize", resize, "--model", "mlp", "--epochs", "1", "--batch-size", "16"]
+    engine_acc, client_acc, images = client_against_eval(root, train, tmp_path, capsys)
+    assert images == 60 and client_acc == engine_acc
 
 
 def test_readme_client_scales_sixteen_bit_images_as_training_did(tmp_path, capsys):
@@ -97,17 +105,7 @@ def test_readme_client_scales_sixteen_bit_images_as_training_did(tmp_path, capsy
             for k in range(n):
                 values = rng.integers(1_000, 30_000, (12, 12)) + 34_000 * label
                 Image.fromarray(values.astype(np.uint16)).save(root / split / name / f"{k}.png")
-    out, cache = tmp_path / "run", str(tmp_path / "cache")
-    assert main(["train", "--data", str(root), "--model", "mlp", "--epochs", "2", "--batch-size", "16", "--no-amp",
-                 "--cache-dir", cache, "--out", str(out), "--quiet"]) == 0
-    assert main(["export", str(tmp_path / "m.onnx"), "--checkpoint", str(out / "best.pt")]) == 0
-    capsys.readouterr()
-    assert main(["eval", str(tmp_path / "m.onnx"), "--cache-dir", cache, "--quiet"]) == 0
-    engine_acc = float(re.search(r"Test_acc:([\d.]+)%", capsys.readouterr().out).group(1))
-    script = tmp_path / "client.py"
-    script.write_text(client_script())
-    done = subprocess.run([sys.executable, "-I", str(script), str(tmp_path / "m.onnx"), str(root / "test"), "8"],
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    assert float(re.search(r"accuracy ([\d.]+)% on 40 images", done.stdout).group(1)) == engine_acc
+    train = ["--model", "mlp", "--epochs", "2", "--batch-size", "16"]
+    engine_acc, client_acc, images = client_against_eval(root, train, tmp_path, capsys, batch=8)
+    assert images == 40 and client_acc == engine_acc
     assert engine_acc > 90  # the classes are apart after scaling; clipped, every pixel would be 255
