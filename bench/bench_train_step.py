@@ -16,9 +16,10 @@ import math
 import pytest
 import torch
 
+from engine import cpu
 from engine.config import Config
 from engine.models import training_flops
-from engine.runtime import CountingInductor, cpu_has_native_bf16
+from engine.runtime import CountingInductor
 from engine.session import open_session
 from engine.train import train_step
 
@@ -66,7 +67,7 @@ def test_train_step_user_model(benchmark, roof, tmp_path, model, case):
 @pytest.mark.parametrize("model", FAST_MODELS)
 def test_train_step_fast_model(benchmark, roof, tmp_path, model, case):
     batch, rounds = FAST_MODELS[model]
-    if "bf16" in case and not torch.cuda.is_available() and not cpu_has_native_bf16():
+    if "bf16" in case and not torch.cuda.is_available() and not cpu.has_native_bf16():
         # minutes a case at these batches (fast_cifar94's at 1,024 on a Zen 3); the engine keeps fp32
         # there, and cifar_cnn's train_step groups time the emulated path
         pytest.skip("this CPU has no native bf16: emulated bf16 is not a path the engine takes here")

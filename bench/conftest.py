@@ -12,7 +12,7 @@ import time
 import pytest
 import torch
 
-from engine.runtime import cpu_description
+from engine import cpu
 
 from tests.conftest import pytest_runtest_setup  # noqa: F401  the `cuda` marker's skip, defined once
 
@@ -80,7 +80,7 @@ def roof(request):
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):
-    model, flags = cpu_description()
+    model, flags = cpu.description()
     machine_info.update(cpu_model=model, cpu_flags=flags, torch=str(torch.__version__),
                         torch_threads=torch.get_num_threads(), sgemm_roof_gflops=round(_roof.get("cpu", 0.0), 1))
     if "cuda" in _roof:

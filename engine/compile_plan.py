@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from engine import decisions
+from engine import cpu, decisions
 
 # Before any measurement on this machine: what a first compile may cost, the slowest seen (cold
 # caches; Xeon: cifar_cnn's training graph 5 s, fast_cifar's 13-17 s, an inference graph 3-6 s, an
@@ -54,11 +54,9 @@ class Decision:
 def key(kind, ref, shape, runtime, precision=None):
     """The cache key of compiling `kind` ("train", "eval", "aot") for `ref` on batches of `shape`
     (B, C, H, W) with runtime's precision, format and mode, on this CPU and torch."""
-    from engine.runtime import cpu_name
-
     precision = precision or runtime.resolved()["precision"]
     fields = {"kind": kind, "model": ref.label, "args": ref.args, "shape": list(shape), "precision": precision,
-              "channels_last": runtime.channels_last, "mode": runtime.compile_mode, "cpu": cpu_name(),
+              "channels_last": runtime.channels_last, "mode": runtime.compile_mode, "cpu": cpu.name(),
               "torch": str(torch.__version__), "threads": torch.get_num_threads()}
     return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:24]
 

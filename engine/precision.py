@@ -18,6 +18,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from engine import cpu
 from engine.decisions import read, write
 
 # bf16 stays only where it is at least as fast as fp32: a fast path never loses. (0.95 let resnet18
@@ -25,6 +26,11 @@ from engine.decisions import read, write
 # choice runs at the same speed, so noise deciding it costs nothing.)
 KEEP_BF16_FROM = 1.0
 BUDGET_S = 0.6  # seconds of timed steps per precision and round (resnet18: 6 steps, not 3)
+# A first round's ratio outside this range decides alone; within it a second round is timed. On a
+# 2-core Zen 5 (AVX512-BF16) two full rounds, each with its own warm-up, took 55-71 s of fast_cifar94's
+# first start at batch 1,024 (fp32 2.9 s, bf16 1.4 s a step), and this 25-27 s (fast_cifar 3.2 -> 1.7 s,
+# cifar_cnn 2.2 -> 1.1 s). The zoo's nets measure 1.3-2.9x there, resnet18 0.92-1.05x, mobilenet_v3_small 0.48x.
+CLEAR_FROM = (0.75, 1.4)
 
 
 def decide(model, runtime, ref, x, y, cache_dir):
@@ -56,33 +62,40 @@ def apply(decision, runtime, ref, say=print):
 
 def measure(model, runtime, x, y):
     """fp32 time / bf16 time of a training step's forward and backward on a copy of `model` (its
-    statistics and the random state untouched), interleaved over two rounds, medians."""
+    statistics and the random state untouched): each precision warmed up once, then timed in
+    interleaved rounds (medians); a first round outside CLEAR_FROM ends it, a close one gets a second."""
     probe = copy.deepcopy(model).train().to(runtime.device)
     if runtime.channels_last:
         probe = probe.to(memory_format=torch.channels_last)
-    times = {None: [], torch.bfloat16: []}
+    steps = {dtype: _step(probe, runtime.device, dtype, x, y) for dtype in (None, torch.bfloat16)}
+    times = {dtype: [] for dtype in steps}
     with torch.random.fork_rng(devices=[]):
+        for step in steps.values():
+            for _ in range(2):  # warm-up: allocations, oneDNN's kernel choices
+                step()
         for _ in range(2):
-            for dtype in times:
-                times[dtype].append(_step_time(probe, runtime.device, dtype, x, y))
-    return statistics.median(times[None]) / statistics.median(times[torch.bfloat16])
+            for dtype, step in steps.items():
+                times[dtype].append(_median_time(step))
+            ratio = statistics.median(times[None]) / statistics.median(times[torch.bfloat16])
+            if not CLEAR_FROM[0] < ratio < CLEAR_FROM[1]:
+                break
+    return ratio
 
 
-def _step_time(model, device, dtype, x, y):
+def _step(model, device, dtype, x, y):
     def step():
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             loss = F.cross_entropy(model(x), y)
         loss.backward()
         model.zero_grad(set_to_none=True)
 
-    for _ in range(2):  # warm-up: allocations, oneDNN's kernel choices
-        step()
-    started = time.perf_counter()
-    step()
-    once = time.perf_counter() - started
-    rounds = max(2, min(20, int(BUDGET_S / max(once, 1e-6))))
+    return step
+
+
+def _median_time(step):
+    """The median of at least 2 timed steps, as many as fit in BUDGET_S (20 at most)."""
     samples = []
-    for _ in range(rounds):
+    while len(samples) < 2 or (sum(samples) < BUDGET_S and len(samples) < 20):
         started = time.perf_counter()
         step()
         samples.append(time.perf_counter() - started)
@@ -90,9 +103,7 @@ def _step_time(model, device, dtype, x, y):
 
 
 def _key(ref, x, runtime):
-    from engine.runtime import cpu_name
-
     fields = {"model": ref.label, "args": ref.args, "input": list(x.shape[1:]), "batch": x.shape[0],
-              "channels_last": runtime.channels_last, "cpu": cpu_name(), "torch": str(torch.__version__),
+              "channels_last": runtime.channels_last, "cpu": cpu.name(), "torch": str(torch.__version__),
               "threads": torch.get_num_threads()}
     return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:24]

@@ -3,8 +3,7 @@
 `Runtime.from_config(cfg)` resolves `--device`, `--amp`, `--amp-dtype` against the real
 hardware once; training and evaluation then ask it for an autocast context, a scaler and a
 prepared model, and `resolved()` says what was chosen. Backend flags are set by
-`setup_backends()` when work starts, never at import. ENGINE_CPU_BF16=0/1 overrides the CPU's
-native-bf16 detection (tests use it to take either branch on any machine).
+`setup_backends()` when work starts, never at import. What the CPU is lives in engine/cpu.py.
 """
 
 import contextlib
@@ -16,48 +15,9 @@ from dataclasses import dataclass
 
 import torch
 
+from engine import cpu
 from engine.config import Config
 from engine.errors import EngineError, UsageError
-
-
-def cpu_has_native_bf16():
-    """True where the CPU computes bf16 in hardware (AVX512-BF16 or AMX), so bf16 autocast pays.
-
-    ENGINE_CPU_BF16=1 or 0, read on every call, overrides the detection."""
-    override = os.environ.get("ENGINE_CPU_BF16")
-    if override is not None:
-        if override not in ("0", "1"):
-            raise EngineError(f"ENGINE_CPU_BF16={override!r}: set it to 1 (native bf16), 0 (none), or unset it")
-        return override == "1"
-    checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
-    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
-
-
-CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")  # what decides fast paths
-
-
-def cpu_description():
-    """(the CPU's model name, [its flags among CPU_FLAGS]) from /proc/cpuinfo (platform's name where
-    it is missing): what every measured decision and bench figure names its machine by."""
-    import platform
-
-    name, flags = platform.processor() or platform.machine(), set()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name") and name in ("", platform.machine(), "x86_64"):
-                name = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    except OSError:
-        pass
-    return name, [f for f in CPU_FLAGS if f in flags]
-
-
-def cpu_name():
-    """'Intel(R) Xeon(R) Processor avx2 fma avx512f ...': cpu_description as one string."""
-    name, flags = cpu_description()
-    return " ".join([name, *flags])
 
 
 def warn(message):
@@ -236,7 +196,7 @@ def resolve_amp(cfg: Config, device, warn=warn):
         return torch.bfloat16
     # CPU autocast is bf16. Without bf16 hardware it is emulated and several times slower (12x on a
     # Zen 3), so --amp keeps fp32 there unless --amp-dtype bf16 insists (with a warning).
-    native = cpu_has_native_bf16()
+    native = cpu.has_native_bf16()
     if cfg.amp is False or (cfg.amp is None and not native and cfg.amp_dtype != "bf16"):
         return None  # an explicit --amp-dtype bf16 asks for bf16 even without --amp
     if cfg.amp_dtype == "fp16":

@@ -3,10 +3,11 @@
 import pytest
 import torch
 
+from engine import cpu
 from engine.config import Config
 from engine.errors import EngineError, UsageError
 from engine.models import build_model
-from engine.runtime import Runtime, compiled_graphs, cpu_has_native_bf16, resolve_amp, resolve_device
+from engine.runtime import Runtime, compiled_graphs, resolve_amp, resolve_device
 from tests.conftest import HAS_CUDA
 
 CPU = torch.device("cpu")
@@ -15,7 +16,7 @@ CPU = torch.device("cpu")
 def test_cpu_with_native_bf16_uses_it_by_default_and_on_amp(monkeypatch):
     monkeypatch.setenv("ENGINE_CPU_BF16", "1")  # as on a Xeon with AMX
     warnings = []
-    assert cpu_has_native_bf16()
+    assert cpu.has_native_bf16()
     assert resolve_amp(Config(), CPU, warnings.append) is torch.bfloat16
     assert resolve_amp(Config(amp=True), CPU, warnings.append) is torch.bfloat16
     assert resolve_amp(Config(amp=True, amp_dtype="bf16"), CPU, warnings.append) is torch.bfloat16
@@ -27,7 +28,7 @@ def test_cpu_with_native_bf16_uses_it_by_default_and_on_amp(monkeypatch):
 
 def test_cpu_without_native_bf16_keeps_fp32_on_amp_unless_bf16_is_forced(monkeypatch):
     monkeypatch.setenv("ENGINE_CPU_BF16", "0")  # as on an AMD Zen 3
-    assert not cpu_has_native_bf16()
+    assert not cpu.has_native_bf16()
     warnings = []
     assert resolve_amp(Config(), CPU, warnings.append) is None and warnings == []
     assert resolve_amp(Config(amp=True), CPU, warnings.append) is None  # --amp: only where it gains
@@ -44,9 +45,9 @@ def test_cpu_without_native_bf16_keeps_fp32_on_amp_unless_bf16_is_forced(monkeyp
 def test_the_bf16_override_is_checked(monkeypatch):
     monkeypatch.setenv("ENGINE_CPU_BF16", "yes")
     with pytest.raises(EngineError, match="ENGINE_CPU_BF16"):
-        cpu_has_native_bf16()
+        cpu.has_native_bf16()
     monkeypatch.delenv("ENGINE_CPU_BF16")
-    assert cpu_has_native_bf16() in (True, False)  # the real CPU
+    assert cpu.has_native_bf16() in (True, False)  # the real CPU
 
 
 def test_resolved_says_what_was_chosen(monkeypatch):
