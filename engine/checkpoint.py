@@ -247,7 +247,7 @@ def model_from_checkpoint(checkpoint: Checkpoint, path="the checkpoint", code=No
     from engine.models.build import build
     from engine.models.reference import reopen
 
-    ref = reopen(checkpoint.ref, code, path, say)
+    ref = reopen(checkpoint.ref, code, path)
     model = build(ref, tuple(checkpoint.spec.shape), len(checkpoint.spec.classes))
     weights = checkpoint.model if checkpoint.ema is None else checkpoint.ema
     check_state(checkpoint, model, path, weights)

@@ -308,7 +308,7 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("engine: interrupted", file=sys.stderr)
         return 130
-    except RuntimeError as error:  # torch.cuda.OutOfMemoryError anywhere: one line saying what to lower
+    except (RuntimeError, MemoryError) as error:  # out of memory anywhere (GPU or host): one line saying what to lower
         from engine.memory import out_of_memory_line
 
         line = out_of_memory_line(error)

@@ -33,3 +33,22 @@ def first_line(error, limit=200):
     libraries' messages can run to pages, and an error here is one line."""
     lines = [line.strip() for line in ANSI.sub("", str(error)).splitlines() if line.strip()]
     return (lines[0] if lines else type(error).__name__)[:limit]
+
+
+def root_cause(error):
+    """The innermost exception `error` was raised from (its __cause__ or __context__ chain): where a
+    library wraps the reason in pages of advice, the reason."""
+    seen = {id(error)}
+    while (inner := error.__cause__ or error.__context__) is not None and id(inner) not in seen:
+        seen.add(id(inner))
+        error = inner
+    return error
+
+
+def trace_failure(error):
+    """One line for why torch.export could not trace a model (ahead-of-time inference, ONNX export):
+    the innermost reason, and for the common one what it means in the user's code."""
+    line = first_line(root_cause(error))
+    if "data-dependent" in line:
+        line += " - the forward branches on a tensor's value (an `if` on the data), which torch.export cannot trace"
+    return line

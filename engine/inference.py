@@ -19,7 +19,8 @@ from pathlib import Path
 
 import torch
 
-from engine.errors import EngineError, first_line
+from engine.errors import EngineError, first_line, trace_failure
+from engine.quiet import quiet_exporter
 from engine.runtime import Runtime, quiet_compiler
 
 
@@ -50,11 +51,12 @@ def compile_inference(model, shape, runtime: Runtime, memory_format=torch.channe
     quiet_compiler()
     model.eval()
     example = torch.zeros(shape, device=runtime.device).contiguous(memory_format=memory_format)
-    try:
-        with torch.no_grad(), runtime.autocast():  # autocast's casts become part of the graph
+    try:  # quiet: a failed trace logs torch's warnings and dumps its graph twice
+        with quiet_exporter(), torch.no_grad(), runtime.autocast():  # autocast's casts become part of the graph
             program = torch.export.export(model, (example,))
     except Exception as error:  # a model torch.export cannot trace: say which, in one line
-        raise EngineError(f"--compile: torch.export could not trace {type(model).__name__}: {first_line(error)}") from error
+        raise EngineError(f"--compile: torch.export could not trace {type(model).__name__}: "
+                          f"{trace_failure(error)}") from error
     with tempfile.TemporaryDirectory(prefix="engine-aoti-") as folder:
         try:  # a C++ build: no compiler, or a full disk, ends here
             options = {k: v for k, v in torch._inductor.list_mode_options(runtime.compile_mode).items()
@@ -115,7 +117,11 @@ def choose_inference(model, loader, runtime: Runtime, ref, source, cache_dir, sa
         f"{decision.why}")
     if not decision.compile:
         return model, None
-    compiled = compile_inference(model, shape, runtime, loader.memory_format, package_path=package)
+    try:
+        compiled = compile_inference(model, shape, runtime, loader.memory_format, package_path=package)
+    except EngineError as error:  # a forward torch.export cannot trace (control flow on the data), no C++ compiler
+        say(f"{error}: evaluating eagerly")
+        return model, time.perf_counter() - started
     compile_s = time.perf_counter() - started
     ratio = eager_s / _batch_time(compiled, batch(), runtime)
     record(cache_dir, cache_key, ratio, compile_s, model=ref.label, batch=shape[0], what="inference, AOTInductor")

@@ -41,9 +41,16 @@ def gpu_room(device):
 
 
 def out_of_memory_line(error):
-    """One line for a GPU out-of-memory error (what ran out and what to lower), or None for any other error."""
+    """One line for an out-of-memory error (what ran out and what to lower), or None for any other
+    error: the GPU's, or the host's (torch's CPU allocator refusing a tensor, Python's MemoryError),
+    as when a model whose Linear layer grows with the input is built for a large image size."""
     text = str(error)
     name = type(error).__name__
+    host = re.search(r"can't allocate memory: you tried to allocate (\d+) bytes", text)
+    if host or isinstance(error, MemoryError):
+        asked = f" (it asked for {size_text(int(host.group(1)))} at once)" if host else ""
+        return (f"the host ran out of memory{asked}: lower --batch-size or the image size (--image-size; "
+                "--input-shape for summary); a Linear layer after the convolutions grows with the image")
     if name != "OutOfMemoryError" and "out of memory" not in text.lower():
         return None
     asked = re.search(r"Tried to allocate ([\d.]+ [KMGT]i?B)", text)

@@ -7,10 +7,12 @@ backward touch a quarter of the elements: the tutorials' `self.pool(F.relu(self.
 10% slower than the engine's `cifar_cnn`, the same network pooling first (5,050 against 5,634 img/s,
 3 CIFAR-10 epochs, bf16, Intel Xeon with AMX).
 
-Copies of the model are traced with torch.fx, once in training and once in eval mode; where it does
-not trace (data-dependent control flow), where the two traces differ (a forward that reads
-`self.training`: a trace would freeze one mode), where a ReLU feeds anything but the pool, or where
-the traced module would not keep every state-dict key, the model is left as it is. The GraphModule
+Copies of the model are traced with torch.fx, twice in training and once in eval mode; where it does
+not trace (data-dependent control flow), where the traces differ (a forward that reads
+`self.training` or draws Python random numbers: a trace would freeze one mode or one draw), where
+tracing changed a module's plain attributes (a forward that counts its calls in `self.calls`),
+where a ReLU feeds anything but the pool, or where the traced module would not keep every
+state-dict key, the model is left as it is. The GraphModule
 keeps the submodules under their names, so checkpoints, resume and export see the same keys; export
 rebuilds the user's own class anyway.
 """
@@ -49,14 +51,37 @@ def _is_pool(node, modules):
     return False
 
 
+def _python_state(model):
+    """Each module's plain attributes (not its parameters, buffers, submodules or hooks); containers
+    copied, so that a forward appending to a list shows."""
+    return {(name, key): copy.copy(value) if isinstance(value, (list, dict, set)) else value
+            for name, module in model.named_modules()
+            for key, value in vars(module).items() if not key.startswith("_") and key != "training"}
+
+
+def _same_state(before, after):
+    def same(a, b):
+        try:
+            return a is b or bool(a == b)
+        except Exception:  # a tensor of several elements, an object without ==: the same object or not
+            return False
+    return before.keys() == after.keys() and all(same(before[k], after[k]) for k in before)
+
+
 def pool_before_relu(model: nn.Module):
     """(model, count): a copy of `model` with each ReLU -> max-pool pair swapped, as an fx.GraphModule
     (its parameters copies too: use it in place of `model`), or `model` itself and 0 where nothing was
     swapped or it does not trace the same in both modes."""
     try:  # traced copies: a forward that writes its own attributes changes only the copy
-        traced = torch.fx.symbolic_trace(copy.deepcopy(model).train(True))
-        if traced.code != torch.fx.symbolic_trace(copy.deepcopy(model).train(False)).code:
-            return model, 0  # forward reads self.training (F.dropout(training=...), `if self.training:`)
+        probe = copy.deepcopy(model).train(True)
+        before = _python_state(probe)
+        traced = torch.fx.symbolic_trace(probe)
+        if not _same_state(before, _python_state(probe)):
+            return model, 0  # forward keeps Python state (`self.calls += 1`): a trace would freeze it
+        codes = {traced.code, torch.fx.symbolic_trace(copy.deepcopy(model).train(True)).code,
+                 torch.fx.symbolic_trace(copy.deepcopy(model).train(False)).code}
+        if len(codes) > 1:  # forward reads self.training (F.dropout(training=...), `if self.training:`)
+            return model, 0  # or draws Python random numbers: a trace would freeze one mode or one draw
     except Exception:  # any failure to trace means: leave the user's model alone
         return model, 0
     graph, modules, count = traced.graph, dict(traced.named_modules()), 0

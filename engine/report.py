@@ -76,6 +76,9 @@ class RunDir:
         taken = [name for name in RUN_FILES if (self.path / name).exists()]
         if not resuming and "last.pt" in taken:
             raise UsageError(f"--out {self.path} already holds a run; continue it with --resume {self.path} or choose another --out")
+        if not resuming and "best.pt" not in taken and "config.json" in taken:
+            raise UsageError(f"--out {self.path} holds a run that stopped before its first checkpoint ({', '.join(taken)}; "
+                             "no last.pt to resume): delete the folder to start it again, or choose another --out")
         if not resuming and taken:
             raise UsageError(f"--out {self.path} already holds {', '.join(taken)}, which a run would overwrite; "
                              "move them or choose another --out")

@@ -26,6 +26,9 @@ def resume_path(run_dir):
         return run_dir
     last = run_dir / "last.pt"
     if not last.is_file():
+        if run_dir.is_dir() and (run_dir / "config.json").is_file() and not (run_dir / "best.pt").is_file():
+            raise UsageError(f"--resume: nothing to resume ({run_dir} has no last.pt: its run stopped before its first "
+                             "checkpoint); delete the folder and train it again")
         where = (f"{run_dir} has no last.pt" if run_dir.is_dir() else f"{run_dir} is not a run directory"
                  if run_dir.exists() else f"{run_dir} does not exist")
         raise UsageError(f"--resume: nothing to resume ({where}); train without --resume first, or name a run directory")
@@ -49,13 +52,13 @@ def resume_config(run_dir, given=None, say=print):
         if given_ref is not None and not checkpoint.ref.user_code and given_ref.label != checkpoint.ref.label:
             raise UsageError(f"--resume continues the run as configured; --model {values['model']} differs from its "
                              f"{saved.get('model')} (start a new run to change it)")
-        ref = reopen(checkpoint.ref, given_ref, path, say)
+        ref = reopen(checkpoint.ref, given_ref, path)
         values["model"] = absolute_model(values.get("model", saved["model"]))
         if ref.user_code:
             saved = dict(saved, model=values["model"])
     for name, value in values.items():
         if name in fixed and saved.get(name) != value:
-            was = "none" if saved.get(name) is None else saved.get(name)
+            was, value = ("none" if v is None else v for v in (saved.get(name), value))  # None: off (--no-ema)
             raise UsageError(f"--resume continues the run as configured; {flag(name)} {value} differs from its "
                              f"{was} (start a new run to change it)")
     values = dict(saved, **values)

@@ -157,8 +157,11 @@ def open_session(cfg: Config, resume: Checkpoint | None = None, say=print, ranks
     session.watch, session.reached = Watch(cfg.target_acc, cfg.eval_every, session.steps, cfg.epochs), reached_in(session.metrics)
     per_rank = f" per rank x {ranks.world} ranks = {cfg.batch_size * ranks.world} global" if ranks.world > 1 else ""
     val = f" / {len(data.val_x):,} validation" if data.val_x is not None else ""
+    left = len(data.train_x) - session.steps * cfg.batch_size * ranks.world  # the loader's batches are all full
+    left = f", {left:,} left out of each (a new draw every epoch)" if left > 0 else ""
     say(f"Run: {run.path} ({len(data.train_x):,} train{val} / {len(data.test_x):,} test images, "
-        f"{session.steps} steps of {cfg.batch_size}{per_rank} an epoch, {cfg.epochs} epoch{'s' if cfg.epochs > 1 else ''})")
+        f"{session.steps} step{'s' if session.steps != 1 else ''} of {cfg.batch_size}{per_rank} an epoch{left}, "
+        f"{cfg.epochs} epoch{'s' if cfg.epochs > 1 else ''})")
     return session
 
 
@@ -182,10 +185,10 @@ def model_reference(cfg: Config, resume: Checkpoint | None, model, say) -> Model
     if model is not None:
         ref = reference_of(model)
         if resume is not None:
-            reopen(resume.ref, ref, "--resume's checkpoint", say)
+            reopen(resume.ref, ref, "--resume's checkpoint")
         return ref
     given = parse_model(cfg.model, cfg.model_args)
-    ref = reopen(resume.ref, given, "--resume's checkpoint", say) if resume is not None else given
+    ref = reopen(resume.ref, given, "--resume's checkpoint") if resume is not None else given
     if ref.user_code:
         load_code(ref)  # import it now: a missing name or a failing import is one line before any work
     return ref

@@ -54,6 +54,8 @@ def eval_steps(steps, every):
     """The step counts (1 .. steps - 1) after which an epoch of `steps` steps evaluates within
     itself, every `every` (a fraction of an epoch, 0 < every <= 1) of it; the epoch's end always
     evaluates, so it is not listed."""
+    if every * steps <= 1:  # at least every step: each one (the loop below would run 1/every times)
+        return set(range(1, steps))
     points, k = set(), 1
     while k * every < 1 - 1e-9:
         point = round(k * every * steps)

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine.errors import EngineError, UsageError, first_line
+from engine.errors import EngineError, UsageError, first_line, root_cause, trace_failure
+from engine.quiet import quiet_exporter
 from export.metadata import ModelInfo
-from export.quiet import quiet_exporter
 
 DEFAULT_CHECKPOINT = Path("runs/latest/best.pt")
 VERIFY_IMAGES = 256  # real test images compared between onnxruntime and PyTorch
@@ -70,6 +70,8 @@ def to_onnx(module, sample, path, opset=None):
                                         external_data=False, optimize=True, verify=False)
             program.save(str(path), external_data=False)  # one file: no .onnx.data beside it
         except Exception as error:
+            if root_cause(error) is not error:  # torch.onnx's own message is a page of next steps; the cause is below it
+                raise EngineError(f"torch.onnx.export failed: {trace_failure(error)}") from None
             said = f"{error}\n{captured.getvalue()}"
             raise EngineError(f"torch.onnx.export failed: {first_line(said) if said.strip() else type(error).__name__}") from None
     import onnx

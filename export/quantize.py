@@ -66,7 +66,7 @@ def quantize(fp32_path, out, calibration_images):
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from export.quiet import quiet_exporter
+    from engine.quiet import quiet_exporter
 
     out = Path(out)
     prepared = out.with_name(f".{out.name}.prep{os.getpid()}")

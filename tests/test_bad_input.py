@@ -153,6 +153,8 @@ CASES = [
     ("numbers: NaN --ema", "train --ema nan", "--ema is the weight average's decay per step, 0 < DECAY < 1"),
     ("numbers: --ema not a number", "train --ema high", "invalid float value: 'high'"),
     ("resume: --ema added to a run without it", "train --resume run --ema 0.99", "--ema 0.99 differs from its none"),
+    ("memory: a model too large for the host", "summary --model cifar_cnn --input-shape 3x100000x100000",
+     "the host ran out of memory (it asked for 20,473.45 GB at once)"),
 ]
 USER_CODE = {  # the user-model files the cases name
     "nets.py": b"from torch import nn\n\nWIDTH = 3\n\n\nclass Net(nn.Module):\n    def __init__(self):\n"

@@ -166,6 +166,8 @@ def test_a_resume_refuses_another_decay_and_a_checkpoint_without_its_average(ema
     run, _ = ema_run
     with pytest.raises(UsageError, match=r"--ema 0.5 differs from its 0.8 \(start a new run"):
         resume_config(run, {"ema": 0.5}, say=lambda *_: None)
+    with pytest.raises(UsageError, match=r"--ema none differs from its 0.8 \(start a new run"):  # --no-ema
+        resume_config(run, {"ema": None}, say=lambda *_: None)
     cfg, checkpoint = resume_config(run, {"ema": 0.8}, say=lambda *_: None)  # the same value is fine
     damaged = tmp_path / "damaged"
     damaged.mkdir()

@@ -90,3 +90,33 @@ def test_engine_eval_compile_prints_no_cuda_home_warning_on_a_cpu(tiny_run, tmp_
                           env={**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor"), "ENGINE_COMPILE": "always"})
     assert done.returncode == 0, done.stderr
     assert "CUDA_HOME" not in done.stderr and "CUDA_HOME" not in done.stdout
+
+
+class BranchesOnTheData(torch.nn.Module):
+    """A forward whose control flow depends on a tensor's value: torch.export cannot trace it."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc = torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.Linear(4, 10)
+
+    def forward(self, x):
+        x = self.conv(x)
+        if x.mean() > 0.5:
+            x = x * 2
+        return self.fc(x.mean((2, 3)))
+
+
+def test_a_forward_that_branches_on_the_data_is_one_quiet_line(capfd):
+    with pytest.raises(EngineError, match=r"could not trace BranchesOnTheData: .*data-dependent.* branches on a tensor's value"):
+        compile_inference(BranchesOnTheData(), (2, 3, 8, 8), FP32)
+    out, err = capfd.readouterr()
+    assert out == "" and err == ""  # torch's symbolic-shape warnings and graph dumps stay off the terminal
+
+
+def test_onnx_export_of_such_a_forward_names_the_reason(tmp_path, capfd):
+    from export.onnx_export import to_onnx
+
+    with pytest.raises(EngineError, match=r"torch.onnx.export failed: Could not guard on data-dependent .* branches on"):
+        to_onnx(BranchesOnTheData().eval(), torch.zeros(2, 3, 8, 8), tmp_path / "m.onnx")
+    out, err = capfd.readouterr()
+    assert out == "" and err == "" and not (tmp_path / "m.onnx").exists()

@@ -136,8 +136,10 @@ def test_a_changed_file_is_said_and_loads_only_if_the_weights_fit(nets):
     saved = parse_model(f"{nets}:Net")
     nets.write_text(TUTORIAL + "\n# edited\n")
     said = []
-    ref = reopen(saved, parse_model(f"{nets}:Net"), say=said.append)
+    ref = reopen(saved, parse_model(f"{nets}:Net"), warn=said.append)
     assert ref.sha256 != saved.sha256 and "changed since the run was trained" in said[0]
+    reopen(saved, parse_model(f"{nets}:Net"), warn=said.append)  # a resume reopens twice: said once
+    assert len(said) == 1
     with pytest.raises(UsageError, match="not .*:Sized"):
         reopen(saved, parse_model(f"{nets}:Sized"))
 
@@ -174,3 +176,11 @@ def test_lazy_modules_take_their_shapes_from_the_probe(tmp_path):
     model = build(ref, (3, 12, 12), 4)
     assert model[0].weight.shape == (8, 3, 3, 3) and model[4].weight.shape == (4, 8 * 10 * 10)
     assert torch.equal(model[1].running_mean, torch.zeros(8)) and int(model[1].num_batches_tracked) == 0
+
+
+def test_the_changed_file_warning_goes_to_stderr(nets, capsys):
+    saved = parse_model(f"{nets}:Net")
+    nets.write_text(TUTORIAL + "\n# edited for stderr\n")
+    reopen(saved, parse_model(f"{nets}:Net"))
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("engine: warning: ") and "changed since the run was trained" in err

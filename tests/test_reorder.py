@@ -141,3 +141,48 @@ def test_a_forward_that_reads_self_training_is_left_alone_and_untouched_by_traci
     weights = {k: v.clone() for k, v in tutorial.state_dict().items()}
     reordered, count = pool_before_relu(tutorial)
     assert count == 2 and all(torch.equal(weights[k], v) for k, v in tutorial.state_dict().items())
+
+
+class CallCounting(nn.Module):
+    """Keeps Python state in its forward: a trace would run `self.calls += 1` once and freeze the branch."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc, self.calls, self.history = nn.Conv2d(3, 4, 3, padding=1), nn.Linear(64, 10), 0, []
+
+    def forward(self, x):
+        self.calls += 1
+        out = self.fc(torch.flatten(F.max_pool2d(F.relu(self.conv(x)), 2), 1))
+        return out * 0 if self.calls > 3 else out
+
+
+class Remembering(CallCounting):
+    def forward(self, x):
+        self.history.append(len(self.history))  # a list that grows: the same object, new contents
+        return self.fc(torch.flatten(F.max_pool2d(F.relu(self.conv(x)), 2), 1))
+
+
+class RandomBranch(CallCounting):
+    def forward(self, x):
+        import random
+
+        x = F.max_pool2d(F.relu(self.conv(x)), 2)
+        return self.fc(torch.flatten(x if random.random() < 0.5 else -x, 1))
+
+
+def test_a_forward_that_keeps_python_state_or_draws_python_randoms_runs_as_written():
+    x = torch.randn(2, 3, 8, 8)
+    for make in (CallCounting, Remembering):
+        model = make()
+        same, count = pool_before_relu(model)
+        assert same is model and count == 0 and model.calls == 0 and model.history == []  # the model untouched
+    model = CallCounting()
+    outputs = [pool_before_relu(model)[0](x) for _ in range(5)]
+    assert outputs[3].abs().sum() == 0 and outputs[2].abs().sum() > 0  # its own counter, as written
+    import random
+
+    left_alone = 0
+    for seed in range(8):  # three traces all drawing the same branch: 1 in 4 for each seed
+        random.seed(seed)
+        left_alone += pool_before_relu(RandomBranch())[1] == 0
+    assert left_alone >= 4

@@ -7,6 +7,7 @@ import pytest
 
 from engine.errors import EngineError, UsageError
 from engine.report import RunDir, default_run_dir, format_epoch
+from engine.resume import resume_path
 
 METRICS = {"epoch": 1, "train_acc": 0.4342, "train_loss": 1.91234, "test_acc": 0.47, "test_loss": 1.4801,
            "images_per_s": 2050.4, "epoch_s": 26.08}
@@ -55,6 +56,12 @@ def test_refusals_and_cleanup(tmp_path):
     (tmp_path / "mine" / "best.pt").unlink()
     RunDir(tmp_path / "mine").close()  # other files are no obstacle: a run writes none of them
     RunDir(tmp_path / "done", resuming=True).close()
+    (tmp_path / "killed").mkdir()  # a run killed before its first checkpoint: each command says what to do
+    (tmp_path / "killed" / "config.json").write_text("{}")
+    with pytest.raises(UsageError, match="stopped before its first checkpoint .*delete the folder to start it again"):
+        RunDir(tmp_path / "killed")
+    with pytest.raises(UsageError, match="stopped before its first checkpoint\\); delete the folder and train it again"):
+        resume_path(tmp_path / "killed")
     (tmp_path / "file").write_text("x")
     with pytest.raises(EngineError, match="cannot write to --out"):
         RunDir(tmp_path / "file" / "run")

@@ -36,6 +36,12 @@ def test_eval_steps_split_the_epoch_and_leave_its_end_out():
     assert eval_steps(8, 0.25) == {2, 4, 6}
     assert eval_steps(195, 0.25) == {49, 98, 146}
     assert eval_steps(10, 1.0) == set()
+
+
+def test_a_tiny_eval_every_is_every_step_at_once():
+    # 1e-12 of an epoch used to loop 10^12 times before the first step (a hang, not an error)
+    assert eval_steps(4, 1e-12) == {1, 2, 3}
+    assert eval_steps(10, 0.1) == set(range(1, 10)) == eval_steps(10, 0.05)
     assert eval_steps(3, 0.1) == {1, 2}  # more points than steps: each step at most once
     assert eval_steps(100, 1 / 3) == {33, 67}
 

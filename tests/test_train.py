@@ -67,6 +67,17 @@ def test_amp_trains_on_this_device(tmp_path):
 
 
 
+def test_the_run_line_counts_steps_and_the_images_each_epoch_leaves_out(tmp_path):
+    said = []
+    cfg = Config(out=str(tmp_path / "run"), epochs=1, limit_train=81, limit_test=32, batch_size=64, amp=False, **QUIET)
+    open_session(cfg, say=said.append)
+    run_line = next(line for line in said if line.startswith("Run: "))
+    assert "(81 train / 32 test images, 1 step of 64 an epoch, 17 left out of each (a new draw every epoch), 1 epoch)" in run_line
+    cfg = Config(out=str(tmp_path / "even"), epochs=2, limit_train=64, limit_test=32, batch_size=32, amp=False, **QUIET)
+    open_session(cfg, say=said.append)
+    assert said[-1].endswith("(64 train / 32 test images, 2 steps of 32 an epoch, 2 epochs)")
+
+
 def test_the_pieces_of_an_epoch(tmp_path):
     cfg = Config(out=str(tmp_path / "run"), epochs=2, limit_train=64, limit_test=32, batch_size=32, amp=False, **QUIET)
     s = open_session(cfg, say=lambda *_: None)

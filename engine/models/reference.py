@@ -158,7 +158,14 @@ def parse_args(text):
     return value
 
 
-def reopen(saved: ModelRef, given: ModelRef | None, source="the checkpoint", say=print) -> ModelRef:
+def _warn(line):
+    print(line, file=sys.stderr)
+
+
+_warned = set()  # (file, sha256) said once a process: a resume reopens the run's code twice
+
+
+def reopen(saved: ModelRef, given: ModelRef | None, source="the checkpoint", warn=_warn) -> ModelRef:
     """The reference to rebuild a checkpoint's model with: its own for built-in and torchvision
     models; for user code, the code named again on this command line (`given`), which must be the
     same class or function as the run's. Nothing is imported here."""
@@ -174,8 +181,10 @@ def reopen(saved: ModelRef, given: ModelRef | None, source="the checkpoint", say
         raise UsageError(f"{source} was trained with {saved.label}, not {given.label}; pass --model {shlex.quote(saved.label)}")
     if saved.kind == "file" and given.kind == "file" and saved.sha256 and given.sha256 != saved.sha256:
         what = "changed since the run was trained" if given.file == saved.file else f"is not the run's {saved.file}"
-        say(f"engine: warning: {given.file} {what} (sha256 {saved.sha256[:12]} -> {given.sha256[:12]}); "
-            "loading it only if the weights fit")
+        if (given.file, given.sha256, warn) not in _warned:
+            _warned.add((given.file, given.sha256, warn))
+            warn(f"engine: warning: {given.file} {what} (sha256 {saved.sha256[:12]} -> {given.sha256[:12]}); "
+                 "loading it only if the weights fit")
     return replace(given, args=saved.args)
 
 

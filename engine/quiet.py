@@ -1,6 +1,6 @@
-"""Keeping torch.onnx's, onnxscript's and onnxruntime's tooling quiet: their progress lines and
-warnings are nothing a user of `engine export` can act on. Shared by the exporter and the int8
-quantizer, so neither imports the other for it.
+"""Keeping torch.export's, torch.onnx's, onnxscript's and onnxruntime's tooling quiet: their progress
+lines, warnings and graph dumps are nothing a user of `engine export` or `engine eval --compile` can
+act on. Shared by the exporter, the int8 quantizer and ahead-of-time inference (engine/inference.py).
 """
 
 import contextlib
@@ -16,7 +16,7 @@ def quiet_exporter():
     Yields the captured text, so a failure can still quote it.
     """
     captured = io.StringIO()
-    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript", "torch.export", "torch._dynamo")]
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript", "torch.export", "torch._dynamo", "torch.fx")]
     levels = [logger.level for logger in loggers]
     with warnings.catch_warnings(), contextlib.redirect_stdout(captured), contextlib.redirect_stderr(captured):
         warnings.simplefilter("ignore")
