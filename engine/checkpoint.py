@@ -56,6 +56,15 @@ class Checkpoint:
     def resumable(self):
         return None not in (self.optimizer, self.scheduler, self.rng, self.metrics)
 
+    @property
+    def epochs_done(self):
+        """Epochs this checkpoint holds: whole ones, or e.g. 1.25 for one saved within an epoch (a stop
+        at --target-acc, --save-every)."""
+        scheduler, epochs = self.scheduler or {}, self.config.get("epochs")
+        if not self.step or not scheduler.get("total_steps") or not epochs:
+            return self.epoch
+        return round(scheduler["step"] / (scheduler["total_steps"] / epochs), 2)
+
     def to_dict(self):
         """The plain dict torch.save writes (see load for the reverse)."""
         return {"format": FORMAT, "config": self.config, "data": asdict(self.spec), "model": self.model,
@@ -165,12 +174,16 @@ def read_weights_only(path, what="engine checkpoint"):
         first = lines[0].split(". ")[0] if lines else type(error).__name__  # torch's first sentence
         if "Weights only load failed" in text:  # an unpickler error on bytes that are no checkpoint at all
             first = "not a PyTorch checkpoint, or one holding objects other than tensors and plain values"
+        elif isinstance(error, OSError) or "central directory" in text or "failed finding" in text:
+            first = f"its zip archive is cut short or damaged: {first}; a copy or download may be incomplete"
         raise EngineError(f"{path} is not a readable {what} ({first[:200]})") from None
 
 
 def load(path) -> Checkpoint:
     """The checkpoint at `path`, or one line saying why `path` is not one (see read_weights_only)."""
     path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{path} is a folder, not a checkpoint; name a file in it (a run's best.pt or last.pt)")
     if not path.is_file():
         raise UsageError(f"no checkpoint at {path}")
     checkpoint = read_weights_only(path)

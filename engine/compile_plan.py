@@ -78,7 +78,8 @@ def decide(kind, cache_key, cache_dir, work_s):
         return Decision(True, f"compiled {ratio:.2f}x eager here (measured earlier)", entry)
     best_case = work_s * (1 - 1 / MAX_RATIO[kind])
     if best_case <= FIRST_COMPILE_S[kind]:
-        return Decision(False, f"about {work_s:.1f} s of work is too little to pay for a first compile "
+        work = f"about {work_s:.1f} s" if work_s >= 0.05 else "under 0.1 s"
+        return Decision(False, f"{work} of work is too little to pay for a first compile "
                                f"(~{FIRST_COMPILE_S[kind]:.0f} s)")
     return Decision(True, "not measured on this machine yet: compiling and measuring")
 

@@ -197,7 +197,7 @@ def evaluate_checkpoint(path, overrides, log=print, model=None):
     tta = tta_level(cfg, spec)
     confusion = Confusion(spec.classes, runtime.device)  # per-class results: an index_add per batch
     loss, acc = evaluate(model, loader, runtime, tta, confusion)
-    return {"test_loss": loss, "test_acc": acc, "images": len(data.test_x), "data": cfg.data, "epoch": epochs_done(checkpoint),
+    return {"test_loss": loss, "test_acc": acc, "images": len(data.test_x), "data": cfg.data, "epoch": checkpoint.epochs_done,
             "tta": tta, "seconds": time.perf_counter() - compiled,
             "compile_seconds": compile_seconds,
             "model": checkpoint.ref.name, "confusion": confusion.cpu()}
@@ -213,12 +213,3 @@ def as_json(result):
 def picture_title(result):
     """'cifar_cnn on synthetic': what an evaluation's confusion picture is of."""
     return f"{result['model']} on {dataset_label(result['data'])}"
-
-
-def epochs_done(checkpoint):
-    """Epochs a checkpoint holds: whole ones, or e.g. 1.25 for one saved within an epoch (a stop at
-    --target-acc, --save-every)."""
-    scheduler, epochs = checkpoint.scheduler or {}, checkpoint.config.get("epochs")
-    if not checkpoint.step or not scheduler.get("total_steps") or not epochs:
-        return checkpoint.epoch
-    return round(scheduler["step"] / (scheduler["total_steps"] / epochs), 2)

@@ -281,12 +281,17 @@ def restore_progress(s: Session, resume: Checkpoint, say):
     s.metrics, s.start_epoch, s.resume_step = list(resume.metrics), resume.epoch, resume.step
     s.best, s.best_epoch = best_of(resume)
     s.partial = resume.partial
-    if reached_in(s.metrics):  # it stopped at --target-acc: nothing is left to train
+    reached = reached_in(s.metrics)
+    if reached:  # it stopped at --target-acc: nothing is left to train
         s.start_epoch, s.resume_step = s.cfg.epochs, 0
     if s.ranks.is_main:
         repair_run(s.run, resume, say)  # last.pt is the commit record: best.pt and metrics follow it
     step = s.resume_step
-    say(f"Resuming {s.run.path} after epoch {s.start_epoch}{f' and {step} steps' if step else ''} of {s.cfg.epochs}")
+    if reached:
+        say(f"Resuming {s.run.path}: it reached {reached['target_acc']:g}% at epoch {reached['epoch']:g} of "
+            f"{s.cfg.epochs}, so nothing is left to train")
+    else:
+        say(f"Resuming {s.run.path} after epoch {s.start_epoch}{f' and {step} steps' if step else ''} of {s.cfg.epochs}")
     changed = [f"{k} {v} -> {s.runtime.resolved()[k]}" for k, v in resume.runtime.items()
                if s.runtime.resolved().get(k) != v]
     if changed:  # another machine, or other runtime flags: the weights continue, the arithmetic changes

@@ -32,6 +32,7 @@ class ModelInfo:
     model: str = ""
     dataset: str = ""
     test_accuracy: float | None = None
+    test_accuracy_tta: int = 0  # the --tta level that accuracy was measured with (this file runs one view)
     engine_version: str = ""
     opset: int | None = None
     config: dict = field(default_factory=dict)  # the training config, for `engine eval MODEL.onnx`
@@ -45,13 +46,13 @@ class ModelInfo:
         from engine import __version__
 
         spec, cfg = checkpoint.spec, checkpoint.config
-        from engine.evaluate import epochs_done
 
-        done = epochs_done(checkpoint)  # 2, or 1.25 for a checkpoint saved within an epoch
-        accuracy = next((m["test_acc"] for m in reversed(checkpoint.metrics or [])
-                         if abs(m.get("epoch", -1) - done) < 0.005 and "test_acc" in m), None)
+        done = checkpoint.epochs_done  # 2, or 1.25 for a checkpoint saved within an epoch
+        measured = next((m for m in reversed(checkpoint.metrics or [])
+                         if abs(m.get("epoch", -1) - done) < 0.005 and "test_acc" in m), {})
+        accuracy, tta = measured.get("test_acc"), int(measured.get("tta") or 0)
         return cls(classes=list(spec.classes), input_size=list(spec.shape), mean=list(spec.mean),
-                   std=list(spec.std), model=checkpoint.ref.label, dataset=cfg["data"], test_accuracy=accuracy,
+                   std=list(spec.std), model=checkpoint.ref.label, dataset=cfg["data"], test_accuracy=accuracy, test_accuracy_tta=tta,
                    engine_version=__version__, opset=opset, config=dict(cfg),
                    image_size=list(parse_image_size(cfg["image_size"])) if cfg.get("image_size") else None,
                    resize=RESIZE_RULES[cfg.get("resize") or "stretch"])
@@ -69,6 +70,7 @@ class ModelInfo:
             "model": self.model,
             "dataset": self.dataset,
             "test_accuracy": "" if self.test_accuracy is None else f"{self.test_accuracy:.5f}",
+            "test_accuracy_tta": str(self.test_accuracy_tta),
             "engine_version": self.engine_version,
             "opset": "" if self.opset is None else str(self.opset),
             "training_config": json.dumps(self.config),
@@ -90,6 +92,7 @@ class ModelInfo:
                        mean=json.loads(props.get("mean") or "[]"), std=json.loads(props.get("std") or "[]"),
                        model=props.get("model", ""), dataset=props.get("dataset", ""),
                        test_accuracy=float(accuracy) if accuracy else None,
+                       test_accuracy_tta=int(props.get("test_accuracy_tta") or 0),
                        engine_version=props.get("engine_version", ""),
                        opset=int(props["opset"]) if props.get("opset") else None,
                        config=json.loads(props.get("training_config") or "{}"))

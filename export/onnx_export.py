@@ -135,7 +135,7 @@ def export_onnx(out, checkpoint=None, *, opset=None, verify=True, int8=False, lo
     spec = state.spec
     code = parse_model(model) if model else None
     module = Normalized(model_from_checkpoint(state, path, code, log), spec.mean, spec.std).eval()
-    log(f"Exporting {path} ({state.ref.name}, epoch {state.epoch}) to {out}")
+    log(f"Exporting {path} ({state.ref.name}, epoch {state.epochs_done}) to {out}")
     data = run_data(state, log) if verify or int8 else None
     if int8 and data is None:
         raise EngineError("--int8 calibrates on the run's training images, which are not available here; "

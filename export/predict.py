@@ -13,9 +13,9 @@ import json
 
 import numpy as np
 
-from engine.errors import EngineError
+from engine.errors import EngineError, UsageError
 from export import images as imaging
-from export.metadata import ModelInfo
+from export.metadata import REQUIRED, ModelInfo
 
 
 def softmax(logits):
@@ -31,6 +31,9 @@ class Classifier:
 
         proto = load_checked(path)
         props = {p.key: p.value for p in proto.metadata_props}
+        if (input_size or classes) and all(key in props for key in REQUIRED):
+            raise UsageError(f"{path} holds the engine's metadata (its classes, input size and resize rule): "
+                             "--input-size and --classes are for a file without it; leave them out")
         if input_size or classes:
             self.info = ModelInfo.from_flags(input_size, classes)
         else:

@@ -42,7 +42,7 @@ CASES = [
     ("data: a huge image in a folder", "train --data huge/ --out out", "20000x20000 pixels, too large to decode safely"),
     ("data: eval on data of another shape", "eval run/last.pt --data small/", "was trained on 3x32x32 images of 10"),
     # checkpoints
-    ("checkpoint: truncated", "eval truncated.pt", "not a readable engine checkpoint"),
+    ("checkpoint: truncated", "eval truncated.pt", "its zip archive is cut short or damaged"),
     ("checkpoint: not a checkpoint", "eval notes.pt", "not a readable engine checkpoint"),
     ("checkpoint: another model's", "eval other.pt --limit-test 32", "does not fit lenet on 3x32x32 images"),
     ("checkpoint: hostile (eval)", "eval hostile.pt", "holds pickled code (posix.system)"),
@@ -50,7 +50,8 @@ CASES = [
     ("checkpoint: truncated (export)", "export m.onnx --checkpoint truncated.pt", "not a readable engine checkpoint"),
     ("checkpoint: another model's (export)", "export m.onnx --checkpoint other.pt", "does not fit lenet"),
     ("checkpoint: missing", "eval absent.pt", "no checkpoint at absent.pt"),
-    ("checkpoint: a folder", "eval run", "no checkpoint at run"),
+    ("checkpoint: a folder", "eval run", "run is a folder, not a checkpoint; name a file in it (a run's best.pt or last.pt)"),
+    ("init-from: a folder", "train --init-from run --out out", "is a folder; name a weights file in it (a run's best.pt)"),
     # ONNX
     ("onnx: truncated (predict)", "predict truncated.onnx cat.png", "is not a valid ONNX model"),
     ("onnx: text named .onnx (predict)", "predict text.onnx cat.png", "is not a valid ONNX model"),

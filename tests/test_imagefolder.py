@@ -362,3 +362,27 @@ def test_mixed_sizes_are_refused_by_their_headers_before_the_pixels_are_decoded(
     files["train/frog/big.png"] = big.getvalue()[:200]  # a header that says 3000x3000, and no pixels after it
     with pytest.raises(EngineError, match=r"images differ in size \(6x5 .*, 3000x3000 .*big.png\)"):
         read(source(tmp_path, files), tmp_path / "cache", log=lambda *_: None)
+
+
+@pytest.mark.parametrize("kind", ["folder", "zip"])
+def test_images_outside_every_class_folder_are_said_not_to_be_used(tmp_path, kind):
+    files = tree()
+    files["stray.png"] = png(7)
+    files["train/cover.png"] = png(8)
+    said = []
+    data = read(source(tmp_path, files, kind), tmp_path / "cache", log=said.append)
+    assert len(data.train_x) == 9 and len(data.test_x) == 6  # the class folders' images only
+    assert any(line.startswith("Not used: 2 images outside every class folder of ") and "(in ./, train/)" in line
+               for line in said), said
+    said.clear()
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    read(source(plain, tree(), kind), tmp_path / "cache", log=said.append)
+    assert not any(line.startswith("Not used") for line in said)  # nothing outside: nothing said
+
+
+def test_a_class_named_like_a_split_is_named_in_the_error(tmp_path):
+    files = {f"{name}/{k}.png": png(40 * c + k) for c, name in enumerate(("red", "green", "test")) for k in range(3)}
+    with pytest.raises(EngineError, match=r"has no images under train/ .*; green/, red/, test/ hold images in no "
+                                          r"split's class folder \(is a class named like a split, test/ or val/\? rename it\)"):
+        read(source(tmp_path, files), tmp_path / "cache", log=lambda *_: None)

@@ -44,6 +44,10 @@ def test_metadata_reads_back_from_the_checkpoint(tiny_run, tiny_onnx):
     assert props["model"] == "cifar_cnn" and props["dataset"] == "synthetic"
     assert float(props["test_accuracy"]) == pytest.approx(checkpoint.metrics[-1]["test_acc"], abs=1e-5)
     assert props["engine_version"] and int(props["opset"]) >= 18
+    assert props["test_accuracy_tta"] == "0"  # evaluated on one view of each image, as the file runs
+    checkpoint.metrics[-1]["tta"] = 1  # a run evaluated with --tta 1: its accuracy says so
+    info = ModelInfo.from_checkpoint(checkpoint, 20)
+    assert info.test_accuracy_tta == 1 and ModelInfo.from_props(info.to_props()).test_accuracy_tta == 1
     assert ModelInfo.from_props(props).classes == checkpoint.spec.classes
 
 

@@ -72,6 +72,10 @@ def test_a_file_without_engine_metadata_needs_input_size_and_classes(tiny_onnx, 
     assert capsys.readouterr().out.startswith(f"{image}: c")
     assert main(["predict", str(bare), str(image), "--input-size", "3x32x32", "--classes", "a,b"]) == 1
     assert "logits for 2 classes" in capsys.readouterr().err
+    for flags in (["--input-size", "3x32x32", "--classes", classes], ["--input-size", "3x32x32"], ["--classes", "a,b"]):
+        assert main(["predict", str(tiny_onnx), str(image), *flags]) == 2  # its own metadata is not overridden
+        err = capsys.readouterr().err
+        assert "holds the engine's metadata" in err and "leave them out" in err and err.count("\n") == 1
 
 
 @pytest.mark.parametrize("name, content, message", [

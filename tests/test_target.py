@@ -178,6 +178,8 @@ def test_target_acc_stops_at_the_first_evaluation_at_or_above_it(tmp_path, capsy
     assert main(["train", "--resume", str(out)]) == 0
     again = capsys.readouterr().out
     assert "Epoch:" not in again and f"Reached {target:g}% test accuracy" in again
+    assert main(["train", "--resume", str(out), "--no-quiet"]) == 0  # it names the epoch it stopped at
+    assert f"it reached {target:g}% at epoch {stop['epoch']:g} of 3, so nothing is left to train" in capsys.readouterr().out
     assert read_metrics(out) == metrics
 
 

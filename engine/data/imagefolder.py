@@ -161,8 +161,19 @@ def split_classes(images, folders, path, log):
     ({folder tuple: [items]}; `folders`: every folder the source lists), checked: no empty class
     folder, the evaluation split's classes those of train/, at least 2 classes.
     engine.data.filecache checks its decode with it too."""
-    found, empty = layout.group(images, folders)
-    train, test, named = layout.choose(found, path, log)
+    found, empty, outside = layout.group(images, folders)
+    try:
+        train, test, named = layout.choose(found, path, log)
+    except EngineError as error:  # e.g. red/, green/ and a class named test/: the name made it a split layout
+        if not outside:
+            raise
+        beside = ", ".join(f"{folder}/" for folder in list(outside)[:3])
+        raise EngineError(f"{error}; {beside} hold images in no split's class folder (is a class named like a split, "
+                          "test/ or val/? rename it)") from None
+    if outside:  # a stray photo beside the class folders: said, not silently dropped
+        count = sum(outside.values())
+        log(f"Not used: {count:,} image{'s' if count > 1 else ''} outside every class folder of {path} (in "
+            f"{', '.join(f'{folder}/' for folder in list(outside)[:3])}{' ...' if len(outside) > 3 else ''})")
     if empty:
         raise EngineError(f"{path}: class folder {empty[0]} has no images{f' (nor {len(empty) - 1} more)' if len(empty) > 1 else ''}; "
                           "add images or remove the folder")

@@ -65,20 +65,23 @@ def _place(folder, wrapper, split_layout):
 def group(images, directories=()):
     """Place the images of a source: `images` is {folder tuple: [items]} in the source's order (from
     `folder_of`), `directories` every folder tuple the source lists, images or not. Returns (found
-    {split or None: {class: [items]}}, the class folders that hold no image, as 'train/cat')."""
+    {split or None: {class: [items]}}, the class folders that hold no image, as 'train/cat', and
+    {folder: image count} of the images outside every class folder, which are not used)."""
     wrapper, split_layout = _shape(images)
-    found = {}
+    found, outside = {}, {}
     for folder, items in images.items():
         where = _place(folder, wrapper, split_layout)
         if where is not None:
             found.setdefault(where[0], {}).setdefault(where[1], []).extend(items)
+        elif items:
+            outside["/".join(folder) or "."] = len(items)
     depth = (1 if wrapper else 0) + (2 if split_layout else 1)  # a class folder's parts
     empty = set()
     for folder in directories:
         where = _place(folder, wrapper, split_layout) if len(folder) == depth and not hidden(folder) else None
         if where is not None and where[1] not in found.get(where[0], {}):
             empty.add("/".join(folder))
-    return found, sorted(empty)
+    return found, sorted(empty), outside
 
 
 def choose(found, source, say=print):

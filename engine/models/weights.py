@@ -20,6 +20,8 @@ def read_state_dict(path):
     """{name: tensor} from an engine checkpoint or a plain state dict (possibly under "state_dict" or
     "model"), with DDP/compile prefixes removed; one line for anything else."""
     path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"--init-from: {path} is a folder; name a weights file in it (a run's best.pt)")
     if not path.is_file():
         raise UsageError(f"--init-from: no such file {path}")
     from engine.checkpoint import read_weights_only
