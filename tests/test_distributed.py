@@ -90,10 +90,12 @@ def test_two_ranks_train_as_one_process_with_the_global_batch(ddp_run, tmp_path,
     ddp = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in ddp] == [1, 2, 3]
     # The same global batches, so only the order of float sums differs: close after one epoch, and
-    # through the fast-learning epochs that follow, still close at the end.
+    # through the fast-learning epochs that follow, still close at the end. The loss leaves its plateau
+    # in epochs 2-3, where a small difference moves the end most: on a Zen 5's AVX-512 kernels the two
+    # ended at 0.516 / 0.547 test accuracy and 1.531 / 1.386 test loss (within 0.03 / 10% on a Zen 3 and a Xeon).
     assert ddp[0]["train_loss"] == pytest.approx(single[0]["train_loss"], rel=1e-3)
-    assert ddp[-1]["test_acc"] == pytest.approx(single[-1]["test_acc"], abs=0.03)
-    assert ddp[-1]["test_loss"] == pytest.approx(single[-1]["test_loss"], rel=0.1)
+    assert ddp[-1]["test_acc"] == pytest.approx(single[-1]["test_acc"], abs=0.06)
+    assert ddp[-1]["test_loss"] == pytest.approx(single[-1]["test_loss"], rel=0.2)
     assert ddp[-1]["test_acc"] > 0.4 and ddp[-1]["train_loss"] < ddp[0]["train_loss"]  # it learns (chance is 0.1)
     assert "1,536 train / 256 test images, 24 steps of 32 per rank x 2 ranks = 64 global" in done.stdout
     assert sum(line.startswith("Epoch:") for line in done.stdout.splitlines()) == 3  # rank 0 alone prints
