@@ -19,6 +19,13 @@ from engine.lock import LOCK_NAME, RunLock, remove_stale_temporaries
 RUN_FILES = ("config.json", "metrics.jsonl", "curves.png", "last.pt", "best.pt")  # what a run writes
 
 
+def stopped_before_first_checkpoint(path):
+    """Whether the folder `path` holds a run killed before it wrote any checkpoint: its config.json,
+    no last.pt or best.pt. Nothing in it can be resumed, and a new run there would overwrite it."""
+    path = Path(path)
+    return (path / "config.json").is_file() and not any((path / name).exists() for name in ("last.pt", "best.pt"))
+
+
 def metrics_text(metrics):
     return "".join(json.dumps(m) + "\n" for m in metrics)
 
@@ -76,7 +83,7 @@ class RunDir:
         taken = [name for name in RUN_FILES if (self.path / name).exists()]
         if not resuming and "last.pt" in taken:
             raise UsageError(f"--out {self.path} already holds a run; continue it with --resume {self.path} or choose another --out")
-        if not resuming and "best.pt" not in taken and "config.json" in taken:
+        if not resuming and stopped_before_first_checkpoint(self.path):
             raise UsageError(f"--out {self.path} holds a run that stopped before its first checkpoint ({', '.join(taken)}; "
                              "no last.pt to resume): delete the folder to start it again, or choose another --out")
         if not resuming and taken:

@@ -10,6 +10,7 @@ from pathlib import Path
 from engine.checkpoint import Checkpoint, load, save_atomic
 from engine.config import Config, absolute_model, flag
 from engine.errors import EngineError, UsageError, first_line
+from engine.report import stopped_before_first_checkpoint
 
 
 def resume_path(run_dir):
@@ -26,7 +27,7 @@ def resume_path(run_dir):
         return run_dir
     last = run_dir / "last.pt"
     if not last.is_file():
-        if run_dir.is_dir() and (run_dir / "config.json").is_file() and not (run_dir / "best.pt").is_file():
+        if stopped_before_first_checkpoint(run_dir):
             raise UsageError(f"--resume: nothing to resume ({run_dir} has no last.pt: its run stopped before its first "
                              "checkpoint); delete the folder and train it again")
         where = (f"{run_dir} has no last.pt" if run_dir.is_dir() else f"{run_dir} is not a run directory"

@@ -52,7 +52,8 @@ class ModelInfo:
                          if abs(m.get("epoch", -1) - done) < 0.005 and "test_acc" in m), {})
         accuracy, tta = measured.get("test_acc"), int(measured.get("tta") or 0)
         return cls(classes=list(spec.classes), input_size=list(spec.shape), mean=list(spec.mean),
-                   std=list(spec.std), model=checkpoint.ref.label, dataset=cfg["data"], test_accuracy=accuracy, test_accuracy_tta=tta,
+                   std=list(spec.std), model=checkpoint.ref.label, dataset=cfg["data"], test_accuracy=accuracy,
+                   test_accuracy_tta=tta,
                    engine_version=__version__, opset=opset, config=dict(cfg),
                    image_size=list(parse_image_size(cfg["image_size"])) if cfg.get("image_size") else None,
                    resize=RESIZE_RULES[cfg.get("resize") or "stretch"])

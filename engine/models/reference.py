@@ -162,7 +162,7 @@ def _warn(line):
     print(line, file=sys.stderr)
 
 
-_warned = set()  # (file, sha256) said once a process: a resume reopens the run's code twice
+_warned = set()  # (file, sha256, where to) said once a process: a resume reopens the run's code twice
 
 
 def reopen(saved: ModelRef, given: ModelRef | None, source="the checkpoint", warn=_warn) -> ModelRef:
