@@ -30,8 +30,10 @@ pytestmark = pytest.mark.slow  # subprocesses or whole trainings: in CI (README'
 CASES = [
     # data
     ("data: nonexistent path", "train --data nowhere/images --out out", "no such file or directory"),
-    ("data: empty folder", "train --data empty/ --out out", "no images under train/"),
-    ("data: no train/ and test/", "train --data flat/ --out out", "no images under train/"),
+    ("data: empty folder", "train --data empty/ --out out", "empty holds no images (files ending"),
+    ("data: images loose, no class folder", "train --data flat/ --out out",
+     "no images in class folders (expected train/<class>/<image>"),
+    ("data: eval on an empty folder", "eval run/last.pt --data empty/", "empty holds no images (files ending"),
     ("data: corrupt JPEG in a folder", "train --data corrupt/ --out out", "cannot decode image"),
     ("data: corrupt JPEG in an archive", "train --data corrupt.tar.gz --out out", "cannot decode image"),
     ("data: not an archive", "train --data fake.tar.gz --out out", "is not a readable archive"),

@@ -204,11 +204,18 @@ def test_missing_data_directory_offline(tmp_path, capsys, monkeypatch):
         monkeypatch.setenv(key, value)
     line = bad(capsys, ["train", "--data", "cifar10", "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "r")], 1)
     assert "cifar10 is not in" in line and "download failed" in line and "--data PATH" in line
+    assert not (tmp_path / "data").exists()  # the folder the download made is gone with it
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("mine")
+    line = bad(capsys, ["train", "--data", "mnist", "--data-dir", str(tmp_path / "mine" / "deep" / "er"), "--out",
+                        str(tmp_path / "r")], 1)
+    assert "mnist is not in" in line and "download failed" in line
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]  # a folder that was there stays
 
 
 def test_empty_and_malformed_image_folders(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
-    assert "no images under train/" in bad(capsys, ["train", "--data", str(tmp_path / "empty")], 1)
+    assert "holds no images (files ending .bmp" in bad(capsys, ["train", "--data", str(tmp_path / "empty")], 1)
     (tmp_path / "flat").mkdir()
     Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(tmp_path / "flat" / "a.png")
     assert "expected train/<class>/<image>" in bad(capsys, ["train", "--data", str(tmp_path / "flat")], 1)

@@ -142,7 +142,7 @@ def test_corrupt_image_is_named(tmp_path):
 
 
 @pytest.mark.parametrize("files, message", [
-    ({}, "no images under train/"),
+    ({}, "holds no images"),
     ({"train/cat/a.png": png(1), "train/dog/b.png": png(2)}, "--test-split 10% leaves class cat with no test images"),
     ({"images/cat/a.png": png(1), "images/dog/b.png": png(2)}, "--test-split 10% leaves class cat with no test images"),
     ({"images/cat/a.png": png(1)}, "has 1 class; a classifier needs at least 2"),
@@ -383,6 +383,6 @@ def test_images_outside_every_class_folder_are_said_not_to_be_used(tmp_path, kin
 
 def test_a_class_named_like_a_split_is_named_in_the_error(tmp_path):
     files = {f"{name}/{k}.png": png(40 * c + k) for c, name in enumerate(("red", "green", "test")) for k in range(3)}
-    with pytest.raises(EngineError, match=r"has no images under train/ .*; green/, red/, test/ hold images in no "
+    with pytest.raises(EngineError, match=r"has no images in class folders .*; green/, red/, test/ hold images in no "
                                           r"split's class folder \(is a class named like a split, test/ or val/\? rename it\)"):
         read(source(tmp_path, files), tmp_path / "cache", log=lambda *_: None)

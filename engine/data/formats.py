@@ -9,6 +9,7 @@ is tried once; offline, that fails with one line naming the alternatives.
 
 import gzip
 import pickle
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -31,10 +32,13 @@ def _download(name, data_dir, log):
 
     cls = {"cifar10": tvd.CIFAR10, "mnist": tvd.MNIST, "fashion_mnist": tvd.FashionMNIST}[name]
     log(f"{name} not found in {data_dir}; trying torchvision's download")
+    created = _first_missing(Path(data_dir))  # torchvision makes the folders (parents too) before it downloads
     try:
         for train in (True, False):
             cls(root=str(data_dir), train=train, download=True)
     except Exception as error:  # URLError, HTTPError, timeouts, MD5 mismatches: all mean "not here"
+        if created is not None:  # a failed download leaves no folder behind that it made (it holds nothing usable)
+            shutil.rmtree(created, ignore_errors=True)
         reason = getattr(error, "reason", None) or error
         lines = [line.strip() for line in str(reason).splitlines() if line.strip()] or [type(error).__name__]
         reason = lines[-1] if lines[0].endswith(":") else lines[0]  # torchvision puts the cause last
@@ -42,6 +46,16 @@ def _download(name, data_dir, log):
             f"{name} is not in {data_dir} and the download failed ({reason}); put torchvision's files there "
             f"or pass --data-dir, or train on --data PATH (an image folder or .tar/.tar.gz/.zip) or --data synthetic"
         ) from None
+
+
+def _first_missing(path: Path):
+    """The outermost folder of `path` (itself or a parent) that does not exist yet, or None."""
+    missing = None
+    for folder in (path, *path.parents):
+        if folder.exists():
+            return missing
+        missing = folder
+    return missing
 
 
 class _ArrayUnpickler(pickle.Unpickler):

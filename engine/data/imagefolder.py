@@ -28,7 +28,7 @@ from engine.data.dataset import Dataset, dataset_label
 from engine.data.sources import GRAY_MODES, DoesNotFit, archive_kind, check_memory, label, members
 from engine.errors import EngineError, UsageError, first_line
 from engine.lock import remove_stale_temporaries
-from engine.pixels import check_size, fit
+from engine.pixels import IMAGE_EXTENSIONS, check_size, fit
 
 CACHE_FORMAT = 4  # 2: a set with any colour image is all RGB; 3: any layout, test split optional, --image-size;
 # 4: class folders with subfolders, grey images with alpha
@@ -111,6 +111,9 @@ def decode_folder(path: Path, log=print, size=None, rule="stretch"):
     started, sizes = time.perf_counter(), {}
     try:
         survey = check_memory(path, size)
+        if not survey.count:  # before "Decoding": a folder or archive with no image file at all
+            kinds = ", ".join(sorted(IMAGE_EXTENSIONS))
+            raise EngineError(f"{path} holds no images (files ending {kinds}; {layout.LAYOUT})")
         log(f"Decoding {path}{f' at {size[0]}x{size[1]}' if size else ''} (first use only; the result is cached)")
         with tqdm(total=survey.count, desc="Decoding", unit=" img", disable=not sys.stderr.isatty(), leave=False) as progress:
             for chunk in _chunks(path, size, rule, survey.expected(path, size)):
@@ -134,8 +137,8 @@ def decode_folder(path: Path, log=print, size=None, rule="stretch"):
         raise UsageError(mixed_sizes(path, (a[::-1], first), (b[::-1], other)))
     seconds = time.perf_counter() - started
     count = sum(len(v) for v in images.values())
-    log(f"Decoded {count:,} images in {seconds:.1f} s ({count / max(seconds, 1e-9):,.0f} img/s on {workers} "
-        f"process{'es' if workers > 1 else ''})")
+    log(f"Decoded {count:,} image{'s' if count != 1 else ''} in {seconds:.1f} s ({count / max(seconds, 1e-9):,.0f} img/s "
+        f"on {workers} process{'es' if workers > 1 else ''})")
     train, test, classes = split_classes(images, survey.folders, path, log)
     colour = any(a.ndim == 3 for part in (train, test or {}) for images in part.values() for a in images)
     result = {"classes": classes}
@@ -164,10 +167,14 @@ def split_classes(images, folders, path, log):
     found, empty, outside = layout.group(images, folders)
     try:
         train, test, named = layout.choose(found, path, log)
-    except EngineError as error:  # e.g. red/, green/ and a class named test/: the name made it a split layout
+    except EngineError as error:
         if not outside:
             raise
         beside = ", ".join(f"{folder}/" for folder in list(outside)[:3])
+        if not any(part in layout.SPLITS for folder in outside for part in folder.split("/")):  # loose images
+            raise EngineError(f"{error}; {beside} hold{'s' if len(outside) == 1 else ''} images outside every class "
+                              "folder (put each class's images in a folder named after it)") from None
+        # e.g. red/, green/ and a class named test/: the name made it a split layout
         raise EngineError(f"{error}; {beside} hold images in no split's class folder (is a class named like a split, "
                           "test/ or val/? rename it)") from None
     if outside:  # a stray photo beside the class folders: said, not silently dropped

@@ -91,7 +91,7 @@ def choose(found, source, say=print):
     if not splits:
         flat = found.get(None)
         if not flat:
-            raise EngineError(f"{source} has no images under train/ ({LAYOUT})")
+            raise EngineError(f"{source} has no images in class folders ({LAYOUT})")
         return flat, None, None
     if "train" not in splits:
         raise EngineError(f"{source} has no images under train/ (it has {', '.join(s + '/' for s in splits)}; {LAYOUT})")
