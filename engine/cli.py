@@ -13,7 +13,7 @@ import sys
 import typing
 
 from engine.config import Config, fields_in, flag, parse_shape
-from engine.errors import EngineError, Interrupted, UsageError
+from engine.errors import EngineError, Interrupted, UsageError, say_error
 from engine.target import command_started  # noqa: F401  its import time is --target-acc's clock where /proc is missing
 
 LATEST = "runs/latest"
@@ -305,7 +305,7 @@ def main(argv=None):
         return error.exit_code
     except EngineError as error:
         if not isinstance(error, UsageError) or os.environ.get("RANK", "0") == "0":  # torchrun ranks share
-            print(f"engine: error: {error}", file=sys.stderr)  # their arguments: rank 0 alone names a bad one
+            say_error(error)  # their arguments: rank 0 alone names a bad one
         return error.exit_code
     except KeyboardInterrupt:
         print("engine: interrupted", file=sys.stderr)
@@ -316,10 +316,10 @@ def main(argv=None):
         line = out_of_memory_line(error)
         if line is None:
             raise  # anything else is a bug: its traceback
-        print(f"engine: error: {line}", file=sys.stderr)
+        say_error(line)
         return 1
     except OSError as error:  # a full disk, a vanished file: the environment, not a bug
-        print(f"engine: error: {error}", file=sys.stderr)
+        say_error(error)
         return 1
     except SystemExit as exit:  # --help from main(argv)
         return exit.code if isinstance(exit.code, int) else 0

@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from engine.errors import EngineError, UsageError
+from engine.errors import RANK_ERRORS_ENV, EngineError, UsageError, rank_errors
 
 TIMEOUT_S = 300  # default collective timeout: longer than any skew between ranks (a save, a first compile)
 LOST_GRACE_S = 3  # a rank that lost contact waits this long before it reports (see process_group)
@@ -180,17 +181,23 @@ def launch(nproc, argv):
     for name in list(logging.root.manager.loggerDict):  # torchrun's report becomes our one line
         if name.startswith(("torch.distributed.run", "torch.distributed.elastic")):
             logging.getLogger(name).setLevel(logging.CRITICAL)  # each sets its own level, so one by one
-    try:
-        torchrun(["--standalone", f"--nproc-per-node={nproc}", "-m", "engine", *args])
-    except SignalException:  # Ctrl-C or kill: torchrun stopped the ranks, and rank 0 said what was saved
-        return 130
-    except ChildFailedError as error:
-        rank, failure = error.get_first_failure()
-        if failure.exitcode in (1, 2, 130):  # engine's own errors: the rank printed its line already
-            return failure.exitcode
-        how = f"was killed by {failure.signal_name()}" if failure.exitcode < 0 else f"exited with code {failure.exitcode}"
-        print(f"engine: error: rank {rank} {how}; torchrun stopped the other ranks", file=sys.stderr, flush=True)
-        return 1 if failure.exitcode < 0 or failure.exitcode > 255 else failure.exitcode
+    with tempfile.TemporaryDirectory(prefix="engine-ranks-") as folder:
+        os.environ[RANK_ERRORS_ENV] = folder  # the ranks inherit it: each leaves its error line there
+        try:
+            torchrun(["--standalone", f"--nproc-per-node={nproc}", "-m", "engine", *args])
+        except SignalException:  # Ctrl-C or kill: torchrun stopped the ranks, and rank 0 said what was saved
+            return 130
+        except ChildFailedError as error:
+            rank, failure = error.get_first_failure()
+            if failure.exitcode in (1, 2, 130):  # engine's own errors: rank 0 printed its line already
+                for line in rank_errors(folder):  # and another rank's, where it said something else
+                    print(f"engine: error: {line}", file=sys.stderr, flush=True)
+                return failure.exitcode
+            how = f"was killed by {failure.signal_name()}" if failure.exitcode < 0 else f"exited with code {failure.exitcode}"
+            print(f"engine: error: rank {rank} {how}; torchrun stopped the other ranks", file=sys.stderr, flush=True)
+            return 1 if failure.exitcode < 0 or failure.exitcode > 255 else failure.exitcode
+        finally:
+            os.environ.pop(RANK_ERRORS_ENV, None)
     return 0
 
 

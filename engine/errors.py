@@ -1,10 +1,16 @@
 """The two kinds of failure the command line reports as one line, with its exit code.
 
 Library code raises these; `engine.cli` prints `engine: <message>` on stderr and exits with
-`exit_code`, without a traceback. Anything else is a bug and keeps its traceback.
+`exit_code`, without a traceback. Anything else is a bug and keeps its traceback. Under `engine
+train --nproc N` the ranks' lines are said once (`say_error`, `rank_errors`).
 """
 
+import os
 import re
+import sys
+from pathlib import Path
+
+RANK_ERRORS_ENV = "ENGINE_RANK_ERRORS"  # set by `--nproc`'s launcher: the folder each failing rank leaves its line in
 
 
 class EngineError(Exception):
@@ -52,3 +58,29 @@ def trace_failure(error):
     if "data-dependent" in line:
         line += " - the forward branches on a tensor's value (an `if` on the data), which torch.export cannot trace"
     return line
+
+
+def say_error(message):
+    """Print `engine: error: <message>` on stderr. Under `--nproc`'s launcher every rank leaves the
+    message in its folder and only rank 0 prints it: the ranks of one command mostly fail alike (the
+    same bad data), and the launcher adds a rank's line only where it differs (`rank_errors`)."""
+    message, folder, rank = str(message), os.environ.get(RANK_ERRORS_ENV), os.environ.get("RANK")
+    if folder and rank is not None:
+        try:
+            Path(folder, f"rank-{int(rank)}").write_text(message)
+        except (OSError, ValueError):
+            folder = None  # could not leave it: say it here
+        if folder and rank != "0":
+            return
+    print(f"engine: error: {message}", file=sys.stderr, flush=True)
+
+
+def rank_errors(folder):
+    """The lines of the ranks whose message differs from rank 0's, as '<rank>: <message>' (see say_error)."""
+    said = {}
+    for path in Path(folder).glob("rank-*"):
+        try:
+            said[int(path.name.removeprefix("rank-"))] = path.read_text()
+        except (OSError, ValueError):
+            continue
+    return [f"rank {rank}: {message}" for rank, message in sorted(said.items()) if rank and message != said.get(0)]

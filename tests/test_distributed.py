@@ -201,3 +201,25 @@ def test_one_rank_helpers_are_the_single_process_path():
     assert ranks.gather_rng({"torch": t}) == {"torch": t}
     assert ranks.rng_of_rank({"torch": t, "ranks": [{"torch": 1}, {"torch": 2}]}) == {"torch": t}
     assert without_nproc(["train", "--nproc", "2", "--epochs", "1", "--nproc=3"]) == ["train", "--epochs", "1"]
+
+
+def test_a_data_error_is_said_once_not_once_per_rank(tmp_path):
+    (tmp_path / "empty").mkdir()
+    job = subprocess.run([sys.executable, "-m", "engine", "train", "--nproc", "2", "--data", str(tmp_path / "empty"),
+                          "--device", "cpu", "--out", str(tmp_path / "run")], capture_output=True, text=True, timeout=TIMEOUT)
+    lines = [line for line in job.stderr.splitlines() if line.strip()]
+    assert job.returncode == 1 and len(lines) == 1, job.stderr
+    assert lines[0].startswith("engine: error: ") and "holds no images" in lines[0] and "rank" not in lines[0]
+
+
+def test_a_rank_whose_error_differs_is_named(tmp_path, monkeypatch, capsys):
+    from engine.errors import RANK_ERRORS_ENV, rank_errors, say_error
+
+    monkeypatch.setenv(RANK_ERRORS_ENV, str(tmp_path))
+    for rank, message in ((0, "bad data"), (1, "bad data"), (2, "disk full")):
+        monkeypatch.setenv("RANK", str(rank))
+        say_error(message)
+    assert capsys.readouterr().err == "engine: error: bad data\n"  # rank 0 alone prints
+    assert rank_errors(tmp_path) == ["rank 2: disk full"]  # the launcher adds what another rank said otherwise
+    (tmp_path / "rank-0").unlink()  # rank 0 stopped before it could say anything
+    assert rank_errors(tmp_path) == ["rank 1: bad data", "rank 2: disk full"]
