@@ -260,9 +260,13 @@ class Config:
                                    cache_dir=cache, init_from=init, model=absolute_model(self.model))
 
     def resolved_cache_dir(self) -> Path:
-        if self.cache_dir:
-            return Path(self.cache_dir).expanduser()
-        return Path(os.environ.get("ENGINE_CACHE_DIR") or Path.home() / ".cache" / "engine")
+        """The cache folder (made when first written); a file in its place is one line."""
+        given = "--cache-dir" if self.cache_dir else "ENGINE_CACHE_DIR" if os.environ.get("ENGINE_CACHE_DIR") else None
+        path = Path(self.cache_dir or os.environ.get("ENGINE_CACHE_DIR") or Path.home() / ".cache" / "engine").expanduser()
+        existing = next((p for p in (path, *path.parents) if p.exists()), None)
+        if existing is not None and not existing.is_dir():
+            raise UsageError(f"{given or 'the cache folder'} {path}: {existing} is a file, not a folder; name a folder")
+        return path
 
 
 def absolute_model(model):

@@ -121,9 +121,14 @@ def labels_for(source, shape, classes, data, data_name):
     Classes are matched by name, so another source of the same data may list them in another
     order or hold only some of them; another image shape or an unknown class is one line.
     """
-    if list(data.shape) != list(shape) or not set(data.classes) <= set(classes):
+    unknown = [name for name in data.classes if name not in classes]
+    if list(data.shape) != list(shape) or unknown:
+        differs = ""
+        if unknown:  # the first names of two long lists look alike: name the ones the model does not know
+            shown = ", ".join(unknown[:4]) + (f" and {len(unknown) - 4} more" if len(unknown) > 4 else "")
+            differs = f"; it has classes the model was not trained on: {shown}"
         raise EngineError(f"{source} was trained on {_describe(shape, classes)}, "
-                          f"but --data {data_name} has {_describe(data.shape, data.classes)}")
+                          f"but --data {data_name} has {_describe(data.shape, data.classes)}{differs}")
     return torch.tensor([classes.index(name) for name in data.classes])[data.test_y]  # (M,) int64
 
 
@@ -165,6 +170,10 @@ def evaluate_checkpoint(path, overrides, log=print, model=None):
     say = (lambda *_: None) if cfg.quiet else log
     rebuilt = model_from_checkpoint(checkpoint, path, code, say)
     runtime = Runtime.from_config(cfg)
+    if (runtime.amp_dtype == torch.bfloat16 and runtime.device.type == "cpu" and checkpoint.runtime.get("precision") == "fp32"
+            and not {"amp", "amp_dtype"} & set(overrides)):
+        runtime.amp_dtype = None  # the accuracy the run printed for this checkpoint is its fp32 one: reproduce it
+        say("Precision: fp32, as the run trained and evaluated this checkpoint (--amp-dtype bf16 evaluates in bf16)")
     setup_backends(runtime.device, cfg.seed)
     data = load_dataset(cfg, say)
     if "data" not in overrides and "limit_test" not in overrides and saved.get("limit_test") is None:

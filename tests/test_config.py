@@ -73,3 +73,14 @@ def test_parse_shape_reads_cxhxw_and_names_the_flag_otherwise():
     for bad in ("28x28", "0x1x1", "3xAx3", ""):
         with pytest.raises(UsageError, match="--input-shape .*expected CxHxW"):
             parse_shape(bad, "--input-shape")
+
+
+def test_a_file_where_the_cache_folder_should_be_is_one_line(tmp_path, monkeypatch):
+    (tmp_path / "cfile").write_text("not a folder")
+    for where in (tmp_path / "cfile", tmp_path / "cfile" / "below"):
+        with pytest.raises(UsageError, match=f"--cache-dir {where}: {tmp_path / 'cfile'} is a file, not a folder"):
+            Config(cache_dir=str(where)).resolved_cache_dir()
+    monkeypatch.setenv("ENGINE_CACHE_DIR", str(tmp_path / "cfile"))
+    with pytest.raises(UsageError, match="ENGINE_CACHE_DIR .* is a file, not a folder"):
+        Config().resolved_cache_dir()
+    assert Config(cache_dir=str(tmp_path / "new" / "cache")).resolved_cache_dir() == tmp_path / "new" / "cache"

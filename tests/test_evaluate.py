@@ -39,6 +39,24 @@ def test_eval_takes_data_from_the_checkpoint_and_runtime_from_its_own_flags(tmp_
     assert subset["images"] == 100
 
 
+def test_eval_keeps_the_precision_the_run_trained_and_evaluated_in(tmp_path, monkeypatch):
+    import json
+
+    out, _ = train(Config(epochs=1, limit_train=128, limit_test=64, batch_size=32, amp=False, quiet=True,
+                          out=str(tmp_path / "run")), log=lambda *_: None)
+    logged = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    monkeypatch.setenv("ENGINE_CPU_BF16", "1")  # a CPU where eval would pick bf16 autocast by default
+    said = []
+    again = evaluate_checkpoint(out / "last.pt", {"limit_test": 64}, log=said.append)
+    assert any(line.startswith("Precision: fp32, as the run trained and evaluated") for line in said), said
+    assert again["test_loss"] == pytest.approx(logged["test_loss"], abs=1e-5)  # metrics.jsonl keeps 5 decimals
+    assert again["test_acc"] == pytest.approx(logged["test_acc"], abs=1e-5)
+    said.clear()
+    asked = evaluate_checkpoint(out / "last.pt", {"limit_test": 64, "amp_dtype": "bf16"}, log=said.append)
+    assert not any(line.startswith("Precision:") for line in said)  # a flag given is obeyed
+    assert asked["test_loss"] != again["test_loss"]  # bf16 autocast rounds differently
+
+
 @pytest.mark.slow
 def test_eval_with_triton_matches_eager(tmp_path):
     pytest.importorskip("triton")
@@ -158,3 +176,18 @@ def test_eval_batch_size_is_a_flag_of_train_and_eval_and_refuses_zero(tmp_path):
                              capture_output=True, text=True)
     assert refused.returncode == 2 and "--eval-batch-size must be a whole number of at least 1" in refused.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_data_with_a_class_the_model_lacks_names_it():
+    from types import SimpleNamespace
+
+    from engine.errors import EngineError
+    from engine.evaluate import labels_for
+
+    trained = [f"c{i:02d}" for i in range(60)]
+    data = SimpleNamespace(shape=(3, 8, 8), classes=trained[:59] + ["c99"], test_y=torch.tensor([0, 59]))
+    with pytest.raises(EngineError, match=r"60 classes \(c00, c01, c02, c03, \.\.\.\); it has classes the model was not "
+                                          r"trained on: c99$"):
+        labels_for("best.pt", (3, 8, 8), trained, data, "other/")
+    subset = SimpleNamespace(shape=(3, 8, 8), classes=["c05", "c01"], test_y=torch.tensor([0, 1, 1]))
+    assert labels_for("best.pt", (3, 8, 8), trained, subset, "other/").tolist() == [5, 1, 1]  # matched by name

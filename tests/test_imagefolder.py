@@ -143,11 +143,13 @@ def test_corrupt_image_is_named(tmp_path):
 
 @pytest.mark.parametrize("files, message", [
     ({}, "holds no images"),
-    ({"train/cat/a.png": png(1), "train/dog/b.png": png(2)}, "--test-split 10% leaves class cat with no test images"),
-    ({"images/cat/a.png": png(1), "images/dog/b.png": png(2)}, "--test-split 10% leaves class cat with no test images"),
+    ({"train/cat/a.png": png(1), "train/dog/b.png": png(2)}, "--test-split needs at least 2 images of each class, and "
+                                                             "class cat has 1; add images of cat, or give the data"),
+    ({f"images/{c}/{k}.png": png(k) for c in ("cat", "dog") for k in range(2)},
+     "--test-split 10% leaves class cat with no test images \\(it has 2\\)"),
     ({"images/cat/a.png": png(1)}, "has 1 class; a classifier needs at least 2"),
     ({"train/cat/a.png": png(1), "test/cat/b.png": png(2)}, "has 1 class; a classifier needs at least 2"),
-    ({"val/cat/a.png": png(1)}, "no images under train/ \\(it has val/"),
+    ({"val/cat/a.png": png(1)}, "no images under train/ \\(it has val/.*\\); to evaluate on val/ alone, give --data .*images/val$"),
     ({"train/cat/a.png": png(1), "train/dog/b.png": png(2), "test/emu/c.png": png(3)}, "test/ has classes that train/ lacks: emu"),
     ({"train/cat/a.png": png(1), "train/dog/b.png": png(2, size=(7, 7)), "test/cat/c.png": png(3)}, "all images .* share one size"),
 ])
@@ -386,3 +388,51 @@ def test_a_class_named_like_a_split_is_named_in_the_error(tmp_path):
     with pytest.raises(EngineError, match=r"has no images in class folders .*; green/, red/, test/ hold images in no "
                                           r"split's class folder \(is a class named like a split, test/ or val/\? rename it\)"):
         read(source(tmp_path, files), tmp_path / "cache", log=lambda *_: None)
+
+
+@pytest.mark.parametrize("train, test", [("Train", "Test"), ("TRAIN", "Val"), ("Training", "Testing")])
+def test_split_folders_in_any_case_are_splits_not_classes(tmp_path, train, test):
+    files = {name.replace("train/", f"{train}/").replace("test/", f"{test}/"): data for name, data in tree().items()}
+    data = read(source(tmp_path, files), tmp_path / "cache", log=lambda *_: None)
+    assert data.classes == CLASSES  # not ["Test", "Train"], with the test images trained on
+    assert data.train_x.shape[0] == 9 and data.test_x.shape[0] == 6
+    assert torch.equal(data.test_y, (data.test_x[:, 0, 0, 0].long() - 100) // 40)
+
+
+@pytest.mark.parametrize("kind", ["folder", "zip"])
+def test_class_names_in_decomposed_unicode_are_the_composed_ones(tmp_path, kind):
+    import unicodedata
+
+    composed, decomposed = "café", unicodedata.normalize("NFD", "café")
+    assert composed != decomposed
+    files = {f"train/{composed}/a.png": png(1), "train/tea/b.png": png(2), f"test/{decomposed}/c.png": png(3),
+             "test/tea/d.png": png(4)}
+    data = read(source(tmp_path, files, kind), tmp_path / "cache", log=lambda *_: None)
+    assert data.classes == [composed, "tea"] and data.test_y.tolist() == [0, 1]
+
+
+def test_a_link_loop_or_a_broken_link_is_one_line(tmp_path):
+    (tmp_path / "loop").mkdir()
+    loop = write(tree(), tmp_path / "loop", "folder")
+    (loop / "train" / "cat" / "up").symlink_to("..")
+    with pytest.raises(EngineError, match=r"train/cat/up is a link to .*/loop/train, a folder it is inside \(a loop\)"):
+        read(loop, tmp_path / "cache", log=lambda *_: None)
+    (tmp_path / "broken").mkdir()
+    broken = write(tree(), tmp_path / "broken", "folder")
+    (broken / "train" / "dog" / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    with pytest.raises(EngineError, match=r"train/dog/gone.png is a broken link \(to .*nowhere.png\)"):
+        read(broken, tmp_path / "cache", log=lambda *_: None)
+
+
+def test_links_in_a_tar_read_as_their_targets_as_in_the_folder(tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    write(tree(), folder, "folder")
+    (folder / "train" / "cat" / "hard.png").hardlink_to(folder / "train" / "cat" / "0000.png")
+    (folder / "train" / "cat" / "soft.png").symlink_to("0001.png")
+    with tarfile.open(tmp_path / "images.tar", "w") as archive:
+        archive.add(folder, arcname="images")
+    from_folder = read(folder, tmp_path / "cache", log=lambda *_: None)
+    from_tar = read(tmp_path / "images.tar", tmp_path / "cache", log=lambda *_: None)
+    assert from_folder.train_x.shape[0] == from_tar.train_x.shape[0] == 11
+    assert torch.equal(from_folder.train_x, from_tar.train_x) and torch.equal(from_folder.train_y, from_tar.train_y)

@@ -25,13 +25,14 @@ import torch
 from engine.checkpoint import save_atomic
 from engine.data import filecache, layout, stream
 from engine.data.dataset import Dataset, dataset_label
-from engine.data.sources import GRAY_MODES, DoesNotFit, archive_kind, check_memory, label, members
+from engine.data.sources import GRAY_MODES, DoesNotFit, archive_kind, check_memory, label, members, walk
 from engine.errors import EngineError, UsageError, first_line
 from engine.lock import remove_stale_temporaries
 from engine.pixels import IMAGE_EXTENSIONS, check_size, fit
 
-CACHE_FORMAT = 4  # 2: a set with any colour image is all RGB; 3: any layout, test split optional, --image-size;
-# 4: class folders with subfolders, grey images with alpha
+CACHE_FORMAT = 5  # 2: a set with any colour image is all RGB; 3: any layout, test split optional, --image-size;
+# 4: class folders with subfolders, grey images with alpha; 5: split folders in any case (Train/), training/ and
+# testing/, class names in NFC, tar links read
 CHUNK = 1024  # images handed to the decoding processes at a time: bounds the undecoded bytes held in memory
 
 
@@ -39,9 +40,8 @@ def source_key(path: Path):
     """A digest of what the source is: its path and the size and mtime of each of its files."""
     digest = hashlib.sha256(f"{CACHE_FORMAT}:{path.resolve()}".encode())
     if path.is_dir():
-        for root, dirs, files in os.walk(path, followlinks=True):
-            dirs.sort()
-            for name in sorted(files):
+        for root, dirs, files in walk(path):
+            for name in files:
                 st = os.stat(Path(root) / name)
                 digest.update(f"{Path(root, name).relative_to(path)}:{st.st_size}:{st.st_mtime_ns}\n".encode())
     else:
@@ -171,7 +171,7 @@ def split_classes(images, folders, path, log):
         if not outside:
             raise
         beside = ", ".join(f"{folder}/" for folder in list(outside)[:3])
-        if not any(part in layout.SPLITS for folder in outside for part in folder.split("/")):  # loose images
+        if not any(layout.split_of(part) for folder in outside for part in folder.split("/")):  # loose images
             raise EngineError(f"{error}; {beside} hold{'s' if len(outside) == 1 else ''} images outside every class "
                               "folder (put each class's images in a folder named after it)") from None
         # e.g. red/, green/ and a class named test/: the name made it a split layout

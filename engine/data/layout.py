@@ -10,7 +10,8 @@ labels, the fraction and the seed, so a checkpoint's config (which keeps all thr
 eval` rebuild exactly the held-out images.
 """
 
-from pathlib import PurePosixPath
+import unicodedata
+from pathlib import Path, PurePosixPath
 
 import torch
 
@@ -19,6 +20,9 @@ from engine.pixels import IMAGE_EXTENSIONS
 
 EVAL_SPLITS = ("test", "val", "valid", "validation")  # in order of preference
 SPLITS = ("train", *EVAL_SPLITS)
+# A split folder's name in any case, and the longer names some datasets use (Training/, Testing/):
+# a capitalised Train/ must not become a class of its own, with its test images trained on.
+SPLIT_NAMES = {**{name: name for name in SPLITS}, "training": "train", "testing": "test"}
 LAYOUT = ("expected train/<class>/<image> with test/ (or val/, valid/, validation/), or <class>/<image> folders "
           "split by --test-split")
 DEFAULT_TEST_SPLIT = "10%"
@@ -31,7 +35,18 @@ def folder_of(name):
     path = PurePosixPath(name)
     if hidden(path.parts) or path.suffix.lower() not in IMAGE_EXTENSIONS:
         return None
-    return path.parts[:-1]
+    return parts_of(name)[:-1]
+
+
+def parts_of(name):
+    """The parts of a path inside a source, each in Unicode's composed form (NFC): macOS writes names
+    decomposed (NFD), so `café/` copied from a Mac and typed on Linux is one class, not two."""
+    return tuple(unicodedata.normalize("NFC", part) for part in PurePosixPath(name).parts)
+
+
+def split_of(part):
+    """The split a folder name stands for ('train', 'test', ...), in any case, or None."""
+    return SPLIT_NAMES.get(part.lower())
 
 
 def hidden(parts):
@@ -45,9 +60,9 @@ def _shape(folders):
     folders = [f for f in folders if f]
     tops = {f[0] for f in folders}
     top = next(iter(tops)) if len(tops) == 1 else None
-    wrapper = top if top not in (None, *SPLITS) and any(len(f) >= 2 for f in folders) else None
+    wrapper = top if top is not None and not split_of(top) and any(len(f) >= 2 for f in folders) else None
     rest = [f[1:] if wrapper else f for f in folders]
-    return wrapper, any(f and f[0] in SPLITS for f in rest)
+    return wrapper, any(f and split_of(f[0]) for f in rest)
 
 
 def _place(folder, wrapper, split_layout):
@@ -58,7 +73,7 @@ def _place(folder, wrapper, split_layout):
             return None
         folder = folder[1:]
     if split_layout:
-        return (folder[0], folder[1]) if len(folder) >= 2 and folder[0] in SPLITS else None
+        return (split_of(folder[0]), folder[1]) if len(folder) >= 2 and split_of(folder[0]) else None
     return (None, folder[0]) if folder else None
 
 
@@ -94,7 +109,12 @@ def choose(found, source, say=print):
             raise EngineError(f"{source} has no images in class folders ({LAYOUT})")
         return flat, None, None
     if "train" not in splits:
-        raise EngineError(f"{source} has no images under train/ (it has {', '.join(s + '/' for s in splits)}; {LAYOUT})")
+        hint = ""
+        folders = [p for p in Path(source).iterdir() if p.is_dir() and split_of(p.name)] if Path(source).is_dir() else []
+        if len(splits) == 1 and len(folders) == 1:  # e.g. a test set alone, for engine eval: its class folders
+            hint = f"; to evaluate on {folders[0].name}/ alone, give --data {folders[0]}"
+        raise EngineError(f"{source} has no images under train/ (it has {', '.join(s + '/' for s in splits)}; "
+                          f"{LAYOUT}){hint}")
     evaluation = next((s for s in EVAL_SPLITS if s in splits), None)
     unused = [s for s in splits if s not in ("train", evaluation)]
     if unused:
@@ -114,7 +134,7 @@ def parse_fraction(text, flag, whole=False):
     except ValueError:
         fraction = float("nan")
     if not 0 < fraction < 1:
-        raise UsageError(f"{flag} takes a percentage such as 10%{' or all' if whole else ''}, not {text!r}")
+        raise UsageError(f"{flag} takes a percentage such as 10%{' (or, for engine eval, all)' if whole else ''}, not {text!r}")
     return fraction
 
 
@@ -140,6 +160,9 @@ def stratified(labels: torch.Tensor, fraction, seed, classes, flag="--test-split
     for index, name in enumerate(classes):
         members = (labels == index).nonzero().flatten()
         count = round(fraction * len(members))
+        if len(members) < 2:  # no fraction leaves it both a training and a test image
+            raise UsageError(f"{flag} needs at least 2 images of each class, and class {name} has {len(members)}; add "
+                             f"images of {name}, or give the data its own test/ split")
         if count == 0 or count == len(members):
             side = "test" if count == 0 else "training"
             raise UsageError(f"{flag} {fraction * 100:g}% leaves class {name} with no {side} images (it has "

@@ -9,7 +9,7 @@ import os
 import tarfile
 import zipfile
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from engine.data import layout
 from engine.data.dataset import ARCHIVE_SUFFIXES
@@ -34,11 +34,10 @@ def members(path: Path):
     every folder the source lists (a directory's, or an archive's folder entries)."""
     kind = archive_kind(path)
     if path.is_dir():
-        for root, dirs, files in os.walk(path, followlinks=True):
-            dirs.sort()
+        for root, dirs, files in walk(path):
             for name in dirs:
                 yield (Path(root) / name).relative_to(path).as_posix(), None
-            for name in sorted(files):
+            for name in files:
                 full = Path(root) / name
                 yield full.relative_to(path).as_posix(), full.read_bytes
     elif kind == "zip":
@@ -50,10 +49,37 @@ def members(path: Path):
             for info in archive:
                 if info.isdir():
                     yield info.name, None
-                elif info.isfile():
-                    yield info.name, lambda info=info: archive.extractfile(info).read()
+                elif info.isfile() or info.islnk() or info.issym():  # a link reads as its target, as in a folder
+                    yield info.name, lambda info=info: _tar_read(archive, info, path)
     else:
         raise EngineError(f"{path} is not a directory or a .tar, .tar.gz or .zip archive of an image folder")
+
+
+def walk(path: Path):
+    """os.walk of a directory, links followed, each folder's names sorted; a link loop (a link to a
+    folder it sits in) and a broken link are one line each instead of an OSError deep in the walk."""
+    for root, dirs, files in os.walk(path, followlinks=True):
+        here = os.path.realpath(root)
+        for name in dirs:
+            target = os.path.realpath(os.path.join(root, name))
+            if here == target or here.startswith(target + os.sep):
+                raise EngineError(f"{Path(root, name)} is a link to {target}, a folder it is inside (a loop); "
+                                  "remove the link")
+        for name in files:
+            full = os.path.join(root, name)
+            if os.path.islink(full) and not os.path.exists(full):
+                raise EngineError(f"{full} is a broken link (to {os.readlink(full)}); remove it or restore what it "
+                                  "points to")
+        dirs.sort()
+        yield root, dirs, sorted(files)
+
+
+def _tar_read(archive, info, path):
+    """The bytes of a tar member; a link's are its target's, when the target is in the archive."""
+    try:
+        return archive.extractfile(info).read()
+    except KeyError:  # tarfile's word for a link whose target is not a member
+        raise EngineError(f"{path}:{info.name} is a link to {info.linkname}, which the archive does not hold") from None
 
 
 def _zip_name(info: zipfile.ZipInfo):
@@ -125,7 +151,7 @@ def check_memory(path: Path, size=None):
     count, first, folders = 0, None, []
     for name, read in members(path):
         if read is None:
-            folders.append(PurePosixPath(name).parts)
+            folders.append(layout.parts_of(name))
             continue
         if layout.folder_of(name) is None:
             continue
