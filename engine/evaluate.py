@@ -124,7 +124,9 @@ def labels_for(source, shape, classes, data, data_name):
     unknown = [name for name in data.classes if name not in classes]
     if list(data.shape) != list(shape) or unknown:
         differs = ""
-        if unknown:  # the first names of two long lists look alike: name the ones the model does not know
+        if list(data.shape) != list(shape) and data.shape[0] == shape[0]:
+            differs = f"; --image-size {shape[1]}x{shape[2]} resizes them to the model's"
+        elif unknown:  # the first names of two long lists look alike: name the ones the model does not know
             shown = ", ".join(unknown[:4]) + (f" and {len(unknown) - 4} more" if len(unknown) > 4 else "")
             differs = f"; it has classes the model was not trained on: {shown}"
         raise EngineError(f"{source} was trained on {_describe(shape, classes)}, "

@@ -33,11 +33,14 @@ class LossWatch:
         the `model` about to be saved, when the last loss was non-finite and so are its weights."""
         bad_weights = model is not None and int(self.streak.item()) > 0 and not all(
             torch.isfinite(p).all() for p in model.parameters())
-        if int(self.worst.item()) >= self.limit or bad_weights:
+        streak = int(self.worst.item()) >= self.limit
+        if streak or bad_weights:
+            what = (f"for {self.limit} steps in a row (epoch {epoch + 1}, by step {step})" if streak else
+                    f"at step {step} of epoch {epoch + 1}, and the weights are no longer finite")
             raise EngineError(
-                f"the training loss was NaN or infinite for {self.limit} steps in a row (epoch {epoch + 1}, by step "
-                f"{step}): the learning rate (--lr {self.lr:g}) is probably too high, or the data holds bad values; "
-                "stopped, and the last good checkpoint is kept")
+                f"the training loss was NaN or infinite {what}: the learning rate (--lr {self.lr:g}) is probably too "
+                "high, the data holds bad values, or the model's forward makes them; stopped, and nothing after the "
+                "last checkpoint is saved")
 
 
 _pauses = {}  # stage -> times reached in this process

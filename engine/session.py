@@ -27,7 +27,7 @@ from engine.fast_paths import choose_compile, choose_precision
 from engine.loader import BatchLoader
 from engine.memory import size_text
 from engine.models import count_parameters
-from engine.models.build import build, check_fits
+from engine.models.build import build, check_fits, probe_batch
 from engine.models.reference import ModelRef, load_code, parse_model, reference_of, reopen
 from engine.optim import build_optimizer
 from engine.recipe import freeze, init_from_data
@@ -219,9 +219,9 @@ def open_model(cfg: Config, ref: ModelRef, data: Dataset, spec: InputSpec, resum
     from engine.models.weights import freeze_prefixes, init_from
 
     if model is None:
-        model = build(ref, data.shape, len(data.classes))
+        model = build(ref, data.shape, len(data.classes), batch=cfg.batch_size)
     else:
-        check_fits(model, ref, data.shape, len(data.classes))
+        check_fits(model, ref, data.shape, len(data.classes), probe_batch(cfg.batch_size))
     model = ranks.sync_batchnorm(model)
     ranks.seed(cfg.seed)  # after the common initialisation: dropout differs per rank
     if resume is not None:

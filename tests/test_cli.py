@@ -256,6 +256,7 @@ def test_eval_refuses_data_of_another_shape_and_non_checkpoints(tmp_path, capsys
     archive = image_archive(tmp_path / "bugs.tar.gz")
     line = bad(capsys, ["eval", out + "/last.pt", "--data", str(archive), "--cache-dir", str(tmp_path / "c")], 1)
     assert "was trained on 3x32x32 images of 10 classes" in line and "3x8x8 images of 2 classes" in line
+    assert line.endswith("; --image-size 32x32 resizes them to the model's")
     (tmp_path / "notes.pt").write_text("hello")
     assert "not a readable engine checkpoint" in bad(capsys, ["eval", str(tmp_path / "notes.pt")], 1)
     assert "no checkpoint at" in bad(capsys, ["eval", str(tmp_path / "absent.pt")], 2)

@@ -87,11 +87,100 @@ def test_constructors_get_classes_and_shape_by_name_and_model_args_win(nets):
         build(parse_model(f"{nets}:Net", '{"depth": 2}'), (3, 32, 32), 10)
 
 
+def test_a_constructor_that_needs_arguments_says_how_to_give_them(tmp_path):
+    (tmp_path / "wide.py").write_text("from torch import nn\n\n\nclass Wide(nn.Module):\n"
+                                      "    def __init__(self, width, num_classes):\n        super().__init__()\n")
+    with pytest.raises(UsageError, match=r"Wide\(width, num_classes\) needs arguments the engine cannot give \(missing "
+                                         r"a required argument: 'width'\); pass them as JSON: --model-args"):
+        build(parse_model(f"{tmp_path / 'wide.py'}:Wide"), (3, 8, 8), 4)
+
+
+def test_torchvision_s_init_warning_is_not_shown(recwarn):
+    build(parse_model("torchvision:googlenet", '{"aux_logits": false}'), (3, 32, 32), 10)
+    assert not [w for w in recwarn if issubclass(w.category, FutureWarning)], [str(w.message) for w in recwarn]
+
+
 def test_a_model_that_does_not_fit_the_data_is_one_line_before_any_work(nets):
     with pytest.raises(UsageError, match=r"nets.py:Net returns \(2, 10\) for a batch of 2, not .* \(2, 7\)"):
         build(parse_model(f"{nets}:Net"), (3, 32, 32), 7)  # a tutorial net hard-wired to 10 classes
     with pytest.raises(UsageError, match="nets.py:Net cannot take 3x16x16 images: its forward raised RuntimeError"):
         build(parse_model(f"{nets}:Net"), (3, 16, 16), 10)
+
+
+ODD = """
+import torch
+from torch import nn
+
+
+class Linear(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3 * 8 * 8, 4)
+
+    def logits(self, x):
+        return self.fc(x.flatten(1))
+
+
+class IntLogits(Linear):
+    def forward(self, x):
+        return self.logits(x).long()
+
+
+class Double(Linear):
+    def forward(self, x):
+        return self.logits(x).double()
+
+
+class TupleWhenEvaluating(Linear):
+    def forward(self, x):
+        y = self.logits(x)
+        return y if self.training else (y, y)
+
+
+class AllFrozen(Linear):
+    def __init__(self):
+        super().__init__()
+        self.fc.requires_grad_(False)
+
+    def forward(self, x):
+        return self.logits(x)
+
+
+class NoParameters(nn.Module):
+    def forward(self, x):
+        return x.mean((2, 3)).repeat(1, 2)[:, :4]
+
+
+class Norm1d(Linear):
+    def __init__(self):
+        super().__init__()
+        self.norm = nn.BatchNorm1d(4)
+
+    def forward(self, x):
+        return self.norm(self.logits(x))
+"""
+
+
+@pytest.mark.parametrize("name, words", [
+    ("IntLogits", "odd.py:IntLogits returns int64 logits in training mode; return float32 logits"),
+    ("Double", "odd.py:Double returns float64 logits in training mode; return float32 logits"),
+    ("TupleWhenEvaluating", "odd.py:TupleWhenEvaluating returns a tuple in evaluation mode, not a tensor of logits"),
+    ("AllFrozen", r"odd.py:AllFrozen has no parameter to train \(all 772 have requires_grad False\)"),
+    ("NoParameters", r"odd.py:NoParameters has no parameter to train \(it has none\)"),
+])
+def test_a_model_that_could_not_train_or_evaluate_is_one_line_before_any_work(tmp_path, name, words):
+    (tmp_path / "odd.py").write_text(ODD)
+    with pytest.raises(UsageError, match=words):
+        build(parse_model(f"{tmp_path / 'odd.py'}:{name}"), (3, 8, 8), 4)
+
+
+def test_the_probe_runs_at_batch_1_for_a_run_of_batch_1(tmp_path):
+    (tmp_path / "odd.py").write_text(ODD)
+    ref = parse_model(f"{tmp_path / 'odd.py'}:Norm1d")
+    assert build(ref, (3, 8, 8), 4, batch=32)(torch.zeros(2, 3, 8, 8)).shape == (2, 4)
+    with pytest.raises(UsageError, match="odd.py:Norm1d cannot take 3x8x8 images: its forward in training mode at "
+                                         "--batch-size 1 raised ValueError .*Expected more than 1 value per channel"):
+        build(ref, (3, 8, 8), 4, batch=1)  # BatchNorm1d cannot train on one image at a time
 
 
 def test_the_probe_changes_no_statistics_and_no_random_state(nets):
@@ -148,7 +237,9 @@ def test_a_module_built_by_the_caller_is_recorded_by_its_class(nets):
     model = build(parse_model(f"{nets}:Net"), (3, 32, 32), 10)  # its class comes from the file
     ref = reference_of(model)
     assert ref.kind == "file" and ref.name == "Net" and ref.file == str(nets.resolve())
-    assert reference_of(nn.Linear(2, 2)) == ModelRef("module", "Linear", "torch.nn.modules.linear")
+    with pytest.raises(UsageError, match=r"train\(model=...\): torch.nn.modules.container.Sequential is torch's own "
+                                         "class, which cannot name your network"):
+        reference_of(nn.Sequential(nn.Flatten(), nn.Linear(2, 2)))
 
     def local():
         class Inner(nn.Module):
@@ -158,6 +249,21 @@ def test_a_module_built_by_the_caller_is_recorded_by_its_class(nets):
 
     with pytest.raises(UsageError, match="defined inside a function"):
         reference_of(local())
+
+
+def test_a_class_imported_from_a_loose_file_is_recorded_as_that_file(tmp_path, monkeypatch):
+    # `from nets import Net` in a script beside nets.py: the command line cannot import `nets` from
+    # elsewhere, so the reference is the file, which `--model nets.py:Net` names from anywhere
+    (tmp_path / "looseneighbour.py").write_text(TUTORIAL)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import looseneighbour
+
+    try:
+        ref = reference_of(looseneighbour.Net())
+    finally:
+        sys.modules.pop("looseneighbour", None)
+    assert ref.kind == "file" and ref.file == str((tmp_path / "looseneighbour.py").resolve()) and ref.sha256
+    assert ref == parse_model(f"{tmp_path / 'looseneighbour.py'}:Net")  # what eval's --model names
 
 
 def test_import_errors_name_the_file_and_line(tmp_path):
@@ -184,3 +290,9 @@ def test_the_changed_file_warning_goes_to_stderr(nets, capsys):
     reopen(saved, parse_model(f"{nets}:Net"))
     out, err = capsys.readouterr()
     assert out == "" and err.startswith("engine: warning: ") and "changed since the run was trained" in err
+
+
+def test_images_too_small_for_a_network_say_so():
+    with pytest.raises(UsageError, match=r"torchvision:inception_v3 cannot take 3x32x32 images: .*; the images are too "
+                                         r"small for this network \(--image-size resizes them\)$"):
+        build(parse_model("torchvision:inception_v3", '{"aux_logits": false}'), (3, 32, 32), 10)

@@ -204,7 +204,9 @@ def test_a_loss_that_stays_non_finite_stops_the_run_and_keeps_the_last_good_chec
             "--device", "cpu", "--no-amp", "--save-every", "0s", "--quiet", "--out", str(out)]
     assert main(argv) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "NaN or infinite for 3 steps in a row" in err[0] and "--lr 1e+06) is probably too high" in err[0]
+    assert len(err) == 1 and "--lr 1e+06) is probably too high" in err[0]
+    # checked before each save: by then the weights had gone non-finite, or 3 losses in a row had
+    assert "NaN or infinite for 3 steps in a row" in err[0] or "and the weights are no longer finite" in err[0]
     saved = load(out / "last.pt")  # a mid-epoch checkpoint from before the loss went bad
     assert all(torch.isfinite(v).all() for v in saved.model.values() if v.is_floating_point())
     assert not (out / "metrics.jsonl").exists()  # no epoch was reported
@@ -222,3 +224,11 @@ def test_the_loss_watch_counts_non_finite_steps_in_a_row():
     watch.update(torch.tensor(float("nan")))
     with pytest.raises(Exception, match="3 steps in a row"):
         watch.check(0, 7)
+    one = LossWatch("cpu", lr=0.1)
+    one.update(torch.tensor(float("nan")))
+    model = torch.nn.Linear(2, 2)
+    one.check(0, 1, model)  # one bad loss and finite weights: goes on
+    with torch.no_grad():
+        model.weight[0, 0] = float("nan")
+    with pytest.raises(Exception, match=r"NaN or infinite at step 1 of epoch 1, and the weights are no longer finite"):
+        one.check(0, 1, model)

@@ -19,9 +19,10 @@ from engine.errors import EngineError, UsageError, first_line
 from engine.models.reference import ModelRef, line_in, load_code
 
 
-def build(ref: ModelRef, in_shape, num_classes) -> nn.Module:
+def build(ref: ModelRef, in_shape, num_classes, batch=None) -> nn.Module:
     """The network `ref` names for images of `in_shape` (C, H, W) and `num_classes` classes, proven on
-    a probe batch to take such images and give (batch, num_classes) logits."""
+    a probe batch to take such images and give (batch, num_classes) logits (`check_fits`; `batch`: the
+    training batch, where it is to train)."""
     if num_classes < 2:
         raise UsageError(f"a classifier needs at least 2 classes, not {num_classes}")
     if ref.kind == "builtin":
@@ -32,7 +33,7 @@ def build(ref: ModelRef, in_shape, num_classes) -> nn.Module:
         model = _torchvision(ref, in_shape, num_classes)
     else:
         model = _construct(load_code(ref), ref, in_shape, num_classes)
-    check_fits(model, ref, in_shape, num_classes)
+    check_fits(model, ref, in_shape, num_classes, probe_batch(batch))
     return model
 
 
@@ -48,6 +49,8 @@ def _torchvision(ref, in_shape, num_classes):
         if height != width:
             raise UsageError(f"torchvision:{ref.name} takes square images, not {height}x{width}")
         kwargs["image_size"] = height
+    if ref.name in ("googlenet", "inception_v3") and "init_weights" not in kwargs:
+        kwargs["init_weights"] = True  # what None means today, said explicitly: no FutureWarning on every command
     try:
         model = torchvision.models.get_model(ref.name, weights=None, num_classes=num_classes, **kwargs)
     except (TypeError, ValueError, AssertionError) as error:
@@ -83,6 +86,9 @@ def _construct(factory, ref, in_shape, num_classes):
             unknown = sorted(set(ref.args) - set(accepts)) if not any(
                 p.kind is p.VAR_KEYWORD for p in accepts.values()) else []
             what = f"it takes no argument {', '.join(map(repr, unknown))}" if unknown else first_line(error)
+            if not ref.args:  # nothing was given: the constructor wants what the engine cannot know
+                raise UsageError(f"{ref.name}{signature} needs arguments the engine cannot give ({what}); pass them "
+                                 "as JSON: --model-args '{\"NAME\": VALUE}'") from None
             raise UsageError(f"--model-args do not fit {ref.name}{signature}: {what}") from None
     try:
         model = factory(**kwargs)
@@ -107,36 +113,62 @@ def code_file(ref: ModelRef):
 PROBE_BATCH = 2  # BatchNorm in training mode needs more than one value per channel
 
 
-def check_fits(model: nn.Module, ref: ModelRef, in_shape, num_classes):
-    """One training-mode forward of a probe batch (zeros, on CPU) before any work: the model must take
-    (B, C, H, W) images and return (B, num_classes) logits. BatchNorm statistics and the global RNG
-    are left as they were, so the probe changes nothing a run computes."""
+def probe_batch(batch_size=None):
+    """The probe's batch for a run of `batch_size` (None: not a training run): 2, or 1 for batches of 1."""
+    return PROBE_BATCH if batch_size is None else min(batch_size, PROBE_BATCH)
+
+
+def check_fits(model: nn.Module, ref: ModelRef, in_shape, num_classes, batch=PROBE_BATCH):
+    """A training-mode and an evaluation-mode forward of a probe batch (zeros, on CPU) before any work:
+    the model must take (B, C, H, W) images and return (B, num_classes) float32 logits in both modes,
+    and have a parameter to train. `batch`: the probe's size (1 for a run of --batch-size 1, where a
+    BatchNorm1d cannot train). BatchNorm statistics and the global RNG are left as they were, so the
+    probe changes nothing a run computes."""
     label = ref.label if ref.kind != "file" else f"{Path(ref.file).name}:{ref.name}"
-    training, buffers, probe = model.training, None, torch.zeros(PROBE_BATCH, *in_shape)
+    training, buffers, probe = model.training, None, torch.zeros(batch, *in_shape)
+    outputs = {}
     try:
         with torch.random.fork_rng(devices=[]), torch.no_grad():
             if any(is_lazy(t) for t in (*model.parameters(), *model.buffers())):
                 model.eval()(probe)  # lazy modules (nn.LazyConv2d, ...) take their shapes; eval leaves statistics
             buffers = {name: b.clone() for name, b in model.named_buffers()}
-            model.train()
-            output = model(probe)
+            outputs["training"] = model.train()(probe)
+            outputs["evaluation"] = model.eval()(probe)  # a forward may differ by mode (dropout, an `if self.training`)
     except Exception as error:
         file = code_file(ref)
         shape = "x".join(map(str, in_shape))
-        raise UsageError(f"{label} cannot take {shape} images: its forward raised {type(error).__name__}"
-                         f"{line_in(error, file)}: {first_line(error, 160)}") from None
+        mode = (" in evaluation mode" if outputs else " in training mode at --batch-size 1" if batch == 1 else "")
+        small = any(words in str(error) for words in ("Kernel size can't be greater", "Calculated padded input size",
+                                                      "Output size is too small"))
+        hint = "; the images are too small for this network (--image-size resizes them)" if small else ""
+        raise UsageError(f"{label} cannot take {shape} images: its forward{mode} raised {type(error).__name__}"
+                         f"{line_in(error, file)}: {first_line(error, 160)}{hint}") from None
     finally:
         model.train(training)
         with torch.no_grad():
             for name, b in model.named_buffers() if buffers is not None else ():
                 b.copy_(buffers[name])
+    for mode, output in outputs.items():
+        check_logits(output, label, mode, batch, num_classes, ref)
+    if not any(p.requires_grad for p in model.parameters()):
+        count = sum(p.numel() for p in model.parameters())
+        held = f"all {count:,} have requires_grad False" if count else "it has none"
+        raise UsageError(f"{label} has no parameter to train ({held}); a model needs at least one trainable parameter")
+
+
+def check_logits(output, label, mode, batch, num_classes, ref: ModelRef):
+    """One line for a probe's output that is not (batch, num_classes) float32 logits."""
     if not isinstance(output, torch.Tensor):
-        raise UsageError(f"{label} returns a {type(output).__name__}, not a tensor of logits (an auxiliary-output "
-                         "model? for torchvision googlenet and inception_v3 pass --model-args '{\"aux_logits\": false}')")
-    if tuple(output.shape) != (PROBE_BATCH, num_classes):
+        raise UsageError(f"{label} returns a {type(output).__name__} in {mode} mode, not a tensor of logits (an "
+                         "auxiliary-output model? for torchvision googlenet and inception_v3 pass --model-args "
+                         "'{\"aux_logits\": false}')")
+    if tuple(output.shape) != (batch, num_classes):
         hint = (" (give its constructor a num_classes argument: the engine passes it by name)"
                 if output.ndim == 2 and "num_classes" not in ref.args else
                 " (--model-args sets num_classes; leave it out and the engine passes the data's)"
                 if "num_classes" in ref.args else "")
-        raise UsageError(f"{label} returns {tuple(output.shape)} for a batch of {PROBE_BATCH}, not (batch, classes) = "
-                         f"({PROBE_BATCH}, {num_classes}) for this data's {num_classes} classes{hint}")
+        raise UsageError(f"{label} returns {tuple(output.shape)} for a batch of {batch}, not (batch, classes) = "
+                         f"({batch}, {num_classes}) for this data's {num_classes} classes{hint}")
+    if output.dtype != torch.float32:  # int logits cannot train; float64 ones would export a float64 output
+        raise UsageError(f"{label} returns {str(output.dtype).removeprefix('torch.')} logits in {mode} mode; return "
+                         "float32 logits (the loss, autocast and the exported ONNX model work in float32)")

@@ -196,11 +196,25 @@ def reference_of(model: nn.Module) -> ModelRef:
     if "<locals>" in cls.__qualname__:
         raise UsageError(f"model class {cls.__qualname__} is defined inside a function; define it at the top level "
                          "of a file or module so a checkpoint can name it")
+    if cls.__module__.split(".")[0] == "torch":  # nn.Sequential(...) built inline: no class of the user's to name
+        raise UsageError(f"train(model=...): {cls.__module__}.{cls.__qualname__} is torch's own class, which cannot "
+                         "name your network for its checkpoint; define it as a class of its own in a .py file (e.g. "
+                         "class Net(nn.Sequential) whose __init__ adds the layers)")
     source = getattr(sys.modules.get(cls.__module__), "__file__", None)
-    from_file = cls.__module__ == "__main__" or cls.__module__.startswith(USER_MODULE)
+    from_file = cls.__module__ == "__main__" or cls.__module__.startswith(USER_MODULE) or _loose(cls.__module__, source)
     if from_file and source and source.endswith(".py"):
         return ModelRef("file", cls.__qualname__, str(Path(source).resolve()), sha256_of(source))
     return ModelRef("module", cls.__qualname__, cls.__module__)
+
+
+def _loose(module, source):
+    """Whether `module` is a user's file imported by its name (`from nets import Net`, nets.py beside the
+    script): a top-level module that is no package and not installed. It is recorded as its file, which
+    `--model nets.py:Net` names from anywhere (the command line does not import from the script's folder)."""
+    if not source or "." in module or Path(source).name == "__init__.py":
+        return False
+    installed = {"site-packages", "dist-packages"} & set(Path(source).parts)
+    return not installed and not Path(source).is_relative_to(Path(os.__file__).parent)  # nor the standard library
 
 
 def load_code(ref: ModelRef):
