@@ -262,7 +262,8 @@ class Config:
     def resolved_cache_dir(self) -> Path:
         """The cache folder (made when first written); a file in its place is one line."""
         given = "--cache-dir" if self.cache_dir else "ENGINE_CACHE_DIR" if os.environ.get("ENGINE_CACHE_DIR") else None
-        path = Path(self.cache_dir or os.environ.get("ENGINE_CACHE_DIR") or Path.home() / ".cache" / "engine").expanduser()
+        path = Path(self.cache_dir or os.environ.get("ENGINE_CACHE_DIR") or Path.home() / ".cache" / "engine")
+        path = path.expanduser()
         existing = next((p for p in (path, *path.parents) if p.exists()), None)
         if existing is not None and not existing.is_dir():
             raise UsageError(f"{given or 'the cache folder'} {path}: {existing} is a file, not a folder; name a folder")

@@ -193,9 +193,10 @@ def launch(nproc, argv):
                 for line in rank_errors(folder):  # and another rank's, where it said something else
                     print(f"engine: error: {line}", file=sys.stderr, flush=True)
                 return failure.exitcode
-            how = f"was killed by {failure.signal_name()}" if failure.exitcode < 0 else f"exited with code {failure.exitcode}"
+            code = failure.exitcode
+            how = f"was killed by {failure.signal_name()}" if code < 0 else f"exited with code {code}"
             print(f"engine: error: rank {rank} {how}; torchrun stopped the other ranks", file=sys.stderr, flush=True)
-            return 1 if failure.exitcode < 0 or failure.exitcode > 255 else failure.exitcode
+            return 1 if code < 0 or code > 255 else code
         finally:
             os.environ.pop(RANK_ERRORS_ENV, None)
     return 0

@@ -166,14 +166,15 @@ def evaluate_checkpoint(path, overrides, log=print, model=None):
     checkpoint = load(path)
     code = parse_model(model) if model else None  # before the data is read: a bad --model is one line
     # The checkpoint decides what was trained on; how to run (device, amp, batch, limits) is this
-    # command's own flags and defaults, never the training run's.
+    # command's own flags and defaults, not the training run's (save that a run trained in fp32 is
+    # evaluated in fp32 unless --amp/--amp-dtype is given: below).
     saved = checkpoint.config
     cfg = Config(**evaluation_data(saved, overrides))
     say = (lambda *_: None) if cfg.quiet else log
     rebuilt = model_from_checkpoint(checkpoint, path, code, say)
     runtime = Runtime.from_config(cfg)
-    if (runtime.amp_dtype == torch.bfloat16 and runtime.device.type == "cpu" and checkpoint.runtime.get("precision") == "fp32"
-            and not {"amp", "amp_dtype"} & set(overrides)):
+    trained_fp32 = checkpoint.runtime.get("precision") == "fp32" and not {"amp", "amp_dtype"} & set(overrides)
+    if runtime.device.type == "cpu" and runtime.amp_dtype == torch.bfloat16 and trained_fp32:
         runtime.amp_dtype = None  # the accuracy the run printed for this checkpoint is its fp32 one: reproduce it
         say("Precision: fp32, as the run trained and evaluated this checkpoint (--amp-dtype bf16 evaluates in bf16)")
     setup_backends(runtime.device, cfg.seed)

@@ -94,8 +94,8 @@ class BatchLoader:
         side = min(x.shape[2:]) if len(x) else 0
         if train and side and crop_padding >= side and not resized_crop:
             # reflection cannot pad past the image; zeros could, but then some crops would hold no image at all
-            raise UsageError(f"--crop-padding {crop_padding} needs images larger than {crop_padding} pixels a side, not "
-                             f"{side}: crops move by up to the padding, so pad at most {side - 1} (0: no crops)")
+            raise UsageError(f"--crop-padding {crop_padding} needs images larger than {crop_padding} pixels a side, "
+                             f"not {side}: crops move by up to the padding, so pad at most {side - 1} (0: no crops)")
         self.resized_crop = resized_crop  # None, or the smallest area fraction of a random-resized crop
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.normalize = Normalize(mean, std).to(device)  # the same module the exported ONNX graph holds

@@ -137,8 +137,9 @@ def decode_folder(path: Path, log=print, size=None, rule="stretch"):
         raise UsageError(mixed_sizes(path, (a[::-1], first), (b[::-1], other)))
     seconds = time.perf_counter() - started
     count = sum(len(v) for v in images.values())
-    log(f"Decoded {count:,} image{'s' if count != 1 else ''} in {seconds:.1f} s ({count / max(seconds, 1e-9):,.0f} img/s "
-        f"on {workers} process{'es' if workers > 1 else ''})")
+    rate = count / max(seconds, 1e-9)
+    log(f"Decoded {count:,} image{'s' if count != 1 else ''} in {seconds:.1f} s ({rate:,.0f} img/s on {workers} "
+        f"process{'es' if workers > 1 else ''})")
     train, test, classes = split_classes(images, survey.folders, path, log)
     colour = any(a.ndim == 3 for part in (train, test or {}) for images in part.values() for a in images)
     result = {"classes": classes}

@@ -110,7 +110,8 @@ def choose(found, source, say=print):
         return flat, None, None
     if "train" not in splits:
         hint = ""
-        folders = [p for p in Path(source).iterdir() if p.is_dir() and split_of(p.name)] if Path(source).is_dir() else []
+        top = Path(source)
+        folders = [p for p in top.iterdir() if p.is_dir() and split_of(p.name)] if top.is_dir() else []
         if len(splits) == 1 and len(folders) == 1:  # e.g. a test set alone, for engine eval: its class folders
             hint = f"; to evaluate on {folders[0].name}/ alone, give --data {folders[0]}"
         raise EngineError(f"{source} has no images under train/ (it has {', '.join(s + '/' for s in splits)}; "
@@ -134,7 +135,8 @@ def parse_fraction(text, flag, whole=False):
     except ValueError:
         fraction = float("nan")
     if not 0 < fraction < 1:
-        raise UsageError(f"{flag} takes a percentage such as 10%{' (or, for engine eval, all)' if whole else ''}, not {text!r}")
+        also = " (or, for engine eval, all)" if whole else ""
+        raise UsageError(f"{flag} takes a percentage such as 10%{also}, not {text!r}")
     return fraction
 
 
