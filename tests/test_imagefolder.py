@@ -419,6 +419,8 @@ def test_a_link_loop_or_a_broken_link_is_one_line(tmp_path):
         read(loop, tmp_path / "cache", log=lambda *_: None)
     (tmp_path / "broken").mkdir()
     broken = write(tree(), tmp_path / "broken", "folder")
+    (broken / "train" / "notes.txt").symlink_to(tmp_path / "nowhere.txt")  # not an image: left out
+    assert read(broken, tmp_path / "cache", log=lambda *_: None).classes == CLASSES
     (broken / "train" / "dog" / "gone.png").symlink_to(tmp_path / "nowhere.png")
     with pytest.raises(EngineError, match=r"train/dog/gone.png is a broken link \(to .*nowhere.png\)"):
         read(broken, tmp_path / "cache", log=lambda *_: None)

@@ -57,7 +57,8 @@ def members(path: Path):
 
 def walk(path: Path):
     """os.walk of a directory, links followed, each folder's names sorted; a link loop (a link to a
-    folder it sits in) and a broken link are one line each instead of an OSError deep in the walk."""
+    folder it sits in) and a broken link to an image are one line each instead of an OSError deep in
+    the walk (a broken link to anything else is left out)."""
     for root, dirs, files in os.walk(path, followlinks=True):
         here = os.path.realpath(root)
         for name in dirs:
@@ -65,13 +66,17 @@ def walk(path: Path):
             if here == target or here.startswith(target + os.sep):
                 raise EngineError(f"{Path(root, name)} is a link to {target}, a folder it is inside (a loop); "
                                   "remove the link")
-        for name in files:
+        kept = []
+        for name in sorted(files):
             full = os.path.join(root, name)
             if os.path.islink(full) and not os.path.exists(full):
+                if layout.folder_of(name) is None:
+                    continue  # not an image: nothing is read from it either way
                 raise EngineError(f"{full} is a broken link (to {os.readlink(full)}); remove it or restore what it "
                                   "points to")
+            kept.append(name)
         dirs.sort()
-        yield root, dirs, sorted(files)
+        yield root, dirs, kept
 
 
 def _tar_read(archive, info, path):
