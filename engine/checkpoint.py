@@ -174,6 +174,8 @@ def read_weights_only(path, what="engine checkpoint"):
         first = lines[0].split(". ")[0] if lines else type(error).__name__  # torch's first sentence
         if "Weights only load failed" in text:  # an unpickler error on bytes that are no checkpoint at all
             first = "not a PyTorch checkpoint, or one holding objects other than tensors and plain values"
+        elif isinstance(error, (KeyError, EOFError)) or "load key" in text:  # a text file: KeyError(105) for 'i'
+            first = "not a PyTorch checkpoint, which torch.save writes"
         elif isinstance(error, OSError) or "central directory" in text or "failed finding" in text:
             first = f"its zip archive is cut short or damaged: {first}; a copy or download may be incomplete"
         raise EngineError(f"{path} is not a readable {what} ({first[:200]})") from None
@@ -185,7 +187,7 @@ def load(path) -> Checkpoint:
     if path.is_dir():
         raise UsageError(f"{path} is a folder, not a checkpoint; name a file in it (a run's best.pt or last.pt)")
     if not path.is_file():
-        raise UsageError(f"no checkpoint at {path}")
+        raise EngineError(f"no checkpoint at {path}")  # a missing file, exit 1 (as a missing image or data folder)
     checkpoint = read_weights_only(path)
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
         raise EngineError(f"{path} is not an engine checkpoint (format {FORMAT})")

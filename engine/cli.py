@@ -318,6 +318,10 @@ def main(argv=None):
             raise  # anything else is a bug: its traceback
         say_error(line)
         return 1
+    except BrokenPipeError:  # `engine eval ... | head`: the reader left; stop quietly, as other tools do
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python's own flush at exit would fail on the closed pipe again
+        return 141  # 128 + SIGPIPE, what a shell reports for a tool a pipe stopped
     except OSError as error:  # a full disk, a vanished file: the environment, not a bug
         say_error(error)
         return 1

@@ -64,6 +64,14 @@ def tta_level(cfg: Config, spec):
     return int(cfg.tta) if spec.flip else 0
 
 
+def tta_note(cfg: Config, spec):
+    """The one line that says --tta does nothing on this data, or None."""
+    if cfg.tta and not spec.flip:
+        return (f"--tta {int(cfg.tta)}: this data does not train with flips (single-channel images, often digits or "
+                "scans, where a mirror image is another image), so evaluations run on each image alone")
+    return None
+
+
 def evaluate(model, loader: BatchLoader, runtime: Runtime, tta=False, confusion: Confusion | None = None):
     """(mean loss per image, accuracy) over every image of `loader`; `tta`: see `predict`.
     confusion: a Confusion (on runtime.device) that also counts each image's (true, predicted)
@@ -112,7 +120,7 @@ def evaluate_screened(model, parts, runtime: Runtime, short, tta=False, confusio
 
 def _describe(shape, classes):
     names = ", ".join(classes[:4]) + (", ..." if len(classes) > 4 else "")
-    return f"{'x'.join(map(str, shape))} images of {len(classes)} classes ({names})"
+    return f"{'x'.join(map(str, shape))} images of {len(classes)} class{'es' if len(classes) != 1 else ''} ({names})"
 
 
 def labels_for(source, shape, classes, data, data_name):
@@ -124,7 +132,8 @@ def labels_for(source, shape, classes, data, data_name):
     unknown = [name for name in data.classes if name not in classes]
     if list(data.shape) != list(shape) or unknown:
         differs = ""
-        if list(data.shape) != list(shape) and data.shape[0] == shape[0]:
+        resizable = data.shape[0] == shape[0] and Path(str(data_name)).expanduser().exists()  # an image folder
+        if list(data.shape) != list(shape) and resizable and not unknown:
             differs = f"; --image-size {shape[1]}x{shape[2]} resizes them to the model's"
         elif unknown:  # the first names of two long lists look alike: name the ones the model does not know
             shown = ", ".join(unknown[:4]) + (f" and {len(unknown) - 4} more" if len(unknown) > 4 else "")
@@ -207,6 +216,8 @@ def evaluate_checkpoint(path, overrides, log=print, model=None):
         compile_seconds = time.perf_counter() - started
     compiled = time.perf_counter()
     tta = tta_level(cfg, spec)
+    if tta_note(cfg, spec):
+        say(tta_note(cfg, spec))
     confusion = Confusion(spec.classes, runtime.device)  # per-class results: an index_add per batch
     loss, acc = evaluate(model, loader, runtime, tta, confusion)
     return {"test_loss": loss, "test_acc": acc, "images": len(data.test_x), "data": cfg.data, "epoch": checkpoint.epochs_done,

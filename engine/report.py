@@ -168,18 +168,21 @@ class RunDir:
         self.write_text("metrics.jsonl", metrics_text(metrics))
 
     def sync_metrics(self, metrics):
-        """Rewrite metrics.jsonl and curves.png if they differ from `metrics` (the commit record's);
-        True if they did."""
+        """Rewrite metrics.jsonl and curves.png if they differ from `metrics` (the commit record's), or
+        curves.png alone where a kill left it unwritten; the names of the files rewritten."""
         try:
-            if (self.path / "metrics.jsonl").read_text() == metrics_text(metrics):
-                return False
+            in_step = (self.path / "metrics.jsonl").read_text() == metrics_text(metrics)
         except OSError:
-            if not metrics:  # no epoch yet, and no file: in step
-                return False
+            in_step = not metrics  # no epoch yet, and no file: in step
+        if in_step:
+            if metrics and not (self.path / "curves.png").exists():
+                self.plot(metrics)
+                return ["curves.png"]
+            return []
         self.write_metrics(metrics)
         if metrics:
             self.plot(metrics)
-        return True
+        return ["metrics.jsonl", "curves.png"] if metrics else ["metrics.jsonl"]
 
     def plot(self, metrics):
         """curves.png: accuracy and loss per epoch, train and test, as the tutorial plots them."""

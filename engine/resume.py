@@ -67,9 +67,10 @@ def resume_config(run_dir, given=None, say=print):
     return Config.from_dict(values), checkpoint
 
 
-def check_resume(checkpoint: Checkpoint, path, fingerprint, total_steps, source):
-    """One line naming what keeps a checkpoint from being resumed on this data: a missing optimizer
-    state, RNG states or metrics, data whose images changed, or a schedule of another length."""
+def check_resume(checkpoint: Checkpoint, path, fingerprint, total_steps, source, world=1):
+    """One line naming what keeps a checkpoint from being resumed on this data by `world` processes: a
+    missing optimizer state, RNG states or metrics, data whose images changed, another number of
+    processes (the schedule counts the steps of the run's global batch), or a schedule of another length."""
     missing = [k for k in ("optimizer", "rng", "metrics", "scheduler") if getattr(checkpoint, k) is None]
     if missing:
         raise EngineError(f"--resume: {path} has no {', '.join(missing)} (it holds weights only); "
@@ -88,6 +89,12 @@ def check_resume(checkpoint: Checkpoint, path, fingerprint, total_steps, source)
         raise EngineError(f"--resume: the data at {source} changed since the run started ({changes}); restore it, "
                           "or start a new run on the new data")
     saved = (checkpoint.scheduler or {}).get("total_steps", total_steps)
+    trained_by = len(checkpoint.rng.get("ranks") or ()) or 1  # every rank's RNG state is kept under DDP
+    if trained_by != world:
+        again = f"--nproc {trained_by}" if trained_by > 1 else "without --nproc"
+        raise EngineError(f"--resume: the run trained with {trained_by} process{'es' if trained_by > 1 else ''} and "
+                          f"this one has {world}: its schedule ({saved:,} steps) counts the steps of its global batch; "
+                          f"resume it {again}")
     if saved != total_steps:
         raise EngineError(f"--resume: the run was scheduled for {saved:,} steps, but the data at {source} now gives "
                           f"{total_steps:,}; restore the data, or start a new run")
@@ -124,8 +131,9 @@ def repair_run(run, checkpoint: Checkpoint, say):
     writes last.pt, then best.pt, metrics.jsonl and curves.png: a kill between those renames
     left best.pt and the metrics one epoch behind, and this puts them right."""
     repaired = []
-    if run.sync_metrics(checkpoint.metrics or []):
-        repaired.append("metrics.jsonl and curves.png")
+    rewritten = run.sync_metrics(checkpoint.metrics or [])
+    if rewritten:
+        repaired.append(" and ".join(rewritten))
     _, epoch = best_of(checkpoint)
     if epoch and epoch == checkpoint.epoch and not checkpoint.step:  # last.pt is the best epoch itself
         try:

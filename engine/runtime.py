@@ -177,7 +177,7 @@ def compiled_graphs():
 
 def resolve_device(name):
     if name == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda: no CUDA GPU is available; use --device cpu or auto")
+        raise EngineError("--device cuda: no CUDA GPU is available; use --device cpu or auto")  # the machine, exit 1
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(name)

@@ -206,7 +206,7 @@ def open_data(cfg: Config, resume: Checkpoint | None, run: RunDir, ranks: Ranks,
     if resume is None:
         return data, data.spec(), fingerprint
     total = len(data.train_x) // (cfg.batch_size * ranks.world) * cfg.epochs
-    check_resume(resume, run.path / "last.pt", fingerprint, total, cfg.data)
+    check_resume(resume, run.path / "last.pt", fingerprint, total, cfg.data, ranks.world)
     if resume.spec.classes != data.classes or list(resume.spec.shape) != list(data.shape):
         raise EngineError(f"--resume: the data at {cfg.data} no longer matches the run's (classes or image shape changed)")
     return data, resume.spec, fingerprint

@@ -18,7 +18,7 @@ from engine.config import Config
 from engine.confusion import Confusion
 from engine.distributed import Ranks, process_group
 from engine.errors import Interrupted
-from engine.evaluate import evaluate, evaluate_screened, tta_level
+from engine.evaluate import evaluate, evaluate_screened, tta_level, tta_note
 from engine.faults import CHECK_EVERY, LossWatch, pause_point
 from engine.optim import lr_at, set_lr, stop_finished
 from engine.report import format_epoch, progress
@@ -242,6 +242,8 @@ def train_ranks(cfg: Config, resume, log, ranks: Ranks, model=None):
     say = (lambda *_: None) if cfg.quiet else log
     s = open_session(cfg, resume, say, ranks, model)
     s.log = log
+    if tta_note(s.cfg, s.spec):
+        say(tta_note(s.cfg, s.spec))
     first = True  # the first epoch of this process times its first steps apart
     try:
         for epoch in range(s.start_epoch, s.cfg.epochs):

@@ -55,8 +55,12 @@ def check_out(out):
         raise UsageError(f"OUT {out} is a directory; give a file name ending in .onnx")
     if not out.parent.is_dir():
         raise EngineError(f"cannot write {out}: folder {out.parent} does not exist")
-    if not os.access(out.parent, os.W_OK):
-        raise EngineError(f"cannot write {out}: folder {out.parent} is not writable")
+    probe = out.parent / f".{out.name}.write-test{os.getpid()}"  # os.access says yes to root, even in /proc
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise EngineError(f"cannot write {out}: folder {out.parent} is not writable ({error.strerror or error})") from None
     return out
 
 

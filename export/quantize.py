@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.errors import EngineError, first_line
+from export.verify import agreement_text
 
 CALIBRATION_IMAGES = 512
 CALIBRATION_BATCH = 64
@@ -35,7 +36,7 @@ class Int8Report:
         verdict = "int8 is faster here" if speed > 1.05 else "int8 does not pay here: use the fp32 file"
         return (f"fp32: Test_acc:{self.fp32_acc * 100:.2f}%, {self.fp32_images_per_s:,.0f} img/s | "
                 f"int8: Test_acc:{self.int8_acc * 100:.2f}%, {self.int8_images_per_s:,.0f} img/s "
-                f"({speed:.2f}x, top-1 agreement {self.agreement * 100:.1f}% on {self.test_images:,} test images); {verdict}")
+                f"({speed:.2f}x, top-1 agreement {agreement_text(self.agreement)} on {self.test_images:,} test images); {verdict}")
 
 
 class _Calibration:

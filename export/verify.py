@@ -5,6 +5,7 @@ default domain (so runtimes other than onnxruntime run the file). `check_parity`
 in onnxruntime and the model in PyTorch on the same images and fails beyond the tolerance.
 """
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,6 +32,12 @@ def check_standard(path):
         raise EngineError(f"the exported model uses non-standard ops: {', '.join(foreign)}")
 
 
+
+def agreement_text(share):
+    """A share of agreeing images as a percentage that reads 100.0% only when every image agrees
+    (99.96% is rounded down to 99.9%, not up to 100.0%)."""
+    return "100.0%" if share >= 1 else f"{min(math.floor(share * 1000) / 10, 99.9):.1f}%"
+
 @dataclass
 class Parity:
     images: int
@@ -41,7 +48,8 @@ class Parity:
         return self.max_abs_diff <= atol and self.agreement >= min_agreement
 
     def describe(self):
-        return f"max |onnxruntime - PyTorch| {self.max_abs_diff:.2e} on the logits, top-1 agreement {self.agreement * 100:.1f}%"
+        return (f"max |onnxruntime - PyTorch| {self.max_abs_diff:.2e} on the logits, top-1 agreement "
+                f"{agreement_text(self.agreement)}")
 
 
 def run_session(session, images, batch_size=256):

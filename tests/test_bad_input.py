@@ -91,6 +91,8 @@ CASES = [
     ("output: --out holds a run", "train --out run", "already holds a run; continue it with --resume"),
     ("output: export into a file", "export notes.txt/m.onnx --checkpoint run/best.pt", "does not exist"),
     ("output: export to a non-.onnx", "export model.txt --checkpoint run/best.pt", "must end in .onnx"),
+    ("output: export into an unwritable folder", "export /proc/m.onnx --checkpoint run/best.pt",
+     "cannot write /proc/m.onnx: folder /proc is not writable"),
     # resume
     ("resume: nothing to resume", "train --resume empty", "nothing to resume"),
     ("resume: no run at all", "train --resume", "nothing to resume"),

@@ -46,7 +46,7 @@ def test_load_and_rebuild_the_model(tmp_path):
 
 
 def test_refusals_are_one_line(tmp_path):
-    with pytest.raises(UsageError, match="no checkpoint at"):
+    with pytest.raises(EngineError, match="no checkpoint at"):
         load(tmp_path / "absent.pt")
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(EngineError, match="junk.pt is not a readable engine checkpoint"):
@@ -262,3 +262,12 @@ def test_resume_refuses_data_whose_images_changed(tmp_path, capsys):
     picture(folder / "train" / "bees" / "12.png", 1)
     assert main(["train", "--resume", str(run), *common]) == 1
     assert "(train images 24 -> 25)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content", [b"hi\n", b"", b"\x80\x02}q\x00"])
+def test_a_file_that_is_no_checkpoint_says_so_in_words(tmp_path, content):
+    from engine.checkpoint import read_weights_only
+
+    (tmp_path / "afile").write_bytes(content)
+    with pytest.raises(EngineError, match=r"afile is not a readable weights file \((not a PyTorch checkpoint|its zip)"):
+        read_weights_only(tmp_path / "afile", "weights file")

@@ -256,10 +256,10 @@ def test_eval_refuses_data_of_another_shape_and_non_checkpoints(tmp_path, capsys
     archive = image_archive(tmp_path / "bugs.tar.gz")
     line = bad(capsys, ["eval", out + "/last.pt", "--data", str(archive), "--cache-dir", str(tmp_path / "c")], 1)
     assert "was trained on 3x32x32 images of 10 classes" in line and "3x8x8 images of 2 classes" in line
-    assert line.endswith("; --image-size 32x32 resizes them to the model's")
+    assert line.endswith("; it has classes the model was not trained on: ants, bees")  # resizing could not help
     (tmp_path / "notes.pt").write_text("hello")
     assert "not a readable engine checkpoint" in bad(capsys, ["eval", str(tmp_path / "notes.pt")], 1)
-    assert "no checkpoint at" in bad(capsys, ["eval", str(tmp_path / "absent.pt")], 2)
+    assert "no checkpoint at" in bad(capsys, ["eval", str(tmp_path / "absent.pt")], 1)
 
 
 @pytest.mark.slow
@@ -271,3 +271,11 @@ def test_bad_input_as_a_subprocess_has_no_traceback(tmp_path):
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("engine: error: mnist is not in")
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slow
+def test_a_reader_that_leaves_the_pipe_stops_the_command_quietly():
+    # `engine ... | head -1`: the reader is gone before the output is written (here `true` reads nothing)
+    job = subprocess.run(["bash", "-c", f"'{sys.executable}' -m engine summary --model cifar_cnn --input-shape 3x32x32 "
+                          "| true; echo ${PIPESTATUS[0]}"], capture_output=True, text=True, timeout=120)
+    assert job.stderr == "" and job.stdout.strip() == "141"  # no "Broken pipe" line, the shell's SIGPIPE status

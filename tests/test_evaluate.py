@@ -191,3 +191,28 @@ def test_data_with_a_class_the_model_lacks_names_it():
         labels_for("best.pt", (3, 8, 8), trained, data, "other/")
     subset = SimpleNamespace(shape=(3, 8, 8), classes=["c05", "c01"], test_y=torch.tensor([0, 1, 1]))
     assert labels_for("best.pt", (3, 8, 8), trained, subset, "other/").tolist() == [5, 1, 1]  # matched by name
+
+
+def test_images_of_another_size_get_the_resize_hint_only_where_it_helps(tmp_path):
+    from types import SimpleNamespace
+
+    from engine.errors import EngineError
+    from engine.evaluate import labels_for
+
+    trained = ["cat", "dog"]
+    same_classes = SimpleNamespace(shape=(3, 40, 40), classes=["dog"], test_y=torch.tensor([0]))
+    with pytest.raises(EngineError, match="; --image-size 32x32 resizes them to the model's$"):
+        labels_for("best.pt", (3, 32, 32), trained, same_classes, str(tmp_path))  # a folder: --image-size applies
+    with pytest.raises(EngineError, match=r"has 3x40x40 images of 1 class \(dog\)$"):
+        labels_for("best.pt", (3, 32, 32), trained, same_classes, "synthetic")  # a built-in set has its own size
+
+
+def test_tta_on_data_that_does_not_flip_is_said_not_ignored():
+    from types import SimpleNamespace
+
+    from engine.evaluate import tta_level, tta_note
+
+    grey, colour = SimpleNamespace(flip=False), SimpleNamespace(flip=True)
+    assert tta_level(Config(tta=1), grey) == 0
+    assert tta_note(Config(tta=1), grey).startswith("--tta 1: this data does not train with flips")
+    assert tta_note(Config(tta=2), colour) is None and tta_note(Config(tta=0), grey) is None

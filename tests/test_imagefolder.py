@@ -438,3 +438,11 @@ def test_links_in_a_tar_read_as_their_targets_as_in_the_folder(tmp_path):
     from_tar = read(tmp_path / "images.tar", tmp_path / "cache", log=lambda *_: None)
     assert from_folder.train_x.shape[0] == from_tar.train_x.shape[0] == 11
     assert torch.equal(from_folder.train_x, from_tar.train_x) and torch.equal(from_folder.train_y, from_tar.train_y)
+
+
+def test_one_class_of_photos_evaluates_but_does_not_train(tmp_path):
+    path = source(tmp_path, {f"cat/{k}.png": png(k) for k in range(3)})
+    whole = read(path, tmp_path / "cache", log=lambda *_: None, test_split="all")  # engine eval --data: every image
+    assert whole.classes == ["cat"] and whole.test_x.shape[0] == 3 and whole.test_y.tolist() == [0, 0, 0]
+    with pytest.raises(EngineError, match="has 1 class; a classifier needs at least 2"):
+        read(path, tmp_path / "cache", log=lambda *_: None)  # the cached decode, read for training

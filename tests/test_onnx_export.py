@@ -193,3 +193,11 @@ def test_metadata_accuracy_is_the_checkpoints_own_evaluation_even_within_an_epoc
     info = ModelInfo.from_checkpoint(load(out / "best.pt"), 20)
     best = max(metrics, key=lambda m: m["test_acc"])
     assert info.test_accuracy == best["test_acc"]  # the evaluation of exactly these weights, partial epoch or not
+
+
+def test_agreement_reads_100_percent_only_when_every_image_agrees():
+    from export.verify import agreement_text
+
+    assert agreement_text(1.0) == "100.0%"
+    assert agreement_text(1999 / 2000) == "99.9%"  # 99.95% would round up to a 100.0% that is not there
+    assert agreement_text(0.5) == "50.0%" and agreement_text(0.12345) == "12.3%"

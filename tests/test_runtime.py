@@ -77,7 +77,7 @@ def test_autocast_uses_the_real_device_type(monkeypatch):
 
 @pytest.mark.skipif(HAS_CUDA, reason="checks the error on a machine without CUDA")
 def test_cuda_without_a_gpu_is_a_usage_error():
-    with pytest.raises(UsageError, match="no CUDA GPU"):
+    with pytest.raises(EngineError, match="no CUDA GPU"):
         resolve_device("cuda")
     assert resolve_device("auto") == CPU
 

@@ -232,3 +232,32 @@ def test_the_loss_watch_counts_non_finite_steps_in_a_row():
         model.weight[0, 0] = float("nan")
     with pytest.raises(Exception, match=r"NaN or infinite at step 1 of epoch 1, and the weights are no longer finite"):
         one.check(0, 1, model)
+
+
+def test_a_run_resumes_with_the_number_of_processes_it_trained_with(tmp_path):
+    from engine.errors import EngineError
+    from engine.resume import check_resume
+
+    out, _ = train(Config(epochs=1, limit_train=128, limit_test=16, batch_size=32, amp=False, quiet=True,
+                          out=str(tmp_path / "run")), log=lambda *_: None)
+    saved = load(out / "last.pt")
+    total = saved.scheduler["total_steps"]
+    check_resume(saved, out / "last.pt", saved.fingerprint, total, "synthetic", world=1)  # resumable as it ran
+    with pytest.raises(EngineError, match=r"the run trained with 1 process and this one has 2: its schedule \(4 steps\) "
+                                          r"counts the steps of its global batch; resume it without --nproc"):
+        check_resume(saved, out / "last.pt", saved.fingerprint, total // 2, "synthetic", world=2)
+    saved.rng["ranks"] = [saved.rng, saved.rng]  # what a 2-process run keeps
+    with pytest.raises(EngineError, match="trained with 2 processes and this one has 1: .* resume it --nproc 2"):
+        check_resume(saved, out / "last.pt", saved.fingerprint, total, "synthetic", world=1)
+
+
+def test_a_resume_redraws_a_curves_png_that_a_kill_left_unwritten(tmp_path):
+    cfg = Config(epochs=1, limit_train=128, limit_test=16, batch_size=32, amp=False, quiet=True, out=str(tmp_path / "run"))
+    out, _ = train(cfg, log=lambda *_: None)
+    (out / "curves.png").unlink()  # killed after metrics.jsonl, before the plot
+    metrics = (out / "metrics.jsonl").read_text()
+    said = []
+    train(Config.from_dict({**load(out / "last.pt").config, "out": str(out), "quiet": False}), resume=load(out / "last.pt"),
+          log=said.append)
+    assert "Repaired curves.png from last.pt (a kill had left them behind)" in said, said
+    assert (out / "curves.png").stat().st_size > 0 and (out / "metrics.jsonl").read_text() == metrics

@@ -191,8 +191,6 @@ def split_classes(images, folders, path, log):
         differ = (f"has classes that train/ lacks: {', '.join(extra)}" if extra else
                   f"lacks classes that train/ has: {', '.join(missing)}")
         raise EngineError(f"{path}: {named}/ {differ} (the evaluation split needs train/'s classes, each with images)")
-    if len(classes) < 2:
-        raise EngineError(f"{path} has {len(classes)} class; a classifier needs at least 2 ({layout.LAYOUT})")
     return train, test, classes
 
 
@@ -241,6 +239,8 @@ def _dataset(name, t, test_split, seed, path, log):
     """The Dataset of cached tensors `t`, its test set held out of the training images where the source has none."""
     three_channels = t["train_x"].shape[1] == 3  # colour photos flip; grayscale sets are often digits
     classes, x, y = list(t["classes"]), t["train_x"], t["train_y"]
+    if len(classes) < 2 and test_split != layout.WHOLE:  # engine eval of one class's photos is fine; training is not
+        raise EngineError(f"{path} has {len(classes)} class; a classifier needs at least 2 ({layout.LAYOUT})")
     if "test_x" in t:
         if test_split not in (None, layout.WHOLE):  # WHOLE: the source's own test split is the whole test set
             raise UsageError(f"--test-split is for folders without a test split; {path} has one (pass --val-split "
