@@ -225,6 +225,7 @@ def cmd_eval(args):
 
 
 def cmd_export(args):
+    from engine.memory import size_text
     from export.onnx_export import export_onnx
 
     result = export_onnx(args.out, args.checkpoint, opset=args.opset, verify=args.verify, int8=args.int8, log=log,
@@ -237,7 +238,7 @@ def cmd_export(args):
     accuracy = f", test accuracy {info.test_accuracy * 100:.2f}%" if info.test_accuracy is not None else ""
     if accuracy and info.test_accuracy_tta:  # measured on several views of each image; the file runs one
         accuracy += f" (the checkpoint's, with --tta {info.test_accuracy_tta}; this file runs one view of each image)"
-    log(f"Wrote {result.path} ({result.path.stat().st_size / 1e6:.1f} MB, opset {info.opset}; input float32 "
+    log(f"Wrote {result.path} ({size_text(result.path.stat().st_size)}, opset {info.opset}; input float32 "
         f"Nx{'x'.join(map(str, info.input_size))} in [0, 1], {len(info.classes)} classes{accuracy})")
     if result.int8 is not None:
         log(f"Wrote {result.int8.path}: {result.int8.describe()}")

@@ -13,7 +13,9 @@ GPU_SHARE = 0.5  # of the GPU's free memory a split may take: the model, its act
 
 
 def size_text(nbytes):
-    """'11.10 GB' or, under 0.1 GB, '2.6 MB': a size as the one-line messages say it."""
+    """'11.10 GB', under 0.1 GB '2.6 MB', under 0.1 MB '38.4 kB': a size as the one-line messages say it."""
+    if nbytes < 1e5:
+        return f"{nbytes / 1e3:,.1f} kB"
     return f"{nbytes / 1e9:,.2f} GB" if nbytes >= 1e8 else f"{nbytes / 1e6:,.1f} MB"
 
 

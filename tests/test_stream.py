@@ -259,3 +259,10 @@ def test_on_cuda_a_split_too_large_for_the_gpu_streams_the_same_batches(monkeypa
     assert memory.why is None and "do not fit on cuda" in streamed.why and streamed.x.device.type == "cpu"
     for (xa, ya, _), (xb, yb, _) in zip(memory.epoch(1, skip=1), streamed.epoch(1, skip=1), strict=True):
         assert xb.device.type == "cuda" and torch.equal(xa, xb) and torch.equal(ya, yb)
+
+
+def test_sizes_read_in_a_unit_that_shows_them():
+    from engine.memory import size_text
+
+    assert size_text(38_400) == "38.4 kB"  # a small exported model was "0.0 MB"
+    assert size_text(2_600_000) == "2.6 MB" and size_text(11_100_000_000) == "11.10 GB"
