@@ -60,7 +60,8 @@ def check_out(out):
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as error:
-        raise EngineError(f"cannot write {out}: folder {out.parent} is not writable ({error.strerror or error})") from None
+        why = error.strerror or error
+        raise EngineError(f"cannot write {out}: folder {out.parent} is not writable ({why})") from None
     return out
 
 

@@ -36,7 +36,8 @@ class Int8Report:
         verdict = "int8 is faster here" if speed > 1.05 else "int8 does not pay here: use the fp32 file"
         return (f"fp32: Test_acc:{self.fp32_acc * 100:.2f}%, {self.fp32_images_per_s:,.0f} img/s | "
                 f"int8: Test_acc:{self.int8_acc * 100:.2f}%, {self.int8_images_per_s:,.0f} img/s "
-                f"({speed:.2f}x, top-1 agreement {agreement_text(self.agreement)} on {self.test_images:,} test images); {verdict}")
+                f"({speed:.2f}x, top-1 agreement {agreement_text(self.agreement)} on {self.test_images:,} test images); "
+                f"{verdict}")
 
 
 class _Calibration:

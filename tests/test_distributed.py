@@ -206,7 +206,8 @@ def test_one_rank_helpers_are_the_single_process_path():
 def test_a_data_error_is_said_once_not_once_per_rank(tmp_path):
     (tmp_path / "empty").mkdir()
     job = subprocess.run([sys.executable, "-m", "engine", "train", "--nproc", "2", "--data", str(tmp_path / "empty"),
-                          "--device", "cpu", "--out", str(tmp_path / "run")], capture_output=True, text=True, timeout=TIMEOUT)
+                          "--device", "cpu", "--out", str(tmp_path / "run")],
+                         capture_output=True, text=True, timeout=TIMEOUT)
     lines = [line for line in job.stderr.splitlines() if line.strip()]
     assert job.returncode == 1 and len(lines) == 1, job.stderr
     assert lines[0].startswith("engine: error: ") and "holds no images" in lines[0] and "rank" not in lines[0]

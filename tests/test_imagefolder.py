@@ -149,7 +149,8 @@ def test_corrupt_image_is_named(tmp_path):
      "--test-split 10% leaves class cat with no test images \\(it has 2\\)"),
     ({"images/cat/a.png": png(1)}, "has 1 class; a classifier needs at least 2"),
     ({"train/cat/a.png": png(1), "test/cat/b.png": png(2)}, "has 1 class; a classifier needs at least 2"),
-    ({"val/cat/a.png": png(1)}, "no images under train/ \\(it has val/.*\\); to evaluate on val/ alone, give --data .*images/val$"),
+    ({"val/cat/a.png": png(1)},
+     "no images under train/ \\(it has val/.*\\); to evaluate on val/ alone, give --data .*images/val$"),
     ({"train/cat/a.png": png(1), "train/dog/b.png": png(2), "test/emu/c.png": png(3)}, "test/ has classes that train/ lacks: emu"),
     ({"train/cat/a.png": png(1), "train/dog/b.png": png(2, size=(7, 7)), "test/cat/c.png": png(3)}, "all images .* share one size"),
 ])

@@ -83,7 +83,7 @@ def test_reflect_crop_mirrors_the_image_at_its_edges():
 def test_crop_padding_needs_images_wider_than_it(mode):
     # reflection cannot pad past the image; with zeros a crop could miss the image entirely
     x, y = labelled_images(n=8, size=4, channels=1)
-    with pytest.raises(UsageError, match="--crop-padding 4 needs images larger than 4 pixels a side, not 4: .* at most 3"):
+    with pytest.raises(UsageError, match="--crop-padding 4 needs images larger than 4 pixels a side, not 4: .* most 3"):
         BatchLoader(x, y, 8, [0], [1], device="cpu", train=True, crop_padding=4, padding_mode=mode)
     BatchLoader(x, y, 8, [0], [1], device="cpu", train=True, crop_padding=3, padding_mode=mode)  # fits
     BatchLoader(x, y, 8, [0], [1], device="cpu", train=False, crop_padding=4, padding_mode=mode)  # evaluation: no crops

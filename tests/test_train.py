@@ -252,12 +252,12 @@ def test_a_run_resumes_with_the_number_of_processes_it_trained_with(tmp_path):
 
 
 def test_a_resume_redraws_a_curves_png_that_a_kill_left_unwritten(tmp_path):
-    cfg = Config(epochs=1, limit_train=128, limit_test=16, batch_size=32, amp=False, quiet=True, out=str(tmp_path / "run"))
-    out, _ = train(cfg, log=lambda *_: None)
+    out, _ = train(Config(epochs=1, limit_train=128, limit_test=16, batch_size=32, amp=False, quiet=True,
+                          out=str(tmp_path / "run")), log=lambda *_: None)
     (out / "curves.png").unlink()  # killed after metrics.jsonl, before the plot
     metrics = (out / "metrics.jsonl").read_text()
     said = []
-    train(Config.from_dict({**load(out / "last.pt").config, "out": str(out), "quiet": False}), resume=load(out / "last.pt"),
-          log=said.append)
+    again = Config.from_dict({**load(out / "last.pt").config, "out": str(out), "quiet": False})
+    train(again, resume=load(out / "last.pt"), log=said.append)
     assert "Repaired curves.png from last.pt (a kill had left them behind)" in said, said
     assert (out / "curves.png").stat().st_size > 0 and (out / "metrics.jsonl").read_text() == metrics
