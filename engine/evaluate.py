@@ -215,9 +215,9 @@ def evaluate_checkpoint(path, overrides, log=print, model=None):
         model = compile_inference(model, (loader.batch_size, *spec.shape), runtime, loader.memory_format)
         compile_seconds = time.perf_counter() - started
     compiled = time.perf_counter()
-    tta = tta_level(cfg, spec)
-    if tta_note(cfg, spec):
-        say(tta_note(cfg, spec))
+    tta, note = tta_level(cfg, spec), tta_note(cfg, spec)
+    if note:
+        say(note)
     confusion = Confusion(spec.classes, runtime.device)  # per-class results: an index_add per batch
     loss, acc = evaluate(model, loader, runtime, tta, confusion)
     return {"test_loss": loss, "test_acc": acc, "images": len(data.test_x), "data": cfg.data, "epoch": checkpoint.epochs_done,

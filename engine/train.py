@@ -242,8 +242,9 @@ def train_ranks(cfg: Config, resume, log, ranks: Ranks, model=None):
     say = (lambda *_: None) if cfg.quiet else log
     s = open_session(cfg, resume, say, ranks, model)
     s.log = log
-    if tta_note(s.cfg, s.spec):
-        say(tta_note(s.cfg, s.spec))
+    note = tta_note(s.cfg, s.spec)
+    if note:
+        say(note)
     first = True  # the first epoch of this process times its first steps apart
     try:
         for epoch in range(s.start_epoch, s.cfg.epochs):
