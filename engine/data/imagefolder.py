@@ -163,15 +163,16 @@ def decode_folder(path: Path, log=print, size=None, rule="stretch"):
 def split_classes(images, folders, path, log):
     """(train {class: items}, test {class: items} or None, sorted class names) of what a decode found
     ({folder tuple: [items]}; `folders`: every folder the source lists), checked: no empty class
-    folder, the evaluation split's classes those of train/, at least 2 classes.
+    folder, the evaluation split's classes those of train/ (at least 2 classes is checked when the set
+    is read for training, `_dataset`: one class's photos may be evaluated).
     engine.data.filecache checks its decode with it too."""
     found, empty, outside = layout.group(images, folders)
+    beside = ", ".join(f"{folder}/" for folder in list(outside)[:3])  # where images outside class folders are
     try:
         train, test, named = layout.choose(found, path, log)
     except EngineError as error:
         if not outside:
             raise
-        beside = ", ".join(f"{folder}/" for folder in list(outside)[:3])
         if not any(layout.split_of(part) for folder in outside for part in folder.split("/")):  # loose images
             raise EngineError(f"{error}; {beside} hold{'s' if len(outside) == 1 else ''} images outside every class "
                               "folder (put each class's images in a folder named after it)") from None
@@ -181,7 +182,7 @@ def split_classes(images, folders, path, log):
     if outside:  # a stray photo beside the class folders: said, not silently dropped
         count = sum(outside.values())
         log(f"Not used: {count:,} image{'s' if count > 1 else ''} outside every class folder of {path} (in "
-            f"{', '.join(f'{folder}/' for folder in list(outside)[:3])}{' ...' if len(outside) > 3 else ''})")
+            f"{beside}{' ...' if len(outside) > 3 else ''})")
     if empty:
         raise EngineError(f"{path}: class folder {empty[0]} has no images{f' (nor {len(empty) - 1} more)' if len(empty) > 1 else ''}; "
                           "add images or remove the folder")
