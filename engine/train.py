@@ -160,7 +160,7 @@ def epoch_metrics(s: Session, figures: EpochFigures) -> dict:
         "epoch_s": round(time.perf_counter() - f.started, 2),
         "warmup_s": round(f.steady_from - f.started, 2) if f.warm_until else 0.0,
         "eval_s": round(f.eval_s, 2),
-        "lr": lr_at(cfg, f.epoch * steps + done - 1, s.total_steps),
+        "lr": float(f"{lr_at(cfg, f.epoch * steps + done - 1, s.total_steps):.6g}"),  # 0.003125, not ...028
     }
     if f.screened:  # the screen stopped it: its part's accuracy, which no rule reads as the test set's
         m.update(screen_acc=round(f.test_acc, 5), screen_images=f.screened)

@@ -21,6 +21,15 @@ def test_load_dataset_synthetic_with_limits_and_spec():
     assert all(0 < m < 1 for m in spec.mean) and all(0 < s < 1 for s in spec.std)
 
 
+def test_a_limit_above_the_set_size_uses_all_and_says_so():
+    said = []
+    full = load_dataset(Config(), log=lambda *_: None)
+    data = load_dataset(Config(limit_train=10**6, limit_test=len(full.test_x)), log=said.append)
+    assert len(data.train_x) == len(full.train_x) and len(data.test_x) == len(full.test_x)
+    notes = [line for line in said if line.startswith("Note: --limit-")]
+    assert notes == [f"Note: --limit-train 1,000,000 is more than the {len(full.train_x):,} training images; all are used"]
+
+
 def test_batch_larger_than_the_data_is_refused():
     data = load_dataset(Config(limit_train=100, limit_test=10), log=lambda *_: None)
     check_batch_size(data, 100)

@@ -1,6 +1,8 @@
 """engine.data.imagefolder: folders and .tar/.tar.gz/.zip archives of real PNG and JPEG files, and the cache."""
 
 import io
+import os
+import stat
 import tarfile
 import zipfile
 
@@ -439,6 +441,38 @@ def test_links_in_a_tar_read_as_their_targets_as_in_the_folder(tmp_path):
     from_tar = read(tmp_path / "images.tar", tmp_path / "cache", log=lambda *_: None)
     assert from_folder.train_x.shape[0] == from_tar.train_x.shape[0] == 11
     assert torch.equal(from_folder.train_x, from_tar.train_x) and torch.equal(from_folder.train_y, from_tar.train_y)
+
+
+def _zip_link(archive, name, target):
+    info = zipfile.ZipInfo(name)
+    info.external_attr = (stat.S_IFLNK | 0o777) << 16  # what `zip -y` stores: the target path, mode "link"
+    archive.writestr(info, target)
+
+
+def test_links_in_a_zip_read_as_their_targets_as_in_the_folder(tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    write(tree(), folder, "folder")
+    (folder / "train" / "cat" / "soft.png").symlink_to("0001.png")
+    (folder / "train" / "dog" / "far.png").symlink_to("../cat/0002.png")
+    with zipfile.ZipFile(tmp_path / "images.zip", "w") as archive:
+        for file in sorted(folder.rglob("*")):
+            name = file.relative_to(tmp_path).as_posix()
+            if file.is_symlink():
+                _zip_link(archive, name, os.readlink(file))
+            elif file.is_file():
+                archive.write(file, name)
+    from_folder = read(folder, tmp_path / "cache", log=lambda *_: None)
+    from_zip = read(tmp_path / "images.zip", tmp_path / "cache", log=lambda *_: None)
+    assert from_folder.train_x.shape[0] == from_zip.train_x.shape[0] == 11
+    assert torch.equal(from_folder.train_x, from_zip.train_x) and torch.equal(from_folder.train_y, from_zip.train_y)
+    with zipfile.ZipFile(tmp_path / "broken.zip", "w") as archive:
+        for file in sorted(folder.rglob("*.png")):
+            if not file.is_symlink():
+                archive.write(file, file.relative_to(tmp_path).as_posix())
+        _zip_link(archive, "images/train/dog/gone.png", "../cat/nowhere.png")
+    with pytest.raises(EngineError, match="gone.png is a link to ../cat/nowhere.png, which the archive does not hold"):
+        read(tmp_path / "broken.zip", tmp_path / "cache", log=lambda *_: None)
 
 
 def test_one_class_of_photos_evaluates_but_does_not_train(tmp_path):

@@ -40,6 +40,7 @@ def test_run_directory_holds_everything_and_checkpoints_open_weights_only(tmp_pa
     assert lines == metrics and [m["epoch"] for m in lines] == [1, 2]
     for key in ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "images_per_s", "epoch_s"):
         assert all(isinstance(m[key], (int, float)) for m in lines)
+    assert all(m["lr"] == float(f"{m['lr']:.6g}") for m in lines)  # no float noise (0.0031250000000000028)
     for name in ("last.pt", "best.pt"):
         checkpoint = torch.load(out / name, weights_only=True)
         assert checkpoint["config"]["epochs"] == 2 and checkpoint["data"]["shape"] == [3, 32, 32]

@@ -39,7 +39,12 @@ def load_dataset(cfg: Config, log=print) -> Dataset:
     from engine.data.layout import parse_count
 
     count = parse_count(cfg.val_split, len(data.train_x), "--val-split") if cfg.val_split is not None else None
-    return data.hold_out(count, cfg.seed).limit(cfg.limit_train, cfg.limit_test, cfg.seed)
+    data.hold_out(count, cfg.seed)
+    for flag, limit, images, kind in (("train", cfg.limit_train, data.train_x, "training"),
+                                      ("test", cfg.limit_test, data.test_x, "test")):
+        if limit is not None and limit > len(images):
+            log(f"Note: --limit-{flag} {limit:,} is more than the {len(images):,} {kind} images; all are used")
+    return data.limit(cfg.limit_train, cfg.limit_test, cfg.seed)
 
 
 def check_batch_size(data: Dataset, batch_size):

@@ -6,6 +6,8 @@ it; engine.data.filecache decodes what does not fit).
 
 import io
 import os
+import posixpath
+import stat
 import tarfile
 import zipfile
 from dataclasses import dataclass
@@ -43,7 +45,7 @@ def members(path: Path):
     elif kind == "zip":
         with zipfile.ZipFile(path) as archive:
             for info in archive.infolist():
-                yield _zip_name(info), None if info.is_dir() else lambda info=info: archive.read(info)
+                yield _zip_name(info), None if info.is_dir() else lambda info=info: _zip_read(archive, info, path)
     elif kind == "tar":
         with tarfile.open(path, "r:*") as archive:
             for info in archive:
@@ -85,6 +87,23 @@ def _tar_read(archive, info, path):
         return archive.extractfile(info).read()
     except KeyError:  # tarfile's word for a link whose target is not a member
         raise EngineError(f"{path}:{info.name} is a link to {info.linkname}, which the archive does not hold") from None
+
+
+def _zip_read(archive, info, path):
+    """The bytes of a zip member; a symlink's (Info-ZIP's `zip -y`: the target path is the member's
+    content, its Unix mode says link) are its target's, followed as a folder's or a tar's are."""
+    seen = set()
+    while stat.S_ISLNK(info.external_attr >> 16):
+        seen.add(info.filename)
+        link = archive.read(info).decode("utf-8", "replace")
+        target = posixpath.normpath(posixpath.join(posixpath.dirname(info.filename), link))
+        if target in seen:
+            raise EngineError(f"{path}:{info.filename} is a link in a loop (to {link}); remove the link")
+        try:
+            info = archive.getinfo(target)
+        except KeyError:
+            raise EngineError(f"{path}:{info.filename} is a link to {link}, which the archive does not hold") from None
+    return archive.read(info)
 
 
 def _zip_name(info: zipfile.ZipInfo):
