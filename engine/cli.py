@@ -177,9 +177,6 @@ def cmd_train(args):
     return 0
 
 
-ONNX_IGNORED = ("amp", "amp_dtype", "compile", "compile_mode", "channels_last", "triton", "tta")  # PyTorch-only choices
-
-
 def cmd_eval(args):
     from engine.confusion import check_png_path
     from engine.evaluate import as_json, picture_title
@@ -194,9 +191,6 @@ def cmd_eval(args):
 
         if args.code:
             raise UsageError("--model names a checkpoint's code; an .onnx file holds its whole model")
-        for name in ONNX_IGNORED:
-            if name in values:
-                raise UsageError(f"{flag(name)} applies to PyTorch checkpoints; an .onnx file runs in onnxruntime")
         result = evaluate_onnx(args.checkpoint, values, input_size=args.input_size, classes=args.classes, log=log)
         source = f"ONNX model on {result['provider']}"
     else:
@@ -249,8 +243,9 @@ def cmd_predict(args):
     from export.predict import Classifier, predict_files
 
     model = Classifier(args.model, input_size=args.input_size, classes=args.classes, device=args.device)
-    predict_files(model, args.images, topk=args.topk, batch_size=args.batch_size, as_json=args.json, say=log)
-    return 0
+    bad = predict_files(model, args.images, topk=args.topk, batch_size=args.batch_size, as_json=args.json, say=log,
+                        warn=say_error)
+    return 1 if bad else 0  # each unreadable file was one line on stderr; the others were predicted
 
 
 def cmd_summary(args):

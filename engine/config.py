@@ -173,6 +173,12 @@ class Config:
 
     def validate(self):
         """Raise UsageError, naming the flag, for values no run could use."""
+        from engine import config_types
+
+        if isinstance(self.tta, bool):  # runs before the levels kept --tta as on/off: on is level 1
+            self.tta = int(self.tta)
+        config_types.normalise(self)
+        config_types.check(self, flag)
         positive = ("epochs", "batch_size", "eval_batch_size", "limit_train", "limit_test")
         for name in positive:
             value = getattr(self, name)
@@ -205,8 +211,6 @@ class Config:
                 self.eval_every <= 1 or float(self.eval_every).is_integer())):
             raise UsageError(f"--eval-every is a fraction of an epoch, 0 < X <= 1, or a whole number of epochs, "
                              f"not {self.eval_every!r}")
-        if isinstance(self.tta, bool):  # runs before the levels kept --tta as on/off: on is level 1
-            self.tta = int(self.tta)
         parse_duration(self.save_every)
         self.check_data_options()
         for f in dataclasses.fields(self):
@@ -228,8 +232,6 @@ class Config:
         from engine.data.layout import parse_count, parse_fraction
         from engine.pixels import parse_image_size
 
-        if isinstance(self.val_split, int) and not isinstance(self.val_split, bool):  # runs before 0.2 kept a count
-            self.val_split = str(self.val_split)
         if self.val_split is not None:
             parse_count(self.val_split, 100, "--val-split")
         if self.test_split is not None:

@@ -14,12 +14,13 @@ import torch
 import torch.nn.functional as F
 
 from engine.checkpoint import load, model_from_checkpoint
-from engine.config import Config
+from engine.config import Config, fields_in, flag
 from engine.confusion import Confusion
 from engine.data import dataset_label, load_dataset
 from engine.data.layout import WHOLE
 from engine.distributed import Ranks
-from engine.errors import EngineError
+from engine.errors import EngineError, UsageError
+from engine.isolation import kept_global_state
 from engine.loader import BatchLoader
 from engine.resume import test_set_changes
 from engine.runtime import Runtime, setup_backends, warn
@@ -143,7 +144,31 @@ def labels_for(source, shape, classes, data, data_name):
     return torch.tensor([classes.index(name) for name in data.classes])[data.test_y]  # (M,) int64
 
 
+EVAL_FLAGS = tuple(f.name for f in fields_in("data", "runtime"))  # what engine eval's flags set
 RUN_DATA = ("data", "data_dir", "cache_dir", "seed", "image_size", "resize", "test_split")  # what chose and shaped a run's images
+
+
+def check_overrides(overrides, allowed, what, refused=()):
+    """One UsageError for an override key an evaluation does not take (a misspelling, a training
+    setting): `allowed` the keys it reads; `refused` those named apart, with their reason."""
+    if not isinstance(overrides, dict):
+        raise UsageError(f"{what}'s overrides are a dict of Config values such as {{'data': 'photos/'}}, "
+                         f"not {type(overrides).__name__}")
+    for name, reason in refused:
+        if name in overrides:
+            raise UsageError(f"{flag(name)} {reason}")
+    unknown = sorted(set(overrides) - set(allowed))
+    if unknown:
+        raise UsageError(f"{what} takes no {', '.join(unknown)} (it takes {', '.join(sorted(allowed))}; a checkpoint "
+                         "keeps what it was trained with)")
+
+
+def check_code(model, what):
+    """`model=` of an evaluation or an export: the checkpoint's code named as text, or None."""
+    if model is not None and not isinstance(model, str):
+        kind = f"the class {model.__name__}" if isinstance(model, type) else f"a {type(model).__name__}"
+        raise UsageError(f"{what}(model=...) names the checkpoint's code as text, e.g. 'nets.py:Net' (what --model "
+                         f"takes), not {kind}; the weights come from the checkpoint")
 
 
 def evaluation_data(saved, given):
@@ -164,6 +189,7 @@ def same_data(a, b):
     return a == b or Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
 
 
+@kept_global_state()
 def evaluate_checkpoint(path, overrides, log=print, model=None):
     """Test loss and accuracy of the checkpoint at `path` on its own dataset or on `overrides`' data.
 
@@ -172,6 +198,8 @@ def evaluate_checkpoint(path, overrides, log=print, model=None):
     """
     from engine.models.reference import parse_model
 
+    check_overrides(overrides, EVAL_FLAGS, "evaluate_checkpoint")
+    check_code(model, "evaluate_checkpoint")
     checkpoint = load(path)
     code = parse_model(model) if model else None  # before the data is read: a bad --model is one line
     # The checkpoint decides what was trained on; how to run (device, amp, batch, limits) is this

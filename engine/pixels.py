@@ -10,7 +10,7 @@ import numpy as np
 
 from engine.errors import EngineError
 
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 MAX_PIXELS = 50_000_000  # 150 MB decoded as RGB; a 20000x20000 image (1.2 GB) is refused by its header
 SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
@@ -33,6 +33,8 @@ def eight_bit(image):
         values = np.asarray(image, dtype=np.float64)
         scale = 255.0 if np.nanmax(values, initial=0) <= 1.0 else 1.0
         return Image.fromarray(np.clip(np.nan_to_num(values) * scale, 0, 255).round().astype(np.uint8))
+    if image.mode == "P" and "transparency" in image.info:  # as PIL asks (its UserWarning otherwise): the same
+        return image.convert("RGBA")  # colours, through RGBA, whose alpha the next convert drops
     return image
 
 

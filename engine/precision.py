@@ -41,9 +41,12 @@ def decide(model, runtime, ref, x, y, cache_dir):
     decisions = read(cache)
     cached = key in decisions
     if not cached:
-        ratio = measure(model, runtime, x, y)
+        try:
+            ratio, failed = measure(model, runtime, x, y), None
+        except BF16Failed as error:  # e.g. a forward that hands its tensors to numpy, which has no bf16
+            ratio, failed = 0.0, str(error)
         decisions[key] = {"precision": "bf16" if ratio >= KEEP_BF16_FROM else "fp32", "ratio": round(ratio, 3),
-                          "model": ref.label, "batch": len(y)}
+                          "model": ref.label, "batch": len(y), **({"bf16_failed": failed} if failed else {})}
         write(cache, decisions)
     return dict(decisions[key], cached=cached, file=str(cache))
 
@@ -53,6 +56,10 @@ def apply(decision, runtime, ref, say=print):
     if decision["precision"] == "fp32" and decision.get("resumed"):
         runtime.amp_dtype = None
         say("Precision: fp32, as the run chose when it started (its checkpoint's precision)")
+    elif decision.get("bf16_failed"):
+        runtime.amp_dtype = None
+        say(f"Precision: fp32, as {ref.name} does not train under bf16 autocast ({decision['bf16_failed']}; "
+            f"{'found earlier' if decision['cached'] else 'found now'}, cached in {decision['file']})")
     elif decision["precision"] == "fp32":
         runtime.amp_dtype = None
         say(f"Precision: fp32, as bf16 autocast trained {ref.name} at {decision['ratio']:.2f}x of fp32's speed on this "
@@ -70,9 +77,17 @@ def measure(model, runtime, x, y):
     steps = {dtype: _step(probe, runtime.device, dtype, x, y) for dtype in (None, torch.bfloat16)}
     times = {dtype: [] for dtype in steps}
     with torch.random.fork_rng(devices=[]):
-        for step in steps.values():
+        for dtype, step in steps.items():
             for _ in range(2):  # warm-up: allocations, oneDNN's kernel choices
-                step()
+                if dtype is None:
+                    step()  # fp32 is the model's own precision: its failure is the run's, said as the run's
+                    continue
+                try:
+                    step()
+                except Exception as error:  # noqa: BLE001 - any failure of the user's code under bf16
+                    from engine.errors import first_line
+
+                    raise BF16Failed(f"{type(error).__name__}: {first_line(error, 120)}") from None
         for _ in range(2):
             for dtype, step in steps.items():
                 times[dtype].append(_median_time(step))
@@ -80,6 +95,10 @@ def measure(model, runtime, x, y):
             if not CLEAR_FROM[0] < ratio < CLEAR_FROM[1]:
                 break
     return ratio
+
+
+class BF16Failed(Exception):
+    """A model's training step raised under bf16 autocast (and not in fp32)."""
 
 
 def _step(model, device, dtype, x, y):

@@ -27,8 +27,8 @@ from engine.fast_paths import choose_compile, choose_precision
 from engine.loader import BatchLoader
 from engine.memory import size_text
 from engine.models import count_parameters
-from engine.models.build import build, check_fits, probe_batch
-from engine.models.reference import ModelRef, load_code, parse_model, reference_of, reopen
+from engine.models.build import build, check_fits, check_rebuilds, probe_batch
+from engine.models.reference import ModelRef, load_code, parse_args, parse_model, reference_of, reopen
 from engine.optim import build_optimizer
 from engine.recipe import freeze, init_from_data
 from engine.report import RunDir, TensorBoard, default_run_dir
@@ -122,47 +122,47 @@ def open_session(cfg: Config, resume: Checkpoint | None = None, say=print, ranks
         model = runtime.prepare(model, compile=in_place, name=ref.label)
         if ema is not None:
             ema.prepare(lambda averaged: runtime.prepare(averaged, compile=in_place, name=ref.label), model)
-    except BaseException:
+        say(f"Model: {model_label(ref)}, {count_parameters(model):,} parameters, input {'x'.join(map(str, data.shape))}, "
+            f"{len(data.classes)} classes; {runtime.describe()}")
+        if ema is not None:
+            say(f"Weight average: decay {cfg.ema:g} a step once warmed up (a horizon of about "
+                f"{1 / (1 - cfg.ema):,.0f} steps); evaluations, best.pt and export use it")
+        optimizer = build_optimizer(cfg, model)
+        scaler = runtime.grad_scaler()
+        session = Session(cfg, runtime, run, spec, ref, model, optimizer, scaler, train_loader, test_loader,
+                          None, [], ranks=ranks, fingerprint=fingerprint,
+                          clock=SaveClock(parse_duration(cfg.save_every) if ranks.world == 1 else None))  # DDP: epoch ends only
+        session.ema, session.screen = ema, screen
+        session.class_weights = loss_weights(cfg.class_weights, data.train_y, data.classes, runtime.device, say)
+        if resume is not None:
+            restore_progress(session, resume, say)
+        # after the restore: DDP registers the parameters that take gradients when it wraps the model,
+        # and a resumed run freezes again what the fresh one froze (a whitened stem, --freeze)
+        session.ddp = ranks.wrap(model) if ranks.world > 1 else None
+        if runtime.plans_compile and not runtime.compile_training:  # evaluations: compiled where that pays
+            from engine.compile_plan import EvalPlan
+
+            evaluations = evaluations_left(cfg, session.start_epoch)
+            session.eval_plan = EvalPlan(runtime, ref, (test_loader.batch_size, *data.shape), evaluations, cfg.resolved_cache_dir(), say)
+        if data.val_x is not None:
+            session.val_loader = eval_loader(cfg, data.val_x, data.val_y, spec, runtime, ranks)  # the test set's shape
+        if ranks.is_main:
+            run.write_config(cfg.to_dict(), dataclasses.asdict(spec), runtime.resolved())
+            if run.path.parent.resolve() == (Path.cwd() / RUNS).resolve():  # runs/latest: the newest run in runs/
+                run.point_latest()
+        session.tensorboard = TensorBoard(run.path, session.steps) if cfg.tensorboard and ranks.is_main else None
+        session.watch, session.reached = Watch(cfg.target_acc, cfg.eval_every, session.steps, cfg.epochs), reached_in(session.metrics)
+        per_rank = f" per rank x {ranks.world} ranks = {cfg.batch_size * ranks.world} global" if ranks.world > 1 else ""
+        val = f" / {len(data.val_x):,} validation" if data.val_x is not None else ""
+        left = len(data.train_x) - session.steps * cfg.batch_size * ranks.world  # the loader's batches are all full
+        left = f", {left:,} left out of each (a new draw every epoch)" if left > 0 else ""
+        say(f"Run: {run.path} ({len(data.train_x):,} train{val} / {len(data.test_x):,} test images, "
+            f"{session.steps} step{'s' if session.steps != 1 else ''} of {cfg.batch_size}{per_rank} an epoch{left}, "
+            f"{cfg.epochs} epoch{'s' if cfg.epochs > 1 else ''})")
+        return session
+    except BaseException:  # a failure anywhere before the run starts lets go of its folder (and its lock)
         run.discard_if_unused()
         raise
-    say(f"Model: {model_label(ref)}, {count_parameters(model):,} parameters, input {'x'.join(map(str, data.shape))}, "
-        f"{len(data.classes)} classes; {runtime.describe()}")
-    if ema is not None:
-        say(f"Weight average: decay {cfg.ema:g} a step once warmed up (a horizon of about "
-            f"{1 / (1 - cfg.ema):,.0f} steps); evaluations, best.pt and export use it")
-    optimizer = build_optimizer(cfg, model)
-    scaler = runtime.grad_scaler()
-    session = Session(cfg, runtime, run, spec, ref, model, optimizer, scaler, train_loader, test_loader,
-                      None, [], ranks=ranks, fingerprint=fingerprint,
-                      clock=SaveClock(parse_duration(cfg.save_every) if ranks.world == 1 else None))  # DDP: epoch ends only
-    session.ema, session.screen = ema, screen
-    session.class_weights = loss_weights(cfg.class_weights, data.train_y, data.classes, runtime.device, say)
-    if resume is not None:
-        restore_progress(session, resume, say)
-    # after the restore: DDP registers the parameters that take gradients when it wraps the model,
-    # and a resumed run freezes again what the fresh one froze (a whitened stem, --freeze)
-    session.ddp = ranks.wrap(model) if ranks.world > 1 else None
-    if runtime.plans_compile and not runtime.compile_training:  # evaluations: compiled where that pays
-        from engine.compile_plan import EvalPlan
-
-        evaluations = evaluations_left(cfg, session.start_epoch)
-        session.eval_plan = EvalPlan(runtime, ref, (test_loader.batch_size, *data.shape), evaluations, cfg.resolved_cache_dir(), say)
-    if data.val_x is not None:
-        session.val_loader = eval_loader(cfg, data.val_x, data.val_y, spec, runtime, ranks)  # the test set's shape
-    if ranks.is_main:
-        run.write_config(cfg.to_dict(), dataclasses.asdict(spec), runtime.resolved())
-        if run.path.parent.resolve() == (Path.cwd() / RUNS).resolve():  # runs/latest: the newest run in runs/
-            run.point_latest()
-    session.tensorboard = TensorBoard(run.path, session.steps) if cfg.tensorboard and ranks.is_main else None
-    session.watch, session.reached = Watch(cfg.target_acc, cfg.eval_every, session.steps, cfg.epochs), reached_in(session.metrics)
-    per_rank = f" per rank x {ranks.world} ranks = {cfg.batch_size * ranks.world} global" if ranks.world > 1 else ""
-    val = f" / {len(data.val_x):,} validation" if data.val_x is not None else ""
-    left = len(data.train_x) - session.steps * cfg.batch_size * ranks.world  # the loader's batches are all full
-    left = f", {left:,} left out of each (a new draw every epoch)" if left > 0 else ""
-    say(f"Run: {run.path} ({len(data.train_x):,} train{val} / {len(data.test_x):,} test images, "
-        f"{session.steps} step{'s' if session.steps != 1 else ''} of {cfg.batch_size}{per_rank} an epoch{left}, "
-        f"{cfg.epochs} epoch{'s' if cfg.epochs > 1 else ''})")
-    return session
 
 
 def evaluations_left(cfg: Config, start_epoch):
@@ -183,7 +183,11 @@ def model_reference(cfg: Config, resume: Checkpoint | None, model, say) -> Model
     """What builds this run's model: `cfg.model` parsed, the resumed run's reference (its user code
     named again), or the class of the caller's `model`."""
     if model is not None:
-        ref = reference_of(model)
+        ref = reference_of(model, parse_args(cfg.model_args))
+        named = cfg.model != Config.__dataclass_fields__["model"].default  # the default names nothing
+        if named and parse_model(cfg.model).name != ref.name:
+            raise UsageError(f"Config(model={cfg.model!r}) and train(model=...) name different networks (the module "
+                             f"passed is a {ref.name}); give one of them")
         if resume is not None:
             reopen(resume.ref, ref, "--resume's checkpoint")
         return ref
@@ -222,6 +226,7 @@ def open_model(cfg: Config, ref: ModelRef, data: Dataset, spec: InputSpec, resum
         model = build(ref, data.shape, len(data.classes), batch=cfg.batch_size)
     else:
         check_fits(model, ref, data.shape, len(data.classes), probe_batch(cfg.batch_size))
+        check_rebuilds(model, ref, data.shape, len(data.classes))
     model = ranks.sync_batchnorm(model)
     ranks.seed(cfg.seed)  # after the common initialisation: dropout differs per rank
     if resume is not None:

@@ -7,6 +7,7 @@ run directory's files). Speed is measured without per-step syncs; the first step
 (compile and allocation warm-up) are timed apart from steady state.
 """
 
+import copy
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,9 +18,10 @@ import torch.nn.functional as F
 from engine.config import Config
 from engine.confusion import Confusion
 from engine.distributed import Ranks, process_group
-from engine.errors import Interrupted
+from engine.errors import Interrupted, UsageError
 from engine.evaluate import evaluate, evaluate_screened, tta_level, tta_note
 from engine.faults import CHECK_EVERY, LossWatch, pause_point
+from engine.isolation import kept_global_state
 from engine.optim import lr_at, set_lr, stop_finished
 from engine.report import format_epoch, progress
 from engine.run_files import checkpoint_state, save_epoch, save_partial, write_confusion
@@ -231,15 +233,38 @@ def train(cfg: Config, resume=None, log=print, model=None):
     resume: a Checkpoint to continue (engine.resume.resume_config gives it with its config).
     model: an nn.Module you built (airbench's make_net seam) instead of `cfg.model`; its class is
     recorded as the checkpoint's reference, which `engine eval/export --model FILE.py:NAME` reloads.
+    The engine trains a copy of it (in its own memory format, perhaps reordered or compiled) and,
+    when the run completes, loads the trained weights (last.pt's) into your module.
     A model's recipe (engine.recipe.apply_recipe) is the command line's: pass its values in `cfg`.
-    Under torchrun every rank calls it, inside the process group; only rank 0 logs."""
-    with process_group(resolve_device(cfg.device)) as ranks:
+    The caller's random generators and the process settings a run makes are put back on return
+    (engine.isolation). Under torchrun every rank calls it, inside the process group; only rank 0 logs."""
+    check_arguments(cfg, resume, model)
+    with kept_global_state(), process_group(resolve_device(cfg.device)) as ranks:
         return train_ranks(cfg, resume, log if ranks.is_main else (lambda *_: None), ranks, model)
+
+
+def check_arguments(cfg: Config, resume, model):
+    """One UsageError for an argument of the wrong kind, before any work."""
+    from torch import nn
+
+    from engine.checkpoint import Checkpoint
+
+    if not isinstance(cfg, Config):
+        raise UsageError(f"train() takes an engine.config.Config, not {type(cfg).__name__}")
+    cfg.validate()  # fields changed since it was made are checked again
+    if resume is not None and not isinstance(resume, Checkpoint):
+        raise UsageError("train(resume=...) takes the Checkpoint that engine.resume.resume_config(RUN_DIR) returns "
+                         "with its Config: cfg, checkpoint = resume_config(RUN_DIR); train(cfg, resume=checkpoint)")
+    if model is not None and not isinstance(model, nn.Module):
+        what = f"the class {model.__name__}" if isinstance(model, type) else f"a {type(model).__name__}"
+        raise UsageError(f"train(model=...) takes a module you built (e.g. Net()), not {what}; to name the code "
+                         "instead, give Config(model='nets.py:Net')")
 
 
 def train_ranks(cfg: Config, resume, log, ranks: Ranks, model=None):
     """train() as one of `ranks`."""
     say = (lambda *_: None) if cfg.quiet else log
+    given, model = model, copy_of(model)
     s = open_session(cfg, resume, say, ranks, model)
     s.log = log
     note = tta_note(s.cfg, s.spec)
@@ -273,4 +298,17 @@ def train_ranks(cfg: Config, resume, log, ranks: Ranks, model=None):
         "the last model's confusion matrix: confusion.png)")
     if s.watch.target is not None:
         log(s.watch.summary(s.reached, s.metrics))
+    if given is not None:
+        given.load_state_dict(s.model.state_dict())  # the caller's module ends trained, in its own format
     return s.run.path, s.metrics
+
+
+def copy_of(model):
+    """The module train() trains in place of the caller's (None for None)."""
+    if model is None:
+        return None
+    try:
+        return copy.deepcopy(model)
+    except Exception as error:  # noqa: BLE001 - a module holding something deepcopy cannot copy (a lock, a file)
+        raise UsageError(f"train(model=...) trains a copy of your module and could not make one ({error}); keep "
+                         "locks, files and other uncopyable things out of the module's attributes") from None

@@ -10,6 +10,7 @@ import numpy as np
 
 from engine.config import Config
 from engine.errors import EngineError
+from engine.isolation import kept_global_state
 
 
 def cross_entropy_sum(logits, labels):
@@ -20,31 +21,39 @@ def cross_entropy_sum(logits, labels):
     return float((log_sum - logits[np.arange(len(labels)), labels]).sum())
 
 
+ONNX_IGNORED = ("amp", "amp_dtype", "compile", "compile_mode", "channels_last", "triton", "tta")  # PyTorch's choices
+
+
+@kept_global_state()
 def evaluate_onnx(path, overrides, *, input_size=None, classes=None, log=print):
-    """{test_loss, test_acc, images, data, provider, model, confusion} of the ONNX file at `path`."""
+    """{test_loss, test_acc, images, data, provider, model, confusion} of the ONNX file at `path`.
+    overrides: engine eval's flags as Config values (data, limit_test, batch_size, device, ...); the
+    PyTorch-only ones (amp, compile, tta, ...) are refused, as a misspelled one is."""
     import torch
 
     from engine.confusion import Confusion
     from engine.data import load_dataset
-    from engine.evaluate import evaluation_data, labels_for
+    from engine.evaluate import EVAL_FLAGS, check_overrides, evaluation_data, labels_for
     from export.predict import Classifier
 
+    reason = "applies to PyTorch checkpoints; an .onnx file runs in onnxruntime"
+    check_overrides(overrides, [k for k in EVAL_FLAGS if k not in ONNX_IGNORED], "evaluate_onnx",
+                    [(name, reason) for name in ONNX_IGNORED])
     device = overrides.get("device", "auto")
     model = Classifier(path, input_size=input_size, classes=classes, device=device)
     info = model.info
     if "data" not in overrides and not info.config.get("data"):
         raise EngineError(f"{path} does not say which data it was trained on; pass --data")
-    known = {k: v for k, v in overrides.items()
-             if k in ("data", "data_dir", "cache_dir", "limit_test", "batch_size", "quiet", "image_size", "resize", "test_split")}
-    cfg = Config(**evaluation_data(info.config, known))
+    cfg = Config(**evaluation_data(info.config, overrides))
+    batch = cfg.eval_batch_size or cfg.batch_size
     data = load_dataset(cfg, (lambda *_: None) if cfg.quiet else log)
     labels = labels_for(path, info.input_size, info.classes, data, cfg.data).numpy()  # classes matched by name
     loss_sum, correct = 0.0, 0
     confusion = Confusion(info.classes)  # the same per-class results as a checkpoint's evaluation
-    for start in range(0, len(labels), cfg.batch_size):
-        images = data.test_x[start:start + cfg.batch_size].numpy().astype(np.float32) / 255  # as a client sends them
+    for start in range(0, len(labels), batch):
+        images = data.test_x[start:start + batch].numpy().astype(np.float32) / 255  # as a client sends them
         logits = model.logits(images)
-        y = labels[start:start + cfg.batch_size]
+        y = labels[start:start + batch]
         loss_sum += cross_entropy_sum(logits, y)
         pred = logits.argmax(1)  # (B,)
         correct += int((pred == y).sum())

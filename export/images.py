@@ -23,14 +23,12 @@ def expand(paths):
     for given in paths:
         path = Path(given)
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-                           and not any(part.startswith(".") for part in p.relative_to(path).parts))
+            found = sorted(p for p in path.rglob("*") if (p.is_file() or p.is_symlink()) and p.suffix.lower() in
+                           IMAGE_EXTENSIONS and not any(part.startswith(".") for part in p.relative_to(path).parts))
             if not found:
                 raise EngineError(f"{path} holds no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
             files += found
-        elif not path.exists():
-            raise EngineError(f"{path}: no such file or directory")
-        else:
+        else:  # a missing one too: open_image names it, and the others are still predicted
             files.append(path)
     return files
 
@@ -41,7 +39,9 @@ def open_image(path):
 
     path = Path(path)
     if not path.is_file():
-        raise EngineError(f"{path}: no such file" if not path.exists() else f"{path} is not a file")
+        if path.is_symlink() and not path.exists():
+            raise EngineError(f"{path} is a broken link (to {os.readlink(path)})")
+        raise EngineError(f"{path}: no such file or directory" if not path.exists() else f"{path} is not a file")
     if path.stat().st_size == 0:
         raise EngineError(f"{path} is empty (0 bytes), not an image")
     bomb_limit = Image.MAX_IMAGE_PIXELS

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from engine.errors import EngineError, UsageError, first_line, root_cause, trace_failure
+from engine.isolation import kept_global_state
 from engine.quiet import quiet_exporter
 from export.metadata import ModelInfo
 
@@ -82,6 +83,11 @@ def to_onnx(module, sample, path, opset=None):
     import onnx
 
     model = onnx.load(str(path), load_external_data=False)
+    first = model.graph.input[0].type.tensor_type.shape.dim[0]
+    if first.HasField("dim_value"):  # torch.export specialised it: the forward branches on the batch size
+        raise EngineError(f"the exported graph takes batches of {first.dim_value} only: the model's forward depends on "
+                          "the batch size (e.g. an `if x.shape[0] == ...`), so no file for any batch can be written; "
+                          "make the forward the same for every batch size")
     return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
 
 
@@ -122,15 +128,20 @@ def verification_images(data, shape, count=VERIFY_IMAGES, seed=0):
     return data.test_x[pick].numpy().astype(np.float32) / 255, f"{len(pick)} test images of {data.name}"
 
 
+@kept_global_state()
 def export_onnx(out, checkpoint=None, *, opset=None, verify=True, int8=False, log=print, model=None):
     """Export the checkpoint to `out`; returns an ExportResult. Nothing is left at `out` on failure.
     model: a user model's code named again (`--model nets.py:Net`), which its checkpoint needs."""
     from engine.checkpoint import load, model_from_checkpoint
+    from engine.evaluate import check_code
     from engine.normalization import Normalized
     from export import verify as checks
     from export.session import open_session
 
+    check_code(model, "export_onnx")
     out = check_out(out)
+    if opset is not None and (not isinstance(opset, int) or isinstance(opset, bool)):
+        raise UsageError(f"--opset must be a whole number, not {opset!r}")
     if opset is not None and not MIN_OPSET <= opset <= torch.onnx._constants.ONNX_MAX_OPSET:
         raise UsageError(f"--opset {opset}: the exporter writes opsets {MIN_OPSET} to {torch.onnx._constants.ONNX_MAX_OPSET}")
     from engine.models.reference import parse_model

@@ -29,6 +29,10 @@ class Classifier:
     def __init__(self, path, *, input_size=None, classes=None, device="auto", threads=None):
         from export.session import load_checked, open_session
 
+        if device not in DEVICES:
+            raise UsageError(f"device must be one of {', '.join(DEVICES)}, not {device!r}")
+        if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
+            raise UsageError(f"threads must be a whole number of at least 1 (or None: one per physical core), not {threads!r}")
         proto = load_checked(path)
         props = {p.key: p.value for p in proto.metadata_props}
         if (input_size or classes) and all(key in props for key in REQUIRED):
@@ -38,11 +42,13 @@ class Classifier:
             self.info = ModelInfo.from_flags(input_size, classes)
         else:
             self.info = ModelInfo.from_props(props, str(path))
+        self.path = path
         self.session, self.provider = open_session(path, device=device, threads=threads)
         self.input_name = self.session.get_inputs()[0].name
-        self._check_shapes(path)
+        self.fixed_batch = self._check_shapes(path)
 
     def _check_shapes(self, path):
+        """The file's batch size where its graph fixes one (run one such batch at a time), else None."""
         declared = self.session.get_inputs()[0].shape  # e.g. ['batch', 3, 32, 32]
         fixed = [d for d in declared[1:] if isinstance(d, int)]
         if len(declared) != 4 or (len(fixed) == 3 and fixed != list(self.info.input_size)):
@@ -50,6 +56,7 @@ class Classifier:
         outputs = self.session.get_outputs()[0].shape
         if len(outputs) != 2 or (isinstance(outputs[1], int) and outputs[1] != len(self.info.classes)):
             raise EngineError(f"{path} gives outputs {outputs}, not logits for {len(self.info.classes)} classes")
+        return declared[0] if isinstance(declared[0], int) and declared[0] > 0 else None
 
     @property
     def classes(self):
@@ -60,35 +67,89 @@ class Classifier:
         return imaging.batch(images, self.info.input_size, self.info.rule)
 
     def logits(self, images):
-        """(N, classes) float32 logits; `images` as for `preprocess`, or an already prepared float32 batch."""
+        """(N, classes) float32 logits; `images` as for `preprocess`, or an already prepared float32
+        batch (N, C, H, W) in [0, 1]. A file whose graph fixes its batch size runs that many at a time."""
         if isinstance(images, np.ndarray) and images.dtype == np.float32 and images.ndim == 4:
-            batch = images
+            batch = self._checked(images)
         else:
             batch = self.preprocess(images)
-        return self.session.run(None, {self.input_name: batch})[0]
+        step = self.fixed_batch or len(batch)
+        return np.concatenate([self._run(batch[i:i + step], step) for i in range(0, len(batch), step)])
+
+    def _checked(self, batch):
+        if list(batch.shape[1:]) != list(self.info.input_size):
+            raise UsageError(f"a prepared batch must be (N, {', '.join(map(str, self.info.input_size))}) float32 pixels "
+                             f"in [0, 1] for this model, not {tuple(batch.shape)}")
+        if batch.size and not (np.isfinite(batch).all() and batch.min() >= 0 and batch.max() <= 1):
+            raise UsageError(f"a prepared batch holds pixels scaled to [0, 1] (uint8 / 255), the model normalises them "
+                             f"itself; these range from {batch.min():g} to {batch.max():g}")
+        return batch
+
+    def _run(self, batch, size):
+        """The session on `batch`, padded with zeros to `size` images (a fixed-batch graph) and cut back."""
+        count = len(batch)
+        if count < size:
+            batch = np.concatenate([batch, np.zeros((size - count, *batch.shape[1:]), batch.dtype)])
+        try:
+            return self.session.run(None, {self.input_name: np.ascontiguousarray(batch)})[0][:count]
+        except Exception as error:  # onnxruntime raises its own InvalidArgument/Fail types
+            from engine.errors import first_line
+
+            raise EngineError(f"onnxruntime could not run {self.path} on {count} image{'s' if count != 1 else ''} "
+                              f"({first_line(error, 240)})") from None
 
     def predict(self, images, topk=1):
-        """For each image, its `topk` (class, probability) pairs, most likely first."""
+        """For each image, its `topk` (class, probability) pairs, most likely first (topk above the
+        class count gives every class)."""
+        check_whole("topk", topk)
         probabilities = softmax(self.logits(images))
-        k = max(1, min(topk, len(self.info.classes)))
+        k = min(topk, len(self.info.classes))
         order = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
         return [[(self.info.classes[i], float(row[i])) for i in top] for row, top in zip(probabilities, order)]
 
 
+DEVICES = ("auto", "cpu", "cuda")
 
 
-def predict_files(model: Classifier, paths, topk=3, batch_size=64, as_json=False, say=print):
-    """`engine predict`: every image under `paths`, in batches; one line (or JSON object) per image."""
-    files = imaging.expand(paths)
-    for path in files:  # every header first: a bad file fails before any output
-        imaging.open_image(path).close()
-    results = []  # every prediction before any output: a file that fails to decode fails alone, as one line
+def check_whole(name, value):
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise UsageError(f"{name} must be a whole number of at least 1, not {value!r}")
+
+
+def predict_files(model: Classifier, paths, topk=3, batch_size=64, as_json=False, say=print, warn=None):
+    """`engine predict`: every image under `paths`, in batches; one line (or JSON object) per image.
+    A file that cannot be read (missing, empty, not an image, truncated, too large) is one line each
+    through `warn` (by default an EngineError for the first), and the others are still predicted.
+    Returns the number of files that could not be."""
+    check_whole("topk", topk)
+    check_whole("batch_size", batch_size)
+    files, bad = [], []
+    for path in imaging.expand(paths):  # every header first: nothing is decoded from a file that cannot be
+        try:
+            imaging.open_image(path).close()
+            files.append(path)
+        except EngineError as error:
+            bad.append(str(error))
+    if bad and warn is None:
+        raise EngineError(bad[0])
     for start in range(0, len(files), batch_size):
         chunk = files[start:start + batch_size]
-        results += zip(chunk, model.predict(chunk, topk=topk))
-    for path, top in results:
-        if as_json:
-            say(json.dumps({"image": str(path), "top": [{"class": c, "probability": round(p, 6)} for c, p in top]}))
-        else:
-            say(f"{path}: " + ", ".join(f"{c} {p * 100:.1f}%" for c, p in top))
-    return len(files)
+        try:
+            results = list(zip(chunk, model.predict(chunk, topk=topk)))
+        except EngineError:  # a file whose pixels do not decode (its header did): the chunk one by one
+            if warn is None:
+                raise
+            results = []
+            for path in chunk:
+                try:
+                    results.append((path, model.predict([path], topk=topk)[0]))
+                except EngineError as error:
+                    bad.append(str(error))
+        for path, top in results:
+            if as_json:
+                say(json.dumps({"image": str(path), "top": [{"class": c, "probability": round(p, 6)} for c, p in top]}))
+            else:
+                say(f"{path}: " + ", ".join(f"{c} {p * 100:.1f}%" for c, p in top))
+    for line in bad:
+        warn(line)
+    return len(bad)

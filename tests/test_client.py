@@ -6,6 +6,7 @@ The script is taken from README.md itself, so the documented client and the test
 import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -109,3 +110,37 @@ def test_readme_client_scales_sixteen_bit_images_as_training_did(tmp_path, capsy
     engine_acc, client_acc, images = client_against_eval(root, train, tmp_path, capsys, batch=8)
     assert images == 40 and client_acc == engine_acc
     assert engine_acc > 90  # the classes are apart after scaling; clipped, every pixel would be 255
+
+
+def client_load(input_size, crop):
+    """The README client's `load` function, for a model taking `input_size` (C, H, W)."""
+    source = re.search(r"\ndef load\(path\):\n.*?\n    return pixels.transpose\(2, 0, 1\)[^\n]*\n", client_script(), re.S)
+    assert source, "README.md's client lost its load function"
+    names = {"np": np, "Image": Image, "crop": crop}
+    names["channels"], names["height"], names["width"] = input_size
+    exec(source.group(0), names)
+    return names["load"]
+
+
+@pytest.mark.parametrize("input_size", [(3, 24, 20), (1, 16, 16)])
+@pytest.mark.parametrize("rule", ["stretch", "crop"])
+def test_readme_client_reads_every_kind_of_image_as_engine_predict_does(tmp_path, input_size, rule):
+    from export.images import batch
+
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (30, 41, 3), dtype=np.uint8)
+    palette = Image.fromarray(rgb).convert("P", palette=Image.ADAPTIVE)
+    palette.save(tmp_path / "palette_bytes.png", transparency=bytes([0, 128, 255] + [255] * 253))  # pngquant's kind
+    Image.fromarray(rng.random((30, 41)).astype(np.float32), "F").save(tmp_path / "float01.tiff")
+    Image.fromarray((rng.random((30, 41)) * 200).astype(np.float32), "F").save(tmp_path / "float255.tiff")
+    Image.fromarray(rng.integers(0, 65536, (30, 41)).astype(np.uint16)).save(tmp_path / "sixteen.png")
+    Image.fromarray(np.dstack([rgb, rgb[..., :1]])).save(tmp_path / "rgba.png")
+    Image.fromarray(rgb).save(tmp_path / "photo.jpg", quality=90)
+    Image.fromarray(rgb[..., 0]).save(tmp_path / "grey.png")
+    load = client_load(input_size, rule == "crop")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # neither reader may print PIL's palette-transparency warning
+        for path in sorted(tmp_path.iterdir()):
+            engine = batch([path], input_size, rule)[0]
+            client = load(path)
+            assert client.shape == engine.shape and np.array_equal(client, engine), path.name

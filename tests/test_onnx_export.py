@@ -201,3 +201,40 @@ def test_agreement_reads_100_percent_only_when_every_image_agrees():
     assert agreement_text(1.0) == "100.0%"
     assert agreement_text(1999 / 2000) == "99.9%"  # 99.95% would round up to a 100.0% that is not there
     assert agreement_text(0.5) == "50.0%" and agreement_text(0.12345) == "12.3%"
+
+
+class BranchesOnTheBatch(torch.nn.Module):
+    """A forward that depends on the batch size: no graph for every batch exists."""
+
+    def __init__(self):
+        super().__init__()
+        self.head = torch.nn.Linear(3 * 32 * 32, 10)
+
+    def forward(self, x):
+        if x.shape[0] == 2:
+            x = x * 1.0
+        return self.head(x.flatten(1))
+
+
+def test_a_forward_that_depends_on_the_batch_size_is_refused_in_one_line(tmp_path):
+    from engine.errors import EngineError
+
+    with pytest.raises(EngineError, match="takes batches of 2 only: the model's forward depends on the batch size"):
+        to_onnx(BranchesOnTheBatch().eval(), torch.rand(2, 3, 32, 32), tmp_path / "m.onnx")
+
+
+@pytest.mark.slow
+def test_parity_tolerance_grows_with_the_logits_and_a_real_large_logit_model_verifies(tmp_path):
+    from export.verify import ATOL, Parity, check_parity
+
+    assert Parity(8, 2.44e-4, 1.0, 885.0).ok()  # resnet18's logits reach 885: a few 1e-7 of them apart
+    assert not Parity(8, 2.44e-4, 1.0, 1.0).ok() and not Parity(8, 0.05, 1.0, 885.0).ok()
+    model = build_model("cifar_cnn", (3, 32, 32), 10).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(6.0)  # logits in the hundreds or more
+    to_onnx(model, torch.rand(2, 3, 32, 32), tmp_path / "big.onnx")
+    session, _ = open_session(tmp_path / "big.onnx", device="cpu")
+    images = np.random.default_rng(0).random((16, 3, 32, 32), dtype=np.float32)
+    parity = check_parity(session, model, images)
+    assert parity.scale > 100 and parity.max_abs_diff <= parity.tolerance() and parity.tolerance() > ATOL

@@ -55,3 +55,24 @@ def test_a_resumed_run_keeps_its_own_precision(tmp_path, monkeypatch):
     resumed = open_session(Config.from_dict(checkpoint.config), resume=checkpoint, say=said.append)
     assert resumed.runtime.resolved()["precision"] == "fp32"
     assert "Precision: fp32, as the run chose when it started (its checkpoint's precision)" in said
+
+
+def test_a_model_that_fails_under_bf16_trains_in_fp32_and_says_why(tmp_path, monkeypatch):
+    monkeypatch.setenv("ENGINE_CPU_BF16", "1")
+    code = tmp_path / "numpy_net.py"
+    code.write_text(
+        "import torch\nfrom torch import nn\n\n"
+        "class NumpyNet(nn.Module):\n"
+        "    def __init__(self, num_classes=10):\n"
+        "        super().__init__()\n"
+        "        self.head = nn.Linear(3 * 32 * 32, num_classes)\n\n"
+        "    def forward(self, x):\n"
+        "        logits = self.head(x.flatten(1))\n"
+        "        return logits / (float(logits.detach().cpu().numpy().std()) + 1.0)  # numpy has no bf16\n")
+    s, said = session(tmp_path, "a", model=f"{code}:NumpyNet")
+    assert s.runtime.resolved()["precision"] == "fp32"
+    assert any("Precision: fp32, as NumpyNet does not train under bf16 autocast (TypeError" in line for line in said)
+    decisions = json.loads((tmp_path / "cache" / "precision.json").read_text())
+    assert [d["precision"] for d in decisions.values()] == ["fp32"]
+    again, said = session(tmp_path, "b", model=f"{code}:NumpyNet")
+    assert again.runtime.resolved()["precision"] == "fp32" and any("found earlier" in line for line in said)

@@ -11,7 +11,9 @@ from PIL import Image
 import export
 from engine.checkpoint import load, model_from_checkpoint
 from engine.cli import main
+from engine.errors import UsageError
 from engine.normalization import Normalized
+from export.predict import predict_files
 
 
 def write_images(folder):
@@ -83,14 +85,16 @@ def test_a_file_without_engine_metadata_needs_input_size_and_classes(tiny_onnx, 
     ("zero.png", b"", "empty"),
     ("text.jpg", b"not an image", "not a readable image"),
 ])
-def test_bad_images_stop_before_any_output_with_one_line(tiny_onnx, tmp_path, capsys, name, content, message):
+def test_a_bad_image_is_one_line_and_the_good_ones_are_still_predicted(tiny_onnx, tmp_path, capsys, name, content,
+                                                                        message):
     good = write_images(tmp_path / "images")[0]
     bad = tmp_path / name
     if content is not None:
         bad.write_bytes(content)
     assert main(["predict", str(tiny_onnx), str(good), str(bad)]) == 1
     captured = capsys.readouterr()
-    assert captured.out == "" and message in captured.err and captured.err.count("\n") == 1
+    assert captured.out.startswith(f"{good}: ") and captured.out.count("\n") == 1
+    assert message in captured.err and str(bad) in captured.err and captured.err.count("\n") == 1
 
 
 @pytest.mark.parametrize("content", [b"", b"plain text, named .onnx", None])
@@ -114,11 +118,55 @@ def test_a_truncated_model_is_one_line(tiny_onnx, tmp_path, capsys):
     assert "not a valid ONNX model" in err and err.count("\n") == 1
 
 
-def test_a_truncated_image_after_good_ones_prints_no_predictions(tiny_onnx, tmp_path, capsys):
+def test_a_truncated_image_among_good_ones_is_named_and_the_others_predicted(tiny_onnx, tmp_path, capsys):
     paths = write_images(tmp_path / "images")
     last = tmp_path / "images" / "z_truncated.png"
     data = (tmp_path / "images" / "a_rgb.png").read_bytes()
     last.write_bytes(data[: len(data) // 2])  # its header reads; its pixels do not
     assert main(["predict", str(tiny_onnx), *map(str, paths), str(last), "--batch-size", "2"]) == 1
     out, err = capsys.readouterr()
-    assert out == "" and "z_truncated.png" in err and err.count("\n") == 1
+    assert [line.split(": ")[0] for line in out.splitlines()] == list(map(str, paths))
+    assert "z_truncated.png" in err and err.count("\n") == 1
+
+
+def test_a_folder_names_its_broken_links_and_reads_jfif_and_jpe(tiny_onnx, tmp_path, capsys):
+    folder = tmp_path / "photos"
+    good = write_images(folder)[0]
+    jpeg = folder / "b.jfif"
+    Image.open(good).convert("RGB").save(jpeg, format="JPEG")
+    (folder / "c.jpe").write_bytes(jpeg.read_bytes())
+    (folder / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    assert main(["predict", str(tiny_onnx), str(folder)]) == 1
+    out, err = capsys.readouterr()
+    assert str(jpeg) in out and str(folder / "c.jpe") in out
+    assert "gone.png is a broken link" in err and err.count("\n") == 1
+
+
+def test_a_file_whose_graph_fixes_the_batch_runs_a_batch_at_a_time(tiny_onnx, tmp_path):
+    model = onnx.load(str(tiny_onnx))
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 2  # as a fixed-batch exporter writes it
+    fixed = tmp_path / "fixed.onnx"
+    onnx.save(model, str(fixed))
+    images = np.random.default_rng(0).random((5, 3, 32, 32), dtype=np.float32)
+    want = export.load(tiny_onnx).logits(images)
+    got = export.load(fixed).logits(images)  # batches of 2, the last padded
+    assert got.shape == want.shape and np.allclose(got, want, atol=1e-5)
+
+
+def test_the_python_api_refuses_what_the_command_line_refuses(tiny_onnx, tmp_path):
+    model = export.load(tiny_onnx)
+    image = write_images(tmp_path / "images")[0]
+    for topk in (0, -1, 1.5, "2", None, True):
+        with pytest.raises(UsageError, match="topk must be a whole number"):
+            model.predict([image], topk=topk)
+    with pytest.raises(UsageError, match="batch_size must be a whole number"):
+        predict_files(model, [image], batch_size=0)
+    with pytest.raises(UsageError, match="device must be one of auto, cpu, cuda"):
+        export.load(tiny_onnx, device="gpu")
+    for threads in (0, -3, 1.5):
+        with pytest.raises(UsageError, match="threads must be a whole number"):
+            export.load(tiny_onnx, threads=threads)
+    with pytest.raises(UsageError, match=r"pixels scaled to \[0, 1\].*from 0 to 255"):
+        model.logits(np.linspace(0, 255, 2 * 3 * 32 * 32, dtype=np.float32).reshape(2, 3, 32, 32))
+    with pytest.raises(UsageError, match=r"must be \(N, 3, 32, 32\).*not \(2, 32, 32, 3\)"):
+        model.logits(np.zeros((2, 32, 32, 3), np.float32))  # NHWC

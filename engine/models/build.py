@@ -156,6 +156,44 @@ def check_fits(model: nn.Module, ref: ModelRef, in_shape, num_classes, batch=PRO
         raise UsageError(f"{label} has no parameter to train ({held}); a model needs at least one trainable parameter")
 
 
+def check_rebuilds(model: nn.Module, ref: ModelRef, in_shape, num_classes):
+    """A module the caller built (`train(model=...)`) must be what its checkpoint's reference rebuilds
+    (`engine eval/export --model FILE.py:NAME`): its class called as the engine calls it, with
+    --model-args. One line before any work if it is not, or if the class cannot be called so: the
+    run's checkpoint could not be reloaded. The global RNG is left as it was."""
+    label = ref.label if ref.kind != "file" else f"{Path(ref.file).name}:{ref.name}"
+    hint = (f"; give the arguments you built it with as Config(model={ref.label!r}, model_args={{...}}), or name "
+            "the code in Config(model=...) and leave train's model= out")
+    if type(model).__module__.startswith("torchvision.models."):
+        hint = "; name a torchvision model in Config(model='torchvision:NAME') and leave train's model= out"
+    try:
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            rebuilt = _construct(load_code(ref), ref, in_shape, num_classes)
+            if any(is_lazy(t) for t in (*rebuilt.parameters(), *rebuilt.buffers())):
+                rebuilt.eval()(torch.zeros(1, *in_shape))
+    except EngineError as error:  # UsageError too
+        raise UsageError(f"train(model=...): the checkpoint could not rebuild your {label} from its class: "
+                         f"{error}{hint}") from None
+    except Exception as error:
+        raise UsageError(f"train(model=...): the checkpoint could not rebuild your {label} from its class: "
+                         f"{type(error).__name__}: {first_line(error, 160)}{hint}") from None
+    mine, theirs = _shapes(model), _shapes(rebuilt)
+    if mine != theirs:
+        name = next((k for k in mine if mine[k] != theirs.get(k)), None) or next(k for k in theirs if k not in mine)
+        built = f"{ref.name}({', '.join(f'{k}={v!r}' for k, v in ref.args.items())})"
+        raise UsageError(f"train(model=...): your {label} is not what its checkpoint would rebuild, {built} for "
+                         f"{num_classes} classes: {name} is {_shown(mine, name)} in yours, {_shown(theirs, name)} "
+                         f"rebuilt{hint}")
+
+
+def _shapes(model):
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def _shown(shapes, name):
+    return "absent" if name not in shapes else str(shapes[name])
+
+
 def check_logits(output, label, mode, batch, num_classes, ref: ModelRef):
     """One line for a probe's output that is not (batch, num_classes) float32 logits."""
     if not isinstance(output, torch.Tensor):

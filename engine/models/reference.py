@@ -188,10 +188,12 @@ def reopen(saved: ModelRef, given: ModelRef | None, source="the checkpoint", war
     return replace(given, args=saved.args)
 
 
-def reference_of(model: nn.Module) -> ModelRef:
+def reference_of(model: nn.Module, args=None) -> ModelRef:
     """The reference of a module built by the caller (`train(cfg, model=...)`): its class, in its .py
-    file when it comes from a script (or from a file `--model` loaded), else in its module. A class
-    typed into a notebook has no file: its checkpoint reloads with any code naming the same class."""
+    file when it comes from a script (or from a file `--model` loaded), else in its module, with
+    `args` (the constructor's keyword arguments, `--model-args`). A class typed into a notebook has no
+    file: its checkpoint reloads with any code naming the same class. engine.models.build.check_rebuilds
+    proves the reference rebuilds the same network."""
     cls = type(model)
     if "<locals>" in cls.__qualname__:
         raise UsageError(f"model class {cls.__qualname__} is defined inside a function; define it at the top level "
@@ -203,8 +205,8 @@ def reference_of(model: nn.Module) -> ModelRef:
     source = getattr(sys.modules.get(cls.__module__), "__file__", None)
     from_file = cls.__module__ == "__main__" or cls.__module__.startswith(USER_MODULE) or _loose(cls.__module__, source)
     if from_file and source and source.endswith(".py"):
-        return ModelRef("file", cls.__qualname__, str(Path(source).resolve()), sha256_of(source))
-    return ModelRef("module", cls.__qualname__, cls.__module__)
+        return ModelRef("file", cls.__qualname__, str(Path(source).resolve()), sha256_of(source), dict(args or {}))
+    return ModelRef("module", cls.__qualname__, cls.__module__, None, dict(args or {}))
 
 
 def _loose(module, source):

@@ -1,0 +1,153 @@
+"""The library called from Python gets the command line's rules: wrong types are one UsageError naming
+the field, a module passed to train() ends trained and must be what its checkpoint rebuilds, the
+evaluations refuse what they do not take, and a call leaves the caller's process as it found it."""
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from engine.checkpoint import load
+from engine.config import Config
+from engine.errors import UsageError
+from engine.evaluate import evaluate_checkpoint
+from engine.train import train
+
+TINY = dict(epochs=1, limit_train=64, limit_test=32, batch_size=16, amp=False, quiet=True, device="cpu")
+NETS = '''
+import torch
+from torch import nn
+
+
+class Net(nn.Module):
+    """conv -> ReLU -> max-pool: the engine trains it reordered (a traced copy)."""
+
+    def __init__(self, num_classes=10, width=8):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
+        self.head = nn.Linear(width * 16 * 16, num_classes)
+
+    def forward(self, x):
+        return self.head(self.features(x).flatten(1))
+
+
+class Plain(nn.Module):
+    def __init__(self, num_classes=10):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.head = nn.Linear(4 * 32 * 32, num_classes)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.conv(x)).flatten(1))
+'''
+
+
+@pytest.fixture
+def nets(tmp_path, monkeypatch):
+    (tmp_path / "api_nets.py").write_text(NETS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("api_nets", None)
+    import api_nets
+
+    yield api_nets
+    sys.modules.pop("api_nets", None)
+
+
+@pytest.mark.parametrize("values, message", [
+    (dict(compile="False"), "--compile must be True or False, not 'False'"),
+    (dict(quiet="no"), "--quiet must be True or False"),
+    (dict(lr="0.1"), "--lr must be a number, not '0.1'"),
+    (dict(lr=None), "--lr must be a number, not None"),
+    (dict(epochs=None), "--epochs must be a whole number, not None"),
+    (dict(epochs=True), "--epochs must be a whole number, not True"),
+    (dict(tta=1.0), "--tta must be a whole number"),
+    (dict(target_acc="80"), r"--target-acc must be a number \(or None\)"),
+    (dict(data_dir=None), "--data-dir must be a string, not None"),
+    (dict(freeze=[1]), "--freeze must be a string"),
+])
+def test_a_value_of_the_wrong_type_is_one_usage_error_naming_the_field(values, message):
+    with pytest.raises(UsageError, match=message):
+        Config(**values)
+
+
+def test_the_natural_python_forms_are_taken_as_the_command_lines(tmp_path):
+    cfg = Config(data=tmp_path, out=tmp_path / "run", image_size=(24, 32), val_split=10, save_every=600,
+                 model="torchvision:resnet18", model_args={"zero_init_residual": True}, freeze=["conv1", "layer1"])
+    assert (cfg.data, cfg.out) == (str(tmp_path), str(tmp_path / "run"))
+    assert (cfg.image_size, cfg.val_split, cfg.save_every) == ("24x32", "10", "600")
+    assert json.loads(cfg.model_args) == {"zero_init_residual": True} and cfg.freeze == "conv1,layer1"
+    json.dumps(cfg.to_dict())  # what config.json and the checkpoint store
+
+
+@pytest.mark.parametrize("name", ["Net", "Plain"])
+def test_the_module_passed_ends_holding_the_runs_weights_in_its_own_format(nets, tmp_path, name):
+    net = getattr(nets, name)()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    out, _ = train(Config(**TINY, out=str(tmp_path / "run")), model=net, log=lambda *_: None)
+    saved = load(out / "last.pt").model
+    assert all(torch.equal(net.state_dict()[k], saved[k]) for k in saved)
+    assert any(not torch.equal(before[k], saved[k]) for k in saved)
+    assert all(p.is_contiguous() for p in net.parameters())  # not left channels_last by the run
+
+
+def test_a_module_its_checkpoint_cannot_rebuild_is_refused_before_any_work(nets, tmp_path):
+    with pytest.raises(UsageError, match=r"features.0.weight is \(16, 3, 3, 3\) in yours, \(8, 3, 3, 3\) rebuilt"):
+        train(Config(**TINY, out=str(tmp_path / "a")), model=nets.Net(width=16), log=lambda *_: None)
+    assert not (tmp_path / "a").exists()
+    code = f"{Path(nets.__file__)}:Net"
+    out, _ = train(Config(**TINY, out=str(tmp_path / "b"), model=code, model_args={"width": 16}),
+                   model=nets.Net(width=16), log=lambda *_: None)
+    assert load(out / "best.pt").ref.args == {"width": 16}
+    result = evaluate_checkpoint(out / "best.pt", {"limit_test": 32}, log=lambda *_: None, model=code)
+    assert result["images"] == 32  # rebuilt with its recorded arguments, no --model-args needed
+
+
+def test_arguments_of_the_wrong_kind_are_one_line(nets, tmp_path):
+    for model, said in ((nets.Net, "not the class Net"), ("api_nets.py:Net", "not a str")):
+        with pytest.raises(UsageError, match=f"train\\(model=...\\) takes a module you built.*{said}"):
+            train(Config(**TINY), model=model)
+    with pytest.raises(UsageError, match=r"Config\(model='fast_cifar'\) and train\(model=...\) name different networks"):
+        train(Config(**TINY, model="fast_cifar"), model=nets.Net(), log=lambda *_: None)
+    with pytest.raises(UsageError, match="takes the Checkpoint that engine.resume.resume_config"):
+        train(Config(**TINY), resume=str(tmp_path))
+
+
+def test_a_call_leaves_the_callers_generator_dtype_and_environment_as_they_were(tmp_path, monkeypatch):
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    torch.manual_seed(1234)
+    expected = torch.rand(3)
+    torch.manual_seed(1234)
+    torch.set_default_dtype(torch.float64)
+    try:
+        out, metrics = train(Config(**TINY, out=str(tmp_path / "run")), log=lambda *_: None)
+        assert torch.get_default_dtype() == torch.float64
+    finally:
+        torch.set_default_dtype(torch.float32)
+    assert torch.equal(torch.rand(3), expected)  # the run's seeding did not replace the caller's stream
+    assert "TORCHINDUCTOR_CACHE_DIR" not in os.environ and metrics[0]["test_acc"] >= 0
+    _, again = train(Config(**TINY, out=str(tmp_path / "again")), log=lambda *_: None)
+    assert again[0]["test_acc"] == metrics[0]["test_acc"]  # float64 as the default changed nothing in the run
+
+
+def test_evaluations_refuse_what_they_do_not_take(tmp_path, tiny_run, tiny_onnx, nets):
+    from export.evaluate import evaluate_onnx
+    from export.onnx_export import export_onnx
+
+    with pytest.raises(UsageError, match=r"evaluate_checkpoint takes no limt_test"):
+        evaluate_checkpoint(tiny_run[1], {"limt_test": 3})
+    with pytest.raises(UsageError, match="evaluate_checkpoint takes no model_args"):
+        evaluate_checkpoint(tiny_run[1], {"model_args": '{"width": 16}'})
+    with pytest.raises(UsageError, match="evaluate_onnx takes no limt_test"):
+        evaluate_onnx(tiny_onnx, {"limt_test": 3})
+    with pytest.raises(UsageError, match="--tta applies to PyTorch checkpoints"):
+        evaluate_onnx(tiny_onnx, {"tta": 1})
+    with pytest.raises(UsageError, match=r"evaluate_checkpoint\(model=...\) names the checkpoint's code as text"):
+        evaluate_checkpoint(tiny_run[1], {}, model=nets.Net())
+    with pytest.raises(UsageError, match=r"export_onnx\(model=...\) names the checkpoint's code as text"):
+        export_onnx(tmp_path / "m.onnx", tiny_run[1], model=nets.Net)
+    with pytest.raises(UsageError, match="--opset must be a whole number, not '18'"):
+        export_onnx(tmp_path / "m.onnx", tiny_run[1], opset="18")
+
