@@ -219,21 +219,10 @@ def cmd_eval(args):
 
 
 def cmd_export(args):
-    from engine.memory import size_text
     from export.onnx_export import export_onnx
 
     result = export_onnx(args.out, args.checkpoint, opset=args.opset, verify=args.verify, int8=args.int8, log=log,
-                         model=args.code)
-    info = result.info
-    if result.parity is not None:
-        log(f"Verified on {result.verified_on}: {result.parity.describe()}")
-    else:
-        log("Not verified (--no-verify)")
-    accuracy = f", test accuracy {info.test_accuracy * 100:.2f}%" if info.test_accuracy is not None else ""
-    if accuracy and info.test_accuracy_tta:  # measured on several views of each image; the file runs one
-        accuracy += f" (the checkpoint's, with --tta {info.test_accuracy_tta}; this file runs one view of each image)"
-    log(f"Wrote {result.path} ({size_text(result.path.stat().st_size)}, opset {info.opset}; input float32 "
-        f"Nx{'x'.join(map(str, info.input_size))} in [0, 1], {len(info.classes)} classes{accuracy})")
+                         model=args.code)  # says its Verified and Wrote lines, then the int8 work
     if result.int8 is not None:
         log(f"Wrote {result.int8.path}: {result.int8.describe()}")
     return 0

@@ -5,10 +5,11 @@ TypeError deep in a run, or a string "False" read as true.
 The natural Python forms of a few values are taken and stored in the form the command line gives:
 a path object for a path (`data`, `out`, ...), a number for `--image-size`, `--test-split`,
 `--val-split` and `--save-every`, (H, W) for `--image-size`, a dict for `--model-args`, a list
-of prefixes for `--freeze`.
+of prefixes for `--freeze`, and numpy's scalars (np.int64, np.float32) for numbers.
 """
 
 import json
+import numbers
 import os
 import types
 import typing
@@ -20,6 +21,21 @@ KIND_TEXT = {bool: "True or False", int: "a whole number", float: "a number", st
 
 def normalise(config):
     """Rewrite the accepted Python forms of a value (see the module's docstring) as the CLI's."""
+    import dataclasses
+
+    for f in dataclasses.fields(config):  # numpy's scalars (np.int64(3), np.float32(0.1)) as Python's
+        value, kinds = getattr(config, f.name), _kinds(f.type)
+        if isinstance(value, (bool, int, float, str)) or value is None:
+            continue
+        if bool in kinds and _is_boolean(value):
+            setattr(config, f.name, bool(value))
+        elif int in kinds and isinstance(value, numbers.Integral) and not _is_boolean(value):
+            setattr(config, f.name, int(value))
+        elif float in kinds and isinstance(value, numbers.Real) and not _is_boolean(value):
+            try:
+                setattr(config, f.name, float(str(value)))  # np.float32(0.1) is 0.1, as typed, not 0.100000001
+            except ValueError:
+                setattr(config, f.name, float(value))
     for name in PATH_FIELDS:
         value = getattr(config, name)
         if isinstance(value, os.PathLike):
@@ -57,6 +73,10 @@ def check(config, flag):
             wanted = " or ".join(KIND_TEXT.get(kind, kind.__name__) for kind in kinds if kind is not type(None))
             maybe = " (or None)" if type(None) in kinds else ""
             raise UsageError(f"{flag(f.name)} must be {wanted}{maybe}, not {value!r}")
+
+
+def _is_boolean(value):
+    return type(value).__name__ in ("bool", "bool_")  # numpy's np.bool_ is no numbers.Integral, but be sure
 
 
 def _kinds(annotation):

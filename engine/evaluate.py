@@ -124,6 +124,14 @@ def _describe(shape, classes):
     return f"{'x'.join(map(str, shape))} images of {len(classes)} class{'es' if len(classes) != 1 else ''} ({names})"
 
 
+def fit_channels(data, shape, say=print):
+    """Gray test images for a model of colour ones are read as RGB (R = G = B), as `engine predict`
+    reads a gray photo; exact, so the accuracy is the one a client sending RGB copies would get."""
+    if data.shape[0] == 1 and shape[0] == 3 and all(isinstance(x, torch.Tensor) for x in (data.train_x, data.test_x)):
+        data.train_x, data.test_x = (x.expand(-1, 3, -1, -1) for x in (data.train_x, data.test_x))  # views
+        say("Gray images, read as RGB (R = G = B) for a model of colour images, as engine predict reads them")
+
+
 def labels_for(source, shape, classes, data, data_name):
     """`data`'s test labels as indices into a model's `classes`, which it was trained on at `shape`.
 
@@ -136,6 +144,8 @@ def labels_for(source, shape, classes, data, data_name):
         resizable = data.shape[0] == shape[0] and Path(str(data_name)).expanduser().exists()  # an image folder
         if list(data.shape) != list(shape) and resizable and not unknown:
             differs = f"; --image-size {shape[1]}x{shape[2]} resizes them to the model's"
+        elif data.shape[0] == 3 and shape[0] == 1 and not unknown:
+            differs = "; the model takes gray images: evaluate a grayscale copy of the photos"
         elif unknown:  # the first names of two long lists look alike: name the ones the model does not know
             shown = ", ".join(unknown[:4]) + (f" and {len(unknown) - 4} more" if len(unknown) > 4 else "")
             differs = f"; it has classes the model was not trained on: {shown}"
@@ -182,6 +192,16 @@ def evaluation_data(saved, given):
     return {**values, **given}
 
 
+def check_run_data(cfg: Config, given, source):
+    """The run's own data, read from the checkpoint or the file's metadata, must still be there: one
+    line saying where the path came from (the command line never named it) if it is not."""
+    from engine.config import BUILTIN_DATASETS
+
+    if "data" not in given and cfg.data not in BUILTIN_DATASETS and not Path(cfg.data).exists():
+        raise EngineError(f"{source} was trained on {cfg.data}, which is not there any more; pass --data with the "
+                          "same classes and image size to evaluate it")
+
+
 def same_data(a, b):
     """Whether two --data values name the same source (a built-in name, or the same path)."""
     if a is None or b is None:
@@ -215,6 +235,7 @@ def evaluate_checkpoint(path, overrides, log=print, model=None):
         runtime.amp_dtype = None  # the accuracy the run printed for this checkpoint is its fp32 one: reproduce it
         say("Precision: fp32, as the run trained and evaluated this checkpoint (--amp-dtype bf16 evaluates in bf16)")
     setup_backends(runtime.device, cfg.seed)
+    check_run_data(cfg, overrides, path)
     data = load_dataset(cfg, say)
     if "data" not in overrides and "limit_test" not in overrides and saved.get("limit_test") is None:
         changed = test_set_changes(checkpoint.fingerprint, data)  # the run's own test set, read again
@@ -222,6 +243,7 @@ def evaluate_checkpoint(path, overrides, log=print, model=None):
             warn(f"the test set of {cfg.data} changed since {path} was trained ({changed}); where it is held out of "
                  "the training images (--test-split), it now holds other images, some of them trained on")
     spec = checkpoint.spec
+    fit_channels(data, spec.shape, say)
     data.test_y = labels_for(path, spec.shape, spec.classes, data, cfg.data)
     model = runtime.prepare(rebuilt, compile=runtime.compile and not runtime.ahead_of_time)
     loader = BatchLoader(data.test_x, data.test_y, cfg.eval_batch_size or cfg.batch_size, spec.mean, spec.std,

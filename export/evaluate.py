@@ -33,7 +33,8 @@ def evaluate_onnx(path, overrides, *, input_size=None, classes=None, log=print):
 
     from engine.confusion import Confusion
     from engine.data import load_dataset
-    from engine.evaluate import EVAL_FLAGS, check_overrides, evaluation_data, labels_for
+    from engine.evaluate import (EVAL_FLAGS, check_overrides, check_run_data, evaluation_data, fit_channels,
+                                 labels_for)
     from export.predict import Classifier
 
     reason = "applies to PyTorch checkpoints; an .onnx file runs in onnxruntime"
@@ -46,7 +47,9 @@ def evaluate_onnx(path, overrides, *, input_size=None, classes=None, log=print):
         raise EngineError(f"{path} does not say which data it was trained on; pass --data")
     cfg = Config(**evaluation_data(info.config, overrides))
     batch = cfg.eval_batch_size or cfg.batch_size
+    check_run_data(cfg, overrides, path)
     data = load_dataset(cfg, (lambda *_: None) if cfg.quiet else log)
+    fit_channels(data, info.input_size, (lambda *_: None) if cfg.quiet else log)
     labels = labels_for(path, info.input_size, info.classes, data, cfg.data).numpy()  # classes matched by name
     loss_sum, correct = 0.0, 0
     confusion = Confusion(info.classes)  # the same per-class results as a checkpoint's evaluation

@@ -31,6 +31,20 @@ class ExportResult:
     verified_on: str  # "N test images of DATA" or "N random images (...)"
     int8: object = None  # quantize.Int8Report with --int8
 
+    def lines(self):
+        """What `engine export` says of the fp32 file: its verification, then the Wrote line."""
+        from engine.memory import size_text
+
+        info = self.info
+        said = [f"Verified on {self.verified_on}: {self.parity.describe()}" if self.parity is not None
+                else "Not verified (--no-verify)"]
+        accuracy = f", test accuracy {info.test_accuracy * 100:.2f}%" if info.test_accuracy is not None else ""
+        if accuracy and info.test_accuracy_tta:  # measured on several views of each image; the file runs one
+            accuracy += f" (the checkpoint's, with --tta {info.test_accuracy_tta}; this file runs one view of each image)"
+        said.append(f"Wrote {self.path} ({size_text(self.path.stat().st_size)}, opset {info.opset}; input float32 "
+                    f"Nx{'x'.join(map(str, info.input_size))} in [0, 1], {len(info.classes)} classes{accuracy})")
+        return said
+
 
 def int8_path(out):
     """model.onnx -> model.int8.onnx"""
@@ -96,7 +110,10 @@ def write_metadata(path, info: ModelInfo):
 
     model = onnx.load(str(path))
     onnx.helper.set_model_props(model, info.to_props())
-    model.producer_name, model.doc_string = "engine", f"{info.model} trained on {info.dataset}"
+    from engine import __version__
+
+    model.producer_name, model.producer_version = "engine", __version__  # was torch's version
+    model.doc_string = f"{info.model} trained on {info.dataset}"
     onnx.save(model, str(path))
 
 
@@ -172,6 +189,8 @@ def export_onnx(out, checkpoint=None, *, opset=None, verify=True, int8=False, lo
     finally:
         temporary.unlink(missing_ok=True)
     result = ExportResult(out, info, parity, source)
+    for line in result.lines():  # the fp32 file's lines before the int8 work begins
+        log(line)
     if int8:
         from export.quantize import quantize_and_compare
 

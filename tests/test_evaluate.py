@@ -216,3 +216,54 @@ def test_tta_on_data_that_does_not_flip_is_said_not_ignored():
     assert tta_level(Config(tta=1), grey) == 0
     assert tta_note(Config(tta=1), grey).startswith("--tta 1: this data does not train with flips")
     assert tta_note(Config(tta=2), colour) is None and tta_note(Config(tta=0), grey) is None
+
+
+def png_folder(root, gray, seed=0):
+    """train/ and test/ of two classes of 32x32 PNGs, gray or the same pixels as RGB (R = G = B)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for split, count in (("train", 24), ("test", 8)):
+        for label, name in enumerate(("dark", "light")):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(count):
+                v = (rng.integers(0, 120, (32, 32)) + label * 120).astype(np.uint8)
+                Image.fromarray(v if gray else np.dstack([v, v, v])).save(folder / f"{i}.png")
+    return root
+
+
+def test_gray_photos_evaluate_on_a_colour_model_as_their_rgb_copy_and_the_reverse_is_one_line(tmp_path):
+    from engine.errors import EngineError
+
+    rgb, gray = png_folder(tmp_path / "rgb", gray=False), png_folder(tmp_path / "gray", gray=True)
+    flags = dict(epochs=1, batch_size=16, amp=False, quiet=True, device="cpu", cache_dir=str(tmp_path / "cache"))
+    out, _ = train(Config(data=str(rgb), out=str(tmp_path / "run"), **flags), log=lambda *_: None)
+    said = []
+    on_gray = evaluate_checkpoint(out / "best.pt", {"data": str(gray / "test"), "amp": False,
+                                                    "cache_dir": flags["cache_dir"]}, log=said.append)
+    on_rgb = evaluate_checkpoint(out / "best.pt", {"data": str(rgb / "test"), "amp": False,
+                                                   "cache_dir": flags["cache_dir"]}, log=lambda *_: None)
+    assert (on_gray["test_loss"], on_gray["test_acc"]) == (on_rgb["test_loss"], on_rgb["test_acc"])
+    assert any(line.startswith("Gray images, read as RGB (R = G = B)") for line in said)
+    said.clear()  # the second read comes from the decode cache, whose Data line counts the images
+    evaluate_checkpoint(out / "best.pt", {"data": str(gray / "test"), "cache_dir": flags["cache_dir"]}, log=said.append)
+    assert any(line.startswith(f"Data: {gray / 'test'} (16 images, all evaluated, decoded earlier") for line in said)
+    grey_run, _ = train(Config(data=str(gray), out=str(tmp_path / "grun"), **flags), log=lambda *_: None)
+    with pytest.raises(EngineError, match="the model takes gray images: evaluate a grayscale copy of the photos$"):
+        evaluate_checkpoint(grey_run / "best.pt", {"data": str(rgb / "test"), "cache_dir": flags["cache_dir"]},
+                            log=lambda *_: None)
+
+
+def test_the_runs_own_data_gone_is_one_line_saying_where_the_path_came_from(tmp_path):
+    import shutil
+
+    from engine.errors import EngineError
+
+    rgb = png_folder(tmp_path / "photos", gray=False)
+    flags = dict(epochs=1, batch_size=16, amp=False, quiet=True, device="cpu", cache_dir=str(tmp_path / "cache"))
+    out, _ = train(Config(data=str(rgb), out=str(tmp_path / "run"), **flags), log=lambda *_: None)
+    shutil.rmtree(rgb)
+    with pytest.raises(EngineError, match=f"best.pt was trained on {rgb}, which is not there any more; pass --data"):
+        evaluate_checkpoint(out / "best.pt", {}, log=lambda *_: None)

@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -80,6 +81,11 @@ def test_the_natural_python_forms_are_taken_as_the_command_lines(tmp_path):
     assert (cfg.image_size, cfg.val_split, cfg.save_every) == ("24x32", "10", "600")
     assert json.loads(cfg.model_args) == {"zero_init_residual": True} and cfg.freeze == "conv1,layer1"
     json.dumps(cfg.to_dict())  # what config.json and the checkpoint store
+    numpy = Config(epochs=np.int64(3), lr=np.float32(0.1), ema=np.float64(0.9), amp=np.bool_(False))
+    assert (numpy.epochs, numpy.lr, numpy.ema, numpy.amp) == (3, 0.1, 0.9, False)
+    assert [type(v) for v in (numpy.epochs, numpy.lr, numpy.amp)] == [int, float, bool]
+    with pytest.raises(UsageError, match="--epochs must be a whole number"):
+        Config(epochs=np.float64(3.0))
 
 
 @pytest.mark.parametrize("name", ["Net", "Plain"])

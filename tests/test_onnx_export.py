@@ -146,6 +146,14 @@ def test_int8_writes_a_valid_quantized_model_and_reports_both_accuracies(tiny_ru
     assert {p.key for p in model.metadata_props} >= {"classes", "input_size"}
     report = capsys.readouterr().out
     assert "fp32: Test_acc:" in report and "int8: Test_acc:" in report and "img/s" in report
+    lines = report.splitlines()
+    order = [next(i for i, line in enumerate(lines) if line.startswith(start))
+             for start in ("Verified on", f"Wrote {out} (", "Quantizing to int8", f"Wrote {quantized}:")]
+    assert order == sorted(order)  # the fp32 file is said before the int8 work begins
+    from engine import __version__
+
+    written = onnx.load(str(out))
+    assert (written.producer_name, written.producer_version) == ("engine", __version__)
 
 
 @pytest.mark.parametrize("args, message", [

@@ -209,8 +209,7 @@ def read(source, cache_dir: Path, log=print, image_size=None, test_split=None, s
     cache = Path(cache_dir) / f"{name}-{source_key(path)}{sized}.pt"
     streamed = filecache.open_cache(filecache.cache_folder(cache)) if not cache.is_file() else None
     if streamed is not None:  # a set decoded into the file cache, reopened memory-mapped
-        test = f"{len(streamed['test_x']):,} test" if "test_x" in streamed else "no test split"
-        log(f"Data: {path} ({len(streamed['train_x']):,} train / {test}, decoded earlier: {filecache.cache_folder(cache)})")
+        log(f"Data: {path} ({_counts(streamed, test_split)}, decoded earlier: {filecache.cache_folder(cache)})")
         return _dataset(name, stream.place(streamed), test_split, seed, path, log)
     if cache.is_file():
         try:
@@ -218,8 +217,7 @@ def read(source, cache_dir: Path, log=print, image_size=None, test_split=None, s
         except Exception:  # a cache from another version or a damaged one: decode again
             tensors = None
         if tensors is not None:
-            test = f"{len(tensors['test_x']):,} test" if "test_x" in tensors else "no test split"
-            log(f"Data: {path} ({len(tensors['train_x']):,} train / {test}, decoded earlier: {cache})")
+            log(f"Data: {path} ({_counts(tensors, test_split)}, decoded earlier: {cache})")
             return _dataset(name, stream.place(tensors), test_split, seed, path, log)
     try:
         tensors = decode_folder(path, log, image_size, resize)
@@ -234,6 +232,15 @@ def read(source, cache_dir: Path, log=print, image_size=None, test_split=None, s
     except OSError as error:  # a read-only cache costs time, not correctness
         print(f"engine: warning: could not write the decode cache {cache}: {error.strerror}", file=sys.stderr)
     return _dataset(name, tensors, test_split, seed, path, log)
+
+
+def _counts(t, test_split):
+    """The Data line's counts: train / test, or every image as the test set (engine eval of other data)."""
+    if "test_x" in t:
+        return f"{len(t['train_x']):,} train / {len(t['test_x']):,} test"
+    if test_split == layout.WHOLE:
+        return f"{len(t['train_x']):,} images, all evaluated"
+    return f"{len(t['train_x']):,} train / no test split"
 
 
 def _dataset(name, t, test_split, seed, path, log):
