@@ -15,11 +15,39 @@ MAX_PIXELS = 50_000_000  # 150 MB decoded as RGB; a 20000x20000 image (1.2 GB) i
 SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 
-def check_size(image, source):
-    """Refuse a PIL image (opened, not yet decoded) larger than MAX_PIXELS, by its header."""
+def check_size(image, source, size=None):
+    """Refuse a PIL image (opened, not yet decoded) that would decode to more than MAX_PIXELS, by its
+    header: its own size, or for a JPEG fitted to `size` (H, W) the draft size `fit` decodes it at
+    (a 108-megapixel phone photo fitted to 224x224 decodes at 1/8 scale, 1.7 megapixels)."""
     width, height = image.size
-    if width * height > MAX_PIXELS:
-        raise EngineError(f"{source} is {width}x{height} pixels, too large to decode safely (limit {MAX_PIXELS:,} pixels)")
+    decoded = draft_size(image, size)
+    if decoded[0] * decoded[1] > MAX_PIXELS:
+        at = f" (decoded at {decoded[0]}x{decoded[1]})" if decoded != (width, height) else ""
+        raise EngineError(f"{source} is {width}x{height} pixels{at}, too large to decode safely (limit "
+                          f"{MAX_PIXELS:,} pixels)")
+
+
+def draft_request(image, size):
+    """The (W, H) `fit` asks PIL's JPEG draft mode for when fitting `image` to `size` (H, W), or None
+    where it decodes at full size (not a JPEG, no size, or not at least twice the size asked for)."""
+    if size is None or image.format != "JPEG":
+        return None
+    scale = max(size[0] / image.height, size[1] / image.width)  # both sides stay at least the size asked for
+    if scale >= 0.5:
+        return None
+    return max(1, round(image.width * scale)), max(1, round(image.height * scale))
+
+
+def draft_size(image, size):
+    """(W, H) the image decodes at for `fit`: what PIL's JpegImageFile.draft picks for draft_request
+    (the largest of 1/8, 1/4, 1/2 that keeps both sides at least the request, sides rounded up)."""
+    width, height = image.size
+    request = draft_request(image, size)
+    if request is None:
+        return width, height
+    most = min(width // request[0], height // request[1])
+    factor = next(f for f in (8, 4, 2, 1) if most >= f)
+    return -(-width // factor), -(-height // factor)
 
 
 def eight_bit(image):
@@ -69,10 +97,9 @@ def fit(image, size, mode, rule="stretch"):
     CIFAR-10 copy, 3 epochs of cifar_cnn: 71.7% against 69.8% with bilinear; the original 32x32 71.9%)."""
     from PIL import Image
 
-    if size is not None and image.format == "JPEG":
-        scale = max(size[0] / image.height, size[1] / image.width)  # both sides stay at least the size asked for
-        if scale < 0.5:
-            image.draft(image.mode, (max(1, round(image.width * scale)), max(1, round(image.height * scale))))
+    request = draft_request(image, size)
+    if request is not None:
+        image.draft(image.mode, request)
     image = eight_bit(image).convert(mode)
     if size is None or image.size == (size[1], size[0]):
         return image

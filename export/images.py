@@ -33,8 +33,9 @@ def expand(paths):
     return files
 
 
-def open_image(path):
-    """A lazily decoded PIL image for `path`, refused by its header when empty, not an image or too large."""
+def open_image(path, size=None):
+    """A lazily decoded PIL image for `path`, refused by its header when empty, not an image or too large
+    (to decode whole, or when fitted to `size` (H, W): engine.pixels.check_size)."""
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
@@ -52,14 +53,14 @@ def open_image(path):
         raise EngineError(f"{path} is not a readable image ({error})") from None
     finally:
         Image.MAX_IMAGE_PIXELS = bomb_limit
-    check_size(image, path)
+    check_size(image, path, size)
     return image
 
 
 def to_pixels(image, input_size, source="image", rule="stretch"):
     """(H, W, C) uint8 pixels of a PIL image, converted and fitted to input_size [C, H, W] by `rule`."""
     channels, height, width = input_size
-    check_size(image, source)
+    check_size(image, source, (height, width))
     try:
         pixels = np.asarray(fit(image, (height, width), "L" if channels == 1 else "RGB", rule), dtype=np.uint8)
     except (OSError, SyntaxError, ValueError) as error:  # truncated or corrupt data found while decoding
@@ -67,12 +68,17 @@ def to_pixels(image, input_size, source="image", rule="stretch"):
     return pixels[..., None] if pixels.ndim == 2 else pixels
 
 
-def _array_images(array):
-    """A uint8 array as a list of (H, W[, C]) images: (H, W), (H, W, C), (N, H, W) or (N, H, W, C)."""
+def _array_images(array, channels=3):
+    """A uint8 array as a list of (H, W[, C]) images: (H, W), (H, W, C), (N, H, W) or (N, H, W, C). For a
+    model of `channels` 3, a (3 or 4, H, W) array is refused: one image channels first, or gray ones?"""
     if array.dtype != np.uint8:
         raise UsageError(f"image arrays must be uint8 pixels (0-255), not {array.dtype}")
     if array.ndim == 2 or (array.ndim == 3 and array.shape[-1] in (1, 3, 4)):
         return [array]
+    if array.ndim == 3 and array.shape[0] in (3, 4) and channels == 3:  # PyTorch's (C, H, W), or gray images?
+        raise UsageError(f"an array of shape {array.shape} could be one image channels first or {array.shape[0]} gray "
+                         "images: give one image channels last, (H, W, C) (array.transpose(1, 2, 0)), or gray images "
+                         "as a list of (H, W) arrays")
     if array.ndim in (3, 4):
         return list(array)
     raise UsageError(f"an image array must be (H, W), (H, W, C), (N, H, W) or (N, H, W, C), not {array.shape}")
@@ -98,12 +104,12 @@ def batch(images, input_size, rule="stretch"):
     pixels = []
     for item in images:
         if isinstance(item, (str, os.PathLike)):
-            with open_image(item) as image:
+            with open_image(item, input_size[1:]) as image:
                 pixels.append(to_pixels(image, input_size, str(item), rule))
         elif isinstance(item, Image.Image):
             pixels.append(to_pixels(item, input_size, rule=rule))
         elif isinstance(item, np.ndarray):
-            pixels += [to_pixels(_from_array(a), input_size, "array", rule) for a in _array_images(item)]
+            pixels += [to_pixels(_from_array(a), input_size, "array", rule) for a in _array_images(item, input_size[0])]
         else:
             raise UsageError(f"cannot read an image from {type(item).__name__}; give paths, PIL images or uint8 arrays")
     if not pixels:

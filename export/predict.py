@@ -126,7 +126,7 @@ def predict_files(model: Classifier, paths, topk=3, batch_size=64, as_json=False
     files, bad = [], []
     for path in imaging.expand(paths):  # every header first: nothing is decoded from a file that cannot be
         try:
-            imaging.open_image(path).close()
+            imaging.open_image(path, model.info.input_size[1:]).close()
             files.append(path)
         except EngineError as error:
             bad.append(str(error))

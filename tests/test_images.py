@@ -118,3 +118,59 @@ def test_a_directory_means_every_image_in_it(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(EngineError, match="no image files"):
         expand([tmp_path / "empty"])
+
+
+def test_a_jpeg_too_large_to_decode_whole_is_taken_where_its_draft_decode_fits(tmp_path):
+    """A 60-megapixel JPEG (a phone's 108 MP ones are larger still) fitted to 32x32 decodes at 1/8 scale:
+    taken, at the size PIL's draft mode really decodes it at; decoded whole (no size) it is refused."""
+    from engine.pixels import check_size, draft_size, fit
+
+    path = tmp_path / "phone.jpg"
+    Image.new("RGB", (9001, 6667), (90, 140, 200)).save(path, quality=50)
+    with Image.open(path) as image:
+        assert image.width * image.height > MAX_PIXELS
+        with pytest.raises(EngineError, match=r"9001x6667 pixels, too large to decode safely"):
+            check_size(image, path)
+        with pytest.raises(EngineError, match=r"9001x6667 pixels, too large to decode safely"):
+            check_size(image, path, (4000, 6000))  # over half its size: decoded whole
+        assert draft_size(image, (3000, 2000)) == (4501, 3334)  # at 1/2: 15 megapixels, taken
+        check_size(image, path, (3000, 2000))
+        check_size(image, path, (32, 32))
+        planned = draft_size(image, (32, 32))
+        request = (max(1, round(9001 * 32 / 6667)), 32)
+        image.draft("RGB", request)  # what fit asks for: PIL's own choice of scale
+        assert image.size == planned == (1126, 834)
+    assert batch(path, (3, 32, 32)).shape == (1, 3, 32, 32)
+    with Image.open(path) as image:
+        assert fit(image, (32, 32), "RGB").size == (32, 32)
+
+
+def test_a_draft_decode_still_too_large_names_the_size_it_would_decode_at(tmp_path):
+    from engine.pixels import check_size
+
+    path = tmp_path / "bomb.jpg"
+    Image.new("RGB", (16, 16)).save(path)
+    data = bytearray(path.read_bytes())
+    sof = data.index(b"\xff\xc0")  # baseline frame header: length (2), precision (1), height (2), width (2)
+    data[sof + 5:sof + 9] = (30000).to_bytes(2, "big") + (30000).to_bytes(2, "big")
+    path.write_bytes(bytes(data))  # a header claiming 900 megapixels: only the header is ever read here
+    limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # as the engine opens headers: its check names the size
+    try:
+        with Image.open(path) as image:
+            assert image.size == (30000, 30000)
+            with pytest.raises(EngineError, match=r"30000x30000 pixels \(decoded at 15000x15000\), too large"):
+                check_size(image, path, (8000, 8000))
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+    with pytest.raises(EngineError, match="30000x30000 pixels, too large"):
+        open_image(path)
+
+
+def test_an_array_that_could_be_channels_first_is_refused_not_guessed():
+    chw = pixels((3, 32, 32))  # PyTorch's layout of one image, or three 3x32 gray images?
+    with pytest.raises(UsageError, match=r"shape \(3, 32, 32\) could be one image channels first or 3 gray images"):
+        batch(chw, RGB)
+    assert batch(chw.transpose(1, 2, 0), RGB).shape == (1, 3, 32, 32)
+    assert batch([chw[0], chw[1]], RGB).shape == (2, 3, 32, 32)  # gray images as a list of (H, W)
+    assert batch(pixels((5, 32, 32)), RGB).shape == (5, 3, 32, 32)  # N x H x W: not a channel count
+    assert batch(pixels((3, 28, 28)), GRAY).shape == (3, 1, 28, 28)  # for a gray model: gray images

@@ -70,7 +70,7 @@ def _decode(item):
         raise EngineError(f"cannot decode image {name}: the file is empty (0 bytes)")
     try:
         with Image.open(io.BytesIO(data)) as image:
-            check_size(image, name)  # by its header, before a pixel is decoded
+            check_size(image, name, size)  # by its header, before a pixel is decoded
             if size is None and first is not None and image.size != first[0]:
                 raise UsageError(mixed_sizes(first[2], first[:2], (image.size, name)))
             return np.asarray(fit(image, size, "L" if image.mode in GRAY_MODES else "RGB", rule))  # 16-bit scaled

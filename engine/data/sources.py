@@ -183,7 +183,7 @@ def check_memory(path: Path, size=None):
         if first is None:
             try:
                 with Image.open(io.BytesIO(read())) as image:
-                    check_size(image, label(path, name))
+                    check_size(image, label(path, name), size)
                     first = (image.size, label(path, name), 1 if image.mode in GRAY_MODES else 3)
             except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
                 first = ()  # the decoding pass names the bad file
