@@ -57,6 +57,7 @@ def test_train_then_eval_as_subprocesses(tmp_path):
     assert re.search(r"^Test_acc:\d+\.\d\d%, Test_loss:\d+\.\d{4} \(64 test images of synthetic", evaluated.stdout, re.M)
 
 
+@pytest.mark.slow  # a whole-command integration case: CI runs it (README's test command)
 def test_main_trains_resumes_and_evaluates_in_process(tmp_path, capsys):
     out = str(tmp_path / "run")
     assert main(["train", *SMALL[:-4], "--epochs", "2", "--out", out, "--quiet"]) == 0

@@ -78,6 +78,7 @@ def test_a_short_run_trains_and_evaluates_eagerly_and_says_why(tmp_path):
     assert metrics[-1]["compiled_graphs"] == compiled_graphs()
 
 
+@pytest.mark.slow  # a whole-command integration case: CI runs it (README's test command)
 def test_a_measured_training_win_compiles_the_training_step(tmp_path):
     ref, runtime = parse_model("cifar_cnn"), Runtime.from_config(Config(**CPU, compile=True))
     record(tmp_path / "cache", key("train", ref, (64, 3, 32, 32), runtime), 2.0, 0.0)

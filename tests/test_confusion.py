@@ -106,6 +106,7 @@ def parse_table(text):
     return rows
 
 
+@pytest.mark.slow  # a whole-command integration case: CI runs it (README's test command)
 def test_eval_json_holds_the_numbers_the_text_shows(tiny_run, tmp_path, capsys):
     flags = ["--limit-test", "300", "--no-amp", "--device", "cpu"]
     picture = tmp_path / "cm.png"
@@ -129,6 +130,7 @@ def test_eval_json_holds_the_numbers_the_text_shows(tiny_run, tmp_path, capsys):
         assert f"{pair['true']} -> {pair['predicted']} {pair['images']:,} ({pair['share'] * 100:.1f}% of" in text
 
 
+@pytest.mark.slow  # a whole-command integration case: CI runs it (README's test command)
 def test_onnx_eval_counts_the_same_matrix_as_the_checkpoint(tiny_run, tiny_onnx):
     from export.evaluate import evaluate_onnx
 

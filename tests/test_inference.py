@@ -60,6 +60,7 @@ def test_a_batchnorm_net_in_nchw_under_bf16_autocast_matches_eager(monkeypatch):
     assert (logits.argmax(1) == expected.argmax(1)).all()
 
 
+@pytest.mark.slow  # a whole-command integration case: CI runs it (README's test command)
 def test_eval_compile_on_cpu_is_ahead_of_time_and_agrees_with_eager(tiny_run, monkeypatch):
     """`engine eval CHECKPOINT --compile`: the compiled model evaluates the same images to the same
     accuracy, with a final batch padded to the compiled shape (compiled whatever it measures:
