@@ -3,9 +3,11 @@ one UsageError naming the field (as the command line's parser does for a flag) i
 TypeError deep in a run, or a string "False" read as true.
 
 The natural Python forms of a few values are taken and stored in the form the command line gives:
-a path object for a path (`data`, `out`, ...), a number for `--image-size`, `--test-split`,
-`--val-split` and `--save-every`, (H, W) for `--image-size`, a dict for `--model-args`, a list
-of prefixes for `--freeze`, and numpy's scalars (np.int64, np.float32) for numbers.
+a path object for a path (`data`, `out`, ...); a whole number or (H, W) for `--image-size`; for
+`--test-split` and `--val-split` a fraction 0 < x < 1 (0.1 is 10%), and for `--val-split` a
+whole number of images (sklearn's test_size convention); seconds for `--save-every`; a dict for
+`--model-args`; a list of prefixes for `--freeze`; numpy's scalars (np.int64, np.float64, np.str_)
+for Python's, which a checkpoint's weights-only load could not read back.
 """
 
 import json
@@ -15,7 +17,6 @@ import types
 import typing
 
 PATH_FIELDS = ("data", "data_dir", "cache_dir", "init_from", "out")
-NUMBER_AS_TEXT = ("image_size", "test_split", "val_split", "save_every")
 KIND_TEXT = {bool: "True or False", int: "a whole number", float: "a number", str: "a string"}
 
 
@@ -23,30 +24,28 @@ def normalise(config):
     """Rewrite the accepted Python forms of a value (see the module's docstring) as the CLI's."""
     import dataclasses
 
-    for f in dataclasses.fields(config):  # numpy's scalars (np.int64(3), np.float32(0.1)) as Python's
-        value, kinds = getattr(config, f.name), _kinds(f.type)
-        if isinstance(value, (bool, int, float, str)) or value is None:
-            continue
-        if bool in kinds and _is_boolean(value):
-            setattr(config, f.name, bool(value))
-        elif int in kinds and isinstance(value, numbers.Integral) and not _is_boolean(value):
-            setattr(config, f.name, int(value))
-        elif float in kinds and isinstance(value, numbers.Real) and not _is_boolean(value):
-            try:
-                setattr(config, f.name, float(str(value)))  # np.float32(0.1) is 0.1, as typed, not 0.100000001
-            except ValueError:
-                setattr(config, f.name, float(value))
     for name in PATH_FIELDS:
         value = getattr(config, name)
         if isinstance(value, os.PathLike):
             setattr(config, name, os.fspath(value))
-    for name in NUMBER_AS_TEXT:
-        value = getattr(config, name)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            setattr(config, name, str(value))
     size = config.image_size
-    if isinstance(size, (tuple, list)) and len(size) == 2 and all(_fits(v, int) for v in size):
-        config.image_size = f"{size[0]}x{size[1]}"
+    if _pair(size):
+        config.image_size = f"{int(size[0])}x{int(size[1])}"
+    elif _integral(size):
+        config.image_size = str(int(size))
+    if _integral(config.test_split):
+        from engine.errors import UsageError
+
+        raise UsageError(f"--test-split takes a percentage such as '10%' or a fraction such as 0.1, not "
+                         f"{config.test_split!r}")
+    for name in ("test_split", "val_split"):  # sklearn's convention: a float is a fraction, an int a count
+        value = getattr(config, name)
+        if _real(value) and not _integral(value) and 0 < float(value) < 1:
+            setattr(config, name, f"{float(str(value)) * 100:g}%")
+        elif _integral(value) and name == "val_split":
+            setattr(config, name, str(int(value)))
+    if _real(config.save_every):
+        config.save_every = f"{float(str(config.save_every)):g}"
     if isinstance(config.freeze, (list, tuple)) and all(isinstance(p, str) for p in config.freeze):
         config.freeze = ",".join(config.freeze)
     if isinstance(config.model_args, dict):
@@ -56,6 +55,37 @@ def normalise(config):
             from engine.errors import UsageError
 
             raise UsageError(f"--model-args must be JSON-serialisable keyword arguments: {error}") from None
+    for f in dataclasses.fields(config):  # numpy's scalars (np.int64(3), np.float64(0.1), np.str_) as Python's,
+        value, kinds = getattr(config, f.name), _kinds(f.type)  # which a checkpoint's weights-only load reads
+        if value is None or type(value) in (bool, int, float, str):
+            continue
+        if bool in kinds and _is_boolean(value):
+            setattr(config, f.name, bool(value))
+        elif int in kinds and _integral(value):
+            setattr(config, f.name, int(value))
+        elif float in kinds and _real(value):
+            try:
+                setattr(config, f.name, float(str(value)))  # np.float32(0.1) is 0.1, as typed, not 0.100000001
+            except ValueError:
+                setattr(config, f.name, float(value))
+        elif str in kinds and isinstance(value, str):
+            setattr(config, f.name, str(value))
+
+
+def _integral(value):
+    return isinstance(value, numbers.Integral) and not _is_boolean(value)
+
+
+def _real(value):
+    return isinstance(value, numbers.Real) and not _is_boolean(value)
+
+
+def _pair(value):
+    """(H, W) as a tuple, a list or an array of two whole numbers."""
+    try:
+        return not isinstance(value, str) and len(value) == 2 and all(_integral(v) for v in value)
+    except TypeError:
+        return False
 
 
 def check(config, flag):
@@ -76,7 +106,9 @@ def check(config, flag):
 
 
 def _is_boolean(value):
-    return type(value).__name__ in ("bool", "bool_")  # numpy's np.bool_ is no numbers.Integral, but be sure
+    import numpy as np
+
+    return isinstance(value, (bool, np.bool_))
 
 
 def _kinds(annotation):

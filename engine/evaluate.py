@@ -169,8 +169,8 @@ def check_overrides(overrides, allowed, what, refused=()):
             raise UsageError(f"{flag(name)} {reason}")
     unknown = sorted(set(overrides) - set(allowed))
     if unknown:
-        raise UsageError(f"{what} takes no {', '.join(unknown)} (it takes {', '.join(sorted(allowed))}; a checkpoint "
-                         "keeps what it was trained with)")
+        raise UsageError(f"{what} takes no {', '.join(unknown)} (it takes {', '.join(sorted(allowed))}; what the "
+                         "model was trained with is kept with it)")
 
 
 def check_code(model, what):
@@ -190,6 +190,17 @@ def evaluation_data(saved, given):
     if "data" in given and "test_split" not in given and not same_data(given["data"], saved.get("data")):
         values["test_split"] = WHOLE
     return {**values, **given}
+
+
+def check_image_size(cfg: Config, shape, source):
+    """An --image-size given to an evaluation must be the model's own (C, H, W) `shape`'s: one line
+    before any image is decoded, naming the size to give."""
+    from engine.pixels import parse_image_size
+
+    if cfg.image_size is not None and list(parse_image_size(cfg.image_size)) != list(shape[1:]):
+        height, width = parse_image_size(cfg.image_size)
+        raise UsageError(f"--image-size {cfg.image_size} fits the images to {height}x{width}, but {source} takes "
+                         f"{shape[1]}x{shape[2]}: give --image-size {shape[1]}x{shape[2]}, or leave it out")
 
 
 def check_run_data(cfg: Config, given, source):
@@ -236,8 +247,10 @@ def evaluate_checkpoint(path, overrides, log=print, model=None):
         say("Precision: fp32, as the run trained and evaluated this checkpoint (--amp-dtype bf16 evaluates in bf16)")
     setup_backends(runtime.device, cfg.seed)
     check_run_data(cfg, overrides, path)
+    check_image_size(cfg, checkpoint.spec.shape, path)
     data = load_dataset(cfg, say)
-    if "data" not in overrides and "limit_test" not in overrides and saved.get("limit_test") is None:
+    own_images = not {"data", "limit_test", "image_size", "resize", "test_split"} & set(overrides)
+    if own_images and saved.get("limit_test") is None:
         changed = test_set_changes(checkpoint.fingerprint, data)  # the run's own test set, read again
         if changed:
             warn(f"the test set of {cfg.data} changed since {path} was trained ({changed}); where it is held out of "

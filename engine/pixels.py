@@ -20,6 +20,8 @@ def check_size(image, source, size=None):
     header: its own size, or for a JPEG fitted to `size` (H, W) the draft size `fit` decodes it at
     (a 108-megapixel phone photo fitted to 224x224 decodes at 1/8 scale, 1.7 megapixels)."""
     width, height = image.size
+    if width < 1 or height < 1:
+        raise EngineError(f"{source} is {width}x{height} pixels: an image with no pixels")
     decoded = draft_size(image, size)
     if decoded[0] * decoded[1] > MAX_PIXELS:
         at = f" (decoded at {decoded[0]}x{decoded[1]})" if decoded != (width, height) else ""

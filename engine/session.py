@@ -185,9 +185,9 @@ def model_reference(cfg: Config, resume: Checkpoint | None, model, say) -> Model
     if model is not None:
         ref = reference_of(model, parse_args(cfg.model_args))
         named = cfg.model != Config.__dataclass_fields__["model"].default  # the default names nothing
-        if named and parse_model(cfg.model).name != ref.name:
+        if named and not names_class(parse_model(cfg.model), type(model)):
             raise UsageError(f"Config(model={cfg.model!r}) and train(model=...) name different networks (the module "
-                             f"passed is a {ref.name}); give one of them")
+                             f"passed is {ref.label}); give one of them")
         if resume is not None:
             reopen(resume.ref, ref, "--resume's checkpoint")
         return ref
@@ -196,6 +196,19 @@ def model_reference(cfg: Config, resume: Checkpoint | None, model, say) -> Model
     if ref.user_code:
         load_code(ref)  # import it now: a missing name or a failing import is one line before any work
     return ref
+
+
+def names_class(given: ModelRef, cls) -> bool:
+    """Whether a reference (`Config(model=...)`) names the class `cls`: the same name in the same file or
+    module. A built-in or torchvision name never names a class the caller built."""
+    import sys
+
+    if given.name != cls.__qualname__ or not given.user_code:
+        return False
+    if given.kind == "module":
+        return given.file == cls.__module__
+    source = getattr(sys.modules.get(cls.__module__), "__file__", None)
+    return source is not None and Path(source).resolve() == Path(given.file).resolve()
 
 
 def open_data(cfg: Config, resume: Checkpoint | None, run: RunDir, ranks: Ranks, say):
@@ -225,8 +238,9 @@ def open_model(cfg: Config, ref: ModelRef, data: Dataset, spec: InputSpec, resum
     if model is None:
         model = build(ref, data.shape, len(data.classes), batch=cfg.batch_size)
     else:
-        check_fits(model, ref, data.shape, len(data.classes), probe_batch(cfg.batch_size))
+        check_fits(model, ref, data.shape, len(data.classes), probe_batch(cfg.batch_size))  # lazy modules take shape
         check_rebuilds(model, ref, data.shape, len(data.classes))
+        model = copy_of(model)  # the caller's module gets the trained weights when the run completes (train())
     model = ranks.sync_batchnorm(model)
     ranks.seed(cfg.seed)  # after the common initialisation: dropout differs per rank
     if resume is not None:
@@ -239,6 +253,17 @@ def open_model(cfg: Config, ref: ModelRef, data: Dataset, spec: InputSpec, resum
     if cfg.freeze:
         freeze_prefixes(model, cfg.freeze, say)
     return model
+
+
+def copy_of(model):
+    """The module a run trains in place of the caller's (`train(model=...)`)."""
+    import copy
+
+    try:
+        return copy.deepcopy(model)
+    except Exception as error:  # noqa: BLE001 - a module holding something deepcopy cannot copy (a lock, a file)
+        raise UsageError(f"train(model=...) trains a copy of your module and could not make one ({error}); keep "
+                         "locks, files and other uncopyable things out of the module's attributes") from None
 
 
 def loaders(cfg: Config, data: Dataset, spec: InputSpec, runtime: Runtime, ranks: Ranks, say=print):

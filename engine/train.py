@@ -7,7 +7,6 @@ run directory's files). Speed is measured without per-step syncs; the first step
 (compile and allocation warm-up) are timed apart from steady state.
 """
 
-import copy
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -264,7 +263,7 @@ def check_arguments(cfg: Config, resume, model):
 def train_ranks(cfg: Config, resume, log, ranks: Ranks, model=None):
     """train() as one of `ranks`."""
     say = (lambda *_: None) if cfg.quiet else log
-    given, model = model, copy_of(model)
+    given = model  # open_session trains a copy of it (engine.session.copy_of)
     s = open_session(cfg, resume, say, ranks, model)
     s.log = log
     note = tta_note(s.cfg, s.spec)
@@ -302,13 +301,3 @@ def train_ranks(cfg: Config, resume, log, ranks: Ranks, model=None):
         given.load_state_dict(s.model.state_dict())  # the caller's module ends trained, in its own format
     return s.run.path, s.metrics
 
-
-def copy_of(model):
-    """The module train() trains in place of the caller's (None for None)."""
-    if model is None:
-        return None
-    try:
-        return copy.deepcopy(model)
-    except Exception as error:  # noqa: BLE001 - a module holding something deepcopy cannot copy (a lock, a file)
-        raise UsageError(f"train(model=...) trains a copy of your module and could not make one ({error}); keep "
-                         "locks, files and other uncopyable things out of the module's attributes") from None

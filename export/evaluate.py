@@ -33,8 +33,8 @@ def evaluate_onnx(path, overrides, *, input_size=None, classes=None, log=print):
 
     from engine.confusion import Confusion
     from engine.data import load_dataset
-    from engine.evaluate import (EVAL_FLAGS, check_overrides, check_run_data, evaluation_data, fit_channels,
-                                 labels_for)
+    from engine.evaluate import (EVAL_FLAGS, check_image_size, check_overrides, check_run_data, evaluation_data,
+                                 fit_channels, labels_for)
     from export.predict import Classifier
 
     reason = "applies to PyTorch checkpoints; an .onnx file runs in onnxruntime"
@@ -48,6 +48,7 @@ def evaluate_onnx(path, overrides, *, input_size=None, classes=None, log=print):
     cfg = Config(**evaluation_data(info.config, overrides))
     batch = cfg.eval_batch_size or cfg.batch_size
     check_run_data(cfg, overrides, path)
+    check_image_size(cfg, info.input_size, path)
     data = load_dataset(cfg, (lambda *_: None) if cfg.quiet else log)
     fit_channels(data, info.input_size, (lambda *_: None) if cfg.quiet else log)
     labels = labels_for(path, info.input_size, info.classes, data, cfg.data).numpy()  # classes matched by name

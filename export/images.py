@@ -1,4 +1,5 @@
-"""Images in, model input out: files, PIL images or uint8 arrays -> float32 (N, C, H, W) in [0, 1].
+"""Images in, model input out: files, PIL images, uint8 arrays or encoded file bytes -> float32 (N, C, H, W)
+in [0, 1].
 
 Preprocessing comes from the model's metadata alone: convert to gray or RGB as `input_size`'s C
 says (alpha dropped, 16-bit scaled, not clipped), fit to H x W by training's own rule
@@ -57,6 +58,25 @@ def open_image(path, size=None):
     return image
 
 
+def open_bytes(data):
+    """A lazily decoded PIL image from an encoded file's bytes, refused as a file would be."""
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    if not data:
+        raise EngineError("image bytes are empty (0 bytes), not an image")
+    limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # to_pixels' check names the size
+    try:
+        return Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise EngineError("image bytes are not an image PIL can read") from None
+    except (OSError, SyntaxError, ValueError) as error:
+        raise EngineError(f"image bytes are not a readable image ({error})") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+
+
 def to_pixels(image, input_size, source="image", rule="stretch"):
     """(H, W, C) uint8 pixels of a PIL image, converted and fitted to input_size [C, H, W] by `rule`."""
     channels, height, width = input_size
@@ -72,8 +92,9 @@ def _array_images(array, channels=3):
     """A uint8 array as a list of (H, W[, C]) images: (H, W), (H, W, C), (N, H, W) or (N, H, W, C). For a
     model of `channels` 3, a (3 or 4, H, W) array is refused: one image channels first, or gray ones?"""
     if array.dtype != np.uint8:
-        raise UsageError(f"image arrays must be uint8 pixels (0-255), not {array.dtype}")
-    if array.ndim == 2 or (array.ndim == 3 and array.shape[-1] in (1, 3, 4)):
+        prepared = " (a prepared batch for Classifier.logits is float32 (N, C, H, W) in [0, 1])" if array.ndim == 4 else ""
+        raise UsageError(f"image arrays must be uint8 pixels (0-255), not {array.dtype}{prepared}")
+    if array.ndim == 2 or (array.ndim == 3 and array.shape[-1] in (1, 2, 3, 4)):  # 2: gray with alpha
         return [array]
     if array.ndim == 3 and array.shape[0] in (3, 4) and channels == 3:  # PyTorch's (C, H, W), or gray images?
         raise UsageError(f"an array of shape {array.shape} could be one image channels first or {array.shape[0]} gray "
@@ -89,9 +110,9 @@ def _from_array(array):
 
     if array.ndim == 3 and array.shape[-1] == 1:
         array = array[..., 0]
-    if array.ndim == 3 and array.shape[-1] not in (3, 4):
-        raise UsageError(f"an image array needs 1, 3 or 4 channels last, not shape {array.shape}")
-    return Image.fromarray(np.ascontiguousarray(array))
+    if array.ndim == 3 and array.shape[-1] not in (2, 3, 4):
+        raise UsageError(f"an image array needs 1, 2 (gray and alpha), 3 or 4 channels last, not shape {array.shape}")
+    return Image.fromarray(np.ascontiguousarray(array))  # (H, W, 2) reads as LA
 
 
 def batch(images, input_size, rule="stretch"):
@@ -99,11 +120,17 @@ def batch(images, input_size, rule="stretch"):
     each fitted to input_size by `rule` (the --resize training used: crop or stretch)."""
     from PIL import Image
 
-    if isinstance(images, (str, os.PathLike, Image.Image, np.ndarray)):
+    if isinstance(images, (str, os.PathLike, Image.Image, np.ndarray, bytes)):
         images = [images]
+    if isinstance(images, dict) or not hasattr(images, "__iter__"):
+        raise UsageError(f"cannot read images from {type(images).__name__}; give a path, PIL image, uint8 array or "
+                         "encoded file bytes, or a list of them")
     pixels = []
     for item in images:
-        if isinstance(item, (str, os.PathLike)):
+        if isinstance(item, bytes):  # an encoded file's contents (a request body, a database blob)
+            with open_bytes(item) as image:
+                pixels.append(to_pixels(image, input_size, "image bytes", rule))
+        elif isinstance(item, (str, os.PathLike)):
             with open_image(item, input_size[1:]) as image:
                 pixels.append(to_pixels(image, input_size, str(item), rule))
         elif isinstance(item, Image.Image):
@@ -111,7 +138,8 @@ def batch(images, input_size, rule="stretch"):
         elif isinstance(item, np.ndarray):
             pixels += [to_pixels(_from_array(a), input_size, "array", rule) for a in _array_images(item, input_size[0])]
         else:
-            raise UsageError(f"cannot read an image from {type(item).__name__}; give paths, PIL images or uint8 arrays")
+            raise UsageError(f"cannot read an image from {type(item).__name__}; give paths, PIL images, uint8 arrays "
+                             "or encoded file bytes")
     if not pixels:
         raise UsageError("no images given")
     return (np.stack(pixels).transpose(0, 3, 1, 2).astype(np.float32) / 255).copy()  # (N, C, H, W)

@@ -107,7 +107,11 @@ class ModelInfo:
         """For a file without the engine's metadata: `--input-size 3x32x32 --classes a,b,c`."""
         if not input_size or not classes:
             raise UsageError("a model without engine metadata needs both --input-size CxHxW and --classes NAME,NAME,...")
-        info = cls(classes=[c.strip() for c in classes.split(",")], input_size=parse_shape(input_size, "--input-size"))
+        if isinstance(classes, (list, tuple)):  # from Python: a list of names, (C, H, W)
+            classes = ",".join(map(str, classes))
+        if isinstance(input_size, (list, tuple)):
+            input_size = "x".join(map(str, input_size))
+        info = cls(classes=[c.strip() for c in str(classes).split(",")], input_size=parse_shape(input_size, "--input-size"))
         info.check("--classes/--input-size")
         return info
 

@@ -6,6 +6,7 @@ with a dynamic batch, then checked and compared with PyTorch on real test images
 moved into place: a file that fails verification never reaches OUT.
 """
 
+import numbers
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -157,8 +158,12 @@ def export_onnx(out, checkpoint=None, *, opset=None, verify=True, int8=False, lo
 
     check_code(model, "export_onnx")
     out = check_out(out)
-    if opset is not None and (not isinstance(opset, int) or isinstance(opset, bool)):
+    for name, value in (("verify", verify), ("int8", int8)):
+        if not isinstance(value, (bool, np.bool_)):
+            raise UsageError(f"export_onnx's {name} must be True or False, not {value!r}")
+    if opset is not None and (not isinstance(opset, numbers.Integral) or isinstance(opset, (bool, np.bool_))):
         raise UsageError(f"--opset must be a whole number, not {opset!r}")
+    opset = None if opset is None else int(opset)
     if opset is not None and not MIN_OPSET <= opset <= torch.onnx._constants.ONNX_MAX_OPSET:
         raise UsageError(f"--opset {opset}: the exporter writes opsets {MIN_OPSET} to {torch.onnx._constants.ONNX_MAX_OPSET}")
     from engine.models.reference import parse_model

@@ -10,6 +10,7 @@ Preprocessing comes from the file's metadata (see export/images.py); a file with
 """
 
 import json
+import os
 
 import numpy as np
 
@@ -29,6 +30,8 @@ class Classifier:
     def __init__(self, path, *, input_size=None, classes=None, device="auto", threads=None):
         from export.session import load_checked, open_session
 
+        path = os.fspath(path) if isinstance(path, os.PathLike) else path
+        threads = int(threads) if _whole(threads) else threads
         if device not in DEVICES:
             raise UsageError(f"device must be one of {', '.join(DEVICES)}, not {device!r}")
         if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
@@ -77,6 +80,8 @@ class Classifier:
         return np.concatenate([self._run(batch[i:i + step], step) for i in range(0, len(batch), step)])
 
     def _checked(self, batch):
+        if not len(batch):
+            raise UsageError("no images given (the prepared batch is empty)")
         if list(batch.shape[1:]) != list(self.info.input_size):
             raise UsageError(f"a prepared batch must be (N, {', '.join(map(str, self.info.input_size))}) float32 pixels "
                              f"in [0, 1] for this model, not {tuple(batch.shape)}")
@@ -101,7 +106,7 @@ class Classifier:
     def predict(self, images, topk=1):
         """For each image, its `topk` (class, probability) pairs, most likely first (topk above the
         class count gives every class)."""
-        check_whole("topk", topk)
+        topk = check_whole("topk", topk)
         probabilities = softmax(self.logits(images))
         k = min(topk, len(self.info.classes))
         order = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
@@ -112,8 +117,16 @@ DEVICES = ("auto", "cpu", "cuda")
 
 
 def check_whole(name, value):
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+    """A whole number of at least 1 (numpy's integers too), as an int; one UsageError otherwise."""
+    if not _whole(value) or value < 1:
         raise UsageError(f"{name} must be a whole number of at least 1, not {value!r}")
+    return int(value)
+
+
+def _whole(value):
+    import numbers
+
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
 
 
 def predict_files(model: Classifier, paths, topk=3, batch_size=64, as_json=False, say=print, warn=None):
@@ -121,15 +134,20 @@ def predict_files(model: Classifier, paths, topk=3, batch_size=64, as_json=False
     A file that cannot be read (missing, empty, not an image, truncated, too large) is one line each
     through `warn` (by default an EngineError for the first), and the others are still predicted.
     Returns the number of files that could not be."""
-    check_whole("topk", topk)
-    check_whole("batch_size", batch_size)
+    topk, batch_size = check_whole("topk", topk), check_whole("batch_size", batch_size)
     files, bad = [], []
-    for path in imaging.expand(paths):  # every header first: nothing is decoded from a file that cannot be
+    for given in [paths] if isinstance(paths, (str, os.PathLike)) else paths:
         try:
-            imaging.open_image(path, model.info.input_size[1:]).close()
-            files.append(path)
-        except EngineError as error:
+            found = imaging.expand([given])
+        except EngineError as error:  # a folder with no image: named, and the other arguments still predicted
             bad.append(str(error))
+            continue
+        for path in found:  # every header first: nothing is decoded from a file that cannot be
+            try:
+                imaging.open_image(path, model.info.input_size[1:]).close()
+                files.append(path)
+            except EngineError as error:
+                bad.append(str(error))
     if bad and warn is None:
         raise EngineError(bad[0])
     for start in range(0, len(files), batch_size):

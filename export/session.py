@@ -67,6 +67,7 @@ def open_session(path, *, device="auto", threads=None):
     """(session, provider) for `path`: CUDA when asked or available and it really loads, else CPU."""
     import onnxruntime as ort
 
+    path = os.fspath(path)  # any os.PathLike: onnxruntime takes a str
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = threads or physical_cores()

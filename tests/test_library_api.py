@@ -2,6 +2,7 @@
 the field, a module passed to train() ends trained and must be what its checkpoint rebuilds, the
 evaluations refuse what they do not take, and a call leaves the caller's process as it found it."""
 
+import dataclasses
 import json
 import os
 import sys
@@ -156,4 +157,63 @@ def test_evaluations_refuse_what_they_do_not_take(tmp_path, tiny_run, tiny_onnx,
         export_onnx(tmp_path / "m.onnx", tiny_run[1], model=nets.Net)
     with pytest.raises(UsageError, match="--opset must be a whole number, not '18'"):
         export_onnx(tmp_path / "m.onnx", tiny_run[1], opset="18")
+    for name in ("verify", "int8"):
+        with pytest.raises(UsageError, match=f"export_onnx's {name} must be True or False, not 'False'"):
+            export_onnx(tmp_path / "m.onnx", tiny_run[1], **{name: "False"})
+    with pytest.raises(UsageError, match=r"--image-size 16 fits the images to 16x16, but .* takes 32x32: give "
+                                         r"--image-size 32x32"):
+        evaluate_checkpoint(tiny_run[1], {"image_size": 16})
+    with pytest.raises(UsageError, match="takes 32x32"):
+        evaluate_onnx(tiny_onnx, {"image_size": "16x16"})
+    assert not (tmp_path / "m.onnx").exists()  # nothing written by any refusal
 
+
+
+def test_numpy_values_are_stored_as_python_ones_so_checkpoints_stay_weights_only(tmp_path):
+    cfg = Config(**TINY, lr=np.float64(0.05), optimizer=np.str_("sgd"), image_size=np.int64(32), out=str(tmp_path / "r"))
+    assert (type(cfg.lr), type(cfg.optimizer), cfg.image_size) == (float, str, "32")
+    assert (Config(test_split=0.1).test_split, Config(val_split=0.2).val_split) == ("10%", "20%")
+    assert Config(image_size=np.array([24, 32])).image_size == "24x32"
+    with pytest.raises(UsageError, match="--test-split takes a percentage such as '10%' or a fraction such as 0.1"):
+        Config(test_split=20)
+    out, _ = train(dataclasses.replace(cfg, image_size=None), log=lambda *_: None)
+    assert load(out / "last.pt").config["lr"] == 0.05  # a weights-only load reads it back
+
+
+def test_a_lazy_module_trains_from_python_as_from_the_command_line(tmp_path):
+    class_source = (tmp_path / "lazy_nets.py")
+    class_source.write_text("from torch import nn\n\n\nclass LazyNet(nn.Sequential):\n"
+                            "    def __init__(self, num_classes=10):\n"
+                            "        super().__init__(nn.LazyConv2d(4, 3), nn.ReLU(), nn.Flatten(), nn.LazyLinear(num_classes))\n")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import lazy_nets
+
+        net = lazy_nets.LazyNet()
+        out, _ = train(Config(**TINY, out=str(tmp_path / "run")), model=net, log=lambda *_: None)
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("lazy_nets", None)
+    saved = load(out / "last.pt").model
+    assert all(torch.equal(net.state_dict()[k], saved[k]) for k in saved)
+
+
+def test_a_config_naming_other_code_than_the_module_passed_is_refused(nets, tmp_path):
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "nets2.py").write_text("from torch import nn\n\n\nclass Net(nn.Linear):\n    pass\n")
+    for named in (f"{other / 'nets2.py'}:Net", "elsewhere.nets:Net", "fast_cifar"):
+        with pytest.raises(UsageError, match="name different networks"):
+            train(Config(**TINY, model=named), model=nets.Net(), log=lambda *_: None)
+    out, _ = train(Config(**TINY, model="api_nets:Net", out=str(tmp_path / "ok")), model=nets.Net(), log=lambda *_: None)
+    assert out.is_dir()  # its own module, named as a module, is the same code
+
+
+def test_a_class_typed_into_a_notebook_is_named_again_by_its_file_not_by_main():
+    from engine.models.reference import ModelRef, parse_model, reopen
+
+    saved = ModelRef("module", "MainNet", "__main__")
+    with pytest.raises(UsageError, match=r"name it again: --model FILE.py:MainNet \(the file that defines it\)$"):
+        reopen(saved, None, "best.pt")
+    with pytest.raises(UsageError, match=r"not torchvision:resnet18; pass --model FILE.py:MainNet"):
+        reopen(saved, parse_model("torchvision:resnet18"), "best.pt")

@@ -11,7 +11,7 @@ from PIL import Image
 import export
 from engine.checkpoint import load, model_from_checkpoint
 from engine.cli import main
-from engine.errors import UsageError
+from engine.errors import EngineError, UsageError
 from engine.normalization import Normalized
 from export.predict import predict_files
 
@@ -170,3 +170,40 @@ def test_the_python_api_refuses_what_the_command_line_refuses(tiny_onnx, tmp_pat
         model.logits(np.linspace(0, 255, 2 * 3 * 32 * 32, dtype=np.float32).reshape(2, 3, 32, 32))
     with pytest.raises(UsageError, match=r"must be \(N, 3, 32, 32\).*not \(2, 32, 32, 3\)"):
         model.logits(np.zeros((2, 32, 32, 3), np.float32))  # NHWC
+
+
+def test_the_python_api_takes_what_a_demanding_caller_passes_and_refuses_the_rest_in_one_line(tiny_onnx, tmp_path):
+    import os
+
+    class Where(os.PathLike):  # any os.PathLike, not only pathlib's
+        def __fspath__(self):
+            return str(tiny_onnx)
+
+    model = export.load(Where(), threads=np.int64(1))
+    image = write_images(tmp_path / "images")[0]
+    encoded = image.read_bytes()
+    assert model.predict(encoded, topk=np.int64(2))[0] == model.predict([image], topk=2)[0]  # a file's bytes
+    gray_alpha = np.random.default_rng(0).integers(0, 256, (12, 12, 2), dtype=np.uint8)
+    assert model.logits(gray_alpha).shape == (1, 10)  # (H, W, 2): gray and alpha, one image
+    for bad, message in ((None, "cannot read images from NoneType"), (5, "cannot read images from int"),
+                         ({"a": 1}, "cannot read images from dict"), (b"", "image bytes are empty"),
+                         (b"not an image", "image bytes are not an image PIL can read"),
+                         (Image.new("RGB", (0, 0)), "0x0 pixels: an image with no pixels"),
+                         (np.zeros((0, 10, 3), np.uint8), "10x0 pixels: an image with no pixels"),
+                         (np.zeros((0, 3, 32, 32), np.float32), "the prepared batch is empty"),
+                         (np.full((2, 3, 32, 32), 0.5), r"not float64 \(a prepared batch for Classifier.logits is float32")):
+        with pytest.raises((UsageError, EngineError), match=message):
+            model.logits(bad)
+    without = onnx.load(str(tiny_onnx))
+    del without.metadata_props[:]
+    onnx.save(without, str(tmp_path / "bare.onnx"))
+    bare = export.load(tmp_path / "bare.onnx", input_size=(3, 32, 32), classes=[f"c{i}" for i in range(10)])
+    assert bare.classes[0] == "c0" and bare.predict([image])[0][0][0].startswith("c")
+
+
+def test_a_folder_with_no_image_is_named_and_the_other_arguments_still_predicted(tiny_onnx, tmp_path, capsys):
+    good = write_images(tmp_path / "images")[0]
+    (tmp_path / "empty").mkdir()
+    assert main(["predict", str(tiny_onnx), str(good), str(tmp_path / "empty")]) == 1
+    out, err = capsys.readouterr()
+    assert out.startswith(f"{good}: ") and "empty holds no image files" in err and err.count("\n") == 1

@@ -173,12 +173,13 @@ def reopen(saved: ModelRef, given: ModelRef | None, source="the checkpoint", war
         if given is not None and (given.kind, given.name) != (saved.kind, saved.name):
             raise UsageError(f"{source} holds {saved.label}, not {given.label}; leave --model out")
         return saved
+    notebook = saved.kind == "module" and saved.file == "__main__"  # a class typed into a notebook: no file to match
+    again = f"FILE.py:{saved.name} (the file that defines it)" if notebook else shlex.quote(saved.label)
     if given is None:
         raise UsageError(f"{source} was trained with {saved.label}, user code the engine does not import by itself; "
-                         f"name it again: --model {shlex.quote(saved.label)}")
-    notebook = saved.kind == "module" and saved.file == "__main__"  # a class typed into a notebook: no file to match
+                         f"name it again: --model {again}")
     if not given.user_code or given.name != saved.name or (saved.kind == "module" and given.file != saved.file and not notebook):
-        raise UsageError(f"{source} was trained with {saved.label}, not {given.label}; pass --model {shlex.quote(saved.label)}")
+        raise UsageError(f"{source} was trained with {saved.label}, not {given.label}; pass --model {again}")
     if saved.kind == "file" and given.kind == "file" and saved.sha256 and given.sha256 != saved.sha256:
         what = "changed since the run was trained" if given.file == saved.file else f"is not the run's {saved.file}"
         if (given.file, given.sha256, warn) not in _warned:
