@@ -31,11 +31,20 @@ def _scalar_type(annotation):
     return args[0] if args else annotation
 
 
-def add_config_flags(parser, groups):
-    """One flag per Config field in `groups`; absent flags stay absent (default SUPPRESS)."""
+EVAL_HELP = {  # engine eval's own words where a training run's would mislead
+    "data": "evaluate on this data instead: synthetic, cifar10, mnist, fashion_mnist, or the PATH of an image folder "
+            "or archive (default: the checkpoint's own test set)",
+    "batch_size": "images per evaluation batch (default: 64)",
+    "quiet": "print only the result and errors (default: off)",
+}
+
+
+def add_config_flags(parser, groups, helps=None):
+    """One flag per Config field in `groups`; absent flags stay absent (default SUPPRESS). `helps`: a
+    command's own help text for some of them."""
     for f in fields_in(*groups):
         kind = _scalar_type(f.type)
-        help_text = f.metadata["help"]
+        help_text = (helps or {}).get(f.name) or f.metadata["help"]
         if "default" not in help_text:
             shown = "on" if f.default is True else "off" if f.default is False else f.default
             help_text += f" (default: {shown})"
@@ -68,8 +77,8 @@ def build_parser():
                        help=f"continue a run from its last completed epoch (default RUN_DIR: {LATEST})")
     train.add_argument("--nproc", type=positive, metavar="N",
                        help="train with N processes on this machine (DDP): runs torchrun with the other arguments; "
-                            "--batch-size is per process")
-    train.set_defaults(func=cmd_train)
+                            "--batch-size is per process (default: one process, no torchrun)")
+    train.set_defaults(command=_command_of(train), func=cmd_train)
 
     evaluate = commands.add_parser("eval", help="test accuracy and loss of a checkpoint or an exported .onnx file",
                                    description="Evaluate a checkpoint (in PyTorch) or an exported .onnx file (in "
@@ -77,13 +86,13 @@ def build_parser():
     evaluate.add_argument("checkpoint", metavar="CHECKPOINT|MODEL.onnx", help="a .pt file written by engine train, "
                           "or a .onnx file written by engine export")
     add_code_flag(evaluate)
-    add_config_flags(evaluate, ("data", "runtime"))
+    add_config_flags(evaluate, ("data", "runtime"), EVAL_HELP)
     add_metadata_flags(evaluate)
     evaluate.add_argument("--confusion", metavar="PATH.png", help="also write the confusion matrix as a picture "
                           "(colours: each true class's shares; counts in the cells up to 20 classes)")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object (accuracy, loss, the whole "
                           "confusion matrix, per-class accuracy and precision) instead of text")
-    evaluate.set_defaults(func=cmd_eval)
+    evaluate.set_defaults(command=_command_of(evaluate), func=cmd_eval)
 
     export = commands.add_parser("export", help="write a trained model as one verified ONNX file",
                                  description="Export a checkpoint to ONNX for onnxruntime: one self-contained file with "
@@ -97,7 +106,7 @@ def build_parser():
                         help="check the file and compare onnxruntime with PyTorch before writing it (default: on)")
     export.add_argument("--int8", action="store_true",
                         help="also write OUT.int8.onnx (static QDQ int8, calibrated on training images) and compare it")
-    export.set_defaults(func=cmd_export)
+    export.set_defaults(command=_command_of(export), func=cmd_export)
 
     predict = commands.add_parser("predict", help="classify images with an exported .onnx file",
                                   description="Top classes of each image (files or folders of them) through onnxruntime; "
@@ -110,17 +119,18 @@ def build_parser():
     predict.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                          help="onnxruntime's CUDA provider when it really loads, else CPU (default: auto)")
     add_metadata_flags(predict)
-    predict.set_defaults(func=cmd_predict)
+    predict.set_defaults(command=_command_of(predict), func=cmd_predict)
 
-    summary = commands.add_parser("summary", help="layer table of a model with output shapes and parameters",
-                                  description="Print a model's layers, output shapes and parameter counts.")
+    summary = commands.add_parser("summary", help="layer table of a model with output shapes, parameters and FLOPs",
+                                  description="Print a model's layers, output shapes, parameter counts and "
+                                              "forward MFLOPs.")
     summary.add_argument("--model", default="cifar_cnn", help="network: a built-in name, torchvision:NAME, FILE.py:NAME "
                          "or package.module:NAME (default: cifar_cnn)")
     summary.add_argument("--model-args", metavar="JSON", help="keyword arguments for the model's constructor")
     summary.add_argument("--input-shape", metavar="CxHxW", help="input shape, e.g. 1x28x28 (default: a built-in's "
                          "own, else 3x32x32)")
     summary.add_argument("--num-classes", type=positive, default=10, help="output classes (default: 10)")
-    summary.set_defaults(func=cmd_summary)
+    summary.set_defaults(command=_command_of(summary), func=cmd_summary)
     return parser
 
 
@@ -277,11 +287,21 @@ def _number(word):
     return True
 
 
+def _command_of(parser):
+    """A subcommand's parser, kept in its arguments: an unknown flag is said against its own --help."""
+    return lambda: parser
+
+
 def main(argv=None):
     parser = build_parser()
+    for stream in (sys.stdout, sys.stderr):  # a class name an ASCII terminal cannot show is escaped, not a traceback
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     try:
         argv = sys.argv[1:] if argv is None else list(argv)
-        args = parser.parse_args(bare_optional_values(argv))
+        args, unknown = parser.parse_known_args(bare_optional_values(argv))
+        if unknown:
+            (args.command() if hasattr(args, "command") else parser).error(f"unrecognized arguments: {' '.join(unknown)}")
         args.argv = argv  # --nproc runs the same command under torchrun
         return args.func(args)
     except Interrupted as error:

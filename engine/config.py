@@ -107,7 +107,7 @@ class Config:
     resized_crop: float | None = option(
         None, "random-resized crops instead of padded ones: each training image cropped to a box of MIN to all of "
         "its area (aspect 3:4 to 4:3) and resized back, batched on the device (e.g. 0.35; default: off, see "
-        "docs/data.md for the measurement)"
+        "docs/images.md#augmentation for the measurement)"
     )
     label_smoothing: float = option(0.1, "cross-entropy label smoothing")
     class_weights: str = option(
@@ -162,7 +162,8 @@ class Config:
     tensorboard: bool = option(False, "also write TensorBoard events to the run directory", resume=True)
     save_every: str = option(
         "10m",
-        "also write last.pt within an epoch every DURATION (30s, 10m, 1h; off: only at epoch ends), so a kill "
+        "also write last.pt within an epoch every DURATION (30s, 10m, 1h; 0s: after every step; off: only at epoch "
+        "ends), so a kill "
         "loses at most that much; epochs shorter than DURATION never save mid-way (default: 10m)",
         resume=True,
     )

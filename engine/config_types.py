@@ -89,10 +89,16 @@ def _pair(value):
 
 
 def check(config, flag):
-    """Raise UsageError, naming the flag, for a field whose value is not of its annotated type."""
+    """Raise UsageError, naming the flag, for a field whose value is not of its annotated type, or for an
+    empty path (`--out ''` would otherwise mean the default, and `''` the current folder)."""
     import dataclasses
 
     from engine.errors import UsageError
+
+    for name in PATH_FIELDS:
+        value = getattr(config, name)
+        if isinstance(value, str) and not value.strip():
+            raise UsageError(f"{flag(name)} is an empty path; name a file or folder (or leave the flag out)")
 
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)

@@ -89,10 +89,9 @@ class Confusion:
         """The matrix as a picture at `path` (written whole, via a temporary file): colours are each
         row's shares, so a rare class reads like a common one; the counts are in the cells for up to
         COUNTS_UP_TO classes; `title` names the model and data, the accuracy is added."""
-        import matplotlib
+        from engine.quiet import pyplot
 
-        matplotlib.use("Agg")
-        from matplotlib import pyplot as plt
+        plt = pyplot()
 
         with warnings.catch_warnings():  # a class name in a script the font lacks draws as boxes: no stderr line a cell
             warnings.filterwarnings("ignore", message=r"Glyph \d+ .* missing from font", category=UserWarning)

@@ -51,7 +51,8 @@ def pause_point(stage):
     reaches STAGE it prints `ENGINE_TEST_PAUSED STAGE` on stdout and stops itself (SIGSTOP), so a
     test can kill it exactly there (SIGKILL) or let it go on (SIGCONT). Stages: step (after a
     training step and any mid-epoch save), eval (before an epoch's evaluation), save (a checkpoint
-    written to its temporary file, not yet renamed), commit (last.pt renamed, best.pt not yet)."""
+    written to its temporary file, not yet renamed), commit (last.pt renamed, best.pt not yet),
+    decode (an image folder's chunk handed to the decoding processes)."""
     wanted = os.environ.get("ENGINE_TEST_PAUSE_AT")
     if not wanted:
         return

@@ -88,7 +88,8 @@ class BatchLoader:
         self.why = streams(x, self.device)  # why the split streams from the host; None: it is on the device
         self.x = x if self.why else x.to(device)  # (N, C, H, W) uint8
         self.y = y.to(device)  # (N,) int64
-        self.batch_size = batch_size
+        # an evaluation batch is padded to its size: never larger than the images (--eval-batch-size 10**9)
+        self.batch_size = batch_size if train else max(1, min(batch_size, len(x)))
         self.train, self.flip, self.padding, self.seed = train, "random" if flip is True else flip, crop_padding, seed
         self.padding_mode = padding_mode
         side = min(x.shape[2:]) if len(x) else 0

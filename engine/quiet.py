@@ -1,6 +1,7 @@
 """Keeping torch.export's, torch.onnx's, onnxscript's and onnxruntime's tooling quiet: their progress
 lines, warnings and graph dumps are nothing a user of `engine export` or `engine eval --compile` can
-act on. Shared by the exporter, the int8 quantizer and ahead-of-time inference (engine/inference.py).
+act on. Shared by the exporter, the int8 quantizer and ahead-of-time inference (engine/inference.py);
+and matplotlib's, for the run's pictures (`pyplot`).
 """
 
 import contextlib
@@ -27,3 +28,22 @@ def quiet_exporter():
         finally:
             for logger, level in zip(loggers, levels):
                 logger.setLevel(level)
+
+
+def pyplot():
+    """matplotlib's pyplot on the Agg backend, imported without the warnings it logs about a config or
+    cache folder it cannot write (a read-only HOME) or a font cache it builds: it then works from a
+    temporary folder, which is all a PNG needs, and nothing there is the user's to act on."""
+    import logging
+
+    logger = logging.getLogger("matplotlib")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        from matplotlib import pyplot as plt
+    finally:
+        logger.setLevel(level)
+    return plt

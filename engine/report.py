@@ -186,10 +186,9 @@ class RunDir:
 
     def plot(self, metrics):
         """curves.png: accuracy and loss per epoch, train and test, as the tutorial plots them."""
-        import matplotlib
+        from engine.quiet import pyplot
 
-        matplotlib.use("Agg")
-        from matplotlib import pyplot as plt
+        plt = pyplot()
 
         epochs = [m["epoch"] for m in metrics]
         fig, (acc, loss) = plt.subplots(1, 2, figsize=(10, 4))

@@ -40,14 +40,20 @@ def save_partial(s: Session, epoch, step, loss_sum, correct):
     s.clock.saved()
 
 
-def save_epoch(s: Session, m, best_now, state=None):
+def save_epoch(s: Session, m, best_now, state=None, announce=None):
     """last.pt (and best.pt if `best_now`), metrics.jsonl, curves.png and TensorBoard for the epoch `m`
-    (`state`: the checkpoint, if not the one after epoch m["epoch"])."""
+    (`state`: the checkpoint, if not the one after epoch m["epoch"]). `announce()` (the epoch's line)
+    runs once last.pt is committed, before a Ctrl-C held during the writes is let through, so a
+    saved epoch is always said."""
     state = state or checkpoint_state(s, m["epoch"])  # every rank: it gathers their RNG states
     if not s.ranks.is_main:
+        if announce:
+            announce()
         return
     with interrupts_held(), s.run.saving():  # an epoch's files are written whole, or not at all
         save(state, s.run.path / "last.pt")  # the commit record: resume repairs the rest from it
+        if announce:
+            announce()
         pause_point("commit")
         if best_now:
             save(state, s.run.path / "best.pt")

@@ -209,7 +209,8 @@ def record(s: Session, figures: EpochFigures):
         s.best_epoch = m["epoch"] if best_now else s.best_epoch
         partial = {"loss_sum": figures.loss_sum.detach().cpu(), "correct": figures.correct.detach().cpu()}
         state = checkpoint_state(s, figures.epoch, figures.steps_done, partial) if figures.steps_done else None
-        save_epoch(s, m, best_now, state)
+        save_epoch(s, m, best_now, state, announce=lambda: s.log(format_epoch(m)))
+        return m
     s.log(format_epoch(m))
     return m
 

@@ -22,6 +22,8 @@ def expand(paths):
     """Files for the command line's IMAGE arguments: a directory means every image file under it."""
     files = []
     for given in paths:
+        if not str(given).strip():  # Path('') is the current folder: every image under it
+            raise EngineError("an empty path names no image (it is not the current folder)")
         path = Path(given)
         if path.is_dir():
             found = sorted(p for p in path.rglob("*") if (p.is_file() or p.is_symlink()) and p.suffix.lower() in

@@ -55,6 +55,8 @@ def int8_path(out):
 
 def resolve_checkpoint(checkpoint):
     """The checkpoint to export: the given one, or runs/latest/best.pt."""
+    if checkpoint is not None and not str(checkpoint).strip():
+        raise UsageError("--checkpoint is an empty path; name a checkpoint (or leave it out for runs/latest/best.pt)")
     if checkpoint:
         return Path(checkpoint)
     if not DEFAULT_CHECKPOINT.is_file():
@@ -64,6 +66,8 @@ def resolve_checkpoint(checkpoint):
 
 
 def check_out(out):
+    if not str(out).strip():
+        raise UsageError("OUT is an empty path; give a file name ending in .onnx")
     out = Path(out)
     if out.suffix.lower() != ".onnx":
         raise UsageError(f"OUT {out} must end in .onnx")

@@ -163,6 +163,8 @@ def test_a_run_evaluates_at_its_eval_batch_with_the_training_batch_s_figures(tmp
     assert s.test_loader.batch_size == 32 and len(s.test_loader) == 10  # the last of 12 real images, padded
     given = open_session(Config(out=str(tmp_path / "given"), eval_batch_size=150, **values), say=lambda *_: None)
     assert given.test_loader.batch_size == 150 and len(given.test_loader) == 2
+    huge = open_session(Config(out=str(tmp_path / "huge"), eval_batch_size=10**9, **values), say=lambda *_: None)
+    assert huge.test_loader.batch_size == 300 and len(huge.test_loader) == 1  # no 10**9-image padded batch
     small = evaluate(s.model, s.test_loader, s.runtime)
     large = evaluate(s.model, given.test_loader, given.runtime)
     assert large[1] == small[1] and large[0] == pytest.approx(small[0], rel=1e-5)  # fp32: rounding only

@@ -149,3 +149,50 @@ def test_a_full_disk_is_one_line_and_leaves_no_temporaries(tmp_path):
         f"engine: error: cannot save to {run} (File too large); stopped before any checkpoint was saved: make room "
         "and train again"]
     assert sorted(p.name for p in run.iterdir()) == ["config.json"]  # no half-written last.pt, no temporary
+
+
+def test_ctrl_c_while_a_folder_decodes_stops_at_once_with_one_line(tmp_path):
+    """SIGINT to the whole process group (a terminal's Ctrl-C) while the decoding processes hold work:
+    their workers ignore it and are ended by the main process, which says `interrupted` in one line and
+    exits 130. Workers that took it printed their tracebacks, and one that died of it mid-task left
+    the pool's shutdown waiting forever."""
+    import numpy as np
+    from PIL import Image
+
+    base = np.random.default_rng(0).integers(0, 256, (48, 48, 3), dtype=np.uint8)
+    for name in ("a", "b"):
+        folder = tmp_path / "photos" / "train" / name
+        folder.mkdir(parents=True)
+        for i in range(300):
+            Image.fromarray(np.roll(base, i, axis=1)).save(folder / f"{i:04d}.png", compress_level=1)
+    env = {**os.environ, "ENGINE_CACHE_DIR": str(tmp_path / "cache"), "ENGINE_TEST_PAUSE_AT": "decode"}
+    process = subprocess.Popen([sys.executable, "-m", "engine", "train", "--data", str(tmp_path / "photos"),
+                                "--image-size", "32", "--out", str(tmp_path / "run")], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    wait_for_pause(process, "decode")
+    time.sleep(0.5)  # the workers have the chunk: some still decoding, some waiting for more
+    os.killpg(process.pid, signal.SIGINT)  # every process of the command, as a terminal's Ctrl-C
+    process.send_signal(signal.SIGCONT)
+    try:
+        _, err = process.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        pytest.fail("engine train did not stop within 60 s of a Ctrl-C during the decode")
+    assert process.returncode == 130 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1].startswith("engine: interrupted"), err
+
+
+def test_a_ctrl_c_during_an_epochs_writes_still_says_the_saved_epoch(tmp_path):
+    """The epoch's line is said once last.pt is committed, inside the writes a Ctrl-C waits for: the
+    interrupt then ends the run with every saved epoch said (it used to land before the line)."""
+    process = start(*TINY, "--out", str(tmp_path / "run"), pause="commit:1")
+    seen = []  # read line by line (the epoch's line comes first, in the same read as the marker: no select)
+    while not seen or seen[-1].strip() != "ENGINE_TEST_PAUSED commit":
+        seen.append(process.stdout.readline())
+        assert seen[-1], f"never paused at commit: {process.stderr.read()[-2000:]}"
+    assert any(line.startswith("Epoch: 1,") for line in seen), seen
+    process.send_signal(signal.SIGINT)
+    process.send_signal(signal.SIGCONT)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 130 and "completed epochs are saved" in err, err
+    assert load(tmp_path / "run" / "last.pt").epoch == 1 and not any(line.startswith("Epoch: 2,") for line in out.splitlines())

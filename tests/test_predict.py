@@ -207,3 +207,27 @@ def test_a_folder_with_no_image_is_named_and_the_other_arguments_still_predicted
     assert main(["predict", str(tiny_onnx), str(good), str(tmp_path / "empty")]) == 1
     out, err = capsys.readouterr()
     assert out.startswith(f"{good}: ") and "empty holds no image files" in err and err.count("\n") == 1
+
+
+def test_a_terminal_that_cannot_show_a_class_name_gets_it_escaped_not_a_traceback(tiny_onnx, tmp_path):
+    import subprocess
+    import sys
+
+    model = onnx.load(str(tiny_onnx))
+    del model.metadata_props[:]
+    onnx.save(model, str(tmp_path / "bare.onnx"))
+    image = write_images(tmp_path / "images")[0]
+    classes = ",".join(["日本", "dög", *[f"c{i}" for i in range(8)]])
+    env = {**__import__("os").environ, "PYTHONIOENCODING": "ascii", "LC_ALL": "C"}
+    done = subprocess.run([sys.executable, "-m", "engine", "predict", str(tmp_path / "bare.onnx"), str(image),
+                           "--input-size", "3x32x32", "--classes", classes, "--topk", "10"],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert "\\u65e5\\u672c" in done.stdout and "d\\xf6g" in done.stdout
+
+
+def test_an_unknown_flag_points_to_its_commands_help(capsys):
+    for argv, command in ((["train", "--bogus"], "train"), (["predict", "m.onnx", "a.png", "--bogus"], "predict")):
+        assert main(argv) == 2
+        assert capsys.readouterr().err.strip() == (f"engine: error: engine {command}: unrecognized arguments: --bogus "
+                                                   f"(see engine {command} --help)")

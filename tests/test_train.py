@@ -262,3 +262,16 @@ def test_a_resume_redraws_a_curves_png_that_a_kill_left_unwritten(tmp_path):
     train(again, resume=load(out / "last.pt"), log=said.append)
     assert "Repaired curves.png from last.pt (a kill had left them behind)" in said, said
     assert (out / "curves.png").stat().st_size > 0 and (out / "metrics.jsonl").read_text() == metrics
+
+
+@pytest.mark.slow
+def test_an_unwritable_matplotlib_folder_says_nothing(tmp_path):
+    """A read-only HOME (here: MPLCONFIGDIR under a file) made matplotlib log two lines of advice on
+    every run; the run's pictures need none of it."""
+    (tmp_path / "a-file").write_text("")
+    env = {**os.environ, "MPLCONFIGDIR": str(tmp_path / "a-file" / "matplotlib"), "ENGINE_CACHE_DIR": str(tmp_path / "c")}
+    done = subprocess.run([sys.executable, "-m", "engine", "train", "--epochs", "1", "--limit-train", "64",
+                           "--limit-test", "32", "--batch-size", "32", "--no-amp", "--quiet", "--out",
+                           str(tmp_path / "run")], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0 and (tmp_path / "run" / "curves.png").is_file(), done.stderr
+    assert "atplotlib" not in done.stderr and "mkdir" not in done.stderr, done.stderr

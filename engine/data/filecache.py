@@ -103,17 +103,14 @@ def _decode_into(path, file, survey, size, channels, image_size, rule, log):
     """Decode every image into `file` as (N, C, H, W) uint8 rows in the source's order; their folders
     (tuples, placed by engine.data.layout), or None when a colour image turns up in a grey (channels 1)
     decode."""
-    from concurrent.futures import ProcessPoolExecutor
-    from multiprocessing import get_context
-
     from PIL import Image
     from tqdm import tqdm
 
-    from engine.data.imagefolder import _chunks, _decode, mixed_sizes
+    from engine.data.imagefolder import _chunks, _decode, decoding_pool, mixed_sizes, stop_pool
 
     H, W = size
-    workers = max(1, min(os.cpu_count() or 1, 32))
-    pool = ProcessPoolExecutor(workers, mp_context=get_context("fork")) if workers > 1 else None
+    pool, workers = decoding_pool()
+    finished = False
     bomb_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # check_size refuses large ones, naming the size
     count, places, first, started = survey.count, [], None, time.perf_counter()
     log(f"Decoding {path} at {H}x{W} into a file cache, chunk by chunk: {count:,} images, "
@@ -123,7 +120,7 @@ def _decode_into(path, file, survey, size, channels, image_size, rule, log):
                                          leave=False) as progress:
             for chunk in _chunks(path, image_size, rule, survey.expected(path, image_size)):
                 items = [item for _, item in chunk]
-                arrays = list(pool.map(_decode, items, chunksize=64)) if pool else [_decode(i) for i in items]
+                arrays = list(pool.imap(_decode, items, chunksize=64)) if pool else [_decode(i) for i in items]
                 rows = []
                 for (folder, item), array in zip(chunk, arrays):
                     first = first or (array.shape[1::-1], item[0])
@@ -139,10 +136,10 @@ def _decode_into(path, file, survey, size, channels, image_size, rule, log):
                 progress.update(len(chunk))
             f.flush()
             os.fsync(f.fileno())
+        finished = True
     finally:
         Image.MAX_IMAGE_PIXELS = bomb_limit
-        if pool:
-            pool.shutdown(cancel_futures=True)
+        stop_pool(pool, finished)
     seconds = time.perf_counter() - started
     log(f"Decoded {len(places):,} images in {seconds:.1f} s ({len(places) / max(seconds, 1e-9):,.0f} img/s on "
         f"{workers} process{'es' if workers > 1 else ''})")

@@ -27,6 +27,7 @@ from engine.data import filecache, layout, stream
 from engine.data.dataset import Dataset, dataset_label
 from engine.data.sources import GRAY_MODES, DoesNotFit, archive_kind, check_memory, label, members, walk
 from engine.errors import EngineError, UsageError, first_line
+from engine.faults import pause_point
 from engine.lock import remove_stale_temporaries
 from engine.pixels import IMAGE_EXTENSIONS, check_size, fit
 
@@ -95,20 +96,46 @@ def _chunks(path: Path, size, rule, first=None):
         yield chunk
 
 
+def decoding_pool():
+    """(a fork pool of processes for `_decode`, or None on one core; its worker count). Its workers
+    ignore SIGINT: a Ctrl-C reaches the main process alone, which ends them (`stop_pool`). Workers
+    that took it printed their tracebacks, and concurrent.futures' pool, with a worker killed
+    mid-task, could leave the command waiting forever on its shutdown."""
+    from multiprocessing import get_context
+
+    workers = max(1, min(os.cpu_count() or 1, 32))
+    if workers == 1:
+        return None, 1
+    return get_context("fork").Pool(workers, initializer=_ignore_interrupts), workers
+
+
+def _ignore_interrupts():
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def stop_pool(pool, finished):
+    """Let the decoding pool go: after its work when `finished`, else (an error, a Ctrl-C) at once."""
+    if pool is None:
+        return
+    if finished:
+        pool.close()
+    else:
+        pool.terminate()
+    pool.join()
+
+
 def decode_folder(path: Path, log=print, size=None, rule="stretch"):
     """Decode every image once, on every core: {"classes", "train_x", "train_y"} and, where the source
     has an evaluation split, "test_x", "test_y". `size` (H, W): resize each image to it (engine.pixels.fit)."""
-    from concurrent.futures import ProcessPoolExecutor
-    from multiprocessing import get_context
-
     from PIL import Image
     from tqdm import tqdm
 
     images = {}  # folder tuple -> [arrays], placed by engine.data.layout once all are read
     bomb_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # check_size refuses large ones, naming the size
-    workers = max(1, min(os.cpu_count() or 1, 32))
-    pool = ProcessPoolExecutor(workers, mp_context=get_context("fork")) if workers > 1 else None
-    started, sizes = time.perf_counter(), {}
+    pool, workers = decoding_pool()
+    started, sizes, finished = time.perf_counter(), {}, False
     try:
         survey = check_memory(path, size)
         if not survey.count:  # before "Decoding": a folder or archive with no image file at all
@@ -118,11 +145,13 @@ def decode_folder(path: Path, log=print, size=None, rule="stretch"):
         with tqdm(total=survey.count, desc="Decoding", unit=" img", disable=not sys.stderr.isatty(), leave=False) as progress:
             for chunk in _chunks(path, size, rule, survey.expected(path, size)):
                 items = [item for _, item in chunk]
-                arrays = list(pool.map(_decode, items, chunksize=64)) if pool else [_decode(i) for i in items]
+                arrays = pool.imap(_decode, items, chunksize=64) if pool else map(_decode, items)  # submitted
+                pause_point("decode")  # test-only: a Ctrl-C while the decoding processes work
                 for (folder, item), array in zip(chunk, arrays):
                     sizes.setdefault(array.shape[:2], item[0])
                     images.setdefault(folder, []).append(array)
                 progress.update(len(chunk))
+        finished = True
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error) as error:  # gzip.BadGzipFile is an OSError
         reason = first_line(error).rstrip(":")  # tarfile lists every method tried
         raise EngineError(f"{path} is not a readable archive ({reason})") from None
@@ -130,8 +159,7 @@ def decode_folder(path: Path, log=print, size=None, rule="stretch"):
         raise EngineError(f"cannot read {path}: {error}") from None
     finally:
         Image.MAX_IMAGE_PIXELS = bomb_limit
-        if pool:
-            pool.shutdown(cancel_futures=True)
+        stop_pool(pool, finished)
     if len(sizes) > 1:  # only where the first image's header did not open (see Survey)
         (a, first), (b, other) = list(sizes.items())[:2]
         raise UsageError(mixed_sizes(path, (a[::-1], first), (b[::-1], other)))
