@@ -108,8 +108,8 @@ def test_eval_every_n_epochs_evaluates_every_nth_and_the_last_and_resumes(tmp_pa
 
         original = loop.save_epoch
 
-        def save_then_stop(s, m, best_now, state=None):
-            original(s, m, best_now, state)
+        def save_then_stop(s, m, best_now, state=None, announce=None):
+            original(s, m, best_now, state, announce)
             if m["epoch"] == epoch:
                 raise KeyboardInterrupt
         return original, save_then_stop
@@ -125,7 +125,8 @@ def test_eval_every_n_epochs_evaluates_every_nth_and_the_last_and_resumes(tmp_pa
     assert load(out / "last.pt").epoch == 3 and load(out / "best.pt").epoch == 2
     assert main(["train", "--resume", str(out)]) == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("Epoch:")]
-    assert [("Test_acc" in line) for line in lines] == [False, True, True, True]  # epochs 1, 2; resumed: 4, 5
+    assert [("Test_acc" in line) for line in lines] == [False, True, False, True, True]  # 1, 2, 3 (saved, then
+    # stopped: said); resumed: 4, 5
     metrics = read_metrics(out)
     assert [m["epoch"] for m in metrics] == [1, 2, 3, 4, 5]
     assert [("test_acc" in m) for m in metrics] == [False, True, False, True, True]
