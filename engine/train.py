@@ -7,6 +7,7 @@ run directory's files). Speed is measured without per-step syncs; the first step
 (compile and allocation warm-up) are timed apart from steady state.
 """
 
+import shlex
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -288,7 +289,9 @@ def train_ranks(cfg: Config, resume, log, ranks: Ranks, model=None):
     except KeyboardInterrupt:
         if not (s.run.path / "last.pt").exists():
             raise Interrupted(f"interrupted before the first epoch ended; nothing to resume in {s.run.path}") from None
-        raise Interrupted(f"interrupted; completed epochs are saved: continue with engine train --resume {s.run.path}") from None
+        code = f" --model {shlex.quote(s.ref.label)}" if s.ref.user_code else ""  # user code is named again
+        raise Interrupted(f"interrupted; the run up to its last checkpoint is saved: continue with engine train --resume "
+                          f"{s.run.path}{code}") from None
     finally:
         if s.tensorboard:
             s.tensorboard.close()

@@ -42,6 +42,9 @@ class ExportResult:
         accuracy = f", test accuracy {info.test_accuracy * 100:.2f}%" if info.test_accuracy is not None else ""
         if accuracy and info.test_accuracy_tta:  # measured on several views of each image; the file runs one
             accuracy += f" (the checkpoint's, with --tta {info.test_accuracy_tta}; this file runs one view of each image)"
+        limit = (info.config or {}).get("limit_test")
+        if accuracy and limit:  # measured on a seeded subset: engine eval of the whole test set differs
+            accuracy += f" (on the run's --limit-test {limit:,} of its test images)"
         said.append(f"Wrote {self.path} ({size_text(self.path.stat().st_size)}, opset {info.opset}; input float32 "
                     f"Nx{'x'.join(map(str, info.input_size))} in [0, 1], {len(info.classes)} classes{accuracy})")
         return said

@@ -143,7 +143,7 @@ def test_ctrl_c_keeps_completed_epochs_and_says_how_to_resume(tmp_path):
     process.send_signal(signal.SIGINT)
     err = process.communicate(timeout=60)[1]
     assert process.returncode == 130
-    assert err.strip().splitlines()[-1] == f"engine: interrupted; completed epochs are saved: continue with engine train --resume {out}"
+    assert err.strip().splitlines()[-1] == f"engine: interrupted; the run up to its last checkpoint is saved: continue with engine train --resume {out}"
     epoch = load(out / "last.pt").epoch
     assert epoch >= 1  # an epoch's files are whole and in step, with no temporaries left
     assert sorted(os.listdir(out)) == ["best.pt", "config.json", "curves.png", "last.pt", "metrics.jsonl"]

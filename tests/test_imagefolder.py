@@ -365,7 +365,7 @@ def test_mixed_sizes_are_refused_by_their_headers_before_the_pixels_are_decoded(
     big = io.BytesIO()
     Image.fromarray(np.zeros((3000, 3000, 3), dtype=np.uint8)).save(big, format="PNG")
     files["train/frog/big.png"] = big.getvalue()[:200]  # a header that says 3000x3000, and no pixels after it
-    with pytest.raises(EngineError, match=r"images differ in size \(6x5 .*, 3000x3000 .*big.png\)"):
+    with pytest.raises(EngineError, match=r"images differ in size \(5x6 .*, 3000x3000 .*big.png, as HxW\)"):
         read(source(tmp_path, files), tmp_path / "cache", log=lambda *_: None)
 
 
@@ -481,3 +481,50 @@ def test_one_class_of_photos_evaluates_but_does_not_train(tmp_path):
     assert whole.classes == ["cat"] and whole.test_x.shape[0] == 3 and whole.test_y.tolist() == [0, 0, 0]
     with pytest.raises(EngineError, match="has 1 class; a classifier needs at least 2"):
         read(path, tmp_path / "cache", log=lambda *_: None)  # the cached decode, read for training
+
+
+def test_a_link_loop_or_a_link_to_a_folder_inside_an_archive_is_one_line(tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    write(tree(), folder, "folder")
+    (folder / "train" / "cat" / "a.png").symlink_to("b.png")
+    (folder / "train" / "cat" / "b.png").symlink_to("a.png")
+    with tarfile.open(tmp_path / "loop.tar", "w") as archive:
+        archive.add(folder, arcname="images")
+    with pytest.raises(EngineError, match=r"loop.tar:images/train/cat/\w.png is a link in a loop"):
+        read(tmp_path / "loop.tar", tmp_path / "cache", log=lambda *_: None)
+    for name in ("a.png", "b.png"):
+        (folder / "train" / "cat" / name).unlink()
+    (folder / "train" / "cat" / "dir.png").symlink_to("../dog")
+    with tarfile.open(tmp_path / "dir.tar", "w") as archive:
+        archive.add(folder, arcname="images")
+    with pytest.raises(EngineError, match=r"dir.png is a link to ../dog, which is not a file"):
+        read(tmp_path / "dir.tar", tmp_path / "cache", log=lambda *_: None)
+    with zipfile.ZipFile(tmp_path / "dir.zip", "w") as archive:
+        for file in sorted(folder.rglob("*")):
+            name = file.relative_to(tmp_path).as_posix()
+            if file.is_symlink():
+                _zip_link(archive, name, os.readlink(file))
+            elif file.is_file():
+                archive.write(file, name)
+    with pytest.raises(EngineError, match=r"dir.png is a link to ../dog, a folder; a link inside a zip is followed only"):
+        read(tmp_path / "dir.zip", tmp_path / "cache", log=lambda *_: None)
+
+
+def test_files_swapped_between_classes_with_their_size_and_mtime_are_decoded_again(tmp_path):
+    folder = tmp_path / "swap"
+    for label, colour in (("cat", (250, 0, 0)), ("dog", (0, 0, 250))):
+        (folder / label).mkdir(parents=True)
+        for k in range(4):
+            Image.new("RGB", (8, 8), colour).save(folder / label / f"{k}.bmp")  # every BMP the same size
+    for file in folder.rglob("*.bmp"):
+        os.utime(file, ns=(10**18, 10**18))  # one mtime, as `tar x` or `cp -p` leave them
+    before = read(folder, tmp_path / "cache", log=lambda *_: None, test_split="all")
+    for k in range(4):
+        (folder / "cat" / f"{k}.bmp").rename(folder / "t.bmp")
+        (folder / "dog" / f"{k}.bmp").rename(folder / "cat" / f"{k}.bmp")
+        (folder / "t.bmp").rename(folder / "dog" / f"{k}.bmp")
+    said = []
+    after = read(folder, tmp_path / "cache", log=said.append, test_split="all")
+    assert any(line.startswith("Decoding") for line in said)  # not the stale cache
+    assert torch.equal(after.test_x[after.test_y == 0], before.test_x[before.test_y == 1])

@@ -9,7 +9,6 @@ The moments are hit exactly through the test-only hook ENGINE_TEST_PAUSE_AT=STAG
 
 import json
 import os
-import select
 import shutil
 import signal
 import subprocess
@@ -37,21 +36,23 @@ def start(*args, pause=None):
 
 
 def wait_for_pause(process, stage, timeout=120):
-    """Read the process's stdout until it says it paused at `stage` (then it is stopped)."""
-    deadline, seen = time.monotonic() + timeout, []
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([process.stdout], [], [], 1.0)
-        if not ready:
-            continue
-        line = process.stdout.readline()
-        if not line:  # it ended without reaching the stage
-            process.wait()
-            pytest.fail(f"never paused at {stage}; exit {process.returncode}: {process.stderr.read()[-2000:]}")
-        seen.append(line)
-        if line.strip() == f"ENGINE_TEST_PAUSED {stage}":
-            return seen
-    process.kill()
-    pytest.fail(f"no pause at {stage} within {timeout} s")
+    """Read the process's stdout until it says it paused at `stage` (then it is stopped). Blocking
+    reads with a watchdog, not select: a line read ahead into the pipe's buffer (the epoch's line and
+    the marker arrive together) would leave select waiting on an empty descriptor."""
+    import threading
+
+    watchdog = threading.Timer(timeout, process.kill)
+    watchdog.start()
+    seen = []
+    try:
+        for line in iter(process.stdout.readline, ""):
+            seen.append(line)
+            if line.strip() == f"ENGINE_TEST_PAUSED {stage}":
+                return seen
+    finally:
+        watchdog.cancel()
+    process.wait()
+    pytest.fail(f"never paused at {stage} (exit {process.returncode}, {timeout} s at most): {process.stderr.read()[-2000:]}")
 
 
 def kill_at(process, pause):
@@ -186,13 +187,10 @@ def test_a_ctrl_c_during_an_epochs_writes_still_says_the_saved_epoch(tmp_path):
     """The epoch's line is said once last.pt is committed, inside the writes a Ctrl-C waits for: the
     interrupt then ends the run with every saved epoch said (it used to land before the line)."""
     process = start(*TINY, "--out", str(tmp_path / "run"), pause="commit:1")
-    seen = []  # read line by line (the epoch's line comes first, in the same read as the marker: no select)
-    while not seen or seen[-1].strip() != "ENGINE_TEST_PAUSED commit":
-        seen.append(process.stdout.readline())
-        assert seen[-1], f"never paused at commit: {process.stderr.read()[-2000:]}"
+    seen = wait_for_pause(process, "commit")  # the epoch's line comes first
     assert any(line.startswith("Epoch: 1,") for line in seen), seen
     process.send_signal(signal.SIGINT)
     process.send_signal(signal.SIGCONT)
     out, err = process.communicate(timeout=120)
-    assert process.returncode == 130 and "completed epochs are saved" in err, err
+    assert process.returncode == 130 and "the run up to its last checkpoint is saved" in err, err
     assert load(tmp_path / "run" / "last.pt").epoch == 1 and not any(line.startswith("Epoch: 2,") for line in out.splitlines())

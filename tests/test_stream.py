@@ -190,7 +190,7 @@ def test_a_colour_image_among_grey_ones_decodes_again_in_rgb_as_in_memory(tmp_pa
 def test_mixed_sizes_in_a_streamed_decode_are_one_line_and_an_image_size_fits_them(tmp_path, streaming):
     path = folder(tmp_path / "images", counts=(("train", 3), ("test", 2)))
     Image.fromarray(np.zeros((20, 40, 3), dtype=np.uint8)).save(path / "train" / "bee" / "wide.png")
-    with pytest.raises(UsageError, match=r"images differ in size \(32x32 .*, 40x20 .*wide.png\); .* pass --image-size"):
+    with pytest.raises(UsageError, match=r"images differ in size \(32x32 .*, 20x40 .*wide.png, as HxW\); .* pass --image-size"):
         read(path, tmp_path / "cache", **QUIET)
     assert list((tmp_path / "cache").iterdir()) == []  # nothing half-written
     data = read(path, tmp_path / "cache", image_size=(16, 16), **QUIET)

@@ -38,23 +38,27 @@ CHUNK = 1024  # images handed to the decoding processes at a time: bounds the un
 
 
 def source_key(path: Path):
-    """A digest of what the source is: its path and the size and mtime of each of its files."""
+    """A digest of what the source is: its path and the size, mtime and ctime of each of its files (the
+    ctime changes when a file is moved or replaced, which keeps size and mtime: same-size BMPs swapped
+    between classes, a tar extracted with its times)."""
     digest = hashlib.sha256(f"{CACHE_FORMAT}:{path.resolve()}".encode())
     if path.is_dir():
         for root, dirs, files in walk(path):
             for name in files:
                 st = os.stat(Path(root) / name)
-                digest.update(f"{Path(root, name).relative_to(path)}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+                key = f"{Path(root, name).relative_to(path)}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}\n"
+                digest.update(key.encode())
     else:
         st = path.stat()
-        digest.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
+        digest.update(f"{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}".encode())
     return digest.hexdigest()[:20]
 
 
 def mixed_sizes(path, first, other):
     """The one line for a source whose images differ in size: `first` and `other` are ((W, H), name)."""
-    (a, first_name), (b, other_name) = first, other
-    return (f"{path}: images differ in size ({a[0]}x{a[1]} {first_name}, {b[0]}x{b[1]} {other_name}); all images must "
+    (a, first_name), (b, other_name) = first, other  # said as HxW, as --image-size takes it
+    return (f"{path}: images differ in size ({a[1]}x{a[0]} {first_name}, {b[1]}x{b[0]} {other_name}, as HxW); all "
+            "images must "
             "share one size: pass --image-size S (or HxW) to resize them once (--resize: stretch, the default, or crop)")
 
 

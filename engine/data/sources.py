@@ -84,9 +84,15 @@ def walk(path: Path):
 def _tar_read(archive, info, path):
     """The bytes of a tar member; a link's are its target's, when the target is in the archive."""
     try:
-        return archive.extractfile(info).read()
+        member = archive.extractfile(info)
     except KeyError:  # tarfile's word for a link whose target is not a member
         raise EngineError(f"{path}:{info.name} is a link to {info.linkname}, which the archive does not hold") from None
+    except RecursionError:  # tarfile follows a link to a link by calling itself: a loop never ends
+        raise EngineError(f"{path}:{info.name} is a link in a loop (to {info.linkname}); remove the link") from None
+    if member is None:  # a link to a folder (or a device): nothing to read as an image
+        raise EngineError(f"{path}:{info.name} is a link to {info.linkname}, which is not a file; an image name must "
+                          "name an image")
+    return member.read()
 
 
 def _zip_read(archive, info, path):
@@ -102,7 +108,9 @@ def _zip_read(archive, info, path):
         try:
             info = archive.getinfo(target)
         except KeyError:
-            raise EngineError(f"{path}:{info.filename} is a link to {link}, which the archive does not hold") from None
+            folder = any(name.startswith(target + "/") for name in archive.namelist())
+            said = "a folder; a link inside a zip is followed only to a file" if folder else "which the archive does not hold"
+            raise EngineError(f"{path}:{info.filename} is a link to {link}, {said}") from None
     return archive.read(info)
 
 

@@ -16,9 +16,11 @@ from engine.errors import EngineError, UsageError
 WRAPPERS = ("module.", "_orig_mod.")  # DistributedDataParallel's and torch.compile's key prefixes
 
 
-def read_state_dict(path):
+def read_state_dict(path, say=None):
     """{name: tensor} from an engine checkpoint or a plain state dict (possibly under "state_dict" or
-    "model"), with DDP/compile prefixes removed; one line for anything else."""
+    "model"), with DDP/compile prefixes removed; one line for anything else. An engine checkpoint of
+    an --ema run gives its weight average ("model_ema"), the weights its run evaluated, kept as best.pt
+    and exported; `say` is told so."""
     path = Path(path)
     if path.is_dir():
         raise UsageError(f"--init-from: {path} is a folder; name a weights file in it (a run's best.pt)")
@@ -30,6 +32,10 @@ def read_state_dict(path):
         loaded = read_weights_only(path, "weights file")
     except EngineError as error:
         raise EngineError(f"--init-from: {error}") from None
+    if isinstance(loaded, dict) and isinstance(loaded.get("model_ema"), dict):  # --ema: what the run evaluated
+        loaded = loaded["model_ema"]
+        if say:
+            say(f"--init-from: {path} is an --ema run's checkpoint: starting from its weight average")
     for key in ("state_dict", "model", "model_state_dict"):  # "model": an engine checkpoint's weights
         if isinstance(loaded, dict) and isinstance(loaded.get(key), dict):
             loaded = loaded[key]
@@ -54,7 +60,7 @@ def head_keys(model: nn.Module):
 
 def init_from(model: nn.Module, path, say=print):
     """Load `path`'s weights into `model` (see the module docstring); returns the re-initialised keys."""
-    state, wanted = read_state_dict(path), model.state_dict()
+    state, wanted = read_state_dict(path, say), model.state_dict()
     head = head_keys(model)
     fresh, load = [], {}
     for key, tensor in wanted.items():
