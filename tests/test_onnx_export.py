@@ -150,6 +150,7 @@ def test_int8_writes_a_valid_quantized_model_and_reports_both_accuracies(tiny_ru
     order = [next(i for i, line in enumerate(lines) if line.startswith(start))
              for start in ("Verified on", f"Wrote {out} (", "Quantizing to int8", f"Wrote {quantized}:")]
     assert order == sorted(order)  # the fp32 file is said before the int8 work begins
+    assert "(on the run's --limit-test 200 of its test images)" in lines[order[1]]  # tiny_run's subset, said
     from engine import __version__
 
     written = onnx.load(str(out))

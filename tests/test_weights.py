@@ -49,3 +49,17 @@ def test_freeze_keeps_named_parameters_fixed_and_a_prefix_matching_nothing_is_on
         freeze_prefixes(model, "layer9")
     with pytest.raises(UsageError, match="--freeze conv1,bn1,layer1,layer2,layer3,layer4,fc leaves no parameter to train"):
         freeze_prefixes(model, "conv1,bn1,layer1,layer2,layer3,layer4,fc", say=lambda *_: None)
+
+
+def test_an_ema_runs_checkpoint_initialises_from_its_average_and_says_so(tmp_path):
+    from engine.config import Config
+    from engine.train import train
+
+    out, _ = train(Config(epochs=1, limit_train=128, limit_test=32, batch_size=32, amp=False, quiet=True, device="cpu",
+                          ema=0.9, out=str(tmp_path / "run")), log=lambda *_: None)
+    saved = torch.load(out / "best.pt", weights_only=True)
+    assert any(not torch.equal(saved["model"][k], saved["model_ema"][k]) for k in saved["model"])
+    model, said = build_model("cifar_cnn", (3, 32, 32), 10), []
+    init_from(model, out / "best.pt", said.append)
+    assert all(torch.equal(model.state_dict()[k], saved["model_ema"][k]) for k in saved["model_ema"])
+    assert said[0].endswith("is an --ema run's checkpoint: starting from its weight average")
