@@ -449,19 +449,24 @@ def _zip_link(archive, name, target):
     archive.writestr(info, target)
 
 
+def zip_with_links(folder, path):
+    """`folder` zipped as `zip -ry` does (under its own name): files, and symlinks stored as links."""
+    with zipfile.ZipFile(path, "w") as archive:
+        for file in sorted(folder.rglob("*")):
+            name = file.relative_to(folder.parent).as_posix()
+            if file.is_symlink():
+                _zip_link(archive, name, os.readlink(file))
+            elif file.is_file():
+                archive.write(file, name)
+
+
 def test_links_in_a_zip_read_as_their_targets_as_in_the_folder(tmp_path):
     folder = tmp_path / "images"
     folder.mkdir()
     write(tree(), folder, "folder")
     (folder / "train" / "cat" / "soft.png").symlink_to("0001.png")
     (folder / "train" / "dog" / "far.png").symlink_to("../cat/0002.png")
-    with zipfile.ZipFile(tmp_path / "images.zip", "w") as archive:
-        for file in sorted(folder.rglob("*")):
-            name = file.relative_to(tmp_path).as_posix()
-            if file.is_symlink():
-                _zip_link(archive, name, os.readlink(file))
-            elif file.is_file():
-                archive.write(file, name)
+    zip_with_links(folder, tmp_path / "images.zip")
     from_folder = read(folder, tmp_path / "cache", log=lambda *_: None)
     from_zip = read(tmp_path / "images.zip", tmp_path / "cache", log=lambda *_: None)
     assert from_folder.train_x.shape[0] == from_zip.train_x.shape[0] == 11
@@ -500,13 +505,7 @@ def test_a_link_loop_or_a_link_to_a_folder_inside_an_archive_is_one_line(tmp_pat
         archive.add(folder, arcname="images")
     with pytest.raises(EngineError, match=r"dir.png is a link to ../dog, which is not a file"):
         read(tmp_path / "dir.tar", tmp_path / "cache", log=lambda *_: None)
-    with zipfile.ZipFile(tmp_path / "dir.zip", "w") as archive:
-        for file in sorted(folder.rglob("*")):
-            name = file.relative_to(tmp_path).as_posix()
-            if file.is_symlink():
-                _zip_link(archive, name, os.readlink(file))
-            elif file.is_file():
-                archive.write(file, name)
+    zip_with_links(folder, tmp_path / "dir.zip")
     with pytest.raises(EngineError, match=r"dir.png is a link to ../dog, a folder; a link inside a zip is followed only"):
         read(tmp_path / "dir.zip", tmp_path / "cache", log=lambda *_: None)
 
