@@ -197,8 +197,10 @@ def check_image_size(cfg: Config, shape, source):
     before any image is decoded, naming the size to give."""
     from engine.pixels import parse_image_size
 
-    if cfg.image_size is not None and list(parse_image_size(cfg.image_size)) != list(shape[1:]):
-        height, width = parse_image_size(cfg.image_size)
+    if cfg.image_size is None:
+        return
+    height, width = parse_image_size(cfg.image_size)
+    if [height, width] != list(shape[1:]):
         raise UsageError(f"--image-size {cfg.image_size} fits the images to {height}x{width}, but {source} takes "
                          f"{shape[1]}x{shape[2]}: give --image-size {shape[1]}x{shape[2]}, or leave it out")
 

@@ -31,11 +31,9 @@ class Classifier:
         from export.session import load_checked, open_session
 
         path = os.fspath(path) if isinstance(path, os.PathLike) else path
-        threads = int(threads) if _whole(threads) else threads
         if device not in DEVICES:
             raise UsageError(f"device must be one of {', '.join(DEVICES)}, not {device!r}")
-        if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
-            raise UsageError(f"threads must be a whole number of at least 1 (or None: one per physical core), not {threads!r}")
+        threads = None if threads is None else check_whole("threads", threads)  # None: one per physical core
         proto = load_checked(path)
         props = {p.key: p.value for p in proto.metadata_props}
         if (input_size or classes) and all(key in props for key in REQUIRED):
