@@ -35,7 +35,7 @@ EVAL_HELP = {  # engine eval's own words where a training run's would mislead
     "data": "evaluate on this data instead: synthetic, cifar10, mnist, fashion_mnist, or the PATH of an image folder "
             "or archive (default: the checkpoint's own test set)",
     "batch_size": "images per evaluation batch (default: 64)",
-    "quiet": "print only the result and errors (default: off)",
+    "quiet": "print only the result (its line and the per-class table) and errors (default: off)",
 }
 
 
@@ -65,7 +65,10 @@ def add_config_flags(parser, groups, helps=None):
 
 
 def build_parser():
+    from engine import __version__
+
     parser = Parser(prog="engine", description="Train and evaluate small image CNNs fast, on CPU or CUDA.")
+    parser.add_argument("--version", action="version", version=f"engine {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser, metavar="COMMAND")
 
     train = commands.add_parser("train", help="train a model and write a run directory",
@@ -202,7 +205,7 @@ def cmd_eval(args):
         if args.code:
             raise UsageError("--model names a checkpoint's code; an .onnx file holds its whole model")
         result = evaluate_onnx(args.checkpoint, values, input_size=args.input_size, classes=args.classes, log=log)
-        source = f"ONNX model on {result['provider']}"
+        source = f"ONNX model on {result['provider']}; {result['images'] / result['seconds']:,.0f} img/s"
     else:
         from engine.evaluate import evaluate_checkpoint
 
@@ -213,7 +216,9 @@ def cmd_eval(args):
         if result["compile_seconds"] is not None:
             source += f", after compiling for {result['compile_seconds']:.1f} s"
     if args.confusion:
-        result["confusion"].save_png(args.confusion, picture_title(result))
+        from engine.runtime import warn
+
+        result["confusion"].save_png(args.confusion, picture_title(result), warn)
     if args.json:
         print(json.dumps({**as_json(result), "confusion_png": args.confusion}))
         return 0

@@ -7,6 +7,7 @@ a JSON-able dict and a PNG. `engine eval` (checkpoint and ONNX) and every traini
 """
 
 import os
+import unicodedata
 import warnings
 from pathlib import Path
 
@@ -72,10 +73,11 @@ class Confusion:
     def format(self, rows=TABLE_ROWS):
         """Text for a terminal: one line per class (the first `rows`), then the most-confused pairs."""
         table = self.per_class()
-        width = max(8, *(len(c["class"]) for c in table[:rows]))
+        width = max(8, *(columns(c["class"]) for c in table[:rows]))
         percent = lambda v: f"{v * 100:6.1f}%" if v is not None else "      -"  # noqa: E731
-        lines = [f"{'class':<{width}}  accuracy  precision  images"]
-        lines += [f"{c['class']:<{width}}  {percent(c['accuracy'])}    {percent(c['precision'])}  {c['images']:6,}"
+        pad = lambda name: name + " " * (width - columns(name))  # noqa: E731
+        lines = [f"{pad('class')}  accuracy  precision  images"]
+        lines += [f"{pad(c['class'])}  {percent(c['accuracy'])}    {percent(c['precision'])}  {c['images']:6,}"
                   for c in table[:rows]]
         if len(table) > rows:
             lines.append(f"... {len(table) - rows} more classes (--json lists them all)")
@@ -85,15 +87,21 @@ class Confusion:
             lines += ["  " + describe_pair(p) for p in pairs]
         return "\n".join(lines)
 
-    def save_png(self, path, title):
+    def save_png(self, path, title, say=print):
         """The matrix as a picture at `path` (written whole, via a temporary file): colours are each
         row's shares, so a rare class reads like a common one; the counts are in the cells for up to
-        COUNTS_UP_TO classes; `title` names the model and data, the accuracy is added."""
+        COUNTS_UP_TO classes; `title` names the model and data, the accuracy is added. Class names in
+        a script matplotlib's font lacks (Chinese, say) are drawn in an installed font that has it;
+        where none has, they draw as boxes, and `say` tells which characters."""
         from engine.quiet import pyplot
 
         plt = pyplot()
+        families, missing = fonts_for("".join(self.classes))
+        if missing:
+            say(f"The confusion picture draws {''.join(missing[:5])}{' ...' if len(missing) > 5 else ''} in class "
+                "names as boxes: no installed font has them (install one that does, e.g. Noto Sans CJK)")
 
-        with warnings.catch_warnings():  # a class name in a script the font lacks draws as boxes: no stderr line a cell
+        with warnings.catch_warnings(), plt.rc_context({"font.family": families}):  # boxes: no stderr line a cell
             warnings.filterwarnings("ignore", message=r"Glyph \d+ .* missing from font", category=UserWarning)
             k = len(self.classes)
             counts = self.counts.cpu()
@@ -122,6 +130,35 @@ class Confusion:
             finally:
                 plt.close(fig)
                 temporary.unlink(missing_ok=True)
+
+
+def columns(text):
+    """How many terminal columns `text` takes: 2 for a wide (East Asian) character, 0 for a combining one."""
+    return sum(0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+
+
+def fonts_for(text):
+    """(font families, characters none of them has): matplotlib's default sans-serif font, then the
+    installed fonts that hold the characters of `text` it lacks, as matplotlib's per-glyph fallback
+    list (looked up only when the default lacks some). Not matplotlib's Last Resort font: its glyphs
+    for every character are placeholder boxes."""
+    from matplotlib import font_manager, ft2font
+
+    families = ["DejaVu Sans"]
+    needed = sorted({c for c in text if unicodedata.category(c)[0] not in "MCZ"})  # no marks, controls or spaces
+    charmap = lambda path: set(ft2font.FT2Font(path).get_charmap())  # noqa: E731
+    missing = [c for c in needed if ord(c) not in charmap(font_manager.findfont(families[0]))]
+    for font in sorted(font_manager.fontManager.ttflist, key=lambda f: f.name):
+        if not missing:
+            break
+        try:
+            has = charmap(font.fname)
+        except (OSError, RuntimeError):  # a font file matplotlib listed but cannot read now
+            continue
+        if any(ord(c) in has for c in missing) and font.name not in families and "Last Resort" not in font.name:
+            families.append(font.name)
+            missing = [c for c in missing if ord(c) not in has]
+    return families, missing
 
 
 def describe_pair(pair):

@@ -125,11 +125,25 @@ def _describe(shape, classes):
 
 
 def fit_channels(data, shape, say=print):
-    """Gray test images for a model of colour ones are read as RGB (R = G = B), as `engine predict`
-    reads a gray photo; exact, so the accuracy is the one a client sending RGB copies would get."""
-    if data.shape[0] == 1 and shape[0] == 3 and all(isinstance(x, torch.Tensor) for x in (data.train_x, data.test_x)):
+    """Test images of another channel count than the model's `shape` are read as `engine predict` reads
+    such a photo: gray ones for a model of colour images as RGB (R = G = B, exact), colour ones for a
+    model of gray images as PIL's luma (L = R x 299/1000 + G x 587/1000 + B x 114/1000, PIL's rounding;
+    exact where the images need no resize, predict converting before it resizes)."""
+    if not all(isinstance(x, torch.Tensor) for x in (data.train_x, data.test_x)):
+        return
+    if data.shape[0] == 1 and shape[0] == 3:
         data.train_x, data.test_x = (x.expand(-1, 3, -1, -1) for x in (data.train_x, data.test_x))  # views
         say("Gray images, read as RGB (R = G = B) for a model of colour images, as engine predict reads them")
+    elif data.shape[0] == 3 and shape[0] == 1:
+        data.train_x, data.test_x = data.train_x[:, :1], luma(data.test_x)  # evaluation reads only test_x
+        say("Colour images, read as gray (PIL's luma) for a model of gray images, as engine predict reads them")
+
+
+def luma(x, chunk=4096):
+    """(N, 3, H, W) uint8 RGB as (N, 1, H, W) uint8 gray, as PIL's convert("L") computes it."""
+    weights = torch.tensor([19595, 38470, 7471], dtype=torch.int32).view(1, 3, 1, 1)  # x 65536, summing to 65536
+    return torch.cat([((part.to(torch.int32) * weights).sum(1, keepdim=True) + 32768) >> 16
+                      for part in x.split(chunk)] or [x[:, :1].to(torch.int32)]).to(torch.uint8)
 
 
 def labels_for(source, shape, classes, data, data_name):

@@ -82,4 +82,4 @@ def write_confusion(s: Session):
     with interrupts_held(), s.run.saving():
         s.run.write_text("confusion.json", json.dumps(confusion.to_dict()) + "\n")
         confusion.save_png(s.run.path / "confusion.png",
-                           f"{s.ref.name} on {dataset_label(s.cfg.data)} after epoch {s.metrics[-1]['epoch']}")
+                           f"{s.ref.name} on {dataset_label(s.cfg.data)} after epoch {s.metrics[-1]['epoch']}", s.log)

@@ -238,7 +238,7 @@ def open_model(cfg: Config, ref: ModelRef, data: Dataset, spec: InputSpec, resum
     if model is None:
         model = build(ref, data.shape, len(data.classes), batch=cfg.batch_size)
     else:
-        check_fits(model, ref, data.shape, len(data.classes), probe_batch(cfg.batch_size))  # lazy modules take shape
+        check_fits(model, ref, data.shape, len(data.classes), probe_batch(cfg.batch_size), built=True)  # lazy: shaped
         check_rebuilds(model, ref, data.shape, len(data.classes))
         model = copy_of(model)  # the caller's module gets the trained weights when the run completes (train())
     model = ranks.sync_batchnorm(model)

@@ -4,6 +4,7 @@ The data is the file's own (its metadata names the dataset and the training conf
 images go in as a client sends them (uint8 / 255, float32, NCHW), classes are matched by name.
 """
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +55,7 @@ def evaluate_onnx(path, overrides, *, input_size=None, classes=None, log=print):
     labels = labels_for(path, info.input_size, info.classes, data, cfg.data).numpy()  # classes matched by name
     loss_sum, correct = 0.0, 0
     confusion = Confusion(info.classes)  # the same per-class results as a checkpoint's evaluation
+    started = time.perf_counter()
     for start in range(0, len(labels), batch):
         images = data.test_x[start:start + batch].numpy().astype(np.float32) / 255  # as a client sends them
         logits = model.logits(images)
@@ -63,4 +65,5 @@ def evaluate_onnx(path, overrides, *, input_size=None, classes=None, log=print):
         correct += int((pred == y).sum())
         confusion.add(torch.from_numpy(y), torch.from_numpy(pred))
     return {"test_loss": loss_sum / len(labels), "test_acc": correct / len(labels), "images": len(labels),
-            "data": cfg.data, "provider": model.provider, "model": Path(path).name, "confusion": confusion}
+            "data": cfg.data, "provider": model.provider, "model": Path(path).name, "confusion": confusion,
+            "seconds": time.perf_counter() - started}

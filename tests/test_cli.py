@@ -165,6 +165,13 @@ def test_summary_totals(name, total, capsys):
     assert capsys.readouterr().out.splitlines()[-1] == f"Total parameters: {total}"
 
 
+def test_version_is_the_packages(capsys):
+    from importlib.metadata import version
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out == f"engine {version('engine-cnn')}\n"
+
+
 def test_summary_for_another_input_shape(capsys):
     assert main(["summary", "--model", "cifar_cnn", "--input-shape", "1x28x28"]) == 0
     assert "(1, 28, 28)" in capsys.readouterr().out

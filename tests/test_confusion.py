@@ -3,6 +3,7 @@ output (text, --json, --confusion, ONNX); a run's confusion files; --class-weigh
 
 import json
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ from PIL import Image
 
 from engine.cli import main
 from engine.config import Config
-from engine.confusion import Confusion, check_png_path, class_weights
+from engine.confusion import Confusion, check_png_path, class_weights, columns, fonts_for
 from engine.errors import UsageError
 from engine.evaluate import evaluate, evaluate_checkpoint
 from engine.loader import BatchLoader
@@ -84,6 +85,37 @@ def test_the_picture_is_a_real_png_of_a_sensible_size(tmp_path, classes):
         assert width > 2000  # 100 class names on each axis need the room
         lines = confusion.format().splitlines()
         assert "... 60 more classes (--json lists them all)" in lines and len(lines) < 50
+
+
+def test_wide_class_names_keep_the_table_in_columns():
+    confusion = Confusion(["猫", "dog", "cafe\u0301", "ねこねこねこ"])  # wide, narrow, combining accent, wider than 8
+    confusion.add(torch.tensor([0, 1, 2, 3, 0]), torch.tensor([0, 1, 2, 0, 3]))
+    lines = confusion.format().splitlines()[:5]
+    assert [columns(line[:line.index("%")]) for line in lines[1:]] == [columns(lines[0][:lines[0].index("accuracy")]) + 6] * 4
+    assert columns("猫") == 2 and columns("cafe\u0301") == 4 and columns("ねこねこねこ") == 12
+
+
+def test_the_picture_draws_each_name_in_an_installed_font_that_has_it(tmp_path):
+    families, missing = fonts_for("Ⓐ")  # not in matplotlib's DejaVu Sans; in the STIX fonts it ships
+    assert families[0] == "DejaVu Sans" and len(families) == 2 and "STIX" in families[1] and missing == []
+    assert fonts_for("plain café") == (["DejaVu Sans"], [])
+    said = []
+    confusion = Confusion(["Ⓐ", "b"])
+    confusion.add(torch.tensor([0, 1]), torch.tensor([0, 0]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a glyph drawn as a box would warn
+        confusion.save_png(tmp_path / "cm.png", "t", said.append)
+    assert said == [] and (tmp_path / "cm.png").read_bytes()[:8] == PNG
+
+
+def test_names_no_installed_font_has_are_said_once(tmp_path):
+    name = "\U00018b00\U000e01ef"  # Khitan, and a variation selector: in no font matplotlib ships
+    assert fonts_for(name)[1] == [name[0]]  # the selector is a mark, drawn with the character before it
+    said = []
+    confusion = Confusion([name, "b"])
+    confusion.add(torch.tensor([0, 1]), torch.tensor([0, 1]))
+    confusion.save_png(tmp_path / "cm.png", "t", said.append)
+    assert len(said) == 1 and name[0] in said[0] and "boxes" in said[0] and (tmp_path / "cm.png").exists()
 
 
 def test_a_picture_path_is_checked_before_any_work(tmp_path):

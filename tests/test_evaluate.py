@@ -236,9 +236,24 @@ def png_folder(root, gray, seed=0):
     return root
 
 
-def test_gray_photos_evaluate_on_a_colour_model_as_their_rgb_copy_and_the_reverse_is_one_line(tmp_path):
-    from engine.errors import EngineError
+def colour_copies(source, root, seed=1):
+    """`source`'s test/ PNGs tinted with random colour (root/colour), and those converted by PIL to
+    gray (root/gray), as engine predict converts a colour photo for a model of gray images."""
+    import numpy as np
+    from PIL import Image
 
+    rng = np.random.default_rng(seed)
+    for path in sorted((source / "test").rglob("*.png")):
+        v = np.asarray(Image.open(path).convert("L")).astype(np.int64)
+        tinted = np.clip(v[..., None] + rng.integers(-60, 60, (*v.shape, 3)), 0, 255).astype(np.uint8)
+        for kind, image in (("colour", Image.fromarray(tinted)), ("gray", Image.fromarray(tinted).convert("L"))):
+            out = root / kind / path.relative_to(source / "test")
+            out.parent.mkdir(parents=True, exist_ok=True)
+            image.save(out)
+    return root / "colour", root / "gray"
+
+
+def test_gray_photos_evaluate_on_a_colour_model_as_their_rgb_copy_and_the_reverse_as_their_luma(tmp_path):
     rgb, gray = png_folder(tmp_path / "rgb", gray=False), png_folder(tmp_path / "gray", gray=True)
     flags = dict(epochs=1, batch_size=16, amp=False, quiet=True, device="cpu", cache_dir=str(tmp_path / "cache"))
     out, _ = train(Config(data=str(rgb), out=str(tmp_path / "run"), **flags), log=lambda *_: None)
@@ -253,9 +268,15 @@ def test_gray_photos_evaluate_on_a_colour_model_as_their_rgb_copy_and_the_revers
     evaluate_checkpoint(out / "best.pt", {"data": str(gray / "test"), "cache_dir": flags["cache_dir"]}, log=said.append)
     assert any(line.startswith(f"Data: {gray / 'test'} (16 images, all evaluated, decoded earlier") for line in said)
     grey_run, _ = train(Config(data=str(gray), out=str(tmp_path / "grun"), **flags), log=lambda *_: None)
-    with pytest.raises(EngineError, match="the model takes gray images: evaluate a grayscale copy of the photos$"):
-        evaluate_checkpoint(grey_run / "best.pt", {"data": str(rgb / "test"), "cache_dir": flags["cache_dir"]},
-                            log=lambda *_: None)
+    colour, converted = colour_copies(gray, tmp_path / "tinted")
+    said.clear()
+    on_colour = evaluate_checkpoint(grey_run / "best.pt", {"data": str(colour), "cache_dir": flags["cache_dir"]},
+                                    log=said.append)
+    on_converted = evaluate_checkpoint(grey_run / "best.pt", {"data": str(converted), "cache_dir": flags["cache_dir"]},
+                                       log=lambda *_: None)
+    assert (on_colour["test_loss"], on_colour["test_acc"]) == (on_converted["test_loss"], on_converted["test_acc"])
+    assert on_colour["confusion"].counts.tolist() == on_converted["confusion"].counts.tolist()
+    assert any(line.startswith("Colour images, read as gray (PIL's luma)") for line in said)
 
 
 def test_the_runs_own_data_gone_is_one_line_saying_where_the_path_came_from(tmp_path):

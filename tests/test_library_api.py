@@ -120,6 +120,8 @@ def test_arguments_of_the_wrong_kind_are_one_line(nets, tmp_path):
         train(Config(**TINY, model="fast_cifar"), model=nets.Net(), log=lambda *_: None)
     with pytest.raises(UsageError, match="takes the Checkpoint that engine.resume.resume_config"):
         train(Config(**TINY), resume=str(tmp_path))
+    with pytest.raises(UsageError, match=r"returns \(2, 3\) .* 10 classes \(build it with 10 outputs, e.g. Net\(num_classes=10\)\)$"):
+        train(Config(**TINY, out=str(tmp_path / "c")), model=nets.Net(num_classes=3), log=lambda *_: None)
 
 
 def test_a_call_leaves_the_callers_generator_dtype_and_environment_as_they_were(tmp_path, monkeypatch):

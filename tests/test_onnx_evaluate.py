@@ -1,5 +1,7 @@
 """export.evaluate: `engine eval MODEL.onnx` agrees with `engine eval CHECKPOINT` on the same data."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -20,7 +22,8 @@ def test_onnx_and_checkpoint_evaluations_agree(tiny_run, tiny_onnx):
 def test_eval_command_reads_onnx_files_in_the_same_line_format(tiny_onnx, capsys):
     assert main(["eval", str(tiny_onnx), "--limit-test", "300", "--quiet"]) == 0
     line = capsys.readouterr().out.strip()
-    assert line.startswith("Test_acc:") and "(300 test images of synthetic; ONNX model on CPUExecutionProvider)" in line
+    assert line.startswith("Test_acc:") and "(300 test images of synthetic; ONNX model on CPUExecutionProvider; " in line
+    assert re.search(r"; [\d,]+ img/s\)$", line.splitlines()[0])  # as a checkpoint's line ends
     assert main(["eval", str(tiny_onnx), "--compile"]) == 2  # a PyTorch-only flag is refused, not ignored
     assert "onnxruntime" in capsys.readouterr().err
 

@@ -118,12 +118,13 @@ def probe_batch(batch_size=None):
     return PROBE_BATCH if batch_size is None else min(batch_size, PROBE_BATCH)
 
 
-def check_fits(model: nn.Module, ref: ModelRef, in_shape, num_classes, batch=PROBE_BATCH):
+def check_fits(model: nn.Module, ref: ModelRef, in_shape, num_classes, batch=PROBE_BATCH, built=False):
     """A training-mode and an evaluation-mode forward of a probe batch (zeros, on CPU) before any work:
     the model must take (B, C, H, W) images and return (B, num_classes) float32 logits in both modes,
     and have a parameter to train. `batch`: the probe's size (1 for a run of --batch-size 1, where a
     BatchNorm1d cannot train). BatchNorm statistics and the global RNG are left as they were, so the
-    probe changes nothing a run computes."""
+    probe changes nothing a run computes. `built`: the caller built the module (`train(model=...)`),
+    so it, not the engine, chooses the number of classes."""
     label = ref.label if ref.kind != "file" else f"{Path(ref.file).name}:{ref.name}"
     training, buffers, probe = model.training, None, torch.zeros(batch, *in_shape)
     outputs = {}
@@ -149,7 +150,7 @@ def check_fits(model: nn.Module, ref: ModelRef, in_shape, num_classes, batch=PRO
             for name, b in model.named_buffers() if buffers is not None else ():
                 b.copy_(buffers[name])
     for mode, output in outputs.items():
-        check_logits(output, label, mode, batch, num_classes, ref)
+        check_logits(output, label, mode, batch, num_classes, ref, type(model) if built else None)
     if not any(p.requires_grad for p in model.parameters()):
         count = sum(p.numel() for p in model.parameters())
         held = f"all {count:,} have requires_grad False" if count else "it has none"
@@ -194,12 +195,18 @@ def _shown(shapes, name):
     return "absent" if name not in shapes else str(shapes[name])
 
 
-def check_logits(output, label, mode, batch, num_classes, ref: ModelRef):
-    """One line for a probe's output that is not (batch, num_classes) float32 logits."""
+def check_logits(output, label, mode, batch, num_classes, ref: ModelRef, built=None):
+    """One line for a probe's output that is not (batch, num_classes) float32 logits. `built`: the class
+    of a module the caller built, whose hint is to build it for the data's classes."""
     if not isinstance(output, torch.Tensor):
         raise UsageError(f"{label} returns a {type(output).__name__} in {mode} mode, not a tensor of logits (an "
                          "auxiliary-output model? for torchvision googlenet and inception_v3 pass --model-args "
                          "'{\"aux_logits\": false}')")
+    if tuple(output.shape) != (batch, num_classes) and built is not None:
+        takes = "num_classes" in inspect.signature(built).parameters
+        hint = f" (build it with {num_classes} outputs{f', e.g. {built.__name__}(num_classes={num_classes})' if takes else ''})"
+        raise UsageError(f"{label} returns {tuple(output.shape)} for a batch of {batch}, not (batch, classes) = "
+                         f"({batch}, {num_classes}) for this data's {num_classes} classes{hint}")
     if tuple(output.shape) != (batch, num_classes):
         hint = (" (give its constructor a num_classes argument: the engine passes it by name)"
                 if output.ndim == 2 and "num_classes" not in ref.args else
