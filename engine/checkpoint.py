@@ -9,7 +9,6 @@ the person opening it did not name (engine/models/reference.py).
 
 import contextlib
 import os
-import re
 import signal
 import threading
 import time
@@ -21,6 +20,7 @@ import torch
 from engine.data.dataset import InputSpec
 from engine.errors import EngineError, UsageError
 from engine.faults import pause_point
+from engine.safe_load import read_weights_only
 from engine.models.reference import ModelRef
 
 FORMAT = "engine-checkpoint/1"
@@ -157,30 +157,6 @@ def restore_rng_states(states):
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-def read_weights_only(path, what="engine checkpoint"):
-    """What torch.load(weights_only=True) reads from the file at `path`, or one line saying why it
-    cannot: pickled code is named and refused, never run. No fallback to an unsafe load."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        text = str(error).strip()
-        refused = re.search(r"unsupported GLOBAL (\S+)|Unsupported global: GLOBAL (\S+)", text, re.I)
-        if refused:
-            raise EngineError(f"{path} holds pickled code ({refused.group(1) or refused.group(2)}), not only tensors "
-                              "and plain values; refusing to load it (checkpoints are opened weights-only)") from None
-        # torch's weights-only message opens with advice to load unsafely; the cause is further down
-        lines = [line.strip() for line in text.splitlines() if line.strip()
-                 and not line.startswith(("Weights only load failed", "Please file an issue", "Check the documentation"))]
-        first = lines[0].split(". ")[0] if lines else type(error).__name__  # torch's first sentence
-        if "Weights only load failed" in text:  # an unpickler error on bytes that are no checkpoint at all
-            first = "not a PyTorch checkpoint, or one holding objects other than tensors and plain values"
-        elif isinstance(error, (KeyError, EOFError)) or "load key" in text:  # a text file: KeyError(105) for 'i'
-            first = "not a PyTorch checkpoint, which torch.save writes"
-        elif isinstance(error, OSError) or "central directory" in text or "failed finding" in text:
-            first = f"its zip archive is cut short or damaged: {first}; a copy or download may be incomplete"
-        raise EngineError(f"{path} is not a readable {what} ({first[:200]})") from None
-
-
 def load(path) -> Checkpoint:
     """The checkpoint at `path`, or one line saying why `path` is not one (see read_weights_only)."""
     if not str(path).strip():
@@ -222,6 +198,10 @@ def _check_layout(checkpoint, path):
         problem = "its model_ema is not a state dict of tensors"
     elif not isinstance(checkpoint["epoch"], int) or checkpoint["epoch"] < 0:
         problem = f"its epoch {checkpoint['epoch']!r} is not a count"
+    else:  # NaN, never infinity: a user model's buffer may hold -inf (an attention mask)
+        bad = next((f"{part}{key}" for part, weights in (("", model), ("model_ema ", checkpoint.get("model_ema") or {}))
+                    for key, v in weights.items() if v.is_floating_point() and v.isnan().any()), None)
+        problem = f"its {bad} holds NaN values (the engine never saves such weights)" if bad else None
     if problem:
         raise EngineError(f"{path} is a damaged engine checkpoint: {problem}")
 

@@ -1,10 +1,12 @@
-"""Faults a run stops on or is tested against: a loss that stays non-finite, and the test-only pause hook.
+"""Faults a run stops on or is tested against: a loss that stays non-finite, an evaluation whose loss
+is, and the test-only pause hook.
 
 `LossWatch` folds each step's loss into a streak counter on the device and reads it only every
 few steps and before a checkpoint, so watching adds no per-step device sync. `pause_point` is a
 hook for the kill tests (tests/test_kill.py) and does nothing unless ENGINE_TEST_PAUSE_AT is set.
 """
 
+import math
 import os
 import signal
 import sys
@@ -41,6 +43,20 @@ class LossWatch:
                 f"the training loss was NaN or infinite {what}: the learning rate (--lr {self.lr:g}) is probably too "
                 "high, the data holds bad values, or the model's forward makes them; stopped, and nothing after the "
                 "last checkpoint is saved")
+
+
+def check_outputs(losses, epoch, step, lr):
+    """Raise when an evaluation's loss ({"test": loss, "validation": loss}) is NaN or infinite: the model
+    about to be saved overflows on those images, though its weights may be finite (a run of fewer
+    steps than BAD_STEPS, whose streak could not stop it, or of huge weights). `step`: the step of
+    epoch `epoch` (from 0) an evaluation within it came after, 0 at its end."""
+    bad = next((name for name, value in losses.items() if not math.isfinite(value)), None)
+    if bad:
+        at = epoch + 1 if not step else f"{epoch + 1} (step {step})"
+        raise EngineError(
+            f"the {bad} loss after epoch {at} is {'NaN' if math.isnan(losses[bad]) else 'infinite'}: the model's outputs "
+            f"overflow; the learning rate (--lr {lr:g}) is probably too high, the data holds bad values, or the model's "
+            "forward makes them; stopped, and nothing after the last checkpoint is saved")
 
 
 _pauses = {}  # stage -> times reached in this process

@@ -73,6 +73,7 @@ class Session:
     ema: WeightAverage | None = None  # --ema: the weight average, updated after each step
     eval_plan: object = None  # engine.compile_plan.EvalPlan: --compile on CPU, whether evaluations compile
     screen: list | None = None  # --target-acc: BatchLoaders of the test set's SCREEN_PARTS (engine.target)
+    losses: object = None  # engine.faults.LossWatch: non-finite training losses in a row, across epochs
 
     @property
     def evaluated(self):

@@ -20,7 +20,7 @@ from engine.confusion import Confusion
 from engine.distributed import Ranks, process_group
 from engine.errors import Interrupted, UsageError
 from engine.evaluate import evaluate, evaluate_screened, tta_level, tta_note
-from engine.faults import CHECK_EVERY, LossWatch, pause_point
+from engine.faults import CHECK_EVERY, LossWatch, check_outputs, pause_point
 from engine.isolation import kept_global_state
 from engine.optim import lr_at, set_lr, stop_finished
 from engine.report import format_epoch, progress
@@ -80,7 +80,8 @@ def train_epoch(s: Session, epoch, first) -> EpochFigures:
     skip, partial, s.resume_step, s.partial = s.resume_step, s.partial, 0, None  # a mid-epoch checkpoint's place
     loss_sum = partial["loss_sum"].to(device) if partial else torch.zeros((), device=device)
     correct = partial["correct"].to(device) if partial else torch.zeros((), device=device, dtype=torch.int64)
-    steps, watch = s.steps, LossWatch(device, s.cfg.lr)
+    s.losses = s.losses or LossWatch(device, s.cfg.lr)  # a streak runs on over an epoch's end (2-step epochs)
+    steps, watch = s.steps, s.losses
     warm_until = WARMUP_STEPS if first and steps - skip > 2 * WARMUP_STEPS else 0
     steady_from, bar = started, progress(steps - skip, epoch + 1, s.cfg.quiet)
     for i, (x, y, _) in enumerate(s.train_loader.epoch(epoch, skip=skip), start=skip):
@@ -195,6 +196,8 @@ def record(s: Session, figures: EpochFigures):
     evaluated); evaluations within an epoch that do not stop it only add a metrics entry."""
     if figures.evaluated:
         evaluate_epoch(s, figures)
+        losses = {"test": figures.test_loss, **({"validation": figures.val_loss} if s.val_loader is not None else {})}
+        check_outputs(losses, figures.epoch, figures.steps_done, s.cfg.lr)  # before any checkpoint of such a model
     m = epoch_metrics(s, figures)
     s.reached = m if s.watch.check(m) else None
     s.metrics.append(m)

@@ -119,6 +119,9 @@ class ModelInfo:
         ok_classes = isinstance(self.classes, list) and len(self.classes) >= 2 and all(isinstance(c, str) and c for c in self.classes)
         if not ok_classes:
             raise EngineError(f"{source}: classes must be a list of at least 2 names, not {self.classes!r}")
+        twice = sorted({c for c in self.classes if self.classes.count(c) > 1})
+        if twice:
+            raise EngineError(f"{source}: classes name {', '.join(twice)} more than once; each class needs its own name")
         ok_size = (isinstance(self.input_size, list) and len(self.input_size) == 3
                    and all(isinstance(v, int) and v > 0 for v in self.input_size) and self.input_size[0] in (1, 3))
         if not ok_size:
@@ -128,6 +131,12 @@ class ModelInfo:
         if self.resize not in RESIZE_RULES.values():
             raise EngineError(f"{source}: resize rule {self.resize!r} is not supported (one of "
                               f"{', '.join(RESIZE_RULES.values())})")
+        if not isinstance(self.config, dict):
+            raise EngineError(f"{source}: training_config must be a JSON object of the run's settings, not "
+                              f"{type(self.config).__name__}")
+        if self.image_size is not None and not (isinstance(self.image_size, list) and len(self.image_size) == 2
+                                                and all(isinstance(v, int) and v > 0 for v in self.image_size)):
+            raise EngineError(f"{source}: image_size must be [H, W] or null, not {self.image_size!r}")
 
     @property
     def rule(self):

@@ -62,6 +62,40 @@ def test_pickled_code_is_refused(tmp_path):
         load(tmp_path / "code.pt")
 
 
+class Payload:
+    """A plain pickle's object whose unpickling would run a shell command (it must never run)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_plain_pickle_carrying_code_is_named_without_a_torch_warning(tmp_path, recwarn):
+    import collections
+    import pickle
+    import zipfile
+
+    marker = tmp_path / "ran"
+    with open(tmp_path / "evil.pt", "wb") as file:
+        pickle.dump({"format": FORMAT, "x": Payload(marker)}, file, protocol=4)  # torch stops at protocol 4's frame
+    with pytest.raises(EngineError, match=r"evil.pt holds pickled code \((posix|nt).system\)"):
+        load(tmp_path / "evil.pt")
+    assert not marker.exists() and not [w for w in recwarn if "pickle protocol" in str(w.message)]
+    with open(tmp_path / "plain.pt", "wb") as file:  # only what torch allows: not called code
+        pickle.dump(collections.OrderedDict(a=1), file, protocol=4)
+    with pytest.raises(EngineError, match="plain.pt is not a readable engine checkpoint .not a PyTorch checkpoint"):
+        load(tmp_path / "plain.pt")
+    with zipfile.ZipFile(tmp_path / "other.pt", "w") as archive:
+        archive.writestr("readme.txt", "hello")
+    with pytest.raises(EngineError, match=r"other.pt is not a readable engine checkpoint \(a zip archive, but not one "
+                                          r"torch.save wrote\)$"):
+        load(tmp_path / "other.pt")
+
+
 def test_resume_path(tmp_path):
     with pytest.raises(UsageError, match="nothing to resume .* does not exist"):
         resume_path(tmp_path / "runs" / "latest")
@@ -206,8 +240,11 @@ def test_damaged_layouts_are_one_line(tmp_path):
                           (lambda c: c["data"].update(shape=[3, 32]), "image shape [3, 32] is not C, H, W"),
                           (lambda c: c["data"].update(classes=["one"]), "fewer than 2 classes"),
                           (lambda c: c.update(config={"lr": 1}), "its config names no model and data"),
-                          (lambda c: c["model"].update(w=[1, 2]), "not a state dict of tensors")]:
-        checkpoint = {**base, "data": dict(base["data"]), "model": dict(base["model"])}
+                          (lambda c: c["model"].update(w=[1, 2]), "not a state dict of tensors"),
+                          (lambda c: c["model"]["fc2.bias"].fill_(float("nan")), "its fc2.bias holds NaN values"),
+                          (lambda c: c.update(model_ema={"fc2.bias": torch.full((10,), float("nan"))}),
+                           "its model_ema fc2.bias holds NaN values")]:
+        checkpoint = {**base, "data": dict(base["data"]), "model": {k: v.clone() for k, v in base["model"].items()}}
         change(checkpoint)
         torch.save(checkpoint, tmp_path / "c.pt")
         with pytest.raises(EngineError, match=re.escape(words)):
@@ -266,7 +303,7 @@ def test_resume_refuses_data_whose_images_changed(tmp_path, capsys):
 
 @pytest.mark.parametrize("content", [b"hi\n", b"", b"\x80\x02}q\x00"])
 def test_a_file_that_is_no_checkpoint_says_so_in_words(tmp_path, content):
-    from engine.checkpoint import read_weights_only
+    from engine.safe_load import read_weights_only
 
     (tmp_path / "afile").write_bytes(content)
     with pytest.raises(EngineError, match=r"afile is not a readable weights file \((not a PyTorch checkpoint|its zip)"):

@@ -26,6 +26,9 @@ def test_round_trip_through_string_properties():
     (lambda p: p.update(input_size="[3, 8]"), "input_size"),
     (lambda p: p.update(input_size="[2, 8, 8]"), "C 1 or 3"),
     (lambda p: p.update(input_range="0-255"), "input_range"),
+    (lambda p: p.update(classes='["cat", "dog", "cat"]'), "classes name cat more than once"),
+    (lambda p: p.update(training_config="[1, 2]"), "training_config must be a JSON object of the run's settings, not list"),
+    (lambda p: p.update(image_size='"32"'), "image_size must be"),
 ])
 def test_missing_or_bad_metadata_is_an_engine_error(change, message):
     props = info().to_props()
@@ -38,5 +41,7 @@ def test_flags_stand_in_for_missing_metadata():
     assert ModelInfo.from_flags("1x28x28", "a, b,c").classes == ["a", "b", "c"]
     with pytest.raises(UsageError, match="both"):
         ModelInfo.from_flags("1x28x28", None)
+    with pytest.raises(EngineError, match="classes name a more than once"):
+        ModelInfo.from_flags("1x28x28", "a,b,a")
     with pytest.raises(UsageError, match="--input-size 28x28: expected CxHxW"):
         ModelInfo.from_flags("28x28", "a,b")

@@ -213,6 +213,20 @@ def test_a_loss_that_stays_non_finite_stops_the_run_and_keeps_the_last_good_chec
     assert not (out / "metrics.jsonl").exists()  # no epoch was reported
 
 
+@pytest.mark.parametrize("epochs", [1, 3])
+def test_a_run_too_short_for_the_streak_stops_on_a_non_finite_test_loss(tmp_path, capsys, epochs):
+    from engine.cli import main
+
+    out = tmp_path / "run"  # 2 steps an epoch: no 3 in a row within one; the weights stay finite, the outputs overflow
+    argv = ["train", "--lr", "1e9", "--limit-train", "64", "--limit-test", "32", "--batch-size", "32", "--epochs",
+            str(epochs), "--device", "cpu", "--no-amp", "--quiet", "--out", str(out)]
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--lr 1e+09) is probably too high" in err[0]
+    assert "the test loss after epoch 1 is NaN: the model's outputs overflow" in err[0] or "3 steps in a row" in err[0]
+    assert not (out / "last.pt").exists() and not (out / "metrics.jsonl").exists()
+
+
 def test_the_loss_watch_counts_non_finite_steps_in_a_row():
     """LossWatch.update only folds the loss into device tensors; check() is where the host reads them."""
     from engine.faults import LossWatch

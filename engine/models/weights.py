@@ -26,7 +26,7 @@ def read_state_dict(path, say=None):
         raise UsageError(f"--init-from: {path} is a folder; name a weights file in it (a run's best.pt)")
     if not path.is_file():
         raise UsageError(f"--init-from: no such file {path}")
-    from engine.checkpoint import read_weights_only
+    from engine.safe_load import read_weights_only
 
     try:
         loaded = read_weights_only(path, "weights file")

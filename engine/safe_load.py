@@ -1,0 +1,69 @@
+"""Opening a file torch.save wrote without running anything in it: torch's weights-only reader, and
+one line for each way a file is not a checkpoint (pickled code named, never run; text; a cut-short
+zip; another program's zip). engine.checkpoint and --init-from's weights files read through it.
+"""
+
+import re
+import warnings
+
+import torch
+
+from engine.errors import EngineError
+
+
+def read_weights_only(path, what="engine checkpoint"):
+    """What torch.load(weights_only=True) reads from the file at `path`, or one line saying why it
+    cannot: pickled code is named and refused, never run. No fallback to an unsafe load."""
+    try:
+        with warnings.catch_warnings():  # torch's note on an old pickle protocol: this line says it all
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        text = str(error).strip()
+        refused = re.search(r"unsupported GLOBAL (\S+)|Unsupported global: GLOBAL (\S+)", text, re.I)
+        named = (refused.group(1) or refused.group(2)) if refused else pickled_global(path)
+        if named:
+            raise EngineError(f"{path} holds pickled code ({named}), not only tensors "
+                              "and plain values; refusing to load it (checkpoints are opened weights-only)") from None
+        # torch's weights-only message opens with advice to load unsafely; the cause is further down
+        lines = [line.strip() for line in text.splitlines() if line.strip()
+                 and not line.startswith(("Weights only load failed", "Please file an issue", "Check the documentation"))]
+        first = lines[0].split(". ")[0] if lines else type(error).__name__  # torch's first sentence
+        if "Weights only load failed" in text:  # an unpickler error on bytes that are no checkpoint at all
+            first = "not a PyTorch checkpoint, or one holding objects other than tensors and plain values"
+        elif isinstance(error, (KeyError, EOFError)) or "load key" in text:  # a text file: KeyError(105) for 'i'
+            first = "not a PyTorch checkpoint, which torch.save writes"
+        elif "enforce fail" in text:  # a zip archive of other files: torch's reader names its own source line
+            first = "a zip archive, but not one torch.save wrote"
+        elif isinstance(error, OSError) or "central directory" in text or "failed finding" in text:
+            first = f"its zip archive is cut short or damaged: {first}; a copy or download may be incomplete"
+        raise EngineError(f"{path} is not a readable {what} ({first[:200]})") from None
+
+
+def pickled_global(path, limit=1 << 20):
+    """The first function or class a plain pickle file names that torch's weights-only reader does
+    not allow (e.g. 'posix.system'), read by disassembling its first `limit` bytes (pickletools runs
+    nothing), or None: for a pickle that reader stops on before it reaches the name (protocol 4's
+    framing)."""
+    import io
+    import pickletools
+
+    try:
+        from torch._weights_only_unpickler import _get_allowed_globals  # torch's own list, where it has one
+        allowed = set(_get_allowed_globals())
+    except (ImportError, AttributeError):
+        allowed = set()
+    try:
+        with open(path, "rb") as file:
+            data = file.read(limit)
+        strings = []
+        for opcode, arg, _ in pickletools.genops(io.BytesIO(data)):
+            named = (str(arg).replace(" ", ".") if opcode.name in ("GLOBAL", "INST") else
+                     f"{strings[-2]}.{strings[-1]}" if opcode.name == "STACK_GLOBAL" and len(strings) >= 2 else None)
+            if named and named not in allowed:
+                return named
+            if isinstance(arg, str):
+                strings.append(arg)
+    except Exception:  # not a pickle, or cut short: the caller's own message stands
+        return None
+    return None
