@@ -195,7 +195,7 @@ def cmd_eval(args):
     from engine.evaluate import as_json, picture_title
 
     values = given(args)
-    if args.confusion:
+    if args.confusion is not None:
         check_png_path(args.confusion)  # before any work
     if args.json:
         values["quiet"] = True  # stdout is the one JSON object
@@ -215,7 +215,7 @@ def cmd_eval(args):
         source = f"checkpoint after epoch {result['epoch']}; {result['images'] / result['seconds']:,.0f} img/s"
         if result["compile_seconds"] is not None:
             source += f", after compiling for {result['compile_seconds']:.1f} s"
-    if args.confusion:
+    if args.confusion is not None:
         from engine.runtime import warn
 
         result["confusion"].save_png(args.confusion, picture_title(result), warn)
@@ -228,7 +228,7 @@ def cmd_eval(args):
     print(f"Test_acc{tta}:{result['test_acc'] * 100:.2f}%, Test_loss:{result['test_loss']:.4f} "
           f"({result['images']:,} test images of {result['data']}; {source})")
     print(result["confusion"].format())
-    if args.confusion:
+    if args.confusion is not None:
         print(f"Wrote {args.confusion} (confusion matrix)")
     return 0
 

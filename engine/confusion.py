@@ -169,6 +169,8 @@ def describe_pair(pair):
 def check_png_path(path, flag="--confusion"):
     """Refuse, before any work, a picture path that could not be written: not a .png name, a folder
     that does not exist or cannot be written, an existing folder of that name."""
+    if not str(path).strip():
+        raise UsageError(f"{flag} is an empty path; give a file name ending in .png")
     path = Path(path)
     folder = path.parent
     if path.suffix.lower() != ".png":

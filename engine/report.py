@@ -101,6 +101,8 @@ class RunDir:
             probe.write_bytes(b"")
             probe.unlink()
         except OSError as error:
+            if self.path.exists() and not self.path.is_dir():  # "File exists" from mkdir: the name is taken by a file
+                raise EngineError(f"--out {self.path} is a file, not a folder; choose another --out") from None
             raise EngineError(f"cannot write to --out {self.path}: {error.strerror or error}; choose a writable --out") from None
         self.lock = RunLock(self.path, "--resume" if resuming else "--out")  # one training per run directory
         taken = [name for name in RUN_FILES if (self.path / name).exists()]

@@ -9,7 +9,7 @@ import contextlib
 import os
 from pathlib import Path
 
-from engine.errors import EngineError, first_line
+from engine.errors import EngineError, UsageError, first_line
 
 
 def physical_cores():
@@ -32,6 +32,8 @@ def load_checked(path):
     """The ModelProto at `path`, or one line saying why it is not a usable ONNX model."""
     import onnx
 
+    if not str(path).strip():
+        raise UsageError("the model is an empty path; name an .onnx file")
     path = Path(path)
     if not path.exists():
         raise EngineError(f"{path}: no such file")

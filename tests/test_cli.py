@@ -200,6 +200,9 @@ def bad(capsys, argv, code):
     (["eval"], 2, "required: CHECKPOINT"),
     (["eval", "--tta", "3", "run/best.pt"], 2, "argument --tta: invalid choice: 3"),
     (["fly"], 2, "invalid choice"),
+    (["eval", "run/best.pt", "--confusion", ""], 2, "--confusion is an empty path"),
+    (["predict", "", "cat.png"], 2, "the model is an empty path"),
+    (["train", "--init-from", "/dev/null"], 2, "--init-from: /dev/null is not a regular file"),
 ])
 def test_usage_errors(tmp_path, capsys, argv, code, words):
     line = bad(capsys, [*argv, *(["--out", str(tmp_path / "run")] if argv[0] == "train" else [])], code)
@@ -229,6 +232,13 @@ def test_empty_and_malformed_image_folders(tmp_path, capsys):
     assert "expected train/<class>/<image>" in bad(capsys, ["train", "--data", str(tmp_path / "flat")], 1)
     (tmp_path / "broken.zip").write_bytes(b"PK\x03\x04 not really a zip")
     assert "broken.zip" in bad(capsys, ["train", "--data", str(tmp_path / "broken.zip"), "--cache-dir", str(tmp_path)], 1)
+
+
+def test_an_out_that_is_a_file_is_said_so(tmp_path, capsys):
+    (tmp_path / "notes").write_text("mine")
+    line = bad(capsys, ["train", "--out", str(tmp_path / "notes"), "--epochs", "1", "--limit-train", "64"], 1)
+    assert line.endswith("notes is a file, not a folder; choose another --out")
+    assert (tmp_path / "notes").read_text() == "mine"
 
 
 def test_unwritable_out(tmp_path, capsys):
