@@ -89,7 +89,7 @@ class Config:
         "sgd and rmsprop; the adaptive ones want a far smaller --lr (about 1e-3)",
         choices=("sgd", "adamw", "adam", "rmsprop"),
     )
-    momentum: float = option(0.9, "SGD momentum, or AdamW beta1")
+    momentum: float = option(0.9, "SGD momentum; beta1 for adam and adamw; the momentum of rmsprop")
     weight_decay: float = option(5e-4, "L2 penalty (decoupled for adamw)")
     bn_lr_scale: float = option(
         1.0, "learning-rate multiplier for BatchNorm parameters, whose weight decay is divided by it (airbench: 64)"

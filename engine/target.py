@@ -157,5 +157,5 @@ class Watch:
         done = evaluated(metrics)
         best = max((m["test_acc"] for m in done), default=0.0)
         return (f"Did not reach {self.target:g}% test accuracy in {self.elapsed():.1f} s "
-                f"(best {best * 100:.2f}% over {len(done)} evaluation{'s' * (len(done) != 1)} of the whole test set); "
-                "train longer or aim lower")
+                f"(best {best * 100:.2f}% over {len(done)} evaluation{'s' * (len(done) != 1)} of the whole test set, "
+                "within epochs as at their ends, where best.pt is chosen); train longer or aim lower")

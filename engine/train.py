@@ -274,9 +274,10 @@ def train_ranks(cfg: Config, resume, log, ranks: Ranks, model=None):
     note = tta_note(s.cfg, s.spec)
     if note:
         say(note)
-    first = True  # the first epoch of this process times its first steps apart
+    first, trained = True, False  # the first epoch of this process times its first steps apart
     try:
         for epoch in range(s.start_epoch, s.cfg.epochs):
+            trained = True
             settle_limits(s, epoch)
             figures = train_epoch(s, epoch, first)
             if s.reached:  # stopped within the epoch at --target-acc
@@ -300,8 +301,12 @@ def train_ranks(cfg: Config, resume, log, ranks: Ranks, model=None):
             s.tensorboard.close()
         s.run.close()
     which = "validation" if s.val_loader is not None else "test"
-    say(f"Saved {Path(s.run.path) / 'last.pt'} (best {which} accuracy {s.best * 100:.1f}%: best.pt; "
-        "the last model's confusion matrix: confusion.png)")
+    if not trained:  # a finished run resumed: last.pt as it was
+        say(f"Nothing left to train: {s.run.path} finished (best {which} accuracy {s.best * 100:.1f}%: best.pt; "
+            "confusion.png written again)")
+    else:
+        say(f"Saved {Path(s.run.path) / 'last.pt'} (best {which} accuracy {s.best * 100:.1f}%: best.pt; "
+            "the last model's confusion matrix: confusion.png)")
     if s.watch.target is not None:
         log(s.watch.summary(s.reached, s.metrics))
     if given is not None:

@@ -262,12 +262,13 @@ def test_resume_repairs_best_pt_and_metrics_from_last_pt(tiny_run, tmp_path, cap
     (run / "best.pt").unlink()  # as if killed right after last.pt's rename in the first epoch
     (run / "metrics.jsonl").write_text("")
     (run / "curves.png").unlink()
-    assert main(["train", "--resume", str(run)]) == 0  # all epochs done: it trains nothing, but repairs
+    assert main(["train", "--resume", str(run), "--no-quiet"]) == 0  # all epochs done: it trains nothing, but repairs
     assert load(run / "best.pt").epoch == 1
     best, last = load(run / "best.pt").model, load(run / "last.pt").model
     assert all(torch.equal(value, best[key]) for key, value in last.items())
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 1 and (run / "curves.png").exists()
-    capsys.readouterr()
+    out = capsys.readouterr().out
+    assert f"Nothing left to train: {run} finished" in out and "Saved" not in out
 
 
 def test_resume_refuses_data_whose_images_changed(tmp_path, capsys):
