@@ -247,12 +247,11 @@ def open_model(cfg: Config, ref: ModelRef, data: Dataset, spec: InputSpec, resum
     if resume is not None:
         check_state(resume, model, run.path / "last.pt")  # one line naming a mismatch
         return model
-    if cfg.init_from:
-        init_from(model, cfg.init_from, say)
-    else:  # e.g. fast_cifar's whitened stem
+    fresh = init_from(model, cfg.init_from, say) if cfg.init_from else ()  # the keys it re-initialised
+    if not cfg.init_from:  # e.g. fast_cifar's whitened stem
         init_from_data(model, data.train_x, spec, cfg.seed, say)
     if cfg.freeze:
-        freeze_prefixes(model, cfg.freeze, say)
+        freeze_prefixes(model, cfg.freeze, say, fresh)
     return model
 
 

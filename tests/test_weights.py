@@ -20,6 +20,9 @@ def test_plain_torchvision_weights_load_and_a_head_of_another_class_count_is_rei
     assert sorted(init_from(model, tmp_path / "r18.pth", say=said.append)) == ["fc.bias", "fc.weight"]
     assert torch.equal(model.conv1.weight, source.conv1.weight) and torch.equal(model.fc.weight, head)
     assert "fc.weight, fc.bias re-initialised (1000 classes there, 10 here)" in said[0]
+    with pytest.raises(UsageError, match=r"--freeze fc would keep fc.weight, fc.bias at random values: --init-from"):
+        freeze_prefixes(model, "layer4,fc", said.append, fresh=["fc.weight", "fc.bias"])
+    freeze_prefixes(model, "layer4", said.append, fresh=["fc.weight", "fc.bias"])  # the layers before it: taken
 
 
 def test_an_engine_checkpoint_initialises_a_new_run(tiny_run):

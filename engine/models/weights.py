@@ -86,9 +86,10 @@ def init_from(model: nn.Module, path, say=print):
     return fresh
 
 
-def freeze_prefixes(model: nn.Module, prefixes, say=print):
+def freeze_prefixes(model: nn.Module, prefixes, say=print, fresh=()):
     """requires_grad False for every parameter under the comma-separated `prefixes` (a prefix matches
-    a whole name or a dotted parent, `layer1` matching `layer1.0.conv1.weight` but not `layer10`)."""
+    a whole name or a dotted parent, `layer1` matching `layer1.0.conv1.weight` but not `layer10`).
+    `fresh`: the keys --init-from re-initialised, which a frozen layer would keep random: refused."""
     names = [p.strip() for p in str(prefixes).split(",") if p.strip()]
     params = dict(model.named_parameters())
     for prefix in names:
@@ -97,6 +98,10 @@ def freeze_prefixes(model: nn.Module, prefixes, say=print):
             tops = sorted({n.split(".")[0] for n in params})
             raise UsageError(f"--freeze {prefix}: no parameter is named {prefix} or under it; top-level names: "
                              f"{', '.join(tops[:12])}{', ...' if len(tops) > 12 else ''}")
+        random = [n for n in matched if n in fresh]
+        if random:
+            raise UsageError(f"--freeze {prefix} would keep {', '.join(random)} at random values: --init-from "
+                             "re-initialised them for this data's class count; freeze the layers before the head")
         for name in matched:
             params[name].requires_grad_(False)
     count = sum(p.numel() for p in params.values() if not p.requires_grad)
