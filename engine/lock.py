@@ -27,7 +27,12 @@ class RunLock:
             return
         self.path = Path(folder) / LOCK_NAME
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as error:  # a read-only or foreign folder: the run could not write its checkpoints either
+                raise EngineError(f"{what} {folder}: cannot write there ({error.strerror or error}); "
+                                  f"{'a resumed run writes its checkpoints there' if what == '--resume' else 'choose a writable --out'}"
+                                  ) from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:

@@ -103,7 +103,9 @@ class RunDir:
         except OSError as error:
             if self.path.exists() and not self.path.is_dir():  # "File exists" from mkdir: the name is taken by a file
                 raise EngineError(f"--out {self.path} is a file, not a folder; choose another --out") from None
-            raise EngineError(f"cannot write to --out {self.path}: {error.strerror or error}; choose a writable --out") from None
+            advice = "a resumed run writes its checkpoints there" if resuming else "choose a writable --out"
+            raise EngineError(f"cannot write to {'the run directory' if resuming else '--out'} {self.path}: "
+                              f"{error.strerror or error}; {advice}") from None
         self.lock = RunLock(self.path, "--resume" if resuming else "--out")  # one training per run directory
         taken = [name for name in RUN_FILES if (self.path / name).exists()]
         if not resuming and taken:  # a run that held the lock until a moment ago
@@ -131,7 +133,7 @@ class RunDir:
                 raise EngineError(f"cannot save to {self.path} ({error.strerror or error}); stopped, the last good "
                                   f"checkpoint is kept: make room, then engine train --resume {self.path}") from None
             raise EngineError(f"cannot save to {self.path} ({error.strerror or error}); stopped before any checkpoint "
-                              "was saved: make room and train again") from None
+                              f"was saved: make room, delete {self.path} and train again") from None
 
     def discard_if_unused(self):
         """Remove the folders this run created, as long as nothing was written into them."""

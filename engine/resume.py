@@ -5,11 +5,13 @@ the same checks for the CLI and for Python callers), whether this data and sched
 
 import dataclasses
 import hashlib
+import os
 from pathlib import Path
 
 from engine.checkpoint import Checkpoint, load, save_atomic
 from engine.config import Config, absolute_model, flag
 from engine.errors import EngineError, UsageError, first_line
+from engine.lock import LOCK_NAME, RunLock
 from engine.report import stopped_before_first_checkpoint
 
 
@@ -27,11 +29,17 @@ def resume_path(run_dir):
         return run_dir
     last = run_dir / "last.pt"
     if not last.is_file():
+        if (run_dir / LOCK_NAME).exists():  # a live run that has not saved yet is the first thing to say
+            RunLock(run_dir, "--resume").release()
         if stopped_before_first_checkpoint(run_dir):
             raise UsageError(f"--resume: nothing to resume ({run_dir} has no last.pt: its run stopped before its first "
                              "checkpoint); delete the folder and train it again")
+        if run_dir.is_dir() and (run_dir / "best.pt").is_file():
+            raise UsageError(f"--resume: nothing to resume ({run_dir} has best.pt but no last.pt); to go on from best.pt, "
+                             "copy it as last.pt into a new run directory and --resume that")
         where = (f"{run_dir} has no last.pt" if run_dir.is_dir() else f"{run_dir} is not a run directory"
-                 if run_dir.exists() else f"{run_dir} does not exist")
+                 if run_dir.exists() else f"{run_dir} links to {os.readlink(run_dir)}, which does not exist any more"
+                 if run_dir.is_symlink() else f"{run_dir} does not exist")
         raise UsageError(f"--resume: nothing to resume ({where}); train without --resume first, or name a run directory")
     return last
 
@@ -144,7 +152,7 @@ def repair_run(run, checkpoint: Checkpoint, say):
             save_atomic(checkpoint.to_dict(), run.path / "best.pt")
             repaired.append("best.pt")
     if repaired:
-        say(f"Repaired {' and '.join(repaired)} from last.pt (a kill had left them behind)")
+        say(f"Repaired {' and '.join(repaired)} from last.pt (they were missing or behind it, as a kill leaves them)")
 
 
 def data_fingerprint(data):

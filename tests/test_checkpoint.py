@@ -108,6 +108,13 @@ def test_resume_path(tmp_path):
     (tmp_path / "run" / "best.pt").write_bytes(b"")
     with pytest.raises(UsageError, match="takes a run directory or its last.pt"):
         resume_path(tmp_path / "run" / "best.pt")
+    (tmp_path / "run" / "last.pt").unlink()  # best.pt alone: how to go on from it
+    with pytest.raises(UsageError, match="has best.pt but no last.pt.*copy it as last.pt into a new run directory"):
+        resume_path(tmp_path / "run")
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "latest").symlink_to(tmp_path / "deleted-run")
+    with pytest.raises(UsageError, match=f"latest links to {tmp_path / 'deleted-run'}, which does not exist any more"):
+        resume_path(tmp_path / "runs" / "latest")
 
 
 def test_ctrl_c_waits_for_the_writes_to_finish(tmp_path):

@@ -28,6 +28,26 @@ def test_a_second_lock_is_refused_and_release_frees_it(tmp_path):
     RunLock(tmp_path).release()
 
 
+def test_resuming_a_live_run_before_its_first_checkpoint_names_its_owner_not_a_deletion(tmp_path):
+    from engine.resume import resume_path
+
+    (tmp_path / "config.json").write_text("{}")  # a run at its start: config.json, no checkpoint yet
+    owner = RunLock(tmp_path)
+    with pytest.raises(EngineError, match=f"--resume {tmp_path} is in use by another engine train \\(pid {os.getpid()}\\)"):
+        resume_path(tmp_path)
+    owner.release()  # the run died before its first checkpoint: now that is what is said
+    with pytest.raises(EngineError, match="stopped before its first checkpoint"):
+        resume_path(tmp_path)
+
+
+def test_a_lock_file_that_cannot_be_opened_is_one_line(tmp_path):
+    (tmp_path / LOCK_NAME).mkdir()  # fails as a read-only file system does, even for root
+    with pytest.raises(EngineError, match=f"--resume {tmp_path}: cannot write there \\(Is a directory\\); a resumed run"):
+        RunLock(tmp_path, "--resume")
+    with pytest.raises(EngineError, match="choose a writable --out$"):
+        RunLock(tmp_path)
+
+
 def test_the_lock_dies_with_its_owner_even_by_kill_9(tmp_path):
     code = "import sys, time; from engine.lock import RunLock; RunLock(sys.argv[1]); print('held', flush=True); time.sleep(600)"
     owner = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
