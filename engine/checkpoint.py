@@ -101,18 +101,23 @@ _holding = []  # non-empty while interrupts_held() is active: nested holds are o
 @contextlib.contextmanager
 def interrupts_held():
     """Hold Ctrl-C until the block ends, then raise it. torch.save interrupted half-way raises a
-    RuntimeError, and an epoch's last.pt, best.pt and metrics must not get out of step."""
+    RuntimeError, and an epoch's last.pt, best.pt and metrics must not get out of step. SIGTERM is
+    held too where a Python handler takes it (the CLI's, engine.cli.terminated), then handed to it."""
     if _holding or threading.current_thread() is not threading.main_thread():
         yield
         return
     received = []
-    previous = signal.signal(signal.SIGINT, lambda *_: received.append(True))
+    held = [signal.SIGINT] + [signal.SIGTERM] * callable(signal.getsignal(signal.SIGTERM))  # TERM: the CLI's handler
+    previous = {number: signal.signal(number, lambda number, _: received.append(number)) for number in held}
     _holding.append(True)
     try:
         yield
     finally:
         _holding.pop()
-        signal.signal(signal.SIGINT, previous)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+    if signal.SIGTERM in received:
+        previous[signal.SIGTERM](signal.SIGTERM, None)
     if received:
         raise KeyboardInterrupt
 

@@ -297,7 +297,35 @@ def _command_of(parser):
     return lambda: parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (`kill`, `docker stop`, a scheduler), taken as Ctrl-C is: the run up to its last
+    checkpoint is kept and said, and the exit code is 143 (128 + SIGTERM), as a shell reports."""
+
+
+_terminated = []  # set once SIGTERM arrived: the exit code is then 143
+
+
+def terminated(number, frame):
+    _terminated.append(number)
+    raise Terminated
+
+
 def main(argv=None):
+    import signal
+    import threading
+
+    handled = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, terminated) if handled else None
+    _terminated.clear()
+    try:
+        code = run_command(argv)
+        return 143 if _terminated and code in (1, 130) else code
+    finally:
+        if handled:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def run_command(argv):
     parser = build_parser()
     for stream in (sys.stdout, sys.stderr):  # a class name an ASCII terminal cannot show is escaped, not a traceback
         if hasattr(stream, "reconfigure"):

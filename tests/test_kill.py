@@ -147,8 +147,8 @@ def test_a_full_disk_is_one_line_and_leaves_no_temporaries(tmp_path):
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == [
-        f"engine: error: cannot save to {run} (File too large); stopped before any checkpoint was saved: make room "
-        "and train again"]
+        f"engine: error: cannot save to {run} (File too large); stopped before any checkpoint was saved: make room, "
+        f"delete {run} and train again"]
     assert sorted(p.name for p in run.iterdir()) == ["config.json"]  # no half-written last.pt, no temporary
 
 
@@ -183,14 +183,18 @@ def test_ctrl_c_while_a_folder_decodes_stops_at_once_with_one_line(tmp_path):
     assert err.strip().splitlines()[-1].startswith("engine: interrupted"), err
 
 
-def test_a_ctrl_c_during_an_epochs_writes_still_says_the_saved_epoch(tmp_path):
+@pytest.mark.parametrize("number, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_ctrl_c_during_an_epochs_writes_still_says_the_saved_epoch(tmp_path, number, code):
     """The epoch's line is said once last.pt is committed, inside the writes a Ctrl-C waits for: the
-    interrupt then ends the run with every saved epoch said (it used to land before the line)."""
+    interrupt then ends the run with every saved epoch said (it used to land before the line).
+    SIGTERM (kill, docker stop) is taken the same way, exit 143: it used to end the run silently,
+    leaving its lock and a half-written temporary."""
     process = start(*TINY, "--out", str(tmp_path / "run"), pause="commit:1")
     seen = wait_for_pause(process, "commit")  # the epoch's line comes first
     assert any(line.startswith("Epoch: 1,") for line in seen), seen
-    process.send_signal(signal.SIGINT)
+    process.send_signal(number)
     process.send_signal(signal.SIGCONT)
     out, err = process.communicate(timeout=120)
-    assert process.returncode == 130 and "the run up to its last checkpoint is saved" in err, err
+    assert process.returncode == code and "the run up to its last checkpoint is saved" in err, err
+    assert sorted(p.name for p in (tmp_path / "run").iterdir() if p.name.startswith(".")) == []  # no lock, no temporary
     assert load(tmp_path / "run" / "last.pt").epoch == 1 and not any(line.startswith("Epoch: 2,") for line in out.splitlines())

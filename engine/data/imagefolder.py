@@ -102,7 +102,7 @@ def _chunks(path: Path, size, rule, first=None):
 
 def decoding_pool():
     """(a fork pool of processes for `_decode`, or None on one core; its worker count). Its workers
-    ignore SIGINT: a Ctrl-C reaches the main process alone, which ends them (`stop_pool`). Workers
+    ignore SIGINT and die of SIGTERM: a Ctrl-C reaches the main process alone, which ends them (`stop_pool`). Workers
     that took it printed their tracebacks, and concurrent.futures' pool, with a worker killed
     mid-task, could leave the command waiting forever on its shutdown."""
     from multiprocessing import get_context
@@ -117,6 +117,7 @@ def _ignore_interrupts():
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the pool's terminate() ends a worker; no CLI handler here
 
 
 def stop_pool(pool, finished):
