@@ -134,25 +134,41 @@ def best_of(checkpoint: Checkpoint):
     return (-1.0, 0) if best is None else (metrics[best]["test_acc"], best + 1)
 
 
-def repair_run(run, checkpoint: Checkpoint, say):
+def repair_run(run, checkpoint: Checkpoint, say, epochs_left=True):
     """last.pt is the commit record; bring the files written after it in step with it. An epoch
     writes last.pt, then best.pt, metrics.jsonl and curves.png: a kill between those renames
-    left best.pt and the metrics one epoch behind, and this puts them right."""
+    left best.pt and the metrics one epoch behind, and this puts them right. A best.pt of an
+    earlier epoch that is unreadable or not this run's (its metrics not the start of last.pt's)
+    cannot be rebuilt: a warning, and True returned, so the best epoch from here on replaces it."""
     repaired = []
     rewritten = run.sync_metrics(checkpoint.metrics or [])
     if rewritten:
         repaired.append(" and ".join(rewritten))
     _, epoch = best_of(checkpoint)
+    try:
+        current = load(run.path / "best.pt")
+    except EngineError:
+        current = None
+    lost = False
     if epoch and epoch == checkpoint.epoch and not checkpoint.step:  # last.pt is the best epoch itself
-        try:
-            current = load(run.path / "best.pt").epoch
-        except EngineError:
-            current = None
-        if current != epoch:
+        if current is None or current.epoch != epoch:
             save_atomic(checkpoint.to_dict(), run.path / "best.pt")
             repaired.append("best.pt")
+    elif epoch:
+        metrics = checkpoint.metrics or []
+        ours = current is not None and current.epoch == epoch and current.metrics == metrics[:len(current.metrics or [])]
+        if not ours:
+            what = ("missing" if not (run.path / "best.pt").exists() else "unreadable" if current is None
+                    else "not this run's (its metrics are not the start of last.pt's)")
+            then = ("the best epoch from here on becomes best.pt" if epochs_left else
+                    "no epoch is left to train: last.pt holds the final weights")
+            from engine.runtime import warn
+
+            warn(f"best.pt (epoch {epoch}) is {what} and cannot be rebuilt; {then}")  # even with --quiet
+            lost = True
     if repaired:
         say(f"Repaired {' and '.join(repaired)} from last.pt (they were missing or behind it, as a kill leaves them)")
+    return lost
 
 
 def data_fingerprint(data):

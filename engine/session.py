@@ -314,8 +314,8 @@ def restore_progress(s: Session, resume: Checkpoint, say):
     reached = reached_in(s.metrics)
     if reached:  # it stopped at --target-acc: nothing is left to train
         s.start_epoch, s.resume_step = s.cfg.epochs, 0
-    if s.ranks.is_main:
-        repair_run(s.run, resume, say)  # last.pt is the commit record: best.pt and metrics follow it
+    if s.ranks.is_main and repair_run(s.run, resume, say, s.start_epoch < s.cfg.epochs):  # last.pt is the commit
+        s.best, s.best_epoch = -1.0, 0  # record; a best.pt it cannot rebuild is replaced by the next best epoch
     step = s.resume_step
     if reached:
         say(f"Resuming {s.run.path}: it reached {reached['target_acc']:g}% at epoch {reached['epoch']:g} of "

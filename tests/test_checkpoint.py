@@ -258,6 +258,34 @@ def test_damaged_layouts_are_one_line(tmp_path):
             load(tmp_path / "c.pt")
 
 
+def test_a_best_pt_that_cannot_be_rebuilt_is_said_and_replaced_by_the_next_best(tiny_run, tmp_path, capsys):
+    """best.pt of an earlier epoch than last.pt's, damaged or another run's: a warning, and True so
+    the run's next best epoch replaces it (the run kept reporting it as its best, and eval then failed)."""
+    import shutil
+    from dataclasses import replace
+
+    from engine.report import RunDir
+    from engine.resume import repair_run
+
+    shutil.copytree(tiny_run[0], tmp_path / "run")
+    first = load(tmp_path / "run" / "last.pt")  # epoch 1, also best.pt
+    m = first.metrics[0]
+    later = replace(first, epoch=2, metrics=[m, {**m, "epoch": 2, "test_acc": m["test_acc"] / 2}],
+                    best={"acc": m["test_acc"], "split": "test", "epoch": 1})  # last.pt of epoch 2, best epoch 1
+    run = RunDir(tmp_path / "run", resuming=True)
+    try:
+        assert repair_run(run, later, print) is False  # best.pt is this run's epoch 1
+        save_atomic(replace(first, metrics=[{**m, "test_acc": 0.99}]).to_dict(), tmp_path / "run" / "best.pt")
+        assert repair_run(run, later, print) is True
+        assert ("best.pt (epoch 1) is not this run's (its metrics are not the start of last.pt's) and cannot be "
+                "rebuilt; the best epoch from here on becomes best.pt") in capsys.readouterr().err
+        (tmp_path / "run" / "best.pt").write_bytes(b"")
+        assert repair_run(run, later, print, epochs_left=False) is True
+        assert "is unreadable and cannot be rebuilt; no epoch is left to train" in capsys.readouterr().err
+    finally:
+        run.close()
+
+
 def test_resume_repairs_best_pt_and_metrics_from_last_pt(tiny_run, tmp_path, capsys):
     """A kill between the renames of last.pt and best.pt/metrics.jsonl: last.pt is the commit record."""
     import shutil
