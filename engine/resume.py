@@ -60,19 +60,53 @@ def resume_config(run_dir, given=None, say=print):
         given_ref = parse_model(values["model"], saved.get("model_args")) if "model" in values else None
         if given_ref is not None and not checkpoint.ref.user_code and given_ref.label != checkpoint.ref.label:
             raise UsageError(f"--resume continues the run as configured; --model {values['model']} differs from its "
-                             f"{saved.get('model')} (start a new run to change it)")
+                             f"--model {saved.get('model')} (start a new run to change it)")
         ref = reopen(checkpoint.ref, given_ref, path)
         values["model"] = absolute_model(values.get("model", saved["model"]))
         if ref.user_code:
             saved = dict(saved, model=values["model"])
+    if "out" in values and Path(values["out"]).expanduser().resolve() == path.parent:
+        del values["out"]  # the run's own folder, named another way (absolute, through a link)
+    moved = moved_data(saved.get("data"), values.get("data"))
+    if moved:
+        say(f"Data: {values['data']} in place of the run's {saved['data']}; resuming only if its images are the run's")
+    elif "data" not in values:
+        check_data_there(saved.get("data"))
     for name, value in values.items():
-        if name in fixed and saved.get(name) != value:
-            was, value = ("none" if v is None else v for v in (saved.get(name), value))  # None: off (--no-ema)
-            raise UsageError(f"--resume continues the run as configured; {flag(name)} {value} differs from its "
-                             f"{was} (start a new run to change it)")
+        if name in fixed and saved.get(name) != value and not (name == "data" and moved):
+            raise UsageError(f"--resume continues the run as configured; {as_flag(name, value)} differs from its "
+                             f"{as_flag(name, saved.get(name))} (start a new run to change it)")
     values = dict(saved, **values)
     values["out"] = str(path.parent)
     return Config.from_dict(values), checkpoint
+
+
+def as_flag(name, value):
+    """A setting as its flag reads: --no-amp, --compile, --lr 0.1; --no-ema for a flag whose --no- form
+    gives its default; '--amp unset' for another None (chosen per machine, or off)."""
+    field = next(f for f in dataclasses.fields(Config) if f.name == name)
+    if isinstance(value, bool) or (value == field.default and field.metadata["const"] is not None):
+        return flag(name) if value is True else f"--no-{flag(name)[2:]}"
+    return f"{flag(name)} {'unset' if value is None else value}"
+
+
+def moved_data(saved, given):
+    """Whether `given` (--data on resume) names an image folder or archive in place of the run's
+    `saved` one, which is gone: the same images moved (check_resume's fingerprint then compares them)."""
+    from engine.config import BUILTIN_DATASETS
+
+    if given is None or saved is None or given == saved or saved in BUILTIN_DATASETS or given in BUILTIN_DATASETS:
+        return False
+    return not Path(saved).exists() and Path(given).exists()
+
+
+def check_data_there(saved):
+    """A run's image folder that is not where it trained: one line saying how to resume from where it is."""
+    from engine.config import BUILTIN_DATASETS
+
+    if saved and saved not in BUILTIN_DATASETS and not Path(saved).exists():
+        raise UsageError(f"--resume: the run's data {saved} is not there any more; if it moved, resume with --data "
+                         "NEW_PATH (its images must be the run's)")
 
 
 def check_resume(checkpoint: Checkpoint, path, fingerprint, total_steps, source, world=1):

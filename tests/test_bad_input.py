@@ -96,7 +96,7 @@ CASES = [
     # resume
     ("resume: nothing to resume", "train --resume empty", "nothing to resume"),
     ("resume: no run at all", "train --resume", "nothing to resume"),
-    ("resume: flags that change the model", "train --resume run --model lenet", "--model lenet differs from its cifar_cnn"),
+    ("resume: flags that change the model", "train --resume run --model lenet", "--model lenet differs from its --model cifar_cnn"),
     ("resume: another batch size", "train --resume run --batch-size 16", "--batch-size 16 differs"),
     ("resume: from best.pt", "train --resume run/best.pt", "takes a run directory or its last.pt"),
     ("resume: run dir locked by a live run", "train --resume run", "is in use by another engine train"),
@@ -157,7 +157,7 @@ CASES = [
     ("numbers: --ema 0", "train --ema 0", "--ema is the weight average's decay per step, 0 < DECAY < 1"),
     ("numbers: NaN --ema", "train --ema nan", "--ema is the weight average's decay per step, 0 < DECAY < 1"),
     ("numbers: --ema not a number", "train --ema high", "invalid float value: 'high'"),
-    ("resume: --ema added to a run without it", "train --resume run --ema 0.99", "--ema 0.99 differs from its none"),
+    ("resume: --ema added to a run without it", "train --resume run --ema 0.99", "--ema 0.99 differs from its --no-ema"),
     ("memory: a model too large for the host", "summary --model cifar_cnn --input-shape 3x100000x100000",
      "the host ran out of memory (it asked for 20,473.45 GB at once)"),
 ]

@@ -286,6 +286,36 @@ def test_a_best_pt_that_cannot_be_rebuilt_is_said_and_replaced_by_the_next_best(
         run.close()
 
 
+def test_a_run_whose_images_moved_resumes_from_where_they_are(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    from engine.cli import main
+
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 16), ("test", 4)):
+        for name in ("a", "b"):
+            (tmp_path / "photos" / split / name).mkdir(parents=True)
+            for i in range(count):
+                Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(tmp_path / "photos" / split / name / f"{i}.png")
+    run, flags = tmp_path / "run", ["--cache-dir", str(tmp_path / "cache"), "--no-quiet"]
+    assert main(["train", "--data", str(tmp_path / "photos"), "--epochs", "1", "--batch-size", "8", "--model", "lenet",
+                 "--out", str(run), "--quiet", "--cache-dir", str(tmp_path / "cache")]) == 0
+    (tmp_path / "photos").rename(tmp_path / "moved")
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), *flags]) == 2
+    assert f"the run's data {tmp_path / 'photos'} is not there any more; if it moved, resume with --data" in capsys.readouterr().err
+    assert main(["train", "--resume", str(run), "--data", str(tmp_path / "moved"), *flags]) == 0
+    out = capsys.readouterr().out
+    assert f"Data: {tmp_path / 'moved'} in place of the run's {tmp_path / 'photos'}" in out and "Nothing left to train" in out
+    first = next((tmp_path / "moved" / "train" / "a").iterdir())  # other images in the moved folder: refused
+    Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(first)
+    assert main(["train", "--resume", str(run), "--data", str(tmp_path / "moved"), *flags]) == 1
+    assert "changed since the run started" in capsys.readouterr().err
+    assert main(["train", "--resume", str(run), "--data", str(tmp_path / "moved"), "--no-channels-last", *flags]) == 2
+    assert "--no-channels-last differs from its --channels-last (start a new run" in capsys.readouterr().err
+
+
 def test_resume_repairs_best_pt_and_metrics_from_last_pt(tiny_run, tmp_path, capsys):
     """A kill between the renames of last.pt and best.pt/metrics.jsonl: last.pt is the commit record."""
     import shutil

@@ -262,8 +262,8 @@ def test_an_existing_run_is_never_overwritten_and_resume_keeps_its_config(tmp_pa
     capsys.readouterr()
     before = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()}
     assert "already holds a run" in bad(capsys, ["train", *SMALL, "--out", out], 2)
-    assert "--lr 0.5 differs from its 0.05" in bad(capsys, ["train", "--resume", out, "--lr", "0.5"], 2)
-    assert "--data mnist differs from its synthetic" in bad(capsys, ["train", "--resume", out, "--data", "mnist"], 2)
+    assert "--lr 0.5 differs from its --lr 0.05" in bad(capsys, ["train", "--resume", out, "--lr", "0.5"], 2)
+    assert "--data mnist differs from its --data synthetic" in bad(capsys, ["train", "--resume", out, "--data", "mnist"], 2)
     assert {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()} == before
 
 

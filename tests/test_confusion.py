@@ -240,6 +240,6 @@ def test_a_class_weighted_run_keeps_its_choice_in_checkpoints_and_on_resume(tmp_
     assert "Class weights: inverse class frequency" in capsys.readouterr().out
     assert load(out / "last.pt").config["class_weights"] == "auto"
     assert main(["train", "--resume", str(out), "--class-weights", "none"]) == 2  # the weights are the run's
-    assert "--class-weights none differs from its auto" in capsys.readouterr().err
+    assert "--class-weights none differs from its --class-weights auto" in capsys.readouterr().err
     assert main(["train", "--resume", str(out)]) == 0  # nothing left to train; the choice stays
     assert load(out / "last.pt").config["class_weights"] == "auto"

@@ -164,9 +164,9 @@ def test_eval_of_an_averaged_checkpoint_says_so_in_one_line(ema_run):
 @pytest.mark.slow  # a 2-epoch run (about 3 s with its fixture): the quick loop is at its 2-minute budget
 def test_a_resume_refuses_another_decay_and_a_checkpoint_without_its_average(ema_run, tmp_path):
     run, _ = ema_run
-    with pytest.raises(UsageError, match=r"--ema 0.5 differs from its 0.8 \(start a new run"):
+    with pytest.raises(UsageError, match=r"--ema 0.5 differs from its --ema 0.8 \(start a new run"):
         resume_config(run, {"ema": 0.5}, say=lambda *_: None)
-    with pytest.raises(UsageError, match=r"--ema none differs from its 0.8 \(start a new run"):  # --no-ema
+    with pytest.raises(UsageError, match=r"--no-ema differs from its --ema 0.8 \(start a new run"):  # --no-ema
         resume_config(run, {"ema": None}, say=lambda *_: None)
     cfg, checkpoint = resume_config(run, {"ema": 0.8}, say=lambda *_: None)  # the same value is fine
     damaged = tmp_path / "damaged"
