@@ -152,7 +152,9 @@ def open_session(cfg: Config, resume: Checkpoint | None = None, say=print, ranks
             if run.path.parent.resolve() == (Path.cwd() / RUNS).resolve():  # runs/latest: the newest run in runs/
                 run.point_latest()
         session.tensorboard = TensorBoard(run.path, session.steps) if cfg.tensorboard and ranks.is_main else None
-        session.watch, session.reached = Watch(cfg.target_acc, cfg.eval_every, session.steps, cfg.epochs), reached_in(session.metrics)
+        before = next((m["elapsed_s"] for m in reversed(session.metrics) if "elapsed_s" in m), 0.0)  # a resumed run's
+        session.watch = Watch(cfg.target_acc, cfg.eval_every, session.steps, cfg.epochs, before)  # clock runs on
+        session.reached = reached_in(session.metrics)
         per_rank = f" per rank x {ranks.world} ranks = {cfg.batch_size * ranks.world} global" if ranks.world > 1 else ""
         val = f" / {len(data.val_x):,} validation" if data.val_x is not None else ""
         left = len(data.train_x) - session.steps * cfg.batch_size * ranks.world  # the loader's batches are all full

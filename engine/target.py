@@ -112,10 +112,12 @@ class Watch:
 
     target: --target-acc in percent, or None; every: --eval-every, or its default (1; with a target
     EVAL_EVERY_WITH_TARGET, and FIRST_EPOCH_EVERY_WITH_TARGET in the first epoch); steps: training
-    steps per epoch.
+    steps per epoch; before: seconds the run's earlier commands took to its last evaluation (a
+    resumed run: its clock runs on from there, as the run never stops; the time a kill lost after
+    that evaluation and the pause between commands are not counted).
     """
 
-    def __init__(self, target, every, steps, epochs):
+    def __init__(self, target, every, steps, epochs, before=0.0):
         self.target = target
         self.every = every if every is not None else EVAL_EVERY_WITH_TARGET if target is not None else 1.0
         self.points = eval_steps(steps, self.every)
@@ -123,6 +125,7 @@ class Watch:
         self.first_points = eval_steps(steps, first)
         self.epochs = epochs
         self.started = command_started()
+        self.before = before
 
     def due(self, epoch, done):
         """Whether `epoch` (0-based) evaluates after `done` of its steps (besides its end)."""
@@ -133,7 +136,12 @@ class Watch:
         return evaluates_after(epoch, self.every, self.epochs)
 
     def elapsed(self):
-        return time.perf_counter() - self.started
+        return self.before + time.perf_counter() - self.started
+
+    def origin(self):
+        """Where the times count from: the command's start, or the run's over its resumes."""
+        return (f"from the run's start ({self.before:.1f} s of it before this command resumed the run)" if self.before
+                else "from the command's start")
 
     def check(self, m):
         """Stamp the evaluation `m` (just measured) with the command's elapsed time; True when its
@@ -152,10 +160,10 @@ class Watch:
     def summary(self, reached, metrics):
         """The final line of a run with a target: the time to it, or how far the run got."""
         if reached is not None:
-            return (f"Reached {self.target:g}% test accuracy in {reached['time_to_target']:.1f} s from the command's "
-                    f"start, at epoch {reached['epoch']:g} ({reached['test_acc'] * 100:.2f}%)")
+            return (f"Reached {self.target:g}% test accuracy in {reached['time_to_target']:.1f} s {self.origin()}, "
+                    f"at epoch {reached['epoch']:g} ({reached['test_acc'] * 100:.2f}%)")
         done = evaluated(metrics)
         best = max((m["test_acc"] for m in done), default=0.0)
-        return (f"Did not reach {self.target:g}% test accuracy in {self.elapsed():.1f} s "
+        return (f"Did not reach {self.target:g}% test accuracy in {self.elapsed():.1f} s {self.origin()} "
                 f"(best {best * 100:.2f}% over {len(done)} evaluation{'s' * (len(done) != 1)} of the whole test set, "
                 "within epochs as at their ends, where best.pt is chosen); train longer or aim lower")

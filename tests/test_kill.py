@@ -107,6 +107,19 @@ def test_killed_five_times_anywhere_resumes_to_the_uninterrupted_weights(tmp_pat
                                                      "curves.png", "last.pt", "metrics.jsonl"]
 
 
+def test_a_resumed_runs_time_to_target_counts_on_from_its_earlier_commands(tmp_path):
+    """--target-acc's clock runs over a kill and its resume: the earlier command's time to its last
+    evaluation is added (elapsed_s went back to 0 on resume, and a time to target after one was
+    shorter than the time already spent)."""
+    run = tmp_path / "run"
+    kill_at(start(*TINY, "--target-acc", "99", "--save-every", "0s", "--out", str(run), pause="step:12"), "step:12")
+    before = max(m["elapsed_s"] for m in load(run / "last.pt").metrics if "elapsed_s" in m)
+    out = finish(start("--resume", str(run), "--no-quiet"))
+    stamps = [m["elapsed_s"] for m in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())]
+    assert stamps == sorted(stamps) and stamps[-1] > before > 0
+    assert f"from the run's start ({before:.1f} s of it before this command resumed the run)" in out
+
+
 def wait_until_stopped(process, timeout=60):
     """The pause point prints its marker, then stops itself: a SIGCONT sent in between is lost."""
     deadline = time.monotonic() + timeout
