@@ -131,9 +131,10 @@ def stop_pool(pool, finished):
     pool.join()
 
 
-def decode_folder(path: Path, log=print, size=None, rule="stretch"):
+def decode_folder(path: Path, log=print, size=None, rule="stretch", test_split=None):
     """Decode every image once, on every core: {"classes", "train_x", "train_y"} and, where the source
-    has an evaluation split, "test_x", "test_y". `size` (H, W): resize each image to it (engine.pixels.fit)."""
+    has an evaluation split, "test_x", "test_y". `size` (H, W): resize each image to it (engine.pixels.fit).
+    `test_split`: refused before any image is decoded where the source has its own split."""
     from PIL import Image
     from tqdm import tqdm
 
@@ -146,6 +147,7 @@ def decode_folder(path: Path, log=print, size=None, rule="stretch"):
         if not survey.count:  # before "Decoding": a folder or archive with no image file at all
             kinds = ", ".join(sorted(IMAGE_EXTENSIONS))
             raise EngineError(f"{path} holds no images (files ending {kinds}; {layout.LAYOUT})")
+        check_test_split(survey, path, test_split)
         log(f"Decoding {path}{f' at {size[0]}x{size[1]}' if size else ''} (first use only; the result is cached)")
         with tqdm(total=survey.count, desc="Decoding", unit=" img", disable=not sys.stderr.isatty(), leave=False) as progress:
             for chunk in _chunks(path, size, rule, survey.expected(path, size)):
@@ -253,8 +255,9 @@ def read(source, cache_dir: Path, log=print, image_size=None, test_split=None, s
             log(f"Data: {path} ({_counts(tensors, test_split)}, decoded earlier: {cache})")
             return _dataset(name, stream.place(tensors), test_split, seed, path, log)
     try:
-        tensors = decode_folder(path, log, image_size, resize)
+        tensors = decode_folder(path, log, image_size, resize, test_split)
     except DoesNotFit as large:  # decoded chunk by chunk into a file instead, then streamed
+        check_test_split(large.survey, path, test_split)
         tensors = filecache.decode_to_cache(path, filecache.cache_folder(cache), large.survey, large.size, large.channels,
                                             image_size, resize, log)
         return _dataset(name, stream.place(tensors), test_split, seed, path, log)
@@ -265,6 +268,24 @@ def read(source, cache_dir: Path, log=print, image_size=None, test_split=None, s
     except OSError as error:  # a read-only cache costs time, not correctness
         print(f"engine: warning: could not write the decode cache {cache}: {error.strerror}", file=sys.stderr)
     return _dataset(name, tensors, test_split, seed, path, log)
+
+
+def own_split_line(path):
+    return f"--test-split is for folders without a test split; {path} has one (pass --val-split to hold out validation images from train/)"
+
+
+def check_test_split(survey, path, test_split):
+    """Refuse a --test-split for a source with its own evaluation split, from its names (the Survey),
+    before any image is decoded; a layout the names leave in doubt is left to the decode to say."""
+    if test_split in (None, layout.WHOLE):
+        return
+    found, _, _ = layout.group({folder: [None] * n for folder, n in survey.holding.items()}, survey.folders)
+    try:
+        _, test, _ = layout.choose(found, path, lambda *_: None)
+    except EngineError:
+        return
+    if test is not None:
+        raise UsageError(own_split_line(path))
 
 
 def _counts(t, test_split):
@@ -284,8 +305,7 @@ def _dataset(name, t, test_split, seed, path, log):
         raise EngineError(f"{path} has {len(classes)} class; a classifier needs at least 2 ({layout.LAYOUT})")
     if "test_x" in t:
         if test_split not in (None, layout.WHOLE):  # WHOLE: the source's own test split is the whole test set
-            raise UsageError(f"--test-split is for folders without a test split; {path} has one (pass --val-split "
-                             "to hold out validation images from train/)")
+            raise UsageError(own_split_line(path))
         return Dataset(name, classes, x, y, t["test_x"], t["test_y"], flip=three_channels)
     if test_split == layout.WHOLE:  # engine eval of a folder that is not the run's: every image
         return Dataset(name, classes, stream.take(x, torch.arange(0)), y[:0], x, y, flip=three_channels)

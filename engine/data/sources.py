@@ -10,7 +10,7 @@ import posixpath
 import stat
 import tarfile
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.data import layout
@@ -159,7 +159,7 @@ class Survey:
     count: int
     folders: list
     first: tuple
-
+    holding: dict = field(default_factory=dict)  # folder tuple -> its image count
     def expected(self, path, size):
         """`_decode`'s `first`: the first image's size and name where the images must all share it."""
         return (*self.first[:2], str(path)) if size is None and self.first else None
@@ -180,14 +180,16 @@ def check_memory(path: Path, size=None):
     while they are stacked."""
     from PIL import Image, UnidentifiedImageError
 
-    count, first, folders = 0, None, []
+    count, first, folders, holding = 0, None, [], {}
     for name, read in members(path):
         if read is None:
             folders.append(layout.parts_of(name))
             continue
-        if layout.folder_of(name) is None:
+        folder = layout.folder_of(name)
+        if folder is None:
             continue
         count += 1
+        holding[folder] = holding.get(folder, 0) + 1
         if first is None:
             try:
                 with Image.open(io.BytesIO(read())) as image:
@@ -195,7 +197,7 @@ def check_memory(path: Path, size=None):
                     first = (image.size, label(path, name), 1 if image.mode in GRAY_MODES else 3)
             except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
                 first = ()  # the decoding pass names the bad file
-    survey = Survey(count, folders, first or ())
+    survey = Survey(count, folders, first or (), holding)
     available = available_memory()
     if not first or available is None:
         return survey
