@@ -219,6 +219,16 @@ def check_image_size(cfg: Config, shape, source):
                          f"{shape[1]}x{shape[2]}: give --image-size {shape[1]}x{shape[2]}, or leave it out")
 
 
+def say_resize(saved, given, data, say):
+    """One line where an evaluation's --resize of image files (`data`) is not the one its model trained with."""
+    from engine.config import BUILTIN_DATASETS
+
+    trained = saved.get("resize") or "stretch"
+    if given.get("resize") not in (None, trained) and data not in BUILTIN_DATASETS:
+        say(f"--resize {given['resize']}: images of another size are fitted otherwise than in training "
+            f"(--resize {trained}), which may lower the accuracy")
+
+
 def check_run_data(cfg: Config, given, source):
     """The run's own data, read from the checkpoint or the file's metadata, must still be there: one
     line saying where the path came from (the command line never named it) if it is not."""
@@ -264,6 +274,7 @@ def evaluate_checkpoint(path, overrides, log=print, model=None):
     setup_backends(runtime.device, cfg.seed)
     check_run_data(cfg, overrides, path)
     check_image_size(cfg, checkpoint.spec.shape, path)
+    say_resize(saved, overrides, cfg.data, say)
     data = load_dataset(cfg, say)
     own_images = not {"data", "limit_test", "image_size", "resize", "test_split"} & set(overrides)
     if own_images and saved.get("limit_test") is None:

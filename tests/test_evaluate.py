@@ -264,6 +264,11 @@ def test_gray_photos_evaluate_on_a_colour_model_as_their_rgb_copy_and_the_revers
                                                    "cache_dir": flags["cache_dir"]}, log=lambda *_: None)
     assert (on_gray["test_loss"], on_gray["test_acc"]) == (on_rgb["test_loss"], on_rgb["test_acc"])
     assert any(line.startswith("Gray images, read as RGB (R = G = B)") for line in said)
+    said.clear()
+    evaluate_checkpoint(out / "best.pt", {"data": str(rgb / "test"), "resize": "crop", "cache_dir": flags["cache_dir"]},
+                        log=said.append)
+    assert any("--resize crop: images of another size are fitted otherwise than in training (--resize stretch)" in line
+               for line in said)
     said.clear()  # the second read comes from the decode cache, whose Data line counts the images
     evaluate_checkpoint(out / "best.pt", {"data": str(gray / "test"), "cache_dir": flags["cache_dir"]}, log=said.append)
     assert any(line.startswith(f"Data: {gray / 'test'} (16 images, all evaluated, decoded earlier") for line in said)
