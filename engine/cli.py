@@ -361,7 +361,8 @@ def run_command(argv):
         os.dup2(devnull, sys.stdout.fileno())  # Python's own flush at exit would fail on the closed pipe again
         return 141  # 128 + SIGPIPE, what a shell reports for a tool a pipe stopped
     except OSError as error:  # a full disk, a vanished file: the environment, not a bug
-        say_error(error)
+        name = error.filename if error.filename is None or len(str(error.filename)) < 80 else f"{str(error.filename)[:60]}..."
+        say_error(f"{name}: {error.strerror}" if error.strerror and name else error.strerror or error)
         return 1
     except SystemExit as exit:  # --help from main(argv)
         return exit.code if isinstance(exit.code, int) else 0

@@ -234,6 +234,11 @@ def test_empty_and_malformed_image_folders(tmp_path, capsys):
     assert "broken.zip" in bad(capsys, ["train", "--data", str(tmp_path / "broken.zip"), "--cache-dir", str(tmp_path)], 1)
 
 
+def test_an_operating_system_refusal_is_one_short_line(tiny_run, tmp_path, capsys):
+    line = bad(capsys, ["export", str(tmp_path / ("a" * 300 + ".onnx")), "--checkpoint", str(tiny_run[1])], 1)
+    assert line.endswith("...: File name too long") and len(line) < 120 and "Errno" not in line
+
+
 def test_an_out_that_is_a_file_is_said_so(tmp_path, capsys):
     (tmp_path / "notes").write_text("mine")
     line = bad(capsys, ["train", "--out", str(tmp_path / "notes"), "--epochs", "1", "--limit-train", "64"], 1)
