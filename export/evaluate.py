@@ -34,7 +34,7 @@ def evaluate_onnx(path, overrides, *, input_size=None, classes=None, log=print):
 
     from engine.confusion import Confusion
     from engine.data import load_dataset
-    from engine.evaluate import (EVAL_FLAGS, check_image_size, check_overrides, check_run_data, evaluation_data,
+    from engine.eval_data import (EVAL_FLAGS, check_image_size, check_overrides, check_run_data, evaluation_data,
                                  fit_channels, labels_for, say_resize)
     from export.predict import Classifier
 

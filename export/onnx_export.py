@@ -158,7 +158,7 @@ def export_onnx(out, checkpoint=None, *, opset=None, verify=True, int8=False, lo
     """Export the checkpoint to `out`; returns an ExportResult. Nothing is left at `out` on failure.
     model: a user model's code named again (`--model nets.py:Net`), which its checkpoint needs."""
     from engine.checkpoint import load, model_from_checkpoint
-    from engine.evaluate import check_code
+    from engine.eval_data import check_code
     from engine.normalization import Normalized
     from export import verify as checks
     from export.session import open_session

@@ -184,7 +184,7 @@ def test_data_with_a_class_the_model_lacks_names_it():
     from types import SimpleNamespace
 
     from engine.errors import EngineError
-    from engine.evaluate import labels_for
+    from engine.eval_data import labels_for
 
     trained = [f"c{i:02d}" for i in range(60)]
     data = SimpleNamespace(shape=(3, 8, 8), classes=trained[:59] + ["c99"], test_y=torch.tensor([0, 59]))
@@ -199,7 +199,7 @@ def test_images_of_another_size_get_the_resize_hint_only_where_it_helps(tmp_path
     from types import SimpleNamespace
 
     from engine.errors import EngineError
-    from engine.evaluate import labels_for
+    from engine.eval_data import labels_for
 
     trained = ["cat", "dog"]
     same_classes = SimpleNamespace(shape=(3, 40, 40), classes=["dog"], test_y=torch.tensor([0]))

@@ -1,0 +1,140 @@
+"""Other data than a model trained on, checked against it before an evaluation: the overrides an
+evaluation takes, the run's own data and image size, another --resize, other classes or channel
+counts (gray photos for a colour model and the reverse, read as `engine predict` reads them).
+Shared by a checkpoint's evaluation (engine.evaluate) and an ONNX file's (export.evaluate).
+"""
+
+from pathlib import Path
+
+import torch
+
+from engine.config import Config, fields_in, flag
+from engine.data.layout import WHOLE
+from engine.errors import EngineError, UsageError
+
+
+def _describe(shape, classes):
+    names = ", ".join(classes[:4]) + (", ..." if len(classes) > 4 else "")
+    return f"{'x'.join(map(str, shape))} images of {len(classes)} class{'es' if len(classes) != 1 else ''} ({names})"
+
+
+def fit_channels(data, shape, say=print):
+    """Test images of another channel count than the model's `shape` are read as `engine predict` reads
+    such a photo: gray ones for a model of colour images as RGB (R = G = B, exact), colour ones for a
+    model of gray images as PIL's luma (L = R x 299/1000 + G x 587/1000 + B x 114/1000, PIL's rounding;
+    exact where the images need no resize, predict converting before it resizes)."""
+    if not all(isinstance(x, torch.Tensor) for x in (data.train_x, data.test_x)):
+        return
+    if data.shape[0] == 1 and shape[0] == 3:
+        data.train_x, data.test_x = (x.expand(-1, 3, -1, -1) for x in (data.train_x, data.test_x))  # views
+        say("Gray images, read as RGB (R = G = B) for a model of colour images, as engine predict reads them")
+    elif data.shape[0] == 3 and shape[0] == 1:
+        data.train_x, data.test_x = data.train_x[:, :1], luma(data.test_x)  # evaluation reads only test_x
+        say("Colour images, read as gray (PIL's luma) for a model of gray images, as engine predict reads them")
+
+
+def luma(x, chunk=4096):
+    """(N, 3, H, W) uint8 RGB as (N, 1, H, W) uint8 gray, as PIL's convert("L") computes it."""
+    weights = torch.tensor([19595, 38470, 7471], dtype=torch.int32).view(1, 3, 1, 1)  # x 65536, summing to 65536
+    return torch.cat([((part.to(torch.int32) * weights).sum(1, keepdim=True) + 32768) >> 16
+                      for part in x.split(chunk)] or [x[:, :1].to(torch.int32)]).to(torch.uint8)
+
+
+def labels_for(source, shape, classes, data, data_name):
+    """`data`'s test labels as indices into a model's `classes`, which it was trained on at `shape`.
+
+    Classes are matched by name, so another source of the same data may list them in another
+    order or hold only some of them; another image shape or an unknown class is one line.
+    """
+    unknown = [name for name in data.classes if name not in classes]
+    if list(data.shape) != list(shape) or unknown:
+        differs = ""
+        resizable = data.shape[0] == shape[0] and Path(str(data_name)).expanduser().exists()  # an image folder
+        if list(data.shape) != list(shape) and resizable and not unknown:
+            differs = f"; --image-size {shape[1]}x{shape[2]} resizes them to the model's"
+        elif data.shape[0] == 3 and shape[0] == 1 and not unknown:
+            differs = "; the model takes gray images: evaluate a grayscale copy of the photos"
+        elif unknown:  # the first names of two long lists look alike: name the ones the model does not know
+            shown = ", ".join(unknown[:4]) + (f" and {len(unknown) - 4} more" if len(unknown) > 4 else "")
+            differs = f"; it has classes the model was not trained on: {shown}"
+        raise EngineError(f"{source} was trained on {_describe(shape, classes)}, "
+                          f"but --data {data_name} has {_describe(data.shape, data.classes)}{differs}")
+    return torch.tensor([classes.index(name) for name in data.classes])[data.test_y]  # (M,) int64
+
+
+EVAL_FLAGS = tuple(f.name for f in fields_in("data", "runtime"))  # what engine eval's flags set
+RUN_DATA = ("data", "data_dir", "cache_dir", "seed", "image_size", "resize", "test_split")  # what chose and shaped a run's images
+
+
+def check_overrides(overrides, allowed, what, refused=()):
+    """One UsageError for an override key an evaluation does not take (a misspelling, a training
+    setting): `allowed` the keys it reads; `refused` those named apart, with their reason."""
+    if not isinstance(overrides, dict):
+        raise UsageError(f"{what}'s overrides are a dict of Config values such as {{'data': 'photos/'}}, "
+                         f"not {type(overrides).__name__}")
+    for name, reason in refused:
+        if name in overrides:
+            raise UsageError(f"{flag(name)} {reason}")
+    unknown = sorted(set(overrides) - set(allowed))
+    if unknown:
+        raise UsageError(f"{what} takes no {', '.join(unknown)} (it takes {', '.join(sorted(allowed))}; what the "
+                         "model was trained with is kept with it)")
+
+
+def check_code(model, what):
+    """`model=` of an evaluation or an export: the checkpoint's code named as text, or None."""
+    if model is not None and not isinstance(model, str):
+        kind = f"the class {model.__name__}" if isinstance(model, type) else f"a {type(model).__name__}"
+        raise UsageError(f"{what}(model=...) names the checkpoint's code as text, e.g. 'nets.py:Net' (what --model "
+                         f"takes), not {kind}; the weights come from the checkpoint")
+
+
+def evaluation_data(saved, given):
+    """The data settings an evaluation of a trained model reads: the run's own (`saved`: what chose and
+    shaped its images), then those the command `given`. Other data than the run's (--data) is read
+    whole where it has no test split of its own (--test-split all), unless --test-split is given; the
+    run's own data keeps the images it held out."""
+    values = {k: saved[k] for k in RUN_DATA if k in saved}
+    if "data" in given and "test_split" not in given and not same_data(given["data"], saved.get("data")):
+        values["test_split"] = WHOLE
+    return {**values, **given}
+
+
+def check_image_size(cfg: Config, shape, source):
+    """An --image-size given to an evaluation must be the model's own (C, H, W) `shape`'s: one line
+    before any image is decoded, naming the size to give."""
+    from engine.pixels import parse_image_size
+
+    if cfg.image_size is None:
+        return
+    height, width = parse_image_size(cfg.image_size)
+    if [height, width] != list(shape[1:]):
+        raise UsageError(f"--image-size {cfg.image_size} fits the images to {height}x{width}, but {source} takes "
+                         f"{shape[1]}x{shape[2]}: give --image-size {shape[1]}x{shape[2]}, or leave it out")
+
+
+def say_resize(saved, given, data, say):
+    """One line where an evaluation's --resize of image files (`data`) is not the one its model trained with."""
+    from engine.config import BUILTIN_DATASETS
+
+    trained = saved.get("resize") or "stretch"
+    if given.get("resize") not in (None, trained) and data not in BUILTIN_DATASETS:
+        say(f"--resize {given['resize']}: images of another size are fitted otherwise than in training "
+            f"(--resize {trained}), which may lower the accuracy")
+
+
+def check_run_data(cfg: Config, given, source):
+    """The run's own data, read from the checkpoint or the file's metadata, must still be there: one
+    line saying where the path came from (the command line never named it) if it is not."""
+    from engine.config import BUILTIN_DATASETS
+
+    if "data" not in given and cfg.data not in BUILTIN_DATASETS and not Path(cfg.data).exists():
+        raise EngineError(f"{source} was trained on {cfg.data}, which is not there any more; pass --data with the "
+                          "same classes and image size to evaluate it")
+
+
+def same_data(a, b):
+    """Whether two --data values name the same source (a built-in name, or the same path)."""
+    if a is None or b is None:
+        return a == b
+    return a == b or Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
