@@ -26,14 +26,29 @@ def expand(paths):
             raise EngineError("an empty path names no image (it is not the current folder)")
         path = Path(given)
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if (p.is_file() or p.is_symlink()) and p.suffix.lower() in
-                           IMAGE_EXTENSIONS and not any(part.startswith(".") for part in p.relative_to(path).parts))
+            found = images_under(path)
             if not found:
                 raise EngineError(f"{path} holds no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
             files += found
         else:  # a missing one too: open_image names it, and the others are still predicted
             files.append(path)
     return files
+
+
+def images_under(folder):
+    """Every image file under `folder`, sorted, hidden ones left out; links to folders are followed, as
+    training's decode follows them, each folder once (a link back up is not a loop)."""
+    found, seen = [], set()
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found += [Path(root, name) for name in files
+                  if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS]
+    return sorted(found)
 
 
 def open_image(path, size=None):

@@ -142,6 +142,20 @@ def test_a_folder_names_its_broken_links_and_reads_jfif_and_jpe(tiny_onnx, tmp_p
     assert "gone.png is a broken link" in err and err.count("\n") == 1
 
 
+def test_a_folder_follows_links_to_folders_once_as_training_does(tiny_onnx, tmp_path, capsys):
+    (tmp_path / "elsewhere").mkdir()
+    outside = write_images(tmp_path / "elsewhere" / "yellow")
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    inside = write_images(folder / "red")
+    (folder / "yellow").symlink_to(tmp_path / "elsewhere" / "yellow")  # a class folder kept elsewhere
+    (folder / "red" / "up").symlink_to(folder)  # a link back up: each folder once, no loop
+    write_images(folder / ".hidden")
+    assert main(["predict", str(tiny_onnx), str(folder)]) == 0
+    shown = [line.split(": ")[0] for line in capsys.readouterr().out.splitlines()]
+    assert sorted(shown) == sorted([*map(str, inside), *(str(folder / "yellow" / p.name) for p in outside)])
+
+
 def test_a_file_whose_graph_fixes_the_batch_runs_a_batch_at_a_time(tiny_onnx, tmp_path):
     model = onnx.load(str(tiny_onnx))
     model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 2  # as a fixed-batch exporter writes it
