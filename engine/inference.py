@@ -42,6 +42,20 @@ class CompiledInference(torch.nn.Module):
         return self.runner(x.contiguous(memory_format=self.memory_format))
 
 
+class Autocast(torch.nn.Module):
+    """`model` under autocast inside its forward, where torch.export records it (as a wrap_with_autocast
+    region, which AOTInductor compiles with its casts); an autocast around the export call itself is
+    not recorded (torch 2.14: the graph came out fp32, so --compile evaluated a bf16 run in fp32)."""
+
+    def __init__(self, model, device_type, dtype):
+        super().__init__()
+        self.model, self.device_type, self.dtype = model, device_type, dtype
+
+    def forward(self, x):
+        with torch.autocast(self.device_type, dtype=self.dtype):
+            return self.model(x)
+
+
 def compile_inference(model, shape, runtime: Runtime, memory_format=torch.channels_last, package_path=None):
     """`model` (on runtime's device, in eval mode from here on) compiled ahead of time for batches
     of `shape` under runtime's autocast; takes seconds (a C++ compile). With `package_path` the
@@ -51,9 +65,10 @@ def compile_inference(model, shape, runtime: Runtime, memory_format=torch.channe
     quiet_compiler()
     model.eval()
     example = torch.zeros(shape, device=runtime.device).contiguous(memory_format=memory_format)
+    traced = model if runtime.amp_dtype is None else Autocast(model, runtime.device.type, runtime.amp_dtype)
     try:  # quiet: a failed trace logs torch's warnings and dumps its graph twice
-        with quiet_exporter(), torch.no_grad(), runtime.autocast():  # autocast's casts become part of the graph
-            program = torch.export.export(model, (example,))
+        with quiet_exporter(), torch.no_grad():
+            program = torch.export.export(traced, (example,))
     except Exception as error:  # a model torch.export cannot trace: say which, in one line
         raise EngineError(f"--compile: torch.export could not trace {type(model).__name__}: "
                           f"{trace_failure(error)}") from error
@@ -100,7 +115,7 @@ def choose_inference(model, loader, runtime: Runtime, ref, source, cache_dir, sa
         batches.close()
         return x
 
-    cache_key = key("aot", ref, shape, runtime)
+    cache_key = key("aot-autocast", ref, shape, runtime)  # not "aot": its bf16 packages held fp32 graphs
     eager_s = eager_seconds(cache_dir, key("eager_infer", ref, shape, runtime),
                             lambda: _batch_time(model, batch(), runtime), model=ref.label, batch=shape[0])
     entries = read(cache_dir)
