@@ -158,6 +158,24 @@ class Norm1d(Linear):
 
     def forward(self, x):
         return self.norm(self.logits(x))
+
+
+class InPlace(Linear):
+    def forward(self, x):
+        y = torch.sigmoid(self.logits(x))
+        y.mul_(2)  # sigmoid saved its output for the backward
+        return y
+
+
+class Untrainable(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x * 2
+
+
+class NoBackward(Linear):
+    def forward(self, x):
+        return Untrainable.apply(self.logits(x))
 """
 
 
@@ -167,6 +185,9 @@ class Norm1d(Linear):
     ("TupleWhenEvaluating", "odd.py:TupleWhenEvaluating returns a tuple in evaluation mode, not a tensor of logits"),
     ("AllFrozen", r"odd.py:AllFrozen has no parameter to train \(all 772 have requires_grad False\)"),
     ("NoParameters", r"odd.py:NoParameters has no parameter to train \(it has none\)"),
+    ("InPlace", r"odd.py:InPlace: its backward \(a training step's gradient\) raised RuntimeError: one of the variables "
+                r"needed for gradient computation has been modified by an inplace operation: .*; write the in-place op"),
+    ("NoBackward", r"odd.py:NoBackward: its backward \(a training step's gradient\) raised NotImplementedError"),
 ])
 def test_a_model_that_could_not_train_or_evaluate_is_one_line_before_any_work(tmp_path, name, words):
     (tmp_path / "odd.py").write_text(ODD)
@@ -187,8 +208,8 @@ def test_the_probe_changes_no_statistics_and_no_random_state(nets):
     model = build(parse_model(f"{nets}:Net"), (3, 32, 32), 10)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     state = torch.get_rng_state()
-    check_fits(model, parse_model(f"{nets}:Net"), (3, 32, 32), 10)
-    assert torch.equal(torch.get_rng_state(), state)
+    check_fits(model, parse_model(f"{nets}:Net"), (3, 32, 32), 10)  # its backward too: no gradient left behind
+    assert torch.equal(torch.get_rng_state(), state) and all(p.grad is None for p in model.parameters())
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # BatchNorm's running stats too
 
 

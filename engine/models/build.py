@@ -155,6 +155,34 @@ def check_fits(model: nn.Module, ref: ModelRef, in_shape, num_classes, batch=PRO
         count = sum(p.numel() for p in model.parameters())
         held = f"all {count:,} have requires_grad False" if count else "it has none"
         raise UsageError(f"{label} has no parameter to train ({held}); a model needs at least one trainable parameter")
+    check_backward(model, label, probe, code_file(ref))
+
+
+def check_backward(model: nn.Module, label, probe, file):
+    """A training step's backward of the probe batch, before any work: one line where it fails (an
+    in-place op on a tensor autograd saved, a custom Function without a backward), which would
+    otherwise stop the first step with autograd's traceback. Gradients, BatchNorm statistics and
+    the global RNG are left as they were."""
+    training, grads = model.training, [p.grad for p in model.parameters()]
+    buffers = {name: b.clone() for name, b in model.named_buffers()}
+    try:
+        with torch.random.fork_rng(devices=[]), torch.enable_grad():
+            output = model.train()(probe)
+            if output.requires_grad:
+                output.float().sum().backward()
+    except Exception as error:
+        inplace = "modified by an inplace operation" in str(error)
+        hint = "; write the in-place op it names (relu_, +=, mul_) out of place, as x = x.relu()" if inplace else ""
+        reason = str(error).split(";")[0] if inplace else first_line(error, 200)
+        raise UsageError(f"{label}: its backward (a training step's gradient) raised {type(error).__name__}"
+                         f"{line_in(error, file)}: {reason}{hint}") from None
+    finally:
+        model.train(training)
+        with torch.no_grad():
+            for p, grad in zip(model.parameters(), grads):
+                p.grad = grad
+            for name, b in model.named_buffers():
+                b.copy_(buffers[name])
 
 
 def check_rebuilds(model: nn.Module, ref: ModelRef, in_shape, num_classes):
