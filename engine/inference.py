@@ -24,6 +24,9 @@ from engine.quiet import quiet_exporter
 from engine.runtime import Runtime, quiet_compiler
 
 
+AOT_KIND = "aot-autocast"  # compile_plan's key kind; not "aot", whose bf16 packages held fp32 graphs (Autocast)
+
+
 class CompiledInference(torch.nn.Module):
     """A model compiled ahead of time for batches of exactly `shape` (B, C, H, W), in eval mode.
 
@@ -115,7 +118,7 @@ def choose_inference(model, loader, runtime: Runtime, ref, source, cache_dir, sa
         batches.close()
         return x
 
-    cache_key = key("aot-autocast", ref, shape, runtime)  # not "aot": its bf16 packages held fp32 graphs
+    cache_key = key(AOT_KIND, ref, shape, runtime)
     eager_s = eager_seconds(cache_dir, key("eager_infer", ref, shape, runtime),
                             lambda: _batch_time(model, batch(), runtime), model=ref.label, batch=shape[0])
     entries = read(cache_dir)

@@ -12,6 +12,7 @@ import torch
 
 from engine.compile_plan import FIRST_COMPILE_S, MAX_RATIO, decide, key, read, record
 from engine.config import Config
+from engine.inference import AOT_KIND
 from engine.models.reference import parse_model
 from engine.runtime import Runtime, compiled_graphs
 from engine.train import train
@@ -122,7 +123,7 @@ def test_engine_eval_compile_measures_keeps_and_reuses_the_compiled_model(tiny_r
     keeps the package only where it won, which the next evaluation of the checkpoint loads."""
     cache = tmp_path / "cache"
     ref, runtime = parse_model("cifar_cnn"), Runtime.from_config(Config(**CPU, compile=True))
-    aot = key("aot", ref, (32, 3, 32, 32), runtime)
+    aot = key(AOT_KIND, ref, (32, 3, 32, 32), runtime)
     record(cache, aot, 5.0, 0.0)
     first = _engine_eval(tiny_run[1], cache)
     assert "compiling ahead of time" in first
