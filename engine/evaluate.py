@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from engine.checkpoint import load, model_from_checkpoint
 from engine.config import Config
+from engine.errors import EngineError
 from engine.confusion import Confusion
 from engine.data import dataset_label, load_dataset
 from engine.distributed import Ranks
@@ -174,8 +175,11 @@ def evaluate_checkpoint(path, overrides, log=print, model=None):
 
         if not cfg.quiet:
             log("compiling the model ahead of time (torch.export + AOTInductor) ...")
-        model = compile_inference(model, (loader.batch_size, *spec.shape), runtime, loader.memory_format)
-        compile_seconds = time.perf_counter() - started
+        try:
+            model = compile_inference(model, (loader.batch_size, *spec.shape), runtime, loader.memory_format)
+            compile_seconds = time.perf_counter() - started
+        except EngineError as error:  # as the measured path (choose_inference) says it
+            say(f"{error}: evaluating eagerly")
     compiled = time.perf_counter()
     tta, note = tta_level(cfg, spec), tta_note(cfg, spec)
     if note:

@@ -117,6 +117,39 @@ def test_a_forward_that_branches_on_the_data_is_one_quiet_line(capfd):
     assert out == "" and err == ""  # torch's symbolic-shape warnings and graph dumps stay off the terminal
 
 
+BRANCHES = """
+import torch
+
+
+class Branches(torch.nn.Module):
+    def __init__(self, num_classes=10):
+        super().__init__()
+        self.conv, self.fc = torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.Linear(4, num_classes)
+
+    def forward(self, x):
+        x = self.conv(x)
+        if x.mean() > 0.5:
+            x = x * 2
+        return self.fc(x.mean((2, 3)))
+"""
+
+
+def test_eval_compile_always_of_such_a_forward_evaluates_eagerly_and_says_why(tmp_path, monkeypatch):
+    from engine.train import train
+
+    (tmp_path / "branches.py").write_text(BRANCHES)
+    code = f"{tmp_path / 'branches.py'}:Branches"
+    out, _ = train(Config(model=code, epochs=1, limit_train=64, limit_test=32, batch_size=32, amp=False, quiet=True,
+                          device="cpu", out=str(tmp_path / "run")), log=lambda *_: None)
+    monkeypatch.setenv("ENGINE_COMPILE", "always")  # no measurement: the ahead-of-time compile is tried outright
+    said = []
+    result = evaluate_checkpoint(out / "best.pt", {"compile": True, "amp": False, "limit_test": 32}, log=said.append,
+                                 model=code)
+    assert any("could not trace Branches" in line and line.endswith(": evaluating eagerly") for line in said), said
+    plain = evaluate_checkpoint(out / "best.pt", {"amp": False, "limit_test": 32}, log=lambda *_: None, model=code)
+    assert (result["test_acc"], result["test_loss"]) == (plain["test_acc"], plain["test_loss"])
+
+
 def test_onnx_export_of_such_a_forward_names_the_reason(tmp_path, capfd):
     from export.onnx_export import to_onnx
 
