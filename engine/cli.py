@@ -110,7 +110,7 @@ def cmd_summary(args):
 
     ref = parse_model(args.model, args.model_args)
     shape = MODELS[ref.name].reference_shape if ref.kind == "builtin" else (3, 32, 32)
-    if args.input_shape:
+    if args.input_shape is not None:  # "" is refused by parse_shape, not taken as the default
         shape = tuple(parse_shape(args.input_shape, "--input-shape"))
     print(format_summary(args.model, build(ref, shape, args.num_classes), shape))
     return 0

@@ -197,6 +197,7 @@ def bad(capsys, argv, code):
     (["train", "--limit-train", "50", "--batch-size", "64"], 2, "--batch-size 64 is larger than the 50 training images"),
     (["summary", "--model", "vgg"], 2, "unknown model"),
     (["summary", "--input-shape", "32x32"], 2, "expected CxHxW"),
+    (["summary", "--input-shape", ""], 2, "--input-shape"),
     (["eval"], 2, "required: CHECKPOINT"),
     (["eval", "--tta", "3", "run/best.pt"], 2, "argument --tta: invalid choice: 3"),
     (["fly"], 2, "invalid choice"),
