@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from engine.config import Config, fields_in, flag
-from engine.data.layout import WHOLE
+from engine.data.layout import DEFAULT_TEST_SPLIT, WHOLE
 from engine.errors import EngineError, UsageError
 
 
@@ -121,6 +121,18 @@ def say_resize(saved, given, data, say):
     if given.get("resize") not in (None, trained) and data not in BUILTIN_DATASETS:
         say(f"--resize {given['resize']}: images of another size are fitted otherwise than in training "
             f"(--resize {trained}), which may lower the accuracy")
+
+
+def warn_other_split(saved, given, source, warn):
+    """A warning where an evaluation splits the run's own images otherwise than the run held them out
+    (--test-split on them): its test images then include images the run trained on."""
+    if "test_split" not in given or given["test_split"] == WHOLE or not same_data(given.get("data", saved.get("data")),
+                                                                               saved.get("data")):
+        return
+    held = saved.get("test_split") or DEFAULT_TEST_SPLIT
+    if given["test_split"] != held or "seed" in given and given["seed"] != saved.get("seed"):
+        warn(f"--test-split {given['test_split']} splits {source}'s own images otherwise than its run held them out "
+             f"(--test-split {held}, seed {saved.get('seed', 0)}): the test images include images it trained on")
 
 
 def check_run_data(cfg: Config, given, source):

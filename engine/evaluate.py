@@ -21,7 +21,7 @@ from engine.distributed import Ranks
 from engine.isolation import kept_global_state
 from engine.loader import BatchLoader
 from engine.eval_data import (EVAL_FLAGS, check_code, check_image_size, check_overrides, check_run_data,
-                              evaluation_data, fit_channels, labels_for, say_resize)
+                              evaluation_data, fit_channels, labels_for, say_resize, warn_other_split)
 from engine.resume import test_set_changes
 from engine.runtime import Runtime, setup_backends, warn
 
@@ -148,6 +148,7 @@ def evaluate_checkpoint(path, overrides, log=print, model=None):
     check_run_data(cfg, overrides, path)
     check_image_size(cfg, checkpoint.spec.shape, path)
     say_resize(saved, overrides, cfg.data, say)
+    warn_other_split(saved, overrides, path, warn)
     data = load_dataset(cfg, say)
     own_images = not {"data", "limit_test", "image_size", "resize", "test_split"} & set(overrides)
     if own_images and saved.get("limit_test") is None:

@@ -35,7 +35,8 @@ def evaluate_onnx(path, overrides, *, input_size=None, classes=None, log=print):
     from engine.confusion import Confusion
     from engine.data import load_dataset
     from engine.eval_data import (EVAL_FLAGS, check_image_size, check_overrides, check_run_data, evaluation_data,
-                                 fit_channels, labels_for, say_resize)
+                                 fit_channels, labels_for, say_resize, warn_other_split)
+    from engine.runtime import warn
     from export.predict import Classifier
 
     reason = "applies to PyTorch checkpoints; an .onnx file runs in onnxruntime"
@@ -51,6 +52,7 @@ def evaluate_onnx(path, overrides, *, input_size=None, classes=None, log=print):
     check_run_data(cfg, overrides, path)
     check_image_size(cfg, info.input_size, path)
     say_resize({"resize": info.rule}, overrides, cfg.data, (lambda *_: None) if cfg.quiet else log)
+    warn_other_split(info.config, overrides, path, warn)
     data = load_dataset(cfg, (lambda *_: None) if cfg.quiet else log)
     fit_channels(data, info.input_size, (lambda *_: None) if cfg.quiet else log)
     labels = labels_for(path, info.input_size, info.classes, data, cfg.data).numpy()  # classes matched by name

@@ -284,6 +284,26 @@ def test_gray_photos_evaluate_on_a_colour_model_as_their_rgb_copy_and_the_revers
     assert any(line.startswith("Colour images, read as gray (PIL's luma)") for line in said)
 
 
+def test_another_test_split_of_the_runs_own_images_is_warned_about(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for label, name in enumerate(("dark", "light")):
+        (tmp_path / "flat" / name).mkdir(parents=True)
+        for i in range(20):
+            Image.fromarray((rng.integers(0, 120, (32, 32)) + label * 120).astype(np.uint8)).save(tmp_path / "flat" / name / f"{i}.png")
+    flags = dict(amp=False, quiet=True, device="cpu", cache_dir=str(tmp_path / "cache"))
+    out, _ = train(Config(data=str(tmp_path / "flat"), out=str(tmp_path / "run"), epochs=1, batch_size=8, **flags),
+                   log=lambda *_: None)
+    capsys.readouterr()
+    evaluate_checkpoint(out / "best.pt", {"test_split": "10%", **flags}, log=lambda *_: None)  # the run's own split
+    assert capsys.readouterr().err == ""
+    evaluate_checkpoint(out / "best.pt", {"test_split": "50%", **flags}, log=lambda *_: None)
+    err = capsys.readouterr().err
+    assert "--test-split 50% splits" in err and "(--test-split 10%, seed 0): the test images include images it trained on" in err
+
+
 def test_the_runs_own_data_gone_is_one_line_saying_where_the_path_came_from(tmp_path):
     import shutil
 
