@@ -287,6 +287,22 @@ def test_class_folders_without_a_split_hold_out_a_seeded_stratified_test_set(tmp
     assert not [line for line in said if line.startswith("Decoding")]  # refused from the names, before decoding
 
 
+@pytest.mark.parametrize("kind", ["folder", "zip"])
+def test_class_folders_holding_splits_of_their_own_are_refused_before_decoding(tmp_path, kind):
+    """A folder of datasets (pets/{train,test}/..., flowers/{train,test}/...) read as classes would mix
+    each one's training and test images into one class."""
+    files = {f"{name}/{path}": data for name in ("pets", "flowers") for path, data in tree().items()}
+    said = []
+    with pytest.raises(EngineError, match=r"flowers/, pets/ hold train/ and test/ folders of their own, .*give --data "
+                                          r"one of them \(e.g. .*flowers\)"):
+        read(source(tmp_path, files, kind), tmp_path / "cache", log=said.append)
+    assert not [line for line in said if line.startswith("Decoding")]
+    alone = {"cat/test/0.png": png(1), "cat/test/1.png": png(2), "dog/0.png": png(3), "dog/1.png": png(4)}
+    data = read(source(tmp_path / "b", alone) if (tmp_path / "b").mkdir() is None else None, tmp_path / "cache",
+                log=lambda *_: None, test_split="50%")  # a class's subfolder named test/ alone is the class's
+    assert data.classes == ["cat", "dog"]
+
+
 @pytest.mark.parametrize("kind", ["folder", "tar", "zip"])
 def test_images_in_a_class_folders_subfolders_belong_to_that_class(tmp_path, kind):
     files = {}

@@ -147,7 +147,7 @@ def decode_folder(path: Path, log=print, size=None, rule="stretch", test_split=N
         if not survey.count:  # before "Decoding": a folder or archive with no image file at all
             kinds = ", ".join(sorted(IMAGE_EXTENSIONS))
             raise EngineError(f"{path} holds no images (files ending {kinds}; {layout.LAYOUT})")
-        check_test_split(survey, path, test_split)
+        check_names(survey, path, test_split)
         log(f"Decoding {path}{f' at {size[0]}x{size[1]}' if size else ''} (first use only; the result is cached)")
         with tqdm(total=survey.count, desc="Decoding", unit=" img", disable=not sys.stderr.isatty(), leave=False) as progress:
             for chunk in _chunks(path, size, rule, survey.expected(path, size)):
@@ -201,6 +201,7 @@ def split_classes(images, folders, path, log):
     folder, the evaluation split's classes those of train/ (at least 2 classes is checked when the set
     is read for training, `_dataset`: one class's photos may be evaluated).
     engine.data.filecache checks its decode with it too."""
+    refuse_nested_splits(images, path)
     found, empty, outside = layout.group(images, folders)
     beside = ", ".join(f"{folder}/" for folder in list(outside)[:3])  # where images outside class folders are
     try:
@@ -257,7 +258,7 @@ def read(source, cache_dir: Path, log=print, image_size=None, test_split=None, s
     try:
         tensors = decode_folder(path, log, image_size, resize, test_split)
     except DoesNotFit as large:  # decoded chunk by chunk into a file instead, then streamed
-        check_test_split(large.survey, path, test_split)
+        check_names(large.survey, path, test_split)
         tensors = filecache.decode_to_cache(path, filecache.cache_folder(cache), large.survey, large.size, large.channels,
                                             image_size, resize, log)
         return _dataset(name, stream.place(tensors), test_split, seed, path, log)
@@ -274,12 +275,26 @@ def own_split_line(path):
     return f"--test-split is for folders without a test split; {path} has one (pass --val-split to hold out validation images from train/)"
 
 
-def check_test_split(survey, path, test_split):
-    """Refuse a --test-split for a source with its own evaluation split, from its names (the Survey),
-    before any image is decoded; a layout the names leave in doubt is left to the decode to say."""
+def refuse_nested_splits(images, path):
+    """One line for class folders that hold train/ and test/ of their own (layout.nested_splits)."""
+    nested = layout.nested_splits(images)
+    if nested:
+        shown = ", ".join(f"{name}/" for name in nested[:3]) + (" ..." if len(nested) > 3 else "")
+        raise EngineError(f"{path}: {shown} hold{'s' if len(nested) == 1 else ''} train/ and test/ folders of "
+                          f"{'its' if len(nested) == 1 else 'their'} own, which read as classes would mix each one's "
+                          f"splits into one class; give --data one of them (e.g. {Path(path) / nested[0]}), or put the "
+                          "splits at the top (train/<class>/..., test/<class>/...)")
+
+
+def check_names(survey, path, test_split):
+    """From a source's names (the Survey), before any image is decoded: class folders holding splits
+    of their own, and a --test-split for a source with its own evaluation split, are refused; a
+    layout the names leave in doubt is left to the decode to say."""
+    holding = {folder: [None] * n for folder, n in survey.holding.items()}
+    refuse_nested_splits(holding, path)
     if test_split in (None, layout.WHOLE):
         return
-    found, _, _ = layout.group({folder: [None] * n for folder, n in survey.holding.items()}, survey.folders)
+    found, _, _ = layout.group(holding, survey.folders)
     try:
         _, test, _ = layout.choose(found, path, lambda *_: None)
     except EngineError:

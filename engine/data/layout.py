@@ -77,6 +77,22 @@ def _place(folder, wrapper, split_layout):
     return (None, folder[0]) if folder else None
 
 
+def nested_splits(images):
+    """The class folders (as 'outer/cats') that hold split folders of their own, both train/ and an
+    evaluation split (test/, val/, ...): a folder of several datasets, which read as classes would
+    mix each one's splits into one class."""
+    wrapper, split_layout = _shape(images)
+    if split_layout:
+        return []
+    inside = {}
+    for folder in images:
+        rest = folder[1:] if wrapper and folder[:1] == (wrapper,) else folder
+        if len(rest) >= 2 and split_of(rest[1]):
+            inside.setdefault(rest[0], set()).add("train" if split_of(rest[1]) == "train" else "eval")
+    prefix = f"{wrapper}/" if wrapper else ""
+    return [f"{prefix}{name}" for name, kinds in sorted(inside.items()) if kinds == {"train", "eval"}]
+
+
 def group(images, directories=()):
     """Place the images of a source: `images` is {folder tuple: [items]} in the source's order (from
     `folder_of`), `directories` every folder tuple the source lists, images or not. Returns (found
