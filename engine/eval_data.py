@@ -123,6 +123,20 @@ def say_resize(saved, given, data, say):
             f"(--resize {trained}), which may lower the accuracy")
 
 
+def warn_changed_test_set(fingerprint, saved, given, data, source, warn):
+    """A warning where the run's own test set, read again (no --data, --limit-test, size or split
+    given), differs from the one its data `fingerprint` recorded: where it was held out of the training
+    images it now holds other images, some of them trained on."""
+    from engine.resume import test_set_changes
+
+    if {"data", "limit_test", "image_size", "resize", "test_split"} & set(given) or saved.get("limit_test") is not None:
+        return
+    changed = test_set_changes(fingerprint, data)
+    if changed:
+        warn(f"the test set of {saved.get('data')} changed since {source} was trained ({changed}); where it is held "
+             "out of the training images (--test-split), it now holds other images, some of them trained on")
+
+
 def warn_other_split(saved, given, source, warn):
     """A warning where an evaluation splits the run's own images otherwise than the run held them out
     (--test-split on them): its test images then include images the run trained on."""

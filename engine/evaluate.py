@@ -21,8 +21,8 @@ from engine.distributed import Ranks
 from engine.isolation import kept_global_state
 from engine.loader import BatchLoader
 from engine.eval_data import (EVAL_FLAGS, check_code, check_image_size, check_overrides, check_run_data,
-                              evaluation_data, fit_channels, labels_for, say_resize, warn_other_split)
-from engine.resume import test_set_changes
+                              evaluation_data, fit_channels, labels_for, say_resize, warn_changed_test_set,
+                              warn_other_split)
 from engine.runtime import Runtime, setup_backends, warn
 
 
@@ -150,12 +150,7 @@ def evaluate_checkpoint(path, overrides, log=print, model=None):
     say_resize(saved, overrides, cfg.data, say)
     warn_other_split(saved, overrides, path, warn)
     data = load_dataset(cfg, say)
-    own_images = not {"data", "limit_test", "image_size", "resize", "test_split"} & set(overrides)
-    if own_images and saved.get("limit_test") is None:
-        changed = test_set_changes(checkpoint.fingerprint, data)  # the run's own test set, read again
-        if changed:
-            warn(f"the test set of {cfg.data} changed since {path} was trained ({changed}); where it is held out of "
-                 "the training images (--test-split), it now holds other images, some of them trained on")
+    warn_changed_test_set(checkpoint.fingerprint, saved, overrides, data, path, warn)
     spec = checkpoint.spec
     fit_channels(data, spec.shape, say)
     data.test_y = labels_for(path, spec.shape, spec.classes, data, cfg.data)

@@ -35,7 +35,8 @@ def evaluate_onnx(path, overrides, *, input_size=None, classes=None, log=print):
     from engine.confusion import Confusion
     from engine.data import load_dataset
     from engine.eval_data import (EVAL_FLAGS, check_image_size, check_overrides, check_run_data, evaluation_data,
-                                 fit_channels, labels_for, say_resize, warn_other_split)
+                                 fit_channels, labels_for, say_resize, warn_changed_test_set,
+                                 warn_other_split)
     from engine.runtime import warn
     from export.predict import Classifier
 
@@ -54,6 +55,7 @@ def evaluate_onnx(path, overrides, *, input_size=None, classes=None, log=print):
     say_resize({"resize": info.rule}, overrides, cfg.data, (lambda *_: None) if cfg.quiet else log)
     warn_other_split(info.config, overrides, path, warn)
     data = load_dataset(cfg, (lambda *_: None) if cfg.quiet else log)
+    warn_changed_test_set(info.fingerprint, info.config, overrides, data, path, warn)
     fit_channels(data, info.input_size, (lambda *_: None) if cfg.quiet else log)
     labels = labels_for(path, info.input_size, info.classes, data, cfg.data).numpy()  # classes matched by name
     loss_sum, correct = 0.0, 0

@@ -36,6 +36,7 @@ class ModelInfo:
     engine_version: str = ""
     opset: int | None = None
     config: dict = field(default_factory=dict)  # the training config, for `engine eval MODEL.onnx`
+    fingerprint: dict | None = None  # the run's data fingerprint (engine.resume): its own test set changed is said
 
     @property
     def channels(self):
@@ -56,6 +57,7 @@ class ModelInfo:
                    test_accuracy_tta=tta,
                    engine_version=__version__, opset=opset, config=dict(cfg),
                    image_size=list(parse_image_size(cfg["image_size"])) if cfg.get("image_size") else None,
+                   fingerprint=checkpoint.fingerprint,
                    resize=RESIZE_RULES[cfg.get("resize") or "stretch"])
 
     def to_props(self):
@@ -75,6 +77,7 @@ class ModelInfo:
             "engine_version": self.engine_version,
             "opset": "" if self.opset is None else str(self.opset),
             "training_config": json.dumps(self.config),
+            "data_fingerprint": "" if self.fingerprint is None else json.dumps(self.fingerprint),
         }
 
     @classmethod
@@ -96,7 +99,8 @@ class ModelInfo:
                        test_accuracy_tta=int(props.get("test_accuracy_tta") or 0),
                        engine_version=props.get("engine_version", ""),
                        opset=int(props["opset"]) if props.get("opset") else None,
-                       config=json.loads(props.get("training_config") or "{}"))
+                       config=json.loads(props.get("training_config") or "{}"),
+                       fingerprint=json.loads(props.get("data_fingerprint") or "null"))
         except (ValueError, TypeError) as error:
             raise EngineError(f"{source} has unreadable engine metadata ({error})") from None
         info.check(source)
@@ -131,6 +135,8 @@ class ModelInfo:
         if self.resize not in RESIZE_RULES.values():
             raise EngineError(f"{source}: resize rule {self.resize!r} is not supported (one of "
                               f"{', '.join(RESIZE_RULES.values())})")
+        if self.fingerprint is not None and not isinstance(self.fingerprint, dict):
+            raise EngineError(f"{source}: data_fingerprint must be a JSON object, not {type(self.fingerprint).__name__}")
         if not isinstance(self.config, dict):
             raise EngineError(f"{source}: training_config must be a JSON object of the run's settings, not "
                               f"{type(self.config).__name__}")

@@ -126,7 +126,12 @@ def test_a_folder_without_a_split_holds_out_a_test_set_and_eval_uses_exactly_it(
     refused = engine("train", "--data", data, "--test-split", "all", "--out", tmp_path / "all", cwd=tmp_path, env=cache)
     assert refused.returncode == 2 and "--test-split all is for engine eval" in refused.stderr
     assert not (tmp_path / "all").exists()
-    # The run's own folder changed since: its held-out images are not the run's any more, and eval says so
+    # The run's own folder changed since: its held-out images are not the run's any more, and eval says so,
+    # for the checkpoint and for its ONNX file (which keeps the run's data fingerprint)
+    ok(engine("export", tmp_path / "m.onnx", "--checkpoint", tmp_path / "run" / "best.pt", cwd=tmp_path, env=cache))
+    unchanged = engine("eval", tmp_path / "m.onnx", cwd=tmp_path, env=cache)
+    assert unchanged.returncode == 0 and "changed since" not in unchanged.stderr
     (data / "disc" / "999.jpg").write_bytes(drawing("disc", 999, (50, 50)))
-    changed = engine("eval", tmp_path / "run" / "best.pt", "--no-amp", "--device", "cpu", cwd=tmp_path, env=cache)
-    assert changed.returncode == 0 and "test set of" in changed.stderr and "changed since" in changed.stderr
+    for model in (tmp_path / "run" / "best.pt", tmp_path / "m.onnx"):
+        changed = engine("eval", model, "--no-amp" if model.suffix == ".pt" else "--quiet", cwd=tmp_path, env=cache)
+        assert changed.returncode == 0 and "test set of" in changed.stderr and "changed since" in changed.stderr
