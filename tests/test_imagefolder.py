@@ -287,6 +287,18 @@ def test_class_folders_without_a_split_hold_out_a_seeded_stratified_test_set(tmp
     assert not [line for line in said if line.startswith("Decoding")]  # refused from the names, before decoding
 
 
+def test_an_empty_class_folder_is_refused_with_a_warm_cache_too_and_notes_do_not_re_decode(tmp_path):
+    path = source(tmp_path, tree())
+    read(path, tmp_path / "cache", log=lambda *_: None)
+    (path / "train" / "notes.txt").write_text("where the photos came from")
+    said = []
+    read(path, tmp_path / "cache", log=said.append)  # a file that is not an image is not read: the cache holds
+    assert any("decoded earlier" in line for line in said) and not any(line.startswith("Decoding") for line in said)
+    (path / "train" / "bird").mkdir()
+    with pytest.raises(EngineError, match="class folder train/bird has no images"):
+        read(path, tmp_path / "cache", log=lambda *_: None)
+
+
 @pytest.mark.parametrize("kind", ["folder", "zip"])
 def test_class_folders_holding_splits_of_their_own_are_refused_before_decoding(tmp_path, kind):
     """A folder of datasets (pets/{train,test}/..., flowers/{train,test}/...) read as classes would mix

@@ -113,8 +113,9 @@ def _decode_into(path, file, survey, size, channels, image_size, rule, log):
     finished = False
     bomb_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # check_size refuses large ones, naming the size
     count, places, first, started = survey.count, [], None, time.perf_counter()
-    log(f"Decoding {path} at {H}x{W} into a file cache, chunk by chunk: {count:,} images, "
-        f"{size_text(count * channels * H * W)}, more than memory holds (first use only)")
+    given = "" if image_size else " (the first image's size)"
+    log(f"Decoding {path} at {H}x{W}{given} into a file cache, chunk by chunk: "
+        f"{count:,} images, {size_text(count * channels * H * W)}, more than memory holds (once, until the images change)")
     try:
         with open(file, "wb") as f, tqdm(total=count, desc="Decoding", unit=" img", disable=not sys.stderr.isatty(),
                                          leave=False) as progress:

@@ -38,13 +38,17 @@ CHUNK = 1024  # images handed to the decoding processes at a time: bounds the un
 
 
 def source_key(path: Path):
-    """A digest of what the source is: its path and the size, mtime and ctime of each of its files (the
-    ctime changes when a file is moved or replaced, which keeps size and mtime: same-size BMPs swapped
+    """A digest of what the source is: its path, its folders, and the size, mtime and ctime of each of its
+    image files (the ctime changes when a file is moved or replaced, which keeps size and mtime: same-size BMPs swapped
     between classes, a tar extracted with its times)."""
     digest = hashlib.sha256(f"{CACHE_FORMAT}:{path.resolve()}".encode())
     if path.is_dir():
         for root, dirs, files in walk(path):
+            for name in dirs:  # an empty class folder added is refused (split_classes), warm cache or cold
+                digest.update(f"{Path(root, name).relative_to(path)}/\n".encode())
             for name in files:
+                if layout.folder_of(name) is None:  # notes, hidden files: not read, so not the key's
+                    continue
                 st = os.stat(Path(root) / name)
                 key = f"{Path(root, name).relative_to(path)}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}\n"
                 digest.update(key.encode())
@@ -148,7 +152,7 @@ def decode_folder(path: Path, log=print, size=None, rule="stretch", test_split=N
             kinds = ", ".join(sorted(IMAGE_EXTENSIONS))
             raise EngineError(f"{path} holds no images (files ending {kinds}; {layout.LAYOUT})")
         check_names(survey, path, test_split)
-        log(f"Decoding {path}{f' at {size[0]}x{size[1]}' if size else ''} (first use only; the result is cached)")
+        log(f"Decoding {path}{f' at {size[0]}x{size[1]}' if size else ''} (once: the result is cached until the images change)")
         with tqdm(total=survey.count, desc="Decoding", unit=" img", disable=not sys.stderr.isatty(), leave=False) as progress:
             for chunk in _chunks(path, size, rule, survey.expected(path, size)):
                 items = [item for _, item in chunk]
