@@ -287,6 +287,12 @@ def test_class_folders_without_a_split_hold_out_a_seeded_stratified_test_set(tmp
     assert not [line for line in said if line.startswith("Decoding")]  # refused from the names, before decoding
 
 
+def test_an_absolute_member_outside_the_class_folders_is_said_by_its_path(tmp_path):
+    said = []
+    read(source(tmp_path, {**tree(), "/elsewhere/x.png": png(7)}, "zip"), tmp_path / "cache", log=said.append)
+    assert any("Not used: 1 image outside every class folder" in line and "(in /elsewhere/)" in line for line in said), said
+
+
 def test_an_empty_class_folder_is_refused_with_a_warm_cache_too_and_notes_do_not_re_decode(tmp_path):
     path = source(tmp_path, tree())
     read(path, tmp_path / "cache", log=lambda *_: None)

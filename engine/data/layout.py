@@ -10,6 +10,7 @@ labels, the fraction and the seed, so a checkpoint's config (which keeps all thr
 eval` rebuild exactly the held-out images.
 """
 
+import posixpath
 import unicodedata
 from pathlib import Path, PurePosixPath
 
@@ -105,13 +106,13 @@ def group(images, directories=()):
         if where is not None:
             found.setdefault(where[0], {}).setdefault(where[1], []).extend(items)
         elif items:
-            outside["/".join(folder) or "."] = len(items)
+            outside[posixpath.join(*folder) if folder else "."] = len(items)
     depth = (1 if wrapper else 0) + (2 if split_layout else 1)  # a class folder's parts
     empty = set()
     for folder in directories:
         where = _place(folder, wrapper, split_layout) if len(folder) == depth and not hidden(folder) else None
         if where is not None and where[1] not in found.get(where[0], {}):
-            empty.add("/".join(folder))
+            empty.add(posixpath.join(*folder))
     return found, sorted(empty), outside
 
 
