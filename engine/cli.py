@@ -9,7 +9,7 @@ import os
 import sys
 
 from engine.config import Config, parse_shape
-from engine.errors import EngineError, Interrupted, UsageError, say_error
+from engine.errors import EngineError, Interrupted, UsageError, say_error, user_code_line
 from engine.flags import bare_optional_values, given
 from engine.flags import build_parser as parser_with
 from engine.target import command_started  # noqa: F401  its import time is --target-acc's clock where /proc is missing
@@ -176,7 +176,7 @@ def run_command(argv):
     except (RuntimeError, MemoryError) as error:  # out of memory anywhere (GPU or host): one line saying what to lower
         from engine.memory import out_of_memory_line
 
-        line = out_of_memory_line(error)
+        line = out_of_memory_line(error) or user_code_line(error)
         if line is None:
             raise  # anything else is a bug: its traceback
         say_error(line)
@@ -191,3 +191,9 @@ def run_command(argv):
         return 1
     except SystemExit as exit:  # --help from main(argv)
         return exit.code if isinstance(exit.code, int) else 0
+    except Exception as error:  # from a user's model code: one line naming its file and line
+        line = user_code_line(error)
+        if line is None:
+            raise  # anything else is a bug: its traceback
+        say_error(line)
+        return 1

@@ -1,7 +1,8 @@
 """The two kinds of failure the command line reports as one line, with its exit code.
 
 Library code raises these; `engine.cli` prints `engine: <message>` on stderr and exits with
-`exit_code`, without a traceback. Anything else is a bug and keeps its traceback. Under `engine
+`exit_code`, without a traceback, as it says an exception from a user's model code
+(`user_code_line`). Anything else is a bug and keeps its traceback. Under `engine
 train --nproc N` the ranks' lines are said once (`say_error`, `rank_errors`).
 """
 
@@ -39,6 +40,25 @@ def first_line(error, limit=200):
     libraries' messages can run to pages, and an error here is one line."""
     lines = [line.strip() for line in ANSI.sub("", str(error)).splitlines() if line.strip()]
     return (lines[0] if lines else type(error).__name__)[:limit]
+
+
+def user_code_line(error):
+    """One line for an exception raised in a user's own code (a model file's forward, its constructor),
+    named by the innermost frame outside Python, its installed packages and this project's packages;
+    None where no such frame is in the traceback (then it is a bug here, and keeps its traceback)."""
+    import sysconfig
+    import traceback
+
+    ours = Path(__file__).resolve().parents[1]
+    library = [str(Path(p).resolve()) for p in {sysconfig.get_paths()[k] for k in ("stdlib", "purelib", "platlib")}]
+    library += [str(ours / package) for package in ("engine", "export", "kernels")]
+    for frame in reversed(traceback.extract_tb(error.__traceback__)):
+        where = str(Path(frame.filename).resolve())
+        if frame.filename.startswith("<") or any(where == root or where.startswith(root + os.sep) for root in library):
+            continue
+        return (f"the model's code raised {type(error).__name__} ({frame.filename}, line {frame.lineno}, in "
+                f"{frame.name}): {first_line(error)}")
+    return None
 
 
 def root_cause(error):

@@ -133,7 +133,7 @@ class RunDir:
                 raise EngineError(f"cannot save to {self.path} ({error.strerror or error}); stopped, the last good "
                                   f"checkpoint is kept: make room, then engine train --resume {self.path}") from None
             raise EngineError(f"cannot save to {self.path} ({error.strerror or error}); stopped before any checkpoint "
-                              f"was saved: make room, delete {self.path} and train again") from None
+                              "was saved (nothing is kept): make room and train again") from None
 
     def discard_if_unused(self):
         """Remove the folders this run created, as long as nothing was written into them."""
@@ -141,6 +141,22 @@ class RunDir:
         for folder in self.created:
             if folder.is_dir() and not any(folder.iterdir()):
                 folder.rmdir()
+
+    def discard_unsaved(self):
+        """A run that failed or was interrupted before its first checkpoint: nothing in it can be
+        resumed, so its files go (config.json, TensorBoard events), runs/latest stops pointing at it,
+        and so do the folders it created; the same command then starts it again."""
+        if any((self.path / name).exists() for name in ("last.pt", "best.pt")):
+            return
+        self.close()
+        for name in [*RUN_FILES, "confusion.json", "confusion.png"]:
+            (self.path / name).unlink(missing_ok=True)
+        for events in self.path.glob("events.out.tfevents.*"):
+            events.unlink(missing_ok=True)
+        latest = self.path.parent / "latest"
+        if latest.is_symlink() and latest.resolve() == self.path.resolve():
+            latest.unlink()
+        self.discard_if_unused()
 
     def point_latest(self):
         """Make `<parent>/latest` a symlink to this run (replaced atomically)."""

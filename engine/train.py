@@ -292,11 +292,17 @@ def train_ranks(cfg: Config, resume, log, ranks: Ranks, model=None):
         write_confusion(s)  # the last evaluation's matrix, after the timed epochs
     except KeyboardInterrupt:
         if not (s.run.path / "last.pt").exists():
-            raise Interrupted(f"interrupted before the first epoch ended; nothing to resume in {s.run.path} (delete it to "
-                              "train there again)") from None
+            s.run.discard_unsaved()
+            raise Interrupted(f"interrupted before the first checkpoint; nothing was saved, and {s.run.path} is removed "
+                              "(the same command starts the run again)") from None
         code = f" --model {shlex.quote(s.ref.label)}" if s.ref.user_code else ""  # user code is named again
         raise Interrupted(f"interrupted; the run up to its last checkpoint is saved: continue with engine train --resume "
                           f"{s.run.path}{code}") from None
+    except Exception:  # a failure before the first checkpoint (the model's code, a full disk) leaves nothing behind
+        if s.tensorboard:
+            s.tensorboard.close()
+        s.run.discard_unsaved()
+        raise
     finally:
         if s.tensorboard:
             s.tensorboard.close()

@@ -235,6 +235,35 @@ def test_empty_and_malformed_image_folders(tmp_path, capsys):
     assert "broken.zip" in bad(capsys, ["train", "--data", str(tmp_path / "broken.zip"), "--cache-dir", str(tmp_path)], 1)
 
 
+FRAGILE = """
+import torch
+from torch import nn
+
+
+class Fragile(nn.Module):
+    def __init__(self, num_classes=10, error="RuntimeError", mode="train"):
+        super().__init__()
+        self.fc, self.error, self.mode = nn.Linear(3, num_classes), error, mode
+
+    def forward(self, x):
+        if x.shape[0] > 8 and self.training == (self.mode == "train"):  # past the start-up probe's batch of 2
+            raise {"RuntimeError": RuntimeError, "ValueError": ValueError}[self.error]("this batch is not supported")
+        return self.fc(x.mean((2, 3)))
+"""
+
+
+@pytest.mark.parametrize("error, mode", [("RuntimeError", "train"), ("ValueError", "eval")])
+def test_the_models_own_error_mid_run_is_one_line_and_leaves_no_unresumable_folder(tmp_path, capsys, monkeypatch,
+                                                                                     error, mode):
+    (tmp_path / "fragile.py").write_text(FRAGILE)
+    monkeypatch.chdir(tmp_path)
+    line = bad(capsys, ["train", "--model", "fragile.py:Fragile", "--model-args", f'{{"error": "{error}", "mode": "{mode}"}}',
+                        "--limit-train", "64", "--limit-test", "32", "--batch-size", "16", "--epochs", "1", "--no-amp"], 1)
+    assert line.startswith(f"engine: error: the model's code raised {error} (") and "fragile.py, line 13, in forward" in line
+    assert line.endswith("this batch is not supported")
+    assert not (tmp_path / "runs").exists() or list((tmp_path / "runs").iterdir()) == []  # nothing to resume, nothing left
+
+
 def test_an_operating_system_refusal_is_one_short_line(tiny_run, tmp_path, capsys):
     line = bad(capsys, ["export", str(tmp_path / ("a" * 300 + ".onnx")), "--checkpoint", str(tiny_run[1])], 1)
     assert line.endswith("...: File name too long") and len(line) < 120 and "Errno" not in line

@@ -69,6 +69,7 @@ def test_the_four_forms_parse_without_importing_user_code(nets, tmp_path):
     ("os:system", None, "os:system is not model code"),
     ("subprocess.run:x", None, "not model code"),
     ("absent.py:Net", None, "no such file absent.py"),
+    (":Net", None, "no file or module before ':'"),
     ("cifar_cnn", '{"width": 2}', "the built-in cifar_cnn takes none"),
     ("torchvision:resnet18", "{width", "must be a JSON object"),
     ("torchvision:resnet18", "[1, 2]", "must be a JSON object"),
@@ -137,6 +138,13 @@ class TupleWhenEvaluating(Linear):
         return y if self.training else (y, y)
 
 
+class Named(Linear):
+    def forward(self, x):
+        import collections
+
+        return collections.namedtuple("Out", "logits")(self.logits(x))
+
+
 class AllFrozen(Linear):
     def __init__(self):
         super().__init__()
@@ -183,6 +191,7 @@ class NoBackward(Linear):
     ("IntLogits", "odd.py:IntLogits returns int64 logits in training mode; return float32 logits"),
     ("Double", "odd.py:Double returns float64 logits in training mode; return float32 logits"),
     ("TupleWhenEvaluating", "odd.py:TupleWhenEvaluating returns a tuple in evaluation mode, not a tensor of logits"),
+    ("Named", "odd.py:Named returns an Out in training mode, not a tensor of logits"),
     ("AllFrozen", r"odd.py:AllFrozen has no parameter to train \(all 772 have requires_grad False\)"),
     ("NoParameters", r"odd.py:NoParameters has no parameter to train \(it has none\)"),
     ("InPlace", r"odd.py:InPlace: its backward \(a training step's gradient\) raised RuntimeError: one of the variables "
@@ -314,6 +323,7 @@ def test_the_changed_file_warning_goes_to_stderr(nets, capsys):
 
 
 def test_images_too_small_for_a_network_say_so():
-    with pytest.raises(UsageError, match=r"torchvision:inception_v3 cannot take 3x32x32 images: .*; the images are too "
-                                         r"small for this network \(--image-size resizes them\)$"):
+    with pytest.raises(UsageError, match=r"torchvision:inception_v3 cannot take 3x32x32 images: its forward raised "
+                                         r"RuntimeError: Calculated .*; the images are too small for this network \(resize an "
+                                         r"image folder's with --image-size; summary takes --input-shape\)$"):
         build(parse_model("torchvision:inception_v3", '{"aux_logits": false}'), (3, 32, 32), 10)

@@ -95,9 +95,12 @@ def _construct(factory, ref, in_shape, num_classes):
     except Exception as error:
         file = code_file(ref)
         raise EngineError(f"{where}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())}) raised "
-                          f"{type(error).__name__}{line_in(error, file)}: {first_line(error, 160)}") from None
+                          f"{type(error).__name__}{(line_in(error, file) if file else '')}: {first_line(error, 160)}") from None
     if not isinstance(model, nn.Module):
         raise UsageError(f"--model {where}: calling {ref.name} gave a {type(model).__name__}, not an nn.Module")
+    if "_modules" not in vars(model):  # nn.Module.__init__ never ran: no layers, no parameters, no .training
+        raise UsageError(f"--model {where}: {type(model).__name__}.__init__ does not call super().__init__() "
+                         "(nn.Module's) before it sets its layers; add it as the first line")
     return model
 
 
@@ -141,9 +144,10 @@ def check_fits(model: nn.Module, ref: ModelRef, in_shape, num_classes, batch=PRO
         mode = (" in evaluation mode" if outputs else " in training mode at --batch-size 1" if batch == 1 else "")
         small = any(words in str(error) for words in ("Kernel size can't be greater", "Calculated padded input size",
                                                       "Output size is too small"))
-        hint = "; the images are too small for this network (--image-size resizes them)" if small else ""
+        hint = ("; the images are too small for this network (resize an image folder's with --image-size; summary "
+                "takes --input-shape)" if small else "")
         raise UsageError(f"{label} cannot take {shape} images: its forward{mode} raised {type(error).__name__}"
-                         f"{line_in(error, file)}: {first_line(error, 160)}{hint}") from None
+                         f"{(line_in(error, file) if file else '')}: {first_line(error, 160)}{hint}") from None
     finally:
         model.train(training)
         with torch.no_grad():
@@ -175,7 +179,7 @@ def check_backward(model: nn.Module, label, probe, file):
         hint = "; write the in-place op it names (relu_, +=, mul_) out of place, as x = x.relu()" if inplace else ""
         reason = str(error).split(";")[0] if inplace else first_line(error, 200)
         raise UsageError(f"{label}: its backward (a training step's gradient) raised {type(error).__name__}"
-                         f"{line_in(error, file)}: {reason}{hint}") from None
+                         f"{(line_in(error, file) if file else '')}: {reason}{hint}") from None
     finally:
         model.train(training)
         with torch.no_grad():
@@ -227,7 +231,8 @@ def check_logits(output, label, mode, batch, num_classes, ref: ModelRef, built=N
     """One line for a probe's output that is not (batch, num_classes) float32 logits. `built`: the class
     of a module the caller built, whose hint is to build it for the data's classes."""
     if not isinstance(output, torch.Tensor):
-        raise UsageError(f"{label} returns a {type(output).__name__} in {mode} mode, not a tensor of logits (an "
+        kind = type(output).__name__
+        raise UsageError(f"{label} returns {'an' if kind[:1].lower() in 'aeiou' else 'a'} {kind} in {mode} mode, not a tensor of logits (an "
                          "auxiliary-output model? for torchvision googlenet and inception_v3 pass --model-args "
                          "'{\"aux_logits\": false}')")
     if tuple(output.shape) != (batch, num_classes) and built is not None:

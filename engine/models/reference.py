@@ -124,6 +124,8 @@ def parse_model(text, args=None) -> ModelRef:
             raise UsageError(f"torchvision has no classification model {name!r}"
                              + (f" (did you mean {', '.join(close)}?)" if close else "; see torchvision.models.list_models()"))
         ref = ModelRef("torchvision", name, args=model_args)
+    elif not head.strip():
+        raise UsageError(f"--model {text}: no file or module before ':' (give FILE.py:NAME or package.module:NAME)")
     elif head.endswith(".py") or os.sep in head or "/" in head or Path(head).expanduser().exists():
         path = Path(head).expanduser()
         if path.is_dir():
@@ -273,8 +275,12 @@ def _import(ref: ModelRef):
 
 
 def line_in(error, file=None):
-    """' (FILE, line N)' of the deepest frame of `error` in `file` (any file if None)."""
+    """' (line N)' of the deepest frame of `error` in the user's `file`; with no file (a package.module
+    on import) ' (FILE, line N)' of the deepest frame; '' where there is none (a built-in or torchvision
+    model's forward: torch's own file and line mean nothing to its user)."""
     if isinstance(error, SyntaxError) and error.lineno:
         return f" (line {error.lineno})"
     frames = [f for f in traceback.extract_tb(error.__traceback__) if file is None or f.filename == file]
-    return f" (line {frames[-1].lineno})" if frames and file else f" ({frames[-1].filename}, line {frames[-1].lineno})" if frames else ""
+    if not frames:
+        return ""
+    return f" (line {frames[-1].lineno})" if file else f" ({frames[-1].filename}, line {frames[-1].lineno})"
