@@ -62,18 +62,6 @@ def test_pickled_code_is_refused(tmp_path):
         load(tmp_path / "code.pt")
 
 
-class Payload:
-    """A plain pickle's object whose unpickling would run a shell command (it must never run)."""
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        import os
-
-        return os.system, (f"touch {self.marker}",)
-
-
 def test_a_plain_pickle_carrying_code_is_named_without_a_torch_warning(tmp_path, recwarn):
     import collections
     import pickle
