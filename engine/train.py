@@ -292,16 +292,18 @@ def train_ranks(cfg: Config, resume, log, ranks: Ranks, model=None):
         write_confusion(s)  # the last evaluation's matrix, after the timed epochs
     except KeyboardInterrupt:
         if not (s.run.path / "last.pt").exists():
-            s.run.discard_unsaved()
-            raise Interrupted(f"interrupted before the first checkpoint; nothing was saved, and {s.run.path} is removed "
-                              "(the same command starts the run again)") from None
+            if s.ranks.is_main:  # rank 0 alone writes the run directory
+                s.run.discard_unsaved()
+            raise Interrupted(f"interrupted before the first checkpoint; nothing of {s.run.path} was kept (the same "
+                              "command starts the run again)") from None
         code = f" --model {shlex.quote(s.ref.label)}" if s.ref.user_code else ""  # user code is named again
         raise Interrupted(f"interrupted; the run up to its last checkpoint is saved: continue with engine train --resume "
                           f"{s.run.path}{code}") from None
     except Exception:  # a failure before the first checkpoint (the model's code, a full disk) leaves nothing behind
         if s.tensorboard:
             s.tensorboard.close()
-        s.run.discard_unsaved()
+        if s.ranks.is_main:  # rank 0 alone writes the run directory
+            s.run.discard_unsaved()
         raise
     finally:
         if s.tensorboard:

@@ -107,6 +107,20 @@ def test_killed_five_times_anywhere_resumes_to_the_uninterrupted_weights(tmp_pat
                                                      "curves.png", "last.pt", "metrics.jsonl"]
 
 
+def test_a_ctrl_c_before_the_first_checkpoint_keeps_nothing_and_the_same_command_starts_again(tmp_path):
+    """Nothing of a run interrupted before its first checkpoint can be resumed: its folder goes (it
+    stayed, holding config.json, and the same command was then refused as a run to delete)."""
+    args = [*TINY, "--save-every", "off", "--out", str(tmp_path / "run")]
+    process = start(*args, pause="step:2")
+    wait_for_pause(process, "step")
+    process.send_signal(signal.SIGINT)
+    process.send_signal(signal.SIGCONT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130 and "interrupted before the first checkpoint; nothing of" in err, err
+    assert not (tmp_path / "run").exists()
+    finish(start(*args))  # the same command, again
+
+
 def test_a_resumed_runs_time_to_target_counts_on_from_its_earlier_commands(tmp_path):
     """--target-acc's clock runs over a kill and its resume: the earlier command's time to its last
     evaluation is added (elapsed_s went back to 0 on resume, and a time to target after one was
