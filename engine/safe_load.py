@@ -37,7 +37,19 @@ def read_weights_only(path, what="engine checkpoint"):
             first = "a zip archive, but not one torch.save wrote"
         elif isinstance(error, OSError) or "central directory" in text or "failed finding" in text:
             first = f"its zip archive is cut short or damaged: {first}; a copy or download may be incomplete"
+        if is_onnx(path):
+            first = "it is an ONNX model, which engine eval and predict take as a file named .onnx"
         raise EngineError(f"{path} is not a readable {what} ({first[:200]})") from None
+
+
+def is_onnx(path):
+    """Whether the file at `path` parses as an ONNX model with a graph (protobuf only: nothing runs)."""
+    try:
+        import onnx
+
+        return len(onnx.load_model(str(path), load_external_data=False).graph.node) > 0
+    except Exception:  # not protobuf, or onnx missing: not an ONNX model as far as this says
+        return False
 
 
 def pickled_global(path, limit=1 << 20):

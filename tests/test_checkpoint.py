@@ -84,6 +84,15 @@ def test_a_plain_pickle_carrying_code_is_named_without_a_torch_warning(tmp_path,
         load(tmp_path / "other.pt")
 
 
+def test_an_onnx_file_named_as_a_checkpoint_is_said_to_be_one(tiny_onnx, tmp_path):
+    import shutil
+
+    shutil.copyfile(tiny_onnx, tmp_path / "model.pt")
+    with pytest.raises(EngineError, match=r"model.pt is not a readable engine checkpoint \(it is an ONNX model, which "
+                                          r"engine eval and predict take as a file named .onnx\)"):
+        load(tmp_path / "model.pt")
+
+
 def test_resume_path(tmp_path):
     with pytest.raises(UsageError, match="nothing to resume .* does not exist"):
         resume_path(tmp_path / "runs" / "latest")
