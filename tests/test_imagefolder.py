@@ -287,6 +287,15 @@ def test_class_folders_without_a_split_hold_out_a_seeded_stratified_test_set(tmp
     assert not [line for line in said if line.startswith("Decoding")]  # refused from the names, before decoding
 
 
+def test_a_split_spelled_two_ways_is_read_together_and_said(tmp_path):
+    files = {**tree(), **{name.replace("train/", "TRAIN/").replace(".png", "b.png"): data
+                          for name, data in tree().items() if name.startswith("train/")}}
+    said = []
+    data = read(source(tmp_path, files), tmp_path / "cache", log=said.append)
+    assert len(data.train_x) == 18 and any("Reading TRAIN/ and train/ of" in line and "as its train split" in line
+                                           for line in said)
+
+
 def test_an_absolute_member_outside_the_class_folders_is_said_by_its_path(tmp_path):
     said = []
     read(source(tmp_path, {**tree(), "/elsewhere/x.png": png(7)}, "zip"), tmp_path / "cache", log=said.append)

@@ -206,6 +206,8 @@ def split_classes(images, folders, path, log):
     is read for training, `_dataset`: one class's photos may be evaluated).
     engine.data.filecache checks its decode with it too."""
     refuse_nested_splits(images, path)
+    for split, spelled in layout.split_spellings(images).items():
+        log(f"Reading {' and '.join(name + '/' for name in spelled)} of {path} together as its {split} split")
     found, empty, outside = layout.group(images, folders)
     beside = ", ".join(f"{folder}/" for folder in list(outside)[:3])  # where images outside class folders are
     try:

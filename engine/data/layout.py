@@ -94,6 +94,18 @@ def nested_splits(images):
     return [f"{prefix}{name}" for name, kinds in sorted(inside.items()) if kinds == {"train", "eval"}]
 
 
+def split_spellings(images):
+    """{split: its folder names} for each split named by more than one folder (train/ and TRAIN/, test/
+    and Test/), whose images are read together as that split."""
+    wrapper, split_layout = _shape(images)
+    names = {}
+    for folder in images if split_layout else ():
+        rest = folder[1:] if wrapper and folder[:1] == (wrapper,) else folder
+        if rest and split_of(rest[0]):
+            names.setdefault(split_of(rest[0]), set()).add(rest[0])
+    return {split: sorted(spelled) for split, spelled in names.items() if len(spelled) > 1}
+
+
 def group(images, directories=()):
     """Place the images of a source: `images` is {folder tuple: [items]} in the source's order (from
     `folder_of`), `directories` every folder tuple the source lists, images or not. Returns (found
