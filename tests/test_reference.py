@@ -106,6 +106,8 @@ def test_a_model_that_does_not_fit_the_data_is_one_line_before_any_work(nets):
         build(parse_model(f"{nets}:Net"), (3, 32, 32), 7)  # a tutorial net hard-wired to 10 classes
     with pytest.raises(UsageError, match="nets.py:Net cannot take 3x16x16 images: its forward raised RuntimeError"):
         build(parse_model(f"{nets}:Net"), (3, 16, 16), 10)
+    with pytest.raises(UsageError, match=r"Net.forward is a method of the class Net; name the class \(nets.py:Net\)"):
+        build(parse_model(f"{nets}:Net.forward"), (3, 32, 32), 10)
 
 
 ODD = """
