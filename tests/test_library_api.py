@@ -36,6 +36,17 @@ class Net(nn.Module):
         return self.head(self.features(x).flatten(1))
 
 
+class Scaled(nn.Module):
+    """A temperature that changes no weight's shape: only the logits tell it apart."""
+
+    def __init__(self, num_classes=10, temperature=1.0):
+        super().__init__()
+        self.conv, self.head, self.temperature = nn.Conv2d(3, 4, 3), nn.Linear(4, num_classes), temperature
+
+    def forward(self, x):
+        return self.head(torch.relu(self.conv(x)).mean((2, 3))) / self.temperature
+
+
 class Plain(nn.Module):
     def __init__(self, num_classes=10):
         super().__init__()
@@ -110,6 +121,60 @@ def test_a_module_its_checkpoint_cannot_rebuild_is_refused_before_any_work(nets,
     assert load(out / "best.pt").ref.args == {"width": 16}
     result = evaluate_checkpoint(out / "best.pt", {"limit_test": 32}, log=lambda *_: None, model=code)
     assert result["images"] == 32  # rebuilt with its recorded arguments, no --model-args needed
+
+
+def test_an_argument_that_changes_no_shape_is_not_lost(nets, tmp_path):
+    with pytest.raises(UsageError, match=r"your api_nets.py:Scaled computes other logits than its checkpoint would "
+                                         r"rebuild, Scaled\(\), with your weights in it"):
+        train(Config(**TINY, out=str(tmp_path / "a")), model=nets.Scaled(temperature=0.05), log=lambda *_: None)
+    code = f"{Path(nets.__file__)}:Scaled"
+    out, _ = train(Config(**TINY, out=str(tmp_path / "b"), model=code, model_args={"temperature": 0.05}),
+                   model=nets.Scaled(temperature=0.05), log=lambda *_: None)
+    assert load(out / "best.pt").ref.args == {"temperature": 0.05}
+
+
+SCRIPT = """
+import sys
+
+import torch
+from torch import nn
+
+from engine.config import Config
+from engine.train import train
+
+print("SCRIPT BODY", flush=True)
+
+
+class Net(nn.Module):
+    def __init__(self, num_classes=10):
+        super().__init__()
+        self.head = nn.Linear(3, num_classes)
+
+    def forward(self, x):
+        return self.head(x.mean((2, 3)))
+
+
+{call}
+"""
+
+
+@pytest.mark.parametrize("guarded", [False, True])
+def test_a_script_training_its_own_class_is_imported_once_and_guarded(tmp_path, guarded):
+    """A checkpoint reloads a script's class by importing the script: an unguarded train() there would
+    run again on that import (it recursed about 90 times); a guarded script's body runs once here."""
+    import subprocess
+
+    call = "train(Config(epochs=1, limit_train=64, limit_test=32, batch_size=32, amp=False, quiet=True, out=sys.argv[1]), model=Net())"
+    script = tmp_path / "script.py"
+    script.write_text(SCRIPT.format(call=f'if __name__ == "__main__":\n    {call}' if guarded else call))
+    done = subprocess.run([sys.executable, str(script), str(tmp_path / "run")], capture_output=True, text=True,
+                          timeout=300, cwd=tmp_path)
+    assert done.stdout.count("SCRIPT BODY") == 1, done.stdout
+    if guarded:
+        assert done.returncode == 0 and (tmp_path / "run" / "best.pt").exists(), done.stderr
+    else:
+        assert done.returncode == 1 and "script.py calls train() at its top level (line 22)" in done.stderr
+        assert 'put it under if __name__ == "__main__":' in done.stderr and not (tmp_path / "run").exists()
 
 
 def test_arguments_of_the_wrong_kind_are_one_line(nets, tmp_path):

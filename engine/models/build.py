@@ -201,7 +201,8 @@ def check_rebuilds(model: nn.Module, ref: ModelRef, in_shape, num_classes):
         hint = "; name a torchvision model in Config(model='torchvision:NAME') and leave train's model= out"
     try:
         with torch.random.fork_rng(devices=[]), torch.no_grad():
-            rebuilt = _construct(load_code(ref), ref, in_shape, num_classes)
+            code = type(model) if type(model).__module__ == "__main__" else load_code(ref)  # a script: not run again
+            rebuilt = _construct(code, ref, in_shape, num_classes)
             if any(is_lazy(t) for t in (*rebuilt.parameters(), *rebuilt.buffers())):
                 rebuilt.eval()(torch.zeros(1, *in_shape))
     except EngineError as error:  # UsageError too
@@ -217,6 +218,31 @@ def check_rebuilds(model: nn.Module, ref: ModelRef, in_shape, num_classes):
         raise UsageError(f"train(model=...): your {label} is not what its checkpoint would rebuild, {built} for "
                          f"{num_classes} classes: {name} is {_shown(mine, name)} in yours, {_shown(theirs, name)} "
                          f"rebuilt{hint}")
+    if _same_outputs(model, rebuilt, in_shape) is False:
+        built = f"{ref.name}({', '.join(f'{k}={v!r}' for k, v in ref.args.items())})"
+        raise UsageError(f"train(model=...): your {label} computes other logits than its checkpoint would rebuild, "
+                         f"{built}, with your weights in it: a constructor argument that changes no weight's shape "
+                         f"(an activation, a scale?) would be lost{hint}")
+
+
+def _same_outputs(model, rebuilt, in_shape):
+    """Whether `model` and `rebuilt` (same parameter shapes), given `model`'s weights, compute the same
+    logits on a seeded batch in evaluation mode; None where that cannot tell (a forward random in
+    evaluation mode, one that fails). The caller's module and the global RNG are left as they were."""
+    training = model.training
+    try:
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            torch.manual_seed(0)
+            x = torch.rand(2, *in_shape)
+            rebuilt.load_state_dict(model.state_dict())
+            mine, again, theirs = model.eval()(x), model(x), rebuilt.eval()(x)
+            if not torch.equal(mine, again):
+                return None
+            return torch.allclose(mine.float(), theirs.float(), rtol=1e-4, atol=1e-5)
+    except Exception:
+        return None
+    finally:
+        model.train(training)
 
 
 def _shapes(model):

@@ -206,10 +206,46 @@ def reference_of(model: nn.Module, args=None) -> ModelRef:
                          "name your network for its checkpoint; define it as a class of its own in a .py file (e.g. "
                          "class Net(nn.Sequential) whose __init__ adds the layers)")
     source = getattr(sys.modules.get(cls.__module__), "__file__", None)
+    if cls.__module__ == "__main__" and source and source.endswith(".py"):
+        check_guarded(source)
     from_file = cls.__module__ == "__main__" or cls.__module__.startswith(USER_MODULE) or _loose(cls.__module__, source)
     if from_file and source and source.endswith(".py"):
         return ModelRef("file", cls.__qualname__, str(Path(source).resolve()), sha256_of(source), dict(args or {}))
     return ModelRef("module", cls.__qualname__, cls.__module__, None, dict(args or {}))
+
+
+RUNS_WORK = {"train", "evaluate_checkpoint", "evaluate_onnx", "export_onnx"}  # what a reload must never start
+
+
+def check_guarded(script):
+    """A script whose class a checkpoint names is imported to reload it (`engine eval --model
+    script.py:Net`): one line where its top level would start the engine's work again on that import,
+    a call to train() outside `if __name__ == "__main__":` (it would train once more, or recurse)."""
+    import ast
+
+    try:
+        tree = ast.parse(Path(script).read_text(), script)
+    except (OSError, SyntaxError, ValueError):
+        return
+    for statement in tree.body:
+        if isinstance(statement, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) or _main_guard(statement):
+            continue
+        for node in ast.walk(statement):
+            called = node.func.id if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) else (
+                node.func.attr if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) else None)
+            if called in RUNS_WORK:
+                raise UsageError(f"{Path(script).name} calls {called}() at its top level (line {node.lineno}); its "
+                                 "checkpoint reloads the model class by importing the script, which would run that "
+                                 'again: put it under if __name__ == "__main__":')
+
+
+def _main_guard(statement):
+    """Whether `statement` is `if __name__ == "__main__":`."""
+    import ast
+
+    test = statement.test if isinstance(statement, ast.If) else None
+    return (isinstance(test, ast.Compare) and isinstance(test.left, ast.Name) and test.left.id == "__name__"
+            and any(isinstance(c, ast.Constant) and c.value == "__main__" for c in test.comparators))
 
 
 def _loose(module, source):
