@@ -232,6 +232,31 @@ def test_a_forward_that_depends_on_the_batch_size_is_refused_in_one_line(tmp_pat
         to_onnx(BranchesOnTheBatch().eval(), torch.rand(2, 3, 32, 32), tmp_path / "m.onnx")
 
 
+class DoublesASingleImage(torch.nn.Module):
+    """A branch on a batch of 1, which torch.export assumes a dynamic size never is: the graph drops it."""
+
+    def __init__(self):
+        super().__init__()
+        self.head = torch.nn.Linear(3, 10)
+
+    def forward(self, x):
+        f = x.mean((2, 3))
+        if x.shape[0] == 1:
+            f = f * 2.0
+        return self.head(f)
+
+
+def test_a_branch_on_a_single_image_fails_verification_at_batch_1(tmp_path):
+    from engine.errors import EngineError
+    from export.verify import check_parity
+
+    model = DoublesASingleImage().eval()
+    to_onnx(model, torch.rand(2, 3, 32, 32), tmp_path / "m.onnx")  # exported without the branch
+    images = np.random.default_rng(0).random((16, 3, 32, 32), dtype=np.float32)
+    with pytest.raises(EngineError, match="verification failed"):  # PyTorch at batch 1 is compared too
+        check_parity(open_session(tmp_path / "m.onnx")[0], model, images)
+
+
 @pytest.mark.slow
 def test_parity_tolerance_grows_with_the_logits_and_a_real_large_logit_model_verifies(tmp_path):
     from export.verify import ATOL, Parity, check_parity
