@@ -20,6 +20,13 @@ PATH_FIELDS = ("data", "data_dir", "cache_dir", "init_from", "out")
 KIND_TEXT = {bool: "True or False", int: "a whole number", float: "a number", str: "a string"}
 
 
+def _plain(value):
+    """json.dumps' fallback: a numpy scalar as its Python value, a numpy array as a list; else refused."""
+    if hasattr(value, "tolist") and type(value).__module__ == "numpy":
+        return value.tolist()
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
 def normalise(config):
     """Rewrite the accepted Python forms of a value (see the module's docstring) as the CLI's."""
     import dataclasses
@@ -50,7 +57,7 @@ def normalise(config):
         config.freeze = ",".join(config.freeze)
     if isinstance(config.model_args, dict):
         try:
-            config.model_args = json.dumps(config.model_args)
+            config.model_args = json.dumps(config.model_args, default=_plain)  # numpy's scalars and arrays as Python's
         except (TypeError, ValueError) as error:
             from engine.errors import UsageError
 
@@ -88,6 +95,13 @@ def _pair(value):
         return False
 
 
+FORMS = {  # fields whose Python forms are more than their annotation says
+    "test_split": "a percentage such as '10%' or a fraction 0 < x < 1",
+    "val_split": "a number of images, a percentage such as '10%', or a fraction 0 < x < 1",
+    "image_size": "a side S, 'HxW' or (H, W), in whole pixels",
+}
+
+
 def check(config, flag):
     """Raise UsageError, naming the flag, for a field whose value is not of its annotated type, or for an
     empty path (`--out ''` would otherwise mean the default, and `''` the current folder)."""
@@ -106,7 +120,8 @@ def check(config, flag):
         if value is None and type(None) in kinds:
             continue
         if not any(_fits(value, kind) for kind in kinds):
-            wanted = " or ".join(KIND_TEXT.get(kind, kind.__name__) for kind in kinds if kind is not type(None))
+            wanted = FORMS.get(f.name) or " or ".join(KIND_TEXT.get(kind, kind.__name__) for kind in kinds
+                                                      if kind is not type(None))
             maybe = " (or None)" if type(None) in kinds else ""
             raise UsageError(f"{flag(f.name)} must be {wanted}{maybe}, not {value!r}")
 

@@ -137,15 +137,14 @@ def warn_changed_test_set(fingerprint, saved, given, data, source, warn):
              "out of the training images (--test-split), it now holds other images, some of them trained on")
 
 
-def warn_other_split(saved, given, source, warn):
+def warn_other_split(saved, given, cfg: Config, source, warn):
     """A warning where an evaluation splits the run's own images otherwise than the run held them out
-    (--test-split on them): its test images then include images the run trained on."""
-    if "test_split" not in given or given["test_split"] == WHOLE or not same_data(given.get("data", saved.get("data")),
-                                                                               saved.get("data")):
+    (--test-split on them, `cfg`'s normalised value): its test images then include images it trained on."""
+    if "test_split" not in given or cfg.test_split == WHOLE or not same_data(cfg.data, saved.get("data")):
         return
     held = saved.get("test_split") or DEFAULT_TEST_SPLIT
-    if given["test_split"] != held or "seed" in given and given["seed"] != saved.get("seed"):
-        warn(f"--test-split {given['test_split']} splits {source}'s own images otherwise than its run held them out "
+    if cfg.test_split != held or cfg.seed != saved.get("seed", 0):
+        warn(f"--test-split {cfg.test_split} splits {source}'s own images otherwise than its run held them out "
              f"(--test-split {held}, seed {saved.get('seed', 0)}): the test images include images it trained on")
 
 

@@ -148,8 +148,8 @@ def evaluate_checkpoint(path, overrides, log=print, model=None):
     check_run_data(cfg, overrides, path)
     check_image_size(cfg, checkpoint.spec.shape, path)
     say_resize(saved, overrides, cfg.data, say)
-    warn_other_split(saved, overrides, path, warn)
-    data = load_dataset(cfg, say)
+    data = load_dataset(cfg, say)  # a folder with its own test split refuses --test-split first
+    warn_other_split(saved, overrides, cfg, path, warn)
     warn_changed_test_set(checkpoint.fingerprint, saved, overrides, data, path, warn)
     spec = checkpoint.spec
     fit_channels(data, spec.shape, say)

@@ -53,8 +53,8 @@ def evaluate_onnx(path, overrides, *, input_size=None, classes=None, log=print):
     check_run_data(cfg, overrides, path)
     check_image_size(cfg, info.input_size, path)
     say_resize({"resize": info.rule}, overrides, cfg.data, (lambda *_: None) if cfg.quiet else log)
-    warn_other_split(info.config, overrides, path, warn)
     data = load_dataset(cfg, (lambda *_: None) if cfg.quiet else log)
+    warn_other_split(info.config, overrides, cfg, path, warn)
     warn_changed_test_set(info.fingerprint, info.config, overrides, data, path, warn)
     fit_channels(data, info.input_size, (lambda *_: None) if cfg.quiet else log)
     labels = labels_for(path, info.input_size, info.classes, data, cfg.data).numpy()  # classes matched by name

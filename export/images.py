@@ -137,15 +137,15 @@ def batch(images, input_size, rule="stretch"):
     each fitted to input_size by `rule` (the --resize training used: crop or stretch)."""
     from PIL import Image
 
-    if isinstance(images, (str, os.PathLike, Image.Image, np.ndarray, bytes)):
+    if isinstance(images, (str, os.PathLike, Image.Image, np.ndarray, bytes, bytearray, memoryview)):
         images = [images]
     if isinstance(images, dict) or not hasattr(images, "__iter__"):
         raise UsageError(f"cannot read images from {type(images).__name__}; give a path, PIL image, uint8 array or "
                          "encoded file bytes, or a list of them")
     pixels = []
     for item in images:
-        if isinstance(item, bytes):  # an encoded file's contents (a request body, a database blob)
-            with open_bytes(item) as image:
+        if isinstance(item, (bytes, bytearray, memoryview)):  # an encoded file's contents (a request body, a blob)
+            with open_bytes(bytes(item)) as image:
                 pixels.append(to_pixels(image, input_size, "image bytes", rule))
         elif isinstance(item, (str, os.PathLike)):
             with open_image(item, input_size[1:]) as image:

@@ -297,8 +297,9 @@ def test_another_test_split_of_the_runs_own_images_is_warned_about(tmp_path, cap
     out, _ = train(Config(data=str(tmp_path / "flat"), out=str(tmp_path / "run"), epochs=1, batch_size=8, **flags),
                    log=lambda *_: None)
     capsys.readouterr()
-    evaluate_checkpoint(out / "best.pt", {"test_split": "10%", **flags}, log=lambda *_: None)  # the run's own split
-    assert capsys.readouterr().err == ""
+    for same in ("10%", 0.1):  # the run's own split, as the command line or as a fraction
+        evaluate_checkpoint(out / "best.pt", {"test_split": same, **flags}, log=lambda *_: None)
+        assert capsys.readouterr().err == ""
     evaluate_checkpoint(out / "best.pt", {"test_split": "50%", **flags}, log=lambda *_: None)
     err = capsys.readouterr().err
     assert "--test-split 50% splits" in err and "(--test-split 10%, seed 0): the test images include images it trained on" in err

@@ -197,6 +197,8 @@ def test_the_python_api_takes_what_a_demanding_caller_passes_and_refuses_the_res
     image = write_images(tmp_path / "images")[0]
     encoded = image.read_bytes()
     assert model.predict(encoded, topk=np.int64(2))[0] == model.predict([image], topk=2)[0]  # a file's bytes
+    for kind in (bytearray, memoryview):  # a buffer a web framework or a socket hands over
+        assert model.predict(kind(encoded), topk=2)[0] == model.predict([image], topk=2)[0]
     gray_alpha = np.random.default_rng(0).integers(0, 256, (12, 12, 2), dtype=np.uint8)
     assert model.logits(gray_alpha).shape == (1, 10)  # (H, W, 2): gray and alpha, one image
     for bad, message in ((None, "cannot read images from NoneType"), (5, "cannot read images from int"),

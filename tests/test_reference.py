@@ -183,6 +183,11 @@ class Untrainable(torch.autograd.Function):
         return x * 2
 
 
+class Detached(Linear):
+    def forward(self, x):
+        return self.logits(x).detach()
+
+
 class NoBackward(Linear):
     def forward(self, x):
         return Untrainable.apply(self.logits(x))
@@ -199,6 +204,7 @@ class NoBackward(Linear):
     ("InPlace", r"odd.py:InPlace: its backward \(a training step's gradient\) raised RuntimeError: one of the variables "
                 r"needed for gradient computation has been modified by an inplace operation: .*; write the in-place op"),
     ("NoBackward", r"odd.py:NoBackward: its backward \(a training step's gradient\) raised NotImplementedError"),
+    ("Detached", r"odd.py:Detached's logits depend on no trainable parameter \(detached, or computed under"),
 ])
 def test_a_model_that_could_not_train_or_evaluate_is_one_line_before_any_work(tmp_path, name, words):
     (tmp_path / "odd.py").write_text(ODD)

@@ -172,8 +172,12 @@ def check_backward(model: nn.Module, label, probe, file):
     try:
         with torch.random.fork_rng(devices=[]), torch.enable_grad():
             output = model.train()(probe)
-            if output.requires_grad:
-                output.float().sum().backward()
+            if not output.requires_grad:  # check_fits found a trainable parameter: the logits must reach it
+                raise UsageError(f"{label}'s logits depend on no trainable parameter (detached, or computed under "
+                                 "torch.no_grad() in its forward?): training could not change them")
+            output.float().sum().backward()
+    except UsageError:
+        raise
     except Exception as error:
         inplace = "modified by an inplace operation" in str(error)
         hint = "; write the in-place op it names (relu_, +=, mul_) out of place, as x = x.relu()" if inplace else ""

@@ -141,7 +141,9 @@ def parse_model(text, args=None) -> ModelRef:
     if problem:
         raise UsageError(f"--model {text}: {problem} (give FILE.py:NAME or package.module:NAME)")
     if model_args and ref.kind == "builtin":
-        raise UsageError(f"--model-args is for torchvision and user models; the built-in {text} takes none")
+        raise UsageError(f"--model-args is for torchvision and user models; the built-in {text} takes none (from "
+                         "Python with train(model=...), name the module's code too: Config(model='nets.py:Net', "
+                         "model_args={...}))")
     return ref
 
 
