@@ -179,22 +179,46 @@ def test_a_full_disk_is_one_line_and_leaves_no_temporaries(tmp_path):
     assert not run.exists()  # no half-written last.pt, no temporary, no config.json of a run that cannot resume
 
 
-def test_ctrl_c_while_a_folder_decodes_stops_at_once_with_one_line(tmp_path):
-    """SIGINT to the whole process group (a terminal's Ctrl-C) while the decoding processes hold work:
-    their workers ignore it and are ended by the main process, which says `interrupted` in one line and
-    exits 130. Workers that took it printed their tracebacks, and one that died of it mid-task left
-    the pool's shutdown waiting forever."""
+def photos(root, count=300):
     import numpy as np
     from PIL import Image
 
     base = np.random.default_rng(0).integers(0, 256, (48, 48, 3), dtype=np.uint8)
     for name in ("a", "b"):
-        folder = tmp_path / "photos" / "train" / name
+        folder = root / "train" / name
         folder.mkdir(parents=True)
-        for i in range(300):
+        for i in range(count):
             Image.fromarray(np.roll(base, i, axis=1)).save(folder / f"{i:04d}.png", compress_level=1)
+    return root
+
+
+def test_a_sigterm_to_the_process_group_while_a_folder_decodes_ends_it_at_once(tmp_path):
+    """systemd and Kubernetes send SIGTERM to every process of the command: the decoding workers die of
+    it, one of them holding the pool's task-queue lock, and a main process that handled the signal then
+    waited on that lock forever in Pool.terminate(). During a decode SIGTERM keeps its default action."""
     env = {**os.environ, "ENGINE_CACHE_DIR": str(tmp_path / "cache"), "ENGINE_TEST_PAUSE_AT": "decode"}
-    process = subprocess.Popen([sys.executable, "-m", "engine", "train", "--data", str(tmp_path / "photos"),
+    process = subprocess.Popen([sys.executable, "-m", "engine", "train", "--data", str(photos(tmp_path / "photos")),
+                                "--image-size", "32", "--out", str(tmp_path / "run")], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    wait_for_pause(process, "decode")
+    time.sleep(0.5)  # the workers have the chunk: some decoding, one waiting on the queue's lock
+    os.killpg(process.pid, signal.SIGTERM)
+    os.killpg(process.pid, signal.SIGCONT)
+    try:
+        _, err = process.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        pytest.fail("engine train did not end within 60 s of a SIGTERM to its process group during the decode")
+    assert process.returncode in (-signal.SIGTERM, 143) and "Traceback" not in err, err
+
+
+def test_ctrl_c_while_a_folder_decodes_stops_at_once_with_one_line(tmp_path):
+    """SIGINT to the whole process group (a terminal's Ctrl-C) while the decoding processes hold work:
+    their workers ignore it and are ended by the main process, which says `interrupted` in one line and
+    exits 130. Workers that took it printed their tracebacks, and one that died of it mid-task left
+    the pool's shutdown waiting forever."""
+    env = {**os.environ, "ENGINE_CACHE_DIR": str(tmp_path / "cache"), "ENGINE_TEST_PAUSE_AT": "decode"}
+    process = subprocess.Popen([sys.executable, "-m", "engine", "train", "--data", str(photos(tmp_path / "photos")),
                                 "--image-size", "32", "--out", str(tmp_path / "run")], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
     wait_for_pause(process, "decode")
