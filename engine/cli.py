@@ -171,7 +171,8 @@ def run_command(argv):
             say_error(error)  # their arguments: rank 0 alone names a bad one
         return error.exit_code
     except KeyboardInterrupt:
-        print("engine: interrupted", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank is interrupted: rank 0 says so
+            print("engine: interrupted", file=sys.stderr)
         return 130
     except (RuntimeError, MemoryError) as error:  # out of memory anywhere (GPU or host): one line saying what to lower
         from engine.memory import out_of_memory_line

@@ -190,7 +190,8 @@ def repair_run(run, checkpoint: Checkpoint, say, epochs_left=True):
             repaired.append("best.pt")
     elif epoch:
         metrics = checkpoint.metrics or []
-        ours = current is not None and current.epoch == epoch and current.metrics == metrics[:len(current.metrics or [])]
+        ours = (current is not None and abs(current.epochs_done - epoch) < 0.005  # 2.5: a stop within an epoch
+                and current.metrics == metrics[:len(current.metrics or [])])
         if not ours:
             what = ("missing" if not (run.path / "best.pt").exists() else "unreadable" if current is None
                     else "not this run's (its metrics are not the start of last.pt's)")

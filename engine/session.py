@@ -221,7 +221,7 @@ def open_data(cfg: Config, resume: Checkpoint | None, run: RunDir, ranks: Ranks,
         raise UsageError(f"--test-split {WHOLE} is for engine eval (every image a test image); a training run holds out "
                          "a percentage such as 10%")
     data = load_dataset(cfg, say)
-    check_batch_size(data, cfg.batch_size)
+    check_batch_size(data, cfg.batch_size, ranks.world)
     fingerprint = data_fingerprint(data)
     if resume is None:
         return data, data.spec(), fingerprint

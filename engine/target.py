@@ -157,13 +157,15 @@ class Watch:
         m["target_acc"], m["time_to_target"] = self.target, m["elapsed_s"]
         return True
 
-    def summary(self, reached, metrics):
-        """The final line of a run with a target: the time to it, or how far the run got."""
+    def summary(self, reached, metrics, trained=True):
+        """The final line of a run with a target: the time to it, or how far the run got (by the end of
+        this command; of its earlier ones where this one trained nothing, a finished run resumed)."""
         if reached is not None:
             return (f"Reached {self.target:g}% test accuracy in {reached['time_to_target']:.1f} s {self.origin()}, "
                     f"at epoch {reached['epoch']:g} ({reached['test_acc'] * 100:.2f}%)")
         done = evaluated(metrics)
         best = max((m["test_acc"] for m in done), default=0.0)
-        return (f"Did not reach {self.target:g}% test accuracy in {self.elapsed():.1f} s {self.origin()} "
+        seconds = self.elapsed() if trained else self.before
+        return (f"Did not reach {self.target:g}% test accuracy in {seconds:.1f} s {self.origin()} "
                 f"(best {best * 100:.2f}% over {len(done)} evaluation{'s' * (len(done) != 1)} of the whole test set, "
                 "within epochs as at their ends, where best.pt is chosen); train longer or aim lower")

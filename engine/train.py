@@ -297,6 +297,7 @@ def train_ranks(cfg: Config, resume, log, ranks: Ranks, model=None):
             raise Interrupted(f"interrupted before the first checkpoint; nothing of {s.run.path} was kept (the same "
                               "command starts the run again)") from None
         code = f" --model {shlex.quote(s.ref.label)}" if s.ref.user_code else ""  # user code is named again
+        code += f" --nproc {s.ranks.world}" if s.ranks.world > 1 else ""  # a run resumes with its process count
         raise Interrupted(f"interrupted; the run up to its last checkpoint is saved: continue with engine train --resume "
                           f"{s.run.path}{code}") from None
     except Exception:  # a failure before the first checkpoint (the model's code, a full disk) leaves nothing behind
@@ -317,7 +318,7 @@ def train_ranks(cfg: Config, resume, log, ranks: Ranks, model=None):
         say(f"Saved {Path(s.run.path) / 'last.pt'} (best {which} accuracy {s.best * 100:.1f}%: best.pt; "
             "the last model's confusion matrix: confusion.png)")
     if s.watch.target is not None:
-        log(s.watch.summary(s.reached, s.metrics))
+        log(s.watch.summary(s.reached, s.metrics, trained))
     if given is not None:
         given.load_state_dict(s.model.state_dict())  # the caller's module ends trained, in its own format
     return s.run.path, s.metrics

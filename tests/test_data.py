@@ -35,6 +35,9 @@ def test_batch_larger_than_the_data_is_refused():
     check_batch_size(data, 100)
     with pytest.raises(UsageError, match="--batch-size 101 is larger than the 100 training images"):
         check_batch_size(data, 101)
+    check_batch_size(data, 50, world=2)
+    with pytest.raises(UsageError, match=r"--batch-size 51 x 2 processes = 102 is larger than the 100 training images"):
+        check_batch_size(data, 51, world=2)  # --nproc 2: an epoch of no step (a traceback at the first batch)
 
 
 def test_the_package_reexports_the_type_and_loads_no_reader_at_import():

@@ -177,8 +177,9 @@ def test_target_acc_stops_at_the_first_evaluation_at_or_above_it(tmp_path, capsy
     assert evaluated["test_acc"] == stop["test_acc"] and evaluated["epoch"] == stop["epoch"]  # e.g. 1.75
     # resuming a run that reached its target trains nothing and says so again
     assert main(["train", "--resume", str(out)]) == 0
-    again = capsys.readouterr().out
+    again, err = capsys.readouterr()
     assert "Epoch:" not in again and f"Reached {target:g}% test accuracy" in again
+    assert "best.pt" not in err  # best.pt of the stop within an epoch is the run's own (it was warned about)
     assert main(["train", "--resume", str(out), "--no-quiet"]) == 0  # it names the epoch it stopped at
     assert f"it reached {target:g}% at epoch {stop['epoch']:g} of 3, so nothing is left to train" in capsys.readouterr().out
     assert read_metrics(out) == metrics
@@ -193,6 +194,10 @@ def test_a_target_not_reached_trains_every_epoch_and_says_so(tmp_path, capsys):
     assert [m["epoch"] for m in metrics] == [0.25, 0.5, 0.75, 1]  # every eighth of 4 steps: after steps 1, 2, 3
     assert all(m.get("partial") for m in metrics[:3]) and "partial" not in metrics[3]
     assert printed[-1].startswith("Did not reach 100% test accuracy")
+    for _ in range(2):  # a finished run resumed trains nothing: its time stays the run's, not grown by each resume
+        assert main(["train", "--resume", str(tmp_path / "run")]) == 0
+        assert f"Did not reach 100% test accuracy in {metrics[-1]['elapsed_s']:.1f} s from the run's start" in \
+            capsys.readouterr().out
 
 
 @pytest.mark.slow

@@ -47,9 +47,12 @@ def load_dataset(cfg: Config, log=print) -> Dataset:
     return data.limit(cfg.limit_train, cfg.limit_test, cfg.seed)
 
 
-def check_batch_size(data: Dataset, batch_size):
-    if batch_size > len(data.train_x):
+def check_batch_size(data: Dataset, batch_size, world=1):
+    """One line where an epoch would have no step: a batch (per process, times `world` processes)
+    larger than the training images."""
+    if batch_size * world > len(data.train_x):
+        per = f" x {world} processes = {batch_size * world}" if world > 1 else ""
         raise UsageError(
-            f"--batch-size {batch_size} is larger than the {len(data.train_x):,} training images; "
+            f"--batch-size {batch_size}{per} is larger than the {len(data.train_x):,} training images; "
             "use a smaller --batch-size or more data"
         )
