@@ -95,13 +95,18 @@ def _construct(factory, ref, in_shape, num_classes):
     except Exception as error:
         file = code_file(ref)
         raise EngineError(f"{where}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())}) raised "
-                          f"{type(error).__name__}{(line_in(error, file) if file else '')}: {first_line(error, 160)}") from None
+                          f"{type(error).__name__}{_where(error, file)}: {first_line(error, 160)}") from None
     if not isinstance(model, nn.Module):
         raise UsageError(f"--model {where}: calling {ref.name} gave a {type(model).__name__}, not an nn.Module")
     if "_modules" not in vars(model):  # nn.Module.__init__ never ran: no layers, no parameters, no .training
         raise UsageError(f"--model {where}: {type(model).__name__}.__init__ does not call super().__init__() "
                          "(nn.Module's) before it sets its layers; add it as the first line")
     return model
+
+
+def _where(error, file):
+    """' (line N)' in a user model's `file`; '' for the built-in and torchvision models (no file)."""
+    return line_in(error, file) if file else ""
 
 
 def code_file(ref: ModelRef):
@@ -147,7 +152,7 @@ def check_fits(model: nn.Module, ref: ModelRef, in_shape, num_classes, batch=PRO
         hint = ("; the images are too small for this network (resize an image folder's with --image-size; summary "
                 "takes --input-shape)" if small else "")
         raise UsageError(f"{label} cannot take {shape} images: its forward{mode} raised {type(error).__name__}"
-                         f"{(line_in(error, file) if file else '')}: {first_line(error, 160)}{hint}") from None
+                         f"{_where(error, file)}: {first_line(error, 160)}{hint}") from None
     finally:
         model.train(training)
         with torch.no_grad():
@@ -183,7 +188,7 @@ def check_backward(model: nn.Module, label, probe, file):
         hint = "; write the in-place op it names (relu_, +=, mul_) out of place, as x = x.relu()" if inplace else ""
         reason = str(error).split(";")[0] if inplace else first_line(error, 200)
         raise UsageError(f"{label}: its backward (a training step's gradient) raised {type(error).__name__}"
-                         f"{(line_in(error, file) if file else '')}: {reason}{hint}") from None
+                         f"{_where(error, file)}: {reason}{hint}") from None
     finally:
         model.train(training)
         with torch.no_grad():
