@@ -25,6 +25,8 @@ from engine.errors import RANK_ERRORS_ENV, EngineError, UsageError, rank_errors
 TIMEOUT_S = 300  # default collective timeout: longer than any skew between ranks (a save, a first compile)
 LOST_GRACE_S = 3  # a rank that lost contact waits this long before it reports (see process_group)
 TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+LAUNCHER_ENV = "ENGINE_LAUNCHER_PID"  # set by launch(): the ranks stop if that process dies (see die_with_launcher)
+PR_SET_PDEATHSIG = 1  # prctl(2)
 
 
 def launched():
@@ -90,14 +92,18 @@ class Ranks:
             return ranks[self.rank]
         return {k: v for k, v in saved.items() if k != "ranks"}
 
-    def wrap(self, model):
-        """The model under DistributedDataParallel (it averages gradients across ranks), or as is."""
+    def wrap(self, model, user_code=False):
+        """The model under DistributedDataParallel (it averages gradients across ranks), or as is.
+        user_code: the user's own module, whose forward may leave a parameter out (one it never
+        uses, a branch taken on some steps: stochastic depth); DDP then looks for the parameters
+        each step's graph did not reach (a walk of the graph per step), where the built-ins use
+        every parameter every step."""
         if self.world == 1:
             return model
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [self.device.index] if self.device.type == "cuda" else None
-        return DistributedDataParallel(model, device_ids=ids)
+        return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=user_code)
 
     def sync_batchnorm(self, model):
         """SyncBatchNorm on CUDA, so batch statistics span the global batch. PyTorch's SyncBatchNorm
@@ -136,6 +142,7 @@ def process_group(device: torch.device):
     if not launched():
         yield Ranks(device=device)
         return
+    die_with_launcher()
     env = {name: int(os.environ[name]) for name in TORCHRUN_ENV}
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", env["WORLD_SIZE"]))
     if device.type == "cuda":
@@ -168,6 +175,21 @@ def lost_contact(error):
     return isinstance(error, dist.DistError) or any(word in text for word in ("gloo", "nccl", "timed out", "connection closed"))
 
 
+def die_with_launcher():
+    """A rank of `engine train --nproc N` gets SIGTERM (taken as Ctrl-C is) when the launcher that
+    started it dies, even by `kill -9`, which gives torchrun no chance to stop its ranks: else they
+    trained on, unseen, holding the run's lock. Linux only (prctl); elsewhere nothing changes."""
+    launcher = os.environ.get(LAUNCHER_ENV)
+    if not launcher or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if str(os.getppid()) != launcher:  # it died before the request: the signal would never come
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def launch(nproc, argv):
     """`engine train --nproc N ...`: torchrun (torch.distributed.run) on this machine with the same
     arguments minus --nproc. Returns the exit code; a failed rank becomes one line."""
@@ -183,10 +205,11 @@ def launch(nproc, argv):
             logging.getLogger(name).setLevel(logging.CRITICAL)  # each sets its own level, so one by one
     with tempfile.TemporaryDirectory(prefix="engine-ranks-") as folder:
         os.environ[RANK_ERRORS_ENV] = folder  # the ranks inherit it: each leaves its error line there
+        os.environ[LAUNCHER_ENV] = str(os.getpid())
         try:
             torchrun(["--standalone", f"--nproc-per-node={nproc}", "-m", "engine", *args])
-        except SignalException:  # Ctrl-C or kill: torchrun stopped the ranks, and rank 0 said what was saved
-            return 130
+        except SignalException as stop:  # Ctrl-C or kill: torchrun stopped the ranks, and rank 0 said what was saved
+            return 128 + int(stop.sigval)  # 130 for SIGINT, 143 for SIGTERM, as without --nproc
         except ChildFailedError as error:
             rank, failure = error.get_first_failure()
             if failure.exitcode in (1, 2, 130):  # engine's own errors: rank 0 printed its line already
@@ -199,18 +222,22 @@ def launch(nproc, argv):
             return 1 if code < 0 or code > 255 else code
         finally:
             os.environ.pop(RANK_ERRORS_ENV, None)
+            os.environ.pop(LAUNCHER_ENV, None)
     return 0
 
 
 def without_nproc(argv):
-    """argv with every `--nproc N` / `--nproc=N` removed."""
+    """argv with every `--nproc N` / `--nproc=N` removed, abbreviated as argparse takes it (`--npr 2`)."""
     out, skip = [], False
     for arg in argv:
+        flag = arg.split("=", 1)[0]
         if skip:
             skip = False
-        elif arg == "--nproc":
-            skip = True
-        elif not arg.startswith("--nproc="):
+        elif arg == "--":
+            out.append(arg)
+        elif len(flag) > 3 and "--nproc".startswith(flag):
+            skip = "=" not in arg
+        else:
             out.append(arg)
     return out
 

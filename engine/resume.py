@@ -134,7 +134,7 @@ def check_resume(checkpoint: Checkpoint, path, fingerprint, total_steps, source,
     trained_by = len(checkpoint.rng.get("ranks") or ()) or 1  # every rank's RNG state is kept under DDP
     if trained_by != world:
         again = f"--nproc {trained_by}" if trained_by > 1 else "without --nproc"
-        raise EngineError(f"--resume: the run trained with {trained_by} process{'es' if trained_by > 1 else ''} and "
+        raise UsageError(f"--resume: the run trained with {trained_by} process{'es' if trained_by > 1 else ''} and "
                           f"this one has {world}: its schedule ({saved:,} steps) counts the steps of its global batch; "
                           f"resume it {again}")
     if saved != total_steps:

@@ -134,12 +134,14 @@ def open_session(cfg: Config, resume: Checkpoint | None = None, say=print, ranks
                           None, [], ranks=ranks, fingerprint=fingerprint,
                           clock=SaveClock(parse_duration(cfg.save_every) if ranks.world == 1 else None))  # DDP: epoch ends only
         session.ema, session.screen = ema, screen
+        if ranks.world > 1 and cfg.save_every not in (type(cfg).__dataclass_fields__["save_every"].default, "off"):
+            say(f"--save-every {cfg.save_every}: under --nproc, last.pt is written at epoch ends only")
         session.class_weights = loss_weights(cfg.class_weights, data.train_y, data.classes, runtime.device, say)
         if resume is not None:
             restore_progress(session, resume, say)
         # after the restore: DDP registers the parameters that take gradients when it wraps the model,
         # and a resumed run freezes again what the fresh one froze (a whitened stem, --freeze)
-        session.ddp = ranks.wrap(model) if ranks.world > 1 else None
+        session.ddp = ranks.wrap(model, ref.user_code) if ranks.world > 1 else None
         if runtime.plans_compile and not runtime.compile_training:  # evaluations: compiled where that pays
             from engine.compile_plan import EvalPlan
 

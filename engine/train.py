@@ -228,7 +228,7 @@ def settle_limits(s: Session, epoch):
     if s.runtime.compiles_training:
         return
     if stop_finished(s.model, epoch) and s.ddp is not None:
-        s.ddp = s.ranks.wrap(s.model)
+        s.ddp = s.ranks.wrap(s.model, s.ref.user_code)
 
 
 def train(cfg: Config, resume=None, log=print, model=None):

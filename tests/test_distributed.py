@@ -201,6 +201,67 @@ def test_one_rank_helpers_are_the_single_process_path():
     assert ranks.gather_rng({"torch": t}) == {"torch": t}
     assert ranks.rng_of_rank({"torch": t, "ranks": [{"torch": 1}, {"torch": 2}]}) == {"torch": t}
     assert without_nproc(["train", "--nproc", "2", "--epochs", "1", "--nproc=3"]) == ["train", "--epochs", "1"]
+    assert without_nproc(["train", "--npr", "2", "--np=2", "--epochs", "1"]) == ["train", "--epochs", "1"]  # as argparse abbreviates
+
+
+def test_a_user_model_with_a_parameter_its_forward_never_uses_trains_under_ddp(tmp_path):
+    """DDP waits for every parameter's gradient unless told to look for unused ones: a user's model
+    that leaves one out stopped with DDP's traceback. Also: `--npr 2` (argparse's abbreviation) is
+    --nproc, and --save-every, which DDP runs do not honour, is said."""
+    (tmp_path / "nets.py").write_text(
+        "import torch.nn as nn\n\n\nclass Net(nn.Module):\n    def __init__(self, num_classes=10):\n"
+        "        super().__init__()\n        self.conv = nn.Conv2d(3, 8, 3, padding=1)\n"
+        "        self.spare = nn.Linear(4, 4)  # never used\n        self.head = nn.Linear(8, num_classes)\n\n"
+        "    def forward(self, x):\n        return self.head(self.conv(x).relu().mean((2, 3)))\n")
+    job = subprocess.run([sys.executable, "-m", "engine", "train", "--npr", "2", "--model", str(tmp_path / "nets.py:Net"),
+                          "--epochs", "1", "--limit-train", "256", "--limit-test", "64", "--device", "cpu", "--no-amp",
+                          "--save-every", "30s", "--out", str(tmp_path / "run")],
+                         capture_output=True, text=True, timeout=TIMEOUT)
+    assert job.returncode == 0, job.stderr
+    assert "2 ranks" in job.stdout and "--save-every 30s: under --nproc, last.pt is written at epoch ends only" in job.stdout
+    assert load(tmp_path / "run" / "last.pt").epoch == 1
+
+
+def running_ranks(tmp_path, signum):
+    """A 2-rank job sent `signum` once both ranks train; returns (its exit code, the ranks' pids)."""
+    out = tmp_path / "run"
+    job = subprocess.Popen(engine_train(out, "--epochs", "500"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + TIMEOUT
+    while not (out / "last.pt").exists() and job.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    pids = [worker_pid(job.pid, rank) for rank in (0, 1)]
+    assert None not in pids, "the ranks were not found among the launcher's children"
+    job.send_signal(signum)
+    try:
+        job.wait(timeout=120)  # the launcher alone: the ranks hold no pipe of ours
+    except subprocess.TimeoutExpired:
+        job.kill()
+        pytest.fail(f"the launcher did not exit within 120 s of signal {signum}")
+    return job.returncode, pids
+
+
+def test_sigterm_to_the_launcher_stops_the_ranks_and_exits_143(tmp_path):
+    code, _ = running_ranks(tmp_path, signal.SIGTERM)
+    assert code == 143  # 128 + SIGTERM, as without --nproc (it was 130, Ctrl-C's)
+    assert load(tmp_path / "run" / "last.pt").epoch >= 1
+
+
+def test_ranks_stop_when_their_launcher_is_killed(tmp_path):
+    """kill -9 gives torchrun no chance to stop its ranks: they trained on, unseen, holding the lock."""
+    code, pids = running_ranks(tmp_path, signal.SIGKILL)
+    assert code == -signal.SIGKILL
+    deadline = time.time() + 30  # 500 epochs: they would train on for many minutes
+    while any(Path(f"/proc/{pid}").exists() for pid in pids) and time.time() < deadline:
+        time.sleep(0.1)
+        for pid in pids:  # reap them if they are ours (they are init's once the launcher is gone)
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+    alive = [pid for pid in pids if Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]]
+    for pid in alive:
+        os.kill(pid, signal.SIGKILL)
+    assert not alive, "the ranks trained on after their launcher was killed"
 
 
 def test_a_data_error_is_said_once_not_once_per_rank(tmp_path):

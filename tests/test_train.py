@@ -250,7 +250,7 @@ def test_the_loss_watch_counts_non_finite_steps_in_a_row():
 
 
 def test_a_run_resumes_with_the_number_of_processes_it_trained_with(tmp_path):
-    from engine.errors import EngineError
+    from engine.errors import UsageError
     from engine.resume import check_resume
 
     out, _ = train(Config(epochs=1, limit_train=128, limit_test=16, batch_size=32, amp=False, quiet=True,
@@ -258,11 +258,11 @@ def test_a_run_resumes_with_the_number_of_processes_it_trained_with(tmp_path):
     saved = load(out / "last.pt")
     total = saved.scheduler["total_steps"]
     check_resume(saved, out / "last.pt", saved.fingerprint, total, "synthetic", world=1)  # resumable as it ran
-    with pytest.raises(EngineError, match=r"the run trained with 1 process and this one has 2: its schedule \(4 steps\) "
+    with pytest.raises(UsageError, match=r"the run trained with 1 process and this one has 2: its schedule \(4 steps\) "
                                           r"counts the steps of its global batch; resume it without --nproc"):
         check_resume(saved, out / "last.pt", saved.fingerprint, total // 2, "synthetic", world=2)
     saved.rng["ranks"] = [saved.rng, saved.rng]  # what a 2-process run keeps
-    with pytest.raises(EngineError, match="trained with 2 processes and this one has 1: .* resume it --nproc 2"):
+    with pytest.raises(UsageError, match="trained with 2 processes and this one has 1: .* resume it --nproc 2"):
         check_resume(saved, out / "last.pt", saved.fingerprint, total, "synthetic", world=1)
 
 
