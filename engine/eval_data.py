@@ -4,6 +4,7 @@ counts (gray photos for a colour model and the reverse, read as `engine predict`
 Shared by a checkpoint's evaluation (engine.evaluate) and an ONNX file's (export.evaluate).
 """
 
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -148,6 +149,34 @@ def warn_other_split(saved, given, cfg: Config, source, warn):
              f"(--test-split {held}, seed {saved.get('seed', 0)}): the test images include images it trained on")
 
 
+def load_evaluation_data(cfg: Config, saved, given, fingerprint, source, say):
+    """The images an evaluation scores: load_dataset(cfg), save where --data names another path than
+    the run's (read whole: no --test-split given) that holds the run's own images, moved or copied:
+    split as the run split them (its --test-split, --val-split, seed), they give the run's data
+    `fingerprint`. Their held-out test images are scored then, said in one line; read whole, most
+    of them were trained on."""
+    from engine.data import load_dataset
+
+    data = load_dataset(cfg, say)
+    if not fingerprint or cfg.test_split != WHOLE or "test_split" in given or "data" not in given:
+        return data
+    from engine.resume import data_fingerprint
+
+    split = {"test_split": saved.get("test_split"), "val_split": saved.get("val_split"), "seed": saved.get("seed", 0)}
+    try:
+        own = load_dataset(dataclasses.replace(cfg, **split, limit_train=saved.get("limit_train"),
+                                               limit_test=saved.get("limit_test")), lambda *_: None)
+    except EngineError:  # split so, these images are not the run's
+        return data
+    if data_fingerprint(own) != fingerprint:
+        return data
+    held = load_dataset(dataclasses.replace(cfg, **split), lambda *_: None)
+    say(f"{cfg.data} holds the images {source} trained on ({saved.get('data')}, moved or copied): scoring the "
+        f"{len(held.test_x):,} test images its run held out (--test-split {split['test_split'] or DEFAULT_TEST_SPLIT}), "
+        f"not all {len(data.test_x):,}")
+    return held
+
+
 def check_run_data(cfg: Config, given, source):
     """The run's own data, read from the checkpoint or the file's metadata, must still be there: one
     line saying where the path came from (the command line never named it) if it is not."""
@@ -155,7 +184,8 @@ def check_run_data(cfg: Config, given, source):
 
     if "data" not in given and cfg.data not in BUILTIN_DATASETS and not Path(cfg.data).exists():
         raise EngineError(f"{source} was trained on {cfg.data}, which is not there any more; pass --data with the "
-                          "same classes and image size to evaluate it")
+                          "same classes and image size to evaluate it (the run's images moved elsewhere are "
+                          "recognised: the test images it held out are scored)")
 
 
 def same_data(a, b):

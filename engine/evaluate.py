@@ -16,13 +16,13 @@ from engine.checkpoint import load, model_from_checkpoint
 from engine.config import Config
 from engine.errors import EngineError
 from engine.confusion import Confusion
-from engine.data import dataset_label, load_dataset
+from engine.data import dataset_label
 from engine.distributed import Ranks
 from engine.isolation import kept_global_state
 from engine.loader import BatchLoader
 from engine.eval_data import (EVAL_FLAGS, check_code, check_image_size, check_overrides, check_run_data,
-                              evaluation_data, fit_channels, labels_for, say_resize, warn_changed_test_set,
-                              warn_other_split)
+                              evaluation_data, fit_channels, labels_for, load_evaluation_data, say_resize,
+                              warn_changed_test_set, warn_other_split)
 from engine.runtime import Runtime, setup_backends, warn
 
 
@@ -148,7 +148,7 @@ def evaluate_checkpoint(path, overrides, log=print, model=None):
     check_run_data(cfg, overrides, path)
     check_image_size(cfg, checkpoint.spec.shape, path)
     say_resize(saved, overrides, cfg.data, say)
-    data = load_dataset(cfg, say)  # a folder with its own test split refuses --test-split first
+    data = load_evaluation_data(cfg, saved, overrides, checkpoint.fingerprint, path, say)  # a split folder refuses --test-split
     warn_other_split(saved, overrides, cfg, path, warn)
     warn_changed_test_set(checkpoint.fingerprint, saved, overrides, data, path, warn)
     spec = checkpoint.spec

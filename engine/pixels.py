@@ -110,6 +110,10 @@ def fit(image, size, mode, rule="stretch"):
         return image.resize((width, height), Image.BICUBIC)
     scale = max(height / image.height, width / image.width)
     covered = (max(width, round(image.width * scale)), max(height, round(image.height * scale)))
-    image = image.resize(covered, Image.BICUBIC) if covered != image.size else image
     left, top = (covered[0] - width) // 2, (covered[1] - height) // 2
+    if covered[0] * covered[1] > MAX_PIXELS:  # a strip (200000x1) would cover 64x64 with 800 million pixels:
+        sx, sy = covered[0] / image.width, covered[1] / image.height  # scale only the part the crop keeps
+        box = (left / sx, top / sy, (left + width) / sx, (top + height) / sy)
+        return image.resize((width, height), Image.BICUBIC, box=box)
+    image = image.resize(covered, Image.BICUBIC) if covered != image.size else image
     return image.crop((left, top, left + width, top + height))

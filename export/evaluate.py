@@ -33,10 +33,9 @@ def evaluate_onnx(path, overrides, *, input_size=None, classes=None, log=print):
     import torch
 
     from engine.confusion import Confusion
-    from engine.data import load_dataset
     from engine.eval_data import (EVAL_FLAGS, check_image_size, check_overrides, check_run_data, evaluation_data,
-                                 fit_channels, labels_for, say_resize, warn_changed_test_set,
-                                 warn_other_split)
+                                 fit_channels, labels_for, load_evaluation_data, say_resize,
+                                 warn_changed_test_set, warn_other_split)
     from engine.runtime import warn
     from export.predict import Classifier
 
@@ -53,7 +52,8 @@ def evaluate_onnx(path, overrides, *, input_size=None, classes=None, log=print):
     check_run_data(cfg, overrides, path)
     check_image_size(cfg, info.input_size, path)
     say_resize({"resize": info.rule}, overrides, cfg.data, (lambda *_: None) if cfg.quiet else log)
-    data = load_dataset(cfg, (lambda *_: None) if cfg.quiet else log)
+    say = (lambda *_: None) if cfg.quiet else log
+    data = load_evaluation_data(cfg, info.config, overrides, info.fingerprint, path, say)
     warn_other_split(info.config, overrides, cfg, path, warn)
     warn_changed_test_set(info.fingerprint, info.config, overrides, data, path, warn)
     fit_channels(data, info.input_size, (lambda *_: None) if cfg.quiet else log)

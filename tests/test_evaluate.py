@@ -316,3 +316,35 @@ def test_the_runs_own_data_gone_is_one_line_saying_where_the_path_came_from(tmp_
     shutil.rmtree(rgb)
     with pytest.raises(EngineError, match=f"best.pt was trained on {rgb}, which is not there any more; pass --data"):
         evaluate_checkpoint(out / "best.pt", {}, log=lambda *_: None)
+
+
+def test_the_runs_own_images_moved_elsewhere_score_the_images_it_held_out(tmp_path, capsys):
+    """--data naming the run's images at another path read them whole, most of them trained on (a
+    model that memorised noise scored 90% where its held-out accuracy was 50%). Split as the run
+    split them they give its data fingerprint: its held-out images are scored, said in one line."""
+    import shutil
+
+    from export.evaluate import evaluate_onnx
+    from export.onnx_export import export_onnx
+
+    rgb = png_folder(tmp_path / "photos", gray=False)
+    shutil.rmtree(rgb / "test")  # a flat folder of classes: the run holds out --test-split of them
+    for name in ("dark", "light"):
+        shutil.move(rgb / "train" / name, rgb / name)
+    (rgb / "train").rmdir()
+    flags = dict(amp=False, quiet=True, device="cpu", cache_dir=str(tmp_path / "cache"))
+    out, _ = train(Config(data=str(rgb), out=str(tmp_path / "run"), epochs=1, batch_size=8, test_split="25%",
+                          seed=3, **flags), log=lambda *_: None)
+    export_onnx(tmp_path / "m.onnx", out / "best.pt", log=lambda *_: None)
+    own = evaluate_checkpoint(out / "best.pt", {}, log=lambda *_: None)
+    moved = rgb.rename(tmp_path / "moved")
+    lines = []
+    other = evaluate_checkpoint(out / "best.pt", {"data": str(moved), **flags, "quiet": False}, log=lines.append)
+    assert other["images"] == own["images"] == 12 and other["test_loss"] == pytest.approx(own["test_loss"])
+    assert any(f"{moved} holds the images" in line and "scoring the 12 test images its run held out (--test-split 25%), "
+               "not all 48" in line for line in lines), lines
+    onnx = evaluate_onnx(tmp_path / "m.onnx", {"data": str(moved), "quiet": True, "cache_dir": flags["cache_dir"]},
+                         log=lambda *_: None)
+    assert onnx["images"] == 12
+    whole = evaluate_checkpoint(out / "best.pt", {"data": str(moved), "test_split": "all", **flags}, log=lambda *_: None)
+    assert whole["images"] == 48  # asked for

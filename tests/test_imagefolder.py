@@ -572,3 +572,40 @@ def test_files_swapped_between_classes_with_their_size_and_mtime_are_decoded_aga
     after = read(folder, tmp_path / "cache", log=said.append, test_split="all")
     assert any(line.startswith("Decoding") for line in said)  # not the stale cache
     assert torch.equal(after.test_x[after.test_y == 0], before.test_x[before.test_y == 1])
+
+
+def test_zips_from_windows_and_with_absolute_names_keep_their_class_folders(tmp_path):
+    """.NET's ZipFile and PowerShell's Compress-Archive separate folders with '\\' (made on Windows:
+    create_system 0), and some archivers keep a leading '/': unzip reads both as folders."""
+    for kind, name_of in (("windows", lambda name: name.replace("/", "\\")), ("absolute", lambda name: "/data/" + name)):
+        path = tmp_path / f"{kind}.zip"
+        with zipfile.ZipFile(path, "w") as archive:
+            for name, data in tree().items():
+                info = zipfile.ZipInfo(name_of(name))
+                info.create_system = 0 if kind == "windows" else 3
+                archive.writestr(info, data)
+        data = read(path, tmp_path / "cache", log=lambda *_: None)
+        assert data.classes == CLASSES and len(data.train_x) == 9 and len(data.test_x) == 6, kind
+
+
+def patched_zip(path, local, central, value):
+    """`path` (a zip) with a 2-byte field at offset `local` of every local header and `central` of every
+    central directory entry set to `value`: its compression method, or its flags."""
+    data = bytearray(path.read_bytes())
+    for signature, offset in ((b"PK\x03\x04", local), (b"PK\x01\x02", central)):
+        at = data.find(signature)
+        while at >= 0:
+            data[at + offset:at + offset + 2] = value.to_bytes(2, "little")
+            at = data.find(signature, at + 4)
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ((8, 10), 9, "is compressed with a method Python's zipfile cannot read \\(type 9; Deflate64"),  # Windows Explorer's
+    ((6, 8), 1, "is encrypted \\(password-protected\\)")])
+def test_zips_python_cannot_read_are_one_line_naming_the_member(tmp_path, field, value, message):
+    path = write(tree(), tmp_path / "images.zip", "zip")
+    patched_zip(path, *field, value)
+    with pytest.raises(EngineError, match=message):
+        read(path, tmp_path / "cache", log=lambda *_: None)

@@ -174,3 +174,33 @@ def test_an_array_that_could_be_channels_first_is_refused_not_guessed():
     assert batch([chw[0], chw[1]], RGB).shape == (2, 3, 32, 32)  # gray images as a list of (H, W)
     assert batch(pixels((5, 32, 32)), RGB).shape == (5, 3, 32, 32)  # N x H x W: not a channel count
     assert batch(pixels((3, 28, 28)), GRAY).shape == (3, 1, 28, 28)  # for a gray model: gray images
+
+
+def test_a_long_strip_is_cropped_without_scaling_all_of_it(tmp_path):
+    """--resize crop of a 200000x1 strip (663 bytes as a PNG) to 64x64 scaled the whole strip to cover
+    it first: 12.8 million x 64 pixels, 4 GB (30 GB at 224). Only the part the crop keeps is scaled
+    now; the pixels are the same as the cover-then-crop's (bicubic, within one level)."""
+    import subprocess
+    import sys
+
+    code = ("import re, numpy as np; from PIL import Image; from engine.pixels import fit\n"  # a fresh process: its peak alone
+            "a = np.zeros((1, 200000, 3), np.uint8); a[0, :100000] = 200; a[0, 100000:] = 50\n"
+            "out = np.asarray(fit(Image.fromarray(a), (64, 64), 'RGB', 'crop'))\n"
+            "peak = re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)\n"
+            "print(out.shape, out.min(), out.max(), peak)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    shape, low, high, rss_kb = done.stdout.rsplit(")", 1)[0] + ")", *map(int, done.stdout.rsplit(")", 1)[1].split())
+    assert shape == "(64, 64, 3)" and 50 <= low <= high <= 200
+    assert rss_kb < 500_000  # the whole strip covered: about 4,000,000 kB (the part alone: 31,000)
+
+    from engine import pixels as module
+
+    photo = Image.fromarray(pixels((300, 500, 3)))
+    whole = np.asarray(module.fit(photo, (64, 64), "RGB", "crop")).astype(int)
+    limit, module.MAX_PIXELS = module.MAX_PIXELS, 10  # the part-scaling path for an ordinary photo
+    try:
+        part = np.asarray(module.fit(photo, (64, 64), "RGB", "crop")).astype(int)
+    finally:
+        module.MAX_PIXELS = limit
+    assert np.abs(whole - part).max() <= 1

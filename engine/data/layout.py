@@ -41,8 +41,11 @@ def folder_of(name):
 
 def parts_of(name):
     """The parts of a path inside a source, each in Unicode's composed form (NFC): macOS writes names
-    decomposed (NFD), so `café/` copied from a Mac and typed on Linux is one class, not two."""
-    return tuple(unicodedata.normalize("NFC", part) for part in PurePosixPath(name).parts)
+    decomposed (NFD), so `café/` copied from a Mac and typed on Linux is one class, not two. A member
+    an archiver stored with an absolute name (`/data/cat/1.jpg`) is read as relative, as unzip and
+    tar extract it."""
+    parts = PurePosixPath(name).parts
+    return tuple(unicodedata.normalize("NFC", part) for part in (parts[1:] if parts[:1] in (("/",), ("//",)) else parts))
 
 
 def split_of(part):

@@ -111,18 +111,31 @@ def _zip_read(archive, info, path):
             folder = any(name.startswith(target + "/") for name in archive.namelist())
             said = "a folder; a link inside a zip is followed only to a file" if folder else "which the archive does not hold"
             raise EngineError(f"{path}:{info.filename} is a link to {link}, {said}") from None
-    return archive.read(info)
+    try:
+        return archive.read(info)
+    except NotImplementedError:  # Deflate64 (Windows Explorer's for large zips), PPMd, ...: zipfile reads none
+        raise EngineError(f"{path}:{info.filename} is compressed with a method Python's zipfile cannot read "
+                          f"(type {info.compress_type}; Deflate64 is Windows Explorer's); re-zip it with plain "
+                          "deflate (zip -r, or Python's shutil.make_archive)") from None
+    except RuntimeError as error:  # zipfile's word for an encrypted member
+        if info.flag_bits & 0x1:
+            raise EngineError(f"{path}:{info.filename} is encrypted (password-protected); unzip it and pass the "
+                              "folder, or re-zip it without a password") from None
+        raise
 
 
 def _zip_name(info: zipfile.ZipInfo):
-    """A zip member's name. Archivers (Info-ZIP, macOS's) store UTF-8 names without the flag that says
-    so, which zipfile then reads as cp437: read those as UTF-8 where their bytes are UTF-8."""
+    """A zip member's name, '/'-separated. Archivers (Info-ZIP, macOS's) store UTF-8 names without the
+    flag that says so, which zipfile then reads as cp437: read those as UTF-8 where their bytes are UTF-8."""
+    name = info.filename
+    if info.create_system == 0:  # made on Windows (.NET's ZipFile, PowerShell's Compress-Archive): '\\' separates
+        name = name.replace("\\", "/")
     if info.flag_bits & 0x800:
-        return info.filename
+        return name
     try:
-        return info.filename.encode("cp437").decode("utf-8")
+        return name.encode("cp437").decode("utf-8")
     except (UnicodeEncodeError, UnicodeDecodeError):
-        return info.filename
+        return name
 
 
 def label(path: Path, name):
