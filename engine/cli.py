@@ -158,6 +158,8 @@ def run_command(argv):
     try:
         argv = sys.argv[1:] if argv is None else list(argv)
         args, unknown = parser.parse_known_args(bare_optional_values(argv))
+        if unknown and isinstance(getattr(args, "images", None), list) and not any(w.startswith("-") for w in unknown):
+            args.images, unknown = args.images + unknown, []  # predict's images after an option: `a.png --json b.png`
         if unknown:
             (args.command() if hasattr(args, "command") else parser).error(f"unrecognized arguments: {' '.join(unknown)}")
         args.argv = argv  # --nproc runs the same command under torchrun

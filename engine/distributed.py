@@ -127,7 +127,7 @@ def timeout():
         seconds = float(value)
     except ValueError:
         seconds = 0
-    if not seconds > 0:
+    if not 0 < seconds < 10**9:  # timedelta overflows at about 3e13 s, inf at once
         raise EngineError(f"ENGINE_DIST_TIMEOUT={value!r}: set it to a number of seconds, or unset it")
     return datetime.timedelta(seconds=seconds)
 

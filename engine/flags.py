@@ -169,13 +169,15 @@ def bare_optional_values(argv):
     is then argparse's one line, "invalid float value: 'high'"."""
     if argv[:1] == ["train"]:
         return list(argv)
+    flags = [flag(f.name) for f in dataclasses.fields(Config)]
     optional = {flag(f.name): f.metadata for f in dataclasses.fields(Config) if f.metadata.get("const") is not None}
     out = []
     for i, word in enumerate(argv):
-        meta = optional.get(word)
+        named = [name for name in flags if name.startswith(word)] if word.startswith("--") and len(word) > 3 else []
+        name = word if word in optional else named[0] if len(named) == 1 else None  # argparse takes --tt as --tta
         following = argv[i + 1] if i + 1 < len(argv) else None
-        if meta is not None and following is not None and not _number(following):
-            word = f"{word}={meta['const']}"
+        if name in optional and following is not None and not _number(following):
+            word = f"{name}={optional[name]['const']}"
         out.append(word)
     return out
 

@@ -27,7 +27,7 @@ def memory_limit():
         return None
     try:
         return max(0, int(float(value)))
-    except ValueError:
+    except (ValueError, OverflowError):  # OverflowError: inf
         return None  # a test setting: a bad value is ignored rather than a user-facing error
 
 

@@ -159,10 +159,13 @@ class RunDir:
         self.discard_if_unused()
 
     def point_latest(self):
-        """Make `<parent>/latest` a symlink to this run (replaced atomically)."""
+        """Make `<parent>/latest` a symlink to this run (replaced atomically). Returns a line to say
+        where it cannot: a real file or folder someone put there is never replaced."""
         latest = self.path.parent / "latest"
         if latest.exists() and not latest.is_symlink():
-            return  # never replace a real file or folder someone put there
+            kind = "folder" if latest.is_dir() else "file"
+            return (f"{latest} is a {kind}, not a link, so it was left as it is: --resume and export without a path "
+                    f"read it, not this run; move it away to have the link to the newest run back")
         temporary = self.path.parent / f".latest.tmp{os.getpid()}"
         try:
             if temporary.is_symlink():
@@ -172,6 +175,7 @@ class RunDir:
         except OSError:
             if temporary.is_symlink():
                 temporary.unlink()
+        return None
 
     def write_text(self, name, text):
         temporary = self.path / f".{name}.tmp{os.getpid()}"
@@ -265,6 +269,6 @@ def progress(total, epoch, quiet):
         from tqdm.auto import tqdm
     else:
         from tqdm import tqdm
-    shown = in_notebook or sys.stdout.isatty()
+    shown = in_notebook or (sys.stdout is not None and sys.stdout.isatty())  # None: stdout closed (>&-)
     return tqdm(total=total, desc=f"Epoch {epoch}", unit="step", leave=False, file=None if in_notebook else sys.stdout,
                 disable=quiet or not shown, dynamic_ncols=True)

@@ -36,7 +36,7 @@ def read_weights_only(path, what="engine checkpoint"):
         elif "enforce fail" in text:  # a zip archive of other files: torch's reader names its own source line
             first = "a zip archive, but not one torch.save wrote"
         elif isinstance(error, OSError) or "central directory" in text or "failed finding" in text:
-            first = f"its zip archive is cut short or damaged: {first}; a copy or download may be incomplete"
+            first = "its zip archive is cut short or damaged; a copy or download may be incomplete"  # torch's words: C++ names
         if is_onnx(path):
             first = "it is an ONNX model, which engine eval and predict take as a file named .onnx"
         raise EngineError(f"{path} is not a readable {what} ({first[:200]})") from None

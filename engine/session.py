@@ -152,7 +152,9 @@ def open_session(cfg: Config, resume: Checkpoint | None = None, say=print, ranks
         if ranks.is_main:
             run.write_config(cfg.to_dict(), dataclasses.asdict(spec), runtime.resolved())
             if run.path.parent.resolve() == (Path.cwd() / RUNS).resolve():  # runs/latest: the newest run in runs/
-                run.point_latest()
+                kept = run.point_latest()
+                if kept:
+                    warn(kept)
         session.tensorboard = TensorBoard(run.path, session.steps) if cfg.tensorboard and ranks.is_main else None
         before = next((m["elapsed_s"] for m in reversed(session.metrics) if "elapsed_s" in m), 0.0)  # a resumed run's
         session.watch = Watch(cfg.target_acc, cfg.eval_every, session.steps, cfg.epochs, before)  # clock runs on

@@ -332,3 +332,15 @@ def test_a_reader_that_leaves_the_pipe_stops_the_command_quietly():
     job = subprocess.run(["bash", "-c", f"'{sys.executable}' -m engine summary --model cifar_cnn --input-shape 3x32x32 "
                           "| true; echo ${PIPESTATUS[0]}"], capture_output=True, text=True, timeout=120)
     assert job.stderr == "" and job.stdout.strip() == "141"  # no "Broken pipe" line, the shell's SIGPIPE status
+
+
+@pytest.mark.slow
+def test_a_closed_stdout_or_stderr_trains_as_an_open_one(tmp_path):
+    """`engine train ... >&-`: sys.stdout is None, and the progress bar's isatty() raised AttributeError."""
+    for stream in (1, 2):
+        job = subprocess.run([sys.executable, "-m", "engine", "train", "--epochs", "1", "--limit-train", "64",
+                              "--limit-test", "32", "--device", "cpu", "--no-amp", "--out", str(tmp_path / f"run{stream}")],
+                             preexec_fn=lambda: os.close(stream), capture_output=False, timeout=300,
+                             stdout=None if stream == 1 else subprocess.PIPE, stderr=None if stream == 2 else subprocess.PIPE)
+        assert job.returncode == 0, (stream, job.stdout, job.stderr)
+        assert (tmp_path / f"run{stream}" / "best.pt").exists()

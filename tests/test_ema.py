@@ -102,6 +102,10 @@ def test_ema_alone_is_0_99_and_no_ema_is_off(capsys):
         bare_optional_values(["train", *flags, "--epochs", "1"]))).get("ema", "absent")
     assert (parse("--ema"), parse("--ema", "0.9"), parse("--ema=0.95"), parse("--no-ema"), parse()) == (
         0.99, 0.9, 0.95, None, "absent")
+    from engine.flags import bare_optional_values as bare
+
+    assert bare(["eval", "--tt", "run/best.pt"]) == ["eval", "--tta=1", "run/best.pt"]  # argparse's abbreviation
+    assert bare(["eval", "--tt", "2", "run/best.pt"]) == ["eval", "--tt", "2", "run/best.pt"]
     assert main(["train", "--ema", "nine"]) == 2
     assert capsys.readouterr().err == ("engine: error: engine train: argument --ema: invalid float value: 'nine' "
                                        "(see engine train --help)\n")

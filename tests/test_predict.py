@@ -58,6 +58,8 @@ def test_predict_command_text_json_topk_and_batches(tiny_onnx, tmp_path, capsys)
     objects = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [o["image"] for o in objects] == [str(paths[1]), str(paths[4])]
     assert all(len(o["top"]) == 3 and abs(sum(t["probability"] for t in o["top"])) <= 1 + 1e-6 for o in objects)
+    assert main(["predict", str(tiny_onnx), str(paths[1]), "--json", str(paths[4])]) == 0  # an image after an option
+    assert [json.loads(line)["image"] for line in capsys.readouterr().out.splitlines()] == [str(paths[1]), str(paths[4])]
 
 
 def test_a_file_without_engine_metadata_needs_input_size_and_classes(tiny_onnx, tmp_path, capsys):

@@ -39,8 +39,10 @@ def test_latest_link_moves_and_never_replaces_a_real_folder(tmp_path):
     assert (tmp_path / "runs" / "latest").resolve() == b.path.resolve()
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "latest").mkdir()
-    RunDir(tmp_path / "other" / "c").point_latest()
+    said = RunDir(tmp_path / "other" / "c").point_latest()
     assert (tmp_path / "other" / "latest").is_dir() and not (tmp_path / "other" / "latest").is_symlink()
+    assert "latest is a folder, not a link, so it was left as it is: --resume and export without a path read it" in said
+    assert a.point_latest() is None  # a link is moved without a word
 
 
 def test_refusals_and_cleanup(tmp_path):

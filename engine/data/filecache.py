@@ -117,7 +117,7 @@ def _decode_into(path, file, survey, size, channels, image_size, rule, log):
     log(f"Decoding {path} at {H}x{W}{given} into a file cache, chunk by chunk: "
         f"{count:,} images, {size_text(count * channels * H * W)}, more than memory holds (once, until the images change)")
     try:
-        with open(file, "wb") as f, tqdm(total=count, desc="Decoding", unit=" img", disable=not sys.stderr.isatty(),
+        with open(file, "wb") as f, tqdm(total=count, desc="Decoding", unit=" img", disable=sys.stderr is None or not sys.stderr.isatty(),
                                          leave=False) as progress:
             for chunk in _chunks(path, image_size, rule, survey.expected(path, image_size)):
                 items = [item for _, item in chunk]

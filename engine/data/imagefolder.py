@@ -171,7 +171,7 @@ def decode_folder(path: Path, log=print, size=None, rule="stretch", test_split=N
             raise EngineError(f"{path} holds no images (files ending {kinds}; {layout.LAYOUT})")
         check_names(survey, path, test_split)
         log(f"Decoding {path}{f' at {size[0]}x{size[1]}' if size else ''} (once: the result is cached until the images change)")
-        with tqdm(total=survey.count, desc="Decoding", unit=" img", disable=not sys.stderr.isatty(), leave=False) as progress:
+        with tqdm(total=survey.count, desc="Decoding", unit=" img", disable=sys.stderr is None or not sys.stderr.isatty(), leave=False) as progress:
             for chunk in _chunks(path, size, rule, survey.expected(path, size)):
                 items = [item for _, item in chunk]
                 arrays = pool.imap(_decode, items, chunksize=64) if pool else map(_decode, items)  # submitted
