@@ -117,7 +117,7 @@ def _zip_read(archive, info, path):
         raise EngineError(f"{path}:{info.filename} is compressed with a method Python's zipfile cannot read "
                           f"(type {info.compress_type}; Deflate64 is Windows Explorer's); re-zip it with plain "
                           "deflate (zip -r, or Python's shutil.make_archive)") from None
-    except RuntimeError as error:  # zipfile's word for an encrypted member
+    except RuntimeError:  # zipfile's word for an encrypted member
         if info.flag_bits & 0x1:
             raise EngineError(f"{path}:{info.filename} is encrypted (password-protected); unzip it and pass the "
                               "folder, or re-zip it without a password") from None
