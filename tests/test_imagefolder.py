@@ -609,3 +609,23 @@ def test_zips_python_cannot_read_are_one_line_naming_the_member(tmp_path, field,
     patched_zip(path, *field, value)
     with pytest.raises(EngineError, match=message):
         read(path, tmp_path / "cache", log=lambda *_: None)
+
+
+def test_what_a_source_leaves_out_is_said_from_the_decode_cache_too(tmp_path):
+    """A val/ not used and files that are not images were said on the first decode only: a run from
+    the cache left the same images out without a word. .tga is read as an image (PIL decodes it;
+    it was skipped silently, while predict took it)."""
+    files = tree(counts=(("train", 3), ("test", 2), ("val", 2)))
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((5, 6, 3), 7, dtype=np.uint8)).save(buffer, format="TGA")
+    files["train/cat/extra.tga"] = buffer.getvalue()
+    files["train/cat/notes.txt"] = b"not an image"
+    files["train/dog/.DS_Store"] = b"hidden: not said"
+    path = source(tmp_path, files)
+    for run in range(2):
+        lines = []
+        data = read(path, tmp_path / "cache", log=lines.append)
+        assert len(data.train_x) == 10, run  # 3 a class and the .tga
+        assert f"Not used: 1 file of {path} that is not an image file this engine reads (.txt 1)" in lines, (run, lines)
+        assert any(line.startswith("Using test/ as the test split; val/ not used") for line in lines), (run, lines)
+    assert any(line.startswith("Data: ") and "decoded earlier" in line for line in lines)  # the second read: the cache

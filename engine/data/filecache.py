@@ -43,7 +43,7 @@ def open_cache(folder: Path):
         return None
     # MAP_PRIVATE: pages are read from the file on demand and never written back.
     base = torch.from_file(str(images), shared=False, size=int(np.prod(shape)), dtype=torch.uint8).view(shape)
-    tensors = {"classes": index["classes"]}
+    tensors = {"classes": index["classes"], "notes": index.get("notes", [])}
     for split in ("train", "test"):
         if f"{split}_rows" in index:
             tensors[f"{split}_x"] = Rows(base, index[f"{split}_rows"])
@@ -153,10 +153,11 @@ def _index(path, places, folders, log):
     images = {}
     for row, folder in enumerate(places):
         images.setdefault(folder, []).append(row)
-    from engine.data.imagefolder import split_classes
+    from engine.data.imagefolder import Notes, split_classes
 
-    train, test, classes = split_classes(images, folders, path, log)
-    index = {"classes": classes}
+    notes = Notes(log)
+    train, test, classes = split_classes(images, folders, path, notes)
+    index = {"classes": classes, "notes": notes.lines}
     for split, part in (("train", train), ("test", test)):
         if part is None:
             continue

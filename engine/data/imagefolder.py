@@ -153,6 +153,18 @@ def stop_pool(pool, finished):
             signal.signal(signal.SIGTERM, pool.engine_sigterm)
 
 
+class Notes:
+    """`log`, keeping what it says about a source's layout (a split not used, files not read) so
+    that a run from the decode cache says it again: those images are still left out."""
+
+    def __init__(self, log):
+        self.log, self.lines = log, []
+
+    def __call__(self, line):
+        self.lines.append(line)
+        self.log(line)
+
+
 def decode_folder(path: Path, log=print, size=None, rule="stretch", test_split=None):
     """Decode every image once, on every core: {"classes", "train_x", "train_y"} and, where the source
     has an evaluation split, "test_x", "test_y". `size` (H, W): resize each image to it (engine.pixels.fit).
@@ -169,6 +181,9 @@ def decode_folder(path: Path, log=print, size=None, rule="stretch", test_split=N
         if not survey.count:  # before "Decoding": a folder or archive with no image file at all
             kinds = ", ".join(sorted(IMAGE_EXTENSIONS))
             raise EngineError(f"{path} holds no images (files ending {kinds}; {layout.LAYOUT})")
+        notes = Notes(log)
+        if survey.unused_line(path):
+            notes(survey.unused_line(path))
         check_names(survey, path, test_split)
         log(f"Decoding {path}{f' at {size[0]}x{size[1]}' if size else ''} (once: the result is cached until the images change)")
         with tqdm(total=survey.count, desc="Decoding", unit=" img", disable=sys.stderr is None or not sys.stderr.isatty(), leave=False) as progress:
@@ -197,9 +212,9 @@ def decode_folder(path: Path, log=print, size=None, rule="stretch", test_split=N
     rate = count / max(seconds, 1e-9)
     log(f"Decoded {count:,} image{'s' if count != 1 else ''} in {seconds:.1f} s ({rate:,.0f} img/s on {workers} "
         f"process{'es' if workers > 1 else ''})")
-    train, test, classes = split_classes(images, survey.folders, path, log)
+    train, test, classes = split_classes(images, survey.folders, path, notes)
     colour = any(a.ndim == 3 for part in (train, test or {}) for images in part.values() for a in images)
-    result = {"classes": classes}
+    result = {"classes": classes, "notes": notes.lines}
     for split, part in (("train", train), ("test", test)):
         if part is None:
             continue
@@ -270,6 +285,8 @@ def read(source, cache_dir: Path, log=print, image_size=None, test_split=None, s
     streamed = filecache.open_cache(filecache.cache_folder(cache)) if not cache.is_file() else None
     if streamed is not None:  # a set decoded into the file cache, reopened memory-mapped
         log(f"Data: {path} ({_counts(streamed, test_split)}, decoded earlier: {filecache.cache_folder(cache)})")
+        for line in streamed.get("notes", []):
+            log(line)
         return _dataset(name, stream.place(streamed), test_split, seed, path, log)
     if cache.is_file():
         try:
@@ -278,6 +295,8 @@ def read(source, cache_dir: Path, log=print, image_size=None, test_split=None, s
             tensors = None
         if tensors is not None:
             log(f"Data: {path} ({_counts(tensors, test_split)}, decoded earlier: {cache})")
+            for line in tensors.get("notes", []):
+                log(line)
             return _dataset(name, stream.place(tensors), test_split, seed, path, log)
     try:
         tensors = decode_folder(path, log, image_size, resize, test_split)

@@ -173,6 +173,17 @@ class Survey:
     folders: list
     first: tuple
     holding: dict = field(default_factory=dict)  # folder tuple -> its image count
+    others: dict = field(default_factory=dict)  # extension -> count of files not read as images (not hidden)
+
+    def unused_line(self, path):
+        """A line naming the files that are not images this engine reads, by extension, or None."""
+        if not self.others:
+            return None
+        count = sum(self.others.values())
+        kinds = ", ".join(f"{ext} {n:,}" for ext, n in sorted(self.others.items(), key=lambda kv: -kv[1])[:5])
+        return (f"Not used: {count:,} file{'s' if count > 1 else ''} of {path} that {'are' if count > 1 else 'is'} not "
+                f"an image file this engine reads ({kinds}{', ...' if len(self.others) > 5 else ''})")
+
     def expected(self, path, size):
         """`_decode`'s `first`: the first image's size and name where the images must all share it."""
         return (*self.first[:2], str(path)) if size is None and self.first else None
@@ -193,13 +204,16 @@ def check_memory(path: Path, size=None):
     while they are stacked."""
     from PIL import Image, UnidentifiedImageError
 
-    count, first, folders, holding = 0, None, [], {}
+    count, first, folders, holding, others = 0, None, [], {}, {}
     for name, read in members(path):
         if read is None:
             folders.append(layout.parts_of(name))
             continue
         folder = layout.folder_of(name)
         if folder is None:
+            if not layout.hidden(layout.parts_of(name)):
+                suffix = posixpath.splitext(name)[1].lower() or "no extension"
+                others[suffix] = others.get(suffix, 0) + 1
             continue
         count += 1
         holding[folder] = holding.get(folder, 0) + 1
@@ -210,7 +224,7 @@ def check_memory(path: Path, size=None):
                     first = (image.size, label(path, name), 1 if image.mode in GRAY_MODES else 3)
             except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
                 first = ()  # the decoding pass names the bad file
-    survey = Survey(count, folders, first or (), holding)
+    survey = Survey(count, folders, first or (), holding, others)
     available = available_memory()
     if not first or available is None:
         return survey
