@@ -22,6 +22,7 @@ from engine.errors import EngineError, UsageError
 from engine.faults import pause_point
 from engine.safe_load import read_weights_only
 from engine.models.reference import ModelRef
+from engine.models.weights import take_buffer_shapes
 
 FORMAT = "engine-checkpoint/1"
 REQUIRED = ("format", "config", "data", "model", "epoch")
@@ -227,8 +228,11 @@ class SaveClock:
 def check_state(checkpoint: Checkpoint, model, path="the checkpoint", saved=None):
     """One line naming the first parameter where the checkpoint's weights (or `saved`, e.g. its
     averaged ones) and `model` differ (a missing or extra key, or another shape): a checkpoint of
-    another model or dataset."""
-    saved, wanted = checkpoint.model if saved is None else saved, model.state_dict()
+    another model or dataset. First, buffers whose shape the model's forward sets take the saved
+    shape (take_buffer_shapes)."""
+    saved = checkpoint.model if saved is None else saved
+    take_buffer_shapes(model, saved)
+    wanted = model.state_dict()
     where = f"{path} does not fit {checkpoint.ref.name} on {'x'.join(map(str, checkpoint.spec.shape))} images"
     for key, tensor in wanted.items():
         if key not in saved:

@@ -42,6 +42,16 @@ def cmd_train(args):
 
 
 def cmd_eval(args):
+    if not args.json:
+        return _evaluate(args)
+    import contextlib
+
+    out = sys.stdout
+    with contextlib.redirect_stdout(sys.stderr):  # what a model's forward prints stays out of the JSON
+        return _evaluate(args, out)
+
+
+def _evaluate(args, out=None):
     from engine.confusion import check_png_path
     from engine.evaluate import as_json, picture_title
 
@@ -71,7 +81,7 @@ def cmd_eval(args):
 
         result["confusion"].save_png(args.confusion, picture_title(result), warn)
     if args.json:
-        print(json.dumps({**as_json(result), "confusion_png": args.confusion}))
+        print(json.dumps({**as_json(result), "confusion_png": args.confusion}), file=out)
         return 0
     from engine.report import tta_mark
 

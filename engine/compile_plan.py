@@ -20,7 +20,6 @@ model, input, batch, precision, memory format, CPU, torch, threads):
 CUDA runs compile as asked (nothing here was measured on a GPU).
 """
 
-import copy
 import hashlib
 import json
 import os
@@ -32,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from engine import cpu, decisions
+from engine.models.copying import duplicate
 
 # Before any measurement on this machine: what a first compile may cost, the slowest seen (cold
 # caches; Xeon: cifar_cnn's training graph 5 s, fast_cifar's 13-17 s, an inference graph 3-6 s, an
@@ -155,8 +155,8 @@ def measure_training(model, runtime, x, y):
 
     quiet_compiler()
     with torch.random.fork_rng(devices=[]):
-        eager = copy.deepcopy(model).train()
-        compiled = copy.deepcopy(model).train()
+        eager = duplicate(model, "measuring a compiled step").train()
+        compiled = duplicate(model, "measuring a compiled step").train()
         compiled.compile(backend=CountingInductor(runtime.compile_mode))
         started = time.perf_counter()
         agree = agrees(eager, compiled, runtime, x, y)  # the compile happens here
@@ -214,7 +214,7 @@ def plan_training(runtime, model, ref, shape, batch, steps, cache_dir, say=print
 
 
 def _probe_copy(model, runtime):
-    probe = copy.deepcopy(model).train().to(runtime.device)
+    probe = duplicate(model, "measuring a compiled step").train().to(runtime.device)
     return probe.to(memory_format=torch.channels_last) if runtime.channels_last else probe
 
 

@@ -20,6 +20,8 @@ a forward pass over the training set per evaluation.
 import torch
 from torch.optim.swa_utils import AveragedModel
 
+from engine.models.weights import take_buffer_shapes
+
 WARMUP = 10  # d = min(DECAY, (1 + n) / (WARMUP + n)) after n averaged steps
 
 
@@ -46,7 +48,10 @@ class WeightAverage:
 
     def __init__(self, model: torch.nn.Module, decay: float):
         self.decay = decay
-        self.averaged = AveragedModel(model, multi_avg_fn=self._average, use_buffers=True)
+        from engine.models.copying import duplicate
+
+        copied = duplicate(model, "--ema's average")  # AveragedModel deep-copies it again: a copy deepcopy can make
+        self.averaged = AveragedModel(copied, multi_avg_fn=self._average, use_buffers=True)
         self.averaged.module.requires_grad_(False)  # evaluated only: no autograd state on its weights
 
     @torch.no_grad()
@@ -82,12 +87,28 @@ class WeightAverage:
         """Move the average towards `model` (the trained module itself, not its DDP wrapper): after
         each optimizer step. Under DDP the weights are equal on every rank after a step, so a local
         update keeps the average equal too (buffers aside: evaluation takes rank 0's)."""
+        self._take_reshaped_buffers(model)
         self.averaged.update_parameters(model)
+
+    def _take_reshaped_buffers(self, model):
+        """A buffer the model's forward gave another shape (a memory of features that grows, a
+        quantization observer's min/max that starts empty) or first set (registered as None) is
+        taken as it is: there is nothing of its old shape to average with."""
+        ours = dict(self.module.named_modules())
+        for prefix, module in model.named_modules():
+            mine = ours.get(prefix)
+            if mine is None:
+                continue
+            for key, theirs in module._buffers.items():
+                held = mine._buffers.get(key)
+                if theirs is not None and (held is None or held.shape != theirs.shape):
+                    mine._buffers[key] = theirs.detach().clone()
 
     def state_dict(self) -> dict:
         """The averaged weights, with the model's own state-dict keys (checkpoint "model_ema")."""
         return self.module.state_dict()
 
     def load_state_dict(self, weights: dict, updates: int):
+        take_buffer_shapes(self.module, weights)
         self.module.load_state_dict(weights)
         self.averaged.n_averaged.fill_(updates)

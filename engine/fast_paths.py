@@ -24,6 +24,18 @@ def first_batch(loader: BatchLoader):
     return x, y
 
 
+def copy_problem(model, purpose):
+    """Why the measurements cannot copy `model` (engine.models.copying), as one line, or None."""
+    from engine.errors import UsageError
+    from engine.models.copying import duplicate
+
+    try:
+        duplicate(model, purpose)
+    except UsageError as error:
+        return str(error)
+    return None
+
+
 def choose_precision(cfg: Config, runtime: Runtime, model, ref: ModelRef, resume: Checkpoint | None, ranks: Ranks,
                      loader: BatchLoader, say):
     """--amp where it gains: on a CPU where bf16 autocast was picked because the hardware has it (not
@@ -38,7 +50,9 @@ def choose_precision(cfg: Config, runtime: Runtime, model, ref: ModelRef, resume
     else:
         decision = None
         if ranks.is_main:
-            decision = decide(model, runtime, ref, *first_batch(loader), cfg.resolved_cache_dir())
+            problem = copy_problem(model, "the bf16 measurement")
+            decision = ({"precision": "fp32", "uncopied": problem} if problem else
+                        decide(model, runtime, ref, *first_batch(loader), cfg.resolved_cache_dir()))
         decision = ranks.broadcast(decision)
     apply(decision, runtime, ref, say)
 
@@ -54,7 +68,11 @@ def choose_compile(cfg: Config, runtime: Runtime, model, ref: ModelRef, ranks: R
     keep_compiled_code(cache_dir)
     compile_training = None
     batch = functools.cache(lambda: first_batch(loader))  # read once, and only if something must be measured
-    if ranks.is_main:
+    problem = copy_problem(model, "measuring a compiled step") if ranks.is_main else None
+    if problem:
+        say(f"--compile: the training step runs eagerly, as {problem}")
+        compile_training = False
+    elif ranks.is_main:
         shape = (cfg.batch_size, *loader.x.shape[1:])
         compile_training = plan_training(runtime, model, ref, shape, batch, len(loader) * cfg.epochs, cache_dir, say).compile
     runtime.compile_training = ranks.broadcast(compile_training)

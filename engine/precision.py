@@ -9,7 +9,6 @@ memory format, the CPU and the torch version, and cached beside the decode cache
 keeps its checkpoint's precision, and under DDP rank 0 decides for every rank.
 """
 
-import copy
 import hashlib
 import json
 import statistics
@@ -20,6 +19,7 @@ import torch.nn.functional as F
 
 from engine import cpu
 from engine.decisions import read, write
+from engine.models.copying import duplicate
 
 # bf16 stays only where it is at least as fast as fp32: a fast path never loses. (0.95 let resnet18
 # keep bf16 on a 0.957 measurement that the bench then put at 0.90x; at a true ratio near 1 either
@@ -56,6 +56,9 @@ def apply(decision, runtime, ref, say=print):
     if decision["precision"] == "fp32" and decision.get("resumed"):
         runtime.amp_dtype = None
         say("Precision: fp32, as the run chose when it started (its checkpoint's precision)")
+    elif decision.get("uncopied"):
+        runtime.amp_dtype = None
+        say(f"Precision: fp32, as {decision['uncopied']} (--amp-dtype bf16 forces bf16)")
     elif decision.get("bf16_failed"):
         runtime.amp_dtype = None
         say(f"Precision: fp32, as {ref.name} does not train under bf16 autocast ({decision['bf16_failed']}; "
@@ -71,7 +74,7 @@ def measure(model, runtime, x, y):
     """fp32 time / bf16 time of a training step's forward and backward on a copy of `model` (its
     statistics and the random state untouched): each precision warmed up once, then timed in
     interleaved rounds (medians); a first round outside CLEAR_FROM ends it, a close one gets a second."""
-    probe = copy.deepcopy(model).train().to(runtime.device)
+    probe = duplicate(model, "the bf16 measurement").train().to(runtime.device)
     if runtime.channels_last:
         probe = probe.to(memory_format=torch.channels_last)
     steps = {dtype: _step(probe, runtime.device, dtype, x, y) for dtype in (None, torch.bfloat16)}

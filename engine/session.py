@@ -263,13 +263,9 @@ def open_model(cfg: Config, ref: ModelRef, data: Dataset, spec: InputSpec, resum
 
 def copy_of(model):
     """The module a run trains in place of the caller's (`train(model=...)`)."""
-    import copy
+    from engine.models.copying import duplicate
 
-    try:
-        return copy.deepcopy(model)
-    except Exception as error:  # noqa: BLE001 - a module holding something deepcopy cannot copy (a lock, a file)
-        raise UsageError(f"train(model=...) trains a copy of your module and could not make one ({error}); keep "
-                         "locks, files and other uncopyable things out of the module's attributes") from None
+    return duplicate(model, "train(model=...), which trains a copy of your module,")
 
 
 def loaders(cfg: Config, data: Dataset, spec: InputSpec, runtime: Runtime, ranks: Ranks, say=print):

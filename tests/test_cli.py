@@ -227,7 +227,7 @@ def test_missing_data_directory_offline(tmp_path, capsys, monkeypatch):
 
 def test_empty_and_malformed_image_folders(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
-    assert "holds no images (files ending .bmp" in bad(capsys, ["train", "--data", str(tmp_path / "empty")], 1)
+    assert "holds no images (files ending .apng, .avif, .bmp" in bad(capsys, ["train", "--data", str(tmp_path / "empty")], 1)
     (tmp_path / "flat").mkdir()
     Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(tmp_path / "flat" / "a.png")
     assert "expected train/<class>/<image>" in bad(capsys, ["train", "--data", str(tmp_path / "flat")], 1)

@@ -209,7 +209,7 @@ class NoBackward(Linear):
 def test_a_model_that_could_not_train_or_evaluate_is_one_line_before_any_work(tmp_path, name, words):
     (tmp_path / "odd.py").write_text(ODD)
     with pytest.raises(UsageError, match=words):
-        build(parse_model(f"{tmp_path / 'odd.py'}:{name}"), (3, 8, 8), 4)
+        build(parse_model(f"{tmp_path / 'odd.py'}:{name}"), (3, 8, 8), 4, batch=8)  # to train: its backward is probed too
 
 
 def test_the_probe_runs_at_batch_1_for_a_run_of_batch_1(tmp_path):

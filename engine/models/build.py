@@ -16,6 +16,7 @@ from torch import nn
 from torch.nn.parameter import is_lazy
 
 from engine.errors import EngineError, UsageError, first_line
+from engine.models.copying import buffers_of, restore_buffers
 from engine.models.reference import ModelRef, line_in, load_code
 
 
@@ -33,7 +34,7 @@ def build(ref: ModelRef, in_shape, num_classes, batch=None) -> nn.Module:
         model = _torchvision(ref, in_shape, num_classes)
     else:
         model = _construct(load_code(ref), ref, in_shape, num_classes)
-    check_fits(model, ref, in_shape, num_classes, probe_batch(batch))
+    check_fits(model, ref, in_shape, num_classes, probe_batch(batch), trains=batch is not None)
     return model
 
 
@@ -126,13 +127,14 @@ def probe_batch(batch_size=None):
     return PROBE_BATCH if batch_size is None else min(batch_size, PROBE_BATCH)
 
 
-def check_fits(model: nn.Module, ref: ModelRef, in_shape, num_classes, batch=PROBE_BATCH, built=False):
+def check_fits(model: nn.Module, ref: ModelRef, in_shape, num_classes, batch=PROBE_BATCH, built=False, trains=True):
     """A training-mode and an evaluation-mode forward of a probe batch (zeros, on CPU) before any work:
     the model must take (B, C, H, W) images and return (B, num_classes) float32 logits in both modes,
     and have a parameter to train. `batch`: the probe's size (1 for a run of --batch-size 1, where a
     BatchNorm1d cannot train). BatchNorm statistics and the global RNG are left as they were, so the
     probe changes nothing a run computes. `built`: the caller built the module (`train(model=...)`),
-    so it, not the engine, chooses the number of classes."""
+    so it, not the engine, chooses the number of classes. `trains`: a run will train it, so a
+    training step's backward is probed too (not for an evaluation or an export)."""
     label = ref.label if ref.kind != "file" else f"{Path(ref.file).name}:{ref.name}"
     training, buffers, probe = model.training, None, torch.zeros(batch, *in_shape)
     outputs = {}
@@ -140,7 +142,7 @@ def check_fits(model: nn.Module, ref: ModelRef, in_shape, num_classes, batch=PRO
         with torch.random.fork_rng(devices=[]), torch.no_grad():
             if any(is_lazy(t) for t in (*model.parameters(), *model.buffers())):
                 model.eval()(probe)  # lazy modules (nn.LazyConv2d, ...) take their shapes; eval leaves statistics
-            buffers = {name: b.clone() for name, b in model.named_buffers()}
+            buffers = buffers_of(model)
             outputs["training"] = model.train()(probe)
             outputs["evaluation"] = model.eval()(probe)  # a forward may differ by mode (dropout, an `if self.training`)
     except Exception as error:
@@ -155,16 +157,16 @@ def check_fits(model: nn.Module, ref: ModelRef, in_shape, num_classes, batch=PRO
                          f"{_where(error, file)}: {first_line(error, 160)}{hint}") from None
     finally:
         model.train(training)
-        with torch.no_grad():
-            for name, b in model.named_buffers() if buffers is not None else ():
-                b.copy_(buffers[name])
+        if buffers is not None:
+            restore_buffers(model, buffers)
     for mode, output in outputs.items():
         check_logits(output, label, mode, batch, num_classes, ref, type(model) if built else None)
     if not any(p.requires_grad for p in model.parameters()):
         count = sum(p.numel() for p in model.parameters())
         held = f"all {count:,} have requires_grad False" if count else "it has none"
         raise UsageError(f"{label} has no parameter to train ({held}); a model needs at least one trainable parameter")
-    check_backward(model, label, probe, code_file(ref))
+    if trains:
+        check_backward(model, label, probe, code_file(ref))
 
 
 def check_backward(model: nn.Module, label, probe, file):
@@ -173,7 +175,7 @@ def check_backward(model: nn.Module, label, probe, file):
     otherwise stop the first step with autograd's traceback. Gradients, BatchNorm statistics and
     the global RNG are left as they were."""
     training, grads = model.training, [p.grad for p in model.parameters()]
-    buffers = {name: b.clone() for name, b in model.named_buffers()}
+    buffers = buffers_of(model)
     try:
         with torch.random.fork_rng(devices=[]), torch.enable_grad():
             output = model.train()(probe)
@@ -194,8 +196,7 @@ def check_backward(model: nn.Module, label, probe, file):
         with torch.no_grad():
             for p, grad in zip(model.parameters(), grads):
                 p.grad = grad
-            for name, b in model.named_buffers():
-                b.copy_(buffers[name])
+        restore_buffers(model, buffers)
 
 
 def check_rebuilds(model: nn.Module, ref: ModelRef, in_shape, num_classes):

@@ -16,6 +16,8 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from engine.models.copying import buffers_of, restore_buffers
+
 DEPTH = 2  # the layer table's rows: modules two levels down (resnet18's layer1.0), or leaves above that
 
 
@@ -158,7 +160,8 @@ def _measure(model, in_shape, train, watched=(), shapes=None, flops=None):
         shapes.setdefault(id(module), _shape(out))  # a module called twice keeps its first shape
 
     handles = [h for m in watched for h in (m.register_forward_pre_hook(enter), m.register_forward_hook(leave))]
-    buffers = [(b, b.detach().clone()) for b in model.buffers()]
+    buffers = buffers_of(model)
+    grads = [(p, p.grad) for p in model.parameters()]
     training = model.training
     rng_devices = [device] if device.type == "cuda" else []
     try:
@@ -168,16 +171,16 @@ def _measure(model, in_shape, train, watched=(), shapes=None, flops=None):
                 out = model(x)
                 leaves = [p for p in model.parameters() if p.requires_grad]
                 outputs = [t for t in _tensors(out) if t.requires_grad]
-                if train and leaves and outputs:  # autograd.grad, not backward(): .grad stays untouched
-                    loss = sum(t.float().sum() for t in outputs)
-                    torch.autograd.grad(loss, leaves, allow_unused=True)
+                if train and leaves and outputs:  # backward(), not autograd.grad(), which the counter refuses
+                    loss = sum(t.float().sum() for t in outputs)  # through a parametrization (weight_norm)
+                    loss.backward()
     finally:
         model.train(training)
         for handle in handles:
             handle.remove()
-        with torch.no_grad():
-            for buffer, saved in buffers:
-                buffer.copy_(saved)
+        for p, grad in grads:  # .grad as it was
+            p.grad = grad
+        restore_buffers(model, buffers)
     return counter.get_total_flops() // batch
 
 

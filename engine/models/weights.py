@@ -51,18 +51,33 @@ def read_state_dict(path, say=None):
 
 
 def head_keys(model: nn.Module):
-    """State-dict keys of the model's classifier head: the last Linear (or 1x1 Conv2d) in the module order."""
+    """State-dict keys of the model's classifier head: every key of the last Linear (or 1x1 Conv2d)
+    in the module order, its weight and bias, and what stands for them in a parametrized or pruned
+    head (`parametrizations.weight.original0/1` of weight_norm, `weight_orig` and `weight_mask`)."""
     last = None
     for name, module in model.named_modules():
         if isinstance(module, (nn.Linear, nn.Conv2d)) and name:
             last = name
-    return {f"{last}.weight", f"{last}.bias"} if last else set()
+    return {key for key in model.state_dict() if key.startswith(f"{last}.")} if last else set()
+
+
+def take_buffer_shapes(model: nn.Module, saved):
+    """Give each buffer of a freshly built `model` whose shape differs from its `saved` tensor's an
+    empty tensor of the saved shape, for load_state_dict to fill: a forward may reshape a buffer
+    (a memory of features that grows, a quantization observer's min/max that starts empty), so the
+    trained model's differs from the built one's. Parameters are left as they are (checked)."""
+    for prefix, module in model.named_modules():
+        for key, buffer in module._buffers.items():
+            held = saved.get(f"{prefix}.{key}" if prefix else key)
+            if buffer is not None and isinstance(held, torch.Tensor) and buffer.shape != held.shape:
+                module._buffers[key] = torch.empty(held.shape, dtype=buffer.dtype, device=buffer.device)
 
 
 def init_from(model: nn.Module, path, say=print):
     """Load `path`'s weights into `model` (see the module docstring); returns the re-initialised keys."""
-    state, wanted = read_state_dict(path, say), model.state_dict()
-    head = head_keys(model)
+    state = read_state_dict(path, say)
+    take_buffer_shapes(model, state)
+    wanted, head = model.state_dict(), head_keys(model)
     fresh, load = [], {}
     for key, tensor in wanted.items():
         if key not in state:

@@ -1,0 +1,165 @@
+"""User models whose state is out of the ordinary, through training, --ema, evaluation, resume,
+--init-from, summary and `eval --json`: pruned (torch.nn.utils.prune's computed `weight`),
+parametrized (weight_norm), a scripted submodule, buffers a forward grows or first sets, a
+backward hook, and a forward that prints. Each is a model a user brings; each failed with a
+traceback before (a fourth round of user models)."""
+
+import json
+import warnings
+
+import pytest
+import torch
+
+from engine.checkpoint import load
+from engine.cli import main
+from engine.config import Config
+from engine.errors import UsageError
+from engine.evaluate import evaluate_checkpoint
+from engine.models.copying import duplicate
+from engine.train import train
+
+NETS = '''
+import torch
+import torch.nn as nn
+from torch.nn.utils import parametrizations, prune
+
+
+class Base(nn.Module):
+    def __init__(self, num_classes=10):
+        super().__init__()
+        self.c = nn.Conv2d(3, 8, 3, padding=1)
+        self.f = nn.Linear(8, num_classes)
+
+    def forward(self, x):
+        return self.f(torch.relu(self.c(x)).mean((2, 3)))
+
+
+class Pruned(Base):
+    def __init__(self, num_classes=10):
+        super().__init__(num_classes)
+        prune.l1_unstructured(self.c, "weight", amount=0.5)
+
+
+class Normed(Base):
+    def __init__(self, num_classes=10):
+        super().__init__(num_classes)
+        self.c = parametrizations.weight_norm(self.c)
+        self.f = parametrizations.weight_norm(self.f)
+
+
+class Scripted(Base):
+    def __init__(self, num_classes=10):
+        super().__init__(num_classes)
+        self.c = torch.jit.script(nn.Conv2d(3, 8, 3, padding=1))
+
+
+class Memory(Base):
+    """A buffer that grows in training (a memory of features) and one registered as None."""
+
+    def __init__(self, num_classes=10):
+        super().__init__(num_classes)
+        self.register_buffer("seen", torch.empty(0))
+        self.register_buffer("last", None, persistent=False)
+
+    def forward(self, x):
+        h = torch.relu(self.c(x)).mean((2, 3))
+        if self.training:
+            self.seen = torch.cat([self.seen, h.detach().mean(1)])[-50:]
+        self.last = h.detach()
+        return self.f(h)
+
+
+class Hooked(Base):
+    def __init__(self, num_classes=10):
+        super().__init__(num_classes)
+        self.c.register_full_backward_hook(lambda module, grad_in, grad_out: None)
+
+
+class Loud(Base):
+    def forward(self, x):
+        print("forward", tuple(x.shape))
+        return super().forward(x)
+'''
+
+FLAGS = dict(data="synthetic", epochs=2, limit_train=64, limit_test=32, batch_size=16, device="cpu", amp=False, quiet=True)
+
+
+@pytest.fixture
+def nets(tmp_path):
+    (tmp_path / "nets.py").write_text(NETS)
+    return tmp_path / "nets.py"
+
+
+def run(nets, name, out, **flags):
+    return train(Config(model=f"{nets}:{name}", out=str(out), **{**FLAGS, **flags}), log=lambda *_: None)[0]
+
+
+def test_a_pruned_model_copies_for_measurements_and_trains_with_ema(nets, tmp_path):
+    """prune keeps `weight` as a computed attribute, not a leaf: copy.deepcopy refused it (the bf16
+    and compile measurements, --ema's average)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("nets_for_copy", nets)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    model = module.Pruned()
+    copied = duplicate(model, "a test")
+    x = torch.randn(2, 3, 8, 8)
+    assert torch.equal(copied(x), model(x)) and all(p.is_leaf for p in copied.parameters())
+    with pytest.raises(UsageError, match="a test needs a copy of Scripted that trains.*torch.jit.script-ed submodule"):
+        duplicate(module.Scripted(), "a test")
+    out = run(nets, "Pruned", tmp_path / "pruned", ema=0.9)
+    assert load(out / "best.pt").ema is not None
+    with pytest.raises(UsageError, match="--ema's average needs a copy of Scripted"):
+        run(nets, "Scripted", tmp_path / "scripted", ema=0.9)
+
+
+def test_buffers_a_forward_grows_or_sets_train_average_evaluate_and_resume(nets, tmp_path):
+    """The probe put buffers back with copy_ (a shape error, a KeyError for one registered as None);
+    --ema averaged a grown buffer with its empty start; a checkpoint's grown buffer did not load
+    into the freshly built model."""
+    out = run(nets, "Memory", tmp_path / "run", ema=0.9)
+    saved = load(out / "last.pt")
+    assert saved.model["seen"].shape == (50,) and saved.ema["seen"].shape == (50,)
+    result = evaluate_checkpoint(out / "best.pt", {"quiet": True, "limit_test": 32}, log=lambda *_: None, model=f"{nets}:Memory")
+    assert result["images"] == 32
+    from engine.checkpoint import model_from_checkpoint
+    from engine.ema import WeightAverage
+    from engine.models.build import build
+    from engine.models.reference import parse_model
+
+    rebuilt = model_from_checkpoint(saved, out / "last.pt", parse_model(f"{nets}:Memory"), say=lambda *_: None)
+    assert torch.equal(rebuilt.seen, saved.ema["seen"])  # the average, which evaluations use (check_state, as --resume)
+    average = WeightAverage(build(parse_model(f"{nets}:Memory"), (3, 32, 32), 10), 0.9)
+    average.load_state_dict(saved.ema, saved.ema_updates)  # --resume's load of the average
+    assert torch.equal(average.module.seen, saved.ema["seen"])
+
+
+def test_summary_of_a_parametrized_model_and_init_from_re_initialises_its_head(nets, tmp_path, capsys):
+    """summary's autograd.grad under the FLOP counter failed through weight_norm; --init-from kept only
+    `f.weight`/`f.bias` as the head, so a weight-normed head of another class count did not fit."""
+    assert main(["summary", "--model", f"{nets}:Normed", "--input-shape", "3x16x16"]) == 0
+    assert "Total parameters" in capsys.readouterr().out
+    source = run(nets, "Normed", tmp_path / "ten")
+    from engine.models.build import build
+    from engine.models.reference import parse_model
+    from engine.models.weights import init_from
+
+    model = build(parse_model(f"{nets}:Normed"), (3, 32, 32), 4)
+    fresh = init_from(model, source / "best.pt", say=lambda *_: None)
+    assert set(fresh) == {"f.bias", "f.parametrizations.weight.original0", "f.parametrizations.weight.original1"}
+
+
+def test_evaluation_runs_no_backward_and_json_stays_json_when_the_forward_prints(nets, tmp_path, capsys):
+    """eval probed a training step's backward, firing a user's backward hook (torch's warning about
+    it on the terminal); a forward's print went into `eval --json`'s stdout."""
+    out = run(nets, "Hooked", tmp_path / "hooked")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        evaluate_checkpoint(out / "best.pt", {"quiet": True}, log=lambda *_: None, model=f"{nets}:Hooked")
+    assert not [w for w in caught if "backward hook" in str(w.message)]
+    loud = run(nets, "Loud", tmp_path / "loud")
+    capsys.readouterr()
+    assert main(["eval", str(loud / "best.pt"), "--model", f"{nets}:Loud", "--json", "--limit-test", "32"]) == 0
+    printed = capsys.readouterr()
+    assert json.loads(printed.out)["images"] == 32 and "forward (" in printed.err
