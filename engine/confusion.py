@@ -18,6 +18,7 @@ from engine.errors import UsageError
 TABLE_ROWS = 40  # classes shown in the terminal table; --json has them all
 PAIRS = 5  # most-confused pairs shown
 COUNTS_UP_TO = 20  # classes up to which the picture writes the count in each cell
+LABEL_CHARACTERS = 40  # a class name longer than this is cut in the picture (its tick label)
 
 
 class Confusion:
@@ -73,6 +74,8 @@ class Confusion:
     def format(self, rows=TABLE_ROWS):
         """Text for a terminal: one line per class (the first `rows`), then the most-confused pairs."""
         table = self.per_class()
+        for c in table:
+            c["class"] = printable(c["class"])
         width = max(8, *(columns(c["class"]) for c in table[:rows]))
         percent = lambda v: f"{v * 100:6.1f}%" if v is not None else "      -"  # noqa: E731
         pad = lambda name: name + " " * (width - columns(name))  # noqa: E731
@@ -111,8 +114,9 @@ class Confusion:
             fig, ax = plt.subplots(figsize=(side + 1.5, side))
             image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
             fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
-            ax.set_xticks(range(k), self.classes, rotation=90, fontsize=font)
-            ax.set_yticks(range(k), self.classes, fontsize=font)
+            labels = [printable(name, LABEL_CHARACTERS) for name in self.classes]
+            ax.set_xticks(range(k), labels, rotation=90, fontsize=font)
+            ax.set_yticks(range(k), labels, fontsize=font)
             ax.set(xlabel="predicted class", ylabel="true class")
             ax.set_title(f"{title}\naccuracy {self.accuracy * 100:.2f}% on {self.images:,} test images", fontsize=11)
             if k <= COUNTS_UP_TO:
@@ -121,7 +125,8 @@ class Confusion:
                         if counts[i, j]:
                             ax.text(j, i, f"{int(counts[i, j]):,}", ha="center", va="center", fontsize=font * 0.9,
                                     color="white" if shares[i, j] > 0.5 else "black")
-            fig.tight_layout()
+            warnings.filterwarnings("ignore", message="Tight layout not applied", category=UserWarning)
+            fig.tight_layout()  # where labels leave no room it keeps matplotlib's layout: no stderr line
             path = Path(path)
             temporary = path.parent / f".{path.name}.tmp{os.getpid()}.png"
             try:
@@ -163,7 +168,15 @@ def fonts_for(text):
 
 def describe_pair(pair):
     """'cat -> dog 123 (12.3% of cat)'"""
-    return f"{pair['true']} -> {pair['predicted']} {pair['images']:,} ({pair['share'] * 100:.1f}% of {pair['true']})"
+    true, predicted = printable(pair["true"]), printable(pair["predicted"])
+    return f"{true} -> {predicted} {pair['images']:,} ({pair['share'] * 100:.1f}% of {true})"
+
+
+def printable(name, limit=None):
+    """A class name as one line shows it: a newline, tab or other control character escaped (`a\\nb`),
+    and past `limit` characters cut with an ellipsis (a picture's tick label)."""
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(name))
+    return text if limit is None or len(text) <= limit else text[:limit - 1] + "\u2026"
 
 
 def check_png_path(path, flag="--confusion"):

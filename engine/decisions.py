@@ -7,6 +7,7 @@ time, nothing else: neither ever stops a run.
 
 import json
 import os
+import sys
 
 
 def read(path):
@@ -17,12 +18,24 @@ def read(path):
         return {}
 
 
+_unwritable = set()  # files already said to be unwritable in this process
+
+
 def write(path, entries):
-    """Replace the file at `path` with `entries`, whole or not at all."""
+    """Replace the file at `path` with `entries`, whole or not at all; a file that cannot be written
+    (a read-only cache folder) is said once, as the decode cache says it: its measurements are
+    taken again next time."""
+    temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
         temporary.write_text(json.dumps(entries, indent=1, sort_keys=True) + "\n")
         os.replace(temporary, path)
-    except OSError:
-        pass
+    except OSError as error:
+        try:
+            temporary.unlink(missing_ok=True)
+        except OSError:
+            pass
+        if path not in _unwritable:
+            _unwritable.add(path)
+            print(f"engine: warning: could not write {path} ({error.strerror or error}); what it keeps is measured "
+                  "again next time", file=sys.stderr)

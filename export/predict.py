@@ -14,6 +14,7 @@ import os
 
 import numpy as np
 
+from engine.confusion import printable
 from engine.errors import EngineError, UsageError
 from export import images as imaging
 from export.metadata import REQUIRED, ModelInfo
@@ -165,7 +166,7 @@ def predict_files(model: Classifier, paths, topk=3, batch_size=64, as_json=False
             if as_json:
                 say(json.dumps({"image": str(path), "top": [{"class": c, "probability": round(p, 6)} for c, p in top]}))
             else:
-                say(f"{path}: " + ", ".join(f"{c} {p * 100:.1f}%" for c, p in top))
+                say(f"{printable(path)}: " + ", ".join(f"{printable(c)} {p * 100:.1f}%" for c, p in top))
     for line in bad:
         warn(line)
     return len(bad)

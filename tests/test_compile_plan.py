@@ -171,3 +171,17 @@ def test_an_evaluation_cut_short_by_the_target_screen_counts_as_a_whole_one(tmp_
     plan.state, plan.compile_s = "measuring", 1.0  # as model() leaves it after compiling in 1 s
     plan.timed(1.25, share=0.1)  # 0.25 s of compiled work for a tenth: 2.5 s a whole one
     assert read(tmp_path)[plan.key]["ratio"] == pytest.approx(2.0) and plan.state == "compiled"
+
+
+def test_a_decision_file_that_cannot_be_written_is_said_once(tmp_path, capsys):
+    """A read-only cache folder: the run said "cached in .../precision.json" and nothing was written."""
+    from engine import decisions
+
+    folder = tmp_path / "cache"
+    folder.mkdir()
+    (folder / "precision.json").mkdir()  # a folder where the file goes: os.replace fails as read-only would
+    decisions.write(folder / "precision.json", {"a": 1})
+    decisions.write(folder / "precision.json", {"a": 2})
+    err = capsys.readouterr().err
+    assert err.count("engine: warning: could not write") == 1 and "measured again next time" in err
+    assert decisions.read(folder / "precision.json") == {} and list(folder.iterdir()) == [folder / "precision.json"]

@@ -243,3 +243,19 @@ def test_a_class_weighted_run_keeps_its_choice_in_checkpoints_and_on_resume(tmp_
     assert "--class-weights none differs from its --class-weights auto" in capsys.readouterr().err
     assert main(["train", "--resume", str(out)]) == 0  # nothing left to train; the choice stays
     assert load(out / "last.pt").config["class_weights"] == "auto"
+
+
+def test_class_names_with_a_newline_or_too_long_for_the_picture_print_on_one_line(tmp_path, recwarn):
+    """A class folder named 'a\\nb' split the table's row in two; 250-character names leaked matplotlib's
+    'Tight layout not applied' warning onto the terminal."""
+    import warnings
+
+    warnings.simplefilter("always")
+    names = ["a\nb", "tab\there", "L" * 250]
+    matrix = Confusion(names)
+    matrix.add(torch.tensor([0, 1, 2, 2]), torch.tensor([0, 2, 2, 1]))
+    text = matrix.format()
+    assert "a\\nb" in text and "tab\\there" in text and all(not line.startswith("b ") for line in text.splitlines())
+    matrix.save_png(tmp_path / "c.png", "title")
+    assert (tmp_path / "c.png").stat().st_size > 0
+    assert not [w for w in recwarn if "Tight layout" in str(w.message)]
