@@ -33,6 +33,7 @@ class ModelInfo:
     dataset: str = ""
     test_accuracy: float | None = None
     test_accuracy_tta: int = 0  # the --tta level that accuracy was measured with (this file runs one view)
+    test_accuracy_precision: str = "fp32"  # the precision that accuracy was measured in (this file runs fp32); not stored
     engine_version: str = ""
     opset: int | None = None
     config: dict = field(default_factory=dict)  # the training config, for `engine eval MODEL.onnx`
@@ -54,7 +55,7 @@ class ModelInfo:
         accuracy, tta = measured.get("test_acc"), int(measured.get("tta") or 0)
         return cls(classes=list(spec.classes), input_size=list(spec.shape), mean=list(spec.mean),
                    std=list(spec.std), model=checkpoint.ref.label, dataset=cfg["data"], test_accuracy=accuracy,
-                   test_accuracy_tta=tta,
+                   test_accuracy_tta=tta, test_accuracy_precision=(checkpoint.runtime or {}).get("precision") or "fp32",
                    engine_version=__version__, opset=opset, config=dict(cfg),
                    image_size=list(parse_image_size(cfg["image_size"])) if cfg.get("image_size") else None,
                    fingerprint=checkpoint.fingerprint,

@@ -42,6 +42,9 @@ class ExportResult:
         accuracy = f", test accuracy {info.test_accuracy * 100:.2f}%" if info.test_accuracy is not None else ""
         if accuracy and info.test_accuracy_tta:  # measured on several views of each image; the file runs one
             accuracy += f" (the checkpoint's, with --tta {info.test_accuracy_tta}; this file runs one view of each image)"
+        if accuracy and info.test_accuracy_precision != "fp32":  # the run evaluated under autocast; the file is fp32
+            accuracy += (f" (the checkpoint's, evaluated in {info.test_accuracy_precision}; this file runs fp32: "
+                         f"engine eval {self.path} scores it)")
         limit = (info.config or {}).get("limit_test")
         if accuracy and limit:  # measured on a seeded subset: engine eval of the whole test set differs
             accuracy += f" (on the run's --limit-test {limit:,} of its test images)"

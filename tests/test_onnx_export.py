@@ -272,3 +272,20 @@ def test_parity_tolerance_grows_with_the_logits_and_a_real_large_logit_model_ver
     images = np.random.default_rng(0).random((16, 3, 32, 32), dtype=np.float32)
     parity = check_parity(session, model, images)
     assert parity.scale > 100 and parity.max_abs_diff <= parity.tolerance() and parity.tolerance() > ATOL
+
+
+@pytest.mark.slow  # two trainings and two verified exports
+def test_the_accuracy_export_prints_says_the_precision_it_was_measured_in(tmp_path):
+    """A bf16 run's checkpoint accuracy was printed as the fp32 file's (55.70% against the file's 55.30%
+    in one probe): it is the run's evaluation under autocast, and said so."""
+    from engine.config import Config
+    from engine.train import train
+
+    flags = dict(epochs=1, limit_train=64, limit_test=32, batch_size=32, device="cpu", quiet=True, model="mlp")
+    for dtype, said in (("bf16", True), (None, False)):
+        amp = dict(amp=True, amp_dtype="bf16") if dtype else dict(amp=False)
+        out, _ = train(Config(out=str(tmp_path / f"run{dtype}"), **flags, **amp), log=lambda *_: None)
+        assert load(out / "best.pt").runtime["precision"] == (dtype or "fp32")
+        result = export_onnx(tmp_path / f"m{dtype}.onnx", out / "best.pt", log=lambda *_: None)
+        wrote = result.lines()[-1]
+        assert ("evaluated in bf16; this file runs fp32: engine eval" in wrote) == said, wrote
