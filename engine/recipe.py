@@ -15,12 +15,17 @@ WHITEN_IMAGES = 5_000  # training images the stem's patch statistics come from (
 
 def apply_recipe(values, say=print):
     """`values` (the Config fields given on the command line) completed with the model's recipe
-    for every field not given; says in one line what it filled in."""
+    for every field not given; says in one line what it filled in. A recipe value may be a function
+    of the run's values (fast_cifar94's lr, airbench's rate per image, at the --batch-size used)."""
     from engine.models import MODELS
 
     model = values.get("model", Config.__dataclass_fields__["model"].default)
     recipe = getattr(MODELS.get(model), "recipe", None) or {}
     applied = {name: value for name, value in recipe.items() if name not in values}
+    merged = {**values, **applied}
+    for name, value in applied.items():  # a value that follows others (an lr per image, at the batch size used)
+        if callable(value):
+            applied[name] = value(merged)
     if applied:
         shown = ", ".join(f"{flag(name)} {_show(value)}" for name, value in applied.items())
         say(f"Recipe for {model}: {shown} (flags given on the command line win)")

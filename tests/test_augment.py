@@ -51,3 +51,24 @@ def test_the_loader_crops_by_seed_and_epoch_and_leaves_runs_without_it_unchanged
     assert all(b.shape == (16, 3, 12, 12) and torch.isfinite(b).all() for b in resized)
     # normalised like every batch: the loader's mean and std (0.5, 0.25) put pixels in [-2, 2]
     assert all(b.abs().max() <= 2.0 + 1e-5 for b in resized)
+
+
+def test_alternate_flips_asked_for_on_gray_images_are_said_not_ignored(tmp_path):
+    """Single-channel sets train without flips (digits); --flip alternate on them did nothing silently."""
+    import numpy as np
+    from PIL import Image
+
+    from engine.config import Config
+    from engine.train import train
+
+    rng = np.random.default_rng(0)
+    for label, name in enumerate(("dark", "light")):
+        (tmp_path / "gray" / name).mkdir(parents=True)
+        for i in range(12):
+            Image.fromarray((rng.integers(0, 120, (8, 8)) + label * 120).astype(np.uint8)).save(tmp_path / "gray" / name / f"{i}.png")
+    flags = dict(data=str(tmp_path / "gray"), epochs=1, batch_size=8, amp=False, device="cpu", model="mlp",
+                 cache_dir=str(tmp_path / "cache"), test_split="25%")
+    for flip, said in (("alternate", True), ("random", False)):
+        lines = []
+        train(Config(out=str(tmp_path / flip), flip=flip, **flags), log=lines.append)
+        assert any(line.startswith("--flip alternate: this data trains without flips") for line in lines) == said

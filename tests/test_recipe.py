@@ -3,6 +3,7 @@ run whitens fast_cifar's stem from its training images while a resume keeps the 
 
 import json
 
+import pytest
 import torch
 
 from engine.checkpoint import load
@@ -78,3 +79,15 @@ def test_models_without_a_data_init_are_left_alone(tmp_path):
     assert not any(line.startswith("Initialised") for line in said)
     assert all(p.requires_grad for p in s.model.parameters())
     s.run.close()
+
+
+def test_fast_cifar94_s_lr_follows_a_batch_size_given():
+    """airbench's lr is a rate per image: at --batch-size 256 the recipe's 1.5 (for 1,024) overshot 4x."""
+    from engine.recipe import apply_recipe
+
+    said = []
+    own = apply_recipe({"model": "fast_cifar94"}, say=said.append)
+    assert own["batch_size"] == 1024 and own["lr"] == pytest.approx(1.5)
+    smaller = apply_recipe({"model": "fast_cifar94", "batch_size": 256}, say=said.append)
+    assert smaller["lr"] == pytest.approx(0.375) and "--lr 0.375" in said[-1]
+    assert apply_recipe({"model": "fast_cifar94", "batch_size": 256, "lr": 0.9}, say=said.append)["lr"] == 0.9  # given

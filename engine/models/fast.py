@@ -167,7 +167,7 @@ FAST_CIFAR_RECIPE = {
 FAST_CIFAR94_RECIPE = {
     "batch_size": 1024,
     "optimizer": "sgd",
-    "lr": 11.5 * 1024 / (1024 * (1 + 1 / 0.15)),  # 1.5
+    "lr": lambda values: 11.5 * values["batch_size"] / (1024 * (1 + 1 / 0.15)),  # 1.5 at 1,024; a --batch-size given scales it
     "momentum": 0.85,
     "weight_decay": 0.0153 / 11.5,
     "bn_lr_scale": 64.0,
