@@ -218,6 +218,7 @@ def test_evaluations_refuse_what_they_do_not_take(tmp_path, tiny_run, tiny_onnx,
         evaluate_onnx(tiny_onnx, {"limt_test": 3})
     with pytest.raises(UsageError, match="--tta applies to PyTorch checkpoints"):
         evaluate_onnx(tiny_onnx, {"tta": 1})
+    assert evaluate_onnx(tiny_onnx, {"tta": 0, "amp": False, "quiet": True, "limit_test": 8})["images"] == 8  # what it does anyway
     with pytest.raises(UsageError, match=r"evaluate_checkpoint\(model=...\) names the checkpoint's code as text"):
         evaluate_checkpoint(tiny_run[1], {}, model=nets.Net())
     with pytest.raises(UsageError, match=r"export_onnx\(model=...\) names the checkpoint's code as text"):
