@@ -188,6 +188,15 @@ class Detached(Linear):
         return self.logits(x).detach()
 
 
+class Float64(Linear):
+    def __init__(self):
+        super().__init__()
+        self.double()
+
+    def forward(self, x):
+        return self.logits(x)
+
+
 class NoBackward(Linear):
     def forward(self, x):
         return Untrainable.apply(self.logits(x))
@@ -205,6 +214,7 @@ class NoBackward(Linear):
                 r"needed for gradient computation has been modified by an inplace operation: .*; write the in-place op"),
     ("NoBackward", r"odd.py:NoBackward: its backward \(a training step's gradient\) raised NotImplementedError"),
     ("Detached", r"odd.py:Detached's logits depend on no trainable parameter \(detached, or computed under"),
+    ("Float64", r"odd.py:Float64 cannot take 3x8x8 images: .*; its parameters are float64, and the engine feeds float32"),
 ])
 def test_a_model_that_could_not_train_or_evaluate_is_one_line_before_any_work(tmp_path, name, words):
     (tmp_path / "odd.py").write_text(ODD)

@@ -153,6 +153,10 @@ def check_fits(model: nn.Module, ref: ModelRef, in_shape, num_classes, batch=PRO
                                                       "Output size is too small"))
         hint = ("; the images are too small for this network (resize an image folder's with --image-size; summary "
                 "takes --input-shape)" if small else "")
+        kinds = sorted({str(p.dtype).replace("torch.", "") for p in model.parameters() if p.dtype != torch.float32})
+        if kinds and not small:  # model.double() or .half() in __init__: the images come as float32
+            hint = (f"; its parameters are {' and '.join(kinds)}, and the engine feeds float32 images (build it in "
+                    "float32: --amp chooses a faster precision where one measures faster)")
         raise UsageError(f"{label} cannot take {shape} images: its forward{mode} raised {type(error).__name__}"
                          f"{_where(error, file)}: {first_line(error, 160)}{hint}") from None
     finally:
