@@ -164,8 +164,13 @@ class Watch:
             return (f"Reached {self.target:g}% test accuracy in {reached['time_to_target']:.1f} s {self.origin()}, "
                     f"at epoch {reached['epoch']:g} ({reached['test_acc'] * 100:.2f}%)")
         done = evaluated(metrics)
-        best = max((m["test_acc"] for m in done), default=0.0)
+        best = max(done, key=lambda m: m["test_acc"], default=None)
         seconds = self.elapsed() if trained else self.before
-        return (f"Did not reach {self.target:g}% test accuracy in {seconds:.1f} s {self.origin()} "
-                f"(best {best * 100:.2f}% over {len(done)} evaluation{'s' * (len(done) != 1)} of the whole test set, "
-                "within epochs as at their ends, where best.pt is chosen); train longer or aim lower")
+        said = "no evaluation" if best is None else (
+            f"best {best['test_acc'] * 100:.2f}% at epoch {best['epoch']:g} of {len(done)} evaluation"
+            f"{'s' * (len(done) != 1)} of the whole test set")
+        ends = [m for m in done if not m.get("partial")]  # best.pt is chosen at epoch ends
+        kept = max(ends, key=score, default=None)
+        if best is not None and best.get("partial") and kept is not None:
+            said += f"; best.pt holds epoch {kept['epoch']:g}'s {kept['test_acc'] * 100:.2f}%, chosen at epoch ends"
+        return f"Did not reach {self.target:g}% test accuracy in {seconds:.1f} s {self.origin()} ({said}); train longer or aim lower"

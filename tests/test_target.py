@@ -336,3 +336,18 @@ def test_target_acc_screens_evaluations_within_an_epoch(tmp_path, capsys):
     assert stop["epoch"] == 0.1 and "screen_acc" not in stop and stop["time_to_target"] > 0
     evaluated = evaluate_checkpoint(tmp_path / "near" / "best.pt", {"quiet": True, "batch_size": 50, "amp": False})
     assert evaluated["test_acc"] == stop["test_acc"] and evaluated["test_loss"] == pytest.approx(stop["test_loss"], abs=1e-5)
+
+
+def test_a_missed_target_names_where_its_best_was_and_what_best_pt_holds():
+    """The best of a missed target was an evaluation within an epoch, which best.pt (chosen at epoch
+    ends) does not hold: the line said both as one figure."""
+    from engine.target import Watch
+
+    watch = Watch(90, 0.25, 4, 2)
+    metrics = [{"epoch": 0.5, "test_acc": 0.61, "partial": True}, {"epoch": 1, "test_acc": 0.55},
+               {"epoch": 1.5, "test_acc": 0.58, "partial": True}, {"epoch": 2, "test_acc": 0.57}]
+    line = watch.summary(None, metrics, trained=False)
+    assert "(best 61.00% at epoch 0.5 of 4 evaluations of the whole test set; best.pt holds epoch 2's 57.00%, " \
+           "chosen at epoch ends); train longer or aim lower" in line
+    line = watch.summary(None, metrics[1:2], trained=False)
+    assert "(best 55.00% at epoch 1 of 1 evaluation of the whole test set)" in line
