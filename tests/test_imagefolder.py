@@ -629,3 +629,11 @@ def test_what_a_source_leaves_out_is_said_from_the_decode_cache_too(tmp_path):
         assert f"Not used: 1 file of {path} that is not an image file this engine reads (.txt 1)" in lines, (run, lines)
         assert any(line.startswith("Using test/ as the test split; val/ not used") for line in lines), (run, lines)
     assert any(line.startswith("Data: ") and "decoded earlier" in line for line in lines)  # the second read: the cache
+
+
+def test_archive_members_naming_a_place_outside_it_are_counted_not_dropped_silently(tmp_path):
+    path = write({**tree(), "../evil.png": png(1), "train/../../up.png": png(2)}, tmp_path / "images.zip", "zip")
+    said = []
+    data = read(path, tmp_path / "cache", log=said.append)
+    assert len(data.train_x) == 9  # nothing outside the archive's folders is read
+    assert f"Not used: 2 files of {path} that are not an image file this engine reads ('..' in the name 2)" in said, said

@@ -211,7 +211,10 @@ def check_memory(path: Path, size=None):
             continue
         folder = layout.folder_of(name)
         if folder is None:
-            if not layout.hidden(layout.parts_of(name)):
+            parts = layout.parts_of(name)
+            if ".." in parts:  # an archive member naming a place outside it: never read, but said
+                others["'..' in the name"] = others.get("'..' in the name", 0) + 1
+            elif not layout.hidden(parts):
                 suffix = posixpath.splitext(name)[1].lower() or "no extension"
                 others[suffix] = others.get(suffix, 0) + 1
             continue
