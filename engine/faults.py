@@ -23,12 +23,15 @@ class LossWatch:
     def __init__(self, device, lr, limit=BAD_STEPS):
         self.streak = torch.zeros((), dtype=torch.int32, device=device)  # non-finite steps in a row, so far
         self.worst = torch.zeros((), dtype=torch.int32, device=device)  # the longest streak since the last check
+        self.from_start = torch.ones((), dtype=torch.bool, device=device)  # every loss so far non-finite
         self.lr, self.limit = lr, limit
 
     def update(self, loss):
         """Count `loss` (a () tensor on the device) without syncing."""
-        self.streak.add_(1).mul_(~torch.isfinite(loss))  # +1 when non-finite, back to 0 when finite
+        bad = ~torch.isfinite(loss)
+        self.streak.add_(1).mul_(bad)  # +1 when non-finite, back to 0 when finite
         torch.maximum(self.worst, self.streak, out=self.worst)
+        self.from_start.logical_and_(bad)
 
     def check(self, epoch, step, model=None):
         """Raise when some `limit` steps in a row had a non-finite loss (syncs the device), or, given
@@ -39,10 +42,13 @@ class LossWatch:
         if streak or bad_weights:
             what = (f"for {self.limit} steps in a row (epoch {epoch + 1}, by step {step})" if streak else
                     f"at step {step} of epoch {epoch + 1}, and the weights are no longer finite")
-            raise EngineError(
-                f"the training loss was NaN or infinite {what}: the learning rate (--lr {self.lr:g}) is probably too "
-                "high, the data holds bad values, or the model's forward makes them; stopped, and nothing after the "
-                "last checkpoint is saved")
+            cause = (f"the learning rate (--lr {self.lr:g}) is probably too high, the data holds bad values, or the "
+                     "model's forward makes them")
+            if bool(self.from_start.item()):  # non-finite from the first step, before an update could cause it
+                cause = ("it was so from the first step, before any update, so the model's forward makes it (a log "
+                         "of 0, a division by 0, an overflow) or the data holds bad values, not the learning rate")
+            raise EngineError(f"the training loss was NaN or infinite {what}: {cause}; stopped, and nothing after the "
+                              "last checkpoint is saved")
 
 
 def check_outputs(losses, epoch, step, lr):

@@ -237,8 +237,13 @@ def test_the_loss_watch_counts_non_finite_steps_in_a_row():
     assert int(watch.streak) == 2 and int(watch.worst) == 2
     watch.check(0, 6)  # 2 < 3: goes on
     watch.update(torch.tensor(float("nan")))
-    with pytest.raises(Exception, match="3 steps in a row"):
+    with pytest.raises(Exception, match=r"3 steps in a row \(epoch 1, by step 7\): the learning rate \(--lr 0.1\) is probably"):
         watch.check(0, 7)
+    start = LossWatch("cpu", lr=0.1)  # NaN from the first step: no update caused it
+    for _ in range(3):
+        start.update(torch.tensor(float("nan")))
+    with pytest.raises(Exception, match="it was so from the first step, before any update, so the model's forward makes it"):
+        start.check(0, 3)
     one = LossWatch("cpu", lr=0.1)
     one.update(torch.tensor(float("nan")))
     model = torch.nn.Linear(2, 2)
