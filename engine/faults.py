@@ -20,10 +20,12 @@ CHECK_EVERY = 16  # steps between host reads of the streak (a device sync on CUD
 
 
 class LossWatch:
-    def __init__(self, device, lr, limit=BAD_STEPS):
+    def __init__(self, device, lr, limit=BAD_STEPS, fresh=True):
+        """fresh: the run has made no update yet (not a resumed one), so a loss non-finite from its first
+        step is its forward's or its data's doing."""
         self.streak = torch.zeros((), dtype=torch.int32, device=device)  # non-finite steps in a row, so far
         self.worst = torch.zeros((), dtype=torch.int32, device=device)  # the longest streak since the last check
-        self.from_start = torch.ones((), dtype=torch.bool, device=device)  # every loss so far non-finite
+        self.from_start = torch.full((), fresh, dtype=torch.bool, device=device)  # every loss so far non-finite
         self.lr, self.limit = lr, limit
 
     def update(self, loss):

@@ -80,7 +80,8 @@ def train_epoch(s: Session, epoch, first) -> EpochFigures:
     skip, partial, s.resume_step, s.partial = s.resume_step, s.partial, 0, None  # a mid-epoch checkpoint's place
     loss_sum = partial["loss_sum"].to(device) if partial else torch.zeros((), device=device)
     correct = partial["correct"].to(device) if partial else torch.zeros((), device=device, dtype=torch.int64)
-    s.losses = s.losses or LossWatch(device, s.cfg.lr)  # a streak runs on over an epoch's end (2-step epochs)
+    fresh = epoch == 0 and not skip and not s.metrics  # no update yet: a NaN now is not the learning rate's
+    s.losses = s.losses or LossWatch(device, s.cfg.lr, fresh=fresh)  # a streak runs on over an epoch's end
     steps, watch = s.steps, s.losses
     warm_until = WARMUP_STEPS if first and steps - skip > 2 * WARMUP_STEPS else 0
     steady_from, bar = started, progress(steps - skip, epoch + 1, s.cfg.quiet)
