@@ -91,8 +91,23 @@ def check_out(out):
     return out
 
 
+def check_exportable(module):
+    """One line, before the exporter's page of errors, for what it cannot write: a torch.jit.script-ed
+    submodule (torch.export traces Python modules), parameters that are not float32 (the file runs
+    float32, and onnxruntime's CPU kernels take no bfloat16 convolution)."""
+    name = type(getattr(module, "model", module)).__name__  # the user's, inside engine.normalization.Normalized
+    if any(isinstance(m, torch.jit.ScriptModule) for m in module.modules()):
+        raise UsageError(f"{name} holds a torch.jit.script-ed submodule, which torch.onnx.export (torch.export) cannot "
+                         "trace; script nothing in the model's __init__ to export it")
+    kinds = sorted({str(p.dtype).replace("torch.", "") for p in module.parameters() if p.dtype != torch.float32})
+    if kinds:
+        raise UsageError(f"{name}'s parameters are {' and '.join(kinds)}; the exported file runs float32: build the model "
+                         "in float32 (training's --amp runs bf16 where it measures faster)")
+
+
 def to_onnx(module, sample, path, opset=None):
     """Write `module` (eval, CPU, fp32) to `path` as one file with a dynamic batch; returns its opset."""
+    check_exportable(module)
     batch = torch.export.Dim("batch", min=1, max=1 << 20)
     with quiet_exporter() as captured:
         try:

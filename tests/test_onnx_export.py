@@ -289,3 +289,26 @@ def test_the_accuracy_export_prints_says_the_precision_it_was_measured_in(tmp_pa
         result = export_onnx(tmp_path / f"m{dtype}.onnx", out / "best.pt", log=lambda *_: None)
         wrote = result.lines()[-1]
         assert ("evaluated in bf16; this file runs fp32: engine eval" in wrote) == said, wrote
+
+
+def test_what_the_exporter_cannot_write_is_one_line_before_it_tries(tmp_path):
+    """A scripted submodule gave torch's 'Conv2d.forward() takes 2 positional arguments but 3 were given';
+    bf16 parameters the ONNX checker's 'unsupported type: tensor(bfloat16)'."""
+    from engine.errors import UsageError
+    from engine.normalization import Normalized
+
+    class Net(torch.nn.Module):
+        def __init__(self, conv):
+            super().__init__()
+            self.conv, self.fc = conv, torch.nn.Linear(4, 3)
+
+        def forward(self, x):
+            return self.fc(self.conv(x.to(self.fc.weight.dtype)).mean((2, 3))).float()
+
+    scripted = Net(torch.jit.script(torch.nn.Conv2d(3, 4, 3)))
+    with pytest.raises(UsageError, match="Net holds a torch.jit.script-ed submodule, which torch.onnx.export"):
+        to_onnx(Normalized(scripted, [0.5] * 3, [0.5] * 3), torch.zeros(1, 3, 8, 8), tmp_path / "s.onnx")
+    half = Net(torch.nn.Conv2d(3, 4, 3)).to(torch.bfloat16)
+    with pytest.raises(UsageError, match="Net's parameters are bfloat16; the exported file runs float32"):
+        to_onnx(Normalized(half, [0.5] * 3, [0.5] * 3), torch.zeros(1, 3, 8, 8), tmp_path / "h.onnx")
+    assert not list(tmp_path.iterdir())
