@@ -637,3 +637,16 @@ def test_archive_members_naming_a_place_outside_it_are_counted_not_dropped_silen
     data = read(path, tmp_path / "cache", log=said.append)
     assert len(data.train_x) == 9  # nothing outside the archive's folders is read
     assert f"Not used: 2 files of {path} that are not an image file this engine reads ('..' in the name 2)" in said, said
+
+
+def test_messages_name_split_folders_as_the_source_spells_them(tmp_path):
+    files = {name.replace("train/", "Train/").replace("test/", "TEST/"): data for name, data in tree().items()}
+    for k in range(2):
+        files[f"Val/cat/{k}.png"] = png(k)
+    said = []
+    read(source(tmp_path, files), tmp_path / "cache", log=said.append)
+    assert "Using TEST/ as the test split; Val/ not used (--val-split holds out validation images from Train/)" in said
+    files = {k: v for k, v in files.items() if not k.startswith("TEST/frog/")}
+    (tmp_path / "other").mkdir()
+    with pytest.raises(EngineError, match="TEST/ lacks classes that Train/ has: frog"):
+        read(write(files, tmp_path / "other", "folder"), tmp_path / "cache", log=lambda *_: None)

@@ -244,7 +244,7 @@ def split_classes(images, folders, path, log):
     found, empty, outside = layout.group(images, folders)
     beside = ", ".join(f"{folder}/" for folder in list(outside)[:3])  # where images outside class folders are
     try:
-        train, test, named = layout.choose(found, path, log)
+        train, test, named = layout.choose(found, path, log, layout.split_names(images))
     except EngineError as error:
         if not outside:
             raise
@@ -264,9 +264,10 @@ def split_classes(images, folders, path, log):
     classes = sorted(train)
     if test is not None and set(test) != set(classes):
         extra, missing = sorted(set(test) - set(classes)), sorted(set(classes) - set(test))
-        differ = (f"has classes that train/ lacks: {', '.join(extra)}" if extra else
-                  f"lacks classes that train/ has: {', '.join(missing)}")
-        raise EngineError(f"{path}: {named}/ {differ} (the evaluation split needs train/'s classes, each with images)")
+        trained = layout.split_names(images).get("train", "train")
+        differ = (f"has classes that {trained}/ lacks: {', '.join(extra)}" if extra else
+                  f"lacks classes that {trained}/ has: {', '.join(missing)}")
+        raise EngineError(f"{path}: {named}/ {differ} (the evaluation split needs {trained}/'s classes, each with images)")
     return train, test, classes
 
 

@@ -97,6 +97,18 @@ def nested_splits(images):
     return [f"{prefix}{name}" for name, kinds in sorted(inside.items()) if kinds == {"train", "eval"}]
 
 
+def split_names(images):
+    """{split: how the source spells its folder} ('Test', or 'test and Test' where two folders are
+    read together), for messages to name the folders the user has."""
+    wrapper, split_layout = _shape(images)
+    names = {}
+    for folder in images if split_layout else ():
+        rest = folder[1:] if wrapper and folder[:1] == (wrapper,) else folder
+        if rest and split_of(rest[0]):
+            names.setdefault(split_of(rest[0]), set()).add(rest[0])
+    return {split: " and ".join(f"{name}" for name in sorted(spelled)) for split, spelled in names.items()}
+
+
 def split_spellings(images):
     """{split: its folder names} for each split named by more than one folder (train/ and TRAIN/, test/
     and Test/), whose images are read together as that split."""
@@ -131,10 +143,12 @@ def group(images, directories=()):
     return found, sorted(empty), outside
 
 
-def choose(found, source, say=print):
+def choose(found, source, say=print, names=None):
     """The layout of `found` ({split or None: {class: [items]}}): (train {class: items}, test {class: items}
-    or None when the test set is to be split off the training images, the test split's folder name)."""
+    or None when the test set is to be split off the training images, the test split's folder name as
+    the source spells it). names: split_names of the source."""
     splits = [s for s in SPLITS if found.get(s)]
+    shown = lambda split: (names or {}).get(split, split)  # noqa: E731
     if not splits:
         flat = found.get(None)
         if not flat:
@@ -146,14 +160,14 @@ def choose(found, source, say=print):
         folders = [p for p in top.iterdir() if p.is_dir() and split_of(p.name)] if top.is_dir() else []
         if len(splits) == 1 and len(folders) == 1:  # e.g. a test set alone, for engine eval: its class folders
             hint = f"; to evaluate on {folders[0].name}/ alone, give --data {folders[0]}"
-        raise EngineError(f"{source} has no images under train/ (it has {', '.join(s + '/' for s in splits)}; "
+        raise EngineError(f"{source} has no images under train/ (it has {', '.join(shown(s) + '/' for s in splits)}; "
                           f"{LAYOUT}){hint}")
     evaluation = next((s for s in EVAL_SPLITS if s in splits), None)
     unused = [s for s in splits if s not in ("train", evaluation)]
     if unused:
-        say(f"Using {evaluation}/ as the test split; {', '.join(s + '/' for s in unused)} not used "
-            "(--val-split holds out validation images from train/)")
-    return found["train"], found[evaluation] if evaluation else None, evaluation
+        say(f"Using {shown(evaluation)}/ as the test split; {', '.join(shown(s) + '/' for s in unused)} not used "
+            f"(--val-split holds out validation images from {shown('train')}/)")
+    return found["train"], found[evaluation] if evaluation else None, shown(evaluation) if evaluation else None
 
 
 def parse_fraction(text, flag, whole=False):
