@@ -32,13 +32,11 @@ def check_size(image, source, size=None):
 
 def draft_request(image, size):
     """The (W, H) `fit` asks PIL's JPEG draft mode for when fitting `image` to `size` (H, W), or None
-    where it decodes at full size (not a JPEG, no size, or not more than twice the size asked for: a
-    JPEG of exactly twice decodes whole, as it has since decode caches were first written, so their
-    pixels stay those `engine predict` computes)."""
+    where it decodes at full size (not a JPEG, no size, or less than twice the size asked for)."""
     if size is None or image.format != "JPEG":
         return None
     scale = max(size[0] / image.height, size[1] / image.width)  # both sides stay at least the size asked for
-    if scale >= 0.5:
+    if scale > 0.5:
         return None
     return max(1, round(image.width * scale)), max(1, round(image.height * scale))
 

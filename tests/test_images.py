@@ -204,3 +204,15 @@ def test_a_long_strip_is_cropped_without_scaling_all_of_it(tmp_path):
     finally:
         module.MAX_PIXELS = limit
     assert np.abs(whole - part).max() <= 1
+
+
+def test_a_jpeg_of_exactly_twice_the_size_decodes_at_half_scale(tmp_path):
+    import io as bytes_io
+
+    from engine.pixels import draft_request, draft_size
+
+    buffer = bytes_io.BytesIO()
+    Image.fromarray(pixels((64, 96, 3))).save(buffer, format="JPEG")
+    with Image.open(buffer) as image:
+        assert draft_request(image, (32, 48)) == (48, 32) and draft_size(image, (32, 48)) == (48, 32)
+        assert draft_request(image, (33, 48)) is None  # less than twice: whole

@@ -31,9 +31,10 @@ from engine.faults import pause_point
 from engine.lock import remove_stale_temporaries
 from engine.pixels import IMAGE_EXTENSIONS, check_size, fit
 
-CACHE_FORMAT = 6  # 2: a set with any colour image is all RGB; 3: any layout, test split optional, --image-size;
+CACHE_FORMAT = 7  # 2: a set with any colour image is all RGB; 3: any layout, test split optional, --image-size;
 # 4: class folders with subfolders, grey images with alpha; 5: split folders in any case (Train/), training/ and
-# testing/, class names in NFC, tar links read; 6: .jpe/.jfif images, zip links read
+# testing/, class names in NFC, tar links read; 6: .jpe/.jfif images, zip links read; 7: .tga/.avif/.qoi/... images,
+# the layout notes kept, Windows and absolute zip names, a JPEG of exactly twice the size drafted, strips cropped by part
 CHUNK = 1024  # images handed to the decoding processes at a time: bounds the undecoded bytes held in memory
 
 
