@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from engine.data.classes import Notes, split_classes
 from engine.data.stream import Rows
 from engine.errors import EngineError, UsageError, first_line
 from engine.memory import size_text
@@ -153,8 +154,6 @@ def _index(path, places, folders, log):
     images = {}
     for row, folder in enumerate(places):
         images.setdefault(folder, []).append(row)
-    from engine.data.imagefolder import Notes, split_classes
-
     notes = Notes(log)
     train, test, classes = split_classes(images, folders, path, notes)
     index = {"classes": classes, "notes": notes.lines}

@@ -1,0 +1,94 @@
+"""Decoded images placed in their classes and splits (engine.data.layout), with the checks that say,
+in one line, what is wrong with a source's folders: class folders holding splits of their own, an
+empty class folder, an evaluation split whose classes are not train/'s, a --test-split for a source
+that has a split. `Notes` keeps what a source leaves out, said again from the decode cache.
+Shared by the in-memory decode (engine.data.imagefolder) and the file cache (engine.data.filecache).
+"""
+
+from pathlib import Path
+
+from engine.data import layout
+from engine.errors import EngineError, UsageError
+
+
+class Notes:
+    """`log`, keeping what it says about a source's layout (a split not used, files not read) so
+    that a run from the decode cache says it again: those images are still left out."""
+
+    def __init__(self, log):
+        self.log, self.lines = log, []
+
+    def __call__(self, line):
+        self.lines.append(line)
+        self.log(line)
+
+
+def split_classes(images, folders, path, log):
+    """(train {class: items}, test {class: items} or None, sorted class names) of what a decode found
+    ({folder tuple: [items]}; `folders`: every folder the source lists), checked: no empty class
+    folder, the evaluation split's classes those of train/ (at least 2 classes is checked when the set
+    is read for training, `_dataset`: one class's photos may be evaluated).
+    engine.data.filecache checks its decode with it too."""
+    refuse_nested_splits(images, path)
+    for split, spelled in layout.split_spellings(images).items():
+        log(f"Reading {' and '.join(name + '/' for name in spelled)} of {path} together as its {split} split")
+    found, empty, outside = layout.group(images, folders)
+    beside = ", ".join(f"{folder}/" for folder in list(outside)[:3])  # where images outside class folders are
+    try:
+        train, test, named = layout.choose(found, path, log, layout.split_names(images))
+    except EngineError as error:
+        if not outside:
+            raise
+        if not any(layout.split_of(part) for folder in outside for part in folder.split("/")):  # loose images
+            raise EngineError(f"{error}; {beside} hold{'s' if len(outside) == 1 else ''} images outside every class "
+                              "folder (put each class's images in a folder named after it)") from None
+        # e.g. red/, green/ and a class named test/: the name made it a split layout
+        raise EngineError(f"{error}; {beside} hold images in no split's class folder (is a class named like a split, "
+                          "test/ or val/? rename it)") from None
+    if outside:  # a stray photo beside the class folders: said, not silently dropped
+        count = sum(outside.values())
+        log(f"Not used: {count:,} image{'s' if count > 1 else ''} outside every class folder of {path} (in "
+            f"{beside}{' ...' if len(outside) > 3 else ''})")
+    if empty:
+        raise EngineError(f"{path}: class folder {empty[0]} has no images{f' (nor {len(empty) - 1} more)' if len(empty) > 1 else ''}; "
+                          "add images or remove the folder")
+    classes = sorted(train)
+    if test is not None and set(test) != set(classes):
+        extra, missing = sorted(set(test) - set(classes)), sorted(set(classes) - set(test))
+        trained = layout.split_names(images).get("train", "train")
+        differ = (f"has classes that {trained}/ lacks: {', '.join(extra)}" if extra else
+                  f"lacks classes that {trained}/ has: {', '.join(missing)}")
+        raise EngineError(f"{path}: {named}/ {differ} (the evaluation split needs {trained}/'s classes, each with images)")
+    return train, test, classes
+
+
+def own_split_line(path):
+    return f"--test-split is for folders without a test split; {path} has one (pass --val-split to hold out validation images from train/)"
+
+
+def refuse_nested_splits(images, path):
+    """One line for class folders that hold train/ and test/ of their own (layout.nested_splits)."""
+    nested = layout.nested_splits(images)
+    if nested:
+        shown = ", ".join(f"{name}/" for name in nested[:3]) + (" ..." if len(nested) > 3 else "")
+        raise EngineError(f"{path}: {shown} hold{'s' if len(nested) == 1 else ''} train/ and test/ folders of "
+                          f"{'its' if len(nested) == 1 else 'their'} own, which read as classes would mix each one's "
+                          f"splits into one class; give --data one of them (e.g. {Path(path) / nested[0]}), or put the "
+                          "splits at the top (train/<class>/..., test/<class>/...)")
+
+
+def check_names(survey, path, test_split):
+    """From a source's names (the Survey), before any image is decoded: class folders holding splits
+    of their own, and a --test-split for a source with its own evaluation split, are refused; a
+    layout the names leave in doubt is left to the decode to say."""
+    holding = {folder: [None] * n for folder, n in survey.holding.items()}
+    refuse_nested_splits(holding, path)
+    if test_split in (None, layout.WHOLE):
+        return
+    found, _, _ = layout.group(holding, survey.folders)
+    try:
+        _, test, _ = layout.choose(found, path, lambda *_: None)
+    except EngineError:
+        return
+    if test is not None:
+        raise UsageError(own_split_line(path))
