@@ -206,6 +206,9 @@ def launch(nproc, argv):
     with tempfile.TemporaryDirectory(prefix="engine-ranks-") as folder:
         os.environ[RANK_ERRORS_ENV] = folder  # the ranks inherit it: each leaves its error line there
         os.environ[LAUNCHER_ENV] = str(os.getpid())
+        quiet = "TORCH_CPP_LOG_LEVEL" not in os.environ
+        if quiet:  # torch's C++ warnings (DDP's reducer on a user model that used every parameter on a
+            os.environ["TORCH_CPP_LOG_LEVEL"] = "ERROR"  # step, which Ranks.wrap expects) are nothing to act on
         try:
             torchrun(["--standalone", f"--nproc-per-node={nproc}", "-m", "engine", *args])
         except SignalException as stop:  # Ctrl-C or kill: torchrun stopped the ranks, and rank 0 said what was saved
@@ -223,6 +226,8 @@ def launch(nproc, argv):
         finally:
             os.environ.pop(RANK_ERRORS_ENV, None)
             os.environ.pop(LAUNCHER_ENV, None)
+            if quiet:
+                os.environ.pop("TORCH_CPP_LOG_LEVEL", None)
     return 0
 
 
