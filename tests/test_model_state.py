@@ -47,6 +47,12 @@ class Normed(Base):
         self.f = parametrizations.weight_norm(self.f)
 
 
+class PrunedHead(Base):
+    def __init__(self, num_classes=10):
+        super().__init__(num_classes)
+        prune.l1_unstructured(self.f, "weight", amount=0.5)
+
+
 class Scripted(Base):
     def __init__(self, num_classes=10):
         super().__init__(num_classes)
@@ -60,8 +66,10 @@ class Memory(Base):
         super().__init__(num_classes)
         self.register_buffer("seen", torch.empty(0))
         self.register_buffer("last", None, persistent=False)
+        self.register_buffer("mean_in", None)  # kept in the state dict once a forward sets it
 
     def forward(self, x):
+        self.mean_in = x.detach().mean((0, 2, 3))
         h = torch.relu(self.c(x)).mean((2, 3))
         if self.training:
             self.seen = torch.cat([self.seen, h.detach().mean(1)])[-50:]
@@ -130,6 +138,7 @@ def test_buffers_a_forward_grows_or_sets_train_average_evaluate_and_resume(nets,
 
     rebuilt = model_from_checkpoint(saved, out / "last.pt", parse_model(f"{nets}:Memory"), say=lambda *_: None)
     assert torch.equal(rebuilt.seen, saved.ema["seen"])  # the average, which evaluations use (check_state, as --resume)
+    assert torch.equal(rebuilt.mean_in, saved.ema["mean_in"])  # registered as None in the built model
     average = WeightAverage(build(parse_model(f"{nets}:Memory"), (3, 32, 32), 10), 0.9)
     average.load_state_dict(saved.ema, saved.ema_updates)  # --resume's load of the average
     assert torch.equal(average.module.seen, saved.ema["seen"])
@@ -148,6 +157,10 @@ def test_summary_of_a_parametrized_model_and_init_from_re_initialises_its_head(n
     model = build(parse_model(f"{nets}:Normed"), (3, 32, 32), 4)
     fresh = init_from(model, source / "best.pt", say=lambda *_: None)
     assert set(fresh) == {"f.bias", "f.parametrizations.weight.original0", "f.parametrizations.weight.original1"}
+    pruned = run(nets, "PrunedHead", tmp_path / "pruned")  # a head buffer (weight_mask) of another class count
+    model = build(parse_model(f"{nets}:PrunedHead"), (3, 32, 32), 4)
+    assert set(init_from(model, pruned / "best.pt", say=lambda *_: None)) == {"f.bias", "f.weight_orig", "f.weight_mask"}
+    assert model.f.weight_mask.shape == (4, 8) and model(torch.randn(2, 3, 32, 32)).shape == (2, 4)
 
 
 def test_evaluation_runs_no_backward_and_json_stays_json_when_the_forward_prints(nets, tmp_path, capsys):

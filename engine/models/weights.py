@@ -61,23 +61,32 @@ def head_keys(model: nn.Module):
     return {key for key in model.state_dict() if key.startswith(f"{last}.")} if last else set()
 
 
-def take_buffer_shapes(model: nn.Module, saved):
+def take_buffer_shapes(model: nn.Module, saved, keep=()):
     """Give each buffer of a freshly built `model` whose shape differs from its `saved` tensor's an
     empty tensor of the saved shape, for load_state_dict to fill: a forward may reshape a buffer
-    (a memory of features that grows, a quantization observer's min/max that starts empty), so the
-    trained model's differs from the built one's. Parameters are left as they are (checked)."""
+    (a memory of features that grows, a quantization observer's min/max that starts empty) or set
+    one registered as None, so the trained model's differs from the built one's. Keys in `keep`
+    stay as built (--init-from's head of another class count). Parameters are left as they are
+    (checked)."""
     for prefix, module in model.named_modules():
         for key, buffer in module._buffers.items():
-            held = saved.get(f"{prefix}.{key}" if prefix else key)
-            if buffer is not None and isinstance(held, torch.Tensor) and buffer.shape != held.shape:
+            name = f"{prefix}.{key}" if prefix else key
+            held = saved.get(name)
+            if name in keep or not isinstance(held, torch.Tensor) or key in module._non_persistent_buffers_set:
+                continue
+            if buffer is None:
+                device = next((t.device for t in module.parameters()), held.device)
+                module._buffers[key] = torch.empty(held.shape, dtype=held.dtype, device=device)
+            elif buffer.shape != held.shape:
                 module._buffers[key] = torch.empty(held.shape, dtype=buffer.dtype, device=buffer.device)
 
 
 def init_from(model: nn.Module, path, say=print):
     """Load `path`'s weights into `model` (see the module docstring); returns the re-initialised keys."""
     state = read_state_dict(path, say)
-    take_buffer_shapes(model, state)
-    wanted, head = model.state_dict(), head_keys(model)
+    head = head_keys(model)
+    take_buffer_shapes(model, state, keep=head)  # a head buffer (a pruning mask) sized for these classes stays
+    wanted = model.state_dict()
     fresh, load = [], {}
     for key, tensor in wanted.items():
         if key not in state:
