@@ -19,6 +19,7 @@ from engine.confusion import Confusion
 from engine.data import dataset_label
 from engine.distributed import Ranks
 from engine.isolation import kept_global_state
+from engine.models.memory_format import fit_memory_format
 from engine.loader import BatchLoader
 from engine.eval_data import (EVAL_FLAGS, check_code, check_image_size, check_overrides, check_run_data,
                               evaluation_data, fit_channels, labels_for, load_evaluation_data, say_resize,
@@ -153,6 +154,7 @@ def evaluate_checkpoint(path, overrides, log=print, model=None):
     warn_changed_test_set(checkpoint.fingerprint, saved, overrides, data, path, warn)
     spec = checkpoint.spec
     fit_channels(data, spec.shape, say)
+    fit_memory_format(cfg, runtime, rebuilt, checkpoint.ref, spec.shape, say)
     data.test_y = labels_for(path, spec.shape, spec.classes, data, cfg.data)
     model = runtime.prepare(rebuilt, compile=runtime.compile and not runtime.ahead_of_time)
     loader = BatchLoader(data.test_x, data.test_y, cfg.eval_batch_size or cfg.batch_size, spec.mean, spec.std,

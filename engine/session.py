@@ -28,6 +28,7 @@ from engine.loader import BatchLoader
 from engine.memory import size_text
 from engine.models import count_parameters
 from engine.models.build import build, check_fits, check_rebuilds, probe_batch
+from engine.models.memory_format import fit_memory_format
 from engine.models.reference import ModelRef, load_code, parse_args, parse_model, reference_of, reopen
 from engine.optim import build_optimizer
 from engine.recipe import freeze, init_from_data
@@ -114,6 +115,7 @@ def open_session(cfg: Config, resume: Checkpoint | None = None, say=print, ranks
         data, spec, fingerprint = open_data(cfg, resume, run, ranks, say)
         setup_backends(runtime.device, cfg.seed)
         model = open_model(cfg, ref, data, spec, resume, ranks, model, run, say)
+        fit_memory_format(cfg, runtime, model, ref, data.shape, say, probe_batch(cfg.batch_size))  # before the loaders
         train_loader, test_loader = loaders(cfg, data, spec, runtime, ranks, say)
         screen = screen_loaders(cfg, data, spec, runtime, ranks) if cfg.target_acc is not None else None
         choose_precision(cfg, runtime, model, ref, resume, ranks, train_loader, say)

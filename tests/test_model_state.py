@@ -77,6 +77,18 @@ class Memory(Base):
         return self.f(h)
 
 
+class Viewed(Base):
+    """Flattens a convolution's output with .view, as if its memory were NCHW."""
+
+    def __init__(self, num_classes=10):
+        super().__init__(num_classes)
+        self.f = nn.Linear(8 * 32 * 32, num_classes)
+
+    def forward(self, x):
+        h = torch.relu(self.c(x))
+        return self.f(h.view(h.size(0), -1))
+
+
 class Hooked(Base):
     def __init__(self, num_classes=10):
         super().__init__(num_classes)
@@ -176,3 +188,19 @@ def test_evaluation_runs_no_backward_and_json_stays_json_when_the_forward_prints
     assert main(["eval", str(loud / "best.pt"), "--model", f"{nets}:Loud", "--json", "--limit-test", "32"]) == 0
     printed = capsys.readouterr()
     assert json.loads(printed.out)["images"] == 32 and "forward (" in printed.err
+
+
+def test_a_forward_that_views_an_activation_as_nchw_runs_nchw_with_one_line(nets, tmp_path):
+    """`x.view(x.size(0), -1)` after a convolution fails on channels_last batches, the default: the
+    first step stopped with torch's "view size is not compatible" (said as the model's error, with
+    nothing to pass); eval of its checkpoint did the same."""
+    said = []
+    out = train(Config(model=f"{nets}:Viewed", out=str(tmp_path / "run"), **{**FLAGS, "quiet": False}), log=said.append)[0]
+    line = next(text for text in said if text.startswith("channels_last: off"))
+    assert "(line " in line and "view size is not compatible" in line and ".flatten(1)" in line
+    assert load(out / "best.pt").config["channels_last"] is False
+    said.clear()
+    result = evaluate_checkpoint(out / "best.pt", {"limit_test": 32}, log=said.append, model=f"{nets}:Viewed")
+    assert result["images"] == 32 and any(text.startswith("channels_last: off") for text in said)
+    run(nets, "Base", tmp_path / "base")  # a model that takes channels_last keeps it
+    assert load(tmp_path / "base" / "best.pt").config["channels_last"] is True
