@@ -46,7 +46,7 @@ def cmd_eval(args):
         return _evaluate(args)
     import contextlib
 
-    out = sys.stdout
+    out = sys.stdout if sys.stdout is not None else open(os.devnull, "w")  # `>&-`: the JSON has no reader
     with contextlib.redirect_stdout(sys.stderr):  # what a model's forward prints stays out of the JSON
         return _evaluate(args, out)
 

@@ -344,3 +344,8 @@ def test_a_closed_stdout_or_stderr_trains_as_an_open_one(tmp_path):
                              stdout=None if stream == 1 else subprocess.PIPE, stderr=None if stream == 2 else subprocess.PIPE)
         assert job.returncode == 0, (stream, job.stdout, job.stderr)
         assert (tmp_path / f"run{stream}" / "best.pt").exists()
+    # `engine eval --json >&-`: the JSON, which has no reader, went to stderr among the messages
+    job = subprocess.run([sys.executable, "-m", "engine", "eval", str(tmp_path / "run2" / "best.pt"), "--json",
+                          "--limit-test", "32", "--device", "cpu"], preexec_fn=lambda: os.close(1), stdout=None,
+                         stderr=subprocess.PIPE, text=True, timeout=300)
+    assert job.returncode == 0 and '"test_acc"' not in job.stderr, job.stderr
