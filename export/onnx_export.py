@@ -40,14 +40,16 @@ class ExportResult:
         said = [f"Verified on {self.verified_on}: {self.parity.describe()}" if self.parity is not None
                 else "Not verified (--no-verify)"]
         accuracy = f", test accuracy {info.test_accuracy * 100:.2f}%" if info.test_accuracy is not None else ""
-        if accuracy and info.test_accuracy_tta:  # measured on several views of each image; the file runs one
-            accuracy += f" (the checkpoint's, with --tta {info.test_accuracy_tta}; this file runs one view of each image)"
-        if accuracy and info.test_accuracy_precision != "fp32":  # the run evaluated under autocast; the file is fp32
-            accuracy += (f" (the checkpoint's, evaluated in {info.test_accuracy_precision}; this file runs fp32: "
-                         f"engine eval {self.path} scores it)")
+        notes = []  # how the checkpoint's figure was measured, where the file or a whole test set differ
+        if info.test_accuracy_tta:  # measured on several views of each image; the file runs one
+            notes.append(f"with --tta {info.test_accuracy_tta}, where this file runs one view of each image")
+        if info.test_accuracy_precision != "fp32":  # the run evaluated under autocast; the file is fp32
+            notes.append(f"evaluated in {info.test_accuracy_precision}, where this file runs fp32: engine eval {self.path} scores it")
         limit = (info.config or {}).get("limit_test")
-        if accuracy and limit:  # measured on a seeded subset: engine eval of the whole test set differs
-            accuracy += f" (on the run's --limit-test {limit:,} of its test images)"
+        if limit:  # measured on a seeded subset: engine eval of the whole test set differs
+            notes.append(f"on at most {limit:,} of its test images (--limit-test)")
+        if accuracy and notes:
+            accuracy += f" (the checkpoint's, {'; '.join(notes)})"
         said.append(f"Wrote {self.path} ({size_text(self.path.stat().st_size)}, opset {info.opset}; input float32 "
                     f"Nx{'x'.join(map(str, info.input_size))} in [0, 1], {len(info.classes)} classes{accuracy})")
         return said
@@ -99,10 +101,12 @@ def check_exportable(module):
     if any(isinstance(m, torch.jit.ScriptModule) for m in module.modules()):
         raise UsageError(f"{name} holds a torch.jit.script-ed submodule, which torch.onnx.export (torch.export) cannot "
                          "trace; script nothing in the model's __init__ to export it")
-    kinds = sorted({str(p.dtype).replace("torch.", "") for p in module.parameters() if p.dtype != torch.float32})
+    held = [("parameters", p) for p in module.parameters()] + [("buffers", b) for b in module.buffers() if b.is_floating_point()]
+    kinds = sorted({(what, str(t.dtype).replace("torch.", "")) for what, t in held if t.dtype != torch.float32})
     if kinds:
-        raise UsageError(f"{name}'s parameters are {' and '.join(kinds)}; the exported file runs float32: build the model "
-                         "in float32 (training's --amp runs bf16 where it measures faster)")
+        what = kinds[0][0]
+        raise UsageError(f"{name}'s {what} are {' and '.join(k for w, k in kinds if w == what)}; the exported file runs "
+                         "float32: build the model in float32 (training's --amp runs bf16 where it measures faster)")
 
 
 def to_onnx(module, sample, path, opset=None):

@@ -150,7 +150,7 @@ def test_int8_writes_a_valid_quantized_model_and_reports_both_accuracies(tiny_ru
     order = [next(i for i, line in enumerate(lines) if line.startswith(start))
              for start in ("Verified on", f"Wrote {out} (", "Quantizing to int8", f"Wrote {quantized}:")]
     assert order == sorted(order)  # the fp32 file is said before the int8 work begins
-    assert "(on the run's --limit-test 200 of its test images)" in lines[order[1]]  # tiny_run's subset, said
+    assert "(the checkpoint's, on at most 200 of its test images (--limit-test))" in lines[order[1]]  # tiny_run's subset, said
     from engine import __version__
 
     written = onnx.load(str(out))
@@ -288,7 +288,7 @@ def test_the_accuracy_export_prints_says_the_precision_it_was_measured_in(tmp_pa
         assert load(out / "best.pt").runtime["precision"] == (dtype or "fp32")
         result = export_onnx(tmp_path / f"m{dtype}.onnx", out / "best.pt", log=lambda *_: None)
         wrote = result.lines()[-1]
-        assert ("evaluated in bf16; this file runs fp32: engine eval" in wrote) == said, wrote
+        assert ("evaluated in bf16, where this file runs fp32: engine eval" in wrote) == said, wrote
 
 
 def test_what_the_exporter_cannot_write_is_one_line_before_it_tries(tmp_path):
@@ -311,4 +311,8 @@ def test_what_the_exporter_cannot_write_is_one_line_before_it_tries(tmp_path):
     half = Net(torch.nn.Conv2d(3, 4, 3)).to(torch.bfloat16)
     with pytest.raises(UsageError, match="Net's parameters are bfloat16; the exported file runs float32"):
         to_onnx(Normalized(half, [0.5] * 3, [0.5] * 3), torch.zeros(1, 3, 8, 8), tmp_path / "h.onnx")
+    buffered = Net(torch.nn.Conv2d(3, 4, 3))
+    buffered.register_buffer("scale", torch.ones(4, dtype=torch.float16))
+    with pytest.raises(UsageError, match="Net's buffers are float16; the exported file runs float32"):
+        to_onnx(Normalized(buffered, [0.5] * 3, [0.5] * 3), torch.zeros(1, 3, 8, 8), tmp_path / "b.onnx")
     assert not list(tmp_path.iterdir())
