@@ -73,7 +73,8 @@ def _evaluate(args, out=None):
         if args.input_size or args.classes:
             raise UsageError("--input-size and --classes are for .onnx files; a checkpoint knows its own")
         result = evaluate_checkpoint(args.checkpoint, values, log=log, model=args.code)
-        source = f"checkpoint after epoch {result['epoch']}; {result['images'] / result['seconds']:,.0f} img/s"
+        source = (f"checkpoint after epoch {result['epoch']}, {result['precision']}; "
+                  f"{result['images'] / result['seconds']:,.0f} img/s")
         if result["compile_seconds"] is not None:
             source += f", after compiling for {result['compile_seconds']:.1f} s"
     if args.confusion is not None:

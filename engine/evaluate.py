@@ -185,7 +185,7 @@ def evaluate_checkpoint(path, overrides, log=print, model=None):
     confusion = Confusion(spec.classes, runtime.device)  # per-class results: an index_add per batch
     loss, acc = evaluate(model, loader, runtime, tta, confusion)
     return {"test_loss": loss, "test_acc": acc, "images": len(data.test_x), "data": cfg.data, "epoch": checkpoint.epochs_done,
-            "tta": tta, "seconds": time.perf_counter() - compiled,
+            "tta": tta, "seconds": time.perf_counter() - compiled, "precision": runtime.resolved()["precision"],
             "compile_seconds": compile_seconds,
             "model": checkpoint.ref.name, "confusion": confusion.cpu()}
 

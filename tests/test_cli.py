@@ -54,7 +54,8 @@ def test_train_then_eval_as_subprocesses(tmp_path):
         EPOCH_LINE.match(line) for line in lines if line.startswith("Epoch:"))
     evaluated = engine("eval", str(out / "last.pt"), "--limit-test", "64")
     assert evaluated.returncode == 0, evaluated.stderr
-    assert re.search(r"^Test_acc:\d+\.\d\d%, Test_loss:\d+\.\d{4} \(64 test images of synthetic", evaluated.stdout, re.M)
+    assert re.search(r"^Test_acc:\d+\.\d\d%, Test_loss:\d+\.\d{4} \(64 test images of synthetic; checkpoint after "
+                     r"epoch \d+, (fp32|bf16);", evaluated.stdout, re.M)  # the precision it evaluated in
 
 
 @pytest.mark.slow  # a whole-command integration case: CI runs it (README's test command)
