@@ -128,7 +128,8 @@ def timeout():
     except ValueError:
         seconds = 0
     if not 0 < seconds < 10**9:  # timedelta overflows at about 3e13 s, inf at once
-        raise EngineError(f"ENGINE_DIST_TIMEOUT={value!r}: set it to a number of seconds, or unset it")
+        raise EngineError(f"ENGINE_DIST_TIMEOUT={value!r}: set it to a number of seconds above 0 and below 1e9 "
+                          f"(unset: {TIMEOUT_S:g})")
     return datetime.timedelta(seconds=seconds)
 
 

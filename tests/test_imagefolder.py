@@ -602,7 +602,8 @@ def patched_zip(path, local, central, value):
 
 
 @pytest.mark.parametrize("field, value, message", [
-    ((8, 10), 9, "is compressed with a method Python's zipfile cannot read \\(type 9; Deflate64"),  # Windows Explorer's
+    ((8, 10), 9, "is compressed with a method Python's zipfile cannot read \\(Deflate64"),  # Windows Explorer's
+    ((8, 10), 98, "is compressed with a method Python's zipfile cannot read \\(PPMd\\)"),
     ((6, 8), 1, "is encrypted \\(password-protected\\)")])
 def test_zips_python_cannot_read_are_one_line_naming_the_member(tmp_path, field, value, message):
     path = write(tree(), tmp_path / "images.zip", "zip")

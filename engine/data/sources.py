@@ -95,6 +95,9 @@ def _tar_read(archive, info, path):
     return member.read()
 
 
+METHODS = {9: "Deflate64, Windows Explorer's for large zips", 98: "PPMd", 95: "xz", 97: "WavPack", 99: "AES encryption"}
+
+
 def _zip_read(archive, info, path):
     """The bytes of a zip member; a symlink's (Info-ZIP's `zip -y`: the target path is the member's
     content, its Unix mode says link) are its target's, followed as a folder's or a tar's are."""
@@ -115,7 +118,7 @@ def _zip_read(archive, info, path):
         return archive.read(info)
     except NotImplementedError:  # Deflate64 (Windows Explorer's for large zips), PPMd, ...: zipfile reads none
         raise EngineError(f"{path}:{info.filename} is compressed with a method Python's zipfile cannot read "
-                          f"(type {info.compress_type}; Deflate64 is Windows Explorer's); re-zip it with plain "
+                          f"({METHODS.get(info.compress_type, f'method {info.compress_type}')}); re-zip it with plain "
                           "deflate (zip -r, or Python's shutil.make_archive)") from None
     except RuntimeError:  # zipfile's word for an encrypted member
         if info.flag_bits & 0x1:

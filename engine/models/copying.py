@@ -31,7 +31,7 @@ def duplicate(model: nn.Module, purpose: str) -> nn.Module:
                          "deepcopy cannot copy out of the module's attributes") from None
     if not all(p.is_leaf for p in copied.parameters()):
         scripted = any(isinstance(m, torch.jit.ScriptModule) for m in model.modules())
-        why = "a torch.jit.script-ed submodule copies so; script nothing in __init__" if scripted else "its copy's parameters are not leaves"
+        why = "a torch.jit.script-ed submodule's copied parameters are not leaves; script nothing in __init__" if scripted else "its copy's parameters are not leaves"
         raise UsageError(f"{purpose} needs a copy of {type(model).__name__} that trains, and copy.deepcopy does not "
                          f"make one ({why})")
     return copied
