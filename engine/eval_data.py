@@ -157,20 +157,23 @@ def load_evaluation_data(cfg: Config, saved, given, fingerprint, source, say):
     of them were trained on."""
     from engine.data import load_dataset
 
-    data = load_dataset(cfg, say)
     if not fingerprint or cfg.test_split != WHOLE or "test_split" in given or "data" not in given:
-        return data
+        return load_dataset(cfg, say)
     from engine.resume import data_fingerprint
 
+    said = []  # what reading them whole says, said only where they are read whole
+    data = load_dataset(cfg, said.append)
     split = {"test_split": saved.get("test_split"), "val_split": saved.get("val_split"), "seed": saved.get("seed", 0)}
     try:
         own = load_dataset(dataclasses.replace(cfg, **split, limit_train=saved.get("limit_train"),
                                                limit_test=saved.get("limit_test")), lambda *_: None)
     except EngineError:  # split so, these images are not the run's
+        own = None
+    if own is None or data_fingerprint(own) != fingerprint:
+        for line in said:
+            say(line)
         return data
-    if data_fingerprint(own) != fingerprint:
-        return data
-    held = load_dataset(dataclasses.replace(cfg, **split), lambda *_: None)
+    held = load_dataset(dataclasses.replace(cfg, **split), say)
     say(f"{cfg.data} holds the images {source} trained on ({saved.get('data')}, moved or copied): scoring the "
         f"{len(held.test_x):,} test images its run held out (--test-split {split['test_split'] or DEFAULT_TEST_SPLIT}), "
         f"not all {len(data.test_x):,}")

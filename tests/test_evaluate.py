@@ -343,6 +343,9 @@ def test_the_runs_own_images_moved_elsewhere_score_the_images_it_held_out(tmp_pa
     assert other["images"] == own["images"] == 12 and other["test_loss"] == pytest.approx(own["test_loss"])
     assert any(f"{moved} holds the images" in line and "scoring the 12 test images its run held out (--test-split 25%), "
                "not all 48" in line for line in lines), lines
+    lines.clear()  # again, from the decode cache, which says what it read: not "all evaluated", which it was not
+    evaluate_checkpoint(out / "best.pt", {"data": str(moved), **flags, "quiet": False}, log=lines.append)
+    assert not any("all evaluated" in line for line in lines) and any("decoded earlier" in line for line in lines), lines
     onnx = evaluate_onnx(tmp_path / "m.onnx", {"data": str(moved), "quiet": True, "cache_dir": flags["cache_dir"]},
                          log=lambda *_: None)
     assert onnx["images"] == 12
