@@ -39,6 +39,16 @@ class Sized(nn.Module):
         return self.head(self.conv(x).mean((2, 3)))
 
 
+class Timm(nn.Module):
+    def __init__(self, n_classes, in_chans=3):
+        super().__init__()
+        self.conv = nn.Conv2d(in_chans, 4, 3, padding=1)
+        self.head = nn.Linear(4, n_classes)
+
+    def forward(self, x):
+        return self.head(self.conv(x).mean((2, 3)))
+
+
 def make(num_classes, in_shape):
     return nn.Sequential(nn.Flatten(), nn.Linear(in_shape[0] * in_shape[1] * in_shape[2], num_classes))
 """
@@ -82,6 +92,8 @@ def test_bad_references_are_one_line(text, args, words):
 def test_constructors_get_classes_and_shape_by_name_and_model_args_win(nets):
     sized = build(parse_model(f"{nets}:Sized", '{"width": 6}'), (1, 20, 24), 5)
     assert sized.width == 6 and sized.conv.in_channels == 1 and sized.head.out_features == 5
+    timm = build(parse_model(f"{nets}:Timm"), (1, 8, 8), 3)  # the class count and channels as other code names them
+    assert timm.conv.in_channels == 1 and timm.head.out_features == 3
     made = build(parse_model(f"{nets}:make"), (3, 8, 8), 4)  # a function returning a module
     assert made(torch.zeros(2, 3, 8, 8)).shape == (2, 4)
     with pytest.raises(UsageError, match=r"--model-args do not fit Net\(\): it takes no argument 'depth'"):

@@ -68,15 +68,20 @@ def _torchvision(ref, in_shape, num_classes):
     return model
 
 
+CLASS_COUNT_NAMES = ("num_classes", "n_classes", "nclasses", "num_class", "num_labels")  # as model code spells it
+CHANNEL_NAMES = ("in_channels", "in_chans", "n_channels", "num_channels", "input_channels")  # timm: in_chans
+
+
 def _construct(factory, ref, in_shape, num_classes):
-    """factory(**kwargs): num_classes, in_channels and in_shape by name where it takes them, then
-    --model-args (which win)."""
+    """factory(**kwargs): the class count, the channels (each by any name in CLASS_COUNT_NAMES and
+    CHANNEL_NAMES) and in_shape by name where it takes them, then --model-args (which win)."""
     where = f"{ref.file}:{ref.name}"
     try:
         signature = inspect.signature(factory)
     except (TypeError, ValueError):
         signature = None
-    offered = {"num_classes": num_classes, "in_channels": in_shape[0], "in_shape": tuple(in_shape)}
+    offered = {**dict.fromkeys(CLASS_COUNT_NAMES, num_classes), **dict.fromkeys(CHANNEL_NAMES, in_shape[0]),
+               "in_shape": tuple(in_shape)}
     accepts = signature.parameters if signature else {}
     kwargs = {k: v for k, v in offered.items() if k in accepts}
     kwargs.update(ref.args)
