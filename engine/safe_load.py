@@ -31,8 +31,8 @@ def read_weights_only(path, what="engine checkpoint"):
         first = lines[0].split(". ")[0] if lines else type(error).__name__  # torch's first sentence
         if "Weights only load failed" in text:  # an unpickler error on bytes that are no checkpoint at all
             first = "not a PyTorch checkpoint, or one holding objects other than tensors and plain values"
-        elif isinstance(error, (KeyError, EOFError)) or "load key" in text:  # a text file: KeyError(105) for 'i'
-            first = "not a PyTorch checkpoint, which torch.save writes"
+        elif not is_zip(path):  # torch.save writes a zip; the unpickler's error on other bytes is noise
+            first = "not a PyTorch checkpoint, which torch.save writes"  # (KeyError(105) for 'i', struct.error, ...)
         elif "enforce fail" in text:  # a zip archive of other files: torch's reader names its own source line
             first = "a zip archive, but not one torch.save wrote"
         elif isinstance(error, OSError) or "central directory" in text or "failed finding" in text:
@@ -40,6 +40,15 @@ def read_weights_only(path, what="engine checkpoint"):
         if is_onnx(path):
             first = "it is an ONNX model, which engine eval and predict take as a file named .onnx"
         raise EngineError(f"{path} is not a readable {what} ({first[:200]})") from None
+
+
+def is_zip(path):
+    """Whether the file at `path` opens with a zip archive's signature, as torch.save's files do."""
+    try:
+        with open(path, "rb") as file:
+            return file.read(4) == b"PK\x03\x04"
+    except OSError:
+        return False
 
 
 def is_onnx(path):

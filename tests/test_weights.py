@@ -36,9 +36,10 @@ def test_weights_that_do_not_fit_are_one_line(tmp_path):
     torch.save(build_model("lenet", (3, 32, 32), 10).state_dict(), tmp_path / "lenet.pth")
     with pytest.raises(EngineError, match="does not fit this model: it has no features.2.conv.weight|does not fit this model"):
         init_from(build_model("cifar_cnn", (3, 32, 32), 10), tmp_path / "lenet.pth")
-    (tmp_path / "junk.pt").write_bytes(b"junk")
-    with pytest.raises(EngineError, match="is not a readable weights file"):
-        init_from(build_model("cifar_cnn", (3, 32, 32), 10), tmp_path / "junk.pt")
+    for text in (b"junk", b"root:x:0:0:root:/root:/bin/bash\n", b"\x80\x02}q\x00."):  # the 2nd: Python's IndexError
+        (tmp_path / "junk.pt").write_bytes(text)
+        with pytest.raises(EngineError, match=r"is not a readable weights file \(not a PyTorch checkpoint"):
+            init_from(build_model("cifar_cnn", (3, 32, 32), 10), tmp_path / "junk.pt")
     with pytest.raises(UsageError, match="no such file"):
         init_from(build_model("cifar_cnn", (3, 32, 32), 10), tmp_path / "absent.pt")
 
