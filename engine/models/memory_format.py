@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 from engine.errors import first_line
-from engine.models.build import PROBE_BATCH, _where, code_file
+from engine.models.build import PROBE_BATCH, code_file
 from engine.models.copying import buffers_of, restore_buffers
-from engine.models.reference import ModelRef
+from engine.models.reference import ModelRef, line_in
 
 
 def channels_last_problem(model: nn.Module, ref: ModelRef, in_shape, batch=PROBE_BATCH):
@@ -27,7 +27,8 @@ def channels_last_problem(model: nn.Module, ref: ModelRef, in_shape, batch=PROBE
     except Exception as error:
         text = first_line(error, 400)
         text = text if len(text) <= 90 else text[:90].rsplit(" ", 1)[0] + " ..."
-        return f"its forward{_where(error, code_file(ref))} raised {type(error).__name__} on a channels_last batch: {text}"
+        file = code_file(ref)
+        return f"its forward{line_in(error, file) if file else ''} raised {type(error).__name__} on a channels_last batch: {text}"
     finally:
         model.train(training)
         restore_buffers(model, buffers)
