@@ -116,13 +116,18 @@ def test_a_folder_without_a_split_holds_out_a_test_set_and_eval_uses_exactly_it(
     tensors = torch.load(next((tmp_path / "cache").glob("*-20x20-stretch.pt")), weights_only=True)
     _, held = stratified(tensors["train_y"], 0.25, 0, list(CLASSES))
     assert len(held) == 45 and torch.bincount(tensors["train_y"][held]).tolist() == [15, 15, 15]
-    # Other data than the run's, with no split of its own, is evaluated whole (--test-split all)
+    # A copy of the run's images is recognised: the images it held out are scored, not the 135 it trained on
     import shutil
 
     shutil.copytree(data, tmp_path / "copy")
+    copied = ok(engine("eval", tmp_path / "run" / "best.pt", "--data", tmp_path / "copy", "--no-amp", "--device", "cpu",
+                       cwd=tmp_path, env=cache))
+    assert "(45 test images of" in copied and "moved or copied" in copied
+    # Other data than the run's, with no split of its own, is evaluated whole (--test-split all)
+    (tmp_path / "copy" / "disc" / "998.jpg").write_bytes(drawing("disc", 998, (50, 50)))
     other = ok(engine("eval", tmp_path / "run" / "best.pt", "--data", tmp_path / "copy", "--no-amp", "--device", "cpu",
                       cwd=tmp_path, env=cache))
-    assert "(180 test images of" in other
+    assert "(181 test images of" in other
     refused = engine("train", "--data", data, "--test-split", "all", "--out", tmp_path / "all", cwd=tmp_path, env=cache)
     assert refused.returncode == 2 and "--test-split all is for engine eval" in refused.stderr
     assert not (tmp_path / "all").exists()
