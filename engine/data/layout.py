@@ -97,28 +97,27 @@ def nested_splits(images):
     return [f"{prefix}{name}" for name, kinds in sorted(inside.items()) if kinds == {"train", "eval"}]
 
 
-def split_names(images):
-    """{split: how the source spells its folder} ('Test', or 'test and Test' where two folders are
-    read together), for messages to name the folders the user has."""
+def _spellings(images):
+    """{split: the set of folder names the source spells it with}."""
     wrapper, split_layout = _shape(images)
     names = {}
     for folder in images if split_layout else ():
         rest = folder[1:] if wrapper and folder[:1] == (wrapper,) else folder
         if rest and split_of(rest[0]):
             names.setdefault(split_of(rest[0]), set()).add(rest[0])
-    return {split: " and ".join(f"{name}" for name in sorted(spelled)) for split, spelled in names.items()}
+    return names
+
+
+def split_names(images):
+    """{split: how the source spells its folder} ('Test', or 'test and Test' where two folders are
+    read together), for messages to name the folders the user has."""
+    return {split: " and ".join(sorted(spelled)) for split, spelled in _spellings(images).items()}
 
 
 def split_spellings(images):
     """{split: its folder names} for each split named by more than one folder (train/ and TRAIN/, test/
     and Test/), whose images are read together as that split."""
-    wrapper, split_layout = _shape(images)
-    names = {}
-    for folder in images if split_layout else ():
-        rest = folder[1:] if wrapper and folder[:1] == (wrapper,) else folder
-        if rest and split_of(rest[0]):
-            names.setdefault(split_of(rest[0]), set()).add(rest[0])
-    return {split: sorted(spelled) for split, spelled in names.items() if len(spelled) > 1}
+    return {split: sorted(spelled) for split, spelled in _spellings(images).items() if len(spelled) > 1}
 
 
 def group(images, directories=()):
