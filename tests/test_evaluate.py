@@ -351,3 +351,41 @@ def test_the_runs_own_images_moved_elsewhere_score_the_images_it_held_out(tmp_pa
     assert onnx["images"] == 12
     whole = evaluate_checkpoint(out / "best.pt", {"data": str(moved), "test_split": "all", **flags}, log=lambda *_: None)
     assert whole["images"] == 48  # asked for
+
+
+def test_a_run_on_an_archive_is_recognised_in_its_folder_extracted_and_re_archived_in_another_order(tmp_path):
+    """`tar czf` stores files in the order the file system lists them, and extracting sorts nothing:
+    the same images reach the engine in another order. Each class's images are stacked in the order of
+    their names, so the archive, its folder and a zip of it in reverse order split alike and give one
+    fingerprint: the run's held-out images are scored wherever its images went."""
+    import shutil
+    import tarfile
+    import zipfile
+
+    from engine.data import load_dataset
+    from engine.resume import data_fingerprint
+
+    rgb = png_folder(tmp_path / "photos", gray=False, seed=5)
+    shutil.rmtree(rgb / "test")
+    files = sorted(p for p in rgb.rglob("*.png"))
+    shuffled = [files[i] for i in torch.randperm(len(files), generator=torch.Generator().manual_seed(1))]
+    with tarfile.open(tmp_path / "photos.tar.gz", "w:gz") as archive:  # members in no order
+        for path in shuffled:
+            archive.add(path, arcname=path.relative_to(rgb).as_posix())
+    with zipfile.ZipFile(tmp_path / "photos.zip", "w") as archive:  # members in reverse order
+        for path in reversed(files):
+            archive.write(path, arcname=path.relative_to(rgb).as_posix())
+    flags = dict(amp=False, quiet=True, device="cpu", cache_dir=str(tmp_path / "cache"))
+    split = dict(test_split="25%", seed=3)
+    sets = [load_dataset(Config(data=str(source), **split, **flags), lambda *_: None)
+            for source in (tmp_path / "photos.tar.gz", rgb, tmp_path / "photos.zip")]
+    assert all(torch.equal(s.train_x, sets[0].train_x) and torch.equal(s.test_x, sets[0].test_x) for s in sets)
+    assert len({str(data_fingerprint(s)) for s in sets}) == 1
+    out, _ = train(Config(data=str(tmp_path / "photos.tar.gz"), out=str(tmp_path / "run"), epochs=1, batch_size=8,
+                          **split, **flags), log=lambda *_: None)
+    own = evaluate_checkpoint(out / "best.pt", {}, log=lambda *_: None)
+    for source in (rgb, tmp_path / "photos.zip"):
+        lines = []
+        other = evaluate_checkpoint(out / "best.pt", {"data": str(source), **flags, "quiet": False}, log=lines.append)
+        assert other["images"] == own["images"] == 12 and other["test_loss"] == pytest.approx(own["test_loss"])
+        assert any("holds the images" in line and "moved or copied" in line for line in lines), lines

@@ -62,6 +62,14 @@ def split_classes(images, folders, path, log):
     return train, test, classes
 
 
+def in_name_order(named):
+    """The items of [(name, item)] in the order of their names (a stable sort: a name an archive holds twice
+    keeps its order). A class's images are stacked so, not in the source's order, so that a folder, the
+    archive made of it and that archive extracted or re-zipped give the same rows: the same --test-split
+    and --val-split images, and the same data fingerprint (engine.resume) when a run's images move."""
+    return [item for _, item in sorted(named, key=lambda pair: pair[0])]
+
+
 def own_split_line(path):
     return f"--test-split is for folders without a test split; {path} has one (pass --val-split to hold out validation images from train/)"
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine.data.classes import Notes, split_classes
+from engine.data.classes import Notes, in_name_order, split_classes
 from engine.data.stream import Rows
 from engine.errors import EngineError, UsageError, first_line
 from engine.memory import size_text
@@ -133,7 +133,7 @@ def _decode_into(path, file, survey, size, channels, image_size, rule, log):
                     if array.ndim == 2 and channels == 3:  # grey replicated, as PIL does
                         array = np.repeat(array[..., None], 3, axis=2)
                     rows.append(array.reshape(H, W, channels))
-                    places.append(folder)
+                    places.append((folder, item[0]))
                 f.write(np.ascontiguousarray(np.stack(rows).transpose(0, 3, 1, 2)).tobytes())  # (n, C, H, W)
                 progress.update(len(chunk))
             f.flush()
@@ -150,17 +150,17 @@ def _decode_into(path, file, survey, size, channels, image_size, rule, log):
 
 def _index(path, places, folders, log):
     """Each split's rows (int64) and labels in the order an in-memory decode stacks them: class by
-    class in name order, each class's images in the source's order."""
+    class in name order, each class's images in the order of their names (classes.in_name_order)."""
     images = {}
-    for row, folder in enumerate(places):
-        images.setdefault(folder, []).append(row)
+    for row, (folder, name) in enumerate(places):
+        images.setdefault(folder, []).append((name, row))
     notes = Notes(log)
     train, test, classes = split_classes(images, folders, path, notes)
     index = {"classes": classes, "notes": notes.lines}
     for split, part in (("train", train), ("test", test)):
         if part is None:
             continue
-        rows = [row for name in classes for row in part.get(name, [])]
+        rows = [row for name in classes for row in in_name_order(part.get(name, []))]
         labels = [i for i, name in enumerate(classes) for _ in part.get(name, [])]
         index[f"{split}_rows"] = torch.tensor(rows, dtype=torch.int64)
         index[f"{split}_y"] = torch.tensor(labels, dtype=torch.int64)

@@ -24,7 +24,7 @@ import torch
 
 from engine.checkpoint import save_atomic
 from engine.data import filecache, layout, stream
-from engine.data.classes import Notes, check_names, own_split_line, split_classes
+from engine.data.classes import Notes, check_names, in_name_order, own_split_line, split_classes
 from engine.data.dataset import Dataset, dataset_label
 from engine.data.sources import GRAY_MODES, DoesNotFit, archive_kind, check_memory, label, members, walk
 from engine.errors import EngineError, UsageError, first_line
@@ -32,10 +32,11 @@ from engine.faults import pause_point
 from engine.lock import remove_stale_temporaries
 from engine.pixels import IMAGE_EXTENSIONS, check_size, fit
 
-CACHE_FORMAT = 7  # 2: a set with any colour image is all RGB; 3: any layout, test split optional, --image-size;
+CACHE_FORMAT = 8  # 2: a set with any colour image is all RGB; 3: any layout, test split optional, --image-size;
 # 4: class folders with subfolders, grey images with alpha; 5: split folders in any case (Train/), training/ and
 # testing/, class names in NFC, tar links read; 6: .jpe/.jfif images, zip links read; 7: .tga/.avif/.qoi/... images,
-# the layout notes kept, Windows and absolute zip names, a JPEG of exactly twice the size drafted, strips cropped by part
+# the layout notes kept, Windows and absolute zip names, a JPEG of exactly twice the size drafted, strips cropped by part;
+# 8: each class's images in the order of their names, not the source's (an archive and its extracted folder agree)
 CHUNK = 1024  # images handed to the decoding processes at a time: bounds the undecoded bytes held in memory
 
 
@@ -162,7 +163,7 @@ def decode_folder(path: Path, log=print, size=None, rule="stretch", test_split=N
     from PIL import Image
     from tqdm import tqdm
 
-    images = {}  # folder tuple -> [arrays], placed by engine.data.layout once all are read
+    images = {}  # folder tuple -> [(name, array)], placed by engine.data.layout once all are read
     bomb_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # check_size refuses large ones, naming the size
     pool, workers = decoding_pool()
     started, sizes, finished = time.perf_counter(), {}, False
@@ -183,7 +184,7 @@ def decode_folder(path: Path, log=print, size=None, rule="stretch", test_split=N
                 pause_point("decode")  # test-only: a Ctrl-C while the decoding processes work
                 for (folder, item), array in zip(chunk, arrays):
                     sizes.setdefault(array.shape[:2], item[0])
-                    images.setdefault(folder, []).append(array)
+                    images.setdefault(folder, []).append((item[0], array))
                 progress.update(len(chunk))
         finished = True
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error) as error:  # gzip.BadGzipFile is an OSError
@@ -203,14 +204,14 @@ def decode_folder(path: Path, log=print, size=None, rule="stretch", test_split=N
     log(f"Decoded {count:,} image{'s' if count != 1 else ''} in {seconds:.1f} s ({rate:,.0f} img/s on {workers} "
         f"process{'es' if workers > 1 else ''})")
     train, test, classes = split_classes(images, survey.folders, path, notes)
-    colour = any(a.ndim == 3 for part in (train, test or {}) for images in part.values() for a in images)
+    colour = any(a.ndim == 3 for part in (train, test or {}) for images in part.values() for _, a in images)
     result = {"classes": classes, "notes": notes.lines}
     for split, part in (("train", train), ("test", test)):
         if part is None:
             continue
         arrays, labels = [], []
         for index, name in enumerate(classes):
-            images = part.get(name, [])
+            images = in_name_order(part.get(name, []))
             if colour:  # one colour image makes the whole set RGB (grey replicated, as PIL does)
                 images = [a if a.ndim == 3 else np.repeat(a[..., None], 3, axis=2) for a in images]
             arrays += images
