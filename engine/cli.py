@@ -169,7 +169,7 @@ def run_command(argv):
     try:
         argv = sys.argv[1:] if argv is None else list(argv)
         args, unknown = parser.parse_known_args(bare_optional_values(argv))
-        if unknown and isinstance(getattr(args, "images", None), list) and not any(w.startswith("-") for w in unknown):
+        if unknown and isinstance(getattr(args, "images", None), list) and not any(w.startswith("-") and w != "-" for w in unknown):
             args.images, unknown = args.images + unknown, []  # predict's images after an option: `a.png --json b.png`
         if unknown:
             (args.command() if hasattr(args, "command") else parser).error(f"unrecognized arguments: {' '.join(unknown)}")

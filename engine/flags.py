@@ -112,7 +112,7 @@ def build_parser(handlers=None):
                                   description="Top classes of each image (files or folders of them) through onnxruntime; "
                                               "preprocessing comes from the file's metadata.")
     predict.add_argument("model", metavar="MODEL.onnx", help="a file written by engine export")
-    predict.add_argument("images", metavar="IMAGE", nargs="+", help="image files, or folders meaning every image in them")
+    predict.add_argument("images", metavar="IMAGE", nargs="+", help="image files, folders meaning every image in them, or - for one image on standard input")
     predict.add_argument("--topk", type=positive, default=3, metavar="K", help="classes shown per image (default: 3)")
     predict.add_argument("--json", action="store_true", help="one JSON object per image instead of text")
     predict.add_argument("--batch-size", type=positive, default=64, metavar="N", help="images per run (default: 64)")

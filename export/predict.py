@@ -128,23 +128,36 @@ def _whole(value):
     return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
 
 
-def predict_files(model: Classifier, paths, topk=3, batch_size=64, as_json=False, say=print, warn=None):
+STDIN = "-"  # an IMAGE argument naming standard input, as cat and tar take it (./- is a file named -)
+
+
+def predict_files(model: Classifier, paths, topk=3, batch_size=64, as_json=False, say=print, warn=None, stdin=None):
     """`engine predict`: every image under `paths`, in batches; one line (or JSON object) per image.
     A file that cannot be read (missing, empty, not an image, truncated, too large) is one line each
     through `warn` (by default an EngineError for the first), and the others are still predicted.
-    Returns the number of files that could not be."""
+    `-` among `paths` is one image read from `stdin` (a binary file; sys.stdin.buffer by default),
+    shown as `-`. Returns the number of files that could not be."""
     topk, batch_size = check_whole("topk", topk), check_whole("batch_size", batch_size)
-    files, bad = [], []
-    for given in [paths] if isinstance(paths, (str, os.PathLike)) else paths:
+    given = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+    if sum(str(p) == STDIN for p in given) > 1:
+        raise UsageError("- (standard input) can be given once: it holds one image")
+    files, bad = [], []  # (name shown, path or the bytes read from standard input)
+    for path in given:
+        if str(path) == STDIN:
+            try:
+                files.append((STDIN, _read_stdin(stdin, model.info.input_size[1:])))
+            except EngineError as error:
+                bad.append(str(error))
+            continue
         try:
-            found = imaging.expand([given])
+            found = imaging.expand([path])
         except EngineError as error:  # a folder with no image: named, and the other arguments still predicted
             bad.append(str(error))
             continue
         for path in found:  # every header first: nothing is decoded from a file that cannot be
             try:
                 imaging.open_image(path, model.info.input_size[1:]).close()
-                files.append(path)
+                files.append((path, path))
             except EngineError as error:
                 bad.append(str(error))
     if bad and warn is None:
@@ -152,21 +165,42 @@ def predict_files(model: Classifier, paths, topk=3, batch_size=64, as_json=False
     for start in range(0, len(files), batch_size):
         chunk = files[start:start + batch_size]
         try:
-            results = list(zip(chunk, model.predict(chunk, topk=topk)))
+            results = list(zip(chunk, model.predict([source for _, source in chunk], topk=topk)))
         except EngineError:  # a file whose pixels do not decode (its header did): the chunk one by one
             if warn is None:
                 raise
             results = []
-            for path in chunk:
+            for name, source in chunk:
                 try:
-                    results.append((path, model.predict([path], topk=topk)[0]))
+                    results.append(((name, source), model.predict([source], topk=topk)[0]))
                 except EngineError as error:
-                    bad.append(str(error))
-        for path, top in results:
+                    bad.append(f"standard input: {error}" if name == STDIN else str(error))
+        for (name, _), top in results:
             if as_json:
-                say(json.dumps({"image": str(path), "top": [{"class": c, "probability": round(p, 6)} for c, p in top]}))
+                say(json.dumps({"image": str(name), "top": [{"class": c, "probability": round(p, 6)} for c, p in top]}))
             else:
-                say(f"{printable(path)}: " + ", ".join(f"{printable(c)} {p * 100:.1f}%" for c, p in top))
+                say(f"{printable(name)}: " + ", ".join(f"{printable(c)} {p * 100:.1f}%" for c, p in top))
     for line in bad:
         warn(line)
     return len(bad)
+
+
+def _read_stdin(stdin, size):
+    """The encoded image on standard input, its header checked as a file's is (engine.pixels.check_size)."""
+    import sys
+
+    from engine.pixels import check_size
+
+    if stdin is None:
+        if sys.stdin is None or sys.stdin.isatty():
+            raise UsageError("- reads an image from standard input, and none is piped in (engine predict MODEL.onnx - < "
+                             "photo.jpg)")
+        stdin = sys.stdin.buffer
+    data = stdin.read()
+    try:
+        image = imaging.open_bytes(data)
+    except EngineError as error:
+        raise EngineError(f"standard input: {error}") from None
+    with image:
+        check_size(image, "the image on standard input", size)
+    return data

@@ -249,3 +249,33 @@ def test_an_unknown_flag_points_to_its_commands_help(capsys):
         assert main(argv) == 2
         assert capsys.readouterr().err.strip() == (f"engine: error: engine {command}: unrecognized arguments: --bogus "
                                                    f"(see engine {command} --help)")
+
+
+def test_dash_reads_one_image_from_standard_input_as_cat_and_tar_do(tiny_onnx, tmp_path, capsys):
+    import io
+    import subprocess
+    import sys
+
+    paths = write_images(tmp_path / "images")
+    expected = export.load(tiny_onnx).predict([paths[4]], topk=2)[0]
+    with open(paths[4], "rb") as image:  # the command, its stdin the file: a pipe, as `< photo.jpg` gives
+        done = subprocess.run([sys.executable, "-m", "engine", "predict", str(tiny_onnx), str(paths[0]), "--json", "-",
+                               "--topk", "2"], stdin=image, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    objects = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [o["image"] for o in objects] == [str(paths[0]), "-"]
+    assert [t["class"] for t in objects[1]["top"]] == [c for c, _ in expected]
+    np.testing.assert_allclose([t["probability"] for t in objects[1]["top"]], [p for _, p in expected], atol=1e-6)
+    model = export.load(tiny_onnx)  # the library takes the same argument, reading the stream it is given
+    lines = []
+    assert predict_files(model, ["-"], topk=1, say=lines.append, stdin=io.BytesIO(paths[1].read_bytes())) == 0
+    assert lines == [f"-: {model.predict([paths[1]])[0][0][0]} {model.predict([paths[1]])[0][0][1] * 100:.1f}%"]
+    errors = []  # not an image, empty: one line naming standard input; the other images still predicted
+    for content in (b"not an image", b""):
+        assert predict_files(model, [str(paths[0]), "-"], say=lines.append, warn=errors.append,
+                             stdin=io.BytesIO(content)) == 1
+        assert errors[-1].startswith("standard input: image bytes are")
+    with pytest.raises(UsageError, match="can be given once"):
+        predict_files(model, ["-", "-"], stdin=io.BytesIO(b""))
+    assert main(["predict", str(tiny_onnx), "./-"]) == 1  # a file named - is ./-, as for cat
+    assert "-: no such file or directory" in capsys.readouterr().err
