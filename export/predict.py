@@ -142,15 +142,15 @@ def predict_files(model: Classifier, paths, topk=3, batch_size=64, as_json=False
     if sum(str(p) == STDIN for p in given) > 1:
         raise UsageError("- (standard input) can be given once: it holds one image")
     files, bad = [], []  # (name shown, path or the bytes read from standard input)
-    for path in given:
-        if str(path) == STDIN:
+    for argument in given:
+        if str(argument) == STDIN:
             try:
                 files.append((STDIN, _read_stdin(stdin, model.info.input_size[1:])))
             except EngineError as error:
                 bad.append(str(error))
             continue
         try:
-            found = imaging.expand([path])
+            found = imaging.expand([argument])
         except EngineError as error:  # a folder with no image: named, and the other arguments still predicted
             bad.append(str(error))
             continue
