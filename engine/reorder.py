@@ -12,12 +12,20 @@ not trace (data-dependent control flow), where the traces differ (a forward that
 `self.training` or draws Python random numbers: a trace would freeze one mode or one draw), where
 tracing changed a module's plain attributes (a forward that counts its calls in `self.calls`),
 where a ReLU feeds anything but the pool, or where the traced module would not keep every
-state-dict key, the model is left as it is. The GraphModule
+state-dict key, the model is left as it is. A trace runs the forward's Python once and keeps only
+its tensor operations, so a model whose own code (every method of its classes outside torch,
+torchvision and this engine) could do something a trace drops is left as it is before any trace:
+code that reads a global other than torch, `math` or a constant (a counter, `random`, `print`,
+`os.environ`, a helper function), imports, writes a global, or a module attribute holding an
+object other than numbers, strings, containers, dtypes and devices (a `random.Random`). The GraphModule
 keeps the submodules under their names, so checkpoints, resume and export see the same keys; export
 rebuilds the user's own class anyway.
 """
 
+import builtins
 import copy
+import dis
+import types
 
 import torch
 import torch.nn.functional as F
@@ -51,6 +59,68 @@ def _is_pool(node, modules):
     return False
 
 
+TRUSTED = ("torch", "torchvision", "engine", "builtins")  # packages whose modules' forwards are tensor code only
+PURE_BUILTINS = {"len", "range", "isinstance", "issubclass", "super", "int", "float", "bool", "tuple", "list", "dict",
+                 "set", "zip", "enumerate", "reversed", "min", "max", "abs", "sum", "round", "slice", "getattr",
+                 "hasattr", "type", "all", "any", "map", "filter", "divmod", "pow", "sorted", "None", "True", "False"}
+CONSTANTS = (type(None), bool, int, float, complex, str, bytes, torch.dtype, torch.device, torch.Size, torch.memory_format)
+PLAIN = (*CONSTANTS, tuple, list, dict, set, frozenset, nn.Module, torch.Tensor)  # attributes a trace keeps or _same_state checks
+
+
+def _pure_global(value):
+    if isinstance(value, CONSTANTS) or (isinstance(value, tuple) and all(isinstance(v, CONSTANTS) for v in value)):
+        return True
+    if isinstance(value, types.ModuleType):
+        return value.__name__ == "math" or value.__name__.split(".")[0] == "torch"
+    return (getattr(value, "__module__", None) or "").split(".")[0] == "torch"  # F.relu, torch.flatten, nn.ReLU
+
+
+def _codes(code):
+    yield code
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            yield from _codes(const)
+
+
+def _pure_code(function):
+    """Whether `function` reads no global but torch, math, constants and side-effect-free builtins,
+    and imports and writes none."""
+    for code in _codes(function.__code__):
+        for instruction in dis.get_instructions(code):
+            if instruction.opname in ("STORE_GLOBAL", "DELETE_GLOBAL", "IMPORT_NAME"):
+                return False
+            if instruction.opname in ("LOAD_GLOBAL", "LOAD_NAME"):
+                name = instruction.argval
+                if name in function.__globals__:
+                    if not _pure_global(function.__globals__[name]):
+                        return False
+                elif name not in PURE_BUILTINS or not hasattr(builtins, name):
+                    return False
+    return True
+
+
+def _own_code_is_pure(model):
+    """Whether every method of the model's classes outside TRUSTED packages (its __init__ aside, which
+    a trace does not run) is `_pure_code`, and every such module's attributes PLAIN."""
+    checked = set()
+    for module in model.modules():
+        own = [k for k in type(module).__mro__ if k.__module__.split(".")[0] not in TRUSTED]
+        if not own:
+            continue
+        if not all(isinstance(value, PLAIN) for key, value in vars(module).items() if not key.startswith("_")):
+            return False
+        for klass in own:
+            if klass in checked:
+                continue
+            checked.add(klass)
+            for name, value in vars(klass).items():
+                function = value.__func__ if isinstance(value, (staticmethod, classmethod)) else \
+                    value.fget if isinstance(value, property) else value
+                if name != "__init__" and isinstance(function, types.FunctionType) and not _pure_code(function):
+                    return False
+    return True
+
+
 def _python_state(model):
     """Each module's plain attributes (not its parameters, buffers, submodules or hooks); containers
     copied, so that a forward appending to a list shows."""
@@ -72,6 +142,8 @@ def pool_before_relu(model: nn.Module):
     """(model, count): a copy of `model` with each ReLU -> max-pool pair swapped, as an fx.GraphModule
     (its parameters copies too: use it in place of `model`), or `model` itself and 0 where nothing was
     swapped or it does not trace the same in both modes."""
+    if not _own_code_is_pure(model):
+        return model, 0  # a trace would keep its tensor operations and drop the rest
     try:  # traced copies: a forward that writes its own attributes changes only the copy
         probe = copy.deepcopy(model).train(True)
         before = _python_state(probe)
