@@ -200,6 +200,26 @@ def test_a_model_with_several_outputs():
     assert training_flops(model, (1, 7, 7)) == 3 * forward - 2 * 5 * 5 * 4 * 9  # no input gradient for the image
 
 
+def test_scripted_modules_take_no_hooks_and_are_rows_with_their_own_shape_and_flops():
+    """torch.jit.script'ed modules refuse forward hooks: a scripted part, or a scripted model, is one
+    row (its children are not run by Python), measured through a plain stand-in; the rows add up."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit.script is deprecated
+        block = torch.jit.script(nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), nn.ReLU()))
+        whole = torch.jit.script(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Flatten(), nn.Linear(4 * 6 * 6, 5)))
+    part = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), block, nn.Flatten(), nn.Linear(4 * 6 * 6, 5))
+    for model in (part, whole):
+        rows = summarize(model, (3, 6, 6))
+        assert sum(r.params for r in rows) == count_parameters(model)
+        assert sum(r.flops for r in rows) == forward_flops(model, (3, 6, 6)) > 0
+    rows = {r.name: r for r in summarize(part, (3, 6, 6))}
+    assert rows["1"].shape == (4, 6, 6) and rows["1"].flops == 2 * 4 * 4 * 9 * 36 and "1.0" not in rows
+    assert part[1] is block  # put back
+    assert [r.shape for r in summarize(whole, (3, 6, 6))] == [(5,)]
+
+
 def test_a_compiled_model_is_measured_eagerly():
     """model.compile() in place, as Runtime.prepare does: measured without compiling anything."""
     model = build_model("cifar_cnn", (3, 32, 32), 10)

@@ -57,7 +57,13 @@ def summarize(model: nn.Module, in_shape, depth=DEPTH) -> list[Layer]:
     rows, opened = _rows(model, depth)
     opened_ids = {id(m) for m in opened}
     shapes, flops = {}, {}
-    _measure(model, in_shape, train=False, watched=[m for _, m in rows], shapes=shapes, flops=flops)
+    with _hookable(model, rows) as (runner, watched):
+        _measure(runner, in_shape, train=False, watched=watched, shapes=shapes, flops=flops)
+        for module in watched:  # a scripted module's figures, measured on the wrapper that called it
+            if isinstance(module, _Scripted):
+                for found in (shapes, flops):
+                    if id(module) in found:
+                        found[id(module.inner)] = found.pop(id(module))
     seen_params, table = set(), []
 
     def take(params):  # each parameter belongs to the first row that holds it
@@ -121,7 +127,7 @@ def _rows(model, depth):
             return
         seen.add(id(module))
         children = list(module.named_children())
-        if level >= depth or not children:
+        if level >= depth or not children or isinstance(module, torch.jit.ScriptModule):  # scripted: one row
             rows.append((name or "(model)", module))
             return
         opened.append(module)
@@ -131,6 +137,44 @@ def _rows(model, depth):
 
     walk("", model, 0)
     return rows, opened
+
+
+class _Scripted(nn.Module):
+    """A plain module standing in for a scripted one (torch.jit.script), which takes no hooks, while
+    the table is measured."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, *args, **kwargs):
+        return self.inner(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def _hookable(model, rows):
+    """(the model to run, the rows' modules to watch): a scripted model wrapped in a _Scripted one,
+    each scripted module inside a plain parent swapped for one until the block ends (a scripted
+    parent runs its children itself: they are not rows)."""
+    swapped, watched = [], []
+    runner = _Scripted(model) if isinstance(model, torch.jit.ScriptModule) else model
+    for name, module in rows:
+        parent_name, _, attribute = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if name != "(model)" else None
+        if not isinstance(module, torch.jit.ScriptModule):
+            watched.append(module)
+        elif parent is None:
+            watched.append(runner)
+        elif not isinstance(parent, torch.jit.ScriptModule):
+            wrapper = _Scripted(module)
+            parent._modules[attribute] = wrapper
+            swapped.append((parent, attribute, module))
+            watched.append(wrapper)
+    try:
+        yield runner, watched
+    finally:
+        for parent, attribute, module in swapped:
+            parent._modules[attribute] = module
 
 
 def _measure(model, in_shape, train, watched=(), shapes=None, flops=None):
