@@ -259,6 +259,14 @@ def test_torchvision_models_fit_grey_images_and_small_vits():
         build(parse_model("torchvision:vit_b_16"), (3, 32, 48), 10)
 
 
+def test_num_classes_in_model_args_wins_for_torchvision_as_for_a_users_constructor():
+    """--model-args '{"num_classes": K}' used to give get_model num_classes twice (a TypeError line)."""
+    model = build(parse_model("torchvision:resnet18", '{"num_classes": 10, "zero_init_residual": true}'), (3, 32, 32), 10)
+    assert model.fc.out_features == 10 and torch.all(model.layer1[0].bn2.weight == 0)
+    with pytest.raises(UsageError, match=r"returns \(2, 5\) .*for this data's 10 classes \(--model-args sets num_classes"):
+        build(parse_model("torchvision:resnet18", '{"num_classes": 5}'), (3, 32, 32), 10)
+
+
 def test_stored_references_are_checked_as_data_and_refused_without_import(tmp_path, monkeypatch):
     (tmp_path / "evil_mod.py").write_text(f"open({str(tmp_path / 'RAN')!r}, 'w').close()\n")
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -270,7 +278,9 @@ def test_stored_references_are_checked_as_data_and_refused_without_import(tmp_pa
                           ({"kind": "builtin", "name": ["cifar_cnn"]}, "name \\['cifar_cnn'\\]"),
                           ({"kind": "torchvision", "name": ["resnet18"]}, "name \\['resnet18'\\]"),
                           ({"kind": ["file"], "name": "Net"}, "kind \\['file'\\]"),
-                          ({"kind": "builtin", "name": "cifar_cnn", "args": [1]}, "model args \\[1\\]")]:
+                          ({"kind": "builtin", "name": "cifar_cnn", "args": [1]}, "model args \\[1\\]"),
+                          ({"kind": "file", "name": "Net", "file": "/n.py", "neighbours": {"../up.py": "0"}}, "neighbour '../up.py'"),
+                          ({"kind": "file", "name": "Net", "file": "/n.py", "neighbours": ["a.py"]}, "neighbours \\['a.py'\\]")]:
         with pytest.raises(EngineError, match=f"will not load .*{words}"):
             ModelRef.from_dict(stored)
     evil = ModelRef.from_dict({"kind": "module", "name": "Net", "file": "evil_mod"})

@@ -39,7 +39,7 @@ def build(ref: ModelRef, in_shape, num_classes, batch=None) -> nn.Module:
 
 
 def _torchvision(ref, in_shape, num_classes):
-    """torchvision.models.get_model(NAME, weights=None, num_classes=K), fitted to the data where
+    """torchvision.models.get_model(NAME, weights=None, num_classes=K, **model_args), fitted to the data where
     torchvision has a documented knob: a ViT's `image_size`, and a 1-channel stem (the first 3-channel
     conv is rebuilt for the data's channels, timm's `in_chans` convention)."""
     import torchvision.models
@@ -52,8 +52,9 @@ def _torchvision(ref, in_shape, num_classes):
         kwargs["image_size"] = height
     if ref.name in ("googlenet", "inception_v3") and "init_weights" not in kwargs:
         kwargs["init_weights"] = True  # what None means today, said explicitly: no FutureWarning on every command
-    try:
-        model = torchvision.models.get_model(ref.name, weights=None, num_classes=num_classes, **kwargs)
+    kwargs.setdefault("num_classes", num_classes)  # --model-args wins, as for a user's constructor (check_fits
+    try:  # then says, in one line, a count that is not the data's)
+        model = torchvision.models.get_model(ref.name, weights=None, **kwargs)
     except (TypeError, ValueError, AssertionError) as error:
         raise UsageError(f"torchvision:{ref.name} cannot be built for {channels}x{height}x{width} images and "
                          f"{num_classes} classes: {first_line(error, 160)}") from None
