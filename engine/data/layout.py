@@ -181,8 +181,19 @@ def parse_fraction(text, flag, whole=False):
         fraction = float("nan")
     if not 0 < fraction < 1:
         also = " (or, for engine eval, all)" if whole else ""
-        raise UsageError(f"{flag} takes a percentage such as 10%{also}, not {text!r}")
+        if fraction == fraction:  # a percentage, out of range: 0% holds nothing out, 100% leaves nothing to train on
+            raise UsageError(f"{flag} takes a percentage above 0% and below 100%{also}, not {text!r}")
+        number = _number(value)
+        hint = f" ({value} as a percentage is {number * 100:g}%)" if number is not None and 0 < number < 1 else ""
+        raise UsageError(f"{flag} takes a percentage such as 10%{also}, not {text!r}{hint}")
     return fraction
+
+
+def _number(text):
+    try:
+        return float(text)
+    except ValueError:
+        return None
 
 
 def parse_count(text, total, flag):
