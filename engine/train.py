@@ -317,7 +317,8 @@ def train_ranks(cfg: Config, resume, log, ranks: Ranks, model=None):
     which = "validation" if s.val_loader is not None else "test"
     if not trained:  # a finished run resumed: last.pt as it was
         best = f"best {which} accuracy {s.best * 100:.1f}%: best.pt; " if s.best >= 0 else ""  # -1: best.pt lost
-        say(f"Nothing left to train: {s.run.path} finished ({best}confusion.png written again)")
+        log(f"Nothing left to train: {s.run.path} finished ({best}confusion.png written again)")  # --quiet too: the
+        # command's only result, in place of the epoch lines it prints
     else:
         say(f"Saved {Path(s.run.path) / 'last.pt'} (best {which} accuracy {s.best * 100:.1f}%: best.pt; "
             "the last model's confusion matrix: confusion.png)")

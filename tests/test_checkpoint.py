@@ -331,6 +331,10 @@ def test_resume_repairs_best_pt_and_metrics_from_last_pt(tiny_run, tmp_path, cap
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 1 and (run / "curves.png").exists()
     out = capsys.readouterr().out
     assert f"Nothing left to train: {run} finished" in out and "Saved" not in out
+    assert main(["train", "--resume", str(run), "--quiet"]) == 0  # the command's only result: said under --quiet too
+    assert capsys.readouterr().out.splitlines() == [f"Nothing left to train: {run} finished (best test accuracy "
+                                                    f"{load(run / 'best.pt').best['acc'] * 100:.1f}%: best.pt; confusion.png "
+                                                    "written again)"]
 
 
 def test_resume_refuses_data_whose_images_changed(tmp_path, capsys):
