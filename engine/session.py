@@ -29,7 +29,7 @@ from engine.memory import size_text
 from engine.models import count_parameters
 from engine.models.build import build, check_fits, check_rebuilds, probe_batch
 from engine.models.memory_format import fit_memory_format
-from engine.models.reference import ModelRef, load_code, parse_args, parse_model, reference_of, reopen
+from engine.models.reference import ModelRef, load_code, parse_args, parse_model, reference_of, reopen, with_neighbours
 from engine.optim import build_optimizer
 from engine.recipe import freeze, init_from_data
 from engine.report import RunDir, TensorBoard, default_run_dir
@@ -204,7 +204,7 @@ def model_reference(cfg: Config, resume: Checkpoint | None, model, say) -> Model
     ref = reopen(resume.ref, given, "--resume's checkpoint") if resume is not None else given
     if ref.user_code:
         load_code(ref)  # import it now: a missing name or a failing import is one line before any work
-    return ref
+    return with_neighbours(ref)
 
 
 def names_class(given: ModelRef, cls) -> bool:

@@ -194,3 +194,26 @@ def test_a_user_model_takes_every_training_option(user_run, tmp_path):
     assert checkpoint.best["acc"] == pytest.approx(max(epoch_ends), abs=1e-5)
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in metrics] == [0.5, 1, 1.5, 2] and all("val_acc" in m for m in metrics)
+
+
+def test_an_edit_to_a_file_the_model_imports_from_beside_it_is_said_as_one_to_the_model_file_is(tmp_path):
+    """`from blocks import Block` in net.py: the checkpoint keeps blocks.py's digest beside net.py's, so
+    eval, export and resume with blocks.py edited say so (they used to load it in silence)."""
+    (tmp_path / "blocks.py").write_text("import torch.nn as nn\n\n\nclass Block(nn.Sequential):\n    def __init__(self, cin, cout):\n"
+                                        "        super().__init__(nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))\n")
+    (tmp_path / "net.py").write_text("import torch.nn as nn\n\nfrom blocks import Block\n\n\nclass Net(nn.Module):\n"
+                                     "    def __init__(self, num_classes):\n        super().__init__()\n"
+                                     "        self.body = nn.Sequential(Block(3, 8), Block(8, 8), nn.AdaptiveAvgPool2d(1), nn.Flatten())\n"
+                                     "        self.head = nn.Linear(8, num_classes)\n\n"
+                                     "    def forward(self, x):\n        return self.head(self.body(x))\n")
+    ok(engine("train", "--model", "net.py:Net", "--epochs", "1", *TINY, "--out", "run", cwd=tmp_path))
+    ref = load(tmp_path / "run" / "best.pt").ref
+    assert set(ref.neighbours) == {"blocks.py"} and len(ref.neighbours["blocks.py"]) == 64
+    evaluate = ("eval", tmp_path / "run" / "best.pt", "--model", "net.py:Net", "--limit-test", "64")
+    assert "warning" not in engine(*evaluate, cwd=tmp_path).stderr
+    blocks = tmp_path / "blocks.py"
+    blocks.write_text(blocks.read_text().replace("nn.ReLU()", "nn.Sigmoid()"))
+    said = engine(*evaluate, cwd=tmp_path)
+    assert said.returncode == 0 and f"{blocks} (imported by net.py) changed since the run was trained" in said.stderr
+    exported = engine("export", "net.onnx", "--checkpoint", tmp_path / "run" / "best.pt", "--model", "net.py:Net", cwd=tmp_path)
+    assert exported.returncode == 0 and "blocks.py (imported by net.py) changed" in exported.stderr

@@ -24,6 +24,7 @@ from pathlib import Path
 from torch import nn
 
 from engine.errors import EngineError, UsageError, first_line
+from engine.models import neighbours
 
 KINDS = ("builtin", "torchvision", "file", "module")
 USER_MODULE = "engine_user_"  # the module name a FILE.py is imported under (plus a digest of its path)
@@ -36,6 +37,7 @@ class ModelRef:
     file: str | None = None  # file: its absolute path; module: the dotted module path
     sha256: str | None = None  # file: the source's digest when the run started
     args: dict = field(default_factory=dict)  # --model-args: constructor keyword arguments (JSON values)
+    neighbours: dict = field(default_factory=dict)  # file: {relative path: sha256} of what it imports beside it
 
     @property
     def user_code(self):
@@ -47,16 +49,20 @@ class ModelRef:
         return {"builtin": self.name, "torchvision": f"torchvision:{self.name}"}.get(self.kind, f"{self.file}:{self.name}")
 
     def to_dict(self):
-        return asdict(self)
+        values = asdict(self)
+        if not self.neighbours:  # as checkpoints without the field hold it
+            del values["neighbours"]
+        return values
 
     @classmethod
     def from_dict(cls, values, source="the checkpoint"):
         """A checkpoint's stored reference, checked as data: nothing is imported. A reference that names
         anything but a built-in, a torchvision classifier, or a class/function in a .py file or a
         non-standard-library module is refused."""
-        if not isinstance(values, dict) or set(values) - {"kind", "name", "file", "sha256", "args"}:
+        if not isinstance(values, dict) or set(values) - {"kind", "name", "file", "sha256", "args", "neighbours"}:
             raise EngineError(f"{source} holds a damaged model reference")
-        ref = cls(values.get("kind"), values.get("name"), values.get("file"), values.get("sha256"), values.get("args") or {})
+        ref = cls(values.get("kind"), values.get("name"), values.get("file"), values.get("sha256"), values.get("args") or {},
+                  values.get("neighbours") or {})
         problem = _check(ref)
         if problem:
             raise EngineError(f"{source} names a model the engine will not load ({problem}); refusing it")
@@ -74,6 +80,8 @@ def _check(ref: ModelRef):
         return f"kind {ref.kind!r}"
     if not isinstance(ref.args, dict):
         return f"model args {ref.args!r}"
+    if neighbours.check(ref.neighbours):
+        return neighbours.check(ref.neighbours)
     if not isinstance(ref.name, str) or not (ref.file is None or isinstance(ref.file, str)):
         return f"name {ref.name!r}, file {ref.file!r}"
     if ref.kind == "builtin":
@@ -101,8 +109,7 @@ def torchvision_names():
     return set(torchvision.models.list_models(module=torchvision.models))
 
 
-def sha256_of(path):
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+sha256_of = neighbours.digest
 
 
 def parse_model(text, args=None) -> ModelRef:
@@ -190,7 +197,7 @@ def reopen(saved: ModelRef, given: ModelRef | None, source="the checkpoint", war
             _warned.add((given.file, given.sha256, warn))
             warn(f"engine: warning: {given.file} {what} (sha256 {saved.sha256[:12]} -> {given.sha256[:12]}); "
                  "loading it only if the weights fit")
-    return replace(given, args=saved.args)
+    return replace(given, args=saved.args, neighbours=saved.neighbours)  # load_code compares them
 
 
 def reference_of(model: nn.Module, args=None) -> ModelRef:
@@ -212,7 +219,8 @@ def reference_of(model: nn.Module, args=None) -> ModelRef:
         check_guarded(source)
     from_file = cls.__module__ == "__main__" or cls.__module__.startswith(USER_MODULE) or _loose(cls.__module__, source)
     if from_file and source and source.endswith(".py"):
-        return ModelRef("file", cls.__qualname__, str(Path(source).resolve()), sha256_of(source), dict(args or {}))
+        return ModelRef("file", cls.__qualname__, str(Path(source).resolve()), sha256_of(source), dict(args or {}),
+                        neighbours.of_file(source))
     return ModelRef("module", cls.__qualname__, cls.__module__, None, dict(args or {}))
 
 
@@ -266,7 +274,17 @@ def load_code(ref: ModelRef):
     key = (ref.kind, ref.file, ref.sha256, ref.name)
     if key not in _loaded:
         _loaded[key] = _import(ref)
+    for line in neighbours.changes(ref.file, ref.neighbours) if ref.kind == "file" else ():  # a run's, from reopen
+        if (line, _warn) not in _warned:
+            _warned.add((line, _warn))
+            _warn(f"engine: warning: {line}; loading it only if the weights fit")
     return _loaded[key]
+
+
+def with_neighbours(ref: ModelRef) -> ModelRef:
+    """`ref` with the digests of the files its code imported from beside it (after load_code), which
+    the run's checkpoints keep."""
+    return replace(ref, neighbours=neighbours.of_file(ref.file)) if ref.kind == "file" else ref
 
 
 _loaded = {}

@@ -1,0 +1,63 @@
+"""The .py files a user's model file imports from its own folder (`from layers import Block` beside
+nets.py), by digest. A checkpoint keeps them in the model reference, so that an edit to layers.py
+is said as an edit to nets.py is (engine.models.reference), not loaded in silence.
+
+Only modules already imported are looked at: nothing here imports or runs anything.
+"""
+
+import hashlib
+import sys
+import sysconfig
+from pathlib import Path
+
+
+def digest(path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _foreign(path: Path):
+    """Whether `path` is not the user's: Python's own files, installed packages, this engine's packages."""
+    roots = {Path(sysconfig.get_paths()[key]).resolve() for key in ("stdlib", "purelib", "platlib")}
+    ours = Path(__file__).resolve().parents[2]
+    roots |= {ours / package for package in ("engine", "export", "kernels")}
+    return "site-packages" in path.parts or "dist-packages" in path.parts or any(path.is_relative_to(r) for r in roots)
+
+
+def of_file(file) -> dict:
+    """{path relative to the folder of `file`: sha256} of each imported module whose .py file lies in
+    that folder or below it, `file` itself and foreign files aside."""
+    mine = Path(file).resolve()
+    folder, found = mine.parent, {}
+    for module in list(sys.modules.values()):
+        source = getattr(module, "__file__", None)
+        if not isinstance(source, str) or not source.endswith(".py"):
+            continue
+        path = Path(source).resolve()
+        if path != mine and path.is_relative_to(folder) and path.is_file() and not _foreign(path):
+            found[path.relative_to(folder).as_posix()] = digest(path)
+    return dict(sorted(found.items()))
+
+
+def changes(file, saved: dict) -> list[str]:
+    """For each of a run's `saved` neighbours of `file` (of_file when it trained), now changed or gone,
+    a phrase naming it."""
+    folder, said = Path(file).resolve().parent, []
+    for relative, before in saved.items():
+        path = folder / relative
+        if not path.is_file():
+            said.append(f"{path} (which {Path(file).name} imported when the run trained) is not there any more")
+        elif (now := digest(path)) != before:
+            said.append(f"{path} (imported by {Path(file).name}) changed since the run was trained (sha256 "
+                        f"{before[:12]} -> {now[:12]})")
+    return said
+
+
+def check(values) -> str | None:
+    """What is wrong with a stored {relative path: sha256} as plain data, or None."""
+    if not isinstance(values, dict):
+        return f"neighbours {values!r}"
+    for relative, value in values.items():
+        if (not isinstance(relative, str) or not relative.endswith(".py") or relative.startswith("/")
+                or ".." in relative.split("/") or not isinstance(value, str)):
+            return f"neighbour {relative!r}"
+    return None
