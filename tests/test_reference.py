@@ -263,7 +263,7 @@ def test_num_classes_in_model_args_wins_for_torchvision_as_for_a_users_construct
     """--model-args '{"num_classes": K}' used to give get_model num_classes twice (a TypeError line)."""
     model = build(parse_model("torchvision:resnet18", '{"num_classes": 10, "zero_init_residual": true}'), (3, 32, 32), 10)
     assert model.fc.out_features == 10 and torch.all(model.layer1[0].bn2.weight == 0)
-    with pytest.raises(UsageError, match=r"returns \(2, 5\) .*for this data's 10 classes \(--model-args sets num_classes"):
+    with pytest.raises(UsageError, match=r"returns \(2, 5\) .*for 10 classes \(--model-args sets num_classes"):
         build(parse_model("torchvision:resnet18", '{"num_classes": 5}'), (3, 32, 32), 10)
 
 

@@ -285,14 +285,14 @@ def check_logits(output, label, mode, batch, num_classes, ref: ModelRef, built=N
         takes = "num_classes" in inspect.signature(built).parameters
         hint = f" (build it with {num_classes} outputs{f', e.g. {built.__name__}(num_classes={num_classes})' if takes else ''})"
         raise UsageError(f"{label} returns {tuple(output.shape)} for a batch of {batch}, not (batch, classes) = "
-                         f"({batch}, {num_classes}) for this data's {num_classes} classes{hint}")
+                         f"({batch}, {num_classes}) for {num_classes} classes{hint}")
     if tuple(output.shape) != (batch, num_classes):
         hint = (" (give its constructor a num_classes argument: the engine passes it by name)"
                 if output.ndim == 2 and "num_classes" not in ref.args else
                 " (--model-args sets num_classes; leave it out and the engine passes the data's)"
                 if "num_classes" in ref.args else "")
         raise UsageError(f"{label} returns {tuple(output.shape)} for a batch of {batch}, not (batch, classes) = "
-                         f"({batch}, {num_classes}) for this data's {num_classes} classes{hint}")
+                         f"({batch}, {num_classes}) for {num_classes} classes{hint}")
     if output.dtype != torch.float32:  # int logits cannot train; float64 ones would export a float64 output
         raise UsageError(f"{label} returns {str(output.dtype).removeprefix('torch.')} logits in {mode} mode; return "
                          "float32 logits (the loss, autocast and the exported ONNX model work in float32)")
