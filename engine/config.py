@@ -208,6 +208,9 @@ class Config:
             raise UsageError(f"--ema is the weight average's decay per step, 0 < DECAY < 1 (e.g. 0.99), not {self.ema!r}")
         if self.target_acc is not None and not (math.isfinite(self.target_acc) and 0 < self.target_acc <= 100):
             raise UsageError(f"--target-acc is a test accuracy in percent, 0 < X <= 100, not {self.target_acc!r}")
+        if self.target_acc is not None and self.target_acc < 1:  # below any classifier's chance: a fraction meant
+            raise UsageError(f"--target-acc is a test accuracy in percent (90 for 90%), at least 1; {self.target_acc:g} "
+                             f"would be {self.target_acc:g}%: for {self.target_acc * 100:g}% give {self.target_acc * 100:g}")
         if self.eval_every is not None and not (math.isfinite(self.eval_every) and self.eval_every > 0 and (
                 self.eval_every <= 1 or float(self.eval_every).is_integer())):
             raise UsageError(f"--eval-every is a fraction of an epoch, 0 < X <= 1, or a whole number of epochs, "

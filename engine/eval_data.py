@@ -149,12 +149,12 @@ def warn_other_split(saved, given, cfg: Config, source, warn):
              f"(--test-split {held}, seed {saved.get('seed', 0)}): the test images include images it trained on")
 
 
-def load_evaluation_data(cfg: Config, saved, given, fingerprint, source, say):
+def load_evaluation_data(cfg: Config, saved, given, fingerprint, source, say, classes=None):
     """The images an evaluation scores: load_dataset(cfg), save where --data names another path than
     the run's (read whole: no --test-split given) that holds the run's own images, moved or copied:
     split as the run split them (its --test-split, --val-split, seed), they give the run's data
-    `fingerprint`. Their held-out test images are scored then, said in one line; read whole, most
-    of them were trained on."""
+    `fingerprint` (and their class names are the run's `classes`). Their held-out test images are
+    scored then, said in one line; read whole, most of them were trained on."""
     from engine.data import load_dataset
 
     if not fingerprint or cfg.test_split != WHOLE or "test_split" in given or "data" not in given:
@@ -169,7 +169,7 @@ def load_evaluation_data(cfg: Config, saved, given, fingerprint, source, say):
                                                limit_test=saved.get("limit_test")), lambda *_: None)
     except EngineError:  # split so, these images are not the run's
         own = None
-    if own is None or data_fingerprint(own) != fingerprint:
+    if own is None or data_fingerprint(own) != fingerprint or (classes is not None and list(own.classes) != list(classes)):
         for line in said:
             say(line)
         return data

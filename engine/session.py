@@ -325,7 +325,8 @@ def restore_progress(s: Session, resume: Checkpoint, say):
         say(f"Resuming {s.run.path}: it reached {reached['target_acc']:g}% at epoch {reached['epoch']:g} of "
             f"{s.cfg.epochs}, so nothing is left to train")
     else:
-        say(f"Resuming {s.run.path} after epoch {s.start_epoch}{f' and {step} steps' if step else ''} of {s.cfg.epochs}")
+        steps = f", {step:,} step{'s' if step != 1 else ''} into epoch {s.start_epoch + 1}" if step else ""
+        say(f"Resuming {s.run.path} after epoch {s.start_epoch} of {s.cfg.epochs}{steps}")
     changed = [f"{k} {v} -> {s.runtime.resolved()[k]}" for k, v in resume.runtime.items()
                if s.runtime.resolved().get(k) != v]
     if changed:  # another machine, or other runtime flags: the weights continue, the arithmetic changes

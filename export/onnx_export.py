@@ -120,6 +120,8 @@ def to_onnx(module, sample, path, opset=None):
                                         external_data=False, optimize=True, verify=False)
             program.save(str(path), external_data=False)  # one file: no .onnx.data beside it
         except Exception as error:
+            if isinstance(root_cause(error), KeyboardInterrupt):  # Ctrl-C inside the exporter, which wraps it
+                raise KeyboardInterrupt from None
             if root_cause(error) is not error:  # torch.onnx's own message is a page of next steps; the cause is below it
                 raise EngineError(f"torch.onnx.export failed: {trace_failure(error)}") from None
             said = f"{error}\n{captured.getvalue()}"

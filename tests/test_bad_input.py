@@ -137,6 +137,7 @@ CASES = [
      "--test-split 10% leaves class a with no test images"),
     ("images: --test-split not a percentage", "train --data flatfew/ --test-split half --out out",
      "--test-split takes a percentage"),
+    ("flags: --target-acc as a fraction", "train --target-acc 0.9 --out out", "for 90% give 90"),
     ("images: --test-split 100%", "train --data flatfew/ --test-split 100% --out out",
      "--test-split takes a percentage above 0% and below 100%"),
     ("images: --test-split as a fraction", "train --data flatfew/ --test-split 0.2 --out out",

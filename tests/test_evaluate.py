@@ -389,3 +389,28 @@ def test_a_run_on_an_archive_is_recognised_in_its_folder_extracted_and_re_archiv
         other = evaluate_checkpoint(out / "best.pt", {"data": str(source), **flags, "quiet": False}, log=lines.append)
         assert other["images"] == own["images"] == 12 and other["test_loss"] == pytest.approx(own["test_loss"])
         assert any("holds the images" in line and "moved or copied" in line for line in lines), lines
+
+
+def test_the_runs_images_under_other_class_names_are_not_called_the_runs(tmp_path):
+    """The fingerprint digests pixels and label numbers, not names: a copy with its classes renamed
+    matched it and was said to hold the run's images, a line before the refusal of its classes."""
+    import shutil
+
+    from engine.errors import EngineError
+
+    rgb = png_folder(tmp_path / "photos", gray=False, seed=2)
+    shutil.rmtree(rgb / "test")
+    flags = dict(amp=False, quiet=True, device="cpu", cache_dir=str(tmp_path / "cache"))
+    out, _ = train(Config(data=str(rgb), out=str(tmp_path / "run"), epochs=1, batch_size=8, test_split="25%", **flags),
+                   log=lambda *_: None)
+    renamed = shutil.copytree(rgb, tmp_path / "renamed")
+    for old, new in (("dark", "dim"), ("light", "lit")):  # in the same order: the same label numbers
+        (renamed / "train" / old).rename(renamed / "train" / new)
+    lines = []
+    with pytest.raises(EngineError, match="classes the model was not trained on"):
+        evaluate_checkpoint(out / "best.pt", {"data": str(renamed), **flags, "quiet": False}, log=lines.append)
+    assert not any("holds the images" in line for line in lines), lines
+    copied = shutil.copytree(rgb, tmp_path / "copied")  # the same names: still recognised
+    lines.clear()
+    evaluate_checkpoint(out / "best.pt", {"data": str(copied), **flags, "quiet": False}, log=lines.append)
+    assert any("holds the images" in line for line in lines), lines

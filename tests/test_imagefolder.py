@@ -356,6 +356,10 @@ def test_a_class_folder_with_no_image_is_refused_in_archives_and_beside_junk(tmp
     files["train/emu/.DS_Store"] = b"junk"  # a folder holding only a hidden file has no image
     with pytest.raises(EngineError, match="class folder train/emu has no images"):
         read(source(tmp_path, files), tmp_path / "cache", log=lambda *_: None)
+    files["train/gnu/._x.png"] = b"junk"  # the others are named, not counted
+    (tmp_path / "two").mkdir()
+    with pytest.raises(EngineError, match=r"class folder train/emu has no images \(nor has train/gnu\)"):
+        read(source(tmp_path / "two", files), tmp_path / "cache", log=lambda *_: None)
     archive = tmp_path / "empty.tar"
     with tarfile.open(archive, "w") as tar:  # `tar cf x.tar .` of a folder with an empty class folder
         for name, data in tree().items():

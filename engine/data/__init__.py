@@ -53,6 +53,6 @@ def check_batch_size(data: Dataset, batch_size, world=1):
     if batch_size * world > len(data.train_x):
         per = f" x {world} processes = {batch_size * world}" if world > 1 else ""
         raise UsageError(
-            f"--batch-size {batch_size}{per} is larger than the {len(data.train_x):,} training images; "
+            f"--batch-size {batch_size}{per} is larger than the {len(data.train_x):,} training image{'s' if len(data.train_x) != 1 else ''}; "
             "use a smaller --batch-size or more data"
         )

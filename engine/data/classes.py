@@ -50,7 +50,8 @@ def split_classes(images, folders, path, log):
         log(f"Not used: {count:,} image{'s' if count > 1 else ''} outside every class folder of {path} (in "
             f"{beside}{' ...' if len(outside) > 3 else ''})")
     if empty:
-        raise EngineError(f"{path}: class folder {empty[0]} has no images{f' (nor {len(empty) - 1} more)' if len(empty) > 1 else ''}; "
+        others = ", ".join(empty[1:4]) + (f" and {len(empty) - 4} more" if len(empty) > 4 else "")
+        raise EngineError(f"{path}: class folder {empty[0]} has no images{f' (nor has {others})' if others else ''}; "
                           "add images or remove the folder")
     classes = sorted(train)
     if test is not None and set(test) != set(classes):
