@@ -259,7 +259,7 @@ def open_model(cfg: Config, ref: ModelRef, data: Dataset, spec: InputSpec, resum
     if not cfg.init_from:  # e.g. fast_cifar's whitened stem
         init_from_data(model, data.train_x, spec, cfg.seed, say)
     if cfg.freeze:
-        freeze_prefixes(model, cfg.freeze, say, fresh)
+        freeze_prefixes(model, cfg.freeze, say, fresh, loaded=bool(cfg.init_from))
     return model
 
 

@@ -537,6 +537,16 @@ def test_one_class_of_photos_evaluates_but_does_not_train(tmp_path):
         read(path, tmp_path / "cache", log=lambda *_: None)  # the cached decode, read for training
 
 
+@pytest.mark.parametrize("files", [{f"cat/{k}.png": png(k) for k in range(3)},
+                                   {"train/cat/a.png": png(1), "train/cat/b.png": png(2), "test/cat/c.png": png(3)}])
+def test_one_class_to_train_on_is_refused_before_any_image_is_decoded(tmp_path, files):
+    said = []
+    with pytest.raises(EngineError, match="has 1 class; a classifier needs at least 2"):
+        read(source(tmp_path, files), tmp_path / "cache", log=said.append)
+    assert not any(line.startswith(("Decoding", "Decoded")) for line in said), said
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
+
+
 def test_a_link_loop_or_a_link_to_a_folder_inside_an_archive_is_one_line(tmp_path):
     folder = tmp_path / "images"
     folder.mkdir()

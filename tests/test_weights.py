@@ -46,7 +46,10 @@ def test_weights_that_do_not_fit_are_one_line(tmp_path):
 
 def test_freeze_keeps_named_parameters_fixed_and_a_prefix_matching_nothing_is_one_line():
     model = build(parse_model("torchvision:resnet18"), (3, 32, 32), 10)
-    freeze_prefixes(model, "conv1,layer1", say=lambda *_: None)
+    said = []
+    freeze_prefixes(model, "conv1,layer1", say=said.append, loaded=False)  # 64x3x7x7 + 2 x (2 x 64x64x3x3 + 2 x 2 x 64)
+    assert said == ["Frozen: conv1, layer1 (157,376 parameters stay fixed at the values the model was built with: no "
+                    "--init-from loaded weights into them)"]
     frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
     assert "conv1.weight" in frozen and "layer1.0.conv1.weight" in frozen and "layer2.0.conv1.weight" not in frozen
     with pytest.raises(UsageError, match="--freeze layer9: no parameter is named layer9 or under it; top-level names: bn1"):

@@ -86,18 +86,25 @@ def refuse_nested_splits(images, path):
                           "splits at the top (train/<class>/..., test/<class>/...)")
 
 
+def one_class_line(path, count):
+    return f"{path} has {count} class; a classifier needs at least 2 ({layout.LAYOUT})"
+
+
 def check_names(survey, path, test_split):
     """From a source's names (the Survey), before any image is decoded: class folders holding splits
-    of their own, and a --test-split for a source with its own evaluation split, are refused; a
-    layout the names leave in doubt is left to the decode to say."""
+    of their own, a --test-split for a source with its own evaluation split, and a set to train on
+    with one class are refused; a layout the names leave in doubt (an empty class folder, images
+    outside every class folder) is left to the decode to say."""
     holding = {folder: [None] * n for folder, n in survey.holding.items()}
     refuse_nested_splits(holding, path)
-    if test_split in (None, layout.WHOLE):
+    if test_split == layout.WHOLE:  # engine eval of other images: one class's photos may be evaluated
         return
-    found, _, _ = layout.group(holding, survey.folders)
+    found, empty, outside = layout.group(holding, survey.folders)
     try:
-        _, test, _ = layout.choose(found, path, lambda *_: None)
+        train, test, _ = layout.choose(found, path, lambda *_: None)
     except EngineError:
         return
-    if test is not None:
+    if test is not None and test_split is not None:
         raise UsageError(own_split_line(path))
+    if len(train) < 2 and not empty and not outside:  # minutes of decoding a large folder spared
+        raise EngineError(one_class_line(path, len(train)))

@@ -24,7 +24,7 @@ import torch
 
 from engine.checkpoint import save_atomic
 from engine.data import filecache, layout, stream
-from engine.data.classes import Notes, check_names, in_name_order, own_split_line, split_classes
+from engine.data.classes import Notes, check_names, in_name_order, one_class_line, own_split_line, split_classes
 from engine.data.dataset import Dataset, dataset_label
 from engine.data.sources import GRAY_MODES, DoesNotFit, archive_kind, check_memory, label, members, walk
 from engine.errors import EngineError, UsageError, first_line
@@ -281,7 +281,7 @@ def _dataset(name, t, test_split, seed, path, log):
     three_channels = t["train_x"].shape[1] == 3  # colour photos flip; grayscale sets are often digits
     classes, x, y = list(t["classes"]), t["train_x"], t["train_y"]
     if len(classes) < 2 and test_split != layout.WHOLE:  # engine eval of one class's photos is fine; training is not
-        raise EngineError(f"{path} has {len(classes)} class; a classifier needs at least 2 ({layout.LAYOUT})")
+        raise EngineError(one_class_line(path, len(classes)))
     if "test_x" in t:
         if test_split not in (None, layout.WHOLE):  # WHOLE: the source's own test split is the whole test set
             raise UsageError(own_split_line(path))

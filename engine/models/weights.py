@@ -110,10 +110,12 @@ def init_from(model: nn.Module, path, say=print):
     return fresh
 
 
-def freeze_prefixes(model: nn.Module, prefixes, say=print, fresh=()):
+def freeze_prefixes(model: nn.Module, prefixes, say=print, fresh=(), loaded=True):
     """requires_grad False for every parameter under the comma-separated `prefixes` (a prefix matches
     a whole name or a dotted parent, `layer1` matching `layer1.0.conv1.weight` but not `layer10`).
-    `fresh`: the keys --init-from re-initialised, which a frozen layer would keep random: refused."""
+    `fresh`: the keys --init-from re-initialised, which a frozen layer would keep random: refused.
+    `loaded` False (no --init-from): the frozen values are those the model was built with, said so
+    (a model's own code may load trained weights; otherwise they stay at their random init)."""
     names = [p.strip() for p in str(prefixes).split(",") if p.strip()]
     params = dict(model.named_parameters())
     for prefix in names:
@@ -132,4 +134,5 @@ def freeze_prefixes(model: nn.Module, prefixes, say=print, fresh=()):
     if not any(p.requires_grad for p in params.values()):
         raise UsageError(f"--freeze {prefixes} leaves no parameter to train (all {count:,} would stay fixed); "
                          "freeze fewer layers")
-    say(f"Frozen: {', '.join(names)} ({count:,} parameters stay fixed)")
+    built = "" if loaded else " at the values the model was built with: no --init-from loaded weights into them"
+    say(f"Frozen: {', '.join(names)} ({count:,} parameters stay fixed{built})")
