@@ -74,8 +74,9 @@ def resume_config(run_dir, given=None, say=print):
         check_data_there(saved.get("data"))
     for name, value in values.items():
         if name in fixed and saved.get(name) != value and not (name == "data" and moved):
+            more = f"; a new run with --init-from {path} starts from its weights" if name == "epochs" else ""
             raise UsageError(f"--resume continues the run as configured; {as_flag(name, value)} differs from its "
-                             f"{as_flag(name, saved.get(name))} (start a new run to change it)")
+                             f"{as_flag(name, saved.get(name))} (start a new run to change it{more})")
     values = dict(saved, **values)
     values["out"] = str(path.parent)
     return Config.from_dict(values), checkpoint

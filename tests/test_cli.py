@@ -300,6 +300,8 @@ def test_an_existing_run_is_never_overwritten_and_resume_keeps_its_config(tmp_pa
     assert "already holds a run" in bad(capsys, ["train", *SMALL, "--out", out], 2)
     assert "--lr 0.5 differs from its --lr 0.05" in bad(capsys, ["train", "--resume", out, "--lr", "0.5"], 2)
     assert "--data mnist differs from its --data synthetic" in bad(capsys, ["train", "--resume", out, "--data", "mnist"], 2)
+    longer = bad(capsys, ["train", "--resume", out, "--epochs", "9"], 2)  # more epochs: a new run from its weights
+    assert f"differs from its --epochs 1 (start a new run to change it; a new run with --init-from {out}/last.pt " in longer
     assert {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()} == before
 
 
