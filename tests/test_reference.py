@@ -106,6 +106,11 @@ def test_a_constructor_that_needs_arguments_says_how_to_give_them(tmp_path):
     with pytest.raises(UsageError, match=r"Wide\(width, num_classes\) needs arguments the engine cannot give \(missing "
                                          r"a required argument: 'width'\); pass them as JSON: --model-args"):
         build(parse_model(f"{tmp_path / 'wide.py'}:Wide"), (3, 8, 8), 4)
+    (tmp_path / "named.py").write_text("from torch import nn\n\n\nclass Named(nn.Module):\n"
+                                       "    def __init__(self, classes, *, depth, width=8):\n        super().__init__()\n")
+    with pytest.raises(UsageError) as error:  # a class count by a name the engine does not pass: shown with the data's count
+        build(parse_model(f"{tmp_path / 'named.py'}:Named"), (3, 8, 8), 4)
+    assert str(error.value).endswith("""--model-args '{"classes": 4, "depth": VALUE}' (for 4 classes)""")
 
 
 def test_torchvision_s_init_warning_is_not_shown(recwarn):
@@ -150,6 +155,11 @@ class TupleWhenEvaluating(Linear):
     def forward(self, x):
         y = self.logits(x)
         return y if self.training else (y, y)
+
+
+class Segmentation(Linear):
+    def forward(self, x):
+        return {"out": self.logits(x)}
 
 
 class Named(Linear):
@@ -220,6 +230,8 @@ class NoBackward(Linear):
     ("Double", "odd.py:Double returns float64 logits in training mode; return float32 logits"),
     ("TupleWhenEvaluating", "odd.py:TupleWhenEvaluating returns a tuple in evaluation mode, not a tensor of logits"),
     ("Named", "odd.py:Named returns an Out in training mode, not a tensor of logits"),
+    ("Segmentation", r"odd.py:Segmentation returns a dict in training mode, not a tensor of logits \(return the logits "
+                     r"tensor itself"),
     ("AllFrozen", r"odd.py:AllFrozen has no parameter to train \(all 772 have requires_grad False\)"),
     ("NoParameters", r"odd.py:NoParameters has no parameter to train \(it has none\)"),
     ("InPlace", r"odd.py:InPlace: its backward \(a training step's gradient\) raised RuntimeError: one of the variables "

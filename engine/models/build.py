@@ -73,6 +73,16 @@ CLASS_COUNT_NAMES = ("num_classes", "n_classes", "nclasses", "num_class", "num_l
 CHANNEL_NAMES = ("in_channels", "in_chans", "n_channels", "num_channels", "input_channels")  # timm: in_chans
 
 
+def _args_example(parameters, given, num_classes):
+    """--model-args '{"width": VALUE}' for the required parameters not in `given`; one that names classes
+    (a spelling the engine does not pass, e.g. `classes`) shows the data's class count."""
+    missing = [name for name, p in parameters.items() if name not in given and p.default is p.empty
+               and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)] or ["NAME"]
+    fields = ", ".join(f'"{name}": {num_classes if "class" in name.lower() else "VALUE"}' for name in missing)
+    counted = any("class" in name.lower() for name in missing)
+    return f"--model-args '{{{fields}}}'" + (f" (for {num_classes} classes)" if counted else "")
+
+
 def _construct(factory, ref, in_shape, num_classes):
     """factory(**kwargs): the class count, the channels (each by any name in CLASS_COUNT_NAMES and
     CHANNEL_NAMES) and in_shape by name where it takes them, then --model-args (which win)."""
@@ -95,7 +105,7 @@ def _construct(factory, ref, in_shape, num_classes):
             what = f"it takes no argument {', '.join(map(repr, unknown))}" if unknown else first_line(error)
             if not ref.args:  # nothing was given: the constructor wants what the engine cannot know
                 raise UsageError(f"{ref.name}{signature} needs arguments the engine cannot give ({what}); pass them "
-                                 "as JSON: --model-args '{\"NAME\": VALUE}'") from None
+                                 f"as JSON: {_args_example(accepts, kwargs, num_classes)}") from None
             raise UsageError(f"--model-args do not fit {ref.name}{signature}: {what}") from None
     try:
         model = factory(**kwargs)
@@ -278,9 +288,11 @@ def check_logits(output, label, mode, batch, num_classes, ref: ModelRef, built=N
     of a module the caller built, whose hint is to build it for the data's classes."""
     if not isinstance(output, torch.Tensor):
         kind = type(output).__name__
-        raise UsageError(f"{label} returns {'an' if kind[:1].lower() in 'aeiou' else 'a'} {kind} in {mode} mode, not a tensor of logits (an "
-                         "auxiliary-output model? for torchvision googlenet and inception_v3 pass --model-args "
-                         "'{\"aux_logits\": false}')")
+        hint = (f"return the logits tensor itself, e.g. a wrapper whose forward returns model(x)[{next(iter(output), 'KEY')!r}]" if isinstance(output, dict) else
+                "an auxiliary-output model? for torchvision googlenet and inception_v3 pass --model-args "
+                "'{\"aux_logits\": false}'")
+        raise UsageError(f"{label} returns {'an' if kind[:1].lower() in 'aeiou' else 'a'} {kind} in {mode} mode, not a "
+                         f"tensor of logits ({hint})")
     if tuple(output.shape) != (batch, num_classes) and built is not None:
         takes = "num_classes" in inspect.signature(built).parameters
         hint = f" (build it with {num_classes} outputs{f', e.g. {built.__name__}(num_classes={num_classes})' if takes else ''})"
