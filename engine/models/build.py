@@ -288,9 +288,10 @@ def check_logits(output, label, mode, batch, num_classes, ref: ModelRef, built=N
     of a module the caller built, whose hint is to build it for the data's classes."""
     if not isinstance(output, torch.Tensor):
         kind = type(output).__name__
-        hint = (f"return the logits tensor itself, e.g. a wrapper whose forward returns model(x)[{next(iter(output), 'KEY')!r}]" if isinstance(output, dict) else
-                "an auxiliary-output model? for torchvision googlenet and inception_v3 pass --model-args "
-                "'{\"aux_logits\": false}'")
+        if isinstance(output, dict):  # e.g. {"logits": ..., "features": ...}
+            hint = f"return the logits tensor itself, e.g. a wrapper whose forward returns model(x)[{next(iter(output), 'KEY')!r}]"
+        else:
+            hint = "an auxiliary-output model? for torchvision googlenet and inception_v3 pass --model-args '{\"aux_logits\": false}'"
         raise UsageError(f"{label} returns {'an' if kind[:1].lower() in 'aeiou' else 'a'} {kind} in {mode} mode, not a "
                          f"tensor of logits ({hint})")
     if tuple(output.shape) != (batch, num_classes) and built is not None:
