@@ -1,5 +1,6 @@
 """engine.augment: batched random-resized crops against their definition."""
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -53,6 +54,7 @@ def test_the_loader_crops_by_seed_and_epoch_and_leaves_runs_without_it_unchanged
     assert all(b.abs().max() <= 2.0 + 1e-5 for b in resized)
 
 
+@pytest.mark.slow
 def test_alternate_flips_asked_for_on_gray_images_are_said_not_ignored(tmp_path):
     """Single-channel sets train without flips (digits); --flip alternate on them did nothing silently."""
     import numpy as np

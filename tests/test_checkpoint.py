@@ -84,6 +84,7 @@ def test_a_plain_pickle_carrying_code_is_named_without_a_torch_warning(tmp_path,
         load(tmp_path / "other.pt")
 
 
+@pytest.mark.slow
 def test_an_onnx_file_named_as_a_checkpoint_is_said_to_be_one(tiny_onnx, tmp_path):
     import shutil
 
@@ -223,6 +224,7 @@ def test_a_checkpoint_of_another_model_names_the_first_mismatch(tmp_path):
         model_from_checkpoint(Checkpoint.from_dict(checkpoint), "c.pt")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("key", ["optimizer", "rng", "metrics", "scheduler"])
 def test_resume_without_optimizer_rng_or_metrics_is_one_line(tiny_run, tmp_path, capsys, key):
     from engine.cli import main
@@ -313,6 +315,7 @@ def test_a_run_whose_images_moved_resumes_from_where_they_are(tmp_path, capsys):
     assert "--no-channels-last differs from its --channels-last (start a new run" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_resume_repairs_best_pt_and_metrics_from_last_pt(tiny_run, tmp_path, capsys):
     """A kill between the renames of last.pt and best.pt/metrics.jsonl: last.pt is the commit record."""
     import shutil

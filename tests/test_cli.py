@@ -75,6 +75,7 @@ def test_main_trains_resumes_and_evaluates_in_process(tmp_path, capsys):
     assert capsys.readouterr().out.startswith("Test_acc(tta2):")
 
 
+@pytest.mark.slow
 def test_resume_defaults_to_runs_latest(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(["train", *SMALL[:-4], "--epochs", "2", "--quiet"]) == 0

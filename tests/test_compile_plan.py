@@ -68,6 +68,7 @@ def _run(tmp_path, name, **flags):
     return said, metrics
 
 
+@pytest.mark.slow
 def test_a_short_run_trains_and_evaluates_eagerly_and_says_why(tmp_path):
     before = compiled_graphs()
     said, metrics = _run(tmp_path, "short")
@@ -89,6 +90,7 @@ def test_a_measured_training_win_compiles_the_training_step(tmp_path):
     assert compiled_graphs() >= before + 2  # the training graph and the evaluation graph
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ratio", [3.0, 0.5])
 def test_evaluations_compile_from_the_second_one_where_measured_faster(tmp_path, ratio):
     ref, runtime = parse_model("cifar_cnn"), Runtime.from_config(Config(**CPU, compile=True))
@@ -111,6 +113,7 @@ def _engine_eval(checkpoint, cache, *flags):
     return done.stdout + done.stderr
 
 
+@pytest.mark.slow
 def test_engine_eval_compile_skips_a_compile_the_work_cannot_repay(tiny_run, tmp_path):
     out = _engine_eval(tiny_run[1], tmp_path / "cache")
     assert "evaluating eagerly" in out and "too little" in out and "after compiling" not in out

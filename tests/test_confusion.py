@@ -69,6 +69,7 @@ def test_evaluate_counts_the_matrix_of_a_model_on_a_padded_loader():
     assert evaluate(model, loader, runtime) == (loss, acc)  # the plain path gives the same figures
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("classes", [2, 10, 100])
 def test_the_picture_is_a_real_png_of_a_sensible_size(tmp_path, classes):
     names = [f"class{i}" for i in range(classes)]

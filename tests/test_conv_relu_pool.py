@@ -75,6 +75,7 @@ def case_id(case):
 FORWARD_CASES = [random_case(i) for i in range(30)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", FORWARD_CASES, ids=case_id)
 def test_forward_matches_reference(crp, case):
     x, weight, bias = make_inputs(case["n"], case["c"], case["h"], case["w"], case["oc"], case["kh"], case["kw"],
@@ -143,6 +144,7 @@ def _grads(fn, inputs, grad_out):
     return torch.autograd.grad(fn(*inputs), inputs, grad_out)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", BACKWARD_CASES, ids=lambda c: "n{}c{}_{}x{}_oc{}_k{}_s{}_p{}{}".format(
     *c[:-1], "_cl" if c[-1] else ""))
 def test_backward_matches_reference_fp32(crp, case):
@@ -155,6 +157,7 @@ def test_backward_matches_reference_fp32(crp, case):
         torch.testing.assert_close(g, r, **TOLERANCE[torch.float32], msg=lambda m: f"grad of {name}: {m}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 def test_backward_half_matches_fp32_gradient(crp, dtype):
     """Half-precision grads against the fp32 gradient of the same values: eager half backward
@@ -183,6 +186,7 @@ def _fused(model):
     return fused
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,shape", [("cifar_cnn", (3, 32, 32)), ("cifar_seq", (3, 32, 32)),
                                         ("mnist_cnn", (1, 28, 28))])
 def test_model_logits_match_eager(crp, name, shape):
@@ -237,6 +241,7 @@ def test_autocast_casts_like_conv2d(crp):
         assert error < 0.35, f"{name}: relative gradient error {error:.3f}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_strided_view_and_rectangular_stride(crp, dtype):
     """Any strides work, not just the two layouts: a cropped, non-contiguous view of x, with a

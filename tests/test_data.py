@@ -40,6 +40,7 @@ def test_batch_larger_than_the_data_is_refused():
         check_batch_size(data, 51, world=2)  # --nproc 2: an epoch of no step (a traceback at the first batch)
 
 
+@pytest.mark.slow
 def test_the_package_reexports_the_type_and_loads_no_reader_at_import():
     # Readers (and their numpy/PIL/pickle code) load only when their data is asked for.
     code = ("import sys; from engine.data import Dataset, channel_stats, check_batch_size, dataset_label, load_dataset; "

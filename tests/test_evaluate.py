@@ -29,6 +29,7 @@ def test_evaluate_equals_a_direct_computation_despite_padding():
     assert acc == (logits.argmax(1) == y).sum().item() / 37
 
 
+@pytest.mark.slow
 def test_eval_takes_data_from_the_checkpoint_and_runtime_from_its_own_flags(tmp_path):
     out, _ = train(Config(epochs=1, limit_train=128, limit_test=16, batch_size=32, amp=False, quiet=True,
                           out=str(tmp_path / "run")), log=lambda *_: None)
@@ -39,6 +40,7 @@ def test_eval_takes_data_from_the_checkpoint_and_runtime_from_its_own_flags(tmp_
     assert subset["images"] == 100
 
 
+@pytest.mark.slow
 def test_eval_keeps_the_precision_the_run_trained_and_evaluated_in(tmp_path, monkeypatch):
     import json
 
@@ -87,6 +89,7 @@ def test_tta_evaluation_is_the_mean_of_the_image_and_mirror_logits():
     assert abs(plain_loss - F.cross_entropy(model(normalised), y).item()) < 1e-5 and plain_loss != loss
 
 
+@pytest.mark.slow
 def test_eval_tta_is_off_unless_asked(tmp_path):
     out, _ = train(Config(epochs=1, limit_train=128, limit_test=16, batch_size=32, amp=False, quiet=True, tta=True,
                           out=str(tmp_path / "run")), log=lambda *_: None)
@@ -155,6 +158,7 @@ def test_tta_levels_in_the_config_and_the_command_line():
         parse("--tta", "4")
 
 
+@pytest.mark.slow
 def test_a_run_evaluates_at_its_eval_batch_with_the_training_batch_s_figures(tmp_path):
     """The eval loader's batch is --batch-size, or --eval-batch-size when given, and an evaluation
     at either gives the same figures: every image once, padding ignored."""
@@ -170,6 +174,7 @@ def test_a_run_evaluates_at_its_eval_batch_with_the_training_batch_s_figures(tmp
     assert large[1] == small[1] and large[0] == pytest.approx(small[0], rel=1e-5)  # fp32: rounding only
 
 
+@pytest.mark.slow
 def test_eval_batch_size_is_a_flag_of_train_and_eval_and_refuses_zero(tmp_path):
     for command in ("train", "eval"):
         shown = subprocess.run([sys.executable, "-m", "engine", command, "--help"], capture_output=True, text=True)
@@ -253,6 +258,7 @@ def colour_copies(source, root, seed=1):
     return root / "colour", root / "gray"
 
 
+@pytest.mark.slow
 def test_gray_photos_evaluate_on_a_colour_model_as_their_rgb_copy_and_the_reverse_as_their_luma(tmp_path):
     rgb, gray = png_folder(tmp_path / "rgb", gray=False), png_folder(tmp_path / "gray", gray=True)
     flags = dict(epochs=1, batch_size=16, amp=False, quiet=True, device="cpu", cache_dir=str(tmp_path / "cache"))
@@ -318,6 +324,7 @@ def test_the_runs_own_data_gone_is_one_line_saying_where_the_path_came_from(tmp_
         evaluate_checkpoint(out / "best.pt", {}, log=lambda *_: None)
 
 
+@pytest.mark.slow
 def test_the_runs_own_images_moved_elsewhere_score_the_images_it_held_out(tmp_path, capsys):
     """--data naming the run's images at another path read them whole, most of them trained on (a
     model that memorised noise scored 90% where its held-out accuracy was 50%). Split as the run

@@ -27,6 +27,7 @@ def cifar_cnn():
     return model, compile_inference(copy.deepcopy(model), (1, 3, 32, 32), FP32)
 
 
+@pytest.mark.slow
 def test_compiled_logits_match_eager_at_batch_1(cifar_cnn):
     model, compiled = cifar_cnn
     x = torch.randn(1, 3, 32, 32)
@@ -134,6 +135,7 @@ class Branches(torch.nn.Module):
 """
 
 
+@pytest.mark.slow
 def test_eval_compile_always_of_such_a_forward_evaluates_eagerly_and_says_why(tmp_path, monkeypatch):
     from engine.train import train
 

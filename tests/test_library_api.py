@@ -100,6 +100,7 @@ def test_the_natural_python_forms_are_taken_as_the_command_lines(tmp_path):
         Config(epochs=np.float64(3.0))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["Net", "Plain"])
 def test_the_module_passed_ends_holding_the_runs_weights_in_its_own_format(nets, tmp_path, name):
     net = getattr(nets, name)()
@@ -111,6 +112,7 @@ def test_the_module_passed_ends_holding_the_runs_weights_in_its_own_format(nets,
     assert all(p.is_contiguous() for p in net.parameters())  # not left channels_last by the run
 
 
+@pytest.mark.slow
 def test_a_module_its_checkpoint_cannot_rebuild_is_refused_before_any_work(nets, tmp_path):
     with pytest.raises(UsageError, match=r"features.0.weight is \(16, 3, 3, 3\) in yours, \(8, 3, 3, 3\) rebuilt"):
         train(Config(**TINY, out=str(tmp_path / "a")), model=nets.Net(width=16), log=lambda *_: None)
@@ -123,6 +125,7 @@ def test_a_module_its_checkpoint_cannot_rebuild_is_refused_before_any_work(nets,
     assert result["images"] == 32  # rebuilt with its recorded arguments, no --model-args needed
 
 
+@pytest.mark.slow
 def test_an_argument_that_changes_no_shape_is_not_lost(nets, tmp_path):
     with pytest.raises(UsageError, match=r"your api_nets.py:Scaled computes other logits than its checkpoint would "
                                          r"rebuild, Scaled\(\), with your weights in it"):
@@ -158,6 +161,7 @@ class Net(nn.Module):
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("guarded", [False, True])
 def test_a_script_training_its_own_class_is_imported_once_and_guarded(tmp_path, guarded):
     """A checkpoint reloads a script's class by importing the script: an unguarded train() there would
@@ -189,6 +193,7 @@ def test_arguments_of_the_wrong_kind_are_one_line(nets, tmp_path):
         train(Config(**TINY, out=str(tmp_path / "c")), model=nets.Net(num_classes=3), log=lambda *_: None)
 
 
+@pytest.mark.slow
 def test_a_call_leaves_the_callers_generator_dtype_and_environment_as_they_were(tmp_path, monkeypatch):
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
     torch.manual_seed(1234)
@@ -266,6 +271,7 @@ def test_a_lazy_module_trains_from_python_as_from_the_command_line(tmp_path):
     assert all(torch.equal(net.state_dict()[k], saved[k]) for k in saved)
 
 
+@pytest.mark.slow
 def test_a_config_naming_other_code_than_the_module_passed_is_refused(nets, tmp_path):
     other = tmp_path / "other"
     other.mkdir()

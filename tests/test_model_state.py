@@ -114,6 +114,7 @@ def run(nets, name, out, **flags):
     return train(Config(model=f"{nets}:{name}", out=str(out), **{**FLAGS, **flags}), log=lambda *_: None)[0]
 
 
+@pytest.mark.slow
 def test_a_pruned_model_copies_for_measurements_and_trains_with_ema(nets, tmp_path):
     """prune keeps `weight` as a computed attribute, not a leaf: copy.deepcopy refused it (the bf16
     and compile measurements, --ema's average)."""
@@ -134,6 +135,7 @@ def test_a_pruned_model_copies_for_measurements_and_trains_with_ema(nets, tmp_pa
         run(nets, "Scripted", tmp_path / "scripted", ema=0.9)
 
 
+@pytest.mark.slow
 def test_buffers_a_forward_grows_or_sets_train_average_evaluate_and_resume(nets, tmp_path):
     """The probe put buffers back with copy_ (a shape error, a KeyError for one registered as None);
     --ema averaged a grown buffer with its empty start; a checkpoint's grown buffer did not load
@@ -156,6 +158,7 @@ def test_buffers_a_forward_grows_or_sets_train_average_evaluate_and_resume(nets,
     assert torch.equal(average.module.seen, saved.ema["seen"])
 
 
+@pytest.mark.slow
 def test_summary_of_a_parametrized_model_and_init_from_re_initialises_its_head(nets, tmp_path, capsys):
     """summary's autograd.grad under the FLOP counter failed through weight_norm; --init-from kept only
     `f.weight`/`f.bias` as the head, so a weight-normed head of another class count did not fit."""
@@ -175,6 +178,7 @@ def test_summary_of_a_parametrized_model_and_init_from_re_initialises_its_head(n
     assert model.f.weight_mask.shape == (4, 8) and model(torch.randn(2, 3, 32, 32)).shape == (2, 4)
 
 
+@pytest.mark.slow
 def test_evaluation_runs_no_backward_and_json_stays_json_when_the_forward_prints(nets, tmp_path, capsys):
     """eval probed a training step's backward, firing a user's backward hook (torch's warning about
     it on the terminal); a forward's print went into `eval --json`'s stdout."""
@@ -190,6 +194,7 @@ def test_evaluation_runs_no_backward_and_json_stays_json_when_the_forward_prints
     assert json.loads(printed.out)["images"] == 32 and "forward (" in printed.err
 
 
+@pytest.mark.slow
 def test_a_forward_that_views_an_activation_as_nchw_runs_nchw_with_one_line(nets, tmp_path):
     """`x.view(x.size(0), -1)` after a convolution fails on channels_last batches, the default: the
     first step stopped with torch's "view size is not compatible" (said as the model's error, with

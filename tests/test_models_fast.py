@@ -27,6 +27,7 @@ def test_channels_last_gives_the_same_logits():
     torch.testing.assert_close(model(x.to(memory_format=torch.channels_last)), expected, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_fast_cifar_memorises_64_noise_images():
     """Random labels on Gaussian noise: only memorising each image lowers the loss."""
     torch.manual_seed(0)

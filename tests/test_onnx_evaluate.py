@@ -10,6 +10,7 @@ from engine.evaluate import evaluate_checkpoint
 from export.evaluate import cross_entropy_sum, evaluate_onnx
 
 
+@pytest.mark.slow
 def test_onnx_and_checkpoint_evaluations_agree(tiny_run, tiny_onnx):
     from_checkpoint = evaluate_checkpoint(tiny_run[1], {"amp": False, "quiet": True, "device": "cpu"})
     from_onnx = evaluate_onnx(tiny_onnx, {"quiet": True}, log=lambda *_: None)

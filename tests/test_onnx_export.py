@@ -20,6 +20,7 @@ from export.session import open_session
 from export.verify import run_session
 
 
+@pytest.mark.slow
 def test_export_round_trip_from_a_trained_checkpoint(tiny_run, tmp_path):
     run, best = tiny_run
     out = tmp_path / "model.onnx"
@@ -67,6 +68,7 @@ def test_the_graph_normalises_exactly_as_training_did(tiny_run, tiny_onnx):
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4)  # fp32: two implementations of one graph
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_every_model_in_the_zoo_matches_pytorch_at_batch_1_7_and_64(name, tmp_path):
     shape = tuple(MODELS[name].reference_shape)
@@ -95,6 +97,7 @@ def test_default_checkpoint_is_runs_latest_best_and_without_a_run_one_line_says_
     assert err.count("\n") == 1 and "engine train" in err and not (tmp_path / "model.onnx").exists()
 
 
+@pytest.mark.slow
 def test_export_without_the_runs_data_verifies_on_random_images_and_says_so(tiny_run, tmp_path):
     checkpoint = load(tiny_run[1])
     checkpoint.config["data"] = str(tmp_path / "gone.tar.gz")  # a dataset that is not here any more
@@ -246,6 +249,7 @@ class DoublesASingleImage(torch.nn.Module):
         return self.head(f)
 
 
+@pytest.mark.slow
 def test_a_branch_on_a_single_image_fails_verification_at_batch_1(tmp_path):
     from engine.errors import EngineError
     from export.verify import check_parity

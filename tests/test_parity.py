@@ -215,6 +215,7 @@ def test_amp_compile_matches_plain(monkeypatch):
 triton_only = pytest.mark.skipif(not HAS_TRITON, reason="needs triton")
 
 
+@pytest.mark.slow
 @triton_only
 @pytest.mark.parametrize("name", _models(*FUSED))
 def test_triton_matches_plain(name):

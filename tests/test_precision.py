@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 
 from engine.config import Config
@@ -17,6 +18,7 @@ def session(tmp_path, name, **kwargs):
     return s, said
 
 
+@pytest.mark.slow
 def test_the_decision_is_measured_once_cached_and_changes_nothing_else(tmp_path, monkeypatch):
     monkeypatch.setenv("ENGINE_CPU_BF16", "1")  # as on a CPU with AMX: the default picks bf16, to be measured
     first, _ = session(tmp_path, "a")
@@ -41,6 +43,7 @@ def test_forced_bf16_and_no_amp_measure_nothing(tmp_path, monkeypatch):
     assert not (tmp_path / "cache" / "precision.json").exists()
 
 
+@pytest.mark.slow
 def test_a_resumed_run_keeps_its_own_precision(tmp_path, monkeypatch):
     from engine.checkpoint import load
     from engine.train import train

@@ -227,6 +227,7 @@ def test_a_folder_with_no_image_is_named_and_the_other_arguments_still_predicted
     assert out.startswith(f"{good}: ") and "empty holds no image files" in err and err.count("\n") == 1
 
 
+@pytest.mark.slow
 def test_a_terminal_that_cannot_show_a_class_name_gets_it_escaped_not_a_traceback(tiny_onnx, tmp_path):
     import subprocess
     import sys
@@ -251,6 +252,7 @@ def test_an_unknown_flag_points_to_its_commands_help(capsys):
                                                    f"(see engine {command} --help)")
 
 
+@pytest.mark.slow
 def test_dash_reads_one_image_from_standard_input_as_cat_and_tar_do(tiny_onnx, tmp_path, capsys):
     import io
     import subprocess

@@ -20,6 +20,7 @@ def saved_config(out):
     return json.loads((out / "config.json").read_text())["config"]
 
 
+@pytest.mark.slow
 def test_a_recipe_fills_only_the_flags_not_given(tmp_path, capsys):
     out = tmp_path / "fast"
     assert main(["train", "--model", "fast_cifar", *SMALL, "--batch-size", "32", "--lr", "0.1", "--out", str(out)]) == 0
@@ -47,6 +48,7 @@ def test_the_python_api_uses_exactly_its_config():
     assert values["tta"] is False and values["label_smoothing"] == 0.2 and len(said) == 1
 
 
+@pytest.mark.slow
 def test_a_fresh_run_whitens_the_stem_and_a_resume_does_not(tmp_path):
     cfg = Config(model="fast_cifar", epochs=1, limit_train=96, limit_test=32, batch_size=32, amp=False, device="cpu",
                  quiet=True, out=str(tmp_path / "run"))

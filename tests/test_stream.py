@@ -129,6 +129,7 @@ def test_read_ahead_keeps_order_raises_the_producers_error_and_stops_when_closed
     assert len(produced) < 10  # the thread stopped: at most depth ahead
 
 
+@pytest.mark.slow
 def test_forced_streaming_trains_to_the_same_weights_bit_for_bit(tmp_path, monkeypatch):
     from engine.config import Config
     from engine.train import train

@@ -244,6 +244,7 @@ def test_a_model_running_the_triton_kernel_is_measured_through_its_eager_op():
     assert model.features[0].op is kernel
 
 
+@pytest.mark.slow
 def test_importing_the_models_loads_no_triton():
     """torch.utils.flop_counter imports triton, which on CPU must wait until --triton has chosen
     Triton's interpreter (engine.runtime.use_triton): the summary imports it only to measure."""

@@ -95,6 +95,7 @@ def test_evaluations_left_follow_the_cadence():
     assert evaluations_left(Config(epochs=6, eval_every=2), 6) == 0
 
 
+@pytest.mark.slow
 def test_eval_every_n_epochs_evaluates_every_nth_and_the_last_and_resumes(tmp_path, capsys):
     """--eval-every 2 over 5 epochs: epochs 2, 4 and 5 evaluate; 1 and 3 print and record their training
     figures only, write last.pt (a resume point) but never best.pt; a run resumed after epoch 3 goes on
@@ -185,6 +186,7 @@ def test_target_acc_stops_at_the_first_evaluation_at_or_above_it(tmp_path, capsy
     assert read_metrics(out) == metrics
 
 
+@pytest.mark.slow
 def test_a_target_not_reached_trains_every_epoch_and_says_so(tmp_path, capsys):
     assert main(["train", "--model", "cifar_cnn", "--epochs", "1", "--limit-train", "128", "--limit-test", "32",
                  "--batch-size", "32", "--device", "cpu", "--no-amp", "--quiet", "--target-acc", "100",
@@ -282,6 +284,7 @@ def screen_fixture(root, test=5000):
     return root
 
 
+@pytest.mark.slow
 def test_evaluate_screened_reads_the_parts_as_one_set_or_stops_after_the_first(tmp_path):
     """Read whole, the parts give evaluate()'s figures on the whole set (its confusion counts too);
     told short after the first part, it stops there with that part's figures."""

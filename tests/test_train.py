@@ -31,6 +31,7 @@ def test_one_epoch_on_the_synthetic_set_is_well_above_chance(tmp_path):
     assert metrics[0]["train_loss"] < 2.3  # below the loss of a uniform guess, ln 10
 
 
+@pytest.mark.slow
 def test_run_directory_holds_everything_and_checkpoints_open_weights_only(tmp_path):
     out, metrics = run(tmp_path, epochs=2, limit_train=256, limit_test=100, batch_size=32, amp=False)
     assert sorted(p.name for p in out.iterdir()) == ["best.pt", "config.json", "confusion.json", "confusion.png",
@@ -51,6 +52,7 @@ def test_run_directory_holds_everything_and_checkpoints_open_weights_only(tmp_pa
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_default_run_directory_and_latest_link(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     first, _ = train(Config(epochs=1, limit_train=64, limit_test=32, amp=False, **QUIET), log=lambda *_: None)
@@ -180,6 +182,7 @@ def test_triton_training_matches_eager_step_for_step(tmp_path):
         torch.testing.assert_close(value, b["model"][key], rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_the_resolved_runtime_is_recorded_and_a_resume_on_another_says_what_changed(tmp_path, capsys):
     out, _ = run(tmp_path, epochs=2, limit_train=128, limit_test=32, batch_size=32, amp=False)
     recorded = json.loads((out / "config.json").read_text())["runtime"]
@@ -271,6 +274,7 @@ def test_a_run_resumes_with_the_number_of_processes_it_trained_with(tmp_path):
         check_resume(saved, out / "last.pt", saved.fingerprint, total, "synthetic", world=1)
 
 
+@pytest.mark.slow
 def test_a_resume_redraws_a_curves_png_that_a_kill_left_unwritten(tmp_path):
     out, _ = train(Config(epochs=1, limit_train=128, limit_test=16, batch_size=32, amp=False, quiet=True,
                           out=str(tmp_path / "run")), log=lambda *_: None)
