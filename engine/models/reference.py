@@ -80,8 +80,8 @@ def _check(ref: ModelRef):
         return f"kind {ref.kind!r}"
     if not isinstance(ref.args, dict):
         return f"model args {ref.args!r}"
-    if neighbours.check(ref.neighbours):
-        return neighbours.check(ref.neighbours)
+    if problem := neighbours.check(ref.neighbours):
+        return problem
     if not isinstance(ref.name, str) or not (ref.file is None or isinstance(ref.file, str)):
         return f"name {ref.name!r}, file {ref.file!r}"
     if ref.kind == "builtin":
