@@ -547,6 +547,17 @@ def test_one_class_to_train_on_is_refused_before_any_image_is_decoded(tmp_path, 
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
 
 
+@pytest.mark.parametrize("kind", ["folder", "zip"])
+@pytest.mark.parametrize("test_split", [None, "all"])
+def test_loose_images_without_class_folders_are_refused_before_any_image_is_decoded(tmp_path, kind, test_split):
+    said = []
+    with pytest.raises(EngineError, match=r"has no images in class folders .*\./ holds images outside every class folder"):
+        read(source(tmp_path, {f"{k}.png": png(k) for k in range(4)}, kind), tmp_path / "cache", log=said.append,
+             test_split=test_split)
+    assert not any(line.startswith(("Decoding", "Decoded")) for line in said), said
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
+
+
 def test_a_link_loop_or_a_link_to_a_folder_inside_an_archive_is_one_line(tmp_path):
     folder = tmp_path / "images"
     folder.mkdir()

@@ -37,14 +37,7 @@ def split_classes(images, folders, path, log):
     try:
         train, test, named = layout.choose(found, path, log, layout.split_names(images))
     except EngineError as error:
-        if not outside:
-            raise
-        if not any(layout.split_of(part) for folder in outside for part in folder.split("/")):  # loose images
-            raise EngineError(f"{error}; {beside} hold{'s' if len(outside) == 1 else ''} images outside every class "
-                              "folder (put each class's images in a folder named after it)") from None
-        # e.g. red/, green/ and a class named test/: the name made it a split layout
-        raise EngineError(f"{error}; {beside} hold images in no split's class folder (is a class named like a split, "
-                          "test/ or val/? rename it)") from None
+        raise _placed(error, outside) from None
     if outside:  # a stray photo beside the class folders: said, not silently dropped
         count = sum(outside.values())
         log(f"Not used: {count:,} image{'s' if count > 1 else ''} outside every class folder of {path} (in "
@@ -61,6 +54,19 @@ def split_classes(images, folders, path, log):
                   f"lacks classes that {trained}/ has: {', '.join(missing)}")
         raise EngineError(f"{path}: {named}/ {differ} (the evaluation split needs {trained}/'s classes, each with images)")
     return train, test, classes
+
+
+def _placed(error, outside):
+    """layout.choose's refusal, saying where the images it did not place are (none in class folders)."""
+    if not outside:
+        return error
+    beside = ", ".join(f"{folder}/" for folder in list(outside)[:3])
+    if not any(layout.split_of(part) for folder in outside for part in folder.split("/")):  # loose images
+        return EngineError(f"{error}; {beside} hold{'s' if len(outside) == 1 else ''} images outside every class "
+                           "folder (put each class's images in a folder named after it)")
+    # e.g. red/, green/ and a class named test/: the name made it a split layout
+    return EngineError(f"{error}; {beside} hold images in no split's class folder (is a class named like a split, "
+                       "test/ or val/? rename it)")
 
 
 def in_name_order(named):
@@ -93,13 +99,15 @@ def one_class_line(path, count):
 def check_names(survey, path, test_split):
     """From a source's names (the Survey), before any image is decoded: class folders holding splits
     of their own, a --test-split for a source with its own evaluation split, and a set to train on
-    with one class are refused; a layout the names leave in doubt (an empty class folder, images
+    with one class and images in no class folder at all are refused; a layout the names leave in doubt (an empty class folder, images
     outside every class folder) is left to the decode to say."""
     holding = {folder: [None] * n for folder, n in survey.holding.items()}
     refuse_nested_splits(holding, path)
+    found, empty, outside = layout.group(holding, survey.folders)
+    if not found:  # loose images, no class folder: the decode would find none either
+        raise _placed(EngineError(f"{path} has no images in class folders ({layout.LAYOUT})"), outside)
     if test_split == layout.WHOLE:  # engine eval of other images: one class's photos may be evaluated
         return
-    found, empty, outside = layout.group(holding, survey.folders)
     try:
         train, test, _ = layout.choose(found, path, lambda *_: None)
     except EngineError:
