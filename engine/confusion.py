@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from engine.errors import UsageError
+from engine.errors import EngineError, UsageError
 
 TABLE_ROWS = 40  # classes shown in the terminal table; --json has them all
 PAIRS = 5  # most-confused pairs shown
@@ -192,13 +192,13 @@ def check_png_path(path, flag="--confusion"):
         raise UsageError(f"{flag} {path} is a folder; give a file name ending in .png")
     if not folder.is_dir():
         missing = "does not exist" if not folder.exists() else "is not a folder"
-        raise UsageError(f"{flag} {path}: {folder} {missing}")
+        raise EngineError(f"{flag} {path}: {folder} {missing}")
     probe = folder / f".write-test-{os.getpid()}"
     try:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as error:
-        raise UsageError(f"{flag} {path}: cannot write to {folder} ({error.strerror or error})") from None
+        raise EngineError(f"{flag} {path}: cannot write to {folder} ({error.strerror or error})") from None
 
 
 def class_weights(labels, classes):

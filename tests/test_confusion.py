@@ -14,7 +14,7 @@ from PIL import Image
 from engine.cli import main
 from engine.config import Config
 from engine.confusion import Confusion, check_png_path, class_weights, columns, fonts_for
-from engine.errors import UsageError
+from engine.errors import EngineError
 from engine.evaluate import evaluate, evaluate_checkpoint
 from engine.loader import BatchLoader
 from engine.models import build_model
@@ -122,10 +122,11 @@ def test_names_no_installed_font_has_are_said_once(tmp_path):
 def test_a_picture_path_is_checked_before_any_work(tmp_path):
     (tmp_path / "notes.txt").write_text("x")
     check_png_path(tmp_path / "cm.png")
-    for bad, words in [(tmp_path / "cm.jpg", "ending in .png"), (tmp_path / "nowhere" / "cm.png", "does not exist"),
-                       (tmp_path / "notes.txt" / "cm.png", "is not a folder"), (tmp_path, "ending in .png")]:
-        with pytest.raises(UsageError, match=words):
+    for bad, words, code in [(tmp_path / "cm.jpg", "ending in .png", 2), (tmp_path / "nowhere" / "cm.png", "does not exist", 1),
+                             (tmp_path / "notes.txt" / "cm.png", "is not a folder", 1), (tmp_path, "ending in .png", 2)]:
+        with pytest.raises(EngineError, match=words) as refused:  # a name that is wrong: 2; a folder that is not there: 1
             check_png_path(bad)
+        assert refused.value.exit_code == code
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]  # the probe leaves nothing
 
 

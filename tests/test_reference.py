@@ -78,7 +78,6 @@ def test_the_four_forms_parse_without_importing_user_code(nets, tmp_path):
     ("torchvision:fasterrcnn_resnet50_fpn", None, "no classification model"),  # a detection model
     ("os:system", None, "os:system is not model code"),
     ("subprocess.run:x", None, "not model code"),
-    ("absent.py:Net", None, "no such file absent.py"),
     (":Net", None, "no file or module before ':'"),
     ("cifar_cnn", '{"width": 2}', "the built-in cifar_cnn takes none"),
     ("torchvision:resnet18", "{width", "must be a JSON object"),
@@ -87,6 +86,12 @@ def test_the_four_forms_parse_without_importing_user_code(nets, tmp_path):
 def test_bad_references_are_one_line(text, args, words):
     with pytest.raises(UsageError, match=words):
         parse_model(text, args)
+
+
+def test_a_model_file_that_is_not_there_is_a_missing_file_exit_1_as_for_data():
+    with pytest.raises(EngineError, match="no such file absent.py") as missing:
+        parse_model("absent.py:Net")
+    assert missing.value.exit_code == 1
 
 
 def test_constructors_get_classes_and_shape_by_name_and_model_args_win(nets):

@@ -40,8 +40,9 @@ def test_weights_that_do_not_fit_are_one_line(tmp_path):
         (tmp_path / "junk.pt").write_bytes(text)
         with pytest.raises(EngineError, match=r"is not a readable weights file \(not a PyTorch checkpoint"):
             init_from(build_model("cifar_cnn", (3, 32, 32), 10), tmp_path / "junk.pt")
-    with pytest.raises(UsageError, match="no such file"):
+    with pytest.raises(EngineError, match="no such file") as missing:  # a file that is not there: exit 1, as for --data
         init_from(build_model("cifar_cnn", (3, 32, 32), 10), tmp_path / "absent.pt")
+    assert missing.value.exit_code == 1
 
 
 def test_freeze_keeps_named_parameters_fixed_and_a_prefix_matching_nothing_is_one_line():

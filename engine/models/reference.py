@@ -138,7 +138,7 @@ def parse_model(text, args=None) -> ModelRef:
         if path.is_dir():
             raise UsageError(f"--model {text}: {head} is a folder, not a .py file")
         if not path.is_file():
-            raise UsageError(f"--model {text}: no such file {head}")
+            raise EngineError(f"--model {text}: no such file {head}")
         if not head.endswith(".py"):
             raise UsageError(f"--model {text}: {head} is not a .py file")
         ref = ModelRef("file", name, str(path.resolve()), sha256_of(path), model_args)

@@ -24,9 +24,10 @@ def read_state_dict(path, say=None):
     path = Path(path)
     if path.is_dir():
         raise UsageError(f"--init-from: {path} is a folder; name a weights file in it (a run's best.pt)")
+    if not path.exists():
+        raise EngineError(f"--init-from: no such file {path}")
     if not path.is_file():
-        raise UsageError(f"--init-from: {path} is not a regular file (a device?); name a weights file" if path.exists()
-                         else f"--init-from: no such file {path}")
+        raise UsageError(f"--init-from: {path} is not a regular file (a device?); name a weights file")
     from engine.safe_load import read_weights_only
 
     try:
