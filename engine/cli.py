@@ -119,11 +119,27 @@ def cmd_summary(args):
     from engine.models.build import build
     from engine.models.reference import parse_model
 
-    ref = parse_model(args.model, args.model_args)
+    if args.checkpoint is not None:
+        from engine.checkpoint import load, model_from_checkpoint
+
+        given = [flag for flag, value in (("--model-args", args.model_args), ("--input-shape", args.input_shape),
+                                          ("--num-classes", args.num_classes)) if value is not None]
+        if given:
+            raise UsageError(f"{', '.join(given)}: a checkpoint knows its own model, image shape and classes")
+        checkpoint = load(args.checkpoint)
+        code = parse_model(args.model) if args.model is not None else None
+        model = model_from_checkpoint(checkpoint, args.checkpoint, code, say=lambda *_: None)
+        spec = checkpoint.spec
+        classes = ", ".join(spec.classes[:4]) + (", ..." if len(spec.classes) > 4 else "")
+        name = f"{args.checkpoint} ({checkpoint.ref.label}, epoch {checkpoint.epoch}, {len(spec.classes)} classes: {classes})"
+        print(format_summary(name, model, tuple(spec.shape)))
+        return 0
+    model = args.model if args.model is not None else "cifar_cnn"
+    ref = parse_model(model, args.model_args)
     shape = MODELS[ref.name].reference_shape if ref.kind == "builtin" else (3, 32, 32)
     if args.input_shape is not None:  # "" is refused by parse_shape, not taken as the default
         shape = tuple(parse_shape(args.input_shape, "--input-shape"))
-    print(format_summary(args.model, build(ref, shape, args.num_classes), shape))
+    print(format_summary(model, build(ref, shape, args.num_classes if args.num_classes is not None else 10), shape))
     return 0
 
 

@@ -123,13 +123,15 @@ def build_parser(handlers=None):
 
     summary = commands.add_parser("summary", help="layer table of a model with output shapes, parameters and FLOPs",
                                   description="Print a model's layers, output shapes, parameter counts and "
-                                              "forward MFLOPs.")
-    summary.add_argument("--model", default="cifar_cnn", help="network: a built-in name, torchvision:NAME, FILE.py:NAME "
+                                              "forward MFLOPs: a network named by --model, or a trained checkpoint's.")
+    summary.add_argument("checkpoint", nargs="?", metavar="CHECKPOINT", help="a .pt file written by engine train: "
+                         "its model, on its images and classes (--model then names a user model's code again)")
+    summary.add_argument("--model", help="network: a built-in name, torchvision:NAME, FILE.py:NAME "
                          "or package.module:NAME (default: cifar_cnn)")
     summary.add_argument("--model-args", metavar="JSON", help="keyword arguments for the model's constructor")
     summary.add_argument("--input-shape", metavar="CxHxW", help="input shape, e.g. 1x28x28 (default: a built-in's "
                          "own, else 3x32x32)")
-    summary.add_argument("--num-classes", type=positive, default=10, help="output classes (default: 10)")
+    summary.add_argument("--num-classes", type=positive, help="output classes (default: 10)")
     summary.set_defaults(command=_command_of(summary), func=handlers.get("summary"))
     return parser
 

@@ -179,6 +179,37 @@ def test_summary_for_another_input_shape(capsys):
     assert "(1, 28, 28)" in capsys.readouterr().out
 
 
+@pytest.mark.slow
+def test_summary_of_a_checkpoint_is_its_model_on_its_images_and_classes(tmp_path, capsys):
+    from engine.config import Config
+    from engine.models import build_model, count_parameters
+    from engine.train import train
+
+    (tmp_path / "nets.py").write_text("import torch\nfrom torch import nn\n\n\nclass Net(nn.Module):\n"
+                                      "    def __init__(self, num_classes=10):\n        super().__init__()\n"
+                                      "        self.conv = nn.Conv2d(3, 4, 3)\n        self.fc = nn.LazyLinear(num_classes)\n\n"
+                                      "    def forward(self, x):\n        return self.fc(torch.relu(self.conv(x)).flatten(1))\n")
+    for k in range(12):
+        for split, name in (("train", "cat"), ("train", "dog"), ("train", "owl"), ("test", "cat"), ("test", "dog"), ("test", "owl")):
+            (tmp_path / "pics" / split / name).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.full((24, 30, 3), 20 * k, np.uint8)).save(tmp_path / "pics" / split / name / f"{k}.png")
+    for model, out in (("cifar_cnn", "built"), (f"{tmp_path / 'nets.py'}:Net", "user")):
+        train(Config(model=model, data=str(tmp_path / "pics"), epochs=1, batch_size=8, amp=False, quiet=True, device="cpu",
+                     cache_dir=str(tmp_path / "cache"), out=str(tmp_path / out)), log=lambda *_: None)
+    capsys.readouterr()
+    assert main(["summary", str(tmp_path / "built" / "best.pt")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"{tmp_path / 'built' / 'best.pt'} (cifar_cnn, epoch 1, 3 classes: cat, dog, owl): input (3, 24, 30)"
+    assert lines[-1] == f"Total parameters: {count_parameters(build_model('cifar_cnn', (3, 24, 30), 3)):,}"
+    user = str(tmp_path / "user" / "best.pt")
+    assert "name it again: --model" in bad(capsys, ["summary", user], 2)  # a user model's code is never imported unasked
+    assert main(["summary", user, "--model", f"{tmp_path / 'nets.py'}:Net"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "input (3, 24, 30)" in lines[0] and lines[-1] == f"Total parameters: {4 * 27 + 4 + 4 * 22 * 28 * 3 + 3:,}"
+    for flags in (["--input-shape", "3x8x8"], ["--num-classes", "5"], ["--model-args", "{}"]):
+        assert "a checkpoint knows its own model, image shape and classes" in bad(capsys, ["summary", user, *flags], 2)
+
+
 def bad(capsys, argv, code):
     """Run main(argv), expecting one line on stderr and exit `code`; return that line."""
     assert main(argv) == code

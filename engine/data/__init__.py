@@ -54,5 +54,5 @@ def check_batch_size(data: Dataset, batch_size, world=1):
         per = f" x {world} processes = {batch_size * world}" if world > 1 else ""
         raise UsageError(
             f"--batch-size {batch_size}{per} is larger than the {len(data.train_x):,} training image{'s' if len(data.train_x) != 1 else ''}; "
-            "use a smaller --batch-size or more data"
+            f"use a smaller --batch-size{f' (at most {most})' if (most := len(data.train_x) // world) else ''} or more data"
         )
