@@ -1,5 +1,5 @@
 """What both image readers share: which files are images, the decode-size limit checked from a header,
-and 16-bit/float to 8-bit.
+a photo's EXIF orientation, and 16-bit/float to 8-bit.
 
 Image folders (engine.data.imagefolder) and `engine predict` (export.images) read the same image
 files, so they refuse the same sizes and scale deep images the same way. Torch-free, so
@@ -14,6 +14,38 @@ IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".apng", ".bmp", "
                     ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".qoi", ".avif", ".jp2", ".j2k"}  # what PIL decodes
 MAX_PIXELS = 50_000_000  # 150 MB decoded as RGB; a 20000x20000 image (1.2 GB) is refused by its header
 SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+ORIENTATION = 0x0112  # the EXIF tag: how a camera's stored pixels turn upright (2-8; 1 is as stored)
+SIDEWAYS = (5, 6, 7, 8)  # orientations that swap width and height
+
+
+def orientation(image):
+    """The EXIF orientation of an opened PIL image (1 where it has none), read from its header: a
+    phone photo taken upright is often stored sideways with orientation 6. A PNG is asked only where
+    its header carried EXIF (PIL would decode the whole file to look further)."""
+    if image.format == "PNG" and "exif" not in image.info:
+        return 1
+    try:
+        value = image.getexif().get(ORIENTATION, 1)
+    except Exception:  # a damaged EXIF block is no orientation; the pixels still decode
+        return 1
+    return value if value in range(1, 9) else 1
+
+
+def upright_size(image):
+    """(W, H) of an opened PIL image as `fit` turns it upright (its EXIF orientation applied)."""
+    width, height = image.size
+    return (height, width) if orientation(image) in SIDEWAYS else (width, height)
+
+
+def upright(image, turn):
+    """`image` turned as EXIF orientation `turn` says (PIL's ImageOps.exif_transpose, on pixels already
+    converted: the conversion drops the tag)."""
+    from PIL import Image
+
+    method = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+              5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+              8: Image.Transpose.ROTATE_90}.get(turn)
+    return image.transpose(method) if method is not None else image
 
 
 def check_size(image, source, size=None):
@@ -35,7 +67,8 @@ def draft_request(image, size):
     where it decodes at full size (not a JPEG, no size, or less than twice the size asked for)."""
     if size is None or image.format != "JPEG":
         return None
-    scale = max(size[0] / image.height, size[1] / image.width)  # both sides stay at least the size asked for
+    width, height = upright_size(image)  # the size asked for is the upright image's
+    scale = max(size[0] / height, size[1] / width)  # both sides stay at least the size asked for
     if scale > 0.5:
         return None
     return max(1, round(image.width * scale)), max(1, round(image.height * scale))
@@ -89,7 +122,8 @@ RESIZE_RULES = {"crop": "shorter-side-then-center-crop", "stretch": "stretch"}
 
 def fit(image, size, mode, rule="stretch"):
     """An opened PIL image decoded as `mode` ("L" or "RGB"; 16-bit scaled, alpha dropped) and fitted to
-    `size` (H, W) by `rule`: "stretch" scales the whole image to (H, W), changing its aspect ratio;
+    `size` (H, W) by `rule`, after turning it upright as its EXIF orientation says (a phone photo stored
+    sideways is seen as its viewer shows it): "stretch" scales the whole image to (H, W), changing its aspect ratio;
     "crop" scales it, keeping its aspect ratio, to cover (H, W) and takes the centre (for a square S
     the shorter side becomes S). `size` None, or the image's own size, decodes it unscaled.
 
@@ -100,10 +134,10 @@ def fit(image, size, mode, rule="stretch"):
     CIFAR-10 copy, 3 epochs of cifar_cnn: 71.7% against 69.8% with bilinear; the original 32x32 71.9%)."""
     from PIL import Image
 
-    request = draft_request(image, size)
+    request, turn = draft_request(image, size), orientation(image)
     if request is not None:
         image.draft(image.mode, request)
-    image = eight_bit(image).convert(mode)
+    image = upright(eight_bit(image).convert(mode), turn)
     if size is None or image.size == (size[1], size[0]):
         return image
     height, width = size

@@ -114,7 +114,8 @@ def test_readme_client_scales_sixteen_bit_images_as_training_did(tmp_path, capsy
 
 def client_load(input_size, crop):
     """The README client's `load` function, for a model taking `input_size` (C, H, W)."""
-    source = re.search(r"\ndef load\(path\):\n.*?\n    return pixels.transpose\(2, 0, 1\)[^\n]*\n", client_script(), re.S)
+    source = re.search(r"\nT = Image.Transpose.*?\ndef load\(path\):\n.*?\n    return pixels.transpose\(2, 0, 1\)[^\n]*\n",
+                       client_script(), re.S)
     assert source, "README.md's client lost its load function"
     names = {"np": np, "Image": Image, "crop": crop}
     names["channels"], names["height"], names["width"] = input_size
@@ -137,6 +138,14 @@ def test_readme_client_reads_every_kind_of_image_as_engine_predict_does(tmp_path
     Image.fromarray(np.dstack([rgb, rgb[..., :1]])).save(tmp_path / "rgba.png")
     Image.fromarray(rgb).save(tmp_path / "photo.jpg", quality=90)
     Image.fromarray(rgb[..., 0]).save(tmp_path / "grey.png")
+    for turn, name in ((6, "sideways.jpg"), (8, "sideways.png"), (3, "upside_down.tiff"), (5, "transposed.webp")):
+        exif = Image.Exif()
+        exif[0x0112] = turn  # a camera's orientation tag: both readers turn the photo upright
+        Image.fromarray(rgb).save(tmp_path / name, exif=exif.tobytes())
+    big = Image.fromarray(rng.integers(0, 256, (40, 30, 3), dtype=np.uint8)).resize((400, 300))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    big.save(tmp_path / "big_sideways.jpg", exif=exif.tobytes(), quality=90)  # drafted for its upright size
     load = client_load(input_size, rule == "crop")
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # neither reader may print PIL's palette-transparency warning

@@ -216,3 +216,54 @@ def test_a_jpeg_of_exactly_twice_the_size_decodes_at_half_scale(tmp_path):
     with Image.open(buffer) as image:
         assert draft_request(image, (32, 48)) == (48, 32) and draft_size(image, (32, 48)) == (48, 32)
         assert draft_request(image, (33, 48)) is None  # less than twice: whole
+
+
+STORED = {1: None, 2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+          5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_90, 7: Image.Transpose.TRANSVERSE,
+          8: Image.Transpose.ROTATE_270}  # how a camera stores an upright picture for each EXIF orientation
+
+
+def stored_as(upright, turn, path, **kwargs):
+    """`upright` (a PIL image) saved as a camera stores it under EXIF orientation `turn`."""
+    exif = Image.Exif()
+    exif[0x0112] = turn
+    (upright.transpose(STORED[turn]) if STORED[turn] is not None else upright).save(path, exif=exif.tobytes(), **kwargs)
+    return path
+
+
+@pytest.mark.parametrize("turn", range(1, 9))
+def test_a_photo_is_turned_upright_as_its_exif_orientation_says(tmp_path, turn):
+    """Predict and training's decode see a phone photo as its viewer shows it, whatever way it is stored."""
+    from PIL import ImageOps
+
+    from engine.data.imagefolder import read
+
+    up = Image.fromarray(pixels((24, 16, 3), turn))  # 16 wide, 24 high
+    path = stored_as(up, turn, tmp_path / "photo.png")
+    with Image.open(path) as opened:
+        assert np.array_equal(np.asarray(ImageOps.exif_transpose(opened).convert("RGB")), np.asarray(up))  # PIL's reading
+    got = batch([path], [3, 24, 16])[0]
+    np.testing.assert_array_equal(got, np.asarray(up).transpose(2, 0, 1).astype(np.float32) / 255)
+    for split, name in (("train", "a"), ("train", "b"), ("test", "a"), ("test", "b")):  # no --image-size: one size, upright
+        (tmp_path / "set" / split / name).mkdir(parents=True)
+        up.save(tmp_path / "set" / split / name / "upright.png")
+        stored_as(up, turn, tmp_path / "set" / split / name / "stored.png")
+    data = read(tmp_path / "set", tmp_path / "cache", log=lambda *_: None)
+    assert data.train_x.shape == (4, 3, 24, 16)
+    assert all(np.array_equal(x.numpy(), np.asarray(up).transpose(2, 0, 1)) for x in data.train_x)
+
+
+def test_a_sideways_jpeg_is_drafted_for_its_upright_size(tmp_path):
+    """A large JPEG stored sideways (orientation 6), fitted to a portrait 64x48 (H x W): the draft scale is
+    chosen for the upright picture, which then covers the size asked for."""
+    from engine.pixels import draft_size, fit, upright_size
+
+    up = Image.new("RGB", (1200, 1600), (200, 30, 30))  # upright: 1200 wide, 1600 high
+    up.paste((30, 30, 200), (0, 0, 1200, 400))  # the top quarter blue
+    path = stored_as(up, 6, tmp_path / "phone.jpg", quality=90)
+    with Image.open(path) as image:
+        assert image.size == (1600, 1200) and upright_size(image) == (1200, 1600)
+        assert draft_size(image, (64, 48)) == (200, 150)  # 1/8: the upright 150x200 still covers 48x64
+        got = np.asarray(fit(image, (64, 48), "RGB"))
+    assert got.shape == (64, 48, 3)
+    assert got[:12, :, 2].mean() > 150 and got[-40:, :, 0].mean() > 150  # blue at the top, red below: upright

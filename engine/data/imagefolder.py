@@ -30,13 +30,14 @@ from engine.data.sources import GRAY_MODES, DoesNotFit, archive_kind, check_memo
 from engine.errors import EngineError, UsageError, first_line
 from engine.faults import pause_point
 from engine.lock import remove_stale_temporaries
-from engine.pixels import IMAGE_EXTENSIONS, check_size, fit
+from engine.pixels import IMAGE_EXTENSIONS, check_size, fit, upright_size
 
-CACHE_FORMAT = 8  # 2: a set with any colour image is all RGB; 3: any layout, test split optional, --image-size;
+CACHE_FORMAT = 9  # 2: a set with any colour image is all RGB; 3: any layout, test split optional, --image-size;
 # 4: class folders with subfolders, grey images with alpha; 5: split folders in any case (Train/), training/ and
 # testing/, class names in NFC, tar links read; 6: .jpe/.jfif images, zip links read; 7: .tga/.avif/.qoi/... images,
 # the layout notes kept, Windows and absolute zip names, a JPEG of exactly twice the size drafted, strips cropped by part;
-# 8: each class's images in the order of their names, not the source's (an archive and its extracted folder agree)
+# 8: each class's images in the order of their names, not the source's (an archive and its extracted folder agree);
+# 9: photos turned upright as their EXIF orientation says
 CHUNK = 1024  # images handed to the decoding processes at a time: bounds the undecoded bytes held in memory
 
 
@@ -83,8 +84,8 @@ def _decode(item):
     try:
         with Image.open(io.BytesIO(data)) as image:
             check_size(image, name, size)  # by its header, before a pixel is decoded
-            if size is None and first is not None and image.size != first[0]:
-                raise UsageError(mixed_sizes(first[2], first[:2], (image.size, name)))
+            if size is None and first is not None and upright_size(image) != first[0]:
+                raise UsageError(mixed_sizes(first[2], first[:2], (upright_size(image), name)))
             return np.asarray(fit(image, size, "L" if image.mode in GRAY_MODES else "RGB", rule))  # 16-bit scaled
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         reason = "not an image PIL can read" if isinstance(error, UnidentifiedImageError) else error

@@ -16,7 +16,7 @@ from pathlib import Path
 from engine.data import layout
 from engine.data.dataset import ARCHIVE_SUFFIXES
 from engine.errors import EngineError
-from engine.pixels import SIXTEEN_BIT, check_size
+from engine.pixels import SIXTEEN_BIT, check_size, upright_size
 
 GRAY_MODES = ("L", "LA", "La", "1", "F", *SIXTEEN_BIT)  # LA: grey with alpha, which is dropped as RGBA's is
 
@@ -227,7 +227,7 @@ def check_memory(path: Path, size=None):
             try:
                 with Image.open(io.BytesIO(read())) as image:
                     check_size(image, label(path, name), size)
-                    first = (image.size, label(path, name), 1 if image.mode in GRAY_MODES else 3)
+                    first = (upright_size(image), label(path, name), 1 if image.mode in GRAY_MODES else 3)
             except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
                 first = ()  # the decoding pass names the bad file
     survey = Survey(count, folders, first or (), holding, others)
