@@ -295,6 +295,7 @@ def test_the_accuracy_export_prints_says_the_precision_it_was_measured_in(tmp_pa
         assert ("evaluated in bf16, where this file runs fp32: engine eval" in wrote) == said, wrote
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")  # a user's scripted part, on purpose
 def test_what_the_exporter_cannot_write_is_one_line_before_it_tries(tmp_path):
     """A scripted submodule gave torch's 'Conv2d.forward() takes 2 positional arguments but 3 were given';
     bf16 parameters the ONNX checker's 'unsupported type: tensor(bfloat16)'."""
