@@ -122,9 +122,9 @@ RESIZE_RULES = {"crop": "shorter-side-then-center-crop", "stretch": "stretch"}
 
 def fit(image, size, mode, rule="stretch"):
     """An opened PIL image decoded as `mode` ("L" or "RGB"; 16-bit scaled, alpha dropped) and fitted to
-    `size` (H, W) by `rule`, after turning it upright as its EXIF orientation says (a phone photo stored
-    sideways is seen as its viewer shows it): "stretch" scales the whole image to (H, W), changing its aspect ratio;
-    "crop" scales it, keeping its aspect ratio, to cover (H, W) and takes the centre (for a square S
+    `size` (H, W) by `rule`, after turning it upright as its EXIF orientation says (a phone photo
+    stored sideways is seen as its viewer shows it): "stretch" scales the whole image to (H, W),
+    changing its aspect ratio; "crop" scales it, keeping its aspect ratio, to cover (H, W) and takes the centre (for a square S
     the shorter side becomes S). `size` None, or the image's own size, decodes it unscaled.
 
     Training's decode (engine.data.imagefolder) and every inference path (export.images) call this

@@ -98,9 +98,9 @@ def one_class_line(path, count):
 
 def check_names(survey, path, test_split):
     """From a source's names (the Survey), before any image is decoded: class folders holding splits
-    of their own, a --test-split for a source with its own evaluation split, and a set to train on
-    with one class and images in no class folder at all are refused; a layout the names leave in doubt (an empty class folder, images
-    outside every class folder) is left to the decode to say."""
+    of their own, images in no class folder at all, a --test-split for a source with its own
+    evaluation split, and a set to train on with one class are refused; a layout the names leave in
+    doubt (an empty class folder, some images outside every class folder) is left to the decode to say."""
     holding = {folder: [None] * n for folder, n in survey.holding.items()}
     refuse_nested_splits(holding, path)
     found, empty, outside = layout.group(holding, survey.folders)
