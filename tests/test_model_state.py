@@ -115,6 +115,7 @@ def run(nets, name, out, **flags):
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")  # the Scripted user model, on purpose
 def test_a_pruned_model_copies_for_measurements_and_trains_with_ema(nets, tmp_path):
     """prune keeps `weight` as a computed attribute, not a leaf: copy.deepcopy refused it (the bf16
     and compile measurements, --ema's average)."""
