@@ -14,6 +14,7 @@ from pathlib import Path
 from engine.errors import EngineError, UsageError
 
 BUILTIN_DATASETS = ("synthetic", "cifar10", "mnist", "fashion_mnist")
+FLOAT32_MAX = 3.4028234663852886e38  # torch.finfo(torch.float32).max, without importing torch to check a flag
 
 
 def option(default, help, *, choices=None, group="train", resume=False, const=None):
@@ -196,6 +197,11 @@ class Config:
             raise UsageError(f"--momentum must be in [0, 1), not {self.momentum!r}")
         if not (math.isfinite(self.bn_lr_scale) and self.bn_lr_scale > 0):
             raise UsageError(f"--bn-lr-scale must be a finite number greater than 0, not {self.bn_lr_scale!r}")
+        for name, value in (("lr", self.lr * max(self.bn_lr_scale, 1.0)), ("weight_decay", self.weight_decay)):
+            if value > FLOAT32_MAX:  # the optimizer's step takes it as a float32 factor: torch's overflow traceback
+                scaled = f" x --bn-lr-scale {self.bn_lr_scale:g}" if name == "lr" and self.lr <= FLOAT32_MAX else ""
+                raise UsageError(f"{flag(name)} {getattr(self, name):g}{scaled} is beyond float32's range (at most "
+                                 f"{FLOAT32_MAX:.4g}), which the optimizer's step computes in")
         if self.resized_crop is not None and not (math.isfinite(self.resized_crop) and 0 < self.resized_crop < 1):
             raise UsageError(f"--resized-crop is the smallest area fraction of a crop, 0 < MIN < 1, not {self.resized_crop!r}")
         if not isinstance(self.crop_padding, int) or self.crop_padding < 0:

@@ -81,6 +81,10 @@ CASES = [
     ("numbers: NaN lr", "train --lr nan", "--lr must be a finite number", 2),
     ("numbers: inf lr", "train --lr inf", "--lr must be a finite number", 2),
     ("numbers: NaN momentum", "train --momentum nan", "--momentum must be a finite number", 2),
+    ("numbers: --lr beyond float32", "train --lr 1e308", "--lr 1e+308 is beyond float32's range", 2),
+    ("numbers: --lr x --bn-lr-scale beyond float32", "train --model fast_cifar94 --lr 1e37",
+     "--lr 1e+37 x --bn-lr-scale 64 is beyond float32's range", 2),
+    ("numbers: --weight-decay beyond float32", "train --weight-decay 1e300", "--weight-decay 1e+300 is beyond float32's", 2),
     ("numbers: negative seed", "train --seed -1", "--seed must be a whole number from 0", 2),
     ("numbers: bad --save-every", "train --save-every soon", "--save-every must be a duration", 2),
     # names
