@@ -105,7 +105,7 @@ def check_names(survey, path, test_split):
     refuse_nested_splits(holding, path)
     found, empty, outside = layout.group(holding, survey.folders)
     if not found:  # loose images, no class folder: the decode would find none either
-        raise _placed(EngineError(f"{path} has no images in class folders ({layout.LAYOUT})"), outside)
+        raise _placed(EngineError(layout.no_class_folders(path)), outside)
     if test_split == layout.WHOLE:  # engine eval of other images: one class's photos may be evaluated
         return
     try:

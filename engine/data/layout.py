@@ -142,6 +142,10 @@ def group(images, directories=()):
     return found, sorted(empty), outside
 
 
+def no_class_folders(source):
+    return f"{source} has no images in class folders ({LAYOUT})"
+
+
 def choose(found, source, say=print, names=None):
     """The layout of `found` ({split or None: {class: [items]}}): (train {class: items}, test {class: items}
     or None when the test set is to be split off the training images, the test split's folder name as
@@ -151,7 +155,7 @@ def choose(found, source, say=print, names=None):
     if not splits:
         flat = found.get(None)
         if not flat:
-            raise EngineError(f"{source} has no images in class folders ({LAYOUT})")
+            raise EngineError(no_class_folders(source))
         return flat, None, None
     if "train" not in splits:
         hint = ""
