@@ -48,6 +48,7 @@ def wait_for_pause(process, stage, timeout=120):
         for line in iter(process.stdout.readline, ""):
             seen.append(line)
             if line.strip() == f"ENGINE_TEST_PAUSED {stage}":
+                wait_until_stopped(process)  # a signal sent before the process stops itself is lost
                 return seen
     finally:
         watchdog.cancel()
@@ -135,7 +136,8 @@ def test_a_resumed_runs_time_to_target_counts_on_from_its_earlier_commands(tmp_p
 
 
 def wait_until_stopped(process, timeout=60):
-    """The pause point prints its marker, then stops itself: a SIGCONT sent in between is lost."""
+    """The pause point prints its marker, then stops itself: a SIGINT and SIGCONT sent in between are
+    taken while it runs and the SIGSTOP that follows is never undone (the run hangs)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with open(f"/proc/{process.pid}/stat") as f:
@@ -149,7 +151,6 @@ def test_a_run_directory_removed_mid_run_is_one_line(tmp_path):
     run = tmp_path / "run"
     process = start(*TINY, "--out", str(run), pause="step:2")
     wait_for_pause(process, "step")
-    wait_until_stopped(process)
     shutil.rmtree(run)
     process.send_signal(signal.SIGCONT)
     out, err = process.communicate(timeout=300)
