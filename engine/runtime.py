@@ -159,6 +159,12 @@ class CountingInductor:
         if self.eager_training and torch.is_grad_enabled():  # Dynamo calls backends in the caller's grad mode
             return gm.forward
         options = torch._inductor.list_mode_options(self.mode)
+        if torch.is_grad_enabled() and hasattr(torch._inductor.config, "emulate_precision_casts"):
+            # Round each low-precision intermediate as eager does. Without it a bf16 graph keeps a fused
+            # GELU's output in fp32 while the max taken over it is stored in bf16, so the max's backward
+            # (the gradient shared among the elements equal to the max) finds none equal and divides
+            # by 0: fast_cifar's first bf16 step gave NaN gradients under Inductor.
+            options = {**options, "emulate_precision_casts": True}
         return torch._inductor.compile(gm, example_inputs, options=options)
 
 

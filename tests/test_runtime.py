@@ -138,6 +138,30 @@ def test_cpu_training_graphs_run_eagerly_and_inference_graphs_are_compiled():
     assert not Runtime.from_config(Config(device="cpu", compile=True, triton=True)).eager_training
 
 
+def test_a_bf16_training_graph_under_inductor_has_eagers_finite_gradients():
+    """A max over a fused GELU's output in bf16: Inductor kept the GELU in fp32 and the max in bf16,
+    so the max's backward found no element equal to it and divided by 0 (NaN in every gradient
+    below it; fast_cifar and fast_cifar94 trained NaN from their second step). The backend rounds
+    low-precision intermediates as eager does."""
+    from engine.runtime import CountingInductor
+
+    torch.manual_seed(0)
+    x, weight = torch.randn(16, 8, 3, 3), torch.randn(16, 8, 3, 3)
+
+    def forward(w):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return torch.nn.functional.gelu(torch.nn.functional.conv2d(x, w, padding=1)).amax(dim=(2, 3))
+
+    grads = []
+    for run in (forward, torch.compile(forward, backend=CountingInductor())):
+        w = weight.clone().requires_grad_()
+        run(w).float().sum().backward()
+        grads.append(w.grad)
+    torch._dynamo.reset()
+    assert grads[1].isfinite().all()
+    torch.testing.assert_close(grads[1], grads[0], rtol=0.02, atol=0.02)
+
+
 def test_the_allocator_keeps_freed_activations_on_glibc():
     import platform
     import sys
