@@ -42,6 +42,10 @@ FIRST_COMPILE_S = {"train": 40.0, "eval": 5.0, "aot": 15.0}
 MAX_RATIO = {"train": 1.25, "eval": 1.8, "aot": 1.8}
 WIN_FROM = 1.0  # a compiled graph is used only where it is at least as fast as eager
 BUDGET_S = 0.4  # seconds of timed steps per side in a training measurement
+# Part of every cache key, raised when what is compiled changes, so an earlier measurement is taken
+# again: 2, Inductor's training graphs round low-precision intermediates as eager does (bf16 graphs
+# that disagreed with eager before, recorded as ratio 0, may now win).
+FORMAT = 2
 
 
 @dataclass
@@ -55,7 +59,7 @@ def key(kind, ref, shape, runtime, precision=None):
     """The cache key of compiling `kind` ("train", "eval", "aot") for `ref` on batches of `shape`
     (B, C, H, W) with runtime's precision, format and mode, on this CPU and torch."""
     precision = precision or runtime.resolved()["precision"]
-    fields = {"kind": kind, "model": ref.label, "args": ref.args, "shape": list(shape), "precision": precision,
+    fields = {"format": FORMAT, "kind": kind, "model": ref.label, "args": ref.args, "shape": list(shape), "precision": precision,
               "channels_last": runtime.channels_last, "mode": runtime.compile_mode, "cpu": cpu.name(),
               "torch": str(torch.__version__), "threads": torch.get_num_threads()}
     return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:24]
