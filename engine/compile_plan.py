@@ -154,7 +154,8 @@ def measure_training(model, runtime, x, y):
     `model` (its statistics and the random state untouched), with every graph compiled. A compiled
     step whose loss or gradients disagree with eager's on the same weights and batch (beyond the
     precision's rounding) measures 0: a fast path is used only where it is proven against eager.
-    (Inductor's bf16 training graph of fast_cifar gave a non-finite loss where eager's was finite.)"""
+    (Inductor's bf16 training graph of fast_cifar gave a non-finite loss where eager's was finite, until
+    the backend rounded as eager: engine/runtime.py.)"""
     from engine.runtime import CountingInductor, quiet_compiler
 
     quiet_compiler()
