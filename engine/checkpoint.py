@@ -1,7 +1,7 @@
 """Checkpoints: the one owner of their layout, written atomically, opened only with `torch.load(weights_only=True)`.
 
 `Checkpoint` is the typed record; on disk it is a dict of tensors and plain Python values (the
-config, the input spec, the model's stored reference and weights (and with --ema their average),
+config, the input spec, the model's stored reference and weights (with --ema their average, with --lookahead its slow copy),
 optimizer, schedule and scaler states, the epoch, RNG states and the metrics so far). That is enough to resume exactly, to
 evaluate, and to rebuild the model for export without the data, and without running any code
 the person opening it did not name (engine/models/reference.py).
@@ -52,6 +52,7 @@ class Checkpoint:
     versions: dict = field(default_factory=dict)
     ema: dict | None = None  # --ema: the averaged weights, keyed as `model` (stored as "model_ema", as torchvision does)
     ema_updates: int = 0  # optimizer steps the average holds
+    lookahead: dict | None = None  # --lookahead: its slow copy, keyed as `model` (stored as "model_lookahead")
 
     @property
     def resumable(self):
@@ -73,7 +74,7 @@ class Checkpoint:
                 "scheduler": self.scheduler, "scaler": self.scaler, "rng": self.rng, "metrics": self.metrics,
                 "step": self.step, "partial": self.partial, "best": self.best, "data_fingerprint": self.fingerprint,
                 "frozen": list(self.frozen), "runtime": self.runtime, "versions": self.versions,
-                "model_ema": self.ema, "ema_updates": self.ema_updates}
+                "model_ema": self.ema, "ema_updates": self.ema_updates, "model_lookahead": self.lookahead}
 
     @classmethod
     def from_dict(cls, values, path="the checkpoint"):
@@ -93,7 +94,8 @@ class Checkpoint:
                    step=values.get("step") or 0, partial=values.get("partial"), best=values.get("best"),
                    fingerprint=values.get("data_fingerprint"), frozen=list(values.get("frozen") or ()),
                    runtime=values.get("runtime") or {}, versions=values.get("versions") or {},
-                   ema=values.get("model_ema"), ema_updates=values.get("ema_updates") or 0)
+                   ema=values.get("model_ema"), ema_updates=values.get("ema_updates") or 0,
+                   lookahead=values.get("model_lookahead"))
 
 
 _holding = []  # non-empty while interrupts_held() is active: nested holds are one hold
@@ -182,10 +184,18 @@ def save(checkpoint: Checkpoint, path):
     save_atomic(checkpoint.to_dict(), path)
 
 
+EXTRA_WEIGHTS = ("model_ema", "model_lookahead")  # state dicts beside "model" that some runs keep (--ema, --lookahead)
+
+
+def _tensors_or_none(weights):
+    return weights is None or (isinstance(weights, dict) and all(isinstance(v, torch.Tensor) for v in weights.values()))
+
+
 def _check_layout(checkpoint, path):
     """The plain values eval, export and resume read, with the types they expect."""
     cfg, spec, model = checkpoint["config"], checkpoint["data"], checkpoint["model"]
     problem = None
+    broken = next((extra for extra in EXTRA_WEIGHTS if not _tensors_or_none(checkpoint.get(extra))), None)
     if not isinstance(cfg, dict) or not isinstance(cfg.get("model"), str) or not isinstance(cfg.get("data"), str):
         problem = "its config names no model and data"
     elif not isinstance(spec, dict) or not all(k in spec for k in ("classes", "shape", "mean", "std")):
@@ -199,13 +209,13 @@ def _check_layout(checkpoint, path):
         problem = f"its mean and std do not have {spec['shape'][0]} channels"
     elif not isinstance(model, dict) or not all(isinstance(v, torch.Tensor) for v in model.values()):
         problem = "its model is not a state dict of tensors"
-    elif checkpoint.get("model_ema") is not None and not (isinstance(checkpoint["model_ema"], dict) and all(
-            isinstance(v, torch.Tensor) for v in checkpoint["model_ema"].values())):
-        problem = "its model_ema is not a state dict of tensors"
+    elif broken:
+        problem = f"its {broken} is not a state dict of tensors"
     elif not isinstance(checkpoint["epoch"], int) or checkpoint["epoch"] < 0:
         problem = f"its epoch {checkpoint['epoch']!r} is not a count"
     else:  # NaN, never infinity: a user model's buffer may hold -inf (an attention mask)
-        bad = next((f"{part}{key}" for part, weights in (("", model), ("model_ema ", checkpoint.get("model_ema") or {}))
+        parts = (("", model), *((f"{extra} ", checkpoint.get(extra) or {}) for extra in EXTRA_WEIGHTS))
+        bad = next((f"{part}{key}" for part, weights in parts
                     for key, v in weights.items() if v.is_floating_point() and v.isnan().any()), None)
         problem = f"its {bad} holds NaN values (the engine never saves such weights)" if bad else None
     if problem:

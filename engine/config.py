@@ -123,6 +123,11 @@ class Config:
         "turns off a recipe's (BatchNorm statistics averaged alike; see docs/training.md) (default: off, fast_cifar's "
         "recipe 0.99)", const=0.99,
     )
+    lookahead: bool = option(
+        False, "airbench94's lookahead: every 5 steps the weights (BatchNorm statistics too) move to a slow copy "
+        "of them, averaged with a decay that grows over the run, and at its last step become that copy (see "
+        "docs/training.md) (default: off; fast_cifar94's recipe: on)"
+    )
     target_acc: float | None = option(
         None, "stop at the first evaluation whose test accuracy is at least X percent, and report the wall time "
         "to it from the command's start; an evaluation within an epoch stops reading the test set early where the "

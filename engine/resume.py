@@ -143,11 +143,15 @@ def check_resume(checkpoint: Checkpoint, path, fingerprint, total_steps, source,
                           f"{total_steps:,}; restore the data, or start a new run")
 
 
-def restore(checkpoint: Checkpoint, path, model, optimizer, scaler, ema=None):
-    """Load the weights, optimizer and scaler states of a checked checkpoint (see check_state), and
-    into `ema` (an engine.ema.WeightAverage, with --ema) the averaged weights and their step count."""
+def restore(checkpoint: Checkpoint, path, model, optimizer, scaler, ema=None, lookahead=None):
+    """Load the weights, optimizer and scaler states of a checked checkpoint (see check_state), into
+    `ema` (an engine.ema.WeightAverage, with --ema) the averaged weights and their step count, and into
+    `lookahead` (an engine.lookahead.Lookahead, with --lookahead) its slow copy."""
     if ema is not None and checkpoint.ema is None:
         raise EngineError(f"--resume: {path} has no averaged weights (model_ema) although its run used --ema; it is damaged")
+    if lookahead is not None and checkpoint.lookahead is None:
+        raise EngineError(f"--resume: {path} has no lookahead copy (model_lookahead) although its run used --lookahead; "
+                          "it is damaged")
     try:
         model.load_state_dict(checkpoint.model)
         optimizer.load_state_dict(checkpoint.optimizer)
@@ -155,6 +159,8 @@ def restore(checkpoint: Checkpoint, path, model, optimizer, scaler, ema=None):
             scaler.load_state_dict(checkpoint.scaler)
         if ema is not None:
             ema.load_state_dict(checkpoint.ema, checkpoint.ema_updates)
+        if lookahead is not None:
+            lookahead.load_state_dict(checkpoint.lookahead)
     except (KeyError, ValueError, RuntimeError, TypeError) as error:
         raise EngineError(f"--resume: {path} does not fit this run's model or optimizer ({first_line(error, 160)})") from None
 

@@ -29,6 +29,7 @@ def checkpoint_state(s: Session, epochs_done, step=0, partial=None) -> Checkpoin
         fingerprint=s.fingerprint, frozen=frozen(s.model),
         runtime=s.runtime.resolved(), versions={"engine": __version__, "torch": str(torch.__version__)},
         ema=s.ema.state_dict() if s.ema is not None else None, ema_updates=s.ema.updates if s.ema is not None else 0,
+        lookahead=s.lookahead.state_dict() if s.lookahead is not None else None,
     )
 
 

@@ -22,6 +22,7 @@ from engine.data.layout import WHOLE
 from engine.data.stream import READ_AHEAD, Rows, take
 from engine.distributed import Ranks
 from engine.ema import WeightAverage
+from engine.lookahead import Lookahead
 from engine.errors import EngineError, UsageError
 from engine.fast_paths import choose_compile, choose_precision
 from engine.loader import BatchLoader
@@ -72,6 +73,7 @@ class Session:
     confusion: object = None  # engine.confusion.Confusion of the latest test evaluation (confusion.png at the end)
     class_weights: torch.Tensor | None = None  # (classes,) the loss's weights with --class-weights auto
     ema: WeightAverage | None = None  # --ema: the weight average, updated after each step
+    lookahead: Lookahead | None = None  # --lookahead: the slow copy the weights are pulled to
     eval_plan: object = None  # engine.compile_plan.EvalPlan: --compile on CPU, whether evaluations compile
     screen: list | None = None  # --target-acc: BatchLoaders of the test set's SCREEN_PARTS (engine.target)
     losses: object = None  # engine.faults.LossWatch: non-finite training losses in a row, across epochs
@@ -136,6 +138,9 @@ def open_session(cfg: Config, resume: Checkpoint | None = None, say=print, ranks
                           None, [], ranks=ranks, fingerprint=fingerprint,
                           clock=SaveClock(parse_duration(cfg.save_every) if ranks.world == 1 else None))  # DDP: epoch ends only
         session.ema, session.screen = ema, screen
+        session.lookahead = Lookahead(model) if cfg.lookahead else None  # of the prepared model: its device and format
+        if cfg.lookahead:
+            say("Lookahead: every 5 steps the weights move to their slow average, and become it at the last step")
         if ranks.world > 1 and cfg.save_every not in (type(cfg).__dataclass_fields__["save_every"].default, "off"):
             say(f"--save-every {cfg.save_every}: under --nproc, last.pt is written at epoch ends only")
         session.class_weights = loss_weights(cfg.class_weights, data.train_y, data.classes, runtime.device, say)
@@ -309,7 +314,7 @@ def eval_loader(cfg: Config, x, y, spec: InputSpec, runtime: Runtime, ranks: Ran
 def restore_progress(s: Session, resume: Checkpoint, say):
     """A resumed run's weights, optimizer, scaler, RNG and progress (epochs, steps, metrics, best)."""
     path = s.run.path / "last.pt"
-    restore(resume, path, s.model, s.optimizer, s.scaler, s.ema)
+    restore(resume, path, s.model, s.optimizer, s.scaler, s.ema, s.lookahead)
     freeze(s.model, resume.frozen)  # what the fresh run froze (a whitened stem, --freeze)
     restore_rng_states(s.ranks.rng_of_rank(resume.rng))
     s.metrics, s.start_epoch, s.resume_step = list(resume.metrics), resume.epoch, resume.step

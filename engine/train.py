@@ -66,6 +66,8 @@ def train_step(s: Session, x, y, step):
     s.scaler.scale(loss).backward()
     s.scaler.step(s.optimizer)
     s.scaler.update()
+    if s.lookahead is not None:
+        s.lookahead.after_step(s.model, step + 1, s.total_steps)  # --lookahead: every 5 steps (engine/lookahead.py)
     if s.ema is not None:
         s.ema.update(s.model)  # --ema: the average follows every step (engine/ema.py)
     return loss.detach(), logits.detach()
