@@ -9,9 +9,8 @@ removes. After the schedule's last step the model becomes the copy. So, unlike -
 average is the trained model itself: evaluations, best.pt and the export need nothing of their own.
 
 airbench94 (KellerJordan/cifar10-airbench, `LookaheadState`) ranks it at 0.8 of its 9.9 epochs to
-94%. Measured here (fast_cifar94 on the CIFAR-10 JPEG copy, 8 epochs, seed 0, docs/time-to-accuracy.md):
-90.12% test accuracy, against 89.78% for --ema 0.95 on the same run, training accuracy 93.9% against
-92.4%. A function of the global step, so a resumed run (the copy is kept in its checkpoints) ends
+94%. Measured here (fast_cifar94 on the CIFAR-10 JPEG copy, 8 epochs, seed 0, docs/training.md):
+90.03% test accuracy, against 89.78% for --ema 0.95, training accuracy 93.9% against 92.4%. A function of the global step, so a resumed run (the copy is kept in its checkpoints) ends
 bit for bit where an uninterrupted one does; under DDP the weights, and so the copy, agree on
 every rank after each step (buffers aside: evaluation takes rank 0's).
 """

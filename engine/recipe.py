@@ -27,15 +27,16 @@ def apply_recipe(values, say=print):
         if callable(value):
             applied[name] = value(merged)
     if applied:
-        shown = ", ".join(f"{flag(name)} {_show(value)}" for name, value in applied.items())
+        shown = ", ".join(_show(name, value) for name, value in applied.items())
         say(f"Recipe for {model}: {shown} (flags given on the command line win)")
     return {**values, **applied}
 
 
-def _show(value):
+def _show(name, value):
+    """A recipe value as its flag reads: --lookahead, --no-amp, --lr 0.1."""
     if value is True or value is False:
-        return "on" if value else "off"
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
+        return flag(name) if value else f"--no-{flag(name)[2:]}"
+    return f"{flag(name)} {value:.4g}" if isinstance(value, float) else f"{flag(name)} {value}"
 
 
 def whitening_images(train_x, spec, seed, count=WHITEN_IMAGES):

@@ -22,10 +22,10 @@ from engine.data.layout import WHOLE
 from engine.data.stream import READ_AHEAD, Rows, take
 from engine.distributed import Ranks
 from engine.ema import WeightAverage
-from engine.lookahead import Lookahead
 from engine.errors import EngineError, UsageError
 from engine.fast_paths import choose_compile, choose_precision
 from engine.loader import BatchLoader
+from engine.lookahead import Lookahead
 from engine.memory import size_text
 from engine.models import count_parameters
 from engine.models.build import build, check_fits, check_rebuilds, probe_batch
