@@ -76,6 +76,25 @@ def test_between_syncs_the_model_trains_freely_and_a_sync_pulls_it_back():
     assert torch.equal(lookahead.slow["0.weight"], net[0].weight)
 
 
+def test_a_parameter_frozen_mid_run_is_set_to_its_average_once_and_then_stays():
+    """fast_cifar94's whitening bias stops after epoch 3: the first sync after that moves it to its
+    average (as airbench94's lookahead moves its bias), and from then on it holds still."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 3))
+    lookahead = Lookahead(net)
+    values = []
+    for done in range(1, 21):
+        if done <= 7:  # trains in steps 1-7, frozen from step 8 on
+            with torch.no_grad():
+                net[0].bias.add_(torch.randn(3))
+        lookahead.after_step(net, done, 20)
+        if done == 7:
+            frozen_value = net[0].bias.detach().clone()  # where its training left it
+        values.append(net[0].bias.detach().clone())
+    assert not torch.equal(values[9], frozen_value)  # the sync at step 10 pulled it to its average
+    assert all(torch.equal(v, values[9]) for v in values[10:])  # and it stayed there
+
+
 # ---- whole runs: real trainings and subprocesses ----
 
 ARGS = ["--epochs", "3", "--limit-train", "256", "--limit-test", "64", "--batch-size", "32", "--no-amp",
