@@ -47,6 +47,10 @@ class Lookahead:
         if not due and done < total:
             return
         live = floating(model)
+        for name, tensor in live.items():  # a buffer the forward first set or gave another shape (a memory of
+            held = self.slow.get(name)  # features that grows): nothing of its old shape to average with
+            if held is None or held.shape != tensor.shape:
+                self.slow[name] = tensor.detach().clone()
         slow = [self.slow[name] for name in live]
         if due:
             torch._foreach_lerp_(slow, list(live.values()), 1 - decay_at(done, total))
@@ -57,8 +61,13 @@ class Lookahead:
         return self.slow
 
     def load_state_dict(self, weights: dict):
-        if set(weights) != set(self.slow):
-            raise KeyError(f"the lookahead copy holds {sorted(set(weights) ^ set(self.slow))[:3]} ... where the model's "
-                           "state differs")
-        for name, tensor in self.slow.items():
-            tensor.copy_(weights[name])
+        missing = sorted(set(self.slow) - set(weights))
+        if missing:
+            raise KeyError(f"the lookahead copy has no {', '.join(missing[:3])}")
+        device = next(iter(self.slow.values())).device if self.slow else torch.device("cpu")
+        for name, tensor in weights.items():
+            held = self.slow.get(name)
+            if held is not None and held.shape == tensor.shape:
+                held.copy_(tensor)  # in place: the copy keeps the model's device and memory format
+            else:  # a buffer the forward set or reshaped after the model was built (see after_step)
+                self.slow[name] = tensor.detach().clone().to(device)

@@ -95,6 +95,34 @@ def test_a_parameter_frozen_mid_run_is_set_to_its_average_once_and_then_stays():
     assert all(torch.equal(v, values[9]) for v in values[10:])  # and it stayed there
 
 
+class Memory(nn.Module):
+    """A model whose forward sets a buffer registered as None, then grows it (a memory of features)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 3)
+        self.register_buffer("memory", None)
+
+    def forward(self, x):
+        features = self.fc(x).detach()
+        self.memory = features if self.memory is None else torch.cat([self.memory, features])
+        return self.fc(x)
+
+
+def test_a_buffer_first_set_or_reshaped_by_the_forward_is_taken_as_it_is():
+    net = Memory()
+    lookahead = Lookahead(net)
+    for done in range(1, 11):
+        net(torch.randn(2, 4))
+        lookahead.after_step(net, done, 10)
+    assert net.memory.shape == (20, 3) and torch.equal(lookahead.slow["memory"], net.memory)
+    again = Lookahead(Memory())  # a resumed run's, built before any forward
+    again.load_state_dict(lookahead.state_dict())
+    assert torch.equal(again.slow["memory"], net.memory) and torch.equal(again.slow["fc.weight"], net.fc.weight)
+    with pytest.raises(KeyError, match="has no fc.bias"):
+        again.load_state_dict({"fc.weight": net.fc.weight})
+
+
 # ---- whole runs: real trainings and subprocesses ----
 
 ARGS = ["--epochs", "3", "--limit-train", "256", "--limit-test", "64", "--batch-size", "32", "--no-amp",
