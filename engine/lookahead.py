@@ -10,10 +10,12 @@ average is the trained model itself: evaluations, best.pt and the export need no
 
 airbench94 (KellerJordan/cifar10-airbench, `LookaheadState`) ranks it at 0.8 of its 9.9 epochs to
 94%. Measured here (fast_cifar94 on the CIFAR-10 JPEG copy, 8 epochs, seed 0, docs/training.md):
-90.03% test accuracy, against 89.78% for --ema 0.95, training accuracy 93.9% against 92.4%. A parameter frozen mid-run (fast_cifar94's whitening bias after epoch 3) is averaged too, as
-airbench94's is: the first sync after its freeze sets it to its average, where it then stays.
-The update is a function of the global step, so a resumed run (the copy is kept in its checkpoints) ends
-bit for bit where an uninterrupted one does; under DDP the weights, and so the copy, agree on
+90.03% test accuracy, against 89.78% for --ema 0.95, training accuracy 93.9% against 92.4%.
+
+A parameter frozen mid-run (fast_cifar94's whitening bias after epoch 3) is averaged too, as
+airbench94's is: the first sync after its freeze sets it to its average, where it then stays. The
+update is a function of the global step, so a resumed run (the copy is kept in its checkpoints)
+ends bit for bit where an uninterrupted one does; under DDP the weights, and so the copy, agree on
 every rank after each step (buffers aside: evaluation takes rank 0's).
 """
 

@@ -164,8 +164,8 @@ FAST_CIFAR_RECIPE = {
 # 1 over 23% of the steps, then to 0.07) is the engine's onecycle (0.1 to 1 over 20%, then to 0).
 # Its lookahead is --lookahead (engine/lookahead.py): on the JPEG copy (2-core Xeon with AMX) it reached
 # 90.03% after 8 epochs (seed 0; seeds 1, 2: 89.93%, 89.80%) where --ema 0.95 reached 89.78%, and 90.42%
-# after 10 against 90.39% without; its training accuracy is 1.4-1.5 points higher. Not here: its warm-up run (compile warm-up is
-# timed apart).
+# after 10 against 90.39% without; its training accuracy is 1.4-1.5 points higher. Not here: its warm-up
+# run (compile warm-up is timed apart).
 FAST_CIFAR94_RECIPE = {
     "batch_size": 1024,
     "optimizer": "sgd",
