@@ -1,5 +1,6 @@
 """What --ema costs a training step: the engine's `train_step` with and without the weight average,
-and the average's update alone, for fast_cifar at batch 128 (its recipe) and cifar_cnn at batch 64.
+and the average's update alone, for fast_cifar at batch 128 (its recipe) and cifar_cnn at batch 64;
+and what one --lookahead sync costs on fast_cifar94 (its recipe's), which comes every 5 steps.
 
 Run: `python -m pytest bench/bench_ema.py`. Each case builds a real engine session on the built-in
 synthetic set with the runtime `engine train` picks (its recipe's flags, --amp where it gains) and
@@ -67,3 +68,24 @@ def test_ema_update_alone(benchmark, tmp_path, model):
                                 parameters=sum(p.numel() for p in s.model.parameters()))
     after, target = next(iter(s.ema.module.parameters())), next(iter(s.model.parameters()))
     assert (after - target).abs().max() < (before - target).abs().max()  # moved towards the model
+
+
+def test_lookahead_sync_alone(benchmark):
+    """One sync of --lookahead (engine/lookahead.py) on fast_cifar94 as `engine train` prepares it on CPU
+    (channels_last): the copy moves towards the model and the model is set to it."""
+    from engine.lookahead import EVERY, Lookahead
+    from engine.models import MODELS as ZOO
+
+    benchmark.group = "--lookahead sync, fast_cifar94"
+    model = ZOO["fast_cifar94"].build((3, 32, 32), 10).to(memory_format=torch.channels_last)
+    lookahead = Lookahead(model)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)  # the model away from its copy, so that each sync moves both
+    done = iter(range(EVERY, 10**9, EVERY))
+    benchmark.pedantic(lambda: lookahead.after_step(model, next(done), 10**6), rounds=ROUNDS, iterations=1,
+                       warmup_rounds=5)
+    benchmark.extra_info.update(ms=round(benchmark.stats.stats.median * 1e3, 3),
+                                parameters=sum(p.numel() for p in model.parameters()))
+    first = next(model.parameters())
+    assert torch.equal(first, lookahead.slow[next(iter(model.state_dict()))])  # the model is its copy after a sync
