@@ -86,10 +86,15 @@ class Config:
     lr: float = option(0.05, "peak learning rate")
     optimizer: str = option(
         "sgd",
-        "sgd (Nesterov momentum), adamw, adam or rmsprop; --momentum is beta1 for adam(w) and the momentum of "
-        "sgd and rmsprop; the adaptive ones want a far smaller --lr (about 1e-3)",
-        choices=("sgd", "adamw", "adam", "rmsprop"),
+        "sgd (Nesterov momentum), adamw, adam, rmsprop, or muon (Muon for the conv filters at --muon-lr, sgd for "
+        "the rest; docs/training.md); --momentum is beta1 for adam(w) and the momentum of sgd and rmsprop; the "
+        "adaptive ones want a far smaller --lr (about 1e-3)",
+        choices=("sgd", "adamw", "adam", "rmsprop", "muon"),
     )
+    muon_lr: float = option(
+        0.24, "--optimizer muon: the conv filters' peak learning rate, a step's size relative to each filter (the "
+        "schedule moves it with --lr; airbench94_muon's 0.24)")
+    muon_momentum: float = option(0.6, "--optimizer muon: the conv filters' Nesterov momentum (airbench94_muon's 0.6)")
     momentum: float = option(0.9, "SGD momentum; beta1 for adam and adamw; the momentum of rmsprop")
     weight_decay: float = option(5e-4, "L2 penalty (decoupled for adamw)")
     bn_lr_scale: float = option(
@@ -116,7 +121,9 @@ class Config:
         "N / (classes x images of the class), so the mean weight over them is 1 (for imbalanced data; see "
         "docs/training.md)", choices=("none", "auto")
     )
-    schedule: str = option("onecycle", "learning-rate schedule", choices=("onecycle", "cosine", "constant"))
+    schedule: str = option(
+        "onecycle", "learning-rate schedule: onecycle (up from lr/10 over 20%% of the steps, then down to 0), cosine, "
+        "linear (straight down to 0) or constant", choices=("onecycle", "cosine", "linear", "constant"))
     ema: float | None = option(
         None, "evaluate, keep as best.pt and export an exponential moving average of the weights, updated after "
         "every step with decay DECAY, 0 < DECAY < 1 (--ema alone: 0.99), warmed up over the first steps; --no-ema "
@@ -126,7 +133,7 @@ class Config:
     lookahead: bool = option(
         False, "airbench94's lookahead: every 5 steps the weights (BatchNorm statistics too) move to a slow copy "
         "of them, averaged with a decay that grows over the run, and at its last step become that copy (see "
-        "docs/training.md) (default: off; fast_cifar94's recipe: on)"
+        "docs/training.md) (default: off)"
     )
     target_acc: float | None = option(
         None, "stop at the first evaluation whose test accuracy is at least X percent, and report the wall time "
@@ -193,13 +200,16 @@ class Config:
                 raise UsageError(f"{flag(name)} must be a whole number of at least 1, not {value!r}")
         if not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
             raise UsageError(f"--seed must be a whole number from 0 to 2**63 - 1, not {self.seed!r}")
-        for name in ("lr", "momentum", "weight_decay", "label_smoothing"):
+        for name in ("lr", "momentum", "weight_decay", "label_smoothing", "muon_lr", "muon_momentum"):
             if not math.isfinite(getattr(self, name)):
                 raise UsageError(f"{flag(name)} must be a finite number, not {getattr(self, name)!r}")
         if not self.lr > 0:
             raise UsageError(f"--lr must be greater than 0, not {self.lr!r}")
-        if not 0 <= self.momentum < 1:
-            raise UsageError(f"--momentum must be in [0, 1), not {self.momentum!r}")
+        for name in ("momentum", "muon_momentum"):
+            if not 0 <= getattr(self, name) < 1:
+                raise UsageError(f"{flag(name)} must be in [0, 1), not {getattr(self, name)!r}")
+        if not 0 < self.muon_lr <= 1:  # a step of lr x the filter's own scale: beyond 1 it overshoots the filter
+            raise UsageError(f"--muon-lr is a step's size relative to each filter, 0 < LR <= 1, not {self.muon_lr!r}")
         if not (math.isfinite(self.bn_lr_scale) and self.bn_lr_scale > 0):
             raise UsageError(f"--bn-lr-scale must be a finite number greater than 0, not {self.bn_lr_scale!r}")
         for name, value in (("lr", self.lr * max(self.bn_lr_scale, 1.0)), ("weight_decay", self.weight_decay)):

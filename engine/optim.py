@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from engine.config import Config
+from engine.muon import Muon, is_filter
 
 WARMUP = 0.2  # onecycle: share of the steps spent rising to the peak
 
@@ -22,12 +23,14 @@ def build_optimizer(cfg: Config, model):
     RMSprop's momentum (its squared-gradient average keeps torch's alpha 0.99). --weight-decay is
     decoupled for adamw and an L2 term added to the gradient for sgd, adam and rmsprop, so with
     adam and rmsprop it is scaled by the adaptive step like any gradient (as torch implements it).
+    muon steps the conv filters with Muon at --muon-lr and --muon-momentum, and everything else with
+    Nesterov SGD as sgd does, --bn-lr-scale then applying to every bias (engine/muon.py).
     `--bn-lr-scale` gives BatchNorm parameters their own group, and a model's epoch-limited
     parameters get theirs (see `parameter_groups`).
     Frozen parameters (requires_grad False) stay in the list, so the optimizer's state lines up
     with a checkpoint's whatever was frozen; they never get a gradient, and torch skips those.
     """
-    params = parameter_groups(model, cfg.bn_lr_scale, cfg.weight_decay)
+    params = parameter_groups(model, cfg.bn_lr_scale, cfg.weight_decay, biases=cfg.optimizer == "muon")
     lr, momentum, decay = cfg.lr, cfg.momentum, cfg.weight_decay
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=lr, betas=(momentum, 0.999), weight_decay=decay)
@@ -35,43 +38,73 @@ def build_optimizer(cfg: Config, model):
         return torch.optim.Adam(params, lr=lr, betas=(momentum, 0.999), weight_decay=decay)
     if cfg.optimizer == "rmsprop":
         return torch.optim.RMSprop(params, lr=lr, momentum=momentum, weight_decay=decay)
+    if cfg.optimizer == "muon":
+        return Muon(muon_groups(params, cfg.muon_lr / lr, cfg.muon_momentum), lr=lr, momentum=momentum, weight_decay=decay)
     return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=momentum > 0, weight_decay=decay)
 
 
-def parameter_groups(model, bn_lr_scale=1.0, weight_decay=0.0):
+def parameter_groups(model, bn_lr_scale=1.0, weight_decay=0.0, biases=False):
     """The model's parameters as the optimizer's groups: one group, or with `bn_lr_scale` != 1
-    two, the BatchNorm parameters getting lr x bn_lr_scale and weight decay / bn_lr_scale; then
-    one group for each parameter the model limits to its first epochs (`model.epoch_limited()`,
-    {parameter: epochs}), which carries `epochs` and stops there (see `set_lr`).
+    two, the BatchNorm parameters (with `biases`, every 1-D parameter too) getting lr x bn_lr_scale
+    and weight decay / bn_lr_scale; then one group for each parameter the model limits to its first
+    epochs (`model.epoch_limited()`, {parameter: epochs}), which carries `epochs` and stops there
+    (see `set_lr`), at the scale and decay of the group it would otherwise be in.
 
     airbench trains BatchNorm biases at 64x the learning rate: a shift's gradient is small next
     to a conv weight's, and the GELU's bend moves only through it. Dividing its decay keeps each
-    step's shrinkage (lr x decay) the same as every other parameter's. Each group carries its
-    `lr_scale`, which `set_lr` applies as the schedule moves. Group keys are saved with the
-    optimizer's state, so a checkpoint keeps them.
+    step's shrinkage (lr x decay) the same as every other parameter's. airbench94_muon trains its
+    whitening bias at that rate too (`biases`, --optimizer muon); airbench94 at the base rate.
+    Each group carries its `lr_scale`, which `set_lr` applies as the schedule moves. Group keys are
+    saved with the optimizer's state, so a checkpoint keeps them.
     """
     limited = model.epoch_limited() if hasattr(model, "epoch_limited") else {}
+    in_norm = {id(p) for m in model.modules() if isinstance(m, nn.modules.batchnorm._NormBase)
+               for p in m.parameters(recurse=False)}
+
+    def scaled(p):
+        return bn_lr_scale != 1 and (id(p) in in_norm or (biases and p.dim() == 1))
+
+    def keys(p):
+        return {"lr_scale": bn_lr_scale, "weight_decay": weight_decay / bn_lr_scale} if scaled(p) else {"lr_scale": 1.0}
+
     apart = {id(p) for p in limited}
-    norms = [p for m in model.modules() if isinstance(m, nn.modules.batchnorm._NormBase)
-             for p in m.parameters(recurse=False) if id(p) not in apart]
-    own = [{"params": [p], "lr_scale": 1.0, "epochs": epochs} for p, epochs in limited.items()]
-    if bn_lr_scale == 1 or not norms:
-        return [{"params": [p for p in model.parameters() if id(p) not in apart], "lr_scale": 1.0}, *own]
-    taken = {id(p) for p in norms} | apart
-    rest = [p for p in model.parameters() if id(p) not in taken]
-    return [{"params": rest, "lr_scale": 1.0},
-            {"params": norms, "lr_scale": bn_lr_scale, "weight_decay": weight_decay / bn_lr_scale}, *own]
+    own = [{"params": [p], **keys(p), "epochs": epochs} for p, epochs in limited.items()]
+    norms = [p for p in model.parameters() if scaled(p) and id(p) not in apart]
+    rest = [p for p in model.parameters() if not scaled(p) and id(p) not in apart]
+    if not norms:
+        return [{"params": rest, "lr_scale": 1.0}, *own]
+    return [{"params": rest, "lr_scale": 1.0}, {"params": norms, **keys(norms[0])}, *own]
+
+
+def muon_groups(groups, lr_scale, momentum):
+    """`groups` (see parameter_groups) with each group's conv filters moved to a group of their own
+    that Muon steps (engine/muon.py) at lr x `lr_scale` (--muon-lr over --lr, so the schedule moves
+    it in step) with `momentum`, keeping the group's other keys (an epoch limit). Frozen filters
+    are moved too: they never get a gradient, and the state's layout stays the same whatever froze."""
+    out = []
+    for group in groups:
+        filters = [p for p in group["params"] if is_filter(p)]
+        rest = [p for p in group["params"] if not is_filter(p)]
+        if rest or not filters:
+            out.append({**group, "params": rest})
+        if filters:
+            out.append({**group, "params": filters, "lr_scale": group["lr_scale"] * lr_scale, "momentum": momentum,
+                        "weight_decay": 0.0, "orthogonalize": True})
+    return out
 
 
 def lr_at(cfg: Config, step, total_steps):
     """The learning rate for `step` (0-based) of `total_steps`.
 
     onecycle: linear rise from lr/10 to lr over the first 20% of steps, then linear fall to 0;
-    cosine: from lr down to 0 along half a cosine; constant: lr throughout.
+    cosine: from lr down to 0 along half a cosine; linear: from lr straight down to 0 (airbench94_muon's);
+    constant: lr throughout.
     """
     if cfg.schedule == "constant":
         return cfg.lr
     progress = min(step / max(total_steps, 1), 1.0)
+    if cfg.schedule == "linear":
+        return cfg.lr * (1 - progress)
     if cfg.schedule == "cosine":
         return cfg.lr * 0.5 * (1 + math.cos(math.pi * progress))
     if progress < WARMUP:
