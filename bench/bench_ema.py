@@ -1,6 +1,6 @@
 """What --ema costs a training step: the engine's `train_step` with and without the weight average,
 and the average's update alone, for fast_cifar at batch 128 (its recipe) and cifar_cnn at batch 64;
-and what one --lookahead sync costs on fast_cifar94 (its recipe's), which comes every 5 steps.
+and what one --lookahead sync costs on fast_cifar94 (airbench94's recipe had it), which comes every 5 steps.
 
 Run: `python -m pytest bench/bench_ema.py`. Each case builds a real engine session on the built-in
 synthetic set with the runtime `engine train` picks (its recipe's flags, --amp where it gains) and

@@ -84,12 +84,12 @@ def test_models_without_a_data_init_are_left_alone(tmp_path):
 
 
 def test_fast_cifar94_s_lr_follows_a_batch_size_given():
-    """airbench's lr is a rate per image: at --batch-size 256 the recipe's 1.5 (for 1,024) overshot 4x."""
+    """airbench's lr is a rate per image: at --batch-size 250 the recipe's 1.66 (for 2,000) would overshoot 8x."""
     from engine.recipe import apply_recipe
 
     said = []
     own = apply_recipe({"model": "fast_cifar94"}, say=said.append)
-    assert own["batch_size"] == 1024 and own["lr"] == pytest.approx(1.5)
-    smaller = apply_recipe({"model": "fast_cifar94", "batch_size": 256}, say=said.append)
-    assert smaller["lr"] == pytest.approx(0.375) and "--lr 0.375" in said[-1]
-    assert apply_recipe({"model": "fast_cifar94", "batch_size": 256, "lr": 0.9}, say=said.append)["lr"] == 0.9  # given
+    assert own["batch_size"] == 2000 and own["lr"] == pytest.approx(0.67 * 2000 * (9 / 256) ** 2)
+    smaller = apply_recipe({"model": "fast_cifar94", "batch_size": 250}, say=said.append)
+    assert smaller["lr"] == pytest.approx(own["lr"] / 8) and "--lr 0.207" in said[-1]
+    assert apply_recipe({"model": "fast_cifar94", "batch_size": 250, "lr": 0.9}, say=said.append)["lr"] == 0.9  # given
