@@ -95,3 +95,13 @@ class Muon(torch.optim.Optimizer):
         p.mul_(torch.where(norm > 0, len(p) ** 0.5 / norm, 1.0).to(p.dtype))
         update = orthogonalize(grad.reshape(len(grad), -1)).view(grad.shape)
         p.add_(update.to(p.dtype), alpha=-lr)
+
+    def describe(self):
+        """One line: what Muon steps and what SGD steps."""
+        filters = [p for g in self.param_groups if g["orthogonalize"] for p in g["params"] if p.requires_grad]
+        if not filters:
+            return "Optimizer: muon, but the model has no trainable conv filter: every parameter takes Nesterov SGD"
+        rest = sum(p.numel() for g in self.param_groups if not g["orthogonalize"] for p in g["params"] if p.requires_grad)
+        return (f"Optimizer: Muon for {len(filters)} conv filters ({sum(p.numel() for p in filters):,} parameters), "
+                f"Nesterov SGD for the other {rest:,}")
+

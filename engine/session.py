@@ -133,6 +133,8 @@ def open_session(cfg: Config, resume: Checkpoint | None = None, say=print, ranks
             say(f"Weight average: decay {cfg.ema:g} a step once warmed up (a horizon of about "
                 f"{1 / (1 - cfg.ema):,.0f} steps); evaluations, best.pt and export use it")
         optimizer = build_optimizer(cfg, model)
+        if hasattr(optimizer, "describe"):
+            say(optimizer.describe())
         scaler = runtime.grad_scaler()
         session = Session(cfg, runtime, run, spec, ref, model, optimizer, scaler, train_loader, test_loader,
                           None, [], ranks=ranks, fingerprint=fingerprint,

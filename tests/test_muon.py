@@ -171,9 +171,19 @@ def test_a_net_with_and_without_batchnorm_learns_the_synthetic_set_under_muon(tm
     from engine.train import train
 
     cfg = Config(model=model, optimizer="muon", epochs=1, limit_train=1024, limit_test=256, batch_size=32, lr=0.05,
-                 amp=False, device="cpu", quiet=True, out=str(tmp_path / "run"))
-    _, metrics = train(cfg, log=lambda *_: None)
+                 amp=False, device="cpu", out=str(tmp_path / "run"))
+    said = []
+    _, metrics = train(cfg, log=said.append)
     assert metrics[0]["test_acc"] > 0.5 and metrics[0]["train_loss"] < 2.3
+    assert [line for line in said if line.startswith("Optimizer: Muon for ")]
+
+
+def test_a_model_without_conv_filters_is_told_that_muon_steps_nothing():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 4))
+    line = build_optimizer(Config(optimizer="muon"), model).describe()
+    assert line == "Optimizer: muon, but the model has no trainable conv filter: every parameter takes Nesterov SGD"
+    assert build_optimizer(Config(optimizer="muon"), small_net()).describe() == (
+        "Optimizer: Muon for 2 conv filters (1,368 parameters), Nesterov SGD for the other 112")
 
 
 def test_linear_schedule_falls_straight_to_zero():

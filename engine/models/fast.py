@@ -167,9 +167,9 @@ FAST_CIFAR_RECIPE = {
 # airbench94's recipe, docs/time-to-accuracy.md); alternating flips; tta level 2. Its whitening bias's
 # lr falls to 0 over its 3 epochs; here it follows the run's schedule and stops after 3.
 # It replaced airbench94's own recipe (SGD at 1.5 for batch 1,024, onecycle, 10 epochs, --lookahead)
-# after measurement on the CIFAR-10 JPEG copy (2-core Xeon with AMX, seed 0): 89.96% after 7 epochs and
-# 89.84% after 6, where that one reached 90.03% after 8 (docs/time-to-accuracy.md); with --lookahead
-# added, 6 epochs gave 89.44%, so it is not in this recipe (nor in airbench94_muon's).
+# after measurement on the CIFAR-10 JPEG copy (2-core Xeon with AMX, seeds 0-2, docs/time-to-accuracy.md):
+# 90.52% mean after its 8 epochs and 89.85% after 6, where that one reached 90.38% after 10 and 89.92%
+# after 8; with --lookahead added, 6 epochs gave 89.44% (seed 0), so it is not here (nor in airbench94_muon).
 FAST_CIFAR94_RECIPE = {
     "batch_size": 2000,
     "optimizer": "muon",
