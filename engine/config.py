@@ -98,7 +98,8 @@ class Config:
     momentum: float = option(0.9, "SGD momentum; beta1 for adam and adamw; the momentum of rmsprop")
     weight_decay: float = option(5e-4, "L2 penalty (decoupled for adamw)")
     bn_lr_scale: float = option(
-        1.0, "learning-rate multiplier for BatchNorm parameters, whose weight decay is divided by it (airbench: 64)"
+        1.0, "learning-rate multiplier for BatchNorm parameters (under --optimizer muon every bias too), whose weight "
+        "decay is divided by it (airbench: 64)"
     )
     crop_padding: int = option(4, "random crops: pixels of padding each side (0: no crops)")
     crop_padding_mode: str = option(
