@@ -9,8 +9,11 @@ against airbench94's 9.9 with SGD.
 
 torch.optim.Muon takes matrices only, so this is airbench94_muon's form for conv filters:
 - Nesterov momentum (buffer = momentum x buffer + gradient; step along gradient + momentum x
-  buffer), then the Newton-Schulz iteration (3 steps of the quintic with its coefficients), in
-  float32 on any device;
+  buffer), then the Newton-Schulz iteration (3 steps of the quintic with its coefficients). Its
+  matrix products run in `matmul_dtype`: bfloat16 where the run trains in bf16 (as airbench94_muon
+  runs them on its GPU; on the 2-core Xeon with AMX one step of fast_cifar94's optimizer took
+  17 ms against 43-45 in float32, bench/bench_optim.py), float32 elsewhere (a CPU without native
+  bf16 emulates it, far slower);
 - before each step the filter is rescaled to Frobenius norm sqrt(out channels) (each output
   filter of norm 1 on average). A conv followed by BatchNorm computes the same function at any
   scale; a fixed scale keeps each step of size lr a fixed relative change, so Muon takes no
@@ -26,20 +29,22 @@ from torch.optim.sgd import sgd
 
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # the quintic's a, b, c (Muon's: the steepest slope at 0 that still converges)
 NS_STEPS = 3  # airbench94_muon's; 5 in the language-model Muon
+PRECISION = {torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
-def orthogonalize(update, steps=NS_STEPS, eps=1e-7):
+def orthogonalize(update, steps=NS_STEPS, eps=1e-7, dtype=torch.float32):
     """The (rows, cols) matrix `update` with its singular values moved near 1 (roughly to
     0.7-1.2), its singular vectors kept: the Newton-Schulz quintic on the matrix scaled to
-    spectral norm <= 1 (via its Frobenius norm). float32 in, float32 out."""
+    spectral norm <= 1 (via its Frobenius norm), iterated in `dtype`. float32 in, float32 out."""
     a, b, c = NS_COEFFICIENTS
-    x = update / (update.norm() + eps)
+    x = (update / (update.norm() + eps)).to(dtype)
     tall = x.shape[0] > x.shape[1]
     if tall:  # iterate on the wide side: the Gram matrix x @ x.T is then the smaller one
         x = x.T
     for _ in range(steps):
         gram = x @ x.T
         x = a * x + (b * gram + c * gram @ gram) @ x
+    x = x.float()
     return x.T if tall else x
 
 
@@ -51,12 +56,14 @@ def is_filter(p):
 class Muon(torch.optim.Optimizer):
     """Groups whose "orthogonalize" is True hold conv filters and take Muon's step; the others
     take Nesterov SGD's. Every group has lr, momentum and weight_decay (a Muon group ignores
-    its weight_decay: see the module's docstring)."""
+    its weight_decay: see the module's docstring). `matmul_dtype` is how the run computes, not
+    state: a checkpoint resumes under whatever the resuming machine chooses."""
 
-    def __init__(self, params, lr, momentum, weight_decay=0.0):
+    def __init__(self, params, lr, momentum, weight_decay=0.0, matmul_dtype=torch.float32):
         if not 0 <= momentum < 1:
             raise ValueError(f"momentum must be in [0, 1), not {momentum!r}")
         super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, orthogonalize=False))
+        self.matmul_dtype = matmul_dtype
         for group in self.param_groups:
             if group["orthogonalize"] and not all(is_filter(p) for p in group["params"]):
                 raise ValueError("a Muon group holds conv filters only (parameters of 3 or more dimensions)")
@@ -93,7 +100,7 @@ class Muon(torch.optim.Optimizer):
         grad = grad.add(buffer, alpha=momentum)  # Nesterov
         norm = p.norm().float()  # an all-zero filter keeps its scale until its first step moves it (no host sync)
         p.mul_(torch.where(norm > 0, len(p) ** 0.5 / norm, 1.0).to(p.dtype))
-        update = orthogonalize(grad.reshape(len(grad), -1)).view(grad.shape)
+        update = orthogonalize(grad.reshape(len(grad), -1), dtype=self.matmul_dtype).view(grad.shape)
         p.add_(update.to(p.dtype), alpha=-lr)
 
     def describe(self):
@@ -102,6 +109,7 @@ class Muon(torch.optim.Optimizer):
         if not filters:
             return "Optimizer: muon, but the model has no trainable conv filter: every parameter takes Nesterov SGD"
         rest = sum(p.numel() for g in self.param_groups if not g["orthogonalize"] for p in g["params"] if p.requires_grad)
-        return (f"Optimizer: Muon for {len(filters)} conv filters ({sum(p.numel() for p in filters):,} parameters), "
-                f"Nesterov SGD for the other {rest:,}")
+        precision = "" if self.matmul_dtype == torch.float32 else f", orthogonalised in {PRECISION[self.matmul_dtype]}"
+        return (f"Optimizer: Muon for {len(filters)} conv filters ({sum(p.numel() for p in filters):,} parameters"
+                f"{precision}), Nesterov SGD for the other {rest:,}")
 

@@ -16,7 +16,7 @@ from engine.muon import Muon, is_filter
 WARMUP = 0.2  # onecycle: share of the steps spent rising to the peak
 
 
-def build_optimizer(cfg: Config, model):
+def build_optimizer(cfg: Config, model, matmul_dtype=torch.float32):
     """The optimizer `cfg.optimizer` over all the model's parameters.
 
     --momentum is each method's first-moment knob: SGD's (Nesterov) momentum, Adam/AdamW's beta1,
@@ -24,7 +24,8 @@ def build_optimizer(cfg: Config, model):
     decoupled for adamw and an L2 term added to the gradient for sgd, adam and rmsprop, so with
     adam and rmsprop it is scaled by the adaptive step like any gradient (as torch implements it).
     muon steps the conv filters with Muon at --muon-lr and --muon-momentum, and everything else with
-    Nesterov SGD as sgd does, --bn-lr-scale then applying to every bias (engine/muon.py).
+    Nesterov SGD as sgd does, --bn-lr-scale then applying to every bias (engine/muon.py); its
+    Newton-Schulz products run in `matmul_dtype` (the session passes bfloat16 for a bf16 run).
     `--bn-lr-scale` gives BatchNorm parameters their own group, and a model's epoch-limited
     parameters get theirs (see `parameter_groups`).
     Frozen parameters (requires_grad False) stay in the list, so the optimizer's state lines up
@@ -39,7 +40,8 @@ def build_optimizer(cfg: Config, model):
     if cfg.optimizer == "rmsprop":
         return torch.optim.RMSprop(params, lr=lr, momentum=momentum, weight_decay=decay)
     if cfg.optimizer == "muon":
-        return Muon(muon_groups(params, cfg.muon_lr / lr, cfg.muon_momentum), lr=lr, momentum=momentum, weight_decay=decay)
+        return Muon(muon_groups(params, cfg.muon_lr / lr, cfg.muon_momentum), lr=lr, momentum=momentum, weight_decay=decay,
+                    matmul_dtype=matmul_dtype)
     return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=momentum > 0, weight_decay=decay)
 
 

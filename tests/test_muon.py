@@ -28,18 +28,19 @@ def step(model, optimizer, seed):
     return loss.item()
 
 
+@pytest.mark.parametrize("dtype, atol", [(torch.float32, 1e-3), (torch.bfloat16, 2e-2)])
 @pytest.mark.parametrize("shape", [(64, 216), (256, 2304), (300, 40)])
-def test_orthogonalize_keeps_the_singular_vectors_and_moves_the_large_values_near_one(shape):
+def test_orthogonalize_keeps_the_singular_vectors_and_moves_the_large_values_near_one(shape, dtype, atol):
     generator, rank = torch.Generator().manual_seed(1), min(shape)
     u = torch.linalg.qr(torch.randn(shape[0], rank, generator=generator)).Q
     vh = torch.linalg.qr(torch.randn(shape[1], rank, generator=generator)).Q.T
     s = torch.logspace(1, -1, rank)  # singular values spanning 100x
     g = u @ torch.diag(s) @ vh
-    out = orthogonalize(g)
-    assert out.shape == g.shape
+    out = orthogonalize(g, dtype=dtype)
+    assert out.shape == g.shape and out.dtype == torch.float32
     # each of g's singular directions is mapped onto itself with a positive gain, no mixing
     gains = torch.diagonal(u.T @ out @ vh.T)
-    assert torch.allclose(u.T @ out @ vh.T, torch.diag(gains), atol=1e-3)
+    assert torch.allclose(u.T @ out @ vh.T, torch.diag(gains), atol=atol)
     assert (gains > 0).all() and gains.max() < 1.25
     assert (gains[s >= s.max() / 10] > 0.5).all()  # g's top decade (3 steps: far below it lags behind)
     assert gains.max() / gains.min() < (s.max() / s.min()) / 5  # the spread shrinks (3 steps: not to 1)
@@ -162,6 +163,34 @@ def test_a_restored_state_continues_bit_for_bit(tmp_path):
         step(again, restored, s)
     for key, value in model.state_dict().items():
         assert torch.equal(value, again.state_dict()[key]), key
+
+
+@pytest.mark.parametrize("amp, dtype", [(False, torch.float32), (True, torch.bfloat16)])
+def test_a_bf16_run_orthogonalises_in_bf16_and_an_fp32_run_in_fp32(tmp_path, amp, dtype):
+    from engine.session import open_session
+
+    cfg = Config(model="fast_cifar", optimizer="muon", epochs=1, limit_train=64, limit_test=32, batch_size=32,
+                 amp=amp, amp_dtype="bf16", device="cpu", out=str(tmp_path / "run"))
+    said = []
+    session = open_session(cfg, say=said.append)
+    assert session.optimizer.matmul_dtype == dtype
+    line = next(line for line in said if line.startswith("Optimizer: Muon for "))
+    assert ("orthogonalised in bf16" in line) == amp
+
+
+def test_a_bf16_step_is_airbench94_muons_within_bf16s_precision():
+    model = small_net()
+    optimizer = build_optimizer(Config(optimizer="muon", lr=0.3, muon_lr=0.2), model, torch.bfloat16)
+    set_lr(optimizer, 0.3)
+    filters = [p for p in model.parameters() if p.dim() == 4]
+    before = [p.detach().clone() for p in filters]
+    step(model, optimizer, seed=0)
+    reference = [p.clone() for p in before]
+    airbench_reference(reference, [p.grad for p in filters], [torch.zeros_like(p) for p in filters], lr=0.2, momentum=0.6)
+    for p, theirs, start in zip(filters, reference, before):
+        rescaled = start * len(start) ** 0.5 / start.norm()
+        error = (p.detach() - theirs).norm() / (theirs - rescaled).norm()  # relative to the step itself
+        assert error < 3e-2, error  # bf16 products keep about 3 significant digits
 
 
 @pytest.mark.parametrize("model", ["cifar_cnn", "fast_cifar"])
