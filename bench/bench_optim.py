@@ -2,7 +2,7 @@
 engine/muon.py) beside sgd, on fast_cifar94 with its recipe's groups, as `engine train` builds them
 on CPU (channels_last): muon with its Newton-Schulz products in float32 (an fp32 run's) and in
 bfloat16 (a bf16 run's; skipped where the CPU emulates bf16, as the engine never takes that path
-there). A training step at its recipe's batch of 1,000 is about 0.8 s on the 2-core Xeon.
+there). A training step at its recipe's batch of 2,000 is about 1.6 s on the 2-core Xeon (0.8 s at 1,000).
 
 Run: `python -m pytest bench/bench_optim.py`. Each round sets the same gradients and takes one step;
 afterwards the case checks that the filters moved (and, for muon, kept their norm sqrt(out channels)).
