@@ -109,7 +109,7 @@ class Muon(torch.optim.Optimizer):
         if not filters:
             return "Optimizer: muon, but the model has no trainable conv filter: every parameter takes Nesterov SGD"
         rest = sum(p.numel() for g in self.param_groups if not g["orthogonalize"] for p in g["params"] if p.requires_grad)
-        precision = "" if self.matmul_dtype == torch.float32 else f", orthogonalised in {PRECISION.get(self.matmul_dtype, self.matmul_dtype)}"
+        name = PRECISION.get(self.matmul_dtype, self.matmul_dtype)
+        precision = "" if self.matmul_dtype == torch.float32 else f", orthogonalised in {name}"
         return (f"Optimizer: Muon for {len(filters)} conv filters ({sum(p.numel() for p in filters):,} parameters"
                 f"{precision}), Nesterov SGD for the other {rest:,}")
-
