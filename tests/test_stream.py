@@ -188,6 +188,15 @@ def test_a_colour_image_among_grey_ones_decodes_again_in_rgb_as_in_memory(tmp_pa
     assert torch.equal(streamed.train_x[:], memory.train_x) and torch.equal(streamed.test_x[:], memory.test_x)
 
 
+def test_a_streamed_decode_says_the_files_it_does_not_read_and_every_run_from_its_cache_again(tmp_path, streaming):
+    path = folder(tmp_path / "images", counts=(("train", 3), ("test", 1)))
+    (path / "train" / "ant" / "notes.txt").write_text("not an image")
+    for attempt in ("decode", "cache"):
+        said = []
+        read(path, tmp_path / "cache", log=said.append)
+        assert any(line.startswith("Not used: 1 file of") and "(.txt 1)" in line for line in said), (attempt, said)
+
+
 def test_mixed_sizes_in_a_streamed_decode_are_one_line_and_an_image_size_fits_them(tmp_path, streaming):
     path = folder(tmp_path / "images", counts=(("train", 3), ("test", 2)))
     Image.fromarray(np.zeros((20, 40, 3), dtype=np.uint8)).save(path / "train" / "bee" / "wide.png")

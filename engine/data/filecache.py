@@ -81,7 +81,7 @@ def decode_to_cache(path: Path, folder: Path, survey, size, channels, image_size
                 break
             channels = 3
             log(f"{path}: a colour image among grey ones: decoding again in RGB (one colour image makes the set RGB)")
-        index = _index(path, places, survey.folders, log)
+        index = _index(path, places, survey, log)
         index["shape"] = [len(places), channels, H, W]
         with open(temporary / "index.pt", "wb") as f:
             torch.save(index, f)
@@ -148,14 +148,17 @@ def _decode_into(path, file, survey, size, channels, image_size, rule, log):
     return places
 
 
-def _index(path, places, folders, log):
+def _index(path, places, survey, log):
     """Each split's rows (int64) and labels in the order an in-memory decode stacks them: class by
-    class in name order, each class's images in the order of their names (classes.in_name_order)."""
+    class in name order, each class's images in the order of their names (classes.in_name_order);
+    its notes, as an in-memory decode keeps them (the files not read, a split not used)."""
     images = {}
     for row, (folder, name) in enumerate(places):
         images.setdefault(folder, []).append((name, row))
     notes = Notes(log)
-    train, test, classes = split_classes(images, folders, path, notes)
+    if survey.unused_line(path):
+        notes(survey.unused_line(path))
+    train, test, classes = split_classes(images, survey.folders, path, notes)
     index = {"classes": classes, "notes": notes.lines}
     for split, part in (("train", train), ("test", test)):
         if part is None:
