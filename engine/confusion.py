@@ -118,7 +118,7 @@ class Confusion:
             ax.set_xticks(range(k), labels, rotation=90, fontsize=font)
             ax.set_yticks(range(k), labels, fontsize=font)
             ax.set(xlabel="predicted class", ylabel="true class")
-            ax.set_title(f"{title}\naccuracy {self.accuracy * 100:.2f}% on {self.images:,} test images", fontsize=11)
+            ax.set_title(f"{printable(title)}\naccuracy {self.accuracy * 100:.2f}% on {self.images:,} test images", fontsize=11)
             if k <= COUNTS_UP_TO:
                 for i in range(k):
                     for j in range(k):

@@ -45,17 +45,17 @@ def source_key(path: Path):
     """A digest of what the source is: its path, its folders, and the size, mtime and ctime of each of its
     image files (the ctime changes when a file is moved or replaced, which keeps size and mtime: same-size BMPs swapped
     between classes, a tar extracted with its times)."""
-    digest = hashlib.sha256(f"{CACHE_FORMAT}:{path.resolve()}".encode())
+    digest = hashlib.sha256(f"{CACHE_FORMAT}:{path.resolve()}".encode("utf-8", "surrogateescape"))
     if path.is_dir():
         for root, dirs, files in walk(path):
             for name in dirs:  # an empty class folder added is refused (split_classes), warm cache or cold
-                digest.update(f"{Path(root, name).relative_to(path)}/\n".encode())
+                digest.update(f"{Path(root, name).relative_to(path)}/\n".encode("utf-8", "surrogateescape"))
             for name in files:
                 if layout.folder_of(name) is None:  # notes, hidden files: not read, so not the key's
                     continue
                 st = os.stat(Path(root) / name)
                 key = f"{Path(root, name).relative_to(path)}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}\n"
-                digest.update(key.encode())
+                digest.update(key.encode("utf-8", "surrogateescape"))  # a name in no UTF-8: its bytes
     else:
         st = path.stat()
         digest.update(f"{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}".encode())

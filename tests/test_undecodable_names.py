@@ -1,0 +1,49 @@
+"""File and folder names that are not UTF-8 (Linux allows any bytes; Python reads them with
+surrogate escapes): an image folder holding them is read, cached and pictured like any other."""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from engine.confusion import Confusion
+from engine.data.imagefolder import read, source_key
+
+QUIET = {"log": lambda *_: None}
+
+
+def undecodable(*parts):
+    """A path from raw bytes, as os.listdir would give it back (b'\\xe9' is Latin-1's e-acute)."""
+    return os.fsdecode(os.path.join(*parts))
+
+
+@pytest.fixture
+def folder(tmp_path):
+    root = tmp_path / "images"
+    for c, name in enumerate([b"b", b"\xe9t\xe9"]):  # a class folder named in Latin-1, not UTF-8
+        where = undecodable(os.fsencode(root), name)
+        os.makedirs(where)
+        for k in range(4):
+            Image.fromarray(np.full((8, 8, 3), 40 * c + k, np.uint8)).save(os.path.join(where, f"{k}.png"))
+    Image.fromarray(np.full((8, 8, 3), 7, np.uint8)).save(undecodable(os.fsencode(root), b"b", b"\xff\xfe.png"))
+    return root
+
+
+def test_a_folder_with_names_that_are_not_utf8_is_read_and_cached(tmp_path, folder):
+    key = source_key(folder)
+    assert key == source_key(folder) and len(key) == 20
+    data = read(folder, tmp_path / "cache", test_split="20%", **QUIET)
+    assert data.classes == ["b", "\udce9t\udce9"]
+    assert len(data.train_x) + len(data.test_x) == 9
+    again = read(folder, tmp_path / "cache", test_split="20%", **QUIET)  # from the cache
+    assert torch.equal(again.train_x[:], data.train_x[:])
+
+
+def test_the_confusion_picture_takes_a_title_with_a_name_that_is_not_utf8(tmp_path):
+    confusion = Confusion(["b", "\udce9t\udce9"])
+    confusion.add(torch.tensor([0, 1]), torch.tensor([0, 1]))
+    path = tmp_path / "cm.png"
+    confusion.save_png(path, "net on bad\udcffdir after epoch 1")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
