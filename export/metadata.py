@@ -20,6 +20,12 @@ RESIZE = RESIZE_RULES["stretch"]
 REQUIRED = ("classes", "input_size")
 
 
+def utf8(text):
+    """`text` as a string ONNX can hold (protobuf strings are UTF-8): a path's bytes that are not UTF-8
+    (Python's surrogate escapes, b'\\xff' read as '\\udcff') written as the backslash escape the CLI prints."""
+    return str(text).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 @dataclass
 class ModelInfo:
     classes: list  # class names, in logit order
@@ -71,8 +77,8 @@ class ModelInfo:
             "image_size": json.dumps(self.image_size),
             "mean": json.dumps(self.mean),
             "std": json.dumps(self.std),
-            "model": self.model,
-            "dataset": self.dataset,
+            "model": utf8(self.model),
+            "dataset": utf8(self.dataset),
             "test_accuracy": "" if self.test_accuracy is None else f"{self.test_accuracy:.5f}",
             "test_accuracy_tta": str(self.test_accuracy_tta),
             "engine_version": self.engine_version,

@@ -17,7 +17,7 @@ import torch
 from engine.errors import EngineError, UsageError, first_line, root_cause, trace_failure
 from engine.isolation import kept_global_state
 from engine.quiet import quiet_exporter
-from export.metadata import ModelInfo
+from export.metadata import ModelInfo, utf8
 
 DEFAULT_CHECKPOINT = Path("runs/latest/best.pt")
 VERIFY_IMAGES = 256  # real test images compared between onnxruntime and PyTorch
@@ -145,7 +145,7 @@ def write_metadata(path, info: ModelInfo):
     from engine import __version__
 
     model.producer_name, model.producer_version = "engine", __version__  # was torch's version
-    model.doc_string = f"{info.model} trained on {info.dataset}"
+    model.doc_string = utf8(f"{info.model} trained on {info.dataset}")
     onnx.save(model, str(path))
 
 

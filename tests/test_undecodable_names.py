@@ -47,3 +47,36 @@ def test_the_confusion_picture_takes_a_title_with_a_name_that_is_not_utf8(tmp_pa
     path = tmp_path / "cm.png"
     confusion.save_png(path, "net on bad\udcffdir after epoch 1")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+NET = '''import torch.nn as nn
+
+
+def net(num_classes):  # torch's forward: see the note on the test below
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, num_classes))
+'''
+
+
+def test_a_model_file_and_data_under_names_that_are_not_utf8_train_export_and_evaluate(tmp_path, folder, monkeypatch):
+    """Not covered: a forward defined in such a file; torch.onnx writes each node's stack trace, file
+    names included, into the ONNX file, which pybind11 refuses for a name that is not UTF-8."""
+    from engine.config import Config
+    from engine.train import train
+    from export.evaluate import evaluate_onnx
+    from export.onnx_export import export_onnx
+    from export.session import load_checked
+
+    monkeypatch.setenv("ENGINE_CACHE_DIR", str(tmp_path / "cache"))
+    code = undecodable(os.fsencode(tmp_path), b"m\xffdels")
+    os.makedirs(code)
+    with open(os.path.join(code, "nets.py"), "w") as f:
+        f.write(NET)
+    out, _ = train(Config(model=f"{code}/nets.py:net", data=str(folder), test_split="20%", epochs=1, batch_size=2,
+                          amp=False, device="cpu", quiet=True, out=str(tmp_path / "run"), cache_dir=str(tmp_path / "cache")),
+                   log=lambda *_: None)
+    onnx_path = tmp_path / "m.onnx"
+    export_onnx(onnx_path, out / "best.pt", log=lambda *_: None, model=f"{code}/nets.py:net")
+    props = {p.key: p.value for p in load_checked(str(onnx_path)).metadata_props}
+    assert "m\\udcffdels" in props["model"] and props["classes"] == '["b", "\\udce9t\\udce9"]'
+    result = evaluate_onnx(onnx_path, {}, log=lambda *_: None)
+    assert result["images"] == 2

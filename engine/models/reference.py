@@ -293,7 +293,7 @@ _loaded = {}
 def _import(ref: ModelRef):
     where = f"{ref.file}:{ref.name}"
     if ref.kind == "file":
-        unique = f"{USER_MODULE}{hashlib.sha1(ref.file.encode()).hexdigest()[:10]}"
+        unique = f"{USER_MODULE}{hashlib.sha1(os.fsencode(ref.file)).hexdigest()[:10]}"  # any bytes a path holds
         spec = importlib.util.spec_from_file_location(unique, ref.file)
         module = importlib.util.module_from_spec(spec)
         writes, sys.dont_write_bytecode = sys.dont_write_bytecode, True  # no __pycache__ beside the user's file
