@@ -79,8 +79,11 @@ def pickled_global(path, limit=1 << 20):
             data = file.read(limit)
         strings = []
         for opcode, arg, _ in pickletools.genops(io.BytesIO(data)):
-            named = (str(arg).replace(" ", ".") if opcode.name in ("GLOBAL", "INST") else
-                     f"{strings[-2]}.{strings[-1]}" if opcode.name == "STACK_GLOBAL" and len(strings) >= 2 else None)
+            named = (str(arg).replace(" ", ".") if opcode.name in ("GLOBAL", "INST") and _dotted(*str(arg).split(" "))
+                     else f"{strings[-2]}.{strings[-1]}" if opcode.name == "STACK_GLOBAL" and len(strings) >= 2
+                     and _dotted(strings[-2], strings[-1]) else None)
+            if opcode.name in ("GLOBAL", "INST") and named is None:  # text ('import torch' reads as INST): no pickle
+                return None
             if named and named not in allowed:
                 return named
             if isinstance(arg, str):
@@ -88,3 +91,9 @@ def pickled_global(path, limit=1 << 20):
     except Exception:  # not a pickle, or cut short: the caller's own message stands
         return None
     return None
+
+
+def _dotted(*parts):
+    """Whether `parts` are a module and a name as a pickle names a global (two dotted identifiers), not
+    the words of a text file the disassembler happened to read as one ("import torch" opens with 'i')."""
+    return len(parts) == 2 and all(re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", part) for part in parts)

@@ -62,6 +62,19 @@ def test_pickled_code_is_refused(tmp_path):
         load(tmp_path / "code.pt")
 
 
+def test_a_python_file_given_as_a_checkpoint_is_not_called_pickled_code(tmp_path):
+    """'import torch' opens with 'i', pickle's INST opcode: the disassembler reads words, not a global."""
+    from engine.safe_load import read_weights_only
+
+    (tmp_path / "nets.py").write_text("import torch\nimport torch.nn as nn\n\n\nclass Net(nn.Module):\n    pass\n")
+    with pytest.raises(EngineError) as caught:
+        load(tmp_path / "nets.py")
+    assert "pickled code" not in str(caught.value) and "nets.py is not a readable engine checkpoint" in str(caught.value)
+    with pytest.raises(EngineError, match="is not a readable weights file") as caught:
+        read_weights_only(tmp_path / "nets.py", "weights file")
+    assert "pickled code" not in str(caught.value)
+
+
 def test_a_plain_pickle_carrying_code_is_named_without_a_torch_warning(tmp_path, recwarn):
     import collections
     import pickle
