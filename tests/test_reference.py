@@ -118,6 +118,16 @@ def test_a_constructor_that_needs_arguments_says_how_to_give_them(tmp_path):
     assert str(error.value).endswith("""--model-args '{"classes": 4, "depth": VALUE}' (for 4 classes)""")
 
 
+def test_a_constructor_with_positional_only_parameters_gets_them_by_position(tmp_path):
+    (tmp_path / "pos.py").write_text("from torch import nn\n\n\nclass Pos(nn.Module):\n"
+                                     "    def __init__(self, num_classes, in_channels=3, /, width=4):\n"
+                                     "        super().__init__()\n        self.conv = nn.Conv2d(in_channels, width, 3)\n"
+                                     "        self.head = nn.Linear(width, num_classes)\n\n"
+                                     "    def forward(self, x):\n        return self.head(self.conv(x).mean((2, 3)))\n")
+    model = build(parse_model(f"{tmp_path / 'pos.py'}:Pos", '{"width": 6}'), (1, 8, 8), 5)
+    assert model.conv.in_channels == 1 and model.conv.out_channels == 6 and model.head.out_features == 5
+
+
 def test_torchvision_s_init_warning_is_not_shown(recwarn):
     build(parse_model("torchvision:googlenet", '{"aux_logits": false}'), (3, 32, 32), 10)
     assert not [w for w in recwarn if issubclass(w.category, FutureWarning)], [str(w.message) for w in recwarn]

@@ -96,9 +96,14 @@ def _construct(factory, ref, in_shape, num_classes):
     accepts = signature.parameters if signature else {}
     kwargs = {k: v for k, v in offered.items() if k in accepts}
     kwargs.update(ref.args)
+    args = []  # positional-only parameters (`def __init__(self, num_classes, /)`) the engine fills, in order
+    for name, p in accepts.items():
+        if p.kind is not p.POSITIONAL_ONLY or name not in kwargs:
+            break
+        args.append(kwargs.pop(name))
     if signature is not None:
         try:
-            signature.bind(**kwargs)
+            signature.bind(*args, **kwargs)
         except TypeError as error:
             unknown = sorted(set(ref.args) - set(accepts)) if not any(
                 p.kind is p.VAR_KEYWORD for p in accepts.values()) else []
@@ -108,10 +113,10 @@ def _construct(factory, ref, in_shape, num_classes):
                                  f"as JSON: {_args_example(accepts, kwargs, num_classes)}") from None
             raise UsageError(f"--model-args do not fit {ref.name}{signature}: {what}") from None
     try:
-        model = factory(**kwargs)
+        model = factory(*args, **kwargs)
     except Exception as error:
         file = code_file(ref)
-        raise EngineError(f"{where}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())}) raised "
+        raise EngineError(f"{where}({', '.join([*map(repr, args), *(f'{k}={v!r}' for k, v in kwargs.items())])}) raised "
                           f"{type(error).__name__}{_where(error, file)}: {first_line(error, 160)}") from None
     if not isinstance(model, nn.Module):
         raise UsageError(f"--model {where}: calling {ref.name} gave a {type(model).__name__}, not an nn.Module")
