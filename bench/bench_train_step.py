@@ -19,7 +19,7 @@ import torch
 from engine import cpu
 from engine.config import Config
 from engine.models import training_flops
-from engine.runtime import CountingInductor
+from engine.inductor import CountingInductor
 from engine.session import open_session
 from engine.train import train_step
 

@@ -155,8 +155,8 @@ def measure_training(model, runtime, x, y):
     step whose loss or gradients disagree with eager's on the same weights and batch (beyond the
     precision's rounding) measures 0: a fast path is used only where it is proven against eager.
     (Inductor's bf16 training graph of fast_cifar gave a non-finite loss where eager's was finite, until
-    the backend rounded as eager: engine/runtime.py.)"""
-    from engine.runtime import CountingInductor, quiet_compiler
+    the backend rounded as eager: engine/inductor.py.)"""
+    from engine.inductor import CountingInductor, quiet_compiler
 
     quiet_compiler()
     with torch.random.fork_rng(devices=[]):
@@ -271,7 +271,7 @@ class EvalPlan:
                 self.state = "compiled"
 
     def _compile(self, module):
-        from engine.runtime import CountingInductor, quiet_compiler
+        from engine.inductor import CountingInductor, quiet_compiler
 
         quiet_compiler()
         compiled = torch.compile(module, backend=CountingInductor(self.runtime.compile_mode))

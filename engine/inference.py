@@ -21,7 +21,8 @@ import torch
 
 from engine.errors import EngineError, first_line, trace_failure
 from engine.quiet import quiet_exporter
-from engine.runtime import Runtime, quiet_compiler
+from engine.inductor import quiet_compiler
+from engine.runtime import Runtime
 
 
 AOT_KIND = "aot-autocast"  # compile_plan's key kind; not "aot", whose bf16 packages held fp32 graphs (Autocast)

@@ -8,7 +8,6 @@ prepared model, and `resolved()` says what was chosen. Backend flags are set by
 
 import contextlib
 import ctypes
-import logging
 import os
 import sys
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ import torch
 from engine import cpu
 from engine.config import Config
 from engine.errors import EngineError, UsageError
+from engine.inductor import CountingInductor, quiet_compiler
 
 
 def warn(message):
@@ -126,59 +126,6 @@ class Runtime:
         if os.environ.get("ENGINE_COMPILE", "measured") not in ("measured", "always"):
             raise EngineError(f"ENGINE_COMPILE={os.environ['ENGINE_COMPILE']!r}: set it to measured or always, or unset it")
         return self.compile and self.device.type == "cpu" and not self.triton and os.environ.get("ENGINE_COMPILE") != "always"
-
-
-_graphs = [0]  # graphs handed to Inductor in this process, by every CountingInductor
-
-
-class CountingInductor:
-    """The torch.compile backend of prepared models: counts the graphs Dynamo hands it, then
-    compiles each with Inductor as `torch.compile(mode=...)` would, except that training graphs
-    (built with grad enabled) run eagerly when `eager_training`.
-
-    Why: on the 2-core CPUs Inductor's training graph was slower than eager (cifar_cnn batch 64,
-    interleaved medians: 0.81x fp32, 0.74x bf16 on a Xeon; 0.65x fp32 on a Zen 3), mostly from
-    its max-pool backward (a zero fill and a scatter_add). Keeping the convolution blocks opaque
-    (eager ATen kernels in a custom op) only reached 0.91-0.95x, so on CPU only inference graphs
-    are compiled (1.13x fp32, 1.8x bf16 at batch 256); a training graph runs Dynamo's captured
-    graph eagerly, the same ATen calls as eager. Without the flag (CUDA) everything is compiled.
-
-    A backend is a callable (gm, example_inputs) -> callable (the documented custom-backend
-    contract); Dynamo calls it once per graph it builds, so the count grows on every recompile.
-    torch.compiler has no public counter of its own; torch._inductor.compile and
-    list_mode_options are that package's declared API (its __all__).
-    """
-
-    def __init__(self, mode="default", eager_training=False):
-        self.mode, self.eager_training = mode, eager_training
-
-    def __call__(self, gm, example_inputs):
-        import torch._inductor
-
-        _graphs[0] += 1
-        if self.eager_training and torch.is_grad_enabled():  # Dynamo calls backends in the caller's grad mode
-            return gm.forward
-        options = torch._inductor.list_mode_options(self.mode)
-        if torch.is_grad_enabled() and hasattr(torch._inductor.config, "emulate_precision_casts"):
-            # Round each low-precision intermediate as eager does. Without it a bf16 graph keeps a fused
-            # GELU's output in fp32 while the max taken over it is stored in bf16, so the max's backward
-            # (the gradient shared among the elements equal to the max) finds none equal and divides
-            # by 0: fast_cifar's first bf16 step gave NaN gradients under Inductor.
-            options = {**options, "emulate_precision_casts": True}
-        return torch._inductor.compile(gm, example_inputs, options=options)
-
-
-def quiet_compiler():
-    """Keep torch's "No CUDA runtime is found, using CUDA_HOME=..." off a CPU run's terminal: Inductor's
-    C++ build imports torch.utils.cpp_extension, which warns whenever there is no CUDA, a line that
-    means nothing to a CPU user. Set before the import, by every path that compiles."""
-    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-
-
-def compiled_graphs():
-    """How many graphs torch.compile has built in this process for prepared models (grows on
-    every recompile)."""
-    return _graphs[0]
 
 
 def resolve_device(name):

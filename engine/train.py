@@ -25,7 +25,8 @@ from engine.isolation import kept_global_state
 from engine.optim import lr_at, set_lr, stop_finished
 from engine.report import format_epoch, progress
 from engine.run_files import checkpoint_state, save_epoch, save_partial, write_confusion
-from engine.runtime import compiled_graphs, resolve_device, warn
+from engine.inductor import compiled_graphs
+from engine.runtime import resolve_device, warn
 from engine.session import Session, open_session
 from engine.target import short_of
 

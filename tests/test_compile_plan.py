@@ -14,7 +14,8 @@ from engine.compile_plan import FIRST_COMPILE_S, MAX_RATIO, decide, key, read, r
 from engine.config import Config
 from engine.inference import AOT_KIND
 from engine.models.reference import parse_model
-from engine.runtime import Runtime, compiled_graphs
+from engine.inductor import compiled_graphs
+from engine.runtime import Runtime
 from engine.train import train
 
 CPU = dict(device="cpu", amp=False, channels_last=True)
@@ -145,7 +146,7 @@ def test_engine_eval_compile_measures_keeps_and_reuses_the_compiled_model(tiny_r
 def test_a_compiled_training_step_is_checked_against_eager_before_it_is_timed():
     from engine.compile_plan import agrees, measure_training
     from engine.models import build_model
-    from engine.runtime import CountingInductor
+    from engine.inductor import CountingInductor
 
     runtime = Runtime.from_config(Config(**CPU, compile=True))
     torch.manual_seed(0)

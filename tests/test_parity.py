@@ -199,7 +199,7 @@ def test_fp16_autocast_matches_plain(name):
 
 @pytest.mark.parametrize("name", _models(*MODELS, slow=["resnet18"]))
 def test_compile_matches_plain(name):
-    """On CPU the training graph runs eagerly as Dynamo captured it (engine.runtime.CountingInductor);
+    """On CPU the training graph runs eagerly as Dynamo captured it (engine.inductor.CountingInductor);
     on CUDA it is compiled by Inductor."""
     _check(name, _flags(compile=True, channels_last=True), *FP32_TOLS)
 

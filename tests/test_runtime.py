@@ -7,7 +7,8 @@ from engine import cpu
 from engine.config import Config
 from engine.errors import EngineError, UsageError
 from engine.models import build_model
-from engine.runtime import Runtime, compiled_graphs, resolve_amp, resolve_device
+from engine.inductor import compiled_graphs
+from engine.runtime import Runtime, resolve_amp, resolve_device
 from tests.conftest import HAS_CUDA
 
 CPU = torch.device("cpu")
@@ -121,7 +122,7 @@ def test_compiled_graphs_counts_recompiles():
 def test_cpu_training_graphs_run_eagerly_and_inference_graphs_are_compiled():
     """The backend prepared models compile with: a graph built with grad enabled runs as
     captured (eagerly) when eager_training is set, as on CPU; any other graph goes to Inductor."""
-    from engine.runtime import CountingInductor
+    from engine.inductor import CountingInductor
 
     gm = torch.fx.symbolic_trace(lambda x: torch.relu(x) * 2)
     x = torch.randn(3, 4)
@@ -143,7 +144,7 @@ def test_a_bf16_training_graph_under_inductor_has_eagers_finite_gradients():
     so the max's backward found no element equal to it and divided by 0 (NaN in every gradient
     below it; fast_cifar and fast_cifar94 trained NaN from their second step). The backend rounds
     low-precision intermediates as eager does."""
-    from engine.runtime import CountingInductor
+    from engine.inductor import CountingInductor
 
     torch.manual_seed(0)
     x, weight = torch.randn(16, 8, 3, 3), torch.randn(16, 8, 3, 3)
