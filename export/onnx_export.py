@@ -122,6 +122,10 @@ def to_onnx(module, sample, path, opset=None):
         except Exception as error:
             if isinstance(root_cause(error), KeyboardInterrupt):  # Ctrl-C inside the exporter, which wraps it
                 raise KeyboardInterrupt from None
+            if not_utf8_sources(module):  # (the failure is a codec's message or a pybind11 cast's)
+                raise EngineError(f"torch.onnx.export cannot write the source file names it records in the file when "
+                                  f"they are not UTF-8: {', '.join(map(utf8, not_utf8_sources(module)))}; move the "
+                                  "model's code to a folder whose name is UTF-8") from None
             if root_cause(error) is not error:  # torch.onnx's own message is a page of next steps; the cause is below it
                 raise EngineError(f"torch.onnx.export failed: {trace_failure(error)}") from None
             said = f"{error}\n{captured.getvalue()}"
@@ -135,6 +139,19 @@ def to_onnx(module, sample, path, opset=None):
                           "the batch size (e.g. an `if x.shape[0] == ...`), so no file for any batch can be written; "
                           "make the forward the same for every batch size")
     return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+
+
+def not_utf8_sources(module):
+    """The source files of `module`'s classes whose paths are not UTF-8 (Linux names may be any bytes)."""
+    import inspect
+
+    files = set()
+    for m in module.modules():
+        try:
+            files.add(inspect.getsourcefile(type(m)))
+        except TypeError:  # a built-in class
+            continue
+    return sorted(f for f in files if f and utf8(f) != f)
 
 
 def write_metadata(path, info: ModelInfo):

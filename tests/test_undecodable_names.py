@@ -58,8 +58,7 @@ def net(num_classes):  # torch's forward: see the note on the test below
 
 
 def test_a_model_file_and_data_under_names_that_are_not_utf8_train_export_and_evaluate(tmp_path, folder, monkeypatch):
-    """Not covered: a forward defined in such a file; torch.onnx writes each node's stack trace, file
-    names included, into the ONNX file, which pybind11 refuses for a name that is not UTF-8."""
+    """(A forward defined in such a file cannot be exported: the next test.)"""
     from engine.config import Config
     from engine.train import train
     from export.evaluate import evaluate_onnx
@@ -80,3 +79,20 @@ def test_a_model_file_and_data_under_names_that_are_not_utf8_train_export_and_ev
     assert "m\\udcffdels" in props["model"] and props["classes"] == '["b", "\\udce9t\\udce9"]'
     result = evaluate_onnx(onnx_path, {}, log=lambda *_: None)
     assert result["images"] == 2
+
+
+def test_a_forward_defined_under_a_name_that_is_not_utf8_is_one_line_naming_its_file(tmp_path):
+    """torch.onnx writes each node's stack trace, file names included, into the ONNX file, and refuses
+    a name that is not UTF-8: the export says so and names the file, instead of a codec's message."""
+    from engine.errors import EngineError
+    from engine.models.reference import load_code, parse_model
+    from export.onnx_export import to_onnx
+
+    code = undecodable(os.fsencode(tmp_path), b"m\xffdels")
+    os.makedirs(code)
+    with open(os.path.join(code, "nets.py"), "w") as f:
+        f.write("import torch.nn as nn\n\n\nclass Net(nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+                "        self.conv = nn.Conv2d(3, 2, 3)\n\n    def forward(self, x):\n        return self.conv(x).mean((2, 3))\n")
+    net = load_code(parse_model(f"{code}/nets.py:Net"))()  # the class, loaded as the engine loads it
+    with pytest.raises(EngineError, match=r"source file names .* not UTF-8: .*m\\udcffdels/nets.py; move"):
+        to_onnx(net.eval(), torch.zeros(1, 3, 8, 8), tmp_path / "m.onnx")
