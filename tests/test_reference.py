@@ -142,6 +142,49 @@ def test_a_model_that_does_not_fit_the_data_is_one_line_before_any_work(nets):
         build(parse_model(f"{nets}:Net.forward"), (3, 32, 32), 10)
 
 
+KWARGS = """
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self, **kw):
+        super().__init__()
+        self.fc = nn.Linear(3 * 8 * 8, kw.get("num_classes", 10))
+
+    def forward(self, x):
+        return self.fc(x.flatten(1))
+
+
+class Ignores(nn.Module):
+    def __init__(self, num_classes=10):
+        super().__init__()
+        self.fc = nn.Linear(3 * 8 * 8, 10)
+
+    def forward(self, x):
+        return self.fc(x.flatten(1))
+"""
+
+
+def test_a_class_count_that_is_not_the_data_s_says_what_to_pass_by_how_the_constructor_takes_it(tmp_path):
+    """A **kwargs-only constructor gets no num_classes (the engine passes it only by name): the line gives
+    the --model-args to pass, not 'give its constructor a num_classes argument', which it already takes."""
+    (tmp_path / "nets.py").write_text(KWARGS)
+    net = f"{tmp_path / 'nets.py'}:Net"
+    with pytest.raises(UsageError) as error:
+        build(parse_model(net), (3, 8, 8), 3)
+    assert str(error.value) == (
+        "nets.py:Net returns (2, 10) for a batch of 2, not (batch, classes) = (2, 3) for 3 classes (Net(**kw) takes "
+        "num_classes only through **kw, and the engine passes the class count only to a parameter of that name: "
+        """pass --model-args '{"num_classes": 3}')""")
+    with pytest.raises(UsageError) as error:  # a count given through --model-args, with other arguments kept
+        build(parse_model(net, '{"num_classes": 10, "width": 2}'), (3, 8, 8), 3)
+    assert str(error.value).endswith("""(--model-args gives Net(**kw) num_classes 10, not the data's 3: pass """
+                                     """--model-args '{"num_classes": 3, "width": 2}')""")
+    assert build(parse_model(net, '{"num_classes": 3}'), (3, 8, 8), 3).fc.out_features == 3  # the advice works
+    with pytest.raises(UsageError, match=r"\(the engine passed num_classes=3; its output does not follow it\)$"):
+        build(parse_model(f"{tmp_path / 'nets.py'}:Ignores"), (3, 8, 8), 3)
+
+
 ODD = """
 import torch
 from torch import nn

@@ -17,6 +17,7 @@ from torch.nn.parameter import is_lazy
 
 from engine.errors import EngineError, UsageError, first_line
 from engine.models.copying import buffers_of, restore_buffers
+from engine.models.logits import CLASS_COUNT_NAMES, check_logits
 from engine.models.reference import ModelRef, line_in, load_code
 
 
@@ -69,7 +70,6 @@ def _torchvision(ref, in_shape, num_classes):
     return model
 
 
-CLASS_COUNT_NAMES = ("num_classes", "n_classes", "nclasses", "num_class", "num_labels")  # as model code spells it
 CHANNEL_NAMES = ("in_channels", "in_chans", "n_channels", "num_channels", "input_channels")  # timm: in_chans
 
 
@@ -286,31 +286,3 @@ def _shapes(model):
 
 def _shown(shapes, name):
     return "absent" if name not in shapes else str(shapes[name])
-
-
-def check_logits(output, label, mode, batch, num_classes, ref: ModelRef, built=None):
-    """One line for a probe's output that is not (batch, num_classes) float32 logits. `built`: the class
-    of a module the caller built, whose hint is to build it for the data's classes."""
-    if not isinstance(output, torch.Tensor):
-        kind = type(output).__name__
-        if isinstance(output, dict):  # e.g. {"logits": ..., "features": ...}
-            hint = f"return the logits tensor itself, e.g. a wrapper whose forward returns model(x)[{next(iter(output), 'KEY')!r}]"
-        else:
-            hint = "an auxiliary-output model? for torchvision googlenet and inception_v3 pass --model-args '{\"aux_logits\": false}'"
-        raise UsageError(f"{label} returns {'an' if kind[:1].lower() in 'aeiou' else 'a'} {kind} in {mode} mode, not a "
-                         f"tensor of logits ({hint})")
-    if tuple(output.shape) != (batch, num_classes) and built is not None:
-        takes = "num_classes" in inspect.signature(built).parameters
-        hint = f" (build it with {num_classes} outputs{f', e.g. {built.__name__}(num_classes={num_classes})' if takes else ''})"
-        raise UsageError(f"{label} returns {tuple(output.shape)} for a batch of {batch}, not (batch, classes) = "
-                         f"({batch}, {num_classes}) for {num_classes} classes{hint}")
-    if tuple(output.shape) != (batch, num_classes):
-        hint = (" (give its constructor a num_classes argument: the engine passes it by name)"
-                if output.ndim == 2 and "num_classes" not in ref.args else
-                " (--model-args sets num_classes; leave it out and the engine passes the data's)"
-                if "num_classes" in ref.args else "")
-        raise UsageError(f"{label} returns {tuple(output.shape)} for a batch of {batch}, not (batch, classes) = "
-                         f"({batch}, {num_classes}) for {num_classes} classes{hint}")
-    if output.dtype != torch.float32:  # int logits cannot train; float64 ones would export a float64 output
-        raise UsageError(f"{label} returns {str(output.dtype).removeprefix('torch.')} logits in {mode} mode; return "
-                         "float32 logits (the loss, autocast and the exported ONNX model work in float32)")

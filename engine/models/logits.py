@@ -1,0 +1,75 @@
+"""What a model's probe output must be: (batch, classes) float32 logits, and one line saying why not.
+
+engine.models.build runs the probe (`check_fits`) and calls `check_logits` on each mode's output. A
+class count that is not the data's says what to change, by how the constructor takes its arguments:
+the engine passes the count to a parameter named in CLASS_COUNT_NAMES, never into `**kwargs`.
+"""
+
+import inspect
+import json
+
+import torch
+
+from engine.errors import EngineError, UsageError
+from engine.models.reference import ModelRef, load_code
+
+CLASS_COUNT_NAMES = ("num_classes", "n_classes", "nclasses", "num_class", "num_labels")  # as model code spells it
+
+
+def check_logits(output, label, mode, batch, num_classes, ref: ModelRef, built=None):
+    """One line for a probe's output that is not (batch, num_classes) float32 logits. `built`: the class
+    of a module the caller built, whose hint is to build it for the data's classes."""
+    if not isinstance(output, torch.Tensor):
+        kind = type(output).__name__
+        if isinstance(output, dict):  # e.g. {"logits": ..., "features": ...}
+            hint = f"return the logits tensor itself, e.g. a wrapper whose forward returns model(x)[{next(iter(output), 'KEY')!r}]"
+        else:
+            hint = "an auxiliary-output model? for torchvision googlenet and inception_v3 pass --model-args '{\"aux_logits\": false}'"
+        raise UsageError(f"{label} returns {'an' if kind[:1].lower() in 'aeiou' else 'a'} {kind} in {mode} mode, not a "
+                         f"tensor of logits ({hint})")
+    if tuple(output.shape) != (batch, num_classes) and built is not None:
+        takes = "num_classes" in inspect.signature(built).parameters
+        hint = f" (build it with {num_classes} outputs{f', e.g. {built.__name__}(num_classes={num_classes})' if takes else ''})"
+        raise UsageError(f"{label} returns {tuple(output.shape)} for a batch of {batch}, not (batch, classes) = "
+                         f"({batch}, {num_classes}) for {num_classes} classes{hint}")
+    if tuple(output.shape) != (batch, num_classes):
+        hint = _count_hint(ref, num_classes) if output.ndim == 2 else ""
+        raise UsageError(f"{label} returns {tuple(output.shape)} for a batch of {batch}, not (batch, classes) = "
+                         f"({batch}, {num_classes}) for {num_classes} classes{hint}")
+    if output.dtype != torch.float32:  # int logits cannot train; float64 ones would export a float64 output
+        raise UsageError(f"{label} returns {str(output.dtype).removeprefix('torch.')} logits in {mode} mode; return "
+                         "float32 logits (the loss, autocast and the exported ONNX model work in float32)")
+
+
+def _count_hint(ref: ModelRef, num_classes):
+    """' (what to change)' for 2-D logits of another class count than the data's `num_classes`."""
+    signature = _signature(ref)
+    parameters = signature.parameters if signature else {}
+    named = [name for name in parameters if name in CLASS_COUNT_NAMES]  # what the engine fills in
+    given = [name for name in CLASS_COUNT_NAMES if name in ref.args]  # what --model-args set (it wins)
+    rest = next((name for name, p in parameters.items() if p.kind is p.VAR_KEYWORD), None)
+    if rest is not None and not named:  # **kwargs alone: the engine passes nothing into it (it may go elsewhere)
+        key = given[0] if given else "num_classes"
+        if ref.args.get(key) == num_classes:
+            return f" (--model-args gives {ref.name}{signature} {key} {num_classes}, which its output does not follow)"
+        fixed = f"--model-args '{json.dumps({**ref.args, key: num_classes})}'"
+        if given:
+            return (f" (--model-args gives {ref.name}{signature} {key} {json.dumps(ref.args[key])}, not the data's "
+                    f"{num_classes}: pass {fixed})")
+        return (f" ({ref.name}{signature} takes {key} only through **{rest}, and the engine passes the class count "
+                f"only to a parameter of that name: pass {fixed})")
+    if given:
+        return f" (--model-args sets {given[0]}; leave it out and the engine passes the data's)"
+    if named:  # the engine passed the data's count, which the output does not follow
+        return f" (the engine passed {named[0]}={num_classes}; its output does not follow it)"
+    return " (give its constructor a num_classes argument: the engine passes it by name)"
+
+
+def _signature(ref: ModelRef):
+    """The signature of the constructor or function a user reference names (None where none can be read)."""
+    if not ref.user_code:
+        return None
+    try:
+        return inspect.signature(load_code(ref))
+    except (EngineError, TypeError, ValueError):
+        return None
