@@ -254,6 +254,11 @@ def open_model(cfg: Config, ref: ModelRef, data: Dataset, spec: InputSpec, resum
 
     if model is None:
         model = build(ref, data.shape, len(data.classes), batch=cfg.batch_size)
+        if ref.kind == "builtin" and cfg.batch_size == 1:  # the zoo is sized to the data, not probed: at batch 1
+            try:  # a BatchNorm over 1x1 features (fast_cifar on 16x16 images) cannot train
+                check_fits(model, ref, data.shape, len(data.classes), 1)
+            except UsageError as error:
+                raise UsageError(f"{error}; train with --batch-size 2 or more, or larger images") from None
     else:
         check_fits(model, ref, data.shape, len(data.classes), probe_batch(cfg.batch_size), built=True)  # lazy: shaped
         check_rebuilds(model, ref, data.shape, len(data.classes))

@@ -153,3 +153,28 @@ def test_fast_cifar94_trains_freezes_its_whitening_bias_resumes_bit_for_bit_and_
     onnx = tmp_path / "fast94.onnx"
     result = export_onnx(onnx, out / "last.pt", log=lambda *_: None)
     assert result.parity is not None and onnx.stat().st_size > 7_000_000  # 1.97M float32 weights
+
+
+@pytest.mark.slow
+def test_a_zoo_net_that_cannot_train_one_image_at_a_time_is_one_usage_error(tmp_path):
+    """fast_cifar's last block sees 1x1 features of 16x16 images: at --batch-size 1 its BatchNorm has one
+    value per channel and cannot train. The zoo is built without the user models' probe, so this was
+    torch's ValueError with a traceback from the precision measurement; now one line, before any file."""
+    from PIL import Image
+
+    from engine.config import Config
+    from engine.errors import UsageError
+    from engine.train import train
+
+    for label in ("a", "b"):
+        (tmp_path / "images" / label).mkdir(parents=True)
+        for i in range(10):
+            Image.new("RGB", (16, 16), (40 * i, 100 if label == "a" else 200, 0)).save(tmp_path / "images" / label / f"{i}.png")
+    values = {"model": "fast_cifar", "data": str(tmp_path / "images"), "cache_dir": str(tmp_path / "cache"),
+              "epochs": 1, "batch_size": 1, "amp": False, "quiet": True}
+    with pytest.raises(UsageError, match=r"^fast_cifar cannot take 3x16x16 images: its forward in training mode at "
+                                         r"--batch-size 1 raised ValueError.*; train with --batch-size 2 or more"):
+        train(Config(out=str(tmp_path / "run"), **values), log=lambda *_: None)
+    assert not (tmp_path / "run" / "last.pt").exists()
+    _, metrics = train(Config(out=str(tmp_path / "two"), **{**values, "batch_size": 2}), log=lambda *_: None)
+    assert len(metrics) == 1  # two images a step train
