@@ -131,7 +131,7 @@ def build_parser(handlers=None):
     summary.add_argument("--model-args", metavar="JSON", help="keyword arguments for the model's constructor")
     summary.add_argument("--input-shape", metavar="CxHxW", help="input shape, e.g. 1x28x28 (default: a built-in's "
                          "own, else 3x32x32)")
-    summary.add_argument("--num-classes", type=positive, help="output classes (default: 10)")
+    summary.add_argument("--num-classes", type=class_count, metavar="N", help="output classes, at least 2 (default: 10)")
     summary.set_defaults(command=_command_of(summary), func=handlers.get("summary"))
     return parser
 
@@ -145,6 +145,20 @@ def positive(text):
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {text!r}")
     return value
+
+
+def class_count(text):
+    """argparse type: a number of classes, by the library's one rule (engine.models.spec.check_classes)."""
+    from engine.models.spec import check_classes
+
+    try:
+        value = int(text)
+    except ValueError:
+        value = text
+    try:
+        return check_classes(value)
+    except UsageError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def add_code_flag(parser):

@@ -210,6 +210,28 @@ def test_summary_of_a_checkpoint_is_its_model_on_its_images_and_classes(tmp_path
         assert "a checkpoint knows its own model, image shape and classes" in bad(capsys, ["summary", user, *flags], 2)
 
 
+def test_a_class_count_below_two_is_one_rule_and_one_line_wherever_it_comes_from(tmp_path, capsys):
+    """engine summary --num-classes 0 said 'at least 1' (argparse's) and 1 'at least 2' (the model's); engine
+    train refuses data of one class, so a classifier needs 2 everywhere, said in the same words."""
+    from engine.errors import UsageError
+    from engine.models.build import build
+    from engine.models.reference import parse_model
+
+    for count in ("1", "0", "-3", "x"):
+        shown = repr(count) if count == "x" else count
+        assert bad(capsys, ["summary", "--num-classes", count], 2) == (
+            f"engine: error: engine summary: argument --num-classes: a classifier needs at least 2 classes, not {shown} "
+            "(see engine summary --help)")
+    assert main(["summary", "--num-classes", "2"]) == 0 and "Total parameters" in capsys.readouterr().out
+    with pytest.raises(UsageError, match=r"^a classifier needs at least 2 classes, not 1$"):  # from Python
+        build(parse_model("cifar_cnn"), (3, 32, 32), 1)
+    for k in range(2):  # data of one class: the same minimum
+        (tmp_path / "one" / "cat").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "one" / "cat" / f"{k}.png")
+    line = bad(capsys, ["train", "--data", str(tmp_path / "one"), "--out", str(tmp_path / "run")], 1)
+    assert "has 1 class; a classifier needs at least 2 (" in line and not (tmp_path / "run").exists()
+
+
 def bad(capsys, argv, code):
     """Run main(argv), expecting one line on stderr and exit `code`; return that line."""
     assert main(argv) == code

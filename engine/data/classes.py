@@ -9,6 +9,7 @@ from pathlib import Path
 
 from engine.data import layout
 from engine.errors import EngineError, UsageError
+from engine.models.spec import MIN_CLASSES
 
 
 class Notes:
@@ -93,7 +94,7 @@ def refuse_nested_splits(images, path):
 
 
 def one_class_line(path, count):
-    return f"{path} has {count} class; a classifier needs at least 2 ({layout.LAYOUT})"
+    return f"{path} has {count} class; a classifier needs at least {MIN_CLASSES} ({layout.LAYOUT})"
 
 
 def check_names(survey, path, test_split):
@@ -114,5 +115,5 @@ def check_names(survey, path, test_split):
         return
     if test is not None and test_split is not None:
         raise UsageError(own_split_line(path))
-    if len(train) < 2 and not empty and not outside:  # minutes of decoding a large folder spared
+    if len(train) < MIN_CLASSES and not empty and not outside:  # minutes of decoding a large folder spared
         raise EngineError(one_class_line(path, len(train)))

@@ -30,6 +30,7 @@ from engine.data.sources import GRAY_MODES, DoesNotFit, archive_kind, check_memo
 from engine.errors import EngineError, UsageError, first_line
 from engine.faults import pause_point
 from engine.lock import remove_stale_temporaries
+from engine.models.spec import MIN_CLASSES
 from engine.pixels import IMAGE_EXTENSIONS, check_size, fit, upright_size
 
 CACHE_FORMAT = 9  # 2: a set with any colour image is all RGB; 3: any layout, test split optional, --image-size;
@@ -281,7 +282,7 @@ def _dataset(name, t, test_split, seed, path, log):
     """The Dataset of cached tensors `t`, its test set held out of the training images where the source has none."""
     three_channels = t["train_x"].shape[1] == 3  # colour photos flip; grayscale sets are often digits
     classes, x, y = list(t["classes"]), t["train_x"], t["train_y"]
-    if len(classes) < 2 and test_split != layout.WHOLE:  # engine eval of one class's photos is fine; training is not
+    if len(classes) < MIN_CLASSES and test_split != layout.WHOLE:  # engine eval of one class's photos is fine; training is not
         raise EngineError(one_class_line(path, len(classes)))
     if "test_x" in t:
         if test_split not in (None, layout.WHOLE):  # WHOLE: the source's own test split is the whole test set

@@ -12,7 +12,7 @@ from engine.errors import UsageError
 from engine.models.blocks import ConvPoolBNBlock, ConvReluPool, conv_relu_pool_eager
 from engine.models.classic import CLASSIC, ConvNet, ConvNetSpec, MLP, MLPSpec
 from engine.models.fast import FAST, FastNet, FastSpec
-from engine.models.spec import ModelSpec
+from engine.models.spec import ModelSpec, check_classes
 from engine.models.summary import Layer, count_parameters, format_summary, forward_flops, summarize, training_flops
 
 __all__ = [
@@ -41,6 +41,5 @@ def build_model(name, in_shape, num_classes) -> nn.Module:
             f"model {name} needs images of at least {need}x{need} pixels, but the data is "
             f"{channels}x{height}x{width}; choose a model with fewer pooling stages or larger images"
         )
-    if num_classes < 2:
-        raise UsageError(f"a classifier needs at least 2 classes, not {num_classes}")
+    check_classes(num_classes)
     return spec.build(tuple(in_shape), num_classes)

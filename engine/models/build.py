@@ -19,14 +19,14 @@ from engine.errors import EngineError, UsageError, first_line
 from engine.models.copying import buffers_of, restore_buffers
 from engine.models.logits import CLASS_COUNT_NAMES, check_logits
 from engine.models.reference import ModelRef, line_in, load_code
+from engine.models.spec import check_classes
 
 
 def build(ref: ModelRef, in_shape, num_classes, batch=None) -> nn.Module:
     """The network `ref` names for images of `in_shape` (C, H, W) and `num_classes` classes, proven on
     a probe batch to take such images and give (batch, num_classes) logits (`check_fits`; `batch`: the
     training batch, where it is to train)."""
-    if num_classes < 2:
-        raise UsageError(f"a classifier needs at least 2 classes, not {num_classes}")
+    check_classes(num_classes)
     if ref.kind == "builtin":
         from engine.models import build_model
 

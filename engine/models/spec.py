@@ -1,8 +1,28 @@
 """What the model registry holds for each name: a spec that builds its network for a dataset's
-(C, H, W) and class count, and knows the smallest image it can take and the tutorial's numbers.
+(C, H, W) and class count, and knows the smallest image it can take and the tutorial's numbers;
+and the one rule for a class count (`check_classes`: at least MIN_CLASSES).
 """
 
+import operator
+
 from torch import nn
+
+from engine.errors import UsageError
+
+MIN_CLASSES = 2  # one class gives every image the same answer: engine train refuses such data (engine.data.classes)
+
+
+def check_classes(count):
+    """`count`, where a classifier can have that many classes (a whole number, at least MIN_CLASSES); else
+    one UsageError. The rule for every class count the engine is given: `engine summary --num-classes`,
+    building a model, and the classes of the data a run trains on."""
+    try:
+        whole = None if isinstance(count, bool) else operator.index(count)  # numpy's integers too
+    except TypeError:
+        whole = None
+    if whole is None or whole < MIN_CLASSES:
+        raise UsageError(f"a classifier needs at least {MIN_CLASSES} classes, not {count!r}")
+    return whole
 
 
 class ModelSpec:
