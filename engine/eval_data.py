@@ -101,17 +101,31 @@ def evaluation_data(saved, given):
     return {**values, **given}
 
 
-def check_image_size(cfg: Config, shape, source):
+def sized_to_model(shape, data):
+    """The data settings an evaluation of a file without the engine's metadata (a plain .onnx: no run
+    says how its images were sized) reads as its run's: an image folder or archive fitted to the
+    model's own (C, H, W) `shape`, as `engine predict` fits each image to --input-size; none for a
+    built-in dataset, which has its own size."""
+    from engine.config import BUILTIN_DATASETS
+
+    return {} if str(data) in BUILTIN_DATASETS else {"image_size": f"{shape[1]}x{shape[2]}"}
+
+
+def check_image_size(cfg: Config, shape, source, saved):
     """An --image-size given to an evaluation must be the model's own (C, H, W) `shape`'s: one line
-    before any image is decoded, naming the size to give."""
+    before any image is decoded, naming the size to give. Leaving it out fits the images to that size
+    where the run's data settings (`saved`) have an image size; else only images of that size fit."""
     from engine.pixels import parse_image_size
 
     if cfg.image_size is None:
         return
     height, width = parse_image_size(cfg.image_size)
     if [height, width] != list(shape[1:]):
+        size = f"{shape[1]}x{shape[2]}"
+        out = ("or leave it out" if saved.get("image_size") else
+               f"or leave it out where every image is {size} already (images of other sizes need it)")
         raise UsageError(f"--image-size {cfg.image_size} fits the images to {height}x{width}, but {source} takes "
-                         f"{shape[1]}x{shape[2]}: give --image-size {shape[1]}x{shape[2]}, or leave it out")
+                         f"{size}: give --image-size {size}, {out}")
 
 
 def say_resize(saved, given, data, say):

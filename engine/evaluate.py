@@ -147,7 +147,7 @@ def evaluate_checkpoint(path, overrides, log=print, model=None):
         say("Precision: fp32, as the run trained and evaluated this checkpoint (--amp-dtype bf16 evaluates in bf16)")
     setup_backends(runtime.device, cfg.seed)
     check_run_data(cfg, overrides, path)
-    check_image_size(cfg, checkpoint.spec.shape, path)
+    check_image_size(cfg, checkpoint.spec.shape, path, saved)
     say_resize(saved, overrides, cfg.data, say)
     data = load_evaluation_data(cfg, saved, overrides, checkpoint.fingerprint, path, say,  # a split folder refuses
                                 checkpoint.spec.classes)  # --test-split

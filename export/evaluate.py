@@ -34,7 +34,7 @@ def evaluate_onnx(path, overrides, *, input_size=None, classes=None, log=print):
 
     from engine.confusion import Confusion
     from engine.eval_data import (EVAL_FLAGS, check_image_size, check_overrides, check_run_data, evaluation_data,
-                                 fit_channels, labels_for, load_evaluation_data, say_resize,
+                                 fit_channels, labels_for, load_evaluation_data, say_resize, sized_to_model,
                                  warn_changed_test_set, warn_other_split)
     from engine.runtime import warn
     from export.predict import Classifier
@@ -49,10 +49,11 @@ def evaluate_onnx(path, overrides, *, input_size=None, classes=None, log=print):
     info = model.info
     if "data" not in overrides and not info.config.get("data"):
         raise EngineError(f"{path} does not say which data it was trained on; pass --data")
-    cfg = Config(**evaluation_data(info.config, overrides))
+    saved = info.config or sized_to_model(info.input_size, overrides["data"])  # a plain file: as predict sizes
+    cfg = Config(**evaluation_data(saved, overrides))
     batch = cfg.eval_batch_size or cfg.batch_size
     check_run_data(cfg, overrides, path)
-    check_image_size(cfg, info.input_size, path)
+    check_image_size(cfg, info.input_size, path, saved)
     say_resize({"resize": info.rule}, overrides, cfg.data, (lambda *_: None) if cfg.quiet else log)
     say = (lambda *_: None) if cfg.quiet else log
     data = load_evaluation_data(cfg, info.config, overrides, info.fingerprint, path, say, info.classes)

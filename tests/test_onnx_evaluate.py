@@ -73,3 +73,47 @@ def test_other_data_is_matched_by_class_name_and_refused_at_another_size(tiny_on
     assert main(["eval", str(tiny_onnx), "--data", str(small), "--cache-dir", str(tmp_path / "cache")]) == 1
     err = capsys.readouterr().err
     assert "was trained on 3x32x32 images of 10 classes" in err and "has 3x8x8 images" in err and err.count("\n") == 1
+
+
+def test_a_plain_file_fits_a_folder_of_mixed_sizes_to_its_input_size_as_predict_does(tiny_onnx, tmp_path, capsys):
+    """A file without the engine's metadata (--input-size, --classes) was refused on a folder of mixed sizes
+    until --image-size was given, and --image-size's advice, 'or leave it out', did not work there."""
+    import onnx
+    from PIL import Image
+
+    import export
+    from engine.data.synthetic import CLASSES
+
+    bare = onnx.load(str(tiny_onnx))
+    del bare.metadata_props[:]
+    onnx.save(bare, str(tmp_path / "plain.onnx"))
+    rng = np.random.default_rng(0)
+    for name in CLASSES[:2]:
+        (tmp_path / "mixed" / name).mkdir(parents=True)
+        for i, (height, width) in enumerate([(32, 32), (40, 50), (64, 48)]):
+            Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(tmp_path / "mixed" / name / f"{i}.png")
+    plain = ["eval", str(tmp_path / "plain.onnx"), "--input-size", "3x32x32", "--classes", ",".join(CLASSES),
+             "--data", str(tmp_path / "mixed"), "--cache-dir", str(tmp_path / "cache")]
+    assert main([*plain, "--quiet"]) == 0 and "(6 test images of" in capsys.readouterr().out
+    result = evaluate_onnx(tmp_path / "plain.onnx", {"data": str(tmp_path / "mixed"), "cache_dir": str(tmp_path / "cache"),
+                                                     "quiet": True}, input_size="3x32x32", classes=CLASSES)
+    files = sorted((tmp_path / "mixed").glob("*/*.png"))
+    truth = np.array([CLASSES.index(f.parent.name) for f in files])
+    logits = export.load(tmp_path / "plain.onnx", input_size=(3, 32, 32), classes=CLASSES).logits(files)  # predict's pixels
+    assert result["images"] == 6 and result["test_loss"] == pytest.approx(cross_entropy_sum(logits, truth) / 6, rel=1e-5)
+    err = bad_line(capsys, main([*plain, "--image-size", "16"]))
+    assert err == (f"engine: error: --image-size 16 fits the images to 16x16, but {tmp_path / 'plain.onnx'} takes 32x32: "
+                   "give --image-size 32x32, or leave it out")
+    # a file whose run took its images' own size (no --image-size): leaving it out fits only images of that size
+    with_metadata = ["eval", str(tiny_onnx), "--data", str(tmp_path / "mixed"), "--cache-dir", str(tmp_path / "cache")]
+    assert bad_line(capsys, main([*with_metadata, "--image-size", "16"])).endswith(
+        "give --image-size 32x32, or leave it out where every image is 32x32 already (images of other sizes need it)")
+    assert "images differ in size" in bad_line(capsys, main(with_metadata))
+    assert main([*with_metadata, "--image-size", "32", "--quiet"]) == 0
+
+
+def bad_line(capsys, code):
+    """The one stderr line of a refused command (exit 1 or 2)."""
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code in (1, 2) and len(err) == 1 and "Traceback" not in err[0], (code, err)
+    return err[0]
