@@ -12,6 +12,9 @@ from engine.config import parse_shape
 from engine.pixels import RESIZE_RULES, parse_image_size
 from engine.errors import EngineError, UsageError
 
+# engine.models.spec.MIN_CLASSES, the classifier's rule; not imported from there, which loads torch (predict runs
+# on onnxruntime alone)
+MIN_CLASSES = 2
 INPUT_RANGE = "0-1"  # float32 pixels scaled to [0, 1]; normalisation is inside the graph
 # How an image of another size becomes input_size: engine.pixels.fit with the rule training decoded its
 # images with (--resize: stretch, or the shorter side scaled to cover H x W and the centre cropped).
@@ -127,9 +130,10 @@ class ModelInfo:
         return info
 
     def check(self, source):
-        ok_classes = isinstance(self.classes, list) and len(self.classes) >= 2 and all(isinstance(c, str) and c for c in self.classes)
+        ok_classes = (isinstance(self.classes, list) and len(self.classes) >= MIN_CLASSES
+                      and all(isinstance(c, str) and c for c in self.classes))
         if not ok_classes:
-            raise EngineError(f"{source}: classes must be a list of at least 2 names, not {self.classes!r}")
+            raise EngineError(f"{source}: classes must be a list of at least {MIN_CLASSES} names, not {self.classes!r}")
         twice = sorted({c for c in self.classes if self.classes.count(c) > 1})
         if twice:
             raise EngineError(f"{source}: classes name {', '.join(twice)} more than once; each class needs its own name")

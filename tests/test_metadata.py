@@ -45,3 +45,14 @@ def test_flags_stand_in_for_missing_metadata():
         ModelInfo.from_flags("1x28x28", "a,b,a")
     with pytest.raises(UsageError, match="--input-size 28x28: expected CxHxW"):
         ModelInfo.from_flags("28x28", "a,b")
+
+
+def test_the_class_minimum_is_the_classifiers_rule():
+    """export.metadata keeps its own copy of the minimum (importing engine.models loads torch, which predict
+    does without): the two must agree, and a file's one-class list is refused as the data would be."""
+    from engine.models.spec import MIN_CLASSES
+    from export import metadata
+
+    assert metadata.MIN_CLASSES == MIN_CLASSES
+    with pytest.raises(EngineError, match=f"at least {MIN_CLASSES} names"):
+        metadata.ModelInfo(classes=["only"], input_size=[3, 32, 32]).check("x.onnx")
