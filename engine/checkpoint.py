@@ -65,7 +65,7 @@ class Checkpoint:
         scheduler, epochs = self.scheduler or {}, self.config.get("epochs")
         if not self.step or not scheduler.get("total_steps") or not epochs:
             return self.epoch
-        return round(scheduler["step"] / (scheduler["total_steps"] / epochs), 2)
+        return round(scheduler["step"] / (scheduler["total_steps"] / epochs), 4)  # as metrics.jsonl rounds it
 
     def to_dict(self):
         """The plain dict torch.save writes (see load for the reverse)."""

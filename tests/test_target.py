@@ -354,3 +354,25 @@ def test_a_missed_target_names_where_its_best_was_and_what_best_pt_holds():
            "chosen at epoch ends); train longer or aim lower" in line
     line = watch.summary(None, metrics[1:2], trained=False)
     assert "(best 55.00% at epoch 1 of 1 evaluation of the whole test set)" in line
+
+
+@pytest.mark.slow
+def test_a_stop_at_an_eighth_of_an_epoch_is_that_epoch_everywhere(tmp_path, capsys):
+    """A target met at epoch 0.125 (the first epoch's eighths: 0.125, 0.375, ...): its checkpoint said
+    epoch 0.12 (rounded to 2 places, half to even), so --resume warned that the run's own best.pt was
+    'not this run's', the ONNX metadata lost its test accuracy and engine eval said epoch 0.12."""
+    from export.metadata import ModelInfo
+
+    out = tmp_path / "eighth"
+    flags = ["--model", "fast_cifar", "--epochs", "2", "--limit-train", "512", "--limit-test", "100", "--batch-size",
+             "64", "--no-tta", "--no-amp", "--no-ema", "--device", "cpu", "--quiet", "--target-acc", "1"]
+    assert main(["train", *flags, "--out", str(out)]) == 0
+    metrics = read_metrics(out)
+    assert [m["epoch"] for m in metrics] == [0.125] and metrics[0]["time_to_target"] > 0
+    best = load(out / "best.pt")
+    assert best.epochs_done == load(out / "last.pt").epochs_done == 0.125
+    assert evaluate_checkpoint(out / "best.pt", {"quiet": True, "amp": False})["epoch"] == 0.125
+    assert ModelInfo.from_checkpoint(best, 20).test_accuracy == metrics[0]["test_acc"]
+    capsys.readouterr()
+    assert main(["train", "--resume", str(out)]) == 0
+    assert "best.pt" not in capsys.readouterr().err  # the run's own best.pt: no warning
