@@ -99,6 +99,16 @@ class Loud(Base):
     def forward(self, x):
         print("forward", tuple(x.shape))
         return super().forward(x)
+
+
+class Volumetric(nn.Module):
+    def __init__(self, num_classes=10):
+        super().__init__()
+        self.c = nn.Conv3d(1, 4, (1, 3, 3), padding=(0, 1, 1))  # 5-d filters: (out, in, depth, height, width)
+        self.head = nn.Linear(4, num_classes)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.c(x.unsqueeze(1))).mean((2, 3, 4)))
 '''
 
 FLAGS = dict(data="synthetic", epochs=2, limit_train=64, limit_test=32, batch_size=16, device="cpu", amp=False, quiet=True)
@@ -210,3 +220,18 @@ def test_a_forward_that_views_an_activation_as_nchw_runs_nchw_with_one_line(nets
     assert result["images"] == 32 and any(text.startswith("channels_last: off") for text in said)
     run(nets, "Base", tmp_path / "base")  # a model that takes channels_last keeps it
     assert load(tmp_path / "base" / "best.pt").config["channels_last"] is True
+
+
+@pytest.mark.slow
+def test_a_model_with_5_d_filters_runs_nchw_with_one_line(nets, tmp_path):
+    """A Conv3d's filters are 5-d, which Module.to(memory_format=channels_last) refuses ("required rank 4
+    tensor to use channels_last format"): training stopped there with torch's traceback. It runs NCHW,
+    said in one line, trains with --ema and evaluates."""
+    said = []
+    out = train(Config(model=f"{nets}:Volumetric", out=str(tmp_path / "run"), ema=0.9, **{**FLAGS, "quiet": False}),
+                log=said.append)[0]
+    line = next(text for text in said if text.startswith("channels_last: off"))
+    assert "c.weight has 5 dimensions" in line
+    assert load(out / "best.pt").config["channels_last"] is False
+    result = evaluate_checkpoint(out / "best.pt", {"limit_test": 32}, log=lambda *_: None, model=f"{nets}:Volumetric")
+    assert result["images"] == 32

@@ -18,6 +18,9 @@ def channels_last_problem(model: nn.Module, ref: ModelRef, in_shape, batch=PROBE
     """None where `model` (on the CPU, checked by check_fits) runs a channels_last probe batch in
     training and in evaluation mode; else what its forward raised, as a clause. BatchNorm statistics
     and the global RNG are left as they were."""
+    five = next((name for name, t in (*model.named_parameters(), *model.named_buffers()) if t.dim() == 5), None)
+    if five is not None:  # Module.to(memory_format=channels_last) converts 4- and 5-d tensors: a 5-d one raises
+        return f"its tensor {five} has 5 dimensions (a Conv3d's filters), which channels_last (4-d) cannot lay out"
     probe = torch.zeros(batch, *in_shape).to(memory_format=torch.channels_last)
     training, buffers = model.training, buffers_of(model)
     try:
