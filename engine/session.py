@@ -133,6 +133,8 @@ def open_session(cfg: Config, resume: Checkpoint | None = None, say=print, ranks
             say(f"Weight average: decay {cfg.ema:g} a step once warmed up (a horizon of about "
                 f"{1 / (1 - cfg.ema):,.0f} steps); evaluations, best.pt and export use it")
         # a bf16 run's own precision for Muon's orthogonalisation, as airbench94_muon's; fp32 for the rest
+        if resume is not None:  # what the fresh run froze (a whitened stem) before Muon's line counts what it steps
+            freeze(model, resume.frozen)
         optimizer = build_optimizer(cfg, model, torch.bfloat16 if runtime.amp_dtype == torch.bfloat16 else torch.float32)
         if hasattr(optimizer, "describe"):
             say(optimizer.describe())

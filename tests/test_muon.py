@@ -249,3 +249,19 @@ def test_a_muon_run_killed_mid_epoch_resumes_to_the_uninterrupted_weights(tmp_pa
     for key, value in a.model.items():
         assert torch.equal(value, b.model[key]), key
     assert [m["test_loss"] for m in a.metrics] == [m["test_loss"] for m in b.metrics]
+
+
+def test_a_resumed_run_says_what_muon_steps_as_the_fresh_run_did(tmp_path):
+    """fast_cifar's whitened stem is frozen before a fresh run builds its optimizer, but a resumed run
+    froze it again only after: its line counted the stem's filters as Muon's (7 conv filters, not 6)."""
+    from engine.session import open_session
+    from engine.train import train
+
+    cfg = Config(model="fast_cifar", optimizer="muon", epochs=1, limit_train=64, limit_test=32, batch_size=32,
+                 amp=False, device="cpu", out=str(tmp_path / "run"))
+    fresh, resumed = [], []
+    train(cfg, log=fresh.append)
+    checkpoint = load(tmp_path / "run" / "last.pt")
+    open_session(Config.from_dict(checkpoint.config), checkpoint, say=resumed.append)
+    lines = [next(line for line in said if line.startswith("Optimizer: ")) for said in (fresh, resumed)]
+    assert lines[0].startswith("Optimizer: Muon for 6 conv filters") and lines[1] == lines[0]
