@@ -32,9 +32,13 @@ def warm_decay(decay: float, averaged_steps: int) -> float:
 
 def lerp_towards(averaged: list, current: list, weight: float):
     """averaged += weight * (current - averaged), tensor by tensor: one foreach lerp for floating
-    tensors, the library's EMA formula for integer ones (BatchNorm's num_batches_tracked)."""
+    tensors, the library's EMA formula for integer ones (BatchNorm's num_batches_tracked). A bool
+    (a mask) has no average: the library's formula turns any True it ever held into True for good
+    (0.9 * True + 0.1 * False copies back as True), so it is the model's own."""
     if torch.is_floating_point(averaged[0]):
         torch._foreach_lerp_(averaged, current, weight)
+    elif averaged[0].dtype == torch.bool:
+        torch._foreach_copy_(averaged, current)
     else:
         for a, c in zip(averaged, current, strict=True):
             a.copy_(a * (1 - weight) + c * weight)

@@ -281,3 +281,19 @@ def test_two_processes_average_as_one_at_the_same_global_batch(tmp_path):
             torch.testing.assert_close(two.ema[key], value, rtol=0.05, atol=2e-3)
     for a, b in zip(one.metrics, two.metrics):
         assert b["test_acc"] == pytest.approx(a["test_acc"], abs=0.04)
+
+
+def test_a_bool_buffer_is_the_models_own_and_an_integer_one_is_averaged():
+    """A mask buffer was averaged by the library's formula, 0.9 * True + 0.1 * False copied back as
+    True: once True, True for good, so the average evaluated a mask the model never had."""
+    model = nn.Linear(3, 2)
+    model.register_buffer("mask", torch.tensor([True, False, True]))
+    model.register_buffer("count", torch.tensor(0))
+    average = WeightAverage(model, 0.9)
+    for step in range(12):
+        with torch.no_grad():
+            model.mask.copy_(torch.tensor([step % 2 == 0, step % 2 == 1, False]))
+            model.count.fill_(step)
+        average.update(model)
+        assert torch.equal(average.module.mask, model.mask), step
+    assert 0 < average.module.count.item() < 11  # integers: the library's average, truncated (docs/training.md)
