@@ -229,7 +229,7 @@ class Config:
         if self.ema is not None and not (isinstance(self.ema, (int, float)) and math.isfinite(self.ema) and 0 < self.ema < 1):
             raise UsageError(f"--ema is the weight average's decay per step, 0 < DECAY < 1 (e.g. 0.99), not {self.ema!r}")
         if self.target_acc is not None and not (math.isfinite(self.target_acc) and 0 < self.target_acc <= 100):
-            raise UsageError(f"--target-acc is a test accuracy in percent, 0 < X <= 100, not {self.target_acc!r}")
+            raise UsageError(f"--target-acc is a test accuracy in percent, 1 <= X <= 100, not {self.target_acc!r}")
         if self.target_acc is not None and self.target_acc < 1:  # below any classifier's chance: a fraction meant
             raise UsageError(f"--target-acc is a test accuracy in percent (90 for 90%), at least 1; {self.target_acc:g} "
                              f"would be {self.target_acc:g}%: for {self.target_acc * 100:g}% give {self.target_acc * 100:g}")

@@ -84,6 +84,16 @@ def test_config_checks_the_new_flags():
             Config(**values)
 
 
+def test_target_acc_range_is_said_one_way():
+    # out of range (0, a negative, above 100, not a number): the range the docs give; a fraction: the percent it meant
+    for value in (0, -1.0, 101.0, float("nan")):
+        with pytest.raises(UsageError, match=r"1 <= X <= 100"):
+            Config(target_acc=value)
+    with pytest.raises(UsageError, match="for 50% give 50"):
+        Config(target_acc=0.5)
+    assert Config(target_acc=1).target_acc == 1
+
+
 def test_evaluations_left_follow_the_cadence():
     from engine.session import evaluations_left
 
