@@ -187,7 +187,7 @@ def evaluate_checkpoint(path, overrides, log=print, model=None):
     loss, acc = evaluate(model, loader, runtime, tta, confusion)
     return {"test_loss": loss, "test_acc": acc, "images": len(data.test_x), "data": cfg.data, "epoch": checkpoint.epochs_done,
             "tta": tta, "seconds": time.perf_counter() - compiled, "precision": runtime.resolved()["precision"],
-            "compile_seconds": compile_seconds,
+            "compile_seconds": compile_seconds, "ema": checkpoint.ema is not None,  # the weight average evaluated
             "model": checkpoint.ref.name, "confusion": confusion.cpu()}
 
 

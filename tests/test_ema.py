@@ -236,6 +236,7 @@ def test_eval_and_export_use_the_average(tmp_path):
     checkpoint = load(tmp_path / "run" / "best.pt")
     printed = engine("eval", "run/best.pt", "--json", "--no-amp", "--limit-test", "64", cwd=tmp_path)
     ours = json.loads(printed)
+    assert ours["ema"] is True  # the JSON says which weights it measured, as the text's one line does
     assert ours["test_loss"] == pytest.approx(checkpoint.metrics[checkpoint.epoch - 1]["test_loss"], abs=1e-5)
     exported = engine("export", "m.onnx", "--checkpoint", "run/best.pt", cwd=tmp_path)
     assert f"Using the weight average in run/best.pt (--ema 0.9, {checkpoint.ema_updates} steps)" in exported
@@ -252,6 +253,8 @@ def test_eval_and_export_use_the_average(tmp_path):
     save(checkpoint, tmp_path / "raw.pt")
     engine("export", "raw.onnx", "--checkpoint", "raw.pt", cwd=tmp_path)
     raw = json.loads(engine("eval", "raw.onnx", "--json", "--limit-test", "64", cwd=tmp_path))
+    assert far_torch["ema"] is True and json.loads(engine("eval", "raw.pt", "--json", "--no-amp", "--limit-test", "64",
+                                                          cwd=tmp_path))["ema"] is False
     assert far["test_loss"] == pytest.approx(far_torch["test_loss"], abs=1e-4)
     assert abs(raw["test_loss"] - far["test_loss"]) > 1e-2
 
