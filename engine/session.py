@@ -19,14 +19,12 @@ from engine.config import Config, parse_duration
 from engine.confusion import loss_weights
 from engine.data import Dataset, InputSpec, check_batch_size, dataset_label, load_dataset
 from engine.data.layout import WHOLE
-from engine.data.stream import READ_AHEAD, Rows, take
 from engine.distributed import Ranks
 from engine.ema import WeightAverage
 from engine.errors import EngineError, UsageError
 from engine.fast_paths import choose_compile, choose_precision
 from engine.loader import BatchLoader
 from engine.lookahead import Lookahead
-from engine.memory import size_text
 from engine.models import count_parameters
 from engine.models.build import build, check_fits, check_rebuilds, probe_batch
 from engine.models.memory_format import fit_memory_format
@@ -36,7 +34,8 @@ from engine.recipe import freeze, init_from_data
 from engine.report import RunDir, TensorBoard, default_run_dir
 from engine.resume import best_of, check_resume, data_fingerprint, repair_run, restore
 from engine.runtime import Runtime, setup_backends, warn
-from engine.target import SCREEN_PARTS, Watch, evaluates_after, reached_in, screened
+from engine.run_loaders import eval_loader, loaders, screen_loaders
+from engine.target import Watch, evaluates_after, reached_in
 
 RUNS = "runs"  # where default-named runs go, and runs/latest
 
@@ -283,42 +282,6 @@ def copy_of(model):
     from engine.models.copying import duplicate
 
     return duplicate(model, "train(model=...), which trains a copy of your module,")
-
-
-def loaders(cfg: Config, data: Dataset, spec: InputSpec, runtime: Runtime, ranks: Ranks, say=print):
-    """(train, test) BatchLoaders on the run's device: this rank's part of each split; a split that
-    does not fit streams from the decode cache (engine.loader), said in one line."""
-    train = BatchLoader(data.train_x, data.train_y, cfg.batch_size, spec.mean, spec.std, device=runtime.device,
-                        train=True, flip=spec.flip and cfg.flip, seed=cfg.seed, channels_last=cfg.channels_last,
-                        crop_padding=cfg.crop_padding, padding_mode=cfg.crop_padding_mode, rank=ranks.rank, world=ranks.world,
-                        resized_crop=cfg.resized_crop)
-    test = eval_loader(cfg, data.test_x, data.test_y, spec, runtime, ranks)
-    streamed = [(name, x) for name, x, loader in (("train", data.train_x, train), ("test", data.test_x, test)) if loader.why]
-    if streamed and ranks.is_main:
-        images = " and ".join(f"{len(x):,} {name}" for name, x in streamed)
-        size = sum(len(x) * x[:1].numel() for _, x in streamed)  # uint8: one byte a value
-        where = "the memory-mapped decode cache" if isinstance(streamed[0][1], Rows) else "host memory"
-        say(f"Streaming {images} images ({size_text(size)}) from {where}, {READ_AHEAD} batches read ahead: "
-            f"{(train if train.why else test).why}")
-    return train, test
-
-
-def screen_loaders(cfg: Config, data: Dataset, spec: InputSpec, runtime: Runtime, ranks: Ranks):
-    """The test set as --target-acc's evaluations within an epoch read it: one BatchLoader for each of
-    engine.target's SCREEN_PARTS (image i in the part that holds i % 10, so a test set in class order
-    gives each class its share), batched as the test loader is; None for a small test set."""
-    if not screened(len(data.test_x)):
-        return None
-    residue = torch.arange(len(data.test_x)) % 10
-    parts = [torch.isin(residue, torch.tensor(part)).nonzero()[:, 0] for part in SCREEN_PARTS]
-    return [eval_loader(cfg, take(data.test_x, rows), data.test_y[rows], spec, runtime, ranks) for rows in parts]
-
-
-def eval_loader(cfg: Config, x, y, spec: InputSpec, runtime: Runtime, ranks: Ranks):
-    """A BatchLoader that evaluates images x (N, C, H, W) uint8 with labels y (N,): this rank's part,
-    in order, in batches of --eval-batch-size (default --batch-size), each of one shape."""
-    return BatchLoader(x, y, cfg.eval_batch_size or cfg.batch_size, spec.mean, spec.std, device=runtime.device,
-                       train=False, channels_last=cfg.channels_last, rank=ranks.rank, world=ranks.world)
 
 
 def restore_progress(s: Session, resume: Checkpoint, say):

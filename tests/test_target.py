@@ -302,7 +302,7 @@ def test_evaluate_screened_reads_the_parts_as_one_set_or_stops_after_the_first(t
     from engine.data import load_dataset
     from engine.evaluate import evaluate, evaluate_screened
     from engine.models import build_model
-    from engine.session import screen_loaders
+    from engine.run_loaders import screen_loaders
 
     cfg = Config(data="cifar10", data_dir=str(screen_fixture(tmp_path)), batch_size=128, device="cpu", amp=False,
                  target_acc=99.0)
