@@ -270,5 +270,5 @@ def model_from_checkpoint(checkpoint: Checkpoint, path="the checkpoint", code=No
     model.load_state_dict(weights)
     if checkpoint.ema is not None:
         say(f"Using the weight average in {path} (--ema {checkpoint.config.get('ema')}, "
-            f"{checkpoint.ema_updates:,} steps), as its evaluations did")
+            f"{checkpoint.ema_updates:,} step{'s' * (checkpoint.ema_updates != 1)}), as its evaluations did")
     return model.eval()

@@ -111,5 +111,6 @@ class Muon(torch.optim.Optimizer):
         rest = sum(p.numel() for g in self.param_groups if not g["orthogonalize"] for p in g["params"] if p.requires_grad)
         name = PRECISION.get(self.matmul_dtype, self.matmul_dtype)
         precision = "" if self.matmul_dtype == torch.float32 else f", orthogonalised in {name}"
-        return (f"Optimizer: Muon for {len(filters)} conv filters ({sum(p.numel() for p in filters):,} parameters"
+        return (f"Optimizer: Muon for {len(filters)} conv filter{'s' * (len(filters) != 1)} "
+                f"({sum(p.numel() for p in filters):,} parameters"
                 f"{precision}), Nesterov SGD for the other {rest:,}")

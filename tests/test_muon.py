@@ -213,6 +213,10 @@ def test_a_model_without_conv_filters_is_told_that_muon_steps_nothing():
     assert line == "Optimizer: muon, but the model has no trainable conv filter: every parameter takes Nesterov SGD"
     assert build_optimizer(Config(optimizer="muon"), small_net()).describe() == (
         "Optimizer: Muon for 2 conv filters (1,368 parameters), Nesterov SGD for the other 112")
+    one = nn.Sequential(nn.Conv2d(3, 4, 3, bias=False), nn.Flatten(), nn.LazyLinear(2))
+    one(torch.zeros(1, 3, 6, 6))
+    assert build_optimizer(Config(optimizer="muon"), one).describe() == (
+        "Optimizer: Muon for 1 conv filter (108 parameters), Nesterov SGD for the other 130")
 
 
 def test_linear_schedule_falls_straight_to_zero():
