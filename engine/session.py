@@ -28,7 +28,8 @@ from engine.lookahead import Lookahead
 from engine.models import count_parameters
 from engine.models.build import build, check_fits, check_rebuilds, probe_batch
 from engine.models.memory_format import fit_memory_format
-from engine.models.reference import ModelRef, load_code, parse_args, parse_model, reference_of, reopen, with_neighbours
+from engine.models.reference import ModelRef, parse_args, parse_model, reference_of, reopen
+from engine.models.user_code import load_code, with_neighbours
 from engine.optim import build_optimizer
 from engine.recipe import freeze, init_from_data
 from engine.report import RunDir, TensorBoard, default_run_dir

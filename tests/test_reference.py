@@ -8,7 +8,8 @@ from torch import nn
 
 from engine.errors import EngineError, UsageError
 from engine.models.build import build, check_fits
-from engine.models.reference import ModelRef, load_code, parse_model, reference_of, reopen
+from engine.models.reference import ModelRef, parse_model, reference_of, reopen
+from engine.models.user_code import load_code
 
 TUTORIAL = """
 import torch

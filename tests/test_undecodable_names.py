@@ -85,7 +85,8 @@ def test_a_forward_defined_under_a_name_that_is_not_utf8_is_one_line_naming_its_
     """torch.onnx writes each node's stack trace, file names included, into the ONNX file, and refuses
     a name that is not UTF-8: the export says so and names the file, instead of a codec's message."""
     from engine.errors import EngineError
-    from engine.models.reference import load_code, parse_model
+    from engine.models.reference import parse_model
+    from engine.models.user_code import load_code
     from export.onnx_export import to_onnx
 
     code = undecodable(os.fsencode(tmp_path), b"m\xffdels")

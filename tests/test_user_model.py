@@ -153,7 +153,8 @@ def test_torchvision_models_train_and_export_verified(tmp_path, name):
 
 def test_a_module_built_in_python_is_recorded_and_reloads_from_the_command_line(user_run, tmp_path):
     from engine.config import Config
-    from engine.models.reference import load_code, parse_model
+    from engine.models.reference import parse_model
+    from engine.models.user_code import load_code
     from engine.train import train
 
     root, _ = user_run

@@ -18,7 +18,8 @@ from torch.nn.parameter import is_lazy
 from engine.errors import EngineError, UsageError, first_line
 from engine.models.copying import buffers_of, restore_buffers
 from engine.models.logits import CLASS_COUNT_NAMES, check_logits
-from engine.models.reference import ModelRef, line_in, load_code
+from engine.models.reference import ModelRef
+from engine.models.user_code import line_in, load_code
 from engine.models.spec import check_classes
 
 

@@ -11,7 +11,8 @@ import json
 import torch
 
 from engine.errors import EngineError, UsageError
-from engine.models.reference import ModelRef, load_code
+from engine.models.reference import ModelRef
+from engine.models.user_code import load_code
 
 CLASS_COUNT_NAMES = ("num_classes", "n_classes", "nclasses", "num_class", "num_labels")  # as model code spells it
 

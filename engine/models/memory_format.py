@@ -11,7 +11,8 @@ from torch import nn
 from engine.errors import first_line
 from engine.models.build import PROBE_BATCH, code_file
 from engine.models.copying import buffers_of, restore_buffers
-from engine.models.reference import ModelRef, line_in
+from engine.models.reference import ModelRef
+from engine.models.user_code import line_in
 
 
 def channels_last_problem(model: nn.Module, ref: ModelRef, in_shape, batch=PROBE_BATCH):

@@ -1,0 +1,99 @@
+"""Importing the user code a reference names (`FILE.py:NAME`, `package.module:NAME`): once a process
+per file digest, under a module name of the engine's own, with one line for every way it fails.
+
+engine/models/reference.py says what a reference is and when code may be imported (`reopen`: only
+what the person running the command named); this module does the import.
+"""
+
+import hashlib
+import importlib
+import importlib.util
+import inspect
+import os
+import sys
+import traceback
+from dataclasses import replace
+from pathlib import Path
+
+from torch import nn
+
+from engine.errors import EngineError, UsageError, first_line
+from engine.models import neighbours
+from engine.models.reference import USER_MODULE, ModelRef, warn_once
+
+
+def load_code(ref: ModelRef):
+    """The class or function a user reference names, imported once per process (and file digest);
+    one line for every failure. Called before a run reads its data, so a bad --model costs nothing."""
+    key = (ref.kind, ref.file, ref.sha256, ref.name)
+    if key not in _loaded:
+        _loaded[key] = _import(ref)
+    for line in neighbours.changes(ref.file, ref.neighbours) if ref.kind == "file" else ():  # a run's, from reopen
+        warn_once(line, f"engine: warning: {line}; loading it only if the weights fit")
+    return _loaded[key]
+
+
+def with_neighbours(ref: ModelRef) -> ModelRef:
+    """`ref` with the digests of the files its code imported from beside it (after load_code), which
+    the run's checkpoints keep."""
+    return replace(ref, neighbours=neighbours.of_file(ref.file)) if ref.kind == "file" else ref
+
+
+_loaded = {}
+
+
+def _import(ref: ModelRef):
+    where = f"{ref.file}:{ref.name}"
+    if ref.kind == "file":
+        unique = f"{USER_MODULE}{hashlib.sha1(os.fsencode(ref.file)).hexdigest()[:10]}"  # any bytes a path holds
+        spec = importlib.util.spec_from_file_location(unique, ref.file)
+        module = importlib.util.module_from_spec(spec)
+        writes, sys.dont_write_bytecode = sys.dont_write_bytecode, True  # no __pycache__ beside the user's file
+        sys.path.insert(0, str(Path(ref.file).parent))  # the file's own imports of its neighbours
+        sys.modules[unique] = module  # dataclasses and pickling look the module up by name
+        try:
+            spec.loader.exec_module(module)
+        except Exception as error:
+            sys.modules.pop(unique, None)
+            raise EngineError(f"{ref.file} raised {type(error).__name__} on import{line_in(error, ref.file)}: "
+                              f"{first_line(error, 160)}") from None
+        finally:
+            sys.dont_write_bytecode = writes
+            sys.path.remove(str(Path(ref.file).parent))
+    else:
+        try:
+            module = importlib.import_module(ref.file)
+        except ModuleNotFoundError as error:
+            raise UsageError(f"--model {where}: no module named {error.name!r} (is it installed, or on PYTHONPATH?)") from None
+        except Exception as error:
+            raise EngineError(f"module {ref.file} raised {type(error).__name__} on import{line_in(error)}: "
+                              f"{first_line(error, 160)}") from None
+    target = module
+    for part in ref.name.split("."):
+        target = getattr(target, part, None)
+    if target is None:
+        found = sorted(n for n, v in vars(module).items() if isinstance(v, type) and issubclass(v, nn.Module)
+                       and getattr(v, "__module__", None) == module.__name__)
+        raise UsageError(f"--model {where}: {ref.name} is not defined there"
+                         + (f" (nn.Module classes there: {', '.join(found)})" if found else ""))
+    if not ((inspect.isclass(target) and issubclass(target, nn.Module)) or inspect.isfunction(target)):
+        raise UsageError(f"--model {where}: {ref.name} is not an nn.Module subclass or a function that returns one "
+                         f"(it is of type {type(target).__name__})")
+    if inspect.isfunction(target) and "." in ref.name and inspect.isclass(getattr(module, ref.name.split(".")[0], None)):
+        owner = ref.name.split(".")[0]
+        raise UsageError(f"--model {where}: {ref.name} is a method of the class {owner}; name the class "
+                         f"({Path(ref.file).name if ref.kind == 'file' else ref.file}:{owner}) or a function that "
+                         "returns a module")
+    return target
+
+
+def line_in(error, file=None):
+    """' (line N)' of the deepest frame of `error` in the user's `file`; with no file (a package.module
+    on import) ' (FILE, line N)' of the deepest frame; '' where there is none (a built-in or torchvision
+    model's forward: torch's own file and line mean nothing to its user)."""
+    if isinstance(error, SyntaxError) and error.lineno:
+        return f" (line {error.lineno})"
+    frames = [f for f in traceback.extract_tb(error.__traceback__) if file is None or f.filename == file]
+    if not frames:
+        return ""
+    return f" (line {frames[-1].lineno})" if file else f" ({frames[-1].filename}, line {frames[-1].lineno})"
