@@ -2,14 +2,13 @@
 
 One call does a whole run: `open_session` (engine/session.py) resolves the runtime, reads the
 data and builds the model; then each epoch is `train_epoch` (one `train_step` per batch),
-`evaluate_epoch`, `epoch_metrics` and `save_epoch` (engine/run_files.py: the checkpoints and the
-run directory's files). Speed is measured without per-step syncs; the first steps of a process
+`evaluate_epoch`, `epoch_metrics` (engine/epoch_figures.py) and `save_epoch` (engine/run_files.py:
+the checkpoints and the run directory's files). Speed is measured without per-step syncs; the first steps of a process
 (compile and allocation warm-up) are timed apart from steady state.
 """
 
 import shlex
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -23,37 +22,14 @@ from engine.evaluate import evaluate, evaluate_screened, tta_level, tta_note
 from engine.faults import CHECK_EVERY, LossWatch, check_outputs, pause_point
 from engine.isolation import kept_global_state
 from engine.optim import lr_at, set_lr, stop_finished
+from engine.epoch_figures import EpochFigures, epoch_metrics
 from engine.report import format_epoch, progress
 from engine.run_files import checkpoint_state, save_epoch, save_partial, write_confusion
-from engine.inductor import compiled_graphs
-from engine.runtime import resolve_device, warn
+from engine.runtime import resolve_device
 from engine.session import Session, open_session
 from engine.target import short_of
 
 WARMUP_STEPS = 3  # steps of a process's first epoch timed as warm-up, not steady state
-
-
-@dataclass
-class EpochFigures:
-    """One epoch's raw figures as measured; `epoch_metrics` turns them into the reported dict."""
-
-    epoch: int  # 0-based
-    first: bool  # the first epoch of this process, whose first steps are warm-up
-    warm_until: int  # steps timed as warm-up, 0 for none
-    started: float  # time.perf_counter() at the epoch's start
-    steady_from: float  # ... after the warm-up steps (= started without warm-up)
-    trained: float  # ... once the last training step has finished on the device
-    loss_sum: torch.Tensor  # () float32 on the device: loss summed over the epoch's images
-    correct: torch.Tensor  # () int64 on the device
-    test_loss: float = float("nan")  # filled by evaluate_epoch
-    test_acc: float = float("nan")
-    eval_s: float = 0.0
-    skipped: int = 0  # steps a mid-epoch checkpoint had already done (resumed), not run here
-    steps_done: int = 0  # an evaluation within the epoch (--eval-every): its steps so far; 0 at the end
-    evaluated: bool = True  # False: an epoch end that --eval-every N > 1 does not evaluate
-    screened: int = 0  # test images an evaluation within the epoch read before its screen stopped it (0: whole)
-    val_loss: float = float("nan")  # with --val-split
-    val_acc: float = float("nan")
 
 
 def train_step(s: Session, x, y, step):
@@ -149,48 +125,6 @@ def evaluate_epoch(s: Session, figures: EpochFigures):
     figures.eval_s = time.perf_counter() - eval_started
     if s.eval_plan:
         s.eval_plan.timed(figures.eval_s, share)
-
-
-def epoch_metrics(s: Session, figures: EpochFigures) -> dict:
-    """The epoch's reported figures (metrics.jsonl, the printed line, TensorBoard), rounded."""
-    f, cfg, steps = figures, s.cfg, s.steps
-    done = f.steps_done or steps  # steps of the epoch so far
-    seen = done * cfg.batch_size * s.ranks.world  # all ranks' images
-    in_warmup = f.warm_until and done - f.skipped <= f.warm_until  # evaluated before steady state began
-    steady_images = seen - (f.skipped + (0 if in_warmup else f.warm_until)) * cfg.batch_size * s.ranks.world
-    m = {
-        "epoch": f.epoch + 1 if done == steps else round(f.epoch + done / steps, 4),
-        "train_loss": round(f.loss_sum.item() / seen, 5),
-        "train_acc": round(f.correct.item() / seen, 5),
-        **({"test_loss": round(f.test_loss, 5), "test_acc": round(f.test_acc, 5)} if f.evaluated else {}),
-        "images_per_s": round(steady_images / (f.trained - (f.started if in_warmup else f.steady_from)), 1),
-        "epoch_s": round(time.perf_counter() - f.started, 2),
-        "warmup_s": round(f.steady_from - f.started, 2) if f.warm_until else 0.0,
-        "eval_s": round(f.eval_s, 2),
-        "lr": float(f"{lr_at(cfg, f.epoch * steps + done - 1, s.total_steps):.6g}"),  # 0.003125, not ...028
-    }
-    if f.screened:  # the screen stopped it: its part's accuracy, which no rule reads as the test set's
-        m.update(screen_acc=round(f.test_acc, 5), screen_images=f.screened)
-    m.update(evaluation_extras(s, f))
-    if s.runtime.compile:
-        m["compiled_graphs"] = compiled_graphs()
-        if not f.first and m["compiled_graphs"] > s.metrics[-1].get("compiled_graphs", 0):
-            warn(f"torch.compile built new graphs during epoch {f.epoch + 1}: shapes or modes changed")
-    return m
-
-
-def evaluation_extras(s: Session, f: EpochFigures) -> dict:
-    """What --eval-every, --val-split, --tta and --ema add to an evaluation's metrics (nothing without them)."""
-    extras = {"step": f.epoch * s.steps + f.steps_done, "partial": True} if f.steps_done else {}
-    if not f.evaluated and not f.screened:
-        return extras
-    if s.val_loader is not None and f.evaluated:
-        extras.update(val_loss=round(f.val_loss, 5), val_acc=round(f.val_acc, 5))
-    if tta_level(s.cfg, s.spec):
-        extras["tta"] = tta_level(s.cfg, s.spec)
-    if s.ema is not None:
-        extras["ema"] = True  # the figures are the weight average's
-    return extras
 
 
 def record(s: Session, figures: EpochFigures):
