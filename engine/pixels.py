@@ -6,6 +6,9 @@ files, so they refuse the same sizes and scale deep images the same way. Torch-f
 `engine predict` stays light.
 """
 
+import functools
+import io
+
 import numpy as np
 
 from engine.errors import EngineError
@@ -21,14 +24,29 @@ SIDEWAYS = (5, 6, 7, 8)  # orientations that swap width and height
 def orientation(image):
     """The EXIF orientation of an opened PIL image (1 where it has none), read from its header: a
     phone photo taken upright is often stored sideways with orientation 6. A PNG is asked only where
-    its header carried EXIF (PIL would decode the whole file to look further)."""
-    if image.format == "PNG" and "exif" not in image.info:
+    its header carried EXIF (PIL would decode the whole file to look further); a TIFF only where PIL
+    does not turn it upright by itself (`pil_turns_tiffs`), which would turn it twice."""
+    if (image.format == "PNG" and "exif" not in image.info) or (image.format == "TIFF" and pil_turns_tiffs()):
         return 1
     try:
         value = image.getexif().get(ORIENTATION, 1)
     except Exception:  # a damaged EXIF block is no orientation; the pixels still decode
         return 1
     return value if value in range(1, 9) else 1
+
+
+@functools.cache
+def pil_turns_tiffs():
+    """Whether this PIL turns a TIFF upright as its EXIF orientation says by itself (Pillow 13 does:
+    the size is upright once opened, the pixels once loaded), asked of a 2x1 TIFF made in memory."""
+    from PIL import Image
+
+    buffer, image = io.BytesIO(), Image.new("L", (2, 1))
+    exif = image.getexif()
+    exif[ORIENTATION] = 6
+    image.save(buffer, "TIFF", exif=exif)
+    with Image.open(buffer) as back:
+        return back.size == (1, 2)
 
 
 def upright_size(image):

@@ -371,6 +371,40 @@ def test_a_class_folder_with_no_image_is_refused_in_archives_and_beside_junk(tmp
         tar.addfile(folder)
     with pytest.raises(EngineError, match="class folder train/emu has no images"):
         read(archive, tmp_path / "cache", log=lambda *_: None)
+    for kind in ("zip", "tar"):  # archives made without folder entries (zip -D, a tar of files): the same line
+        (tmp_path / kind).mkdir()
+        junk = {**tree(), "train/emu/.DS_Store": b"junk", "train/emu/notes.txt": b"junk"}
+        with pytest.raises(EngineError, match="class folder train/emu has no images"):
+            read(source(tmp_path / kind, junk, kind), tmp_path / "cache", log=lambda *_: None)
+
+
+@pytest.mark.parametrize("kind", ["folder", "zip"])
+def test_one_class_with_subfolders_beside_an_empty_one_is_not_read_as_a_wrapper(tmp_path, kind):
+    """cat/2019/*, cat/2020/* beside an empty dog/: two classes, one without images (one line), not the
+    classes 2019 and 2020 of a wrapping folder cat/."""
+    files = {f"cat/{year}/{k}.png": png(40 * c + k) for c, year in enumerate(("2019", "2020")) for k in range(10)}
+    files["dog/.DS_Store"] = b"junk"
+    with pytest.raises(EngineError, match=r"class folder dog has no images; .*\(if cat/ holds the class folders, give it as "
+                                          r"--data\)"):
+        read(source(tmp_path, files, kind), tmp_path / "cache", log=lambda *_: None)
+    files["__MACOSX/cat/._1.png"] = b"junk"  # a hidden folder beside a wrapper leaves it a wrapper
+    del files["dog/.DS_Store"]
+    (tmp_path / "wrapped").mkdir()
+    data = read(source(tmp_path / "wrapped", files, kind), tmp_path / "cache", log=lambda *_: None)
+    assert data.classes == ["2019", "2020"]
+
+
+def sixteen_bit_grey_with_alpha_png(value, size=(6, 5)):
+    """A PNG of colour type 4 (grey with alpha) at 16 bits, which PIL cannot write and opens as RGBA."""
+    import struct
+    import zlib
+
+    width, height = size
+    row = b"\x00" + np.stack([np.full(width, value, ">u2"), np.full(width, 65535, ">u2")], -1).tobytes()
+    chunk = lambda kind, data: (struct.pack(">I", len(data)) + kind + data  # noqa: E731
+                                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 16, 4, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(row * height)) + chunk(b"IEND", b""))
 
 
 class Unflagged(zipfile.ZipInfo):
@@ -401,6 +435,12 @@ def test_grey_images_with_alpha_keep_a_grey_set_grey(tmp_path):
     files["train/cat/alpha.png"] = buffer.getvalue()
     data = read(source(tmp_path, files), tmp_path / "cache", log=lambda *_: None)
     assert data.train_x.shape[1] == 1 and (data.train_x == 90).flatten(1).all(1).any()
+    files["train/cat/deep.png"] = sixteen_bit_grey_with_alpha_png(0x5A5A)  # 90 in both bytes
+    with Image.open(io.BytesIO(files["train/cat/deep.png"])) as image:
+        assert image.mode == "RGBA"  # as PIL opens it
+    (tmp_path / "deep").mkdir()
+    data = read(source(tmp_path / "deep", files), tmp_path / "cache", log=lambda *_: None)
+    assert data.train_x.shape[1] == 1 and (data.train_x == 90).flatten(1).all(1).sum() == 2
 
 
 def test_an_evaluation_split_must_hold_every_class_train_has(tmp_path):

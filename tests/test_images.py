@@ -231,15 +231,16 @@ def stored_as(upright, turn, path, **kwargs):
     return path
 
 
+@pytest.mark.parametrize("kind", ["png", "tiff"])  # a recent PIL turns a TIFF itself: never twice
 @pytest.mark.parametrize("turn", range(1, 9))
-def test_a_photo_is_turned_upright_as_its_exif_orientation_says(tmp_path, turn):
+def test_a_photo_is_turned_upright_as_its_exif_orientation_says(tmp_path, turn, kind):
     """Predict and training's decode see a phone photo as its viewer shows it, whatever way it is stored."""
     from PIL import ImageOps
 
     from engine.data.imagefolder import read
 
     up = Image.fromarray(pixels((24, 16, 3), turn))  # 16 wide, 24 high
-    path = stored_as(up, turn, tmp_path / "photo.png")
+    path = stored_as(up, turn, tmp_path / f"photo.{kind}")
     with Image.open(path) as opened:
         assert np.array_equal(np.asarray(ImageOps.exif_transpose(opened).convert("RGB")), np.asarray(up))  # PIL's reading
     got = batch([path], [3, 24, 16])[0]
@@ -247,7 +248,7 @@ def test_a_photo_is_turned_upright_as_its_exif_orientation_says(tmp_path, turn):
     for split, name in (("train", "a"), ("train", "b"), ("test", "a"), ("test", "b")):  # no --image-size: one size, upright
         (tmp_path / "set" / split / name).mkdir(parents=True)
         up.save(tmp_path / "set" / split / name / "upright.png")
-        stored_as(up, turn, tmp_path / "set" / split / name / "stored.png")
+        stored_as(up, turn, tmp_path / "set" / split / name / f"stored.{kind}")
     data = read(tmp_path / "set", tmp_path / "cache", log=lambda *_: None)
     assert data.train_x.shape == (4, 3, 24, 16)
     assert all(np.array_equal(x.numpy(), np.asarray(up).transpose(2, 0, 1)) for x in data.train_x)

@@ -45,8 +45,10 @@ def split_classes(images, folders, path, log):
             f"{beside}{' ...' if len(outside) > 3 else ''})")
     if empty:
         others = ", ".join(empty[1:4]) + (f" and {len(empty) - 4} more" if len(empty) > 4 else "")
+        alone = list(found.get(None) or {})  # one class with images beside empty ones: perhaps a wrapper
+        hint = f" (if {alone[0]}/ holds the class folders, give it as --data)" if len(alone) == 1 else ""
         raise EngineError(f"{path}: class folder {empty[0]} has no images{f' (nor has {others})' if others else ''}; "
-                          "add images or remove the folder")
+                          f"add images or remove the folder{hint}")
     classes = sorted(train)
     if test is not None and set(test) != set(classes):
         extra, missing = sorted(set(test) - set(classes)), sorted(set(classes) - set(test))

@@ -26,19 +26,20 @@ from engine.checkpoint import save_atomic
 from engine.data import filecache, layout, stream
 from engine.data.classes import Notes, check_names, in_name_order, one_class_line, own_split_line, split_classes
 from engine.data.dataset import Dataset, dataset_label
-from engine.data.sources import GRAY_MODES, DoesNotFit, archive_kind, check_memory, label, members, walk
+from engine.data.sources import DoesNotFit, archive_kind, check_memory, grey, label, members, walk
 from engine.errors import EngineError, UsageError, first_line
 from engine.faults import pause_point
 from engine.lock import remove_stale_temporaries
 from engine.models.spec import MIN_CLASSES
 from engine.pixels import IMAGE_EXTENSIONS, check_size, fit, upright_size
 
-CACHE_FORMAT = 9  # 2: a set with any colour image is all RGB; 3: any layout, test split optional, --image-size;
+CACHE_FORMAT = 10  # 2: a set with any colour image is all RGB; 3: any layout, test split optional, --image-size;
 # 4: class folders with subfolders, grey images with alpha; 5: split folders in any case (Train/), training/ and
 # testing/, class names in NFC, tar links read; 6: .jpe/.jfif images, zip links read; 7: .tga/.avif/.qoi/... images,
 # the layout notes kept, Windows and absolute zip names, a JPEG of exactly twice the size drafted, strips cropped by part;
 # 8: each class's images in the order of their names, not the source's (an archive and its extracted folder agree);
-# 9: photos turned upright as their EXIF orientation says
+# 9: photos turned upright as their EXIF orientation says; 10: a TIFF turned once (a recent PIL turns it itself),
+# 16-bit grey-with-alpha PNGs grey, a wrapper folder only with no visible folder beside it
 CHUNK = 1024  # images handed to the decoding processes at a time: bounds the undecoded bytes held in memory
 
 
@@ -87,7 +88,7 @@ def _decode(item):
             check_size(image, name, size)  # by its header, before a pixel is decoded
             if size is None and first is not None and upright_size(image) != first[0]:
                 raise UsageError(mixed_sizes(first[2], first[:2], (upright_size(image), name)))
-            return np.asarray(fit(image, size, "L" if image.mode in GRAY_MODES else "RGB", rule))  # 16-bit scaled
+            return np.asarray(fit(image, size, "L" if grey(image) else "RGB", rule))  # 16-bit scaled
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         reason = "not an image PIL can read" if isinstance(error, UnidentifiedImageError) else error
         raise EngineError(f"cannot decode image {name}: {reason}") from None

@@ -58,13 +58,17 @@ def hidden(parts):
     return any(p.startswith(".") or p == "__MACOSX" for p in parts)
 
 
-def _shape(folders):
+def _shape(folders, directories=()):
     """(wrapper, split layout) of the image folders `folders`: the one top folder every image sits
-    under, or None; whether the folders below it are split folders (train/, test/, ...)."""
+    under, or None; whether the folders below it are split folders (train/, test/, ...). A top folder
+    with a visible folder beside it (in `directories`, every folder the source lists) is no wrapper,
+    even where that one holds no image: `cat/2019/*.jpg` beside an empty `dog/` is two classes, one of
+    them empty (said in one line), not the classes 2019 and 2020."""
     folders = [f for f in folders if f]
     tops = {f[0] for f in folders}
     top = next(iter(tops)) if len(tops) == 1 else None
-    wrapper = top if top is not None and not split_of(top) and any(len(f) >= 2 for f in folders) else None
+    beside = any(d and d[0] != top and not hidden(d[:1]) for d in directories)
+    wrapper = top if top is not None and not split_of(top) and any(len(f) >= 2 for f in folders) and not beside else None
     rest = [f[1:] if wrapper else f for f in folders]
     return wrapper, any(f and split_of(f[0]) for f in rest)
 
@@ -125,7 +129,7 @@ def group(images, directories=()):
     `folder_of`), `directories` every folder tuple the source lists, images or not. Returns (found
     {split or None: {class: [items]}}, the class folders that hold no image, as 'train/cat', and
     {folder: image count} of the images outside every class folder, which are not used)."""
-    wrapper, split_layout = _shape(images)
+    wrapper, split_layout = _shape(images, directories)
     found, outside = {}, {}
     for folder, items in images.items():
         where = _place(folder, wrapper, split_layout)

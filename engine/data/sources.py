@@ -21,6 +21,14 @@ from engine.pixels import SIXTEEN_BIT, check_size, upright_size
 GRAY_MODES = ("L", "LA", "La", "1", "F", *SIXTEEN_BIT)  # LA: grey with alpha, which is dropped as RGBA's is
 
 
+def grey(image):
+    """Whether an opened (not yet decoded) image is grey: by its mode, or a 16-bit grey-with-alpha PNG,
+    which PIL opens as RGBA (its tile's raw mode says LA;16B)."""
+    if image.mode in GRAY_MODES:
+        return True
+    return image.format == "PNG" and bool(image.tile) and str(image.tile[0][3]).startswith("LA;16")
+
+
 
 def archive_kind(path: Path):
     name = path.name.lower()
@@ -208,13 +216,19 @@ def check_memory(path: Path, size=None):
     from PIL import Image, UnidentifiedImageError
 
     count, first, folders, holding, others = 0, None, [], {}, {}
+    listed = set()
     for name, read in members(path):
+        parts = layout.parts_of(name)
+        # every folder a member sits in, listed or not: an archive made without folder entries (zip -D,
+        # a tar of files) still shows a class folder that holds only hidden files or other files
+        for folder in [parts] if read is None else (parts[:i] for i in range(1, len(parts))):
+            if folder not in listed and ".." not in folder:
+                listed.add(folder)
+                folders.append(folder)
         if read is None:
-            folders.append(layout.parts_of(name))
             continue
         folder = layout.folder_of(name)
         if folder is None:
-            parts = layout.parts_of(name)
             if ".." in parts:  # an archive member naming a place outside it: never read, but said
                 others["'..' in the name"] = others.get("'..' in the name", 0) + 1
             elif not layout.hidden(parts):
@@ -227,7 +241,7 @@ def check_memory(path: Path, size=None):
             try:
                 with Image.open(io.BytesIO(read())) as image:
                     check_size(image, label(path, name), size)
-                    first = (upright_size(image), label(path, name), 1 if image.mode in GRAY_MODES else 3)
+                    first = (upright_size(image), label(path, name), 1 if grey(image) else 3)
             except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
                 first = ()  # the decoding pass names the bad file
     survey = Survey(count, folders, first or (), holding, others)
