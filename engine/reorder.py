@@ -138,11 +138,19 @@ def _same_state(before, after):
     return before.keys() == after.keys() and all(same(before[k], after[k]) for k in before)
 
 
+def _runs_more_than_forward(model: nn.Module):
+    """Whether calling `model` runs more than its forward: hooks registered on the model itself or its
+    own __call__. A trace calls the root's forward directly (its submodules' hooks are kept), so it
+    would drop them, and train and evaluate another function than the one exported."""
+    hooks = ("_forward_pre_hooks", "_forward_hooks", "_backward_pre_hooks", "_backward_hooks")
+    return any(getattr(model, name, None) for name in hooks) or type(model).__call__ is not nn.Module.__call__
+
+
 def pool_before_relu(model: nn.Module):
     """(model, count): a copy of `model` with each ReLU -> max-pool pair swapped, as an fx.GraphModule
     (its parameters copies too: use it in place of `model`), or `model` itself and 0 where nothing was
     swapped or it does not trace the same in both modes."""
-    if not _own_code_is_pure(model):
+    if not _own_code_is_pure(model) or _runs_more_than_forward(model):
         return model, 0  # a trace would keep its tensor operations and drop the rest
     try:  # traced copies: a forward that writes its own attributes changes only the copy
         probe = copy.deepcopy(model).train(True)

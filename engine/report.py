@@ -78,6 +78,7 @@ class RunDir:
         self.path = Path(path)
         self.created = []  # the folders this run made, deepest first
         self.lock = None
+        self.earlier_latest = None  # where runs/latest pointed before this run took it (point_latest)
         if create and (self.path / LOCK_NAME).exists():  # a live run here is the first thing to say
             RunLock(self.path, "--resume" if resuming else "--out").release()
         taken = [name for name in RUN_FILES if (self.path / name).exists()]
@@ -155,7 +156,9 @@ class RunDir:
             events.unlink(missing_ok=True)
         latest = self.path.parent / "latest"
         if latest.is_symlink() and latest.resolve() == self.path.resolve():
-            latest.unlink()
+            earlier = self.earlier_latest  # the run it pointed at before: a failed run takes nothing from it
+            if earlier is None or not (self.path.parent / earlier).is_dir() or not self._link_latest(earlier):
+                latest.unlink()
         self.discard_if_unused()
 
     def point_latest(self):
@@ -166,16 +169,26 @@ class RunDir:
             kind = "folder" if latest.is_dir() else "file"
             return (f"{latest} is a {kind}, not a link, so it was left as it is: --resume and export without a path "
                     f"read it, not this run; move it away to have the link to the newest run back")
+        if latest.is_symlink() and os.readlink(latest) != self.path.name:
+            self.earlier_latest = os.readlink(latest)  # put back if this run fails before its first checkpoint
+        self._link_latest(self.path.name)
+        return None
+
+    def _link_latest(self, target):
+        """`<parent>/latest` -> `target` (a name or path as a symlink holds it), replaced atomically; False
+        where the file system refuses."""
+        latest = self.path.parent / "latest"
         temporary = self.path.parent / f".latest.tmp{os.getpid()}"
         try:
             if temporary.is_symlink():
                 temporary.unlink()
-            temporary.symlink_to(self.path.name, target_is_directory=True)
+            temporary.symlink_to(target, target_is_directory=True)
             os.replace(temporary, latest)
+            return True
         except OSError:
             if temporary.is_symlink():
                 temporary.unlink()
-        return None
+            return False
 
     def write_text(self, name, text):
         temporary = self.path / f".{name}.tmp{os.getpid()}"

@@ -256,3 +256,33 @@ def test_python_a_trace_would_drop_leaves_the_model_as_written_before_any_trace(
         model = make()
         assert pool_before_relu(model) == (model, 0), make.__name__
     assert pool_before_relu(Pure())[1] == 2
+
+
+class Hooked(Tutorial):
+    """Tutorial with hooks on the model itself, as a user registers them in __init__."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_forward_pre_hook(lambda module, args: (1.0 - args[0],))
+        self.register_forward_hook(lambda module, args, out: out * 3.0)
+
+
+class OwnCall(Tutorial):
+    def __call__(self, x):
+        return super().__call__(x.flip(3))
+
+
+def test_hooks_on_the_model_itself_or_its_own_call_leave_it_as_written():
+    """A trace calls the root's forward directly, dropping hooks on the model itself and its own
+    __call__ (a submodule's hooks are kept): such a model would train as another function than the one
+    exported, so it is left alone; the same net without them is reordered."""
+    x = torch.rand(2, 3, 20, 20)
+    for make in (Hooked, OwnCall):
+        model = make()
+        same, count = pool_before_relu(model)
+        assert same is model and count == 0, make.__name__
+    hooked = Tutorial()
+    hooked.conv1.register_forward_hook(lambda module, args, out: out * 2.0)  # a submodule's: kept by the trace
+    swapped, count = pool_before_relu(hooked)
+    assert count == 2
+    torch.testing.assert_close(swapped(x), hooked(x))

@@ -31,6 +31,27 @@ def test_run_files_are_written_whole(tmp_path):
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["config.json", "curves.png", "metrics.jsonl"]
 
 
+def test_a_run_failing_before_its_first_checkpoint_gives_latest_back_to_the_run_before(tmp_path):
+    """runs/latest moves to a run once it trains; a run that fails before its first checkpoint is
+    discarded, and the link points at the run before again (not nowhere), unless that one is gone."""
+    latest = tmp_path / "runs" / "latest"
+    good = RunDir(tmp_path / "runs" / "good")
+    good.point_latest()
+    (good.path / "last.pt").write_bytes(b"a checkpoint")
+    good.close()
+    failed = RunDir(tmp_path / "runs" / "failed")
+    failed.point_latest()
+    assert latest.resolve() == failed.path.resolve()
+    failed.discard_unsaved()
+    assert latest.resolve() == good.path.resolve() and not failed.path.exists()
+    again = RunDir(tmp_path / "runs" / "again")
+    again.point_latest()
+    (good.path / "last.pt").unlink()
+    good.path.rmdir()  # the run before is gone by then: no link to nothing
+    again.discard_unsaved()
+    assert not latest.is_symlink() and not latest.exists()
+
+
 def test_latest_link_moves_and_never_replaces_a_real_folder(tmp_path):
     a, b = RunDir(tmp_path / "runs" / "a"), RunDir(tmp_path / "runs" / "b")
     a.point_latest()
