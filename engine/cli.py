@@ -184,7 +184,10 @@ def run_command(argv):
             stream.reconfigure(errors="backslashreplace")
     try:
         argv = sys.argv[1:] if argv is None else list(argv)
-        args, unknown = parser.parse_known_args(bare_optional_values(argv))
+        try:
+            args, unknown = parser.parse_known_args(bare_optional_values(argv))
+        except SystemExit as exit:  # --help
+            return exit.code if isinstance(exit.code, int) else 0
         if unknown and isinstance(getattr(args, "images", None), list) and not any(w.startswith("-") and w != "-" for w in unknown):
             args.images, unknown = args.images + unknown, []  # predict's images after an option: `a.png --json b.png`
         if unknown:
@@ -219,9 +222,8 @@ def run_command(argv):
         name = error.filename if error.filename is None or len(str(error.filename)) < 80 else f"{str(error.filename)[:60]}..."
         say_error(f"{name}: {error.strerror}" if error.strerror and name else error.strerror or error)
         return 1
-    except SystemExit as exit:  # --help from main(argv)
-        return exit.code if isinstance(exit.code, int) else 0
-    except Exception as error:  # from a user's model code: one line naming its file and line
+    except (Exception, SystemExit) as error:  # from a user's model code (sys.exit() too, which would end the
+        # command without a word, often with status 0): one line naming its file and line
         line = user_code_line(error)
         if line is None:
             raise  # anything else is a bug: its traceback

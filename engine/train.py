@@ -241,7 +241,8 @@ def train_ranks(cfg: Config, resume, log, ranks: Ranks, model=None):
         code += f" --nproc {s.ranks.world}" if s.ranks.world > 1 else ""  # a run resumes with its process count
         raise Interrupted(f"interrupted; the run up to its last checkpoint is saved: continue with engine train --resume "
                           f"{s.run.path}{code}") from None
-    except Exception:  # a failure before the first checkpoint (the model's code, a full disk) leaves nothing behind
+    except (Exception, SystemExit):  # a failure before the first checkpoint (the model's code, a full disk, its
+        # sys.exit()) leaves nothing behind
         if s.tensorboard:
             s.tensorboard.close()
         if s.ranks.is_main:  # rank 0 alone writes the run directory

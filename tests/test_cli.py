@@ -302,12 +302,13 @@ class Fragile(nn.Module):
 
     def forward(self, x):
         if x.shape[0] > 8 and self.training == (self.mode == "train"):  # past the start-up probe's batch of 2
-            raise {"RuntimeError": RuntimeError, "ValueError": ValueError}[self.error]("this batch is not supported")
+            raise {"RuntimeError": RuntimeError, "ValueError": ValueError, "SystemExit": SystemExit}[self.error](
+                "this batch is not supported")
         return self.fc(x.mean((2, 3)))
 """
 
 
-@pytest.mark.parametrize("error, mode", [("RuntimeError", "train"), ("ValueError", "eval")])
+@pytest.mark.parametrize("error, mode", [("RuntimeError", "train"), ("ValueError", "eval"), ("SystemExit", "train")])
 def test_the_models_own_error_mid_run_is_one_line_and_leaves_no_unresumable_folder(tmp_path, capsys, monkeypatch,
                                                                                      error, mode):
     (tmp_path / "fragile.py").write_text(FRAGILE)
@@ -317,6 +318,23 @@ def test_the_models_own_error_mid_run_is_one_line_and_leaves_no_unresumable_fold
     assert line.startswith(f"engine: error: the model's code raised {error} (") and "fragile.py, line 13, in forward" in line
     assert line.endswith("this batch is not supported")
     assert not (tmp_path / "runs").exists() or list((tmp_path / "runs").iterdir()) == []  # nothing to resume, nothing left
+
+
+def test_a_model_files_sys_exit_is_one_line_and_a_failure_not_a_silent_stop(tmp_path, capsys, monkeypatch):
+    """sys.exit() in the user's constructor or at its file's top level would end the command without a
+    word, with status 0 for sys.exit() or a message: it is one line naming the file, and status 1."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "quits.py").write_text("import sys\nfrom torch import nn\n\n\nclass Net(nn.Module):\n"
+                                       "    def __init__(self, num_classes=10):\n        super().__init__()\n"
+                                       "        sys.exit(0)\n")
+    (tmp_path / "top.py").write_text("import sys\n\nsys.exit('done here')\n")
+    for command in (["train", "--model", "quits.py:Net", "--epochs", "1", "--limit-train", "64"],
+                    ["summary", "--model", "quits.py:Net", "--input-shape", "3x32x32"]):
+        line = bad(capsys, command, 1)
+        assert line.startswith("engine: error: the model's code raised SystemExit (") and "quits.py, line 8, in __init__" in line
+    line = bad(capsys, ["train", "--model", "top.py:Net", "--epochs", "1"], 1)
+    assert line.endswith("top.py raised SystemExit on import (line 3): done here")
+    assert not (tmp_path / "runs").exists() or list((tmp_path / "runs").iterdir()) == []
 
 
 def test_an_operating_system_refusal_is_one_short_line(tiny_run, tmp_path, capsys):

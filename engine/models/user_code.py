@@ -53,7 +53,7 @@ def _import(ref: ModelRef):
         sys.modules[unique] = module  # dataclasses and pickling look the module up by name
         try:
             spec.loader.exec_module(module)
-        except Exception as error:
+        except (Exception, SystemExit) as error:  # sys.exit() at its top level too: one line, not a silent stop
             sys.modules.pop(unique, None)
             raise EngineError(f"{ref.file} raised {type(error).__name__} on import{line_in(error, ref.file)}: "
                               f"{first_line(error, 160)}") from None
