@@ -414,6 +414,28 @@ def test_import_errors_name_the_file_and_line(tmp_path):
     assert not (tmp_path / "__pycache__").exists()  # nothing written beside the user's file
 
 
+def test_a_neighbour_imported_inside_the_constructor_or_forward_is_found_and_shadows_no_library(tmp_path):
+    """`from blocks import block` inside __init__ or forward runs after the file's import: it finds the
+    file beside it, as Python does for a script; a neighbour named like the standard library (copy.py)
+    never replaces it for anyone else."""
+    (tmp_path / "blocks.py").write_text("from torch import nn\n\n\ndef block(i, o):\n    return nn.Conv2d(i, o, 3)\n")
+    (tmp_path / "copy.py").write_text("raise ImportError('the user copy.py, imported in place of the library')\n")
+    (tmp_path / "late.py").write_text(
+        "import torch\nfrom torch import nn\n\n\nclass Net(nn.Module):\n    def __init__(self, num_classes=10):\n"
+        "        super().__init__()\n        from blocks import block\n\n        self.conv = block(3, 4)\n"
+        "        self.head = nn.Linear(4, num_classes)\n\n    def forward(self, x):\n        import blocks\n\n"
+        "        assert blocks.block\n        return self.head(self.conv(x).mean((2, 3)))\n")
+    model = build(parse_model(f"{tmp_path / 'late.py'}:Net"), (3, 8, 8), 3)
+    assert model(torch.zeros(2, 3, 8, 8)).shape == (2, 3)
+    import importlib
+
+    sys.modules.pop("copy", None)
+    try:
+        assert importlib.import_module("copy").__file__ != str(tmp_path / "copy.py")
+    finally:
+        sys.path.remove(str(tmp_path))  # this process's later tests: as they were
+
+
 def test_lazy_modules_take_their_shapes_from_the_probe(tmp_path):
     (tmp_path / "lazy.py").write_text(
         "from torch import nn\n"

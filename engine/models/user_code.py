@@ -60,6 +60,9 @@ def _import(ref: ModelRef):
         finally:
             sys.dont_write_bytecode = writes
             sys.path.remove(str(Path(ref.file).parent))
+            if str(Path(ref.file).parent) not in sys.path:  # an import inside __init__ or forward (`from blocks
+                sys.path.append(str(Path(ref.file).parent))  # import block`) finds it too; last, so that a
+                # neighbour named like a library (copy.py, onnx.py) never shadows it for the engine
     else:
         try:
             module = importlib.import_module(ref.file)
