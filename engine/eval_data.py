@@ -139,12 +139,21 @@ def say_resize(saved, given, data, say):
 
 
 def warn_changed_test_set(fingerprint, saved, given, data, source, warn):
-    """A warning where the run's own test set, read again (no --data, --limit-test, size or split
-    given), differs from the one its data `fingerprint` recorded: where it was held out of the training
-    images it now holds other images, some of them trained on."""
+    """A warning where the run's own test set, read again (no --data but the run's own path, no
+    --limit-test, no other size, resize rule or split), differs from the one its data `fingerprint`
+    recorded: where it was held out of the training images it now holds other images, some of them
+    trained on."""
+    from engine.pixels import parse_image_size
     from engine.resume import test_set_changes
 
-    if {"data", "limit_test", "image_size", "resize", "test_split"} & set(given) or saved.get("limit_test") is not None:
+    def other(name, read=str):
+        try:
+            return name in given and read(given[name]) != read(saved.get(name))
+        except (EngineError, TypeError, ValueError):
+            return True
+
+    if ("data" in given and not same_data(given["data"], saved.get("data"))) or other("image_size", parse_image_size) \
+            or other("resize") or "test_split" in given or "limit_test" in given or saved.get("limit_test") is not None:
         return
     changed = test_set_changes(fingerprint, data)
     if changed:

@@ -140,3 +140,5 @@ def test_a_folder_without_a_split_holds_out_a_test_set_and_eval_uses_exactly_it(
     for model in (tmp_path / "run" / "best.pt", tmp_path / "m.onnx"):
         changed = engine("eval", model, "--no-amp" if model.suffix == ".pt" else "--quiet", cwd=tmp_path, env=cache)
         assert changed.returncode == 0 and "test set of" in changed.stderr and "changed since" in changed.stderr
+        named = engine("eval", model, "--data", data, "--quiet", cwd=tmp_path, env=cache)  # its own path, named again
+        assert named.returncode == 0 and "test set of" in named.stderr and "changed since" in named.stderr
