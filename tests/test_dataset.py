@@ -37,14 +37,35 @@ def test_dataset_labels():
 
 
 def test_hold_out_moves_a_seeded_split_out_of_the_training_images():
-    x = torch.arange(100, dtype=torch.uint8).view(100, 1, 1, 1)
-    make = lambda: Dataset("d", ["a", "b"], x.clone(), torch.arange(100), x[:10].clone(), torch.arange(10), flip=False)  # noqa: E731
+    x = torch.arange(100, dtype=torch.uint8).view(100, 1, 1, 1)  # each image's value is its id
+    y = torch.arange(100) % 2
+    make = lambda: Dataset("d", ["a", "b"], x.clone(), y.clone(), x[:10].clone(), y[:10].clone(), flip=False)  # noqa: E731
     a, b, c = make().hold_out(20, seed=4), make().hold_out(20, seed=4), make().hold_out(20, seed=5)
-    train_ids, val_ids = set(a.train_y.tolist()), set(a.val_y.tolist())
+    train_ids, val_ids = set(a.train_x.flatten().tolist()), set(a.val_x.flatten().tolist())
     assert len(val_ids) == 20 and len(train_ids) == 80
     assert not train_ids & val_ids and train_ids | val_ids == set(range(100))  # disjoint, nothing lost
-    assert torch.equal(a.val_x.flatten().long(), a.val_y)  # images stay with their labels
-    assert torch.equal(a.val_y, b.val_y) and not torch.equal(a.val_y, c.val_y)
+    assert torch.equal(a.val_x.flatten().long() % 2, a.val_y)  # images stay with their labels
+    assert torch.equal(a.val_x, b.val_x) and not torch.equal(a.val_x, c.val_x)
     assert make().hold_out(None).val_x is None
     with pytest.raises(UsageError, match="--val-split 100 leaves no training images"):
         make().hold_out(100)
+    with pytest.raises(UsageError, match=r"--val-split 100% \(100 images\) leaves no training images"):
+        make().hold_out(100, given="100%")  # as typed, with the count it means
+
+
+def test_a_val_split_that_leaves_a_class_untrained_is_refused():
+    """A seeded draw that takes every image of a rare class into the validation split would train a
+    classifier that never saw it: one line (the draw is the run's, which resume and eval rebuild)."""
+    x = torch.arange(100, dtype=torch.uint8).view(100, 1, 1, 1)
+    y = torch.cat([torch.arange(98) % 2, torch.tensor([2, 2])])  # class c: the last two images
+    make = lambda: Dataset("d", ["a", "b", "c"], x.clone(), y.clone(), x[:10].clone(), y[:10].clone(), flip=False)  # noqa: E731
+    outcomes = {}
+    for seed in range(20):
+        try:
+            outcomes[seed] = sorted(set(make().hold_out(50, seed=seed, given="50%").train_y.tolist()))
+        except UsageError as error:
+            outcomes[seed] = str(error)
+    refused = [v for v in outcomes.values() if isinstance(v, str)]
+    assert refused and all(v == "--val-split 50% (50 images) leaves class c with no training images; hold out fewer, "
+                           "or add images of it" for v in refused)
+    assert [0, 1, 2] in outcomes.values()  # the draws that keep an image of c train every class

@@ -39,7 +39,7 @@ def load_dataset(cfg: Config, log=print) -> Dataset:
     from engine.data.layout import parse_count
 
     count = parse_count(cfg.val_split, len(data.train_x), "--val-split") if cfg.val_split is not None else None
-    data.hold_out(count, cfg.seed)
+    data.hold_out(count, cfg.seed, cfg.val_split)
     for flag, limit, images, kind in (("train", cfg.limit_train, data.train_x, "training"),
                                       ("test", cfg.limit_test, data.test_x, "test")):
         if limit is not None and limit > len(images):
