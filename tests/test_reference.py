@@ -143,6 +143,53 @@ def test_a_model_that_does_not_fit_the_data_is_one_line_before_any_work(nets):
         build(parse_model(f"{nets}:Net.forward"), (3, 32, 32), 10)
 
 
+MISSES = """
+import torch
+from torch import nn
+
+
+class Outer:
+    class Inner(nn.Module):
+        def forward(self, x):
+            return x
+
+    @staticmethod
+    def make(num_classes=10):
+        return Odd(num_classes, shape="all")
+
+
+class Odd(nn.Module):
+    def __init__(self, num_classes=10, shape="none"):
+        super().__init__()
+        self.fc, self.shape = nn.Linear(3, num_classes), shape
+
+    def forward(self, x):
+        logits = self.fc(x.mean((2, 3)))
+        if self.shape == "none":
+            return None
+        return logits[:1] if self.shape == "first" or (self.shape == "eval" and not self.training) else logits
+"""
+
+
+def test_outputs_and_names_that_miss_get_the_hint_that_fits(tmp_path):
+    """A forward returning None, one row for the batch, a shape right only in training mode, and a
+    nested class's method: each line says what is wrong with that model, not another's fix."""
+    (tmp_path / "misses.py").write_text(MISSES)
+    odd = tmp_path / "misses.py"
+    with pytest.raises(UsageError, match=r"returns a NoneType in training mode, not a tensor of logits \(does its "
+                                         r"forward end without a return\?\)$"):
+        build(parse_model(f"{odd}:Odd"), (3, 8, 8), 10)
+    with pytest.raises(UsageError, match=r"returns \(1, 10\) for a batch of 2, not .* \(its forward must keep the batch "
+                                         r"dimension: one row of logits per image\)$"):
+        build(parse_model(f"{odd}:Odd", '{"shape": "first"}'), (3, 8, 8), 10)
+    with pytest.raises(UsageError, match=r"returns \(1, 10\) for a batch of 2 in evaluation mode, not"):
+        build(parse_model(f"{odd}:Odd", '{"shape": "eval"}'), (3, 8, 8), 10)
+    with pytest.raises(UsageError, match=r"Outer.Inner.forward is a method of the class Outer.Inner; name the class "
+                                         r"\(misses.py:Outer.Inner\)"):
+        build(parse_model(f"{odd}:Outer.Inner.forward"), (3, 8, 8), 10)
+    assert build(parse_model(f"{odd}:Outer.make"), (3, 8, 8), 10)(torch.zeros(2, 3, 8, 8)).shape == (2, 10)
+
+
 KWARGS = """
 from torch import nn
 

@@ -24,6 +24,10 @@ def check_logits(output, label, mode, batch, num_classes, ref: ModelRef, built=N
         kind = type(output).__name__
         if isinstance(output, dict):  # e.g. {"logits": ..., "features": ...}
             hint = f"return the logits tensor itself, e.g. a wrapper whose forward returns model(x)[{next(iter(output), 'KEY')!r}]"
+        elif output is None:
+            hint = "does its forward end without a return?"
+        elif not isinstance(output, (tuple, list)):
+            hint = "return a tensor of shape (batch, classes)"
         else:
             hint = "an auxiliary-output model? for torchvision googlenet and inception_v3 pass --model-args '{\"aux_logits\": false}'"
         raise UsageError(f"{label} returns {'an' if kind[:1].lower() in 'aeiou' else 'a'} {kind} in {mode} mode, not a "
@@ -34,9 +38,13 @@ def check_logits(output, label, mode, batch, num_classes, ref: ModelRef, built=N
         raise UsageError(f"{label} returns {tuple(output.shape)} for a batch of {batch}, not (batch, classes) = "
                          f"({batch}, {num_classes}) for {num_classes} classes{hint}")
     if tuple(output.shape) != (batch, num_classes):
-        hint = _count_hint(ref, num_classes) if output.ndim == 2 else ""
-        raise UsageError(f"{label} returns {tuple(output.shape)} for a batch of {batch}, not (batch, classes) = "
-                         f"({batch}, {num_classes}) for {num_classes} classes{hint}")
+        if output.ndim == 2 and output.shape[1] == num_classes:  # the classes right, the batch not
+            hint = " (its forward must keep the batch dimension: one row of logits per image)"
+        else:
+            hint = _count_hint(ref, num_classes) if output.ndim == 2 else ""
+        where = "" if mode == "training" else f" in {mode} mode"  # probed in training mode first: only then said
+        raise UsageError(f"{label} returns {tuple(output.shape)} for a batch of {batch}{where}, not (batch, "
+                         f"classes) = ({batch}, {num_classes}) for {num_classes} classes{hint}")
     if output.dtype != torch.float32:  # int logits cannot train; float64 ones would export a float64 output
         raise UsageError(f"{label} returns {str(output.dtype).removeprefix('torch.')} logits in {mode} mode; return "
                          "float32 logits (the loss, autocast and the exported ONNX model work in float32)")

@@ -82,8 +82,11 @@ def _import(ref: ModelRef):
     if not ((inspect.isclass(target) and issubclass(target, nn.Module)) or inspect.isfunction(target)):
         raise UsageError(f"--model {where}: {ref.name} is not an nn.Module subclass or a function that returns one "
                          f"(it is of type {type(target).__name__})")
-    if inspect.isfunction(target) and "." in ref.name and inspect.isclass(getattr(module, ref.name.split(".")[0], None)):
-        owner = ref.name.split(".")[0]
+    owner = ref.name.rpartition(".")[0]
+    cls = module
+    for part in owner.split(".") if owner else ():
+        cls = getattr(cls, part, None)
+    if inspect.isfunction(target) and owner and inspect.isclass(cls) and issubclass(cls, nn.Module):
         raise UsageError(f"--model {where}: {ref.name} is a method of the class {owner}; name the class "
                          f"({Path(ref.file).name if ref.kind == 'file' else ref.file}:{owner}) or a function that "
                          "returns a module")
