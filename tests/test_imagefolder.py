@@ -328,6 +328,19 @@ def test_class_folders_holding_splits_of_their_own_are_refused_before_decoding(t
     data = read(source(tmp_path / "b", alone) if (tmp_path / "b").mkdir() is None else None, tmp_path / "cache",
                 log=lambda *_: None, test_split="50%")  # a class's subfolder named test/ alone is the class's
     assert data.classes == ["cat", "dog"]
+    by_class = {f"{name}/{split}/{k}.png": png(k) for name in ("cat", "dog") for split in ("train", "test") for k in range(2)}
+    (tmp_path / "c").mkdir()
+    with pytest.raises(EngineError, match=r"cat/, dog/ hold train/ and test/ folders of images, a <class>/<split>/ layout; "
+                                          r"put the splits at the top"):
+        read(source(tmp_path / "c", by_class, kind), tmp_path / "cache", log=lambda *_: None)
+
+
+def test_a_set_wrapped_twice_names_the_folder_of_class_folders(tmp_path):
+    """outer/inner/{cat,dog}/*: the one class is inner, whose folders are the classes; the line says so."""
+    files = {f"outer/inner/{path}": data for path, data in tree((("", 3),)).items()}
+    with pytest.raises(EngineError, match=r"has 1 class; .*its one class folder outer/inner/ holds the folders "
+                                          r"\w+/, \w+/.*: if those are the classes, give it as --data$"):
+        read(source(tmp_path, files), tmp_path / "cache", log=lambda *_: None)
 
 
 @pytest.mark.parametrize("kind", ["folder", "tar", "zip"])

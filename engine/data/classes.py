@@ -89,10 +89,35 @@ def refuse_nested_splits(images, path):
     nested = layout.nested_splits(images)
     if nested:
         shown = ", ".join(f"{name}/" for name in nested[:3]) + (" ..." if len(nested) > 3 else "")
+        direct = {tuple(name.split("/")) for name in nested}
+        if any(folder[:-1] in direct and layout.split_of(folder[-1]) for folder in images):  # <class>/<split>/*.jpg
+            raise EngineError(f"{path}: {shown} hold{'s' if len(nested) == 1 else ''} train/ and test/ folders of "
+                              f"images, a <class>/<split>/ layout; put the splits at the top, each with a folder per "
+                              "class (train/<class>/..., test/<class>/...)")
         raise EngineError(f"{path}: {shown} hold{'s' if len(nested) == 1 else ''} train/ and test/ folders of "
                           f"{'its' if len(nested) == 1 else 'their'} own, which read as classes would mix each one's "
                           f"splits into one class; give --data one of them (e.g. {Path(path) / nested[0]}), or put the "
                           "splits at the top (train/<class>/..., test/<class>/...)")
+
+
+def _wrapped_hint(holding, classes):
+    """'; ...' where the one class folder holds only folders of images (a set wrapped twice,
+    `chest_xray/chest_xray/...`): those are likely the classes."""
+    if len(classes) != 1:
+        return ""
+    inside, direct, where = set(), False, None
+    for folder in holding:
+        if classes[0] in folder:
+            at = folder.index(classes[0])
+            where = folder[:at + 1]
+            if len(folder) > at + 1:
+                inside.add(folder[at + 1])
+            else:
+                direct = True
+    if direct or len(inside) < 2 or where is None:
+        return ""
+    shown = ", ".join(f"{name}/" for name in sorted(inside)[:4]) + (" ..." if len(inside) > 4 else "")
+    return f"; its one class folder {'/'.join(where)}/ holds the folders {shown}: if those are the classes, give it as --data"
 
 
 def one_class_line(path, count):
@@ -118,4 +143,4 @@ def check_names(survey, path, test_split):
     if test is not None and test_split is not None:
         raise UsageError(own_split_line(path))
     if len(train) < MIN_CLASSES and not empty and not outside:  # minutes of decoding a large folder spared
-        raise EngineError(one_class_line(path, len(train)))
+        raise EngineError(one_class_line(path, len(train)) + _wrapped_hint(survey.holding, list(train)))
