@@ -250,7 +250,8 @@ class Config:
             raise UsageError(f"--freeze takes parameter name prefixes such as conv1,layer1, not {self.freeze!r}")
         if self.data not in BUILTIN_DATASETS and not looks_like_path(self.data):
             raise UsageError(
-                f"unknown dataset {self.data!r}; use one of {', '.join(BUILTIN_DATASETS)} or the path of an image folder or archive"
+                f"unknown dataset {self.data!r} (nor a folder of that name here); use one of "
+                f"{', '.join(BUILTIN_DATASETS)} or the path of an image folder or archive"
             )
 
     def check_data_options(self):

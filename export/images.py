@@ -18,26 +18,34 @@ from engine.pixels import IMAGE_EXTENSIONS, MAX_PIXELS, check_size, fit  # noqa:
 
 
 
-def expand(paths):
-    """Files for the command line's IMAGE arguments: a directory means every image file under it."""
+def expand(paths, note=None):
+    """Files for the command line's IMAGE arguments: a directory means every image file under it.
+    note: told one line naming a folder's other files (not hidden) by extension, as training says them."""
     files = []
     for given in paths:
         if not str(given).strip():  # Path('') is the current folder: every image under it
             raise EngineError("an empty path names no image (it is not the current folder)")
         path = Path(given)
         if path.is_dir():
-            found = images_under(path)
+            others = {}
+            found = images_under(path, others)
             if not found:
                 raise EngineError(f"{path} holds no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+            if others and note is not None:
+                count = sum(others.values())
+                kinds = ", ".join(f"{ext} {n:,}" for ext, n in sorted(others.items(), key=lambda kv: -kv[1])[:5])
+                note(f"Not used: {count:,} file{'s' if count > 1 else ''} of {path} that {'are' if count > 1 else 'is'} "
+                     f"not an image file this engine reads ({kinds}{', ...' if len(others) > 5 else ''})")
             files += found
         else:  # a missing one too: open_image names it, and the others are still predicted
             files.append(path)
     return files
 
 
-def images_under(folder):
+def images_under(folder, others=None):
     """Every image file under `folder`, sorted, hidden ones left out; links to folders are followed, as
-    training's decode follows them, each folder once (a link back up is not a loop)."""
+    training's decode follows them, each folder once (a link back up is not a loop). others: a dict
+    counting the other files (not hidden) by extension."""
     found, seen = [], set()
     for root, dirs, files in os.walk(folder, followlinks=True):
         real = os.path.realpath(root)
@@ -48,6 +56,10 @@ def images_under(folder):
         dirs[:] = [d for d in dirs if not d.startswith(".")]
         found += [Path(root, name) for name in files
                   if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS]
+        for name in files if others is not None else ():
+            if not name.startswith(".") and Path(name).suffix.lower() not in IMAGE_EXTENSIONS:
+                suffix = Path(name).suffix.lower() or "no extension"
+                others[suffix] = others.get(suffix, 0) + 1
     return sorted(found)
 
 

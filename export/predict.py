@@ -11,6 +11,7 @@ Preprocessing comes from the file's metadata (see export/images.py); a file with
 
 import json
 import os
+import sys
 
 import numpy as np
 
@@ -150,7 +151,7 @@ def predict_files(model: Classifier, paths, topk=3, batch_size=64, as_json=False
                 bad.append(str(error))
             continue
         try:
-            found = imaging.expand([argument])
+            found = imaging.expand([argument], note=lambda line: print(line, file=sys.stderr))  # stdout: results only
         except EngineError as error:  # a folder with no image: named, and the other arguments still predicted
             bad.append(str(error))
             continue

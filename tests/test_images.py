@@ -114,7 +114,9 @@ def test_a_directory_means_every_image_in_it(tmp_path):
         (tmp_path / name).parent.mkdir(exist_ok=True)
         Image.fromarray(pixels((8, 8, 3))).save(tmp_path / name)
     (tmp_path / "notes.txt").write_text("not an image")
-    assert [p.relative_to(tmp_path).as_posix() for p in expand([tmp_path])] == ["a.jpg", "b.png", "sub/c.bmp"]
+    said = []
+    assert [p.relative_to(tmp_path).as_posix() for p in expand([tmp_path], said.append)] == ["a.jpg", "b.png", "sub/c.bmp"]
+    assert said == [f"Not used: 1 file of {tmp_path} that is not an image file this engine reads (.txt 1)"]
     (tmp_path / "empty").mkdir()
     with pytest.raises(EngineError, match="no image files"):
         expand([tmp_path / "empty"])
