@@ -83,6 +83,7 @@ def test_the_four_forms_parse_without_importing_user_code(nets, tmp_path):
     ("cifar_cnn", '{"width": 2}', "the built-in cifar_cnn takes none"),
     ("torchvision:resnet18", "{width", "must be a JSON object"),
     ("torchvision:resnet18", "[1, 2]", "must be a JSON object"),
+    ("torchvision:resnet18", '{"weights": "DEFAULT"}', "cannot set torchvision:resnet18's weights: .* --init-from PATH"),
 ])
 def test_bad_references_are_one_line(text, args, words):
     with pytest.raises(UsageError, match=words):

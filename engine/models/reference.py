@@ -143,6 +143,10 @@ def parse_model(text, args=None) -> ModelRef:
     problem = _check(ref) if ref.user_code else None
     if problem:
         raise UsageError(f"--model {text}: {problem} (give FILE.py:NAME or package.module:NAME)")
+    if ref.kind == "torchvision" and {"weights", "pretrained"} & set(model_args):
+        raise UsageError(f"--model-args cannot set {ref.label}'s weights: torchvision models are built without them "
+                         "(nothing is downloaded at run time); load downloaded weights with --init-from PATH (a state "
+                         "dict .pth file)")
     if model_args and ref.kind == "builtin":
         raise UsageError(f"--model-args is for torchvision and user models; the built-in {text} takes none (from "
                          "Python with train(model=...), name the module's code too: Config(model='nets.py:Net', "
