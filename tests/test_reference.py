@@ -460,6 +460,13 @@ def test_import_errors_name_the_file_and_line(tmp_path):
     with pytest.raises(EngineError, match=r"broken.py raised NameError on import \(line 3\)"):
         load_code(parse_model(f"{tmp_path / 'broken.py'}:Net"))
     assert not (tmp_path / "__pycache__").exists()  # nothing written beside the user's file
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "__init__.py").write_text("")
+    (tmp_path / "pkg" / "nets.py").write_text("from . import blocks\n")
+    with pytest.raises(EngineError, match=r"nets.py raised ImportError on import \(line 1\): attempted relative import "
+                                          r"with no known parent package \(a file of a package: name it as "
+                                          r"package.module:Net, with the folder above the package on PYTHONPATH\)"):
+        load_code(parse_model(f"{tmp_path / 'pkg' / 'nets.py'}:Net"))
 
 
 def test_a_neighbour_imported_inside_the_constructor_or_forward_is_found_and_shadows_no_library(tmp_path):

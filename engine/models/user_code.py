@@ -55,8 +55,11 @@ def _import(ref: ModelRef):
             spec.loader.exec_module(module)
         except (Exception, SystemExit) as error:  # sys.exit() at its top level too: one line, not a silent stop
             sys.modules.pop(unique, None)
+            package = isinstance(error, ImportError) and "no known parent package" in str(error)  # from . import x
+            hint = (f" (a file of a package: name it as package.module:{ref.name}, with the folder above the package on "
+                    "PYTHONPATH)") if package else ""
             raise EngineError(f"{ref.file} raised {type(error).__name__} on import{line_in(error, ref.file)}: "
-                              f"{first_line(error, 160)}") from None
+                              f"{first_line(error, 160)}{hint}") from None
         finally:
             sys.dont_write_bytecode = writes
             sys.path.remove(str(Path(ref.file).parent))
