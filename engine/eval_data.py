@@ -185,7 +185,11 @@ def load_evaluation_data(cfg: Config, saved, given, fingerprint, source, say, cl
     from engine.resume import data_fingerprint
 
     said = []  # what reading them whole says, said only where they are read whole
-    data = load_dataset(cfg, said.append)
+
+    def hold(line):  # the decode's own lines as it goes (a large folder decodes for minutes), once: the
+        (say if line.startswith(("Decoding ", "Decoded ")) else said.append)(line)  # reads below are cached
+
+    data = load_dataset(cfg, hold)
     split = {"test_split": saved.get("test_split"), "val_split": saved.get("val_split"), "seed": saved.get("seed", 0)}
     try:
         own = load_dataset(dataclasses.replace(cfg, **split, limit_train=saved.get("limit_train"),

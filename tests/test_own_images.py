@@ -123,6 +123,7 @@ def test_a_folder_without_a_split_holds_out_a_test_set_and_eval_uses_exactly_it(
     copied = ok(engine("eval", tmp_path / "run" / "best.pt", "--data", tmp_path / "copy", "--no-amp", "--device", "cpu",
                        cwd=tmp_path, env=cache))
     assert "(45 test images of" in copied and "moved or copied" in copied
+    assert copied.count("Decoding ") == 1 and copied.count("Decoded ") == 1  # the copy's decode, said as it goes
     # Other data than the run's, with no split of its own, is evaluated whole (--test-split all)
     (tmp_path / "copy" / "disc" / "998.jpg").write_bytes(drawing("disc", 998, (50, 50)))
     other = ok(engine("eval", tmp_path / "run" / "best.pt", "--data", tmp_path / "copy", "--no-amp", "--device", "cpu",
