@@ -29,7 +29,6 @@ def grey(image):
     return image.format == "PNG" and bool(image.tile) and str(image.tile[0][3]).startswith("LA;16")
 
 
-
 def archive_kind(path: Path):
     name = path.name.lower()
     if name.endswith(".zip"):
