@@ -1,5 +1,5 @@
 """What both image readers share: which files are images, the decode-size limit checked from a header,
-a photo's EXIF orientation, and 16-bit/float to 8-bit.
+a photo's EXIF orientation, 16-bit/float to 8-bit, and the line naming the files that are not images.
 
 Image folders (engine.data.imagefolder) and `engine predict` (export.images) read the same image
 files, so they refuse the same sizes and scale deep images the same way. Torch-free, so
@@ -19,6 +19,17 @@ MAX_PIXELS = 50_000_000  # 150 MB decoded as RGB; a 20000x20000 image (1.2 GB) i
 SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 ORIENTATION = 0x0112  # the EXIF tag: how a camera's stored pixels turn upright (2-8; 1 is as stored)
 SIDEWAYS = (5, 6, 7, 8)  # orientations that swap width and height
+
+
+def not_used_line(path, others):
+    """A line naming the files of `path` that are not images this engine reads, by extension
+    ({extension: count}), or None: training's decode and `engine predict FOLDER` say the same."""
+    if not others:
+        return None
+    count = sum(others.values())
+    kinds = ", ".join(f"{ext} {n:,}" for ext, n in sorted(others.items(), key=lambda kv: -kv[1])[:5])
+    return (f"Not used: {count:,} file{'s' if count > 1 else ''} of {path} that {'are' if count > 1 else 'is'} not "
+            f"an image file this engine reads ({kinds}{', ...' if len(others) > 5 else ''})")
 
 
 def orientation(image):

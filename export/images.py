@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.errors import EngineError, UsageError
-from engine.pixels import IMAGE_EXTENSIONS, MAX_PIXELS, check_size, fit  # noqa: F401 (MAX_PIXELS: part of this module's API)
+from engine.pixels import IMAGE_EXTENSIONS, MAX_PIXELS, check_size, fit, not_used_line  # noqa: F401 (MAX_PIXELS: part of this module's API)
 
 
 
@@ -32,10 +32,7 @@ def expand(paths, note=None):
             if not found:
                 raise EngineError(f"{path} holds no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
             if others and note is not None:
-                count = sum(others.values())
-                kinds = ", ".join(f"{ext} {n:,}" for ext, n in sorted(others.items(), key=lambda kv: -kv[1])[:5])
-                note(f"Not used: {count:,} file{'s' if count > 1 else ''} of {path} that {'are' if count > 1 else 'is'} "
-                     f"not an image file this engine reads ({kinds}{', ...' if len(others) > 5 else ''})")
+                note(not_used_line(path, others))
             files += found
         else:  # a missing one too: open_image names it, and the others are still predicted
             files.append(path)

@@ -16,7 +16,7 @@ from pathlib import Path
 from engine.data import layout
 from engine.data.dataset import ARCHIVE_SUFFIXES
 from engine.errors import EngineError
-from engine.pixels import SIXTEEN_BIT, check_size, upright_size
+from engine.pixels import SIXTEEN_BIT, check_size, not_used_line, upright_size
 
 GRAY_MODES = ("L", "LA", "La", "1", "F", *SIXTEEN_BIT)  # LA: grey with alpha, which is dropped as RGBA's is
 
@@ -187,12 +187,7 @@ class Survey:
 
     def unused_line(self, path):
         """A line naming the files that are not images this engine reads, by extension, or None."""
-        if not self.others:
-            return None
-        count = sum(self.others.values())
-        kinds = ", ".join(f"{ext} {n:,}" for ext, n in sorted(self.others.items(), key=lambda kv: -kv[1])[:5])
-        return (f"Not used: {count:,} file{'s' if count > 1 else ''} of {path} that {'are' if count > 1 else 'is'} not "
-                f"an image file this engine reads ({kinds}{', ...' if len(self.others) > 5 else ''})")
+        return not_used_line(path, self.others)
 
     def expected(self, path, size):
         """`_decode`'s `first`: the first image's size and name where the images must all share it."""
