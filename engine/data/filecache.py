@@ -107,7 +107,8 @@ def _decode_into(path, file, survey, size, channels, image_size, rule, log):
     from PIL import Image
     from tqdm import tqdm
 
-    from engine.data.imagefolder import _chunks, _decode, decoding_pool, mixed_sizes, stop_pool
+    from engine.data.imagefolder import _chunks, _decode, mixed_sizes
+    from engine.data.pool import decoding_pool, stop_pool
 
     H, W = size
     pool, workers = decoding_pool()
