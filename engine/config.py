@@ -301,10 +301,10 @@ class Config:
 
 def absolute_model(model):
     """`nets.py:Net` -> `/abs/path/nets.py:Net`; every other form unchanged."""
-    head, sep, name = model.rpartition(":")
+    head, sep, name = model.strip().rpartition(":")  # as parse_model reads it: no stray space in the run
     if sep and head.endswith(".py"):
         return f"{os.path.abspath(os.path.expanduser(head))}:{name}"
-    return model
+    return model.strip()
 
 
 def parse_duration(text):

@@ -64,6 +64,9 @@ def test_absolute_paths_make_a_saved_config_work_from_anywhere(tmp_path, monkeyp
     assert cfg.data == str(tmp_path / "images.tar.gz") and cfg.data_dir == str(tmp_path / "data")
     assert cfg.cache_dir == str(tmp_path / "cache")
     assert Config(data="mnist").with_absolute_paths().data == "mnist"
+    assert Config(model="torchvision:resnet18 ").with_absolute_paths().model == "torchvision:resnet18"  # as parsed
+    (tmp_path / "nets.py").write_text("")
+    assert Config(model=" nets.py:Net").with_absolute_paths().model == f"{tmp_path / 'nets.py'}:Net"
 
 
 def test_parse_shape_reads_cxhxw_and_names_the_flag_otherwise():

@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from engine.errors import EngineError, UsageError
-from engine.models.build import build, check_fits
+from engine.models.build import build
+from engine.models.probe import check_fits
 from engine.models.reference import ModelRef, parse_model, reference_of, reopen
 from engine.models.user_code import load_code
 
@@ -84,6 +85,9 @@ def test_the_four_forms_parse_without_importing_user_code(nets, tmp_path):
     ("torchvision:resnet18", "{width", "must be a JSON object"),
     ("torchvision:resnet18", "[1, 2]", "must be a JSON object"),
     ("torchvision:resnet18", '{"weights": "DEFAULT"}', "cannot set torchvision:resnet18's weights: .* --init-from PATH"),
+    ("torchvision:resnet18", '{"zero_init_residual": NaN}', r"not .*NaN is not a JSON number"),
+    ("torchvision:resnet18", '{"x": [1, -Infinity]}', r"-Infinity is not a JSON number"),
+    ("torchvision:resnet18", {"x": {"y": float("nan")}}, r"--model-args 'x' is \{'y': nan\}: give finite numbers"),
 ])
 def test_bad_references_are_one_line(text, args, words):
     with pytest.raises(UsageError, match=words):
@@ -329,6 +333,25 @@ class Float64(Linear):
 class NoBackward(Linear):
     def forward(self, x):
         return Untrainable.apply(self.logits(x))
+
+
+class Float64Inside(Linear):
+    def __init__(self):
+        super().__init__()
+        self.double()
+
+    def forward(self, x):
+        return self.logits(x.double()).float()  # float32 logits: it would train, in float64, and not export
+
+
+class Windows(nn.Module):  # a window partition, as torchvision's maxvit_t: 16-pixel windows, torch's own words
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3, 4)
+
+    def forward(self, x):
+        b, c, h, w = x.shape
+        return self.fc(x.reshape(b, c, h // 16, 16, w // 16, 16).mean((2, 3, 4, 5)))
 """
 
 
@@ -346,11 +369,28 @@ class NoBackward(Linear):
     ("NoBackward", r"odd.py:NoBackward: its backward \(a training step's gradient\) raised NotImplementedError"),
     ("Detached", r"odd.py:Detached's logits depend on no trainable parameter \(detached, or computed under"),
     ("Float64", r"odd.py:Float64 cannot take 3x8x8 images: .*; its parameters are float64, and the engine feeds float32"),
+    ("Float64Inside", r"odd.py:Float64Inside's parameters are float64; the engine trains float32 models and exports "
+                      r"them as float32"),
+    ("Windows", r"odd.py:Windows cannot take 3x8x8 images: its forward raised RuntimeError \(line \d+\): shape .* is "
+                r"invalid .*; the images are too small for this network, which runs on 3x224x224 images"),
 ])
 def test_a_model_that_could_not_train_or_evaluate_is_one_line_before_any_work(tmp_path, name, words):
     (tmp_path / "odd.py").write_text(ODD)
     with pytest.raises(UsageError, match=words):
         build(parse_model(f"{tmp_path / 'odd.py'}:{name}"), (3, 8, 8), 4, batch=8)  # to train: its backward is probed too
+
+
+@pytest.mark.parametrize("name", ["AllFrozen", "NoParameters", "Float64Inside"])
+def test_what_only_training_needs_is_not_asked_of_a_model_that_is_only_summarised(tmp_path, name):
+    (tmp_path / "odd.py").write_text(ODD)
+    model = build(parse_model(f"{tmp_path / 'odd.py'}:{name}"), (3, 8, 8), 4)  # engine summary: no batch, no training
+    assert model(torch.zeros(2, 3, 8, 8)).shape == (2, 4)
+
+
+def test_images_too_small_are_said_only_where_larger_ones_would_run(nets):
+    with pytest.raises(UsageError, match="cannot take 3x16x16 images") as wrong:
+        build(parse_model(f"{nets}:Net"), (3, 16, 16), 10)  # its head is wired to 32-pixel images, not larger ones
+    assert "too small" not in str(wrong.value)
 
 
 def test_the_probe_runs_at_batch_1_for_a_run_of_batch_1(tmp_path):

@@ -2,13 +2,12 @@
 
 Built-ins are sized to the data by design; torchvision models get the documented knobs (a ViT's
 `image_size`, a 1-channel stem); user constructors get `num_classes`, `in_channels` and `in_shape`
-by keyword where they take them, then `--model-args`. Every non-built-in model then runs one
-training-mode probe batch (`check_fits`): a model that cannot take the data, or whose output is not
+by keyword where they take them, then `--model-args`. Every non-built-in model is then proven on a
+probe batch (engine/models/probe.py): a model that cannot take the data, or whose output is not
 (batch, classes), is one line naming the file, the line and the shapes.
 """
 
 import inspect
-import sys
 from pathlib import Path
 
 import torch
@@ -16,10 +15,10 @@ from torch import nn
 from torch.nn.parameter import is_lazy
 
 from engine.errors import EngineError, UsageError, first_line
-from engine.models.copying import buffers_of, restore_buffers
-from engine.models.logits import CLASS_COUNT_NAMES, check_logits
+from engine.models.logits import CLASS_COUNT_NAMES
+from engine.models.probe import check_fits, code_file, line_of, probe_batch
 from engine.models.reference import ModelRef
-from engine.models.user_code import line_in, load_code
+from engine.models.user_code import load_code
 from engine.models.spec import check_classes
 
 
@@ -118,111 +117,13 @@ def _construct(factory, ref, in_shape, num_classes):
     except Exception as error:
         file = code_file(ref)
         raise EngineError(f"{where}({', '.join([*map(repr, args), *(f'{k}={v!r}' for k, v in kwargs.items())])}) raised "
-                          f"{type(error).__name__}{_where(error, file)}: {first_line(error, 160)}") from None
+                          f"{type(error).__name__}{line_of(error, file)}: {first_line(error, 160)}") from None
     if not isinstance(model, nn.Module):
         raise UsageError(f"--model {where}: calling {ref.name} gave a {type(model).__name__}, not an nn.Module")
     if "_modules" not in vars(model):  # nn.Module.__init__ never ran: no layers, no parameters, no .training
         raise UsageError(f"--model {where}: {type(model).__name__}.__init__ does not call super().__init__() "
                          "(nn.Module's) before it sets its layers; add it as the first line")
     return model
-
-
-def _where(error, file):
-    """' (line N)' in a user model's `file`; '' for the built-in and torchvision models (no file)."""
-    return line_in(error, file) if file else ""
-
-
-def code_file(ref: ModelRef):
-    """The source file of a user model's code (FILE.py, or package.module's file once imported), where
-    an error's line is looked for; None for the built-in and torchvision models."""
-    if ref.kind == "file":
-        return ref.file
-    module = sys.modules.get(ref.file) if ref.kind == "module" else None
-    return getattr(module, "__file__", None)
-
-
-PROBE_BATCH = 2  # BatchNorm in training mode needs more than one value per channel
-
-
-def probe_batch(batch_size=None):
-    """The probe's batch for a run of `batch_size` (None: not a training run): 2, or 1 for batches of 1."""
-    return PROBE_BATCH if batch_size is None else min(batch_size, PROBE_BATCH)
-
-
-def check_fits(model: nn.Module, ref: ModelRef, in_shape, num_classes, batch=PROBE_BATCH, built=False, trains=True):
-    """A training-mode and an evaluation-mode forward of a probe batch (zeros, on CPU) before any work:
-    the model must take (B, C, H, W) images and return (B, num_classes) float32 logits in both modes,
-    and have a parameter to train. `batch`: the probe's size (1 for a run of --batch-size 1, where a
-    BatchNorm1d cannot train). BatchNorm statistics and the global RNG are left as they were, so the
-    probe changes nothing a run computes. `built`: the caller built the module (`train(model=...)`),
-    so it, not the engine, chooses the number of classes. `trains`: a run will train it, so a
-    training step's backward is probed too (not for an evaluation or an export)."""
-    label = ref.label if ref.kind != "file" else f"{Path(ref.file).name}:{ref.name}"
-    training, buffers, probe = model.training, None, torch.zeros(batch, *in_shape)
-    outputs = {}
-    try:
-        with torch.random.fork_rng(devices=[]), torch.no_grad():
-            if any(is_lazy(t) for t in (*model.parameters(), *model.buffers())):
-                model.eval()(probe)  # lazy modules (nn.LazyConv2d, ...) take their shapes; eval leaves statistics
-            buffers = buffers_of(model)
-            outputs["training"] = model.train()(probe)
-            outputs["evaluation"] = model.eval()(probe)  # a forward may differ by mode (dropout, an `if self.training`)
-    except Exception as error:
-        file = code_file(ref)
-        shape = "x".join(map(str, in_shape))
-        mode = (" in evaluation mode" if outputs else " in training mode at --batch-size 1" if batch == 1 else "")
-        small = any(words in str(error) for words in ("Kernel size can't be greater", "Calculated padded input size",
-                                                      "Output size is too small"))
-        hint = ("; the images are too small for this network (resize an image folder's with --image-size; summary "
-                "takes --input-shape)" if small else "")
-        kinds = sorted({str(p.dtype).replace("torch.", "") for p in model.parameters() if p.dtype != torch.float32})
-        if kinds and not small:  # model.double() or .half() in __init__: the images come as float32
-            hint = (f"; its parameters are {' and '.join(kinds)}, and the engine feeds float32 images (build it in "
-                    "float32: --amp chooses a faster precision where one measures faster)")
-        raise UsageError(f"{label} cannot take {shape} images: its forward{mode} raised {type(error).__name__}"
-                         f"{_where(error, file)}: {first_line(error, 160)}{hint}") from None
-    finally:
-        model.train(training)
-        if buffers is not None:
-            restore_buffers(model, buffers)
-    for mode, output in outputs.items():
-        check_logits(output, label, mode, batch, num_classes, ref, type(model) if built else None)
-    if not any(p.requires_grad for p in model.parameters()):
-        count = sum(p.numel() for p in model.parameters())
-        held = f"all {count:,} have requires_grad False" if count else "it has none"
-        raise UsageError(f"{label} has no parameter to train ({held}); a model needs at least one trainable parameter")
-    if trains:
-        check_backward(model, label, probe, code_file(ref))
-
-
-def check_backward(model: nn.Module, label, probe, file):
-    """A training step's backward of the probe batch, before any work: one line where it fails (an
-    in-place op on a tensor autograd saved, a custom Function without a backward), which would
-    otherwise stop the first step with autograd's traceback. Gradients, BatchNorm statistics and
-    the global RNG are left as they were."""
-    training, grads = model.training, [p.grad for p in model.parameters()]
-    buffers = buffers_of(model)
-    try:
-        with torch.random.fork_rng(devices=[]), torch.enable_grad():
-            output = model.train()(probe)
-            if not output.requires_grad:  # check_fits found a trainable parameter: the logits must reach it
-                raise UsageError(f"{label}'s logits depend on no trainable parameter (detached, or computed under "
-                                 "torch.no_grad() in its forward?): training could not change them")
-            output.float().sum().backward()
-    except UsageError:
-        raise
-    except Exception as error:
-        inplace = "modified by an inplace operation" in str(error)
-        hint = "; write the in-place op it names (relu_, +=, mul_) out of place, as x = x.relu()" if inplace else ""
-        reason = str(error).split(";")[0] if inplace else first_line(error, 200)
-        raise UsageError(f"{label}: its backward (a training step's gradient) raised {type(error).__name__}"
-                         f"{_where(error, file)}: {reason}{hint}") from None
-    finally:
-        model.train(training)
-        with torch.no_grad():
-            for p, grad in zip(model.parameters(), grads):
-                p.grad = grad
-        restore_buffers(model, buffers)
 
 
 def check_rebuilds(model: nn.Module, ref: ModelRef, in_shape, num_classes):

@@ -1,6 +1,6 @@
 """What a model's probe output must be: (batch, classes) float32 logits, and one line saying why not.
 
-engine.models.build runs the probe (`check_fits`) and calls `check_logits` on each mode's output. A
+engine.models.probe runs the probe (`check_fits`) and calls `check_logits` on each mode's output. A
 class count that is not the data's says what to change, by how the constructor takes its arguments:
 the engine passes the count to a parameter named in CLASS_COUNT_NAMES, never into `**kwargs`.
 """

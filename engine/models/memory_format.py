@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from engine.errors import first_line
-from engine.models.build import PROBE_BATCH, code_file
+from engine.models.probe import PROBE_BATCH, code_file
 from engine.models.copying import buffers_of, restore_buffers
 from engine.models.reference import ModelRef
 from engine.models.user_code import line_in

@@ -11,6 +11,7 @@ network a reference names for a dataset.
 
 import json
 import keyword
+import math
 import os
 import shlex
 import sys
@@ -159,14 +160,31 @@ def parse_args(text):
     if text is None or (isinstance(text, str) and not text.strip()):
         return {}
     if isinstance(text, dict):
-        return dict(text)
-    try:
-        value = json.loads(text)
-    except ValueError as error:
-        raise UsageError(f"--model-args must be a JSON object such as '{{\"width\": 64}}', not {text!r} ({error})") from None
-    if not isinstance(value, dict):
-        raise UsageError(f"--model-args must be a JSON object such as '{{\"width\": 64}}', not {text!r}")
+        value = dict(text)
+    else:
+        try:
+            value = json.loads(text, parse_constant=_refuse_constant)
+        except ValueError as error:
+            raise UsageError(f"--model-args must be a JSON object such as '{{\"width\": 64}}', not {text!r} ({error})") from None
+        if not isinstance(value, dict):
+            raise UsageError(f"--model-args must be a JSON object such as '{{\"width\": 64}}', not {text!r}")
+    bad = _non_finite(value)
+    if bad:  # JSON has no NaN: Python's json takes it, and the checkpoint's config.json would not be JSON
+        raise UsageError(f"--model-args {bad!r} is {value[bad]!r}: give finite numbers (JSON has no NaN or Infinity, "
+                         "and the run's config.json is JSON)")
     return value
+
+
+def _refuse_constant(name):
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _non_finite(value, key=None):
+    """The top-level key whose value holds a NaN or an infinity (in a list or object too), or None."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else key
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, (list, tuple)) else ()
+    return next((k for k in (_non_finite(v, key if key is not None else k) for k, v in items) if k is not None), None)
 
 
 def _warn(line):
