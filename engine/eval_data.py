@@ -41,11 +41,12 @@ def luma(x, chunk=4096):
                       for part in x.split(chunk)] or [x[:, :1].to(torch.int32)]).to(torch.uint8)
 
 
-def labels_for(source, shape, classes, data, data_name):
+def labels_for(source, shape, classes, data, data_name, given=True):
     """`data`'s test labels as indices into a model's `classes`, which it was trained on at `shape`.
 
     Classes are matched by name, so another source of the same data may list them in another
-    order or hold only some of them; another image shape or an unknown class is one line.
+    order or hold only some of them; another image shape or an unknown class is one line, naming
+    --data where the command `given` it, else the run's own data path (changed since it trained).
     """
     unknown = [name for name in data.classes if name not in classes]
     if list(data.shape) != list(shape) or unknown:
@@ -58,8 +59,9 @@ def labels_for(source, shape, classes, data, data_name):
         elif unknown:  # the first names of two long lists look alike: name the ones the model does not know
             shown = ", ".join(unknown[:4]) + (f" and {len(unknown) - 4} more" if len(unknown) > 4 else "")
             differs = f"; it has classes the model was not trained on: {shown}"
+        named = f"--data {data_name} has" if given else f"its data {data_name} now has"  # no flag the user did not give
         raise EngineError(f"{source} was trained on {_describe(shape, classes)}, "
-                          f"but --data {data_name} has {_describe(data.shape, data.classes)}{differs}")
+                          f"but {named} {_describe(data.shape, data.classes)}{differs}")
     return torch.tensor([classes.index(name) for name in data.classes])[data.test_y]  # (M,) int64
 
 

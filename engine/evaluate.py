@@ -156,7 +156,7 @@ def evaluate_checkpoint(path, overrides, log=print, model=None):
     spec = checkpoint.spec
     fit_channels(data, spec.shape, say)
     fit_memory_format(cfg, runtime, rebuilt, checkpoint.ref, spec.shape, say)
-    data.test_y = labels_for(path, spec.shape, spec.classes, data, cfg.data)
+    data.test_y = labels_for(path, spec.shape, spec.classes, data, cfg.data, "data" in overrides)
     model = runtime.prepare(rebuilt, compile=runtime.compile and not runtime.ahead_of_time)
     loader = BatchLoader(data.test_x, data.test_y, cfg.eval_batch_size or cfg.batch_size, spec.mean, spec.std,
                          device=runtime.device, train=False, channels_last=cfg.channels_last)

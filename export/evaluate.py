@@ -60,7 +60,8 @@ def evaluate_onnx(path, overrides, *, input_size=None, classes=None, log=print):
     warn_other_split(info.config, overrides, cfg, path, warn)
     warn_changed_test_set(info.fingerprint, info.config, overrides, data, path, warn)
     fit_channels(data, info.input_size, (lambda *_: None) if cfg.quiet else log)
-    labels = labels_for(path, info.input_size, info.classes, data, cfg.data).numpy()  # classes matched by name
+    labels = labels_for(path, info.input_size, info.classes, data, cfg.data,
+                        "data" in overrides).numpy()  # classes matched by name
     loss_sum, correct = 0.0, 0
     confusion = Confusion(info.classes)  # the same per-class results as a checkpoint's evaluation
     started = time.perf_counter()

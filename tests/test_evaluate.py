@@ -421,3 +421,31 @@ def test_the_runs_images_under_other_class_names_are_not_called_the_runs(tmp_pat
     lines.clear()
     evaluate_checkpoint(out / "best.pt", {"data": str(copied), **flags, "quiet": False}, log=lines.append)
     assert any("holds the images" in line for line in lines), lines
+
+
+@pytest.mark.slow
+def test_the_runs_own_data_changed_is_named_as_the_runs_not_as_a_flag_never_given(tmp_path):
+    """engine eval CKPT with no --data reads the run's own folder: where it now holds another class or
+    another size, the one line names that path as the run's data, not as '--data PATH'."""
+    import numpy as np
+    from PIL import Image
+
+    rgb = png_folder(tmp_path / "photos", gray=False)
+    cache = str(tmp_path / "cache")
+    out, _ = train(Config(data=str(rgb), out=str(tmp_path / "run"), epochs=1, batch_size=16, amp=False, quiet=True,
+                          device="cpu", cache_dir=cache), log=lambda *_: None)
+    for split in ("train", "test"):  # a third class added to the run's folder since it trained
+        (rgb / split / "mid").mkdir()
+        for i in range(4):
+            Image.fromarray(np.full((32, 32, 3), 100, np.uint8)).save(rgb / split / "mid" / f"{i}.png")
+    result = subprocess.run([sys.executable, "-m", "engine", "eval", str(out / "best.pt"), "--device", "cpu",
+                             "--cache-dir", cache], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1, result.stderr
+    error = result.stderr.strip().splitlines()[-1]
+    assert error == (f"engine: error: {out / 'best.pt'} was trained on 3x32x32 images of 2 classes (dark, light), but "
+                     f"its data {rgb} now has 3x32x32 images of 3 classes (dark, light, mid); it has classes the model "
+                     "was not trained on: mid"), error
+    assert "Traceback" not in result.stderr
+    given = subprocess.run([sys.executable, "-m", "engine", "eval", str(out / "best.pt"), "--device", "cpu",
+                            "--cache-dir", cache, "--data", str(rgb / "test")], capture_output=True, text=True, timeout=300)
+    assert given.returncode == 1 and f"but --data {rgb / 'test'} has 3x32x32 images of 3 classes" in given.stderr
