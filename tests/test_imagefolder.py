@@ -729,3 +729,42 @@ def test_messages_name_split_folders_as_the_source_spells_them(tmp_path):
     (tmp_path / "other").mkdir()
     with pytest.raises(EngineError, match="TEST/ lacks classes that Train/ has: frog"):
         read(write(files, tmp_path / "other", "folder"), tmp_path / "cache", log=lambda *_: None)
+
+
+@pytest.mark.parametrize("kind", ["zip", "tar.gz"])
+@pytest.mark.parametrize("memory", [None, "1000"])  # decoded in memory, and into the file cache
+def test_an_image_name_an_archive_holds_twice_is_one_image_its_last_member(tmp_path, monkeypatch, kind, memory):
+    """`zip` run twice, zipfile.writestr of a name again, `tar -r`: extracting keeps the last member of a
+    name, so it is read once, as its last member, and said in one line; both read would count one file
+    twice and label under one name pixels the user's extracted folder does not hold."""
+    import warnings
+
+    if memory:
+        monkeypatch.setenv("ENGINE_MEMORY_LIMIT", memory)
+    files = tree()
+    target = tmp_path / f"images.{kind}"
+    write(files, target, kind)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zipfile's "Duplicate name" warning
+        if kind == "zip":
+            with zipfile.ZipFile(target, "a") as archive:
+                archive.writestr("train/cat/0001.png", png(222))
+                archive.writestr("./train/dog/0000.png", png(233))  # extracts to train/dog/0000.png too
+        else:  # a gzipped tar cannot be appended to: written again with the names at the end
+            with tarfile.open(target, "w:gz") as archive:
+                for name, data in [*files.items(), ("train/cat/0001.png", png(222)), ("./train/dog/0000.png", png(233))]:
+                    info = tarfile.TarInfo(name)
+                    info.size = len(data)
+                    archive.addfile(info, io.BytesIO(data))
+    said = []
+    data = read(target, tmp_path / "cache", said.append)
+    assert (len(data.train_x), len(data.test_x)) == (9, 6)  # 3 classes x 3 and x 2, as extracted
+    cat, dog = data.train_x[data.train_y == 0], data.train_x[data.train_y == 1]
+    assert cat[:, 0, 0, 0].tolist() == [0, 222, 2] and dog[:, 0, 0, 0].tolist() == [233, 41, 42]
+    line = (f"Not used: 2 earlier members of {target} under an image name it holds more than once (train/cat/0001.png, "
+            "train/dog/0000.png); the last member of each name is read, as extracting the archive keeps it")
+    assert line in said
+    said.clear()
+    again = read(target, tmp_path / "cache", said.append)  # from the decode cache: said again
+    every = torch.arange(9)
+    assert line in said and torch.equal(again.train_x[every], data.train_x[every])

@@ -121,7 +121,7 @@ def _decode_into(path, file, survey, size, channels, image_size, rule, log):
     try:
         with open(file, "wb") as f, tqdm(total=count, desc="Decoding", unit=" img", disable=sys.stderr is None or not sys.stderr.isatty(),
                                          leave=False) as progress:
-            for chunk in _chunks(path, image_size, rule, survey.expected(path, image_size)):
+            for chunk in _chunks(path, image_size, rule, survey.expected(path, image_size), survey.copies):
                 items = [item for _, item in chunk]
                 arrays = list(pool.imap(_decode, items, chunksize=64)) if pool else [_decode(i) for i in items]
                 rows = []
@@ -157,8 +157,8 @@ def _index(path, places, survey, log):
     for row, (folder, name) in enumerate(places):
         images.setdefault(folder, []).append((name, row))
     notes = Notes(log)
-    if survey.unused_line(path):
-        notes(survey.unused_line(path))
+    for line in survey.lines(path):
+        notes(line)
     train, test, classes = split_classes(images, survey.folders, path, notes)
     index = {"classes": classes, "notes": notes.lines}
     for split, part in (("train", train), ("test", test)):

@@ -27,20 +27,21 @@ from engine.data import filecache, layout, stream
 from engine.data.classes import Notes, check_names, in_name_order, one_class_line, own_split_line, split_classes
 from engine.data.dataset import Dataset, dataset_label
 from engine.data.pool import decoding_pool, stop_pool
-from engine.data.sources import DoesNotFit, archive_kind, check_memory, grey, label, members, walk
+from engine.data.sources import DoesNotFit, archive_kind, check_memory, grey, label, last_copies, members, walk
 from engine.errors import EngineError, UsageError, first_line
 from engine.faults import pause_point
 from engine.lock import remove_stale_temporaries
 from engine.models.spec import MIN_CLASSES
 from engine.pixels import IMAGE_EXTENSIONS, check_size, fit, upright_size
 
-CACHE_FORMAT = 10  # 2: a set with any colour image is all RGB; 3: any layout, test split optional, --image-size;
+CACHE_FORMAT = 11  # 2: a set with any colour image is all RGB; 3: any layout, test split optional, --image-size;
 # 4: class folders with subfolders, grey images with alpha; 5: split folders in any case (Train/), training/ and
 # testing/, class names in NFC, tar links read; 6: .jpe/.jfif images, zip links read; 7: .tga/.avif/.qoi/... images,
 # the layout notes kept, Windows and absolute zip names, a JPEG of exactly twice the size drafted, strips cropped by part;
 # 8: each class's images in the order of their names, not the source's (an archive and its extracted folder agree);
 # 9: photos turned upright as their EXIF orientation says; 10: a TIFF turned once (a recent PIL turns it itself),
-# 16-bit grey-with-alpha PNGs grey, a wrapper folder only with no visible folder beside it
+# 16-bit grey-with-alpha PNGs grey, a wrapper folder only with no visible folder beside it; 11: an image name an
+# archive holds twice read once (its last member)
 CHUNK = 1024  # images handed to the decoding processes at a time: bounds the undecoded bytes held in memory
 
 
@@ -95,11 +96,11 @@ def _decode(item):
         raise EngineError(f"cannot decode image {name}: {reason}") from None
 
 
-def _chunks(path: Path, size, rule, first=None):
+def _chunks(path: Path, size, rule, first=None, copies=None):
     """Lists of (folder, (name, bytes, size, rule, first)) of at most CHUNK images, in the source's
-    order; `first`: see `_decode`."""
+    order; `first`: see `_decode`; `copies`: the Survey's, whose earlier members are not read."""
     chunk = []
-    for name, read in members(path):
+    for name, read in last_copies(members(path), copies or {}):
         folder = layout.folder_of(name) if read is not None else None
         if folder is None:
             continue
@@ -128,12 +129,12 @@ def decode_folder(path: Path, log=print, size=None, rule="stretch", test_split=N
             kinds = ", ".join(sorted(IMAGE_EXTENSIONS))
             raise EngineError(f"{path} holds no images (files ending {kinds}; {layout.LAYOUT})")
         notes = Notes(log)
-        if survey.unused_line(path):
-            notes(survey.unused_line(path))
+        for line in survey.lines(path):
+            notes(line)
         check_names(survey, path, test_split)
         log(f"Decoding {path}{f' at {size[0]}x{size[1]}' if size else ''} (once: the result is cached until the images change)")
         with tqdm(total=survey.count, desc="Decoding", unit=" img", disable=sys.stderr is None or not sys.stderr.isatty(), leave=False) as progress:
-            for chunk in _chunks(path, size, rule, survey.expected(path, size)):
+            for chunk in _chunks(path, size, rule, survey.expected(path, size), survey.copies):
                 items = [item for _, item in chunk]
                 arrays = pool.imap(_decode, items, chunksize=64) if pool else map(_decode, items)  # submitted
                 pause_point("decode")  # test-only: a Ctrl-C while the decoding processes work

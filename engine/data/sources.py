@@ -11,7 +11,7 @@ import stat
 import tarfile
 import zipfile
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from engine.data import layout
 from engine.data.dataset import ARCHIVE_SUFFIXES
@@ -62,6 +62,28 @@ def members(path: Path):
                     yield info.name, lambda info=info: _tar_read(archive, info, path)
     else:
         raise EngineError(f"{path} is not a directory or a .tar, .tar.gz or .zip archive of an image folder")
+
+
+def extracted_name(name):
+    """The path an archive member extracts to: './a/b', 'a//b' and '/a/b' are all 'a/b' (tar and unzip
+    strip a leading '/'), so two members of one such name are one file once extracted."""
+    parts = PurePosixPath(name).parts
+    return "/".join(parts[1:] if parts[:1] in (("/",), ("//",)) else parts)
+
+
+def last_copies(entries, copies):
+    """`members`' (name, read) pairs less the earlier members of a name an archive holds more than once
+    (`copies`: {extracted_name: how many members hold it}, from the Survey): extracting the archive
+    overwrites them with the last, so the last is the one read (never both, which would count one
+    file twice, and under one name two images that may differ)."""
+    seen = {}
+    for name, read in entries:
+        key = extracted_name(name) if read is not None and copies else None
+        if key in copies:
+            seen[key] = seen.get(key, 0) + 1
+            if seen[key] < copies[key]:
+                continue
+        yield name, read
 
 
 def walk(path: Path):
@@ -184,10 +206,25 @@ class Survey:
     first: tuple
     holding: dict = field(default_factory=dict)  # folder tuple -> its image count
     others: dict = field(default_factory=dict)  # extension -> count of files not read as images (not hidden)
+    copies: dict = field(default_factory=dict)  # an image name an archive holds more than once -> its member count
 
     def unused_line(self, path):
         """A line naming the files that are not images this engine reads, by extension, or None."""
         return not_used_line(path, self.others)
+
+    def copies_line(self, path):
+        """A line naming the image names the archive holds more than once, whose earlier members are
+        not read (`last_copies`), or None."""
+        if not self.copies:
+            return None
+        extra, names = sum(self.copies.values()) - len(self.copies), sorted(self.copies)
+        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        return (f"Not used: {extra:,} earlier member{'s' if extra > 1 else ''} of {path} under an image name it holds "
+                f"more than once ({shown}); the last member of each name is read, as extracting the archive keeps it")
+
+    def lines(self, path):
+        """What the decode says of the source's files before decoding: the files not used."""
+        return [line for line in (self.unused_line(path), self.copies_line(path)) if line]
 
     def expected(self, path, size):
         """`_decode`'s `first`: the first image's size and name where the images must all share it."""
@@ -209,7 +246,7 @@ def check_memory(path: Path, size=None):
     while they are stacked."""
     from PIL import Image, UnidentifiedImageError
 
-    count, first, folders, holding, others = 0, None, [], {}, {}
+    count, first, folders, holding, others, names = 0, None, [], {}, {}, {}
     listed = set()
     for name, read in members(path):
         parts = layout.parts_of(name)
@@ -229,6 +266,10 @@ def check_memory(path: Path, size=None):
                 suffix = posixpath.splitext(name)[1].lower() or "no extension"
                 others[suffix] = others.get(suffix, 0) + 1
             continue
+        key = extracted_name(name)
+        names[key] = names.get(key, 0) + 1
+        if names[key] > 1:  # a name the archive holds again: one image once extracted (last_copies)
+            continue
         count += 1
         holding[folder] = holding.get(folder, 0) + 1
         if first is None:
@@ -238,7 +279,8 @@ def check_memory(path: Path, size=None):
                     first = (upright_size(image), label(path, name), 1 if grey(image) else 3)
             except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
                 first = ()  # the decoding pass names the bad file
-    survey = Survey(count, folders, first or (), holding, others)
+    copies = {key: n for key, n in names.items() if n > 1} if not path.is_dir() else {}
+    survey = Survey(count, folders, first or (), holding, others, copies)
     available = available_memory()
     if not first or available is None:
         return survey
