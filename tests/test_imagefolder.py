@@ -768,3 +768,42 @@ def test_an_image_name_an_archive_holds_twice_is_one_image_its_last_member(tmp_p
     again = read(target, tmp_path / "cache", said.append)  # from the decode cache: said again
     every = torch.arange(9)
     assert line in said and torch.equal(again.train_x[every], data.train_x[every])
+
+
+@pytest.mark.parametrize("kind", ["folder", "wrapped", "tar", "stream"])
+def test_an_empty_test_folder_beside_train_is_named_where_a_test_set_is_held_out(tmp_path, monkeypatch, kind):
+    """An empty test/ (a copy that failed, images not yet added) leaves the set with no test split: the
+    line that holds 10% of train/ out instead names that folder, from the decode cache too."""
+    files = tree(counts=(("train", 10),))
+    prefix = "photos/" if kind == "wrapped" else ""
+    files = {prefix + name: data for name, data in files.items()}
+    if kind == "stream":
+        monkeypatch.setenv("ENGINE_MEMORY_LIMIT", "1000")  # decoded into the file cache
+    if kind == "tar":
+        target = write(files, tmp_path / "images.tar", "tar")
+        with tarfile.open(target, "a") as archive:
+            folder = tarfile.TarInfo("Test")  # a folder entry, spelled as the user did
+            folder.type = tarfile.DIRTYPE
+            archive.addfile(folder)
+        empty = "Test"
+    else:
+        target = source(tmp_path, files)
+        (target / prefix / "test").mkdir()
+        (target / prefix / "test" / ".DS_Store").write_bytes(b"")  # hidden: still no images
+        empty = f"{prefix}test"
+    line = (f"{target}: {empty}/ has no images, so there is no test split: holding out a seeded, stratified 10% of "
+            f"each class (3 images) as the test set (--test-split P% to choose; or put test images in {empty}/<class>/)")
+    for _ in range(2):  # decoded, then from the decode cache
+        said = []
+        data = read(target, tmp_path / "cache", said.append)
+        assert line in said and (len(data.train_x), len(data.test_x)) == (27, 3)
+    said = []
+    read(target, tmp_path / "cache", said.append, test_split="25%")  # asked for: nothing to say
+    assert not any("has no images" in text for text in said)
+
+
+def test_a_folder_without_a_test_folder_says_it_has_no_test_split(tmp_path):
+    said = []
+    read(source(tmp_path, tree(counts=(("train", 10),))), tmp_path / "cache", said.append)
+    assert any(text.endswith("images has no test split: holding out a seeded, stratified 10% of each class (3 images) "
+                             "as the test set (--test-split P% to choose)") for text in said), said

@@ -59,6 +59,14 @@ def split_classes(images, folders, path, log):
     return train, test, classes
 
 
+def empty_split(test, images, folders):
+    """{"empty_split": its folder} where a source has no test split (`test` None) but lists an empty
+    test/ (or val/, ...: layout.empty_splits) beside train/, for the line holding a test set out to
+    name it; {} otherwise. Kept with the decoded tensors, so a run from the decode cache names it too."""
+    empty = layout.empty_splits(images, folders) if test is None else []
+    return {"empty_split": empty[0]} if empty else {}
+
+
 def _placed(error, outside):
     """layout.choose's refusal, saying where the images it did not place are (none in class folders)."""
     if not outside:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engine.data.classes import Notes, in_name_order, split_classes
+from engine.data.classes import Notes, empty_split, in_name_order, split_classes
 from engine.data.stream import Rows
 from engine.errors import EngineError, UsageError, first_line
 from engine.memory import size_text
@@ -45,6 +45,8 @@ def open_cache(folder: Path):
     # MAP_PRIVATE: pages are read from the file on demand and never written back.
     base = torch.from_file(str(images), shared=False, size=int(np.prod(shape)), dtype=torch.uint8).view(shape)
     tensors = {"classes": index["classes"], "notes": index.get("notes", [])}
+    if "empty_split" in index:  # an empty test/ beside train/ (classes.empty_split)
+        tensors["empty_split"] = index["empty_split"]
     for split in ("train", "test"):
         if f"{split}_rows" in index:
             tensors[f"{split}_x"] = Rows(base, index[f"{split}_rows"])
@@ -160,7 +162,7 @@ def _index(path, places, survey, log):
     for line in survey.lines(path):
         notes(line)
     train, test, classes = split_classes(images, survey.folders, path, notes)
-    index = {"classes": classes, "notes": notes.lines}
+    index = {"classes": classes, "notes": notes.lines, **empty_split(test, images, survey.folders)}
     for split, part in (("train", train), ("test", test)):
         if part is None:
             continue

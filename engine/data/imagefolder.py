@@ -24,7 +24,8 @@ import torch
 
 from engine.checkpoint import save_atomic
 from engine.data import filecache, layout, stream
-from engine.data.classes import Notes, check_names, in_name_order, one_class_line, own_split_line, split_classes
+from engine.data.classes import (Notes, check_names, empty_split, in_name_order, one_class_line, own_split_line,
+                                 split_classes)
 from engine.data.dataset import Dataset, dataset_label
 from engine.data.pool import decoding_pool, stop_pool
 from engine.data.sources import DoesNotFit, archive_kind, check_memory, grey, label, last_copies, members, walk
@@ -34,14 +35,14 @@ from engine.lock import remove_stale_temporaries
 from engine.models.spec import MIN_CLASSES
 from engine.pixels import IMAGE_EXTENSIONS, check_size, fit, upright_size
 
-CACHE_FORMAT = 11  # 2: a set with any colour image is all RGB; 3: any layout, test split optional, --image-size;
+CACHE_FORMAT = 12  # 2: a set with any colour image is all RGB; 3: any layout, test split optional, --image-size;
 # 4: class folders with subfolders, grey images with alpha; 5: split folders in any case (Train/), training/ and
 # testing/, class names in NFC, tar links read; 6: .jpe/.jfif images, zip links read; 7: .tga/.avif/.qoi/... images,
 # the layout notes kept, Windows and absolute zip names, a JPEG of exactly twice the size drafted, strips cropped by part;
 # 8: each class's images in the order of their names, not the source's (an archive and its extracted folder agree);
 # 9: photos turned upright as their EXIF orientation says; 10: a TIFF turned once (a recent PIL turns it itself),
 # 16-bit grey-with-alpha PNGs grey, a wrapper folder only with no visible folder beside it; 11: an image name an
-# archive holds twice read once (its last member)
+# archive holds twice read once (its last member); 12: an empty test/ beside train/ kept, to be named
 CHUNK = 1024  # images handed to the decoding processes at a time: bounds the undecoded bytes held in memory
 
 
@@ -161,7 +162,7 @@ def decode_folder(path: Path, log=print, size=None, rule="stretch", test_split=N
         f"process{'es' if workers > 1 else ''})")
     train, test, classes = split_classes(images, survey.folders, path, notes)
     colour = any(a.ndim == 3 for part in (train, test or {}) for images in part.values() for _, a in images)
-    result = {"classes": classes, "notes": notes.lines}
+    result = {"classes": classes, "notes": notes.lines, **empty_split(test, images, survey.folders)}
     for split, part in (("train", train), ("test", test)):
         if part is None:
             continue
@@ -246,7 +247,9 @@ def _dataset(name, t, test_split, seed, path, log):
         return Dataset(name, classes, stream.take(x, torch.arange(0)), y[:0], x, y, flip=three_channels)
     fraction = layout.parse_fraction(test_split or layout.DEFAULT_TEST_SPLIT, "--test-split")
     keep, held = layout.stratified(y, fraction, seed, classes)
-    if test_split is None:
-        log(f"{path} has no test split: holding out a seeded, stratified {fraction:.0%} of each class ({len(held):,} "
-            "images) as the test set (--test-split P% to choose)")
+    if test_split is None:  # an empty test/ beside train/ is named: the user may have meant to fill it
+        empty = t.get("empty_split")
+        why = f"{path}: {empty}/ has no images, so there is no test split" if empty else f"{path} has no test split"
+        log(f"{why}: holding out a seeded, stratified {fraction:.0%} of each class ({len(held):,} images) as the test "
+            f"set (--test-split P% to choose{f'; or put test images in {empty}/<class>/' if empty else ''})")
     return Dataset(name, classes, stream.take(x, keep), y[keep], stream.take(x, held), y[held], flip=three_channels)

@@ -146,6 +146,20 @@ def group(images, directories=()):
     return found, sorted(empty), outside
 
 
+def empty_splits(images, directories):
+    """The evaluation split folders (test/, val/, ...; as 'test', or 'photos/Test' inside a wrapper) that
+    the source lists but that hold no image at all, not even an empty class folder: beside a train/,
+    they leave the source with no test split of its own, which the line holding one out names."""
+    wrapper, split_layout = _shape(images, directories)
+    if not split_layout:
+        return []
+    top = (wrapper,) if wrapper else ()
+    holding = {folder[len(top)] for folder in images if len(folder) > len(top) and folder[:len(top)] == top}
+    return sorted(posixpath.join(*folder) for folder in directories
+                  if len(folder) == len(top) + 1 and folder[:len(top)] == top and not hidden(folder)
+                  and split_of(folder[-1]) in EVAL_SPLITS and folder[-1] not in holding)
+
+
 def no_class_folders(source):
     return f"{source} has no images in class folders ({LAYOUT})"
 
