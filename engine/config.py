@@ -14,7 +14,6 @@ from pathlib import Path
 from engine.errors import EngineError, UsageError
 
 BUILTIN_DATASETS = ("synthetic", "cifar10", "mnist", "fashion_mnist")
-FLOAT32_MAX = 3.4028234663852886e38  # torch.finfo(torch.float32).max, without importing torch to check a flag
 
 
 def option(default, help, *, choices=None, group="train", resume=False, const=None):
@@ -194,49 +193,7 @@ class Config:
             self.tta = int(self.tta)
         config_types.normalise(self)
         config_types.check(self, flag)
-        positive = ("epochs", "batch_size", "eval_batch_size", "limit_train", "limit_test")
-        for name in positive:
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise UsageError(f"{flag(name)} must be a whole number of at least 1, not {value!r}")
-        if not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
-            raise UsageError(f"--seed must be a whole number from 0 to 2**63 - 1, not {self.seed!r}")
-        for name in ("lr", "momentum", "weight_decay", "label_smoothing", "muon_lr", "muon_momentum"):
-            if not math.isfinite(getattr(self, name)):
-                raise UsageError(f"{flag(name)} must be a finite number, not {getattr(self, name)!r}")
-        if not self.lr > 0:
-            raise UsageError(f"--lr must be greater than 0, not {self.lr!r}")
-        for name in ("momentum", "muon_momentum"):
-            if not 0 <= getattr(self, name) < 1:
-                raise UsageError(f"{flag(name)} must be in [0, 1), not {getattr(self, name)!r}")
-        if not 0 < self.muon_lr <= 1:  # a step of lr x the filter's own scale: beyond 1 it overshoots the filter
-            raise UsageError(f"--muon-lr is a step's size relative to each filter, 0 < LR <= 1, not {self.muon_lr!r}")
-        if not (math.isfinite(self.bn_lr_scale) and self.bn_lr_scale > 0):
-            raise UsageError(f"--bn-lr-scale must be a finite number greater than 0, not {self.bn_lr_scale!r}")
-        for name, value in (("lr", self.lr * max(self.bn_lr_scale, 1.0)), ("weight_decay", self.weight_decay)):
-            if value > FLOAT32_MAX:  # the optimizer's step takes it as a float32 factor: torch's overflow traceback
-                scaled = f" x --bn-lr-scale {self.bn_lr_scale:g}" if name == "lr" and self.lr <= FLOAT32_MAX else ""
-                raise UsageError(f"{flag(name)} {getattr(self, name):g}{scaled} is beyond float32's range (at most "
-                                 f"{FLOAT32_MAX:.4g}), which the optimizer's step computes in")
-        if self.resized_crop is not None and not (math.isfinite(self.resized_crop) and 0 < self.resized_crop < 1):
-            raise UsageError(f"--resized-crop is the smallest area fraction of a crop, 0 < MIN < 1, not {self.resized_crop!r}")
-        if not isinstance(self.crop_padding, int) or self.crop_padding < 0:
-            raise UsageError(f"--crop-padding must be a whole number of 0 or more, not {self.crop_padding!r}")
-        if not self.weight_decay >= 0:
-            raise UsageError(f"--weight-decay must be 0 or more, not {self.weight_decay!r}")
-        if not 0 <= self.label_smoothing < 1:
-            raise UsageError(f"--label-smoothing must be in [0, 1), not {self.label_smoothing!r}")
-        if self.ema is not None and not (isinstance(self.ema, (int, float)) and math.isfinite(self.ema) and 0 < self.ema < 1):
-            raise UsageError(f"--ema is the weight average's decay per step, 0 < DECAY < 1 (e.g. 0.99), not {self.ema!r}")
-        if self.target_acc is not None and not (math.isfinite(self.target_acc) and 0 < self.target_acc <= 100):
-            raise UsageError(f"--target-acc is a test accuracy in percent, 1 <= X <= 100, not {self.target_acc!r}")
-        if self.target_acc is not None and self.target_acc < 1:  # below any classifier's chance: a fraction meant
-            raise UsageError(f"--target-acc is a test accuracy in percent (90 for 90%), at least 1; {self.target_acc:g} "
-                             f"would be {self.target_acc:g}%: for {self.target_acc * 100:g}% give {self.target_acc * 100:g}")
-        if self.eval_every is not None and not (math.isfinite(self.eval_every) and self.eval_every > 0 and (
-                self.eval_every <= 1 or float(self.eval_every).is_integer())):
-            raise UsageError(f"--eval-every is a fraction of an epoch, 0 < X <= 1, or a whole number of epochs, "
-                             f"not {self.eval_every!r}")
+        config_types.check_ranges(self, flag)
         parse_duration(self.save_every)
         self.check_data_options()
         for f in dataclasses.fields(self):

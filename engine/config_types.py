@@ -1,6 +1,7 @@
 """The types of a Config's fields, checked from their annotations, so a Python caller's wrong type is
 one UsageError naming the field (as the command line's parser does for a flag) instead of a
-TypeError deep in a run, or a string "False" read as true.
+TypeError deep in a run, or a string "False" read as true; then the ranges of its numbers
+(`check_ranges`).
 
 The natural Python forms of a few values are taken and stored in the form the command line gives:
 a path object for a path (`data`, `out`, ...); a whole number or (H, W) for `--image-size`; for
@@ -18,6 +19,7 @@ import typing
 
 PATH_FIELDS = ("data", "data_dir", "cache_dir", "init_from", "out")
 KIND_TEXT = {bool: "True or False", int: "a whole number", float: "a number", str: "a string"}
+FLOAT32_MAX = 3.4028234663852886e38  # torch.finfo(torch.float32).max, without importing torch to check a flag
 
 
 def _plain(value):
@@ -146,3 +148,54 @@ def _fits(value, kind):
     if kind is float:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     return isinstance(value, kind)
+
+
+def check_ranges(config, flag):
+    """Raise UsageError, naming the flag, for a number of the right type that no run could use."""
+    import math
+
+    from engine.errors import UsageError
+
+    positive = ("epochs", "batch_size", "eval_batch_size", "limit_train", "limit_test")
+    for name in positive:
+        value = getattr(config, name)
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise UsageError(f"{flag(name)} must be a whole number of at least 1, not {value!r}")
+    if not isinstance(config.seed, int) or not 0 <= config.seed < 2**63:
+        raise UsageError(f"--seed must be a whole number from 0 to 2**63 - 1, not {config.seed!r}")
+    for name in ("lr", "momentum", "weight_decay", "label_smoothing", "muon_lr", "muon_momentum"):
+        if not math.isfinite(getattr(config, name)):
+            raise UsageError(f"{flag(name)} must be a finite number, not {getattr(config, name)!r}")
+    if not config.lr > 0:
+        raise UsageError(f"--lr must be greater than 0, not {config.lr!r}")
+    for name in ("momentum", "muon_momentum"):
+        if not 0 <= getattr(config, name) < 1:
+            raise UsageError(f"{flag(name)} must be in [0, 1), not {getattr(config, name)!r}")
+    if not 0 < config.muon_lr <= 1:  # a step of lr x the filter's own scale: beyond 1 it overshoots the filter
+        raise UsageError(f"--muon-lr is a step's size relative to each filter, 0 < LR <= 1, not {config.muon_lr!r}")
+    if not (math.isfinite(config.bn_lr_scale) and config.bn_lr_scale > 0):
+        raise UsageError(f"--bn-lr-scale must be a finite number greater than 0, not {config.bn_lr_scale!r}")
+    for name, value in (("lr", config.lr * max(config.bn_lr_scale, 1.0)), ("weight_decay", config.weight_decay)):
+        if value > FLOAT32_MAX:  # the optimizer's step takes it as a float32 factor: torch's overflow traceback
+            scaled = f" x --bn-lr-scale {config.bn_lr_scale:g}" if name == "lr" and config.lr <= FLOAT32_MAX else ""
+            raise UsageError(f"{flag(name)} {getattr(config, name):g}{scaled} is beyond float32's range (at most "
+                             f"{FLOAT32_MAX:.4g}), which the optimizer's step computes in")
+    if config.resized_crop is not None and not (math.isfinite(config.resized_crop) and 0 < config.resized_crop < 1):
+        raise UsageError(f"--resized-crop is the smallest area fraction of a crop, 0 < MIN < 1, not {config.resized_crop!r}")
+    if not isinstance(config.crop_padding, int) or config.crop_padding < 0:
+        raise UsageError(f"--crop-padding must be a whole number of 0 or more, not {config.crop_padding!r}")
+    if not config.weight_decay >= 0:
+        raise UsageError(f"--weight-decay must be 0 or more, not {config.weight_decay!r}")
+    if not 0 <= config.label_smoothing < 1:
+        raise UsageError(f"--label-smoothing must be in [0, 1), not {config.label_smoothing!r}")
+    if config.ema is not None and not (isinstance(config.ema, (int, float)) and math.isfinite(config.ema) and 0 < config.ema < 1):
+        raise UsageError(f"--ema is the weight average's decay per step, 0 < DECAY < 1 (e.g. 0.99), not {config.ema!r}")
+    if config.target_acc is not None and not (math.isfinite(config.target_acc) and 0 < config.target_acc <= 100):
+        raise UsageError(f"--target-acc is a test accuracy in percent, 1 <= X <= 100, not {config.target_acc!r}")
+    if config.target_acc is not None and config.target_acc < 1:  # below any classifier's chance: a fraction meant
+        raise UsageError(f"--target-acc is a test accuracy in percent (90 for 90%), at least 1; {config.target_acc:g} "
+                         f"would be {config.target_acc:g}%: for {config.target_acc * 100:g}% give {config.target_acc * 100:g}")
+    if config.eval_every is not None and not (math.isfinite(config.eval_every) and config.eval_every > 0 and (
+            config.eval_every <= 1 or float(config.eval_every).is_integer())):
+        raise UsageError(f"--eval-every is a fraction of an epoch, 0 < X <= 1, or a whole number of epochs, "
+                         f"not {config.eval_every!r}")

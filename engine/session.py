@@ -27,8 +27,8 @@ from engine.loader import BatchLoader
 from engine.lookahead import Lookahead
 from engine.models import count_parameters
 from engine.models.build import build, check_rebuilds
-from engine.models.probe import check_fits, probe_batch
 from engine.models.memory_format import fit_memory_format
+from engine.models.probe import check_fits, probe_batch
 from engine.models.reference import ModelRef, parse_args, parse_model, reference_of, reopen
 from engine.models.user_code import load_code, with_neighbours
 from engine.optim import build_optimizer
