@@ -555,3 +555,41 @@ def test_images_too_small_for_a_network_say_so():
                                          r"RuntimeError: Calculated .*; the images are too small for this network \(resize an "
                                          r"image folder's with --image-size; summary takes --input-shape\)$"):
         build(parse_model("torchvision:inception_v3", '{"aux_logits": false}'), (3, 32, 32), 10)
+
+
+PROBABILITIES = """
+from torch import nn
+
+
+def head(num_classes):
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, num_classes))
+
+
+def Softmaxed(num_classes):
+    return nn.Sequential(head(num_classes), nn.Softmax(dim=1))
+
+
+def LogSoftmaxed(num_classes):
+    return nn.Sequential(head(num_classes), nn.LogSoftmax(dim=1))
+
+
+made = head(10)
+"""
+
+
+def test_a_model_returning_probabilities_is_warned_of_once_where_it_trains(tmp_path, capsys):
+    (tmp_path / "probs.py").write_text(PROBABILITIES)
+    build(parse_model(f"{tmp_path / 'probs.py'}:LogSoftmaxed"), (3, 8, 8), 3, batch=8)  # cross-entropy's own
+    build(parse_model(f"{tmp_path / 'probs.py'}:Softmaxed"), (3, 8, 8), 3)  # summarised, not trained
+    assert "probabilities" not in capsys.readouterr().err
+    for _ in range(2):
+        build(parse_model(f"{tmp_path / 'probs.py'}:Softmaxed"), (3, 8, 8), 3, batch=8)
+    err = capsys.readouterr().err
+    assert err.count("engine: warning: probs.py:Softmaxed returns probabilities (each row sums to 1") == 1, err
+
+
+def test_a_module_made_at_import_is_told_to_become_a_function(tmp_path):
+    (tmp_path / "probs.py").write_text(PROBABILITIES)
+    with pytest.raises(UsageError, match=r"made is not an nn.Module .*\(it is of type Sequential\); make it a function "
+                                         r"that builds it, def made\(num_classes\): return Sequential\(...\)"):
+        build(parse_model(f"{tmp_path / 'probs.py'}:made"), (3, 8, 8), 3, batch=8)

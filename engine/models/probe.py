@@ -14,7 +14,7 @@ from torch.nn.parameter import is_lazy
 from engine.errors import UsageError, first_line
 from engine.models.copying import buffers_of, restore_buffers
 from engine.models.logits import check_logits
-from engine.models.reference import ModelRef
+from engine.models.reference import ModelRef, warn_once
 from engine.models.user_code import line_in
 
 def line_of(error, file):
@@ -81,8 +81,20 @@ def check_fits(model: nn.Module, ref: ModelRef, in_shape, num_classes, batch=PRO
     for mode, output in outputs.items():
         check_logits(output, label, mode, batch, num_classes, ref, type(model) if built else None)
     if trains:
+        _warn_probabilities(outputs["training"], label)
         check_trainable(model, label)
         check_backward(model, label, probe, code_file(ref))
+
+
+def _warn_probabilities(output, label):
+    """One line where a model to train returns probabilities (rows of non-negative values summing to
+    1 on the probe): cross-entropy takes logits and applies the softmax itself, so a softmax in the
+    forward trains, slowly, a different model. log_softmax is fine (cross-entropy gives the same)."""
+    rows = output.detach().float()
+    if rows.shape[1] > 1 and bool((rows >= 0).all()) and bool(torch.allclose(rows.sum(1), torch.ones(1), atol=1e-4)):
+        warn_once(("probabilities", label), f"engine: warning: {label} returns probabilities (each row sums to 1: a softmax at "
+                  "the end of its forward?); the loss, cross-entropy, takes logits and applies the softmax itself: "
+                  "return the scores before it (or log_softmax) to train as intended")
 
 
 def check_trainable(model: nn.Module, label):

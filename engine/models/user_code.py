@@ -83,8 +83,11 @@ def _import(ref: ModelRef):
         raise UsageError(f"--model {where}: {ref.name} is not defined there"
                          + (f" (nn.Module classes there: {', '.join(found)})" if found else ""))
     if not ((inspect.isclass(target) and issubclass(target, nn.Module)) or inspect.isfunction(target)):
+        built = isinstance(target, nn.Module)  # a module made at import: the engine builds one per run, sized to the data
+        hint = (f"; make it a function that builds it, def {ref.name}(num_classes): return {type(target).__name__}(...)"
+                if built else "")
         raise UsageError(f"--model {where}: {ref.name} is not an nn.Module subclass or a function that returns one "
-                         f"(it is of type {type(target).__name__})")
+                         f"(it is of type {type(target).__name__}){hint}")
     owner = ref.name.rpartition(".")[0]
     cls = module
     for part in owner.split(".") if owner else ():
