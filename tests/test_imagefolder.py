@@ -807,3 +807,31 @@ def test_a_folder_without_a_test_folder_says_it_has_no_test_split(tmp_path):
     read(source(tmp_path, tree(counts=(("train", 10),))), tmp_path / "cache", said.append)
     assert any(text.endswith("images has no test split: holding out a seeded, stratified 10% of each class (3 images) "
                              "as the test set (--test-split P% to choose)") for text in said), said
+
+
+@pytest.mark.parametrize("kind", ["pipe", "device link"])
+def test_an_image_name_on_a_pipe_or_a_device_is_one_line_not_a_read_that_never_ends(tmp_path, kind):
+    """A FIFO named cat/x.png blocked the decode forever; a link to /dev/zero read until memory ran out."""
+    import signal
+
+    folder = source(tmp_path, tree(counts=(("train", 2), ("test", 1))))
+    odd = folder / "train" / "cat" / "x.png"
+    if kind == "pipe":
+        os.mkfifo(odd)
+    else:
+        odd.symlink_to("/dev/null")  # as /dev/zero, which is not read here should this regress
+    os.mkfifo(folder / "train" / "cat" / "notes.txt")  # not an image name: never read, no matter what it is
+
+    def stuck(*_):
+        raise TimeoutError("the read never ended")
+
+    previous = signal.signal(signal.SIGALRM, stuck)
+    signal.alarm(20)
+    try:
+        with pytest.raises(EngineError) as error:
+            read(folder, tmp_path / "cache", lambda *_: None)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    link = "a link to /dev/null, " if kind == "device link" else ""
+    assert str(error.value) == f"{odd} is not a regular file ({link}a pipe, socket or device), not an image; remove it"

@@ -89,7 +89,8 @@ def last_copies(entries, copies):
 def walk(path: Path):
     """os.walk of a directory, links followed, each folder's names sorted; a link loop (a link to a
     folder it sits in) and a broken link to an image are one line each instead of an OSError deep in
-    the walk (a broken link to anything else is left out)."""
+    the walk (a broken link to anything else is left out), and so is an image name on a pipe or a
+    device (a link to /dev/zero), whose reading would never end."""
     for root, dirs, files in os.walk(path, followlinks=True):
         here = os.path.realpath(root)
         for name in dirs:
@@ -105,6 +106,10 @@ def walk(path: Path):
                     continue  # not an image: nothing is read from it either way
                 raise EngineError(f"{full} is a broken link (to {os.readlink(full)}); remove it or restore what it "
                                   "points to")
+            if not os.path.isfile(full) and layout.folder_of(name) is not None:  # reading one never ends
+                link = f"a link to {os.path.realpath(full)}, " if os.path.islink(full) else ""
+                raise EngineError(f"{full} is not a regular file ({link}a pipe, socket or device), not an image; "
+                                  "remove it")
             kept.append(name)
         dirs.sort()
         yield root, dirs, kept
