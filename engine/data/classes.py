@@ -34,7 +34,7 @@ def split_classes(images, folders, path, log):
     for split, spelled in layout.split_spellings(images).items():
         log(f"Reading {' and '.join(name + '/' for name in spelled)} of {path} together as its {split} split")
     found, empty, outside = layout.group(images, folders)
-    beside = ", ".join(f"{folder}/" for folder in list(outside)[:3])  # where images outside class folders are
+    beside = _folders(outside)  # where images outside class folders are
     try:
         train, test, named = layout.choose(found, path, log, layout.split_names(images))
     except EngineError as error:
@@ -71,13 +71,19 @@ def _placed(error, outside):
     """layout.choose's refusal, saying where the images it did not place are (none in class folders)."""
     if not outside:
         return error
-    beside = ", ".join(f"{folder}/" for folder in list(outside)[:3])
+    beside = _folders(outside)
     if not any(layout.split_of(part) for folder in outside for part in folder.split("/")):  # loose images
         return EngineError(f"{error}; {beside} hold{'s' if len(outside) == 1 else ''} images outside every class "
                            "folder (put each class's images in a folder named after it)")
     # e.g. red/, green/ and a class named test/: the name made it a split layout
     return EngineError(f"{error}; {beside} hold images in no split's class folder (is a class named like a split, "
                        "test/ or val/? rename it)")
+
+
+def _folders(outside):
+    """The first three folders of `outside` ({folder: image count}) as a message names them: 'test/', or
+    'its top folder' for the source's own top ('.'), which './' would name only to a reader of paths."""
+    return ", ".join("its top folder" if folder == "." else f"{folder}/" for folder in list(outside)[:3])
 
 
 def in_name_order(named):
