@@ -449,3 +449,15 @@ def test_the_runs_own_data_changed_is_named_as_the_runs_not_as_a_flag_never_give
     given = subprocess.run([sys.executable, "-m", "engine", "eval", str(out / "best.pt"), "--device", "cpu",
                             "--cache-dir", cache, "--data", str(rgb / "test")], capture_output=True, text=True, timeout=300)
     assert given.returncode == 1 and f"but --data {rgb / 'test'} has 3x32x32 images of 3 classes" in given.stderr
+
+
+def test_a_class_that_differs_from_the_models_only_in_case_or_spaces_is_shown_so():
+    from types import SimpleNamespace
+
+    from engine.errors import EngineError
+    from engine.eval_data import labels_for
+
+    data = SimpleNamespace(shape=(3, 8, 8), classes=["Cat", "dog ", "frog"], test_y=torch.tensor([0, 1, 2]))
+    with pytest.raises(EngineError, match=r"; it has classes the model was not trained on: Cat \(the model has 'cat'\), "
+                                          r"'dog ' \(the model has 'dog'\)$"):
+        labels_for("best.pt", (3, 8, 8), ["cat", "dog", "frog"], data, "other/")
