@@ -48,3 +48,18 @@ def test_the_package_reexports_the_type_and_loads_no_reader_at_import():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "['engine.data.dataset']"
+
+
+def test_a_folder_named_like_a_built_in_set_is_said_not_to_be_read(tmp_path, monkeypatch):
+    """--data synthetic (or cifar10) with a folder of that name in the current directory reads the
+    built-in set: a line says the user's folder is not read, and how to name it."""
+    (tmp_path / "synthetic" / "cat").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    said = []
+    load_dataset(Config(data="synthetic", limit_train=8, limit_test=8), said.append)
+    assert ("Note: --data synthetic names the built-in set, not the folder synthetic here, which is not read; give "
+            "--data ./synthetic for your own images") in said
+    said.clear()
+    monkeypatch.chdir(tmp_path / "synthetic")
+    load_dataset(Config(data="synthetic", limit_train=8, limit_test=8), said.append)
+    assert not any(line.startswith("Note: --data synthetic names") for line in said)

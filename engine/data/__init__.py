@@ -5,6 +5,8 @@ and image folders or archives (`imagefolder`); each builds a `dataset.Dataset` a
 when its data is asked for, so importing this package reads nothing and loads no reader.
 """
 
+from pathlib import Path
+
 from engine.config import BUILTIN_DATASETS, Config
 from engine.data.dataset import ARCHIVE_SUFFIXES, Dataset, InputSpec, channel_stats, dataset_label
 from engine.errors import UsageError
@@ -16,6 +18,9 @@ def load_dataset(cfg: Config, log=print) -> Dataset:
     """The dataset `cfg.data` names, with `--val-split` held out of its training images, then `--limit-*` applied."""
     if cfg.data in BUILTIN_DATASETS and (cfg.image_size or cfg.test_split not in (None, "all")):  # all: layout.WHOLE
         raise UsageError(f"--image-size and --test-split are for image folders; {cfg.data} has its own size and test set")
+    if cfg.data in BUILTIN_DATASETS and Path(cfg.data).exists():  # a user's own ./cifar10 folder, easily taken for it
+        log(f"Note: --data {cfg.data} names the built-in set, not the {'folder' if Path(cfg.data).is_dir() else 'file'} "
+            f"{cfg.data} here, which is not read; give --data ./{cfg.data} for your own images")
     if cfg.data == "synthetic":
         from engine.data import synthetic
 
