@@ -835,3 +835,20 @@ def test_an_image_name_on_a_pipe_or_a_device_is_one_line_not_a_read_that_never_e
         signal.signal(signal.SIGALRM, previous)
     link = "a link to /dev/null, " if kind == "device link" else ""
     assert str(error.value) == f"{odd} is not a regular file ({link}a pipe, socket or device), not an image; remove it"
+
+
+@pytest.mark.parametrize("kind", ["folder", "zip"])
+def test_an_empty_test_folder_beside_class_folders_is_named_as_a_split_not_a_class(tmp_path, kind):
+    """cat/, dog/, frog/ and an empty test/: the line called test/ a class folder with no images."""
+    files = {name.split("/", 1)[1]: data for name, data in tree(counts=(("train", 3),)).items()}
+    if kind == "zip":
+        files["test/"] = b""  # a folder entry
+        target = write(files, tmp_path / "images.zip", "zip")
+    else:
+        target = source(tmp_path, files)
+        (target / "test").mkdir()
+    with pytest.raises(EngineError) as error:
+        read(target, tmp_path / "cache", lambda *_: None)
+    assert str(error.value) == (f"{target}: test/ has no images, and beside class folders a split folder is no class: "
+                                "remove it (a --test-split of each class is then held out), or move the class folders "
+                                "into train/ and put test images in test/<class>/")

@@ -43,6 +43,11 @@ def split_classes(images, folders, path, log):
         count = sum(outside.values())
         log(f"Not used: {count:,} image{'s' if count > 1 else ''} outside every class folder of {path} (in "
             f"{beside}{' ...' if len(outside) > 3 else ''})")
+    splits = [folder for folder in empty if layout.split_of(folder.split("/")[-1])] if found.get(None) else []
+    if splits:  # <class>/ folders and an empty test/ beside them: a split folder, not a class with no images
+        raise EngineError(f"{path}: {splits[0]}/ has no images, and beside class folders a split folder is no class: "
+                          f"remove it (a --test-split of each class is then held out), or move the class folders into "
+                          f"train/ and put test images in {splits[0]}/<class>/")
     if empty:
         others = ", ".join(empty[1:4]) + (f" and {len(empty) - 4} more" if len(empty) > 4 else "")
         alone = list(found.get(None) or {})  # one class with images beside empty ones: perhaps a wrapper
