@@ -852,3 +852,18 @@ def test_an_empty_test_folder_beside_class_folders_is_named_as_a_split_not_a_cla
     assert str(error.value) == (f"{target}: test/ has no images, and beside class folders a split folder is no class: "
                                 "remove it (a --test-split of each class is then held out), or move the class folders "
                                 "into train/ and put test images in test/<class>/")
+
+
+def test_an_archive_whose_first_image_is_held_twice_checks_sizes_against_its_last_member(tmp_path):
+    """The one-size check took the first member's size: an earlier copy of another size, which
+    extracting the archive overwrites, refused a set whose images all share one size."""
+    import warnings
+
+    target = write({"train/cat/0000.png": png(5, size=(9, 9))}, tmp_path / "images.zip", "zip")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zipfile's "Duplicate name" warning
+        with zipfile.ZipFile(target, "a") as archive:
+            for name, data in tree().items():
+                archive.writestr(name, data)
+    data = read(target, tmp_path / "cache", lambda *_: None)
+    assert tuple(data.train_x.shape) == (9, 3, 5, 6) and data.train_x[0, 0, 0, 0] == 0  # the last member's pixels

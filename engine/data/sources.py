@@ -251,7 +251,7 @@ def check_memory(path: Path, size=None):
     while they are stacked."""
     from PIL import Image, UnidentifiedImageError
 
-    count, first, folders, holding, others, names = 0, None, [], {}, {}, {}
+    count, first, first_key, folders, holding, others, names = 0, None, None, [], {}, {}, {}
     listed = set()
     for name, read in members(path):
         parts = layout.parts_of(name)
@@ -273,11 +273,11 @@ def check_memory(path: Path, size=None):
             continue
         key = extracted_name(name)
         names[key] = names.get(key, 0) + 1
-        if names[key] > 1:  # a name the archive holds again: one image once extracted (last_copies)
-            continue
-        count += 1
-        holding[folder] = holding.get(folder, 0) + 1
-        if first is None:
+        if names[key] == 1:  # a name the archive holds again is one image once extracted (last_copies)
+            count += 1
+            holding[folder] = holding.get(folder, 0) + 1
+        if first is None or (names[key] > 1 and key == first_key):  # the first image's last copy is the one read
+            first_key = key
             try:
                 with Image.open(io.BytesIO(read())) as image:
                     check_size(image, label(path, name), size)
