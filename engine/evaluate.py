@@ -91,7 +91,10 @@ def evaluate_sums(model, loader: BatchLoader, runtime: Runtime, tta=False, confu
     seen = 0
     with torch.no_grad(), runtime.autocast():
         for x, y, count in loader.epoch(0):
-            logits = predict(model, x, tta)[:count].float()  # (count, classes): padded rows dropped
+            logits = predict(model, x, tta)
+            if logits.ndim == 1 and len(x) == 1:  # a forward that drops a single image's batch dimension (x.squeeze())
+                logits = logits[None]
+            logits = logits[:count].float()  # (count, classes): padded rows dropped
             loss_sum += F.cross_entropy(logits, y[:count], reduction="sum").double()
             pred = logits.argmax(1)  # (count,)
             correct += (pred == y[:count]).sum()

@@ -112,13 +112,19 @@ def check_exportable(module):
 def to_onnx(module, sample, path, opset=None):
     """Write `module` (eval, CPU, fp32) to `path` as one file with a dynamic batch; returns its opset."""
     check_exportable(module)
-    batch = torch.export.Dim("batch", min=1, max=1 << 20)
+    from export.batch import MAX_BATCH, check_every_batch, exported_for_every_batch, refused_for_the_batch
+
+    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
     with quiet_exporter() as captured:
         try:
-            program = torch.onnx.export(module, (sample,), input_names=["input"], output_names=["logits"],
+            traced = exported_for_every_batch(module, sample, batch)
+            program = torch.onnx.export(traced, (sample,), input_names=["input"], output_names=["logits"],
                                         dynamic_shapes=({0: batch},), opset_version=opset, dynamo=True,
                                         external_data=False, optimize=True, verify=False)
+            check_every_batch(program.exported_program)
             program.save(str(path), external_data=False)  # one file: no .onnx.data beside it
+        except EngineError:
+            raise
         except Exception as error:
             if isinstance(root_cause(error), KeyboardInterrupt):  # Ctrl-C inside the exporter, which wraps it
                 raise KeyboardInterrupt from None
@@ -135,9 +141,7 @@ def to_onnx(module, sample, path, opset=None):
     model = onnx.load(str(path), load_external_data=False)
     first = model.graph.input[0].type.tensor_type.shape.dim[0]
     if first.HasField("dim_value"):  # torch.export specialised it: the forward branches on the batch size
-        raise EngineError(f"the exported graph takes batches of {first.dim_value} only: the model's forward depends on "
-                          "the batch size (e.g. an `if x.shape[0] == ...`), so no file for any batch can be written; "
-                          "make the forward the same for every batch size")
+        raise EngineError(refused_for_the_batch(f"takes batches of {first.dim_value} only"))
     return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
 
 

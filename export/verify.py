@@ -6,7 +6,7 @@ in onnxruntime and the model in PyTorch on the same images and fails beyond the 
 """
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -45,6 +45,8 @@ class Parity:
     max_abs_diff: float
     agreement: float  # share of images whose top-1 class is the same
     scale: float = 0.0  # the largest |logit| PyTorch gave
+    by_batch: dict = field(default_factory=dict)  # {batch size: (max |difference|, agreement)}
+    note: str = ""  # what PyTorch did that the file does otherwise, and rightly (a single image's batch dimension)
 
     def tolerance(self, atol=ATOL):
         """What two fp32 runs of the graph may differ by: `atol`, plus RTOL of the largest logit."""
@@ -55,7 +57,16 @@ class Parity:
 
     def describe(self):
         return (f"max |onnxruntime - PyTorch| {self.max_abs_diff:.2e} on the logits, top-1 agreement "
-                f"{agreement_text(self.agreement)}")
+                f"{agreement_text(self.agreement)}{f' ({self.note})' if self.note else ''}")
+
+    def failing_batches(self, atol=ATOL, min_agreement=MIN_AGREEMENT):
+        """' at batches of 1 (those of 7 and 256 agree)': the batch sizes that differ, where some do not."""
+        bad = [n for n, (diff, agree) in self.by_batch.items() if diff > self.tolerance(atol) or agree < min_agreement]
+        good = [n for n in self.by_batch if n not in bad]
+        if not bad or not good:
+            return ""
+        return (f" at batches of {' and '.join(map(str, bad))} (those of {' and '.join(map(str, good))} agree: the "
+                "forward depends on the batch size, e.g. an `if x.shape[0] == 1`)")
 
 
 def run_session(session, images, batch_size=256):
@@ -69,6 +80,27 @@ def run_session(session, images, batch_size=256):
                           f"({first_line(error, 240)}); the file was not written") from None
 
 
+def eager_logits(module, images, batch_size):
+    """(logits (N, classes) of `module` on float32 images, `batch_size` a run, a note or ''). A forward that
+    drops the batch dimension of a single image (`x.squeeze()`: (classes,) for one image) is read as one
+    row: the exported graph keeps that dimension (torch.export assumes a dynamic batch is never 1)."""
+    rows, note = [], ""
+    with torch.no_grad():
+        for i in range(0, len(images), batch_size):
+            out = module(torch.from_numpy(images[i:i + batch_size]))
+            count = len(images[i:i + batch_size])
+            tensor = isinstance(out, torch.Tensor)
+            if tensor and out.ndim == 1 and count == 1:
+                note = f"PyTorch's forward gives {tuple(out.shape)} for a batch of 1, where the file keeps the batch: (1, {len(out)})"
+                out = out[None]
+            if not tensor or out.ndim != 2 or len(out) != count:
+                got = tuple(out.shape) if tensor else f"a {type(out).__name__}"
+                raise EngineError(f"PyTorch's forward gives {got} for a batch of {count}, not (batch, classes) logits: "
+                                  "the file cannot be verified against it; the file was not written")
+            rows.append(out.numpy())
+    return np.concatenate(rows), note
+
+
 def compare(session, module, images, batch_sizes=(256,)):
     """Parity of `session` with `module` (eval, fp32, CPU) on float32 (N, C, H, W) images in [0, 1].
 
@@ -76,22 +108,41 @@ def compare(session, module, images, batch_sizes=(256,)):
     dimension is not really dynamic, or a forward that branches on the batch size (torch.export
     assumes a dynamic size is never 1), fails here rather than in a client.
     """
-    worst, agree = 0.0, 1.0
+    by_batch, scale, notes = {}, 0.0, set()
     for size in batch_sizes:
-        with torch.no_grad():
-            expected = np.concatenate([module(torch.from_numpy(images[i:i + size])).numpy()
-                                       for i in range(0, len(images), size)])
+        expected, note = eager_logits(module, images, size)
         got = run_session(session, images, size)
-        worst = max(worst, float(np.abs(got - expected).max()))
-        agree = min(agree, float((got.argmax(1) == expected.argmax(1)).mean()))
-    return Parity(len(images), worst, agree, float(np.abs(expected).max(initial=0)))
+        if got.shape != expected.shape:
+            raise EngineError(f"the exported file gives logits of shape {got.shape[1:]} an image, PyTorch {expected.shape[1:]}; "
+                              "the file was not written")
+        by_batch[size] = (float(np.abs(got - expected).max()), float((got.argmax(1) == expected.argmax(1)).mean()))
+        scale = max(scale, float(np.abs(expected).max(initial=0)))
+        notes.add(note)
+    worst = max(diff for diff, _ in by_batch.values())
+    agree = min(agreement for _, agreement in by_batch.values())
+    return Parity(len(images), worst, agree, scale, by_batch, "; ".join(sorted(filter(None, notes))))
+
+
+def changes_between_runs(module, images):
+    """The largest difference between two PyTorch runs of `module` on the same images (0 for a forward
+    that is a function of its input)."""
+    first, _ = eager_logits(module, images, len(images))
+    second, _ = eager_logits(module, images, len(images))
+    return float(np.abs(first - second).max())
 
 
 def check_parity(session, module, images, atol=ATOL, min_agreement=MIN_AGREEMENT):
     """Parity, or an EngineError saying by how much the file and PyTorch disagree."""
     parity = compare(session, module, images, batch_sizes=(1, 7, len(images)))
     if not parity.ok(atol, min_agreement):
-        raise EngineError(f"verification failed: {parity.describe()} (tolerance {atol:g} + {RTOL:g} x the largest "
-                          f"|logit| {parity.scale:.3g} = {parity.tolerance(atol):.3g}, {min_agreement * 100:.0f}% "
-                          "agreement); the file was not written (--no-verify writes it unchecked)")
+        drift = changes_between_runs(module, images[:16])
+        if drift > parity.tolerance(atol):  # no file can match a forward that is not a function of its input
+            raise EngineError(f"verification failed: PyTorch's forward gives other logits for the same images each time it "
+                              f"runs in evaluation mode (by up to {drift:.2e}): it is random (dropout with training=True, "
+                              "noise) or updates its own state, which an exported file cannot follow; the file was not "
+                              "written (--no-verify writes it unchecked)")
+        raise EngineError(f"verification failed{parity.failing_batches(atol, min_agreement)}: {parity.describe()} "
+                          f"(tolerance {atol:g} + {RTOL:g} x the largest |logit| {parity.scale:.3g} = "
+                          f"{parity.tolerance(atol):.3g}, {min_agreement * 100:.0f}% agreement); the file was not "
+                          "written (--no-verify writes it unchecked)")
     return parity

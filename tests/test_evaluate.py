@@ -461,3 +461,26 @@ def test_a_class_that_differs_from_the_models_only_in_case_or_spaces_is_shown_so
     with pytest.raises(EngineError, match=r"; it has classes the model was not trained on: Cat \(the model has 'cat'\), "
                                           r"'dog ' \(the model has 'dog'\)$"):
         labels_for("best.pt", (3, 8, 8), ["cat", "dog", "frog"], data, "other/")
+
+
+def test_a_forward_that_drops_a_single_image_s_batch_evaluates_at_batch_1():
+    """`.squeeze()` gives (classes,) for one image: `engine eval --batch-size 1` was torch's 'Expected floating
+    point type for target with class probabilities', a traceback."""
+
+    class Squeezes(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.head = torch.nn.Linear(3, 10)
+
+        def forward(self, x):
+            return self.head(F.adaptive_avg_pool2d(x, 1).squeeze())
+
+    torch.manual_seed(0)
+    x = torch.randint(0, 256, (5, 3, 8, 8), dtype=torch.uint8)
+    y = torch.randint(0, 10, (5,))
+    model = Squeezes()
+    runtime = Runtime.from_config(Config(device="cpu", amp=False))
+    one = BatchLoader(x, y, 1, [0.5] * 3, [0.25] * 3, device="cpu", train=False, channels_last=False)
+    five = BatchLoader(x, y, 5, [0.5] * 3, [0.25] * 3, device="cpu", train=False, channels_last=False)
+    loss, acc = evaluate(model, one, runtime)
+    assert (loss, acc) == pytest.approx(evaluate(model, five, runtime), abs=1e-6)

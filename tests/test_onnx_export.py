@@ -321,3 +321,56 @@ def test_what_the_exporter_cannot_write_is_one_line_before_it_tries(tmp_path):
     with pytest.raises(UsageError, match="Net's buffers are float16; the exported file runs float32"):
         to_onnx(Normalized(buffered, [0.5] * 3, [0.5] * 3), torch.zeros(1, 3, 8, 8), tmp_path / "b.onnx")
     assert not list(tmp_path.iterdir())
+
+
+class SqueezesTheBatch(torch.nn.Module):
+    """`.squeeze()` with no dim: (classes,) for a single image in PyTorch; the exported graph keeps the batch."""
+
+    def __init__(self):
+        super().__init__()
+        self.head = torch.nn.Linear(3, 10)
+
+    def forward(self, x):
+        return self.head(torch.nn.functional.adaptive_avg_pool2d(x, 1).squeeze())
+
+
+def test_a_forward_that_drops_a_single_image_s_batch_verifies_on_the_rows_it_gives(tmp_path):
+    """It was numpy's 'operands could not be broadcast together with shapes (16,10) (160,)', a traceback."""
+    from export.verify import check_parity
+
+    model = SqueezesTheBatch().eval()
+    to_onnx(model, torch.rand(2, 3, 8, 8), tmp_path / "m.onnx")
+    session, _ = open_session(tmp_path / "m.onnx", device="cpu")
+    images = np.random.default_rng(0).random((16, 3, 8, 8), dtype=np.float32)
+    parity = check_parity(session, model, images)
+    assert parity.ok() and parity.max_abs_diff < 1e-5
+    assert "PyTorch's forward gives (10,) for a batch of 1, where the file keeps the batch: (1, 10)" in parity.describe()
+    assert run_session(session, images[:1], 1).shape == (1, 10)
+
+
+class NoisyInEvaluation(torch.nn.Module):
+    """Monte Carlo dropout: random in evaluation mode too."""
+
+    def __init__(self):
+        super().__init__()
+        self.head = torch.nn.Linear(3, 10)
+
+    def forward(self, x):
+        return self.head(torch.nn.functional.dropout(x.mean((2, 3)), 0.5, training=True))
+
+
+def test_verification_names_the_batch_size_that_differs_and_a_forward_that_is_random(tmp_path):
+    """Both read as onnxruntime against PyTorch differing, with no hint that the batch size or the
+    model's own randomness was the cause."""
+    from engine.errors import EngineError
+    from export.verify import check_parity
+
+    images = np.random.default_rng(0).random((16, 3, 8, 8), dtype=np.float32)
+    for model, said in ((DoublesASingleImage(), "verification failed at batches of 1 (those of 7 and 16 agree: the "
+                                                "forward depends on the batch size"),
+                        (NoisyInEvaluation(), "PyTorch's forward gives other logits for the same images each time it "
+                                              "runs in evaluation mode")):
+        to_onnx(model.eval(), torch.rand(2, 3, 8, 8), tmp_path / "m.onnx")
+        with pytest.raises(EngineError, match="the file was not written") as raised:
+            check_parity(open_session(tmp_path / "m.onnx", device="cpu")[0], model, images)
+        assert said in str(raised.value)
