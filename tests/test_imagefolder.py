@@ -867,3 +867,19 @@ def test_an_archive_whose_first_image_is_held_twice_checks_sizes_against_its_las
                 archive.writestr(name, data)
     data = read(target, tmp_path / "cache", lambda *_: None)
     assert tuple(data.train_x.shape) == (9, 3, 5, 6) and data.train_x[0, 0, 0, 0] == 0  # the last member's pixels
+
+
+@pytest.mark.parametrize("kind", ["folder", "tar.gz"])
+def test_a_source_whose_images_are_all_hidden_says_so_not_that_it_holds_none(tmp_path, kind):
+    """A set inside a hidden folder (.data/cat/1.png: a tar of a dot-folder) was 'holds no images'."""
+    files = {f".data/{name}": data for name, data in tree().items()}
+    target = source(tmp_path, files, kind)
+    with pytest.raises(EngineError) as error:
+        read(target, tmp_path / "cache", lambda *_: None)
+    assert str(error.value) == (f"{target} holds no images outside hidden files and folders: its 15 image files are "
+                                "under names starting with '.' or in __MACOSX/, which are skipped (e.g. "
+                                f".data/{'test/cat/0000.png' if kind == 'folder' else 'train/cat/0000.png'}); rename "
+                                "the folder that hides them")
+    (tmp_path / "n").mkdir()
+    with pytest.raises(EngineError, match=r"images holds no images \(files ending \.apng, .*\)$"):
+        read(source(tmp_path / "n", {"notes.txt": b"x"}), tmp_path / "cache", lambda *_: None)

@@ -28,12 +28,13 @@ from engine.data.classes import (Notes, check_names, empty_split, in_name_order,
                                  split_classes)
 from engine.data.dataset import Dataset, dataset_label
 from engine.data.pool import decoding_pool, stop_pool
-from engine.data.sources import DoesNotFit, archive_kind, check_memory, grey, label, last_copies, members, walk
+from engine.data.archives import archive_kind, last_copies
+from engine.data.sources import DoesNotFit, check_memory, grey, label, members, walk
 from engine.errors import EngineError, UsageError, first_line
 from engine.faults import pause_point
 from engine.lock import remove_stale_temporaries
 from engine.models.spec import MIN_CLASSES
-from engine.pixels import IMAGE_EXTENSIONS, check_size, fit, upright_size
+from engine.pixels import check_size, fit, upright_size
 
 CACHE_FORMAT = 12  # 2: a set with any colour image is all RGB; 3: any layout, test split optional, --image-size;
 # 4: class folders with subfolders, grey images with alpha; 5: split folders in any case (Train/), training/ and
@@ -127,8 +128,7 @@ def decode_folder(path: Path, log=print, size=None, rule="stretch", test_split=N
     try:
         survey = check_memory(path, size)
         if not survey.count:  # before "Decoding": a folder or archive with no image file at all
-            kinds = ", ".join(sorted(IMAGE_EXTENSIONS))
-            raise EngineError(f"{path} holds no images (files ending {kinds}; {layout.LAYOUT})")
+            raise EngineError(survey.no_images(path))
         notes = Notes(log)
         for line in survey.lines(path):
             notes(line)

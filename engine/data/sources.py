@@ -1,5 +1,5 @@
 """What an image-folder source holds, before anything is decoded: its files (a directory's, or an
-archive's members, read one by one and never extracted), its folders, and a survey of its image
+archive's members, read one by one and never extracted: engine.data.archives), its folders, and a survey of its image
 count and first image that decides whether the decode fits in memory (engine.data.imagefolder reads
 it; engine.data.filecache decodes what does not fit).
 """
@@ -7,16 +7,15 @@ it; engine.data.filecache decodes what does not fit).
 import io
 import os
 import posixpath
-import stat
 import tarfile
 import zipfile
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from engine.data import layout
-from engine.data.dataset import ARCHIVE_SUFFIXES
+from engine.data.archives import archive_kind, extracted_name, tar_read, zip_name, zip_read
 from engine.errors import EngineError
-from engine.pixels import SIXTEEN_BIT, check_size, not_used_line, upright_size
+from engine.pixels import IMAGE_EXTENSIONS, SIXTEEN_BIT, check_size, not_used_line, upright_size
 
 GRAY_MODES = ("L", "LA", "La", "1", "F", *SIXTEEN_BIT)  # LA: grey with alpha, which is dropped as RGBA's is
 
@@ -27,15 +26,6 @@ def grey(image):
     if image.mode in GRAY_MODES:
         return True
     return image.format == "PNG" and bool(image.tile) and str(image.tile[0][3]).startswith("LA;16")
-
-
-def archive_kind(path: Path):
-    name = path.name.lower()
-    if name.endswith(".zip"):
-        return "zip"
-    if name.endswith(ARCHIVE_SUFFIXES):  # .tar, .tar.gz, .tgz
-        return "tar"
-    return None
 
 
 def members(path: Path):
@@ -52,38 +42,16 @@ def members(path: Path):
     elif kind == "zip":
         with zipfile.ZipFile(path) as archive:
             for info in archive.infolist():
-                yield _zip_name(info), None if info.is_dir() else lambda info=info: _zip_read(archive, info, path)
+                yield zip_name(info), None if info.is_dir() else lambda info=info: zip_read(archive, info, path)
     elif kind == "tar":
         with tarfile.open(path, "r:*") as archive:
             for info in archive:
                 if info.isdir():
                     yield info.name, None
                 elif info.isfile() or info.islnk() or info.issym():  # a link reads as its target, as in a folder
-                    yield info.name, lambda info=info: _tar_read(archive, info, path)
+                    yield info.name, lambda info=info: tar_read(archive, info, path)
     else:
         raise EngineError(f"{path} is not a directory or a .tar, .tar.gz or .zip archive of an image folder")
-
-
-def extracted_name(name):
-    """The path an archive member extracts to: './a/b', 'a//b' and '/a/b' are all 'a/b' (tar and unzip
-    strip a leading '/'), so two members of one such name are one file once extracted."""
-    parts = PurePosixPath(name).parts
-    return "/".join(parts[1:] if parts[:1] in (("/",), ("//",)) else parts)
-
-
-def last_copies(entries, copies):
-    """`members`' (name, read) pairs less the earlier members of a name an archive holds more than once
-    (`copies`: {extracted_name: how many members hold it}, from the Survey): extracting the archive
-    overwrites them with the last, so the last is the one read (never both, which would count one
-    file twice, and under one name two images that may differ)."""
-    seen = {}
-    for name, read in entries:
-        key = extracted_name(name) if read is not None and copies else None
-        if key in copies:
-            seen[key] = seen.get(key, 0) + 1
-            if seen[key] < copies[key]:
-                continue
-        yield name, read
 
 
 def walk(path: Path):
@@ -113,66 +81,6 @@ def walk(path: Path):
             kept.append(name)
         dirs.sort()
         yield root, dirs, kept
-
-
-def _tar_read(archive, info, path):
-    """The bytes of a tar member; a link's are its target's, when the target is in the archive."""
-    try:
-        member = archive.extractfile(info)
-    except KeyError:  # tarfile's word for a link whose target is not a member
-        raise EngineError(f"{path}:{info.name} is a link to {info.linkname}, which the archive does not hold") from None
-    except RecursionError:  # tarfile follows a link to a link by calling itself: a loop never ends
-        raise EngineError(f"{path}:{info.name} is a link in a loop (to {info.linkname}); remove the link") from None
-    if member is None:  # a link to a folder (or a device): nothing to read as an image
-        raise EngineError(f"{path}:{info.name} is a link to {info.linkname}, which is not a file; an image name must "
-                          "name an image")
-    return member.read()
-
-
-METHODS = {9: "Deflate64, Windows Explorer's for large zips", 98: "PPMd", 95: "xz", 97: "WavPack", 99: "AES encryption"}
-
-
-def _zip_read(archive, info, path):
-    """The bytes of a zip member; a symlink's (Info-ZIP's `zip -y`: the target path is the member's
-    content, its Unix mode says link) are its target's, followed as a folder's or a tar's are."""
-    seen = set()
-    while stat.S_ISLNK(info.external_attr >> 16):
-        seen.add(info.filename)
-        link = archive.read(info).decode("utf-8", "replace")
-        target = posixpath.normpath(posixpath.join(posixpath.dirname(info.filename), link))
-        if target in seen:
-            raise EngineError(f"{path}:{info.filename} is a link in a loop (to {link}); remove the link")
-        try:
-            info = archive.getinfo(target)
-        except KeyError:
-            folder = any(name.startswith(target + "/") for name in archive.namelist())
-            said = "a folder; a link inside a zip is followed only to a file" if folder else "which the archive does not hold"
-            raise EngineError(f"{path}:{info.filename} is a link to {link}, {said}") from None
-    try:
-        return archive.read(info)
-    except NotImplementedError:  # Deflate64 (Windows Explorer's for large zips), PPMd, ...: zipfile reads none
-        raise EngineError(f"{path}:{info.filename} is compressed with a method Python's zipfile cannot read "
-                          f"({METHODS.get(info.compress_type, f'method {info.compress_type}')}); re-zip it with plain "
-                          "deflate (zip -r, or Python's shutil.make_archive)") from None
-    except RuntimeError:  # zipfile's word for an encrypted member
-        if info.flag_bits & 0x1:
-            raise EngineError(f"{path}:{info.filename} is encrypted (password-protected); unzip it and pass the "
-                              "folder, or re-zip it without a password") from None
-        raise
-
-
-def _zip_name(info: zipfile.ZipInfo):
-    """A zip member's name, '/'-separated. Archivers (Info-ZIP, macOS's) store UTF-8 names without the
-    flag that says so, which zipfile then reads as cp437: read those as UTF-8 where their bytes are UTF-8."""
-    name = info.filename
-    if info.create_system == 0:  # made on Windows (.NET's ZipFile, PowerShell's Compress-Archive): '\\' separates
-        name = name.replace("\\", "/")
-    if info.flag_bits & 0x800:
-        return name
-    try:
-        return name.encode("cp437").decode("utf-8")
-    except (UnicodeEncodeError, UnicodeDecodeError):
-        return name
 
 
 def label(path: Path, name):
@@ -212,6 +120,7 @@ class Survey:
     holding: dict = field(default_factory=dict)  # folder tuple -> its image count
     others: dict = field(default_factory=dict)  # extension -> count of files not read as images (not hidden)
     copies: dict = field(default_factory=dict)  # an image name an archive holds more than once -> its member count
+    hidden: tuple = (0, None)  # image files skipped as hidden ('.data/cat/1.png', '._1.png'): count, first name
 
     def unused_line(self, path):
         """A line naming the files that are not images this engine reads, by extension, or None."""
@@ -226,6 +135,16 @@ class Survey:
         shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
         return (f"Not used: {extra:,} earlier member{'s' if extra > 1 else ''} of {path} under an image name it holds "
                 f"more than once ({shown}); the last member of each name is read, as extracting the archive keeps it")
+
+    def no_images(self, path):
+        """The one line for a source with no image to read: all hidden, or none at all."""
+        count, name = self.hidden
+        if count:
+            return (f"{path} holds no images outside hidden files and folders: its {count:,} image file"
+                    f"{'s are' if count > 1 else ' is'} under names starting with '.' or in __MACOSX/, which are "
+                    f"skipped (e.g. {name}); rename the folder that hides them")
+        kinds = ", ".join(sorted(IMAGE_EXTENSIONS))
+        return f"{path} holds no images (files ending {kinds}; {layout.LAYOUT})"
 
     def lines(self, path):
         """What the decode says of the source's files before decoding: the files not used."""
@@ -251,7 +170,7 @@ def check_memory(path: Path, size=None):
     while they are stacked."""
     from PIL import Image, UnidentifiedImageError
 
-    count, first, first_key, folders, holding, others, names = 0, None, None, [], {}, {}, {}
+    count, first, first_key, folders, holding, others, names, hidden = 0, None, None, [], {}, {}, {}, (0, None)
     listed = set()
     for name, read in members(path):
         parts = layout.parts_of(name)
@@ -270,6 +189,8 @@ def check_memory(path: Path, size=None):
             elif not layout.hidden(parts):
                 suffix = posixpath.splitext(name)[1].lower() or "no extension"
                 others[suffix] = others.get(suffix, 0) + 1
+            elif posixpath.splitext(name)[1].lower() in IMAGE_EXTENSIONS:  # skipped as hidden: said if all are
+                hidden = (hidden[0] + 1, hidden[1] or name)
             continue
         key = extracted_name(name)
         names[key] = names.get(key, 0) + 1
@@ -285,7 +206,7 @@ def check_memory(path: Path, size=None):
             except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
                 first = ()  # the decoding pass names the bad file
     copies = {key: n for key, n in names.items() if n > 1} if not path.is_dir() else {}
-    survey = Survey(count, folders, first or (), holding, others, copies)
+    survey = Survey(count, folders, first or (), holding, others, copies, hidden)
     available = available_memory()
     if not first or available is None:
         return survey
