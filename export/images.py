@@ -16,6 +16,7 @@ import numpy as np
 from engine.errors import EngineError, UsageError
 from engine.pixels import IMAGE_EXTENSIONS, MAX_PIXELS, check_size, fit, not_used_line  # noqa: F401 (MAX_PIXELS: part of this module's API)
 
+ARCHIVES = (".tar.gz", ".tgz", ".tar", ".zip")  # engine.data.dataset.ARCHIVE_SUFFIXES, which imports torch
 
 
 def expand(paths, note=None):
@@ -77,6 +78,9 @@ def open_image(path, size=None):
         Image.MAX_IMAGE_PIXELS = None  # PIL's own check would raise without the size; ours below names it
         image = Image.open(path)  # reads the header only
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        if path.name.lower().endswith(ARCHIVES):  # training reads one; predict reads files and folders
+            raise EngineError(f"{path} is an archive, not an image: extract it and give the folder (engine predict "
+                              "reads image files and folders of them)") from None
         raise EngineError(f"{path} is not a readable image ({error})") from None
     finally:
         Image.MAX_IMAGE_PIXELS = bomb_limit

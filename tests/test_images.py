@@ -270,3 +270,19 @@ def test_a_sideways_jpeg_is_drafted_for_its_upright_size(tmp_path):
         got = np.asarray(fit(image, (64, 48), "RGB"))
     assert got.shape == (64, 48, 3)
     assert got[:12, :, 2].mean() > 150 and got[-40:, :, 0].mean() > 150  # blue at the top, red below: upright
+
+
+def test_an_archive_given_to_predict_is_said_to_be_one(tmp_path):
+    """engine predict reads image files and folders: a .zip of photos was 'not a readable image (cannot
+    identify image file ...)', as if it were a damaged photo."""
+    import zipfile
+
+    from engine.errors import EngineError
+    from export.images import open_image
+
+    with zipfile.ZipFile(tmp_path / "Photos.ZIP", "w") as archive:
+        archive.writestr("cat/1.png", b"x")
+    with pytest.raises(EngineError) as error:
+        open_image(tmp_path / "Photos.ZIP")
+    assert str(error.value) == (f"{tmp_path / 'Photos.ZIP'} is an archive, not an image: extract it and give the folder "
+                                "(engine predict reads image files and folders of them)")
