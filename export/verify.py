@@ -26,7 +26,10 @@ def check_standard(path):
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except Exception as error:
-        raise EngineError(f"the exported model fails the ONNX checker: {first_line(error)}") from None
+        kind = next((k for k in ("bfloat16", "float16") if f"tensor({k})" in str(error)), None)
+        hint = (f" (the forward computes in {kind} itself, under torch.autocast or after .to(torch.{kind}): compute "
+                "in float32 there; training's --amp is applied around the model, and the file runs float32)") if kind else ""
+        raise EngineError(f"the exported model fails the ONNX checker: {first_line(error)}{hint}") from None
     model = onnx.load(str(path), load_external_data=False)
     foreign = sorted({f"{n.domain}.{n.op_type}" for n in model.graph.node if n.domain not in STANDARD_DOMAINS})
     if foreign:

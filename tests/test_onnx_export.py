@@ -374,3 +374,27 @@ def test_verification_names_the_batch_size_that_differs_and_a_forward_that_is_ra
         with pytest.raises(EngineError, match="the file was not written") as raised:
             check_parity(open_session(tmp_path / "m.onnx", device="cpu")[0], model, images)
         assert said in str(raised.value)
+
+
+class AutocastInside(torch.nn.Module):
+    """bfloat16 inside the forward (its own torch.autocast): ONNX's Conv takes no bfloat16."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.head = torch.nn.Conv2d(3, 4, 3), torch.nn.Linear(4, 10)
+
+    def forward(self, x):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            x = self.conv(x).mean((2, 3))
+        return self.head(x.float())
+
+
+def test_a_forward_computing_in_bfloat16_itself_is_told_where_the_checker_refuses_it(tmp_path):
+    """It was the checker's 'X typestr: T, has unsupported type: tensor(bfloat16)' alone."""
+    from engine.errors import EngineError
+    from export.verify import check_standard
+
+    to_onnx(AutocastInside().eval(), torch.rand(2, 3, 8, 8), tmp_path / "m.onnx")
+    with pytest.raises(EngineError, match=r"unsupported type: tensor\(bfloat16\) \(the forward computes in bfloat16 "
+                                          r"itself, under torch.autocast or after .to\(torch.bfloat16\): compute in float32"):
+        check_standard(tmp_path / "m.onnx")
