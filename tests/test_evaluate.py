@@ -484,3 +484,19 @@ def test_a_forward_that_drops_a_single_image_s_batch_evaluates_at_batch_1():
     five = BatchLoader(x, y, 5, [0.5] * 3, [0.25] * 3, device="cpu", train=False, channels_last=False)
     loss, acc = evaluate(model, one, runtime)
     assert (loss, acc) == pytest.approx(evaluate(model, five, runtime), abs=1e-6)
+
+
+@pytest.mark.slow
+def test_the_runs_own_data_path_now_a_file_is_not_named_as_a_flag_never_given(tmp_path):
+    import shutil
+
+    from engine.errors import EngineError
+
+    rgb = png_folder(tmp_path / "photos", gray=False)
+    flags = dict(epochs=1, batch_size=16, amp=False, quiet=True, device="cpu", cache_dir=str(tmp_path / "cache"))
+    out, _ = train(Config(data=str(rgb), out=str(tmp_path / "run"), **flags), log=lambda *_: None)
+    shutil.rmtree(rgb)
+    rgb.write_text("a note where the photos were")
+    with pytest.raises(EngineError) as error:
+        evaluate_checkpoint(out / "best.pt", {}, log=lambda *_: None)
+    assert str(error.value) == f"{rgb} is not a directory or a .tar, .tar.gz or .zip archive of an image folder"

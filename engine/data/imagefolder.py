@@ -186,9 +186,9 @@ def read(source, cache_dir: Path, log=print, image_size=None, test_split=None, s
     by `test_split` (a percentage; default 10%), seeded and stratified (engine.data.layout)."""
     path = Path(source).expanduser()
     if not path.exists():
-        raise EngineError(f"--data {source}: no such file or directory (give an image folder or a .tar/.tar.gz/.zip of one)")
-    if not path.is_dir() and archive_kind(path) is None:
-        raise EngineError(f"--data {source} is not a directory or a .tar, .tar.gz or .zip archive")
+        raise EngineError(f"{source}: no such file or directory (give an image folder or a .tar/.tar.gz/.zip of one)")
+    if not path.is_dir() and archive_kind(path) is None:  # not named as --data: engine eval reads a run's own path
+        raise EngineError(f"{source} is not a directory or a .tar, .tar.gz or .zip archive of an image folder")
     name = dataset_label(str(path))
     sized = f"-{image_size[0]}x{image_size[1]}-{resize}" if image_size else ""
     cache = Path(cache_dir) / f"{name}-{source_key(path)}{sized}.pt"
