@@ -57,21 +57,15 @@ def labels_for(source, shape, classes, data, data_name, given=True):
         elif data.shape[0] == 3 and shape[0] == 1 and not unknown:
             differs = "; the model takes gray images: evaluate a grayscale copy of the photos"
         elif unknown:  # the first names of two long lists look alike: name the ones the model does not know
-            shown = ", ".join(_unknown(name, classes) for name in unknown[:4]) + (
+            from engine.data.classes import shown_name
+
+            shown = ", ".join(shown_name(name, classes, "the model") for name in unknown[:4]) + (
                 f" and {len(unknown) - 4} more" if len(unknown) > 4 else "")
             differs = f"; it has classes the model was not trained on: {shown}"
         named = f"--data {data_name} has" if given else f"its data {data_name} now has"  # no flag the user did not give
         raise EngineError(f"{source} was trained on {_describe(shape, classes)}, "
                           f"but {named} {_describe(data.shape, data.classes)}{differs}")
     return torch.tensor([classes.index(name) for name in data.classes])[data.test_y]  # (M,) int64
-
-
-def _unknown(name, classes):
-    """A class name the model does not know, as a message shows it: quoted where spaces begin or end it
-    (invisible otherwise), with the model's class it differs from only in case or such spaces."""
-    shown = repr(name) if name != name.strip() else name
-    near = [c for c in classes if c.strip().casefold() == name.strip().casefold()]
-    return f"{shown} (the model has {near[0]!r})" if near else shown
 
 
 EVAL_FLAGS = tuple(f.name for f in fields_in("data", "runtime"))  # what engine eval's flags set

@@ -883,3 +883,10 @@ def test_a_source_whose_images_are_all_hidden_says_so_not_that_it_holds_none(tmp
     (tmp_path / "n").mkdir()
     with pytest.raises(EngineError, match=r"images holds no images \(files ending \.apng, .*\)$"):
         read(source(tmp_path / "n", {"notes.txt": b"x"}), tmp_path / "cache", lambda *_: None)
+
+
+def test_a_test_class_that_differs_from_trains_only_in_case_is_shown_so(tmp_path):
+    files = tree()
+    files = {name.replace("test/cat/", "test/Cat/"): data for name, data in files.items()}
+    with pytest.raises(EngineError, match=r"test/ has classes that train/ lacks: Cat \(train/ has 'cat'\) \(the "):
+        read(source(tmp_path, files), tmp_path / "cache", lambda *_: None)

@@ -58,8 +58,8 @@ def split_classes(images, folders, path, log):
     if test is not None and set(test) != set(classes):
         extra, missing = sorted(set(test) - set(classes)), sorted(set(classes) - set(test))
         trained = layout.split_names(images).get("train", "train")
-        differ = (f"has classes that {trained}/ lacks: {', '.join(extra)}" if extra else
-                  f"lacks classes that {trained}/ has: {', '.join(missing)}")
+        differ = (f"has classes that {trained}/ lacks: {', '.join(shown_name(n, classes, trained + '/') for n in extra)}"
+                  if extra else f"lacks classes that {trained}/ has: {', '.join(missing)}")
         raise EngineError(f"{path}: {named}/ {differ} (the evaluation split needs {trained}/'s classes, each with images)")
     return train, test, classes
 
@@ -70,6 +70,15 @@ def empty_split(test, images, folders):
     name it; {} otherwise. Kept with the decoded tensors, so a run from the decode cache names it too."""
     empty = layout.empty_splits(images, folders) if test is None else []
     return {"empty_split": empty[0]} if empty else {}
+
+
+def shown_name(name, names, owner):
+    """A class name one side lacks, as a message shows it: quoted where spaces begin or end it (invisible
+    otherwise), with the name of `names` (`owner`'s: 'train/', 'the model') that differs only in case or
+    in such spaces."""
+    shown = repr(name) if name != name.strip() else name
+    near = [n for n in names if n.strip().casefold() == name.strip().casefold()]
+    return f"{shown} ({owner} has {near[0]!r})" if near else shown
 
 
 def _placed(error, outside):
