@@ -398,3 +398,29 @@ def test_a_forward_computing_in_bfloat16_itself_is_told_where_the_checker_refuse
     with pytest.raises(EngineError, match=r"unsupported type: tensor\(bfloat16\) \(the forward computes in bfloat16 "
                                           r"itself, under torch.autocast or after .to\(torch.bfloat16\): compute in float32"):
         check_standard(tmp_path / "m.onnx")
+
+
+class BatchStatistics(torch.nn.Module):
+    """A BatchNorm without running statistics normalises with each batch's own, in evaluation mode too."""
+
+    def __init__(self, running):
+        super().__init__()
+        self.conv, self.head = torch.nn.Conv2d(3, 4, 3), torch.nn.Linear(4, 10)
+        self.norm = torch.nn.BatchNorm2d(4, track_running_stats=running)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.norm(self.conv(x))).mean((2, 3)))
+
+
+@pytest.mark.slow  # two exports and their verification
+def test_a_forward_that_mixes_the_images_of_a_batch_verifies_and_says_so(tmp_path):
+    """The file is faithful, but an image's result depends on the batch a client sends it in: that was not said."""
+    from export.verify import check_parity
+
+    images = np.random.default_rng(0).random((16, 3, 8, 8), dtype=np.float32)
+    for running, said in ((False, True), (True, False)):
+        model = BatchStatistics(running).eval()
+        to_onnx(model, torch.rand(2, 3, 8, 8), tmp_path / "m.onnx")
+        parity = check_parity(open_session(tmp_path / "m.onnx", device="cpu")[0], model, images)
+        assert parity.ok()
+        assert ("PyTorch's own logits for an image change with the batch it is in" in parity.describe()) == said
