@@ -115,6 +115,7 @@ def to_onnx(module, sample, path, opset=None):
     from export.batch import MAX_BATCH, check_every_batch, exported_for_every_batch, refused_for_the_batch
 
     batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
+    traced = module
     with quiet_exporter() as captured:
         try:
             traced = exported_for_every_batch(module, sample, batch)
@@ -132,6 +133,9 @@ def to_onnx(module, sample, path, opset=None):
                 raise EngineError(f"torch.onnx.export cannot write the source file names it records in the file when "
                                   f"they are not UTF-8: {', '.join(map(utf8, not_utf8_sources(module)))}; move the "
                                   "model's code to a folder whose name is UTF-8") from None
+            missing = untranslated_op(root_cause(error), traced)
+            if missing:
+                raise EngineError(f"torch.onnx.export failed: {missing}") from None
             if root_cause(error) is not error:  # torch.onnx's own message is a page of next steps; the cause is below it
                 raise EngineError(f"torch.onnx.export failed: {trace_failure(error)}") from None
             said = f"{error}\n{captured.getvalue()}"
@@ -143,6 +147,29 @@ def to_onnx(module, sample, path, opset=None):
     if first.HasField("dim_value"):  # torch.export specialised it: the forward branches on the batch size
         raise EngineError(refused_for_the_batch(f"takes batches of {first.dim_value} only"))
     return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+
+
+def untranslated_op(error, traced):
+    """'the forward's aten.median.dim (nets.py, line 12: ...) has no ONNX translation ...' for torch.onnx's
+    'No ONNX function found for <OpOverload(...)>', naming the user's line where torch.export recorded it; else None."""
+    import re
+
+    found = re.search(r"No ONNX function found for <OpOverload\(op='([^']+)', overload='([^']+)'\)>", str(error))
+    if not found:
+        return None
+    op = f"{found.group(1)}.{found.group(2)}".removesuffix(".default")
+    where = ""
+    if isinstance(traced, torch.export.ExportedProgram):  # the op as traced, before torch.onnx's decompositions
+        for node in traced.graph.nodes:
+            if str(node.target).removesuffix(".default") == op and node.meta.get("stack_trace"):
+                lines = [line.strip() for line in node.meta["stack_trace"].strip().splitlines()]
+                frame = next((i for i in range(len(lines) - 1, -1, -1) if lines[i].startswith("File ")), None)
+                if frame is not None:
+                    code = lines[frame + 1] if frame + 1 < len(lines) else ""
+                    where = f" ({lines[frame].removeprefix('File ')}{f': {code}' if code else ''})"
+                break
+    return (f"the forward uses {op}{where}, which has no ONNX translation in this torch; compute it with other "
+            "operations to export the model")
 
 
 def not_utf8_sources(module):

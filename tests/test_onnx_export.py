@@ -424,3 +424,27 @@ def test_a_forward_that_mixes_the_images_of_a_batch_verifies_and_says_so(tmp_pat
         parity = check_parity(open_session(tmp_path / "m.onnx", device="cpu")[0], model, images)
         assert parity.ok()
         assert ("PyTorch's own logits for an image change with the batch it is in" in parity.describe()) == said
+
+
+class AdaptiveMaxPool(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.head = torch.nn.Linear(3 * 3 * 3, 10)
+
+    def forward(self, x):
+        pooled = torch.nn.functional.adaptive_max_pool2d(x, (3, 3))  # 8 -> 3: no ONNX translation in torch 2.14
+        return self.head(pooled.flatten(1))
+
+
+def test_an_op_without_an_onnx_translation_is_named_with_the_line_that_uses_it(tmp_path):
+    """It was torch's "No ONNX function found for <OpOverload(op='aten.adaptive_max_pool2d', overload='default')>.
+    Failure message: No decompositions registered for the real-valued input", with no line of the model."""
+    from engine.errors import EngineError
+
+    with pytest.raises(EngineError) as raised:
+        to_onnx(AdaptiveMaxPool().eval(), torch.rand(2, 3, 8, 8), tmp_path / "m.onnx")
+    said = str(raised.value)
+    assert said.startswith("torch.onnx.export failed: the forward uses aten.adaptive_max_pool2d (")
+    assert "test_onnx_export.py" in said and "pooled = torch.nn.functional.adaptive_max_pool2d(x, (3, 3))" in said
+    assert said.endswith("which has no ONNX translation in this torch; compute it with other operations to export the model")
+    assert not list(tmp_path.iterdir())
