@@ -82,6 +82,9 @@ def check_out(out):
     if out.is_dir():
         raise UsageError(f"OUT {out} is a directory; give a file name ending in .onnx")
     if not out.parent.is_dir():
+        blocking = next((p for p in (out.parent, *out.parent.parents) if p.exists()), None)
+        if blocking is not None and not blocking.is_dir():  # notes.txt/m.onnx
+            raise EngineError(f"cannot write {out}: {blocking} is a file, not a folder")
         raise EngineError(f"cannot write {out}: folder {out.parent} does not exist")
     probe = out.parent / f".{out.name}.write-test{os.getpid()}"  # os.access says yes to root, even in /proc
     try:
