@@ -21,6 +21,7 @@ from export.metadata import ModelInfo, utf8
 
 DEFAULT_CHECKPOINT = Path("runs/latest/best.pt")
 VERIFY_IMAGES = 256  # real test images compared between onnxruntime and PyTorch
+MIN_VERIFY_IMAGES = 16  # a smaller test set is topped up with random images: batches of 1, 7 and all still differ
 MIN_OPSET = 18  # the dynamo exporter's lowest
 
 
@@ -225,7 +226,11 @@ def verification_images(data, shape, count=VERIFY_IMAGES, seed=0):
         images = generator.integers(0, 256, (count, *shape), dtype=np.uint8)
         return images.astype(np.float32) / 255, f"{count} random images (the run's data is unavailable)"
     pick = np.sort(generator.permutation(len(data.test_x))[:count])
-    return data.test_x[pick].numpy().astype(np.float32) / 255, f"{len(pick)} test images of {data.name}"
+    images, source = data.test_x[pick].numpy(), f"{len(pick)} test images of {data.name}"
+    if len(pick) < MIN_VERIFY_IMAGES:  # 5 images: batches of 1, 7 and 5 would be two sizes, one of them whole
+        extra = generator.integers(0, 256, (MIN_VERIFY_IMAGES - len(pick), *shape), dtype=np.uint8)
+        images, source = np.concatenate([images, extra]), f"{source} and {len(extra)} random images"
+    return images.astype(np.float32) / 255, source
 
 
 @kept_global_state()

@@ -97,6 +97,22 @@ def test_default_checkpoint_is_runs_latest_best_and_without_a_run_one_line_says_
     assert err.count("\n") == 1 and "engine train" in err and not (tmp_path / "model.onnx").exists()
 
 
+def test_a_test_set_too_small_for_three_batch_sizes_is_topped_up_with_random_images():
+    from engine.data.dataset import Dataset
+    from export.onnx_export import MIN_VERIFY_IMAGES, verification_images
+
+    test_x = torch.randint(0, 256, (5, 3, 8, 8), dtype=torch.uint8)
+    data = Dataset("tiny", ["a", "b"], test_x, torch.zeros(5, dtype=torch.long), test_x, torch.zeros(5, dtype=torch.long),
+                   flip=True)
+    images, source = verification_images(data, (3, 8, 8))
+    assert images.shape == (MIN_VERIFY_IMAGES, 3, 8, 8) and images.dtype == np.float32
+    assert np.array_equal(images[:5], test_x.numpy().astype(np.float32) / 255)  # every test image, then random ones
+    assert source == f"5 test images of tiny and {MIN_VERIFY_IMAGES - 5} random images"
+    whole = verification_images(Dataset("big", ["a"], test_x, test_x[:, 0, 0, 0].long(), test_x.repeat(8, 1, 1, 1),
+                                        torch.zeros(40, dtype=torch.long), flip=True), (3, 8, 8))
+    assert whole[0].shape == (40, 3, 8, 8) and whole[1] == "40 test images of big"
+
+
 @pytest.mark.slow
 def test_export_without_the_runs_data_verifies_on_random_images_and_says_so(tiny_run, tmp_path):
     checkpoint = load(tiny_run[1])
