@@ -15,6 +15,7 @@ from engine.errors import EngineError
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".apng", ".bmp", ".dib", ".gif", ".webp", ".tif", ".tiff",
                     ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".qoi", ".avif", ".jp2", ".j2k"}  # what PIL decodes
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")  # the archives an image folder may come as
 MAX_PIXELS = 50_000_000  # 150 MB decoded as RGB; a 20000x20000 image (1.2 GB) is refused by its header
 SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 ORIENTATION = 0x0112  # the EXIF tag: how a camera's stored pixels turn upright (2-8; 1 is as stored)

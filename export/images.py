@@ -14,9 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.errors import EngineError, UsageError
-from engine.pixels import IMAGE_EXTENSIONS, MAX_PIXELS, check_size, fit, not_used_line  # noqa: F401 (MAX_PIXELS: part of this module's API)
-
-ARCHIVES = (".tar.gz", ".tgz", ".tar", ".zip")  # engine.data.dataset.ARCHIVE_SUFFIXES, which imports torch
+from engine.pixels import ARCHIVE_SUFFIXES, IMAGE_EXTENSIONS, MAX_PIXELS, check_size, fit, not_used_line  # noqa: F401 (MAX_PIXELS: part of this module's API)
 
 
 def expand(paths, note=None):
@@ -78,7 +76,7 @@ def open_image(path, size=None):
         Image.MAX_IMAGE_PIXELS = None  # PIL's own check would raise without the size; ours below names it
         image = Image.open(path)  # reads the header only
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        if path.name.lower().endswith(ARCHIVES):  # training reads one; predict reads files and folders
+        if path.name.lower().endswith(ARCHIVE_SUFFIXES):  # training reads one; predict reads files and folders
             raise EngineError(f"{path} is an archive, not an image: extract it and give the folder (engine predict "
                               "reads image files and folders of them)") from None
         raise EngineError(f"{path} is not a readable image ({error})") from None

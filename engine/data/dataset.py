@@ -14,6 +14,7 @@ import torch
 
 from engine.config import BUILTIN_DATASETS
 from engine.errors import UsageError
+from engine.pixels import ARCHIVE_SUFFIXES
 
 STATS_CHUNK = 4096  # images counted at a time: a streamed split is never read whole into memory
 
@@ -113,9 +114,6 @@ def channel_stats(x):
         mean.append(round(m.item(), 6))
         std.append(round(max(var.sqrt().item(), 1e-3), 6))  # a constant channel must not divide by 0
     return mean, std
-
-
-ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
 
 
 def dataset_label(data):
