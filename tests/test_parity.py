@@ -32,8 +32,6 @@ DEVICE = "cuda" if HAS_CUDA else "cpu"
 # rounding may route its gradient to the other pixel on another CPU's kernels, which moved a
 # conv weight gradient by up to 1e-2 on other seeds: a real defect is an O(1) error.
 FP32_LOGITS, FP32 = 1e-5, 2e-2
-# On a GPU eager fp32 convolutions and matmuls use TF32 (10-bit mantissa) unless disabled.
-FP32_GPU = 3e-2
 # bf16 keeps 8 mantissa bits (2**-9 relative rounding per op): the logits agree to ~5e-3, the
 # conv gradients, rounded to bf16 at every layer on the way back and summed with heavy
 # cancellation, to 0.05-0.16 (measured on this batch).
@@ -43,8 +41,16 @@ BF16_LOGITS, BF16 = 2e-2, 0.3
 # 0.043-0.046 from fp32 and its gradients 0.40-0.46 (measured at batch 8 and 32; in eval mode the
 # logits agree to 0.0075). A real defect (a wrong layout, dtype or gradient) is an O(1) error.
 BF16_DEEP = {"resnet18": (0.1, 0.7)}
-# fp16 keeps 11 bits: an eighth of bf16's rounding, the same allowance for routing.
+# fp16 keeps 11 bits: an eighth of bf16's rounding, the same allowance for routing. resnet18's
+# 20 train-mode BatchNorms take it further, as in bf16: its fp16 logits landed 8.8e-3 from fp32 on
+# an H200 (2026-12-04), about an eighth of bf16's 0.043-0.046 on the CPU.
 FP16_LOGITS, FP16 = 5e-3, 0.1
+FP16_DEEP = {"resnet18": (2e-2, 0.2)}
+# On a GPU the engine runs fp32 convolutions and matmuls in TF32 (engine.runtime), fp16's 10-bit
+# mantissa, and the plain path does too, each with its own cuDNN algorithm: fp16's allowance.
+# Measured on an H200 (2026-12-04): conv weight gradients 3.8e-2 and a BatchNorm's bias gradient
+# 6.8e-2 apart between NCHW and channels_last, eager and compiled.
+FP32_GPU = (FP16_LOGITS, FP16)
 # The Triton interpreter is slow: its cases use the first two images of the batch.
 SMALL = 2
 
@@ -166,16 +172,17 @@ def _check(name, cfg, logits_tol, tol, batch=8):
               "loss": _assert_close(loss, want_loss, logits_tol, "loss")}
     assert grads.keys() == want_grads.keys()
     # A conv bias before a train-mode BatchNorm has an exactly zero gradient (the norm subtracts
-    # the batch mean): what each path computes for it is rounding noise, so a gradient is measured
-    # against at least 1e-3 of the largest one (every other gradient here is far above that).
-    floor = 1e-3 * max(g.norm().item() for g in want_grads.values())
+    # the batch mean): what each path computes for it is rounding noise, up to 3.5e-4 of the
+    # largest gradient in bf16 on an H200, so a gradient is measured against at least 1e-2 of the
+    # largest one (every other gradient here is far above that).
+    floor = 1e-2 * max(g.norm().item() for g in want_grads.values())
     for param, grad in grads.items():
         errors[param] = _assert_close(grad, want_grads[param], tol, f"gradient of {param}", floor)
     print(f"{name}: " + " ".join(f"{k}={v:.1e}" for k, v in errors.items()))
     return runtime
 
 
-FP32_TOLS = (FP32_GPU, FP32_GPU) if HAS_CUDA else (FP32_LOGITS, FP32)
+FP32_TOLS = FP32_GPU if HAS_CUDA else (FP32_LOGITS, FP32)
 
 
 @pytest.mark.parametrize("name", _models(*MODELS, slow=["resnet18"]))
@@ -194,7 +201,7 @@ def test_bf16_autocast_matches_plain(name, monkeypatch):
 @pytest.mark.cuda
 @pytest.mark.parametrize("name", _models(*MODELS))
 def test_fp16_autocast_matches_plain(name):
-    _check(name, _flags(amp=True, amp_dtype="fp16", channels_last=True), FP16_LOGITS, FP16)
+    _check(name, _flags(amp=True, amp_dtype="fp16", channels_last=True), *FP16_DEEP.get(name, (FP16_LOGITS, FP16)))
 
 
 @pytest.mark.parametrize("name", _models(*MODELS, slow=["resnet18"]))
