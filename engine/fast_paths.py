@@ -58,7 +58,7 @@ def choose_precision(cfg: Config, runtime: Runtime, model, ref: ModelRef, resume
 
 
 def choose_compile(cfg: Config, runtime: Runtime, model, ref: ModelRef, ranks: Ranks, loader: BatchLoader, say):
-    """--compile on CPU: whether the training step is compiled, by measurement on this machine against
+    """--compile: whether the training step is compiled, by measurement on this machine (CPU or GPU) against
     the run's length (engine/compile_plan.py); under DDP rank 0 decides for every rank."""
     if not runtime.plans_compile:
         return

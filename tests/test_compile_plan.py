@@ -1,4 +1,4 @@
-"""--compile on CPU decides by measurement (engine/compile_plan.py): the rule, the cache, and what a
+"""--compile decides by measurement, on CPU and on CUDA (engine/compile_plan.py): the rule, the cache, and what a
 training run and `engine eval` then do. Measurements a test needs are planted in the cache file the
 engine reads (a decision rests on it, whatever machine runs the test); everything else is real."""
 
@@ -42,12 +42,21 @@ def test_a_measured_win_compiles_only_where_the_work_repays_the_compile(tmp_path
     assert decide("eval", "k", tmp_path, work_s=51).compile
 
 
-@pytest.mark.parametrize("kind", ["train", "eval", "aot"])
-def test_before_any_measurement_only_work_that_could_pay_compiles(tmp_path, kind):
-    enough = FIRST_COMPILE_S[kind] / (1 - 1 / MAX_RATIO[kind])  # the work a best-case compile repays
-    assert not decide(kind, "k", tmp_path, work_s=enough * 0.99).compile
-    decision = decide(kind, "k", tmp_path, work_s=enough * 1.01)
+@pytest.mark.parametrize("device,kind", [("cpu", "train"), ("cpu", "eval"), ("cpu", "aot"), ("cuda", "train"), ("cuda", "eval")])
+def test_before_any_measurement_only_work_that_could_pay_compiles(tmp_path, device, kind):
+    enough = FIRST_COMPILE_S[device][kind] / (1 - 1 / MAX_RATIO[device][kind])  # the work a best-case compile repays
+    assert not decide(kind, "k", tmp_path, work_s=enough * 0.99, device=device).compile
+    decision = decide(kind, "k", tmp_path, work_s=enough * 1.01, device=device)
     assert decision.compile and decision.measured is None
+
+
+def test_a_short_gpu_run_is_judged_by_what_a_gpu_compile_costs_and_gains(tmp_path):
+    """On an H200 a 2-epoch cifar_cnn run is about 5 s of eager steps: its best case cannot repay a
+    GPU compile, and its decision is not the CPU's (40 s compiles, 1.25x at best) either way round."""
+    assert not decide("train", "k", tmp_path, work_s=5.0, device="cuda").compile
+    gpu_pays = FIRST_COMPILE_S["cuda"]["train"] / (1 - 1 / MAX_RATIO["cuda"]["train"]) * 1.01
+    assert decide("train", "k", tmp_path, work_s=gpu_pays, device="cuda").compile
+    assert not decide("train", "k", tmp_path, work_s=gpu_pays, device="cpu").compile
 
 
 def test_the_key_names_everything_a_measurement_depends_on():

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.config import Config
+from engine.inductor import compiled_graphs
 from engine.models import build_model
 from tests.conftest import HAS_TRITON
 
@@ -134,6 +135,13 @@ def plain_steps(tmp_path_factory):
     return get
 
 
+@pytest.fixture(autouse=True)
+def compiled_as_asked(monkeypatch):
+    """The compiled cases test the compiled path: --compile on CUDA is otherwise decided by measurement
+    (engine/compile_plan.py), and a 2-batch run is too short to repay a compile."""
+    monkeypatch.setenv("ENGINE_COMPILE", "always")
+
+
 @pytest.mark.parametrize("case", list(STEP_CASES))
 def test_training_step_matches_plain_fp32(tmp_path, plain_steps, case):
     model, flags, precision = STEP_CASES[case]
@@ -145,7 +153,9 @@ def test_training_step_matches_plain_fp32(tmp_path, plain_steps, case):
         pytest.skip("this GPU has no bf16")
     torch.compiler.reset()  # each compiled case from a fresh cache (reduce-overhead's CUDA graphs among them)
     want_x, want_logits, want_updates = plain_steps(model)
+    graphs = compiled_graphs()
     x, logits, updates = first_step(tmp_path, model, **flags)
+    assert (compiled_graphs() > graphs) == bool(flags.get("compile")), "a compiled case must run compiled graphs"
     assert torch.equal(x, want_x), "both sessions must train on the same batch"
     errors = {"logits": relative_error(logits, want_logits)}
     assert updates.keys() == want_updates.keys()
@@ -157,6 +167,33 @@ def test_training_step_matches_plain_fp32(tmp_path, plain_steps, case):
     assert errors.pop("logits") <= logits_tol, f"logits differ from plain fp32 by {errors}"
     worst = max(errors, key=errors.get)
     assert errors[worst] <= update_tol, f"update of {worst}: relative error {errors[worst]:.2e} > {update_tol}"
+
+
+def test_compile_on_cuda_is_measured_against_eager_and_kept(tmp_path, monkeypatch):
+    """engine/compile_plan.py on the GPU: a run long enough to repay a compile measures the compiled
+    training step against eager (each step synced), checks they agree (TF32's tolerance), keeps the
+    ratio under a key that names the GPU, and the next decision reads it; a short run stays eager."""
+    from engine.compile_plan import plan_training, read
+    from engine.models.reference import parse_model
+    from engine.runtime import Runtime
+
+    monkeypatch.delenv("ENGINE_COMPILE")
+    torch.manual_seed(0)
+    ref, shape = parse_model("cifar_cnn"), (BATCH, 3, 32, 32)
+    model = build_model("cifar_cnn", shape[1:], 10)
+    batch = lambda: (torch.randn(shape, device="cuda"), torch.randint(0, 10, (BATCH,), device="cuda"))  # noqa: E731
+    for amp in (False, True):
+        runtime = Runtime.from_config(Config(device="cuda", amp=amp, compile=True))
+        said = []
+        short = plan_training(runtime, model, ref, shape, batch, 10, tmp_path, said.append)
+        assert not short.compile and "too little" in said[-1]
+        long = plan_training(runtime, model, ref, shape, batch, 10**7, tmp_path, said.append)
+        assert long.measured is not None and long.measured["ratio"] > 0, f"compiled disagreed with eager: {said[-1]}"
+        assert "measured now" in said[-1]
+        again = plan_training(runtime, model, ref, shape, batch, 10**7, tmp_path, said.append)
+        assert again.compile == long.compile and "measured earlier" in said[-1]
+        print(said[-1])
+    assert len([e for e in read(tmp_path).values() if "ratio" in e]) == 2  # fp32 (TF32) and bf16, apart
 
 
 def test_fp16_step_uses_a_grad_scaler_and_bf16_does_not(tmp_path):

@@ -16,7 +16,7 @@ from tests.conftest import HAS_CUDA
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / ".ci" / "gpu"
-CUDA_STEPS = ("roof", "cuda tests", "train 85%", "kernel", "sweep", "gpu parity", "bench", "train 93%")
+CUDA_STEPS = ("roof", "cuda tests", "train 85%", "headline", "kernel", "sweep", "gpu parity", "bench", "train 93%")
 cpu_only = pytest.mark.skipif(HAS_CUDA, reason="on a CUDA machine .ci/gpu runs the whole GPU check")
 
 

@@ -139,6 +139,23 @@ def test_cpu_training_graphs_run_eagerly_and_inference_graphs_are_compiled():
     assert not Runtime.from_config(Config(device="cpu", compile=True, triton=True)).eager_training
 
 
+def test_compiles_on_cuda_are_decisions_by_measurement_too(monkeypatch):
+    """On an H200 cifar_cnn's compiled training step lost to eager at batch 64: --compile on CUDA is
+    decided by engine/compile_plan.py as on CPU; the Triton kernel and ENGINE_COMPILE=always compile
+    as asked. (The dataclass itself: Runtime.from_config would need a GPU.)"""
+    monkeypatch.delenv("ENGINE_COMPILE", raising=False)
+    cuda = Runtime(torch.device("cuda"), torch.bfloat16, False, True, True, "default", False)
+    assert cuda.plans_compile and not cuda.ahead_of_time and not cuda.eager_training
+    cuda.compile_training = False  # measured: eager
+    assert not cuda.compiles_training
+    cuda.compile_training = True
+    assert cuda.compiles_training
+    assert not Runtime(torch.device("cuda"), torch.bfloat16, False, True, True, "default", True).plans_compile
+    monkeypatch.setenv("ENGINE_COMPILE", "always")
+    cuda.compile_training = None
+    assert not cuda.plans_compile and cuda.compiles_training
+
+
 def test_a_bf16_training_graph_under_inductor_has_eagers_finite_gradients():
     """A max over a fused GELU's output in bf16: Inductor kept the GELU in fp32 and the max in bf16,
     so the max's backward found no element equal to it and divided by 0 (NaN in every gradient
