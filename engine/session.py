@@ -75,7 +75,7 @@ class Session:
     class_weights: torch.Tensor | None = None  # (classes,) the loss's weights with --class-weights auto
     ema: WeightAverage | None = None  # --ema: the weight average, updated after each step
     lookahead: Lookahead | None = None  # --lookahead: the slow copy the weights are pulled to
-    eval_plan: object = None  # engine.compile_plan.EvalPlan: --compile on CPU, whether evaluations compile
+    eval_plan: object = None  # engine.compile_plan.EvalPlan: --compile: whether evaluations compile
     screen: list | None = None  # --target-acc: BatchLoaders of the test set's SCREEN_PARTS (engine.target)
     losses: object = None  # engine.faults.LossWatch: non-finite training losses in a row, across epochs
 

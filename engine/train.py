@@ -109,7 +109,7 @@ def evaluate_epoch(s: Session, figures: EpochFigures):
         s.ranks.sync_buffers(s.ema.module)  # ... and the average's, which each rank averaged from its own
     tta = tta_level(s.cfg, s.spec)
     s.confusion = Confusion(s.spec.classes, s.runtime.device)  # counted on the device as it goes: no extra pass
-    model = s.eval_plan.model(s.evaluated) if s.eval_plan else s.evaluated  # --compile on CPU: compiled where it pays
+    model = s.eval_plan.model(s.evaluated) if s.eval_plan else s.evaluated  # --compile: compiled where it pays
     share = 1.0
     if figures.steps_done and s.screen:  # --target-acc within an epoch: a screen first (engine.target)
         total = len(s.test_loader.x)

@@ -172,7 +172,7 @@ def test_training_step_matches_plain_fp32(tmp_path, plain_steps, case):
 def test_compile_on_cuda_is_measured_against_eager_and_kept(tmp_path, monkeypatch):
     """engine/compile_plan.py on the GPU: a run long enough to repay a compile measures the compiled
     training step against eager (each step synced), checks they agree (TF32's tolerance), keeps the
-    ratio under a key that names the GPU, and the next decision reads it; a short run stays eager."""
+    ratio (fp32 and bf16 apart), and the next decision reads it; a short run stays eager."""
     from engine.compile_plan import plan_training, read
     from engine.models.reference import parse_model
     from engine.runtime import Runtime
