@@ -33,6 +33,14 @@ def not_used_line(path, others):
             f"an image file this engine reads ({kinds}{', ...' if len(others) > 5 else ''})")
 
 
+def unlisted_folder(error):
+    """os.walk's onerror for a folder of images: a folder that cannot be listed (no permission to read
+    it, a path longer than the system takes) is one line, where os.walk would leave it out, and its
+    images with it, without a word."""
+    raise EngineError(f"cannot read the folder {error.filename} ({error.strerror}), so its images would be left out; "
+                      "make it readable, or move the images to a shorter path")
+
+
 def orientation(image):
     """The EXIF orientation of an opened PIL image (1 where it has none), read from its header: a
     phone photo taken upright is often stored sideways with orientation 6. A PNG is asked only where

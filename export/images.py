@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.errors import EngineError, UsageError
-from engine.pixels import ARCHIVE_SUFFIXES, IMAGE_EXTENSIONS, MAX_PIXELS, check_size, fit, not_used_line  # noqa: F401 (MAX_PIXELS: part of this module's API)
+from engine.pixels import ARCHIVE_SUFFIXES, IMAGE_EXTENSIONS, MAX_PIXELS, check_size, fit, not_used_line, unlisted_folder  # noqa: F401 (MAX_PIXELS: part of this module's API)
 
 
 def expand(paths, note=None):
@@ -41,9 +41,10 @@ def expand(paths, note=None):
 def images_under(folder, others=None):
     """Every image file under `folder`, sorted, hidden ones left out; links to folders are followed, as
     training's decode follows them, each folder once (a link back up is not a loop). others: a dict
-    counting the other files (not hidden) by extension."""
+    counting the other files (not hidden) by extension. A folder that cannot be listed is one line
+    (engine.pixels.unlisted_folder), as in training."""
     found, seen = [], set()
-    for root, dirs, files in os.walk(folder, followlinks=True):
+    for root, dirs, files in os.walk(folder, followlinks=True, onerror=unlisted_folder):
         real = os.path.realpath(root)
         if real in seen:
             dirs[:] = []

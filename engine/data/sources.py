@@ -15,7 +15,7 @@ from pathlib import Path
 from engine.data import layout
 from engine.data.archives import archive_kind, extracted_name, tar_read, zip_name, zip_read
 from engine.errors import EngineError
-from engine.pixels import IMAGE_EXTENSIONS, SIXTEEN_BIT, check_size, not_used_line, upright_size
+from engine.pixels import IMAGE_EXTENSIONS, SIXTEEN_BIT, check_size, not_used_line, unlisted_folder, upright_size
 
 GRAY_MODES = ("L", "LA", "La", "1", "F", *SIXTEEN_BIT)  # LA: grey with alpha, which is dropped as RGBA's is
 
@@ -58,8 +58,9 @@ def walk(path: Path):
     """os.walk of a directory, links followed, each folder's names sorted; a link loop (a link to a
     folder it sits in) and a broken link to an image are one line each instead of an OSError deep in
     the walk (a broken link to anything else is left out), and so is an image name on a pipe or a
-    device (a link to /dev/zero), whose reading would never end."""
-    for root, dirs, files in os.walk(path, followlinks=True):
+    device (a link to /dev/zero), whose reading would never end. A folder that cannot be listed is one
+    line too (engine.pixels.unlisted_folder), not left out with its images."""
+    for root, dirs, files in os.walk(path, followlinks=True, onerror=unlisted_folder):
         here = os.path.realpath(root)
         for name in dirs:
             target = os.path.realpath(os.path.join(root, name))
