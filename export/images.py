@@ -56,6 +56,7 @@ def images_under(folder, others=None):
         for name in files if others is not None else ():
             if not name.startswith(".") and Path(name).suffix.lower() not in IMAGE_EXTENSIONS:
                 suffix = Path(name).suffix.lower() or "no extension"
+                suffix = "broken link" if not os.path.exists(os.path.join(root, name)) else suffix  # a folder's, perhaps
                 others[suffix] = others.get(suffix, 0) + 1
     return sorted(found)
 

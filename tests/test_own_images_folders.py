@@ -52,3 +52,17 @@ def test_a_folder_too_deep_to_list_is_one_line_not_images_left_out(tmp_path):
         read(data, tmp_path / "cache", log=lambda *_: None, test_split="25%")
     with pytest.raises(EngineError, match=r"^cannot read the folder \S*/photos/b/d{250}/\S* \(File name too long\)"):
         images_under(data)
+
+
+def test_a_broken_link_that_names_no_image_is_said_not_left_out_without_a_word(tmp_path):
+    """photos/dog -> a drive not mounted: a whole class missing is named in the 'Not used:' line, by a
+    cold decode, from the decode cache, and by engine predict FOLDER."""
+    data = flat(tmp_path / "photos")
+    (data / "dog").symlink_to(tmp_path / "usb" / "dog")
+    for _ in ("decoded", "from the cache"):
+        said = []
+        dataset = read(data, tmp_path / "cache", log=said.append, test_split="25%")
+        assert dataset.classes == ["a", "b"]
+        assert f"Not used: 1 file of {data} that is not an image file this engine reads (broken link 1)" in said
+    others = {}
+    assert len(images_under(data, others)) == 8 and others == {"broken link": 1}

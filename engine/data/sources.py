@@ -57,9 +57,9 @@ def members(path: Path):
 def walk(path: Path):
     """os.walk of a directory, links followed, each folder's names sorted; a link loop (a link to a
     folder it sits in) and a broken link to an image are one line each instead of an OSError deep in
-    the walk (a broken link to anything else is left out), and so is an image name on a pipe or a
-    device (a link to /dev/zero), whose reading would never end. A folder that cannot be listed is one
-    line too (engine.pixels.unlisted_folder), not left out with its images."""
+    the walk (a broken link to anything else is kept, for the 'Not used:' line to name), and so is an
+    image name on a pipe or a device (a link to /dev/zero), whose reading would never end. A folder
+    that cannot be listed is one line too (engine.pixels.unlisted_folder), not left out with its images."""
     for root, dirs, files in os.walk(path, followlinks=True, onerror=unlisted_folder):
         here = os.path.realpath(root)
         for name in dirs:
@@ -71,8 +71,9 @@ def walk(path: Path):
         for name in sorted(files):
             full = os.path.join(root, name)
             if os.path.islink(full) and not os.path.exists(full):
-                if layout.folder_of(name) is None:
-                    continue  # not an image: nothing is read from it either way
+                if layout.folder_of(name) is None:  # not an image: never read, but said (check_memory), as it may
+                    kept.append(name)  # have been a class folder (a link to a drive not mounted)
+                    continue
                 raise EngineError(f"{full} is a broken link (to {os.readlink(full)}); remove it or restore what it "
                                   "points to")
             if not os.path.isfile(full) and layout.folder_of(name) is not None:  # reading one never ends
@@ -189,6 +190,7 @@ def check_memory(path: Path, size=None):
                 others["'..' in the name"] = others.get("'..' in the name", 0) + 1
             elif not layout.hidden(parts):
                 suffix = posixpath.splitext(name)[1].lower() or "no extension"
+                suffix = "broken link" if path.is_dir() and not os.path.exists(path / name) else suffix  # a folder's?
                 others[suffix] = others.get(suffix, 0) + 1
             elif posixpath.splitext(name)[1].lower() in IMAGE_EXTENSIONS:  # skipped as hidden: said if all are
                 hidden = (hidden[0] + 1, hidden[1] or name)
