@@ -262,9 +262,17 @@ def model_from_checkpoint(checkpoint: Checkpoint, path="the checkpoint", code=No
     checkpoint needs."""
     from engine.models.build import build
     from engine.models.reference import reopen
+    from engine.models.user_code import load_code
 
     ref = reopen(checkpoint.ref, code, path)
-    model = build(ref, tuple(checkpoint.spec.shape), len(checkpoint.spec.classes))
+    if ref.user_code:
+        load_code(ref)  # imported before the seed, as training imports it before seeding (its top level may draw)
+    # Built as training built it, right after torch.manual_seed(seed): a value its __init__ draws outside the
+    # state dict (a persistent=False buffer, a tensor attribute) is the run's again, not a fresh draw that
+    # silently changes the trained model's logits. The caller's random state is left as it was.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(checkpoint.config.get("seed", 0))
+        model = build(ref, tuple(checkpoint.spec.shape), len(checkpoint.spec.classes))
     weights = checkpoint.model if checkpoint.ema is None else checkpoint.ema
     check_state(checkpoint, model, path, weights)
     model.load_state_dict(weights)
