@@ -76,3 +76,24 @@ def test_values_drawn_outside_the_state_dict_are_the_runs_in_eval_and_export(fol
     exported = evaluate_onnx(tmp_path / "m.onnx", {"device": "cpu", "cache_dir": str(tmp_path / "cache")},
                              log=lambda *_: None)["test_loss"]
     assert exported == pytest.approx(trained, rel=1e-4)
+
+
+@pytest.mark.parametrize("name", ["RandomBuffer", "RandomAttribute"])
+def test_a_module_built_in_python_with_values_drawn_outside_its_state_dict_is_told_so(folder, tmp_path, monkeypatch,
+                                                                                     name):
+    import importlib
+
+    from engine.config import Config
+    from engine.errors import UsageError
+    from engine.train import train
+
+    monkeypatch.syspath_prepend(str(folder))
+    module = importlib.import_module("nets")
+    monkeypatch.delitem(__import__("sys").modules, "nets")
+    with pytest.raises(UsageError) as error:
+        train(Config(data=str(folder / "photos"), epochs=1, batch_size=5, amp=False, device="cpu", quiet=True,
+                     out=str(tmp_path / "run"), cache_dir=str(tmp_path / "cache")),
+              model=getattr(module, name)(2), log=lambda *_: None)
+    assert "keeps projection outside its state dict" in str(error.value)
+    assert "constructor argument" not in str(error.value)  # not the line for a lost argument
+    assert not (tmp_path / "run").exists()

@@ -157,6 +157,14 @@ def check_rebuilds(model: nn.Module, ref: ModelRef, in_shape, num_classes):
                          f"rebuilt{hint}")
     if _same_outputs(model, rebuilt, in_shape) is False:
         built = f"{ref.name}({', '.join(f'{k}={v!r}' for k, v in ref.args.items())})"
+        drawn = _drawn_outside_state(code, ref, in_shape, num_classes)
+        if drawn:
+            raise UsageError(f"train(model=...): your {label} keeps {', '.join(drawn)} outside its state dict (a "
+                             "persistent=False buffer or a tensor attribute), drawn at random by its constructor: "
+                             "its checkpoint cannot hold them, and a rebuild draws others; register them with "
+                             "register_buffer (persistent), or name the code in Config(model=...) and leave train's "
+                             "model= out (the engine then builds it after seeding with --seed, as eval and export "
+                             "rebuild it)")
         raise UsageError(f"train(model=...): your {label} computes other logits than its checkpoint would rebuild, "
                          f"{built}, with your weights in it: a constructor argument that changes no weight's shape "
                          f"(an activation, a scale?) would be lost{hint}")
@@ -180,6 +188,34 @@ def _same_outputs(model, rebuilt, in_shape):
         return None
     finally:
         model.train(training)
+
+
+def _unsaved_tensors(model):
+    """{name: tensor} of what `model` holds outside its state dict: non-persistent buffers and plain
+    tensor attributes of its modules."""
+    saved = set(model.state_dict())
+    found = {name: b for name, b in model.named_buffers() if name not in saved}
+    for prefix, module in model.named_modules():
+        for key, value in vars(module).items():
+            if isinstance(value, torch.Tensor) and not key.startswith("_"):
+                found[f"{prefix}.{key}" if prefix else key] = value
+    return found
+
+
+def _drawn_outside_state(code, ref, in_shape, num_classes):
+    """The names of the tensors outside the state dict (_unsaved_tensors) that two constructions of
+    the model under different seeds give differently; [] where it cannot tell."""
+    try:
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            built = []
+            for seed in (0, 1):
+                torch.manual_seed(seed)
+                built.append(_unsaved_tensors(_construct(code, ref, in_shape, num_classes)))
+    except Exception:
+        return []
+    first, second = built
+    return [name for name, t in first.items() if name in second and (t.shape != second[name].shape
+                                                                     or not torch.equal(t, second[name]))]
 
 
 def _shapes(model):
