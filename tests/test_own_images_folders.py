@@ -1,9 +1,10 @@
-"""Own image folders whose folders cannot all be read: a folder os.walk cannot list (a path longer
-than the system takes; as root, permissions cannot show it) is one line in training's decode and in
-`engine predict FOLDER`, not a folder left out with its images without a word."""
+"""Own image folders and archives that cannot all be read, said rather than read in part without a
+word: a folder os.walk cannot list (a path longer than the system takes; as root, permissions
+cannot show it), a broken link where a class folder was, a .tar cut short or with a damaged header."""
 
 import io
 import os
+import tarfile
 
 import numpy as np
 import pytest
@@ -66,3 +67,29 @@ def test_a_broken_link_that_names_no_image_is_said_not_left_out_without_a_word(t
         assert f"Not used: 1 file of {data} that is not an image file this engine reads (broken link 1)" in said
     others = {}
     assert len(images_under(data, others)) == 8 and others == {"broken link": 1}
+
+
+def tar_of(folder, archive):
+    with tarfile.open(archive, "w") as tar:
+        tar.add(folder, arcname=folder.name)
+    with tarfile.open(archive) as tar:
+        return archive.read_bytes(), tar.getmembers()
+
+
+@pytest.mark.parametrize("damage", ["cut at a member's end", "cut inside a header", "a damaged header"])
+def test_a_tar_cut_short_or_damaged_is_one_line_not_its_first_members_alone(tmp_path, damage):
+    """tarfile stops without a word at a header it cannot read: the images before it trained alone (9 of
+    10), and the decode cache kept them. GNU tar says both a damaged header and a cut inside one."""
+    data, members = tar_of(flat(tmp_path / "photos", per_class=5), tmp_path / "whole.tar")
+    last = members[-1]  # photos/b/4.png
+    bad = tmp_path / "bad.tar"
+    bad.write_bytes({"cut at a member's end": data[:last.offset],
+                     "cut inside a header": data[:last.offset + 100],
+                     "a damaged header": data[:last.offset] + b"x" * 512 + data[last.offset + 512:]}[damage])
+    said = (r"has a damaged member header after its member photos/b/3.png \(at byte [\d,]+: .*\), where reading it "
+            r"stops, so the members after it would be left out" if damage == "a damaged header" else
+            r"ends after its member photos/b/3.png without the blocks that end a tar: it was cut short")
+    with pytest.raises(EngineError, match=f"^{bad} {said}"):
+        read(bad, tmp_path / "cache", log=lambda *_: None, test_split="20%")
+    whole = read(tmp_path / "whole.tar", tmp_path / "cache", log=lambda *_: None, test_split="20%")
+    assert len(whole.train_x) + len(whole.test_x) == 10

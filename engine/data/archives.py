@@ -1,11 +1,13 @@
 """Archives of image folders read in place: which files are archives, a member's name as extracting it
 gives it (Windows zips' '\\', UTF-8 names without their flag, absolute and './' names), a member's bytes
 (links followed inside the archive; a method or a password zipfile cannot read is one line), and the
-last member of a name an archive holds twice. engine.data.sources lists the members with these.
+last member of a name an archive holds twice, and a tar that ends before its end-of-archive blocks (cut
+short or damaged, where tarfile stops without a word). engine.data.sources lists the members with these.
 """
 
 import posixpath
 import stat
+import tarfile
 import zipfile
 from pathlib import Path, PurePosixPath
 
@@ -56,6 +58,36 @@ def tar_read(archive, info, path):
         raise EngineError(f"{path}:{info.name} is a link to {info.linkname}, which is not a file; an image name must "
                           "name an image")
     return member.read()
+
+
+class Headers(tarfile.TarInfo):
+    """tarfile's member header that keeps on its archive (`ending`) the header error that ended the reading:
+    tarfile ends its iteration without a word at a header that is all zeros (the end-of-archive
+    blocks), at none (the file cut at a member's end), a part of one, or a damaged one, whose members
+    after it are then left out; `check_end` tells them apart."""
+
+    @classmethod
+    def fromtarfile(cls, archive):
+        try:
+            return super().fromtarfile(archive)
+        except tarfile.HeaderError as error:
+            archive.ending = error
+            raise
+
+
+def check_end(archive, path, last):
+    """One line for a tar (opened with tarinfo=Headers, read to its end) that did not end in its
+    end-of-archive blocks: cut short, or a member header damaged; `last`: the last member read."""
+    ending = getattr(archive, "ending", None)
+    if ending is None or isinstance(ending, tarfile.EOFHeaderError):
+        return
+    after = f"after its member {last}" if last else "before its first member"
+    if isinstance(ending, tarfile.InvalidHeaderError):
+        raise EngineError(f"{path} has a damaged member header {after} (at byte {archive.offset:,}: {ending}), where "
+                          "reading it stops, so the members after it would be left out; get the archive again, or "
+                          "extract it (GNU tar skips the damaged header) and give the folder")
+    raise EngineError(f"{path} ends {after} without the blocks that end a tar: it was cut short (a download or copy not "
+                      "finished?) and the members after that one are missing; get the whole archive again")
 
 
 METHODS = {9: "Deflate64, Windows Explorer's for large zips", 98: "PPMd", 95: "xz", 97: "WavPack", 99: "AES encryption"}

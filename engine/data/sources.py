@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.data import layout
-from engine.data.archives import archive_kind, extracted_name, tar_read, zip_name, zip_read
+from engine.data.archives import Headers, archive_kind, check_end, extracted_name, tar_read, zip_name, zip_read
 from engine.errors import EngineError
 from engine.pixels import IMAGE_EXTENSIONS, SIXTEEN_BIT, check_size, not_used_line, unlisted_folder, upright_size
 
@@ -44,12 +44,15 @@ def members(path: Path):
             for info in archive.infolist():
                 yield zip_name(info), None if info.is_dir() else lambda info=info: zip_read(archive, info, path)
     elif kind == "tar":
-        with tarfile.open(path, "r:*") as archive:
+        with tarfile.open(path, "r:*", tarinfo=Headers) as archive:
+            last = None
             for info in archive:
+                last = info.name
                 if info.isdir():
                     yield info.name, None
                 elif info.isfile() or info.islnk() or info.issym():  # a link reads as its target, as in a folder
                     yield info.name, lambda info=info: tar_read(archive, info, path)
+            check_end(archive, path, last)  # a tar cut short or damaged: tarfile stops without a word
     else:
         raise EngineError(f"{path} is not a directory or a .tar, .tar.gz or .zip archive of an image folder")
 
