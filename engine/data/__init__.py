@@ -49,7 +49,14 @@ def load_dataset(cfg: Config, log=print) -> Dataset:
                                       ("test", cfg.limit_test, data.test_x, "test")):
         if limit is not None and limit > len(images):
             log(f"Note: --limit-{flag} {limit:,} is more than the {len(images):,} {kind} images; all are used")
-    return data.limit(cfg.limit_train, cfg.limit_test, cfg.seed)
+    had = set(data.train_y.tolist()) if cfg.limit_train is not None else set()
+    data.limit(cfg.limit_train, cfg.limit_test, cfg.seed)
+    lost = sorted(had - set(data.train_y.tolist()))  # a random subset, not a stratified one: said, not refused
+    if lost:
+        names = ", ".join(data.classes[i] for i in lost[:4]) + (" ..." if len(lost) > 4 else "")
+        log(f"Note: --limit-train {cfg.limit_train:,} leaves {len(lost):,} of the {len(data.classes):,} classes with no "
+            f"training images ({names}): the model cannot learn {'it' if len(lost) == 1 else 'them'}")
+    return data
 
 
 def check_batch_size(data: Dataset, batch_size, world=1):
