@@ -93,3 +93,25 @@ def test_a_tar_cut_short_or_damaged_is_one_line_not_its_first_members_alone(tmp_
         read(bad, tmp_path / "cache", log=lambda *_: None, test_split="20%")
     whole = read(tmp_path / "whole.tar", tmp_path / "cache", log=lambda *_: None, test_split="20%")
     assert len(whole.train_x) + len(whole.test_x) == 10
+
+
+def test_a_folder_reached_twice_through_links_is_one_line_not_images_read_twice(tmp_path):
+    """a/to_b -> ../b beside b/to_a -> ../a: no link leads into a folder it sits in, yet the walk went
+    round until the system's limit on links (8 images read as 328, each class's also in the other);
+    two class folders linked to one folder of photos put each photo in both classes."""
+    loop = flat(tmp_path / "loop")
+    (loop / "a" / "to_b").symlink_to("../b")
+    (loop / "b" / "to_a").symlink_to("../a")
+    with pytest.raises(EngineError, match=rf"^{loop}/a/to_b/to_a is the folder {loop}/a again \({loop}/a, reached "
+                                          r"twice through a link\): its images would be read twice"):
+        read(loop, tmp_path / "cache", log=lambda *_: None, test_split="25%")
+    twice = flat(tmp_path / "twice", classes=("b",))
+    flat(tmp_path / "store", classes=("cats",))
+    (twice / "cat").symlink_to(tmp_path / "store" / "cats")
+    (twice / "kitty").symlink_to(tmp_path / "store" / "cats")
+    with pytest.raises(EngineError, match=rf"^{twice}/kitty is the folder {twice}/cat again"):
+        read(twice, tmp_path / "cache", log=lambda *_: None, test_split="25%")
+    (twice / "kitty").unlink()  # a hidden folder reached again is never read: not refused
+    (twice / ".thumbnails").symlink_to(tmp_path / "store" / "cats")
+    dataset = read(twice, tmp_path / "cache", log=lambda *_: None, test_split="25%")
+    assert dataset.classes == ["b", "cat"] and len(dataset.train_x) + len(dataset.test_x) == 8

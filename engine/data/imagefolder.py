@@ -36,7 +36,7 @@ from engine.lock import remove_stale_temporaries
 from engine.models.spec import MIN_CLASSES
 from engine.pixels import check_size, fit, upright_size
 
-CACHE_FORMAT = 14  # 2: a set with any colour image is all RGB; 3: any layout, test split optional, --image-size;
+CACHE_FORMAT = 15  # 2: a set with any colour image is all RGB; 3: any layout, test split optional, --image-size;
 # 4: class folders with subfolders, grey images with alpha; 5: split folders in any case (Train/), training/ and
 # testing/, class names in NFC, tar links read; 6: .jpe/.jfif images, zip links read; 7: .tga/.avif/.qoi/... images,
 # the layout notes kept, Windows and absolute zip names, a JPEG of exactly twice the size drafted, strips cropped by part;
@@ -45,7 +45,8 @@ CACHE_FORMAT = 14  # 2: a set with any colour image is all RGB; 3: any layout, t
 # 16-bit grey-with-alpha PNGs grey, a wrapper folder only with no visible folder beside it; 11: an image name an
 # archive holds twice read once (its last member); 12: an empty test/ beside train/ kept, to be named; 13: a broken
 # link that names no image (a class folder's, its drive gone) named in the 'Not used:' line; 14: a tar cut short or
-# with a damaged header refused (tarfile stopped there without a word, and the images read were cached)
+# with a damaged header refused (tarfile stopped there without a word, and the images read were cached); 15: a
+# folder reached twice through links refused (its images were read twice, a loop of two links 41 times)
 CHUNK = 1024  # images handed to the decoding processes at a time: bounds the undecoded bytes held in memory
 
 

@@ -62,9 +62,23 @@ def walk(path: Path):
     folder it sits in) and a broken link to an image are one line each instead of an OSError deep in
     the walk (a broken link to anything else is kept, for the 'Not used:' line to name), and so is an
     image name on a pipe or a device (a link to /dev/zero), whose reading would never end. A folder
-    that cannot be listed is one line too (engine.pixels.unlisted_folder), not left out with its images."""
+    that cannot be listed is one line too (engine.pixels.unlisted_folder), not left out with its images,
+    and so is a folder reached twice through links (a/to_b -> ../b beside b/to_a -> ../a, a loop no
+    single link makes, read its images 41 times over, in both classes, until the system's limit on
+    links ended it without a word); a hidden one is not walked again."""
+    seen, unread = {}, set()  # real folder -> the first path it was walked as; hidden folders walked, never read
     for root, dirs, files in os.walk(path, followlinks=True, onerror=unlisted_folder):
         here = os.path.realpath(root)
+        if layout.hidden(Path(root).relative_to(path).parts):  # never read: nothing to count twice
+            if here in unread:
+                dirs[:] = []
+                continue
+            unread.add(here)
+        elif here in seen:
+            raise EngineError(f"{root} is the folder {seen[here]} again ({here}, reached twice through a link): its "
+                              "images would be read twice, in two places; remove the link")
+        else:
+            seen[here] = root
         for name in dirs:
             target = os.path.realpath(os.path.join(root, name))
             if here == target or here.startswith(target + os.sep):
