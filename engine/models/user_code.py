@@ -5,6 +5,7 @@ engine/models/reference.py says what a reference is and when code may be importe
 what the person running the command named); this module does the import.
 """
 
+import contextlib
 import hashlib
 import importlib
 import importlib.util
@@ -52,7 +53,8 @@ def _import(ref: ModelRef):
         sys.path.insert(0, str(Path(ref.file).parent))  # the file's own imports of its neighbours
         sys.modules[unique] = module  # dataclasses and pickling look the module up by name
         try:
-            spec.loader.exec_module(module)
+            with _torch_state_kept(ref.file):
+                spec.loader.exec_module(module)
         except (Exception, SystemExit) as error:  # sys.exit() at its top level too: one line, not a silent stop
             sys.modules.pop(unique, None)
             package = isinstance(error, ImportError) and "no known parent package" in str(error)  # from . import x
@@ -68,7 +70,8 @@ def _import(ref: ModelRef):
                 # neighbour named like a library (copy.py, onnx.py) never shadows it for the engine
     else:
         try:
-            module = importlib.import_module(ref.file)
+            with _torch_state_kept(ref.file):
+                module = importlib.import_module(ref.file)
         except ModuleNotFoundError as error:
             raise UsageError(f"--model {where}: no module named {error.name!r} (is it installed, or on PYTHONPATH?)") from None
         except Exception as error:
@@ -97,6 +100,31 @@ def _import(ref: ModelRef):
                          f"({Path(ref.file).name if ref.kind == 'file' else ref.file}:{owner}) or a function that "
                          "returns a module")
     return target
+
+
+@contextlib.contextmanager
+def _torch_state_kept(where):
+    """Import the user's code with torch's gradient mode and default dtype put back afterwards, each
+    change said in one line: a file that turns gradients off at its top level (an inference script's
+    `torch.set_grad_enabled(False)`) failed training's first backward with torch's traceback, and one
+    that sets float64 as the default made the engine's float32 model float64."""
+    import torch
+
+    grad, dtype = torch.is_grad_enabled(), torch.get_default_dtype()
+    try:
+        yield
+    finally:
+        name = Path(where).name if os.sep in str(where) else where
+        if torch.is_grad_enabled() != grad:
+            torch.set_grad_enabled(grad)
+            warn_once(("grad", where), f"engine: warning: {name} turns gradients {'on' if not grad else 'off'} when "
+                                       f"imported (torch.set_grad_enabled); the engine turns them back "
+                                       f"{'on: training needs them' if grad else 'off'}")
+        if torch.get_default_dtype() != dtype:
+            changed, _ = torch.get_default_dtype(), torch.set_default_dtype(dtype)
+            warn_once(("dtype", where), f"engine: warning: {name} sets torch's default dtype to {changed} when "
+                                        f"imported; the engine keeps {dtype} (it builds, trains and exports "
+                                        "float32 models)")
 
 
 def line_in(error, file=None):
