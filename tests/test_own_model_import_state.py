@@ -2,7 +2,8 @@
 (an inference script's first line) failed `engine train`'s first backward with torch's traceback
 ('element 0 of tensors does not require grad'), and `torch.set_default_dtype(torch.float64)` built a
 float64 model the engine then refused as one that 'returns float64 logits'. The import now puts both
-back, each said in one warning line, and the run trains, through the real command.
+back, each said in one warning line, and the run trains, through the real command; so does a factory
+function that turns gradients off before it builds the model.
 """
 
 import os
@@ -18,6 +19,7 @@ pytestmark = pytest.mark.slow  # two subprocesses a case, ~11 s
 HEAD = {
     "no_grad": "torch.set_grad_enabled(False)",
     "float64": "torch.set_default_dtype(torch.float64)",
+    "no_grad_in_factory": "",
 }
 NET = '''
 import torch
@@ -34,6 +36,11 @@ class Net(nn.Module):
 
     def forward(self, x):
         return self.fc(self.conv(x).relu().mean((2, 3)))
+
+
+def make(num_classes):
+    torch.set_grad_enabled(False)
+    return Net(num_classes)
 '''
 
 
@@ -57,15 +64,17 @@ def test_a_model_file_changing_torchs_global_state_at_import_still_trains_and_ex
         return subprocess.run([sys.executable, "-m", "engine", *map(str, args)], capture_output=True, text=True,
                               cwd=tmp_path, env=env, timeout=300)
 
-    trained = engine("train", "--model", "nets.py:Net", "--data", photos, "--epochs", "1", "--batch-size", "4",
+    code = "nets.py:make" if case == "no_grad_in_factory" else "nets.py:Net"
+    trained = engine("train", "--model", code, "--data", photos, "--epochs", "1", "--batch-size", "4",
                      "--no-amp", "--device", "cpu", "--quiet", "--out", "run")
     assert trained.returncode == 0, trained.stderr
     assert "Traceback" not in trained.stderr
     expected = {"no_grad": "nets.py turns gradients off when imported (torch.set_grad_enabled); the engine turns "
                            "them back on: training needs them",
+                "no_grad_in_factory": "nets.py turns gradients off when make is called (torch.set_grad_enabled)",
                 "float64": "nets.py sets torch's default dtype to torch.float64 when imported; the engine keeps "
                            "torch.float32"}[case]
     assert expected in trained.stderr
-    exported = engine("export", "m.onnx", "--checkpoint", "run/best.pt", "--model", "nets.py:Net")
+    exported = engine("export", "m.onnx", "--checkpoint", "run/best.pt", "--model", code)
     assert exported.returncode == 0, exported.stderr
     assert "Verified on" in exported.stdout

@@ -18,7 +18,7 @@ from engine.errors import EngineError, UsageError, first_line
 from engine.models.logits import CLASS_COUNT_NAMES
 from engine.models.probe import check_fits, code_file, line_of, probe_batch
 from engine.models.reference import ModelRef
-from engine.models.user_code import load_code
+from engine.models.user_code import load_code, torch_state_kept
 from engine.models.spec import check_classes
 
 
@@ -113,7 +113,8 @@ def _construct(factory, ref, in_shape, num_classes):
                                  f"as JSON: {_args_example(accepts, kwargs, num_classes)}") from None
             raise UsageError(f"--model-args do not fit {ref.name}{signature}: {what}") from None
     try:
-        model = factory(*args, **kwargs)
+        with torch_state_kept(ref.file, f"{ref.name} is called"):
+            model = factory(*args, **kwargs)
     except Exception as error:
         file = code_file(ref)
         raise EngineError(f"{where}({', '.join([*map(repr, args), *(f'{k}={v!r}' for k, v in kwargs.items())])}) raised "

@@ -53,7 +53,7 @@ def _import(ref: ModelRef):
         sys.path.insert(0, str(Path(ref.file).parent))  # the file's own imports of its neighbours
         sys.modules[unique] = module  # dataclasses and pickling look the module up by name
         try:
-            with _torch_state_kept(ref.file):
+            with torch_state_kept(ref.file):
                 spec.loader.exec_module(module)
         except (Exception, SystemExit) as error:  # sys.exit() at its top level too: one line, not a silent stop
             sys.modules.pop(unique, None)
@@ -70,7 +70,7 @@ def _import(ref: ModelRef):
                 # neighbour named like a library (copy.py, onnx.py) never shadows it for the engine
     else:
         try:
-            with _torch_state_kept(ref.file):
+            with torch_state_kept(ref.file):
                 module = importlib.import_module(ref.file)
         except ModuleNotFoundError as error:
             raise UsageError(f"--model {where}: no module named {error.name!r} (is it installed, or on PYTHONPATH?)") from None
@@ -103,11 +103,11 @@ def _import(ref: ModelRef):
 
 
 @contextlib.contextmanager
-def _torch_state_kept(where):
-    """Import the user's code with torch's gradient mode and default dtype put back afterwards, each
-    change said in one line: a file that turns gradients off at its top level (an inference script's
-    `torch.set_grad_enabled(False)`) failed training's first backward with torch's traceback, and one
-    that sets float64 as the default made the engine's float32 model float64."""
+def torch_state_kept(where, when="imported"):
+    """Run the user's code (its import; `when`: its constructor) with torch's gradient mode and default
+    dtype put back afterwards, each change said in one line: a file that turns gradients off at its top
+    level (an inference script's `torch.set_grad_enabled(False)`) failed training's first backward with
+    torch's traceback, and one that sets float64 as the default made the engine's float32 model float64."""
     import torch
 
     grad, dtype = torch.is_grad_enabled(), torch.get_default_dtype()
@@ -118,12 +118,12 @@ def _torch_state_kept(where):
         if torch.is_grad_enabled() != grad:
             torch.set_grad_enabled(grad)
             warn_once(("grad", where), f"engine: warning: {name} turns gradients {'on' if not grad else 'off'} when "
-                                       f"imported (torch.set_grad_enabled); the engine turns them back "
+                                       f"{when} (torch.set_grad_enabled); the engine turns them back "
                                        f"{'on: training needs them' if grad else 'off'}")
         if torch.get_default_dtype() != dtype:
             changed, _ = torch.get_default_dtype(), torch.set_default_dtype(dtype)
             warn_once(("dtype", where), f"engine: warning: {name} sets torch's default dtype to {changed} when "
-                                        f"imported; the engine keeps {dtype} (it builds, trains and exports "
+                                        f"{when}; the engine keeps {dtype} (it builds, trains and exports "
                                         "float32 models)")
 
 
