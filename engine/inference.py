@@ -107,8 +107,9 @@ def choose_inference(model, loader, runtime: Runtime, ref, source, cache_dir, sa
     """What `engine eval --compile` evaluates with on CPU, and the seconds compiling (or loading) took
     (None where it runs eagerly): the model compiled ahead of time where that measured faster on this
     machine and the batches of `loader` repay the compile (engine/compile_plan.py), else `model`.
-    The package is kept in the cache, keyed by the compile key and the checkpoint file `source`
-    (path, size, modification time), so evaluating it again loads it instead of compiling."""
+    The package is kept in the cache, keyed by the compile key, the checkpoint file `source` (path,
+    size, modification time) and the model's code (package_file), so evaluating it again loads it
+    instead of compiling."""
     from engine.compile_plan import WIN_FROM, decide, eager_seconds, key, read, record
 
     shape = (loader.batch_size, *loader.x.shape[1:])  # (B, C, H, W): the one eval shape
@@ -123,9 +124,7 @@ def choose_inference(model, loader, runtime: Runtime, ref, source, cache_dir, sa
     eager_s = eager_seconds(cache_dir, key("eager_infer", ref, shape, runtime),
                             lambda: _batch_time(model, batch(), runtime), model=ref.label, batch=shape[0])
     entries = read(cache_dir)
-    stat = os.stat(source)
-    file_key = hashlib.sha256(f"{os.path.realpath(source)}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
-    package = cache_dir / "compiled" / f"{cache_key}-{file_key}.pt2"
+    package = package_file(cache_dir, cache_key, source, model)
     entry = entries.get(cache_key)
     started = time.perf_counter()
     if package.exists() and entry and entry["ratio"] >= WIN_FROM:
@@ -149,6 +148,19 @@ def choose_inference(model, loader, runtime: Runtime, ref, source, cache_dir, sa
         say(f"--compile: the compiled model ran {ratio:.2f}x eager here: evaluating eagerly")
         return model, compile_s
     return compiled, compile_s
+
+
+def package_file(cache_dir, cache_key, source, model):
+    """Where choose_inference keeps the package compiled for the checkpoint file `source` (path, size,
+    modification time) and the code `model` runs (neighbours.of_model: its forward's files): a user's
+    forward edited since, or another file holding the same class, is compiled again, not served the
+    package of the code before (its weights, and so the checkpoint, can stay the same)."""
+    from engine.models.neighbours import of_model
+
+    stat = os.stat(source)
+    file_key = hashlib.sha256(f"{os.path.realpath(source)}:{stat.st_size}:{stat.st_mtime_ns}:"
+                              f"{of_model(model)}".encode()).hexdigest()[:16]
+    return Path(cache_dir) / "compiled" / f"{cache_key}-{file_key}.pt2"
 
 
 def _batch_time(model, x, runtime, rounds=5):

@@ -61,3 +61,30 @@ def check(values) -> str | None:
                 or ".." in relative.split("/") or not isinstance(value, str)):
             return f"neighbour {relative!r}"
     return None
+
+
+def of_model(model) -> str:
+    """A sha256 of the code `model`'s forward runs: the source file of each of its modules' classes and,
+    for the user's own files, the .py files beside them they imported (of_file); a traced module's
+    generated code. An edited forward (or another file holding the same class) digests differently
+    where the weights, and so the checkpoint, stay the same."""
+    import inspect
+
+    import torch
+
+    files, parts = set(), set()
+    for module in model.modules():
+        if isinstance(module, torch.fx.GraphModule):
+            parts.add(module.code)
+        for klass in type(module).__mro__:
+            try:
+                source = inspect.getsourcefile(klass)
+            except TypeError:  # a built-in class
+                continue
+            if source and Path(source).is_file():
+                files.add(Path(source).resolve())
+    for path in sorted(files):
+        parts.add(f"{path}:{digest(path)}")
+        if not _foreign(path):
+            parts.update(f"{path.parent / relative}:{value}" for relative, value in of_file(path).items())
+    return hashlib.sha256("\n".join(sorted(parts)).encode()).hexdigest()
