@@ -11,8 +11,9 @@ Copies of the model are traced with torch.fx, twice in training and once in eval
 not trace (data-dependent control flow), where the traces differ (a forward that reads
 `self.training` or draws Python random numbers: a trace would freeze one mode or one draw), where
 tracing changed a module's plain attributes (a forward that counts its calls in `self.calls`),
-where a ReLU feeds anything but the pool, or where the traced module would not keep every
-state-dict key, the model is left as it is. A trace runs the forward's Python once and keeps only
+where a ReLU feeds anything but the pool, where that ReLU or pool module has hooks of its own,
+or where the traced module would not keep every state-dict key, that pair or the model is left
+as it is. A trace runs the forward's Python once and keeps only
 its tensor operations, so a model whose own code (every method of its classes outside torch,
 torchvision and this engine) could do something a trace drops is left as it is before any trace:
 code that reads a global other than torch, `math` or a constant (a counter, `random`, `print`,
@@ -138,12 +139,24 @@ def _same_state(before, after):
     return before.keys() == after.keys() and all(same(before[k], after[k]) for k in before)
 
 
+HOOKS = ("_forward_pre_hooks", "_forward_hooks", "_backward_pre_hooks", "_backward_hooks")
+GLOBAL_HOOKS = ("_global_forward_pre_hooks", "_global_forward_hooks", "_global_backward_pre_hooks",
+                "_global_backward_hooks")
+
+
+def _hooked(module):
+    """Whether hooks are registered on `module`: a swap that replaces or reorders it would drop them or
+    hand them the pooled tensor (a hook zeroing a ReLU's output trained as if it were not there)."""
+    return any(getattr(module, name, None) for name in HOOKS)
+
+
 def _runs_more_than_forward(model: nn.Module):
-    """Whether calling `model` runs more than its forward: hooks registered on the model itself or its
-    own __call__. A trace calls the root's forward directly (its submodules' hooks are kept), so it
-    would drop them, and train and evaluate another function than the one exported."""
-    hooks = ("_forward_pre_hooks", "_forward_hooks", "_backward_pre_hooks", "_backward_hooks")
-    return any(getattr(model, name, None) for name in hooks) or type(model).__call__ is not nn.Module.__call__
+    """Whether calling `model` runs more than its forward: hooks registered on the model itself, on
+    every module (nn.modules.module's global hooks), or its own __call__. A trace calls the root's
+    forward directly (its submodules' hooks are kept), so it would drop them, and train and evaluate
+    another function than the one exported."""
+    everywhere = any(getattr(nn.modules.module, name, None) for name in GLOBAL_HOOKS)
+    return _hooked(model) or everywhere or type(model).__call__ is not nn.Module.__call__
 
 
 def pool_before_relu(model: nn.Module):
@@ -171,6 +184,8 @@ def pool_before_relu(model: nn.Module):
         relu = pool.args[0]
         if not isinstance(relu, torch.fx.Node) or not _is_relu(relu, modules) or len(relu.users) != 1:
             continue
+        if any(node.op == "call_module" and _hooked(modules[node.target]) for node in (relu, pool)):
+            continue  # the user's hook sees this ReLU's (or pool's) own input and output
         source = relu.args[0] if relu.args else relu.kwargs.get("input")
         if not isinstance(source, torch.fx.Node) or (_in_place(relu, modules) and len(source.users) != 1):
             continue

@@ -286,3 +286,45 @@ def test_hooks_on_the_model_itself_or_its_own_call_leave_it_as_written():
     swapped, count = pool_before_relu(hooked)
     assert count == 2
     torch.testing.assert_close(swapped(x), hooked(x))
+
+
+class ReluModule(nn.Module):
+    """conv -> nn.ReLU module -> nn.MaxPool2d, twice: the pairs a hook on the ReLU or the pool sits in."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(3, 6, 5), nn.Conv2d(6, 8, 3)
+        self.relu1, self.relu2, self.pool1, self.pool2 = nn.ReLU(), nn.ReLU(), nn.MaxPool2d(2), nn.MaxPool2d(2)
+        self.fc = nn.Linear(8 * 3 * 3, 10)
+
+    def forward(self, x):
+        x = self.pool1(self.relu1(self.conv1(x)))
+        x = self.pool2(self.relu2(self.conv2(x)))
+        return self.fc(torch.flatten(x, 1))
+
+
+@pytest.mark.parametrize("hooked", ["relu1", "pool1"])
+def test_a_hook_on_a_relu_or_its_pool_keeps_that_pair_as_written(hooked):
+    """A hook the user put on an nn.ReLU (zeroing its output, say) or on the pool after it: swapping
+    that pair would drop the ReLU's hook or hand the pool's the pooled ReLU input, and train another
+    function than the one exported. That pair stays; the other is swapped, and the model computes
+    what the user's does."""
+    torch.manual_seed(0)
+    model = ReluModule()
+    getattr(model, hooked).register_forward_hook(lambda module, args, out: out * 0.5 - 0.1)
+    x = torch.randn(2, 3, 20, 20)
+    swapped, count = pool_before_relu(model)
+    assert count == 1
+    torch.testing.assert_close(swapped(x), model(x))
+
+
+def test_global_module_hooks_leave_the_model_as_written():
+    """A hook registered for every module (nn.modules.module.register_module_forward_hook) sees each
+    ReLU's and pool's output: none is swapped."""
+    model = ReluModule()
+    handle = nn.modules.module.register_module_forward_hook(lambda module, args, out: None)
+    try:
+        assert pool_before_relu(model) == (model, 0)
+    finally:
+        handle.remove()
+    assert pool_before_relu(model)[1] == 2
