@@ -5,7 +5,8 @@ with the run's seed, set CUDA's TF32 and cuDNN autotuning for a run, and torch s
 TORCHINDUCTOR_CACHE_DIR when it first compiles. Inside `kept_global_state()` they do so as
 before; on the way out, however the call ends, the caller's generator states, those settings and
 that variable are put back. The default dtype is float32 for the duration: the engine's models,
-statistics and checks are float32 whatever `torch.set_default_dtype` the caller chose.
+statistics and checks are float32 whatever `torch.set_default_dtype` the caller chose; and
+gradients are on, so a caller inside `torch.no_grad()` still trains.
 
 Not restored: the allocator's settings a CPU run makes once (engine.runtime.keep_freed_memory), and
 what the caller's own modules were given (train(model=...) copies the module it trains).
@@ -27,11 +28,13 @@ def kept_global_state():
     backends = torch.backends
     settings = (backends.cudnn.benchmark, backends.cuda.matmul.fp32_precision, backends.cudnn.conv.fp32_precision)
     environment = os.environ.get(INDUCTOR_CACHE_ENV)
-    dtype = torch.get_default_dtype()
+    dtype, grad = torch.get_default_dtype(), torch.is_grad_enabled()
     torch.set_default_dtype(torch.float32)
+    torch.set_grad_enabled(True)  # a caller's `with torch.no_grad(): train(...)` would fail its first backward
     try:
         yield
     finally:
+        torch.set_grad_enabled(grad)
         torch.set_default_dtype(dtype)
         torch.set_rng_state(rng)
         if cuda_rng is not None:

@@ -211,6 +211,16 @@ def test_a_call_leaves_the_callers_generator_dtype_and_environment_as_they_were(
     assert again[0]["test_acc"] == metrics[0]["test_acc"]  # float64 as the default changed nothing in the run
 
 
+def test_a_call_under_no_grad_trains_and_leaves_gradients_off(tmp_path):
+    """`with torch.no_grad(): train(...)` (or torch.set_grad_enabled(False) earlier in a notebook) ended
+    in torch's 'element 0 of tensors does not require grad' traceback: training turns them on for
+    the run and puts the caller's mode back."""
+    with torch.no_grad():
+        _, metrics = train(Config(**TINY, out=str(tmp_path / "run")), log=lambda *_: None)
+        assert not torch.is_grad_enabled()
+    assert metrics[0]["train_loss"] > 0 and torch.is_grad_enabled()
+
+
 def test_evaluations_refuse_what_they_do_not_take(tmp_path, tiny_run, tiny_onnx, nets):
     from export.evaluate import evaluate_onnx
     from export.onnx_export import export_onnx
