@@ -8,6 +8,7 @@ probe batch (engine/models/probe.py): a model that cannot take the data, or whos
 """
 
 import inspect
+import re
 from pathlib import Path
 
 import torch
@@ -57,6 +58,10 @@ def _torchvision(ref, in_shape, num_classes):
     try:  # then says, in one line, a count that is not the data's)
         model = torchvision.models.get_model(ref.name, weights=None, **kwargs)
     except (TypeError, ValueError, AssertionError) as error:
+        fixed = re.search(r"got multiple values for (?:keyword )?argument '(\w+)'", str(error))
+        if fixed and fixed.group(1) in ref.args:  # vit_b_16 sets num_layers itself, and the rest of its shape
+            raise UsageError(f"--model-args {fixed.group(1)}: torchvision:{ref.name} sets {fixed.group(1)} itself, so "
+                             f"it cannot be given; leave it out, or pick another torchvision:NAME of the family") from None
         raise UsageError(f"torchvision:{ref.name} cannot be built for {channels}x{height}x{width} images and "
                          f"{num_classes} classes: {first_line(error, 160)}") from None
     if channels != 3:
