@@ -162,6 +162,15 @@ def test_malformed_folders_say_what_is_wrong(tmp_path, files, message):
         read(path, tmp_path / "cache", log=lambda *_: None)
 
 
+@pytest.mark.parametrize("kind", ["tar.gz", "zip"])
+def test_an_archive_of_a_test_set_alone_says_how_to_evaluate_on_it(tmp_path, kind):
+    """A folder's own line names --data FOLDER/test; an archive's folder cannot be named so."""
+    path = source(tmp_path, {"test/cat/a.png": png(1), "test/dog/b.png": png(2)}, kind)
+    with pytest.raises(EngineError, match="no images under train/ \\(it has test/.*\\); to evaluate on test/ alone, "
+                                          "extract the archive and give --data its test/ folder$"):
+        read(path, tmp_path / "cache", log=lambda *_: None)
+
+
 def test_missing_or_unsupported_source(tmp_path):
     with pytest.raises(EngineError, match="no such file or directory"):
         read(tmp_path / "absent", tmp_path / "cache")

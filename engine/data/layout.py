@@ -181,6 +181,8 @@ def choose(found, source, say=print, names=None):
         folders = [p for p in top.iterdir() if p.is_dir() and split_of(p.name)] if top.is_dir() else []
         if len(splits) == 1 and len(folders) == 1:  # e.g. a test set alone, for engine eval: its class folders
             hint = f"; to evaluate on {folders[0].name}/ alone, give --data {folders[0]}"
+        elif len(splits) == 1 and top.is_file():  # an archive: its folder cannot be named as --data
+            hint = f"; to evaluate on {shown(splits[0])}/ alone, extract the archive and give --data its {shown(splits[0])}/ folder"
         raise EngineError(f"{source} has no images under train/ (it has {', '.join(shown(s) + '/' for s in splits)}; "
                           f"{LAYOUT}){hint}")
     evaluation = next((s for s in EVAL_SPLITS if s in splits), None)
