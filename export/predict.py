@@ -18,12 +18,12 @@ import numpy as np
 from engine.confusion import printable
 from engine.errors import EngineError, UsageError
 from export import images as imaging
+from export import outputs
 from export.metadata import REQUIRED, ModelInfo
 
 
 def softmax(logits):
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return shifted / shifted.sum(axis=1, keepdims=True)
+    return outputs.probabilities(logits, outputs.LOGITS)
 
 
 class Classifier:
@@ -46,6 +46,7 @@ class Classifier:
         else:
             self.info = ModelInfo.from_props(props, str(path))
         self.path = path
+        self.output = outputs.output_kind(proto)  # logits, or probabilities where the graph ends in a softmax
         self.session, self.provider = open_session(path, device=device, threads=threads)
         self.input_name = self.session.get_inputs()[0].name
         self.fixed_batch = self._check_shapes(path)
@@ -105,9 +106,10 @@ class Classifier:
 
     def predict(self, images, topk=1):
         """For each image, its `topk` (class, probability) pairs, most likely first (topk above the
-        class count gives every class)."""
+        class count gives every class). A file whose graph ends in a softmax gives probabilities, taken as
+        they are (export.outputs)."""
         topk = check_whole("topk", topk)
-        probabilities = softmax(self.logits(images))
+        probabilities = outputs.probabilities(self.logits(images), self.output)
         k = min(topk, len(self.info.classes))
         order = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
         return [[(self.info.classes[i], float(row[i])) for i in top] for row, top in zip(probabilities, order)]
