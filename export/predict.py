@@ -41,7 +41,8 @@ class Classifier:
         if (input_size or classes) and all(key in props for key in REQUIRED):
             raise UsageError(f"{path} holds the engine's metadata (its classes, input size and resize rule): "
                              "--input-size and --classes are for a file without it; leave them out")
-        if input_size or classes:
+        self.flagged = bool(input_size or classes)  # classes and size from --classes/--input-size, not the file
+        if self.flagged:
             self.info = ModelInfo.from_flags(input_size, classes)
         else:
             self.info = ModelInfo.from_props(props, str(path))
@@ -97,12 +98,20 @@ class Classifier:
         if count < size:
             batch = np.concatenate([batch, np.zeros((size - count, *batch.shape[1:]), batch.dtype)])
         try:
-            return self.session.run(None, {self.input_name: np.ascontiguousarray(batch)})[0][:count]
+            out = self.session.run(None, {self.input_name: np.ascontiguousarray(batch)})[0]
         except Exception as error:  # onnxruntime raises its own InvalidArgument/Fail types
             from engine.errors import first_line
 
             raise EngineError(f"onnxruntime could not run {self.path} on {count} image{'s' if count != 1 else ''} "
                               f"({first_line(error, 240)})") from None
+        classes = len(self.info.classes)  # a graph whose output size is not fixed is checked on what it gives
+        if out.ndim != 2 or out.shape != (len(batch), classes):
+            raise EngineError(f"{self.path} gave outputs of shape {list(out.shape)} for {len(batch)} image"
+                              f"{'s' if len(batch) != 1 else ''}, not logits for its {classes} classes "
+                              f"({', '.join(self.info.classes[:5])}{', ...' if classes > 5 else ''})"
+                              + (": --classes must name one class for each of its outputs, in order" if self.flagged
+                                 else ", as its metadata says"))
+        return out[:count]
 
     def predict(self, images, topk=1):
         """For each image, its `topk` (class, probability) pairs, most likely first (topk above the
