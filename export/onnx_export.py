@@ -250,6 +250,9 @@ def export_onnx(out, checkpoint=None, *, opset=None, verify=True, int8=False, lo
             raise UsageError(f"export_onnx's {name} must be True or False, not {value!r}")
     if opset is not None and (not isinstance(opset, numbers.Integral) or isinstance(opset, (bool, np.bool_))):
         raise UsageError(f"--opset must be a whole number, not {opset!r}")
+    if int8 and int8_path(out).is_dir():  # found before the export and calibration, not after them
+        raise UsageError(f"--int8 writes {int8_path(out)} beside {out}, and that is a directory; move it or choose "
+                         "another OUT")
     opset = None if opset is None else int(opset)
     if opset is not None and not MIN_OPSET <= opset <= torch.onnx._constants.ONNX_MAX_OPSET:
         raise UsageError(f"--opset {opset}: the exporter writes opsets {MIN_OPSET} to {torch.onnx._constants.ONNX_MAX_OPSET}")
