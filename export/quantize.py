@@ -63,6 +63,9 @@ def images_per_s(session, images, rounds=5):
     return len(images) / best
 
 
+QUANTIZATION = "int8 static QDQ, per channel"  # the int8 file's `quantization` metadata
+
+
 def quantize(fp32_path, out, calibration_images):
     """Write the static QDQ int8 version of `fp32_path` to `out` (nothing at `out` on failure)."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
@@ -83,7 +86,11 @@ def quantize(fp32_path, out, calibration_images):
 
         model = onnx.load(str(temporary))
         fp32 = onnx.load(str(fp32_path), load_external_data=False)
-        onnx.helper.set_model_props(model, {p.key: p.value for p in fp32.metadata_props})
+        props = {p.key: p.value for p in fp32.metadata_props}
+        # the checkpoint's test accuracy is the fp32 model's: this file's own is measured beside it at export
+        # (quantize_and_compare), not stored; a client reads which file it holds from `quantization`
+        props.update(test_accuracy="", test_accuracy_tta="0", quantization=QUANTIZATION)
+        onnx.helper.set_model_props(model, props)
         onnx.save(model, str(temporary))
         onnx.checker.check_model(str(temporary), full_check=True)
         os.replace(temporary, out)

@@ -162,7 +162,12 @@ def test_int8_writes_a_valid_quantized_model_and_reports_both_accuracies(tiny_ru
     model = onnx.load(str(quantized))
     onnx.checker.check_model(model, full_check=True)
     assert any(n.op_type == "QuantizeLinear" for n in model.graph.node)
-    assert {p.key for p in model.metadata_props} >= {"classes", "input_size"}
+    props = {p.key: p.value for p in model.metadata_props}
+    assert props.keys() >= {"classes", "input_size"}
+    # the checkpoint's (fp32) accuracy is not the int8 file's own: a client reading it would take it for one
+    fp32_props = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    assert fp32_props["test_accuracy"] and "quantization" not in fp32_props
+    assert props["test_accuracy"] == "" and props["quantization"] == "int8 static QDQ, per channel"
     report = capsys.readouterr().out
     assert "fp32: Test_acc:" in report and "int8: Test_acc:" in report and "img/s" in report
     lines = report.splitlines()
