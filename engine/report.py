@@ -72,10 +72,26 @@ def default_run_dir(model, data_name, root="runs"):
     return path
 
 
+def check_apart_from(out, data):
+    """--out at or inside the image folder `data` (a run's --data) is refused: the run's curves.png and
+    confusion.png would be read as images of it, of a class or outside every class, by each later run."""
+    from engine.config import BUILTIN_DATASETS
+
+    if not data or data in BUILTIN_DATASETS or not Path(data).expanduser().is_dir():
+        return  # a built-in set or an archive: nothing written beside it is read
+    source, out = Path(data).expanduser().resolve(), Path(out).expanduser().resolve()
+    if out == source or source in out.parents:
+        where = "is" if out == source else "lies inside"
+        raise UsageError(f"--out {out} {where} the image folder {source} that --data reads: the run's files "
+                         "(curves.png, confusion.png) would become images of it; choose an --out outside it")
+
+
 class RunDir:
-    def __init__(self, path, *, resuming=False, create=True):
-        """create: False on the ranks other than 0 under DDP, which check but never write."""
+    def __init__(self, path, *, resuming=False, create=True, data=None):
+        """create: False on the ranks other than 0 under DDP, which check but never write. data: the
+        run's --data, which --out may not lie in."""
         self.path = Path(path)
+        check_apart_from(self.path, data)
         self.created = []  # the folders this run made, deepest first
         self.lock = None
         self.earlier_latest = None  # where runs/latest pointed before this run took it (point_latest)

@@ -113,7 +113,7 @@ def open_session(cfg: Config, resume: Checkpoint | None = None, say=print, ranks
         TensorBoard.require()
     if not cfg.out:
         cfg.out = ranks.broadcast(str(default_run_dir(model_label(ref), dataset_label(cfg.data), RUNS)))
-    run = RunDir(cfg.out, resuming=resume is not None, create=ranks.is_main)
+    run = RunDir(cfg.out, resuming=resume is not None, create=ranks.is_main, data=cfg.data)
     try:
         data, spec, fingerprint = open_data(cfg, resume, run, ranks, say)
         setup_backends(runtime.device, cfg.seed)
