@@ -242,8 +242,9 @@ class Config:
         data = self.data if self.data in BUILTIN_DATASETS else os.path.abspath(os.path.expanduser(self.data))
         cache = os.path.abspath(os.path.expanduser(self.cache_dir)) if self.cache_dir else None
         init = os.path.abspath(os.path.expanduser(self.init_from)) if self.init_from else None
+        out = os.path.expanduser(self.out) if self.out else self.out  # --out=~/runs/a: no folder named ~
         return dataclasses.replace(self, data=data, data_dir=os.path.abspath(os.path.expanduser(self.data_dir)),
-                                   cache_dir=cache, init_from=init, model=absolute_model(self.model))
+                                   cache_dir=cache, init_from=init, model=absolute_model(self.model), out=out)
 
     def resolved_cache_dir(self) -> Path:
         """The cache folder (made when first written); a file in its place is one line."""

@@ -21,7 +21,7 @@ def resume_path(run_dir):
     Any other checkpoint (best.pt, a copy) is refused: resuming rewrites the run's last.pt and
     metrics from the checkpoint's epoch on, which would silently drop the epochs after it.
     """
-    run_dir = Path(run_dir)
+    run_dir = Path(run_dir).expanduser()  # --resume=~/runs/a, as --data=~/... is read
     if run_dir.is_file():
         if run_dir.name != "last.pt":
             raise UsageError(f"--resume takes a run directory or its last.pt, not {run_dir}; to go on from another "
