@@ -16,7 +16,8 @@ from pathlib import Path
 from engine.errors import EngineError, UsageError
 from engine.lock import LOCK_NAME, RunLock, remove_stale_temporaries
 
-RUN_FILES = ("config.json", "metrics.jsonl", "curves.png", "last.pt", "best.pt")  # what a run writes
+RUN_FILES = ("config.json", "metrics.jsonl", "curves.png", "last.pt", "best.pt", "confusion.json",
+             "confusion.png")  # what a run writes (TensorBoard's events: new names)
 
 
 def stopped_before_first_checkpoint(path):
@@ -166,7 +167,7 @@ class RunDir:
         if any((self.path / name).exists() for name in ("last.pt", "best.pt")):
             return
         self.close()
-        for name in [*RUN_FILES, "confusion.json", "confusion.png"]:
+        for name in RUN_FILES:
             (self.path / name).unlink(missing_ok=True)
         for events in self.path.glob("events.out.tfevents.*"):
             events.unlink(missing_ok=True)
