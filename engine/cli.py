@@ -131,7 +131,8 @@ def cmd_summary(args):
         model = model_from_checkpoint(checkpoint, args.checkpoint, code, say=lambda *_: None)
         spec = checkpoint.spec
         classes = ", ".join(spec.classes[:4]) + (", ..." if len(spec.classes) > 4 else "")
-        name = f"{args.checkpoint} ({checkpoint.ref.label}, epoch {checkpoint.epoch}, {len(spec.classes)} classes: {classes})"
+        name = (f"{args.checkpoint} ({checkpoint.ref.label}, epoch {checkpoint.epochs_done}, "  # 1.25 within an epoch
+                f"{len(spec.classes)} classes: {classes})")
         print(format_summary(name, model, tuple(spec.shape)))
         return 0
     model = args.model if args.model is not None else "cifar_cnn"
