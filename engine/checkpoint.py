@@ -169,7 +169,7 @@ def load(path) -> Checkpoint:
     """The checkpoint at `path`, or one line saying why `path` is not one (see read_weights_only)."""
     if not str(path).strip():
         raise UsageError("the checkpoint is an empty path; name a checkpoint file (a run's best.pt or last.pt)")
-    path = Path(path)
+    path = Path(path).expanduser()  # engine eval "~/runs/a/best.pt": quoted, the shell left the ~ (as --init-from)
     if path.is_dir():
         raise UsageError(f"{path} is a folder, not a checkpoint; name a file in it (a run's best.pt or last.pt)")
     if not path.is_file():

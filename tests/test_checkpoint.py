@@ -391,3 +391,14 @@ def test_a_file_that_is_no_checkpoint_says_so_in_words(tmp_path, content):
     (tmp_path / "afile").write_bytes(content)
     with pytest.raises(EngineError, match=r"afile is not a readable weights file \((not a PyTorch checkpoint|its zip)"):
         read_weights_only(tmp_path / "afile", "weights file")
+
+
+def test_a_checkpoint_named_from_the_home_folder_is_found(tiny_run, tmp_path, monkeypatch):
+    """engine eval "~/runs/a/best.pt" (quoted, or after an =) reached the engine with its ~: 'no checkpoint at ~/...'."""
+    import shutil
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    shutil.copy(tiny_run[1], tmp_path / "best.pt")
+    assert load("~/best.pt").epoch == load(tiny_run[1]).epoch
+    with pytest.raises(EngineError, match=f"no checkpoint at {tmp_path}/absent.pt"):
+        load("~/absent.pt")
