@@ -52,6 +52,10 @@ def load_checked(path):
         raise EngineError(f"{path} is not a valid ONNX model ({first_line(error, 160)})") from None
     if len(model.graph.input) != 1 or len(model.graph.output) < 1:
         raise EngineError(f"{path}: expected one image input and a logits output, found {len(model.graph.input)} inputs")
+    elem = model.graph.input[0].type.tensor_type.elem_type  # another exporter's uint8 or float16 images: onnxruntime's
+    if elem != onnx.TensorProto.FLOAT:  # 'Unexpected input data type' at the first batch, where this says it at once
+        raise EngineError(f"{path} takes {onnx.TensorProto.DataType.Name(elem).lower()} input; the engine feeds float32 "
+                          "pixels in [0, 1]: export the model with a float32 input")
     return model
 
 
