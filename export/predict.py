@@ -22,10 +22,6 @@ from export import outputs
 from export.metadata import REQUIRED, ModelInfo
 
 
-def softmax(logits):
-    return outputs.probabilities(logits, outputs.LOGITS)
-
-
 class Classifier:
     """An exported model in an onnxruntime session, with the preprocessing its metadata describes."""
 
