@@ -212,6 +212,9 @@ def reopen(saved: ModelRef, given: ModelRef | None, source="the checkpoint", war
     notebook = saved.kind == "module" and saved.file == "__main__"  # a class typed into a notebook: no file to match
     again = f"FILE.py:{saved.name} (the file that defines it)" if notebook else shlex.quote(saved.label)
     if given is None:
+        if saved.kind == "file" and not os.path.exists(saved.file):  # moved or deleted since: naming it again fails
+            raise UsageError(f"{source} was trained with {saved.label}, which no longer exists; name the file that "
+                             f"defines {saved.name} now: --model FILE.py:{saved.name} (its weights load where they fit)")
         raise UsageError(f"{source} was trained with {saved.label}, user code the engine does not import by itself; "
                          f"name it again: --model {again}")
     if not given.user_code or given.name != saved.name or (saved.kind == "module" and given.file != saved.file and not notebook):
