@@ -74,9 +74,13 @@ def root_cause(error):
 def trace_failure(error):
     """One line for why torch.export could not trace a model (ahead-of-time inference, ONNX export):
     the innermost reason, and for the common one what it means in the user's code."""
-    line = first_line(root_cause(error))
+    said = ANSI.sub("", str(root_cause(error)))
+    line = first_line(said)
     if "data-dependent" in line:
         line += " - the forward branches on a tensor's value (an `if` on the data), which torch.export cannot trace"
+        call = re.search(r'The following call raised this error:\s*File "([^"]+)", line (\d+), in \w+\n\s*(.*)', said)
+        if call:  # torch.export names the model's line that branched
+            line += f" ({Path(call.group(1)).name}, line {call.group(2)}: {call.group(3).strip()})"
     return line
 
 
