@@ -29,14 +29,14 @@ from engine.data.classes import (Notes, check_names, empty_split, in_name_order,
 from engine.data.dataset import Dataset, dataset_label
 from engine.data.pool import decoding_pool, stop_pool
 from engine.data.archives import archive_kind, last_copies
-from engine.data.sources import DoesNotFit, check_memory, grey, label, members, walk
+from engine.data.sources import DoesNotFit, check_memory, count_other, grey, label, members, walk
 from engine.errors import EngineError, UsageError, first_line
 from engine.faults import pause_point
 from engine.lock import remove_stale_temporaries
 from engine.models.spec import MIN_CLASSES
-from engine.pixels import check_size, fit, upright_size
+from engine.pixels import check_size, fit, not_used_line, upright_size
 
-CACHE_FORMAT = 15  # 2: a set with any colour image is all RGB; 3: any layout, test split optional, --image-size;
+CACHE_FORMAT = 16  # 2: a set with any colour image is all RGB; 3: any layout, test split optional, --image-size;
 # 4: class folders with subfolders, grey images with alpha; 5: split folders in any case (Train/), training/ and
 # testing/, class names in NFC, tar links read; 6: .jpe/.jfif images, zip links read; 7: .tga/.avif/.qoi/... images,
 # the layout notes kept, Windows and absolute zip names, a JPEG of exactly twice the size drafted, strips cropped by part;
@@ -46,14 +46,16 @@ CACHE_FORMAT = 15  # 2: a set with any colour image is all RGB; 3: any layout, t
 # archive holds twice read once (its last member); 12: an empty test/ beside train/ kept, to be named; 13: a broken
 # link that names no image (a class folder's, its drive gone) named in the 'Not used:' line; 14: a tar cut short or
 # with a damaged header refused (tarfile stopped there without a word, and the images read were cached); 15: a
-# folder reached twice through links refused (its images were read twice, a loop of two links 41 times)
+# folder reached twice through links refused (its images were read twice, a loop of two links 41 times); 16: a
+# folder's 'Not used:' line not kept, but counted at each start (it went stale when only a notes.txt changed)
 CHUNK = 1024  # images handed to the decoding processes at a time: bounds the undecoded bytes held in memory
 
 
-def source_key(path: Path):
+def source_key(path: Path, others=None):
     """A digest of what the source is: its path, its folders, and the size, mtime and ctime of each of its
     image files (the ctime changes when a file is moved or replaced, which keeps size and mtime: same-size BMPs swapped
-    between classes, a tar extracted with its times)."""
+    between classes, a tar extracted with its times). others: a dict to count a folder's other files in, by
+    kind (sources.count_other), for the 'Not used:' line, which they change and the key does not."""
     digest = hashlib.sha256(f"{CACHE_FORMAT}:{path.resolve()}".encode("utf-8", "surrogateescape"))
     if path.is_dir():
         for root, dirs, files in walk(path):
@@ -61,6 +63,9 @@ def source_key(path: Path):
                 digest.update(f"{Path(root, name).relative_to(path)}/\n".encode("utf-8", "surrogateescape"))
             for name in files:
                 if layout.folder_of(name) is None:  # notes, hidden files: not read, so not the key's
+                    if others is not None:
+                        relative = Path(root, name).relative_to(path).as_posix()
+                        count_other(others, path, relative, layout.parts_of(relative))
                     continue
                 st = os.stat(Path(root) / name)
                 key = f"{Path(root, name).relative_to(path)}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}\n"
@@ -194,11 +199,13 @@ def read(source, cache_dir: Path, log=print, image_size=None, test_split=None, s
         raise EngineError(f"{source} is not a directory or a .tar, .tar.gz or .zip archive of an image folder")
     name = dataset_label(str(path))
     sized = f"-{image_size[0]}x{image_size[1]}-{resize}" if image_size else ""
-    cache = Path(cache_dir) / f"{name}-{source_key(path)}{sized}.pt"
+    others = {} if path.is_dir() else None  # a folder's files not read, said afresh (an archive's decode keeps them)
+    cache = Path(cache_dir) / f"{name}-{source_key(path, others)}{sized}.pt"
+    unused = not_used_line(path, others)
     streamed = filecache.open_cache(filecache.cache_folder(cache)) if not cache.is_file() else None
     if streamed is not None:  # a set decoded into the file cache, reopened memory-mapped
         log(f"Data: {path} ({_counts(streamed, test_split)}, decoded earlier: {filecache.cache_folder(cache)})")
-        for line in streamed.get("notes", []):
+        for line in [unused] * bool(unused) + streamed.get("notes", []):
             log(line)
         return _dataset(name, stream.place(streamed), test_split, seed, path, log)
     if cache.is_file():
@@ -208,9 +215,11 @@ def read(source, cache_dir: Path, log=print, image_size=None, test_split=None, s
             tensors = None
         if tensors is not None:
             log(f"Data: {path} ({_counts(tensors, test_split)}, decoded earlier: {cache})")
-            for line in tensors.get("notes", []):
+            for line in [unused] * bool(unused) + tensors.get("notes", []):
                 log(line)
             return _dataset(name, stream.place(tensors), test_split, seed, path, log)
+    if unused:
+        log(unused)
     try:
         tensors = decode_folder(path, log, image_size, resize, test_split)
     except DoesNotFit as large:  # decoded chunk by chunk into a file instead, then streamed

@@ -166,12 +166,32 @@ class Survey:
         return f"{path} holds no images (files ending {kinds}; {layout.LAYOUT})"
 
     def lines(self, path):
-        """What the decode says of the source's files before decoding: the files not used."""
-        return [line for line in (self.unused_line(path), self.copies_line(path)) if line]
+        """What the decode says of the source's files before decoding, kept with the decoded images to be
+        said again: an archive's files not used, the names it holds twice. A folder's files not used are
+        counted afresh by every start instead (engine.data.imagefolder.read), as a notes.txt added or
+        removed leaves its decoded images, and so the cache, as they were."""
+        unused = None if path.is_dir() else self.unused_line(path)
+        return [line for line in (unused, self.copies_line(path)) if line]
 
     def expected(self, path, size):
         """`_decode`'s `first`: the first image's size and name where the images must all share it."""
         return (*self.first[:2], str(path)) if size is None and self.first else None
+
+
+def count_other(others, path: Path, name, parts):
+    """Count in `others` ({kind: count}, the 'Not used:' line's) the file `name` of the source `path`, one that
+    is not an image this engine reads: by its extension, as a broken link (a folder's: perhaps a class
+    folder's, its drive not mounted) or as an archive member naming a place outside it (never read). A
+    hidden file is not counted; returns whether it was."""
+    if ".." in parts:
+        kind = "'..' in the name"
+    elif layout.hidden(parts):
+        return False
+    else:
+        kind = posixpath.splitext(name)[1].lower() or "no extension"
+        kind = "broken link" if path.is_dir() and not os.path.exists(path / name) else kind
+    others[kind] = others.get(kind, 0) + 1
+    return True
 
 
 class DoesNotFit(EngineError):
@@ -203,14 +223,8 @@ def check_memory(path: Path, size=None):
             continue
         folder = layout.folder_of(name)
         if folder is None:
-            if ".." in parts:  # an archive member naming a place outside it: never read, but said
-                others["'..' in the name"] = others.get("'..' in the name", 0) + 1
-            elif not layout.hidden(parts):
-                suffix = posixpath.splitext(name)[1].lower() or "no extension"
-                suffix = "broken link" if path.is_dir() and not os.path.exists(path / name) else suffix  # a folder's?
-                others[suffix] = others.get(suffix, 0) + 1
-            elif posixpath.splitext(name)[1].lower() in IMAGE_EXTENSIONS:  # skipped as hidden: said if all are
-                hidden = (hidden[0] + 1, hidden[1] or name)
+            if not count_other(others, path, name, parts) and posixpath.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
+                hidden = (hidden[0] + 1, hidden[1] or name)  # skipped as hidden: said if all are
             continue
         key = extracted_name(name)
         names[key] = names.get(key, 0) + 1

@@ -1,0 +1,63 @@
+"""What a run from the decode cache says of an image folder's files that are not images: the 'Not used:'
+line is counted afresh at each start, since a notes.txt added or removed leaves the decoded images, and so
+the cache, as they were (it went stale: said after the file was gone, missing once one was added)."""
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from engine.data.imagefolder import read
+
+
+def png(seed):
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def flat(root, per_class=4):
+    for c, name in enumerate(("a", "b")):
+        (root / name).mkdir(parents=True)
+        for k in range(per_class):
+            (root / name / f"{k}.png").write_bytes(png(10 * c + k))
+    return root
+
+
+def said(path, cache):
+    lines = []
+    data = read(path, cache, log=lines.append, test_split="50%")
+    return [line for line in lines if line.startswith("Not used:")], lines, data
+
+
+@pytest.mark.parametrize("memory", ["in memory", "streamed"])
+def test_the_not_used_line_follows_the_folders_other_files_from_the_cache(tmp_path, monkeypatch, memory):
+    if memory == "streamed":
+        monkeypatch.setenv("ENGINE_MEMORY_LIMIT", "1000")  # the file cache (engine.data.filecache)
+    path, cache = flat(tmp_path / "photos"), tmp_path / "cache"
+    first, _, data = said(path, cache)
+    assert first == []
+    (path / "a" / "notes.txt").write_text("not an image")
+    (path / "b" / "Thumbs.db").write_bytes(b"\0" * 8)
+    (path / "b" / ".DS_Store").write_bytes(b"\0" * 8)  # hidden: never said
+    unused, lines, again = said(path, cache)
+    assert any(line.startswith("Data: ") and "decoded earlier" in line for line in lines), lines  # no decode
+    assert unused == [f"Not used: 2 files of {path} that are not an image file this engine reads (.txt 1, .db 1)"]
+    (path / "a" / "notes.txt").unlink()
+    unused, lines, _ = said(path, cache)
+    assert any("decoded earlier" in line for line in lines), lines
+    assert unused == [f"Not used: 1 file of {path} that is not an image file this engine reads (.db 1)"]
+    (path / "b" / "Thumbs.db").unlink()
+    assert said(path, cache)[0] == []
+    assert np.array_equal(np.asarray(again.train_x[:]), np.asarray(data.train_x[:]))
+
+
+def test_a_folders_not_used_line_is_said_once_by_the_decode_and_once_from_the_cache(tmp_path):
+    path = flat(tmp_path / "photos")
+    (path / "a" / "notes.txt").write_text("not an image")
+    (path / "stray.png").write_bytes(png(99))  # outside every class folder: its own note, kept with the cache
+    for attempt in ("decode", "cache"):
+        unused, lines, _ = said(path, tmp_path / "cache")
+        assert unused[0] == f"Not used: 1 file of {path} that is not an image file this engine reads (.txt 1)", (attempt, lines)
+        assert len(unused) == 2 and unused[1].startswith("Not used: 1 image outside every class folder"), (attempt, lines)
