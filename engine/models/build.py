@@ -16,7 +16,7 @@ from torch import nn
 from torch.nn.parameter import is_lazy
 
 from engine.errors import EngineError, UsageError, first_line
-from engine.models.logits import CLASS_COUNT_NAMES
+from engine.models.logits import CHANNEL_NAMES, CLASS_COUNT_NAMES
 from engine.models.probe import check_fits, code_file, line_of, probe_batch
 from engine.models.reference import ModelRef
 from engine.models.user_code import load_code, torch_state_kept
@@ -73,9 +73,6 @@ def _torchvision(ref, in_shape, num_classes):
         setattr(parent, key, nn.Conv2d(channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
                                        conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode))
     return model
-
-
-CHANNEL_NAMES = ("in_channels", "in_chans", "n_channels", "num_channels", "input_channels")  # timm: in_chans
 
 
 def _args_example(parameters, given, num_classes):

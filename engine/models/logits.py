@@ -7,6 +7,7 @@ the engine passes the count to a parameter named in CLASS_COUNT_NAMES, never int
 
 import inspect
 import json
+import re
 
 import torch
 
@@ -15,6 +16,7 @@ from engine.models.reference import ModelRef
 from engine.models.user_code import load_code
 
 CLASS_COUNT_NAMES = ("num_classes", "n_classes", "nclasses", "num_class", "num_labels")  # as model code spells it
+CHANNEL_NAMES = ("in_channels", "in_chans", "n_channels", "num_channels", "input_channels")  # timm: in_chans
 
 
 def check_logits(output, label, mode, batch, num_classes, ref: ModelRef, built=None):
@@ -72,6 +74,24 @@ def _count_hint(ref: ModelRef, num_classes):
     if named:  # the engine passed the data's count, which the output does not follow
         return f" (the engine passed {named[0]}={num_classes}; its output does not follow it)"
     return " (give its constructor a num_classes argument: the engine passes it by name)"
+
+
+def channels_hint(ref: ModelRef, error, channels):
+    """'; what to change' for a forward that raised on images of `channels` channels because a layer
+    takes another count (torch: 'expected input[...] to have 3 channels, but got 1'), or ''."""
+    found = re.search(r"to have (\d+) channels, but got (\d+) channels", str(error))
+    if not found or int(found.group(2)) != channels or not ref.user_code:
+        return ""
+    signature = _signature(ref)
+    parameters = signature.parameters if signature else {}
+    passed = next((name for name in (*CHANNEL_NAMES, "in_shape") if name in parameters), None)
+    if passed in ref.args:
+        return f"; --model-args sets {passed} {json.dumps(ref.args[passed])}: leave it out and the engine passes the data's"
+    if passed:  # the engine gave the count: the layer that raised does not follow it
+        return f"; the engine passed {passed} for {channels}-channel images, which that layer does not follow"
+    return (f"; the images have {channels} channel{'s' if channels > 1 else ''} and the model takes "
+            f"{found.group(1)}: give its constructor an in_channels argument (the engine passes it by name) and use it "
+            "for the first layer")
 
 
 def _signature(ref: ModelRef):

@@ -13,7 +13,7 @@ from torch.nn.parameter import is_lazy
 
 from engine.errors import UsageError, first_line
 from engine.models.copying import buffers_of, restore_buffers
-from engine.models.logits import check_logits
+from engine.models.logits import channels_hint, check_logits
 from engine.models.reference import ModelRef, warn_once
 from engine.models.user_code import line_in
 
@@ -68,6 +68,7 @@ def check_fits(model: nn.Module, ref: ModelRef, in_shape, num_classes, batch=PRO
         small = small or bool(larger)
         hint = (f"; the images are too small for this network{runs} (resize an image folder's with --image-size; "
                 "summary takes --input-shape)" if small else "")
+        hint = hint or channels_hint(ref, error, in_shape[0])  # a 3-channel model on grey images, or the reverse
         kinds = sorted({str(p.dtype).replace("torch.", "") for p in model.parameters() if p.dtype != torch.float32})
         if kinds and not small:  # model.double() or .half() in __init__: the images come as float32
             hint = (f"; its parameters are {' and '.join(kinds)}, and the engine feeds float32 images (build it in "
