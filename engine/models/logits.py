@@ -30,8 +30,11 @@ def check_logits(output, label, mode, batch, num_classes, ref: ModelRef, built=N
             hint = "does its forward end without a return?"
         elif not isinstance(output, (tuple, list)):
             hint = "return a tensor of shape (batch, classes)"
-        else:
+        elif ref.kind == "torchvision" or not output:
             hint = "an auxiliary-output model? for torchvision googlenet and inception_v3 pass --model-args '{\"aux_logits\": false}'"
+        else:  # (logits, features), a namedtuple: the engine trains one tensor of logits
+            first = f".{output._fields[0]}" if hasattr(output, "_fields") else "[0]"
+            hint = f"return the logits tensor itself, e.g. a wrapper whose forward returns model(x){first}"
         raise UsageError(f"{label} returns {'an' if kind[:1].lower() in 'aeiou' else 'a'} {kind} in {mode} mode, not a "
                          f"tensor of logits ({hint})")
     if tuple(output.shape) != (batch, num_classes) and built is not None:
@@ -42,6 +45,8 @@ def check_logits(output, label, mode, batch, num_classes, ref: ModelRef, built=N
     if tuple(output.shape) != (batch, num_classes):
         if output.ndim == 2 and output.shape[1] == num_classes:  # the classes right, the batch not
             hint = " (its forward must keep the batch dimension: one row of logits per image)"
+        elif tuple(output.shape) == (batch, num_classes, 1, 1):  # a 1x1-conv head without the flatten after it
+            hint = " (flatten it at the end of its forward: return x.flatten(1))"
         else:
             hint = _count_hint(ref, num_classes) if output.ndim == 2 else ""
         where = "" if mode == "training" else f" in {mode} mode"  # probed in training mode first: only then said
