@@ -1,6 +1,7 @@
-"""What a run from the decode cache says of an image folder's files that are not images: the 'Not used:'
-line is counted afresh at each start, since a notes.txt added or removed leaves the decoded images, and so
-the cache, as they were (it went stale: said after the file was gone, missing once one was added)."""
+"""The decode cache of an image folder: the 'Not used:' line a run from it says is counted afresh at
+each start, since a notes.txt added or removed leaves the decoded images, and so the cache, as they were
+(it went stale: said after the file was gone, missing once one was added); a set that must stream into
+a cache folder that cannot be made is one line."""
 
 import io
 
@@ -61,3 +62,17 @@ def test_a_folders_not_used_line_is_said_once_by_the_decode_and_once_from_the_ca
         unused, lines, _ = said(path, tmp_path / "cache")
         assert unused[0] == f"Not used: 1 file of {path} that is not an image file this engine reads (.txt 1)", (attempt, lines)
         assert len(unused) == 2 and unused[1].startswith("Not used: 1 image outside every class folder"), (attempt, lines)
+
+
+def test_a_set_that_streams_into_a_cache_folder_that_cannot_be_made_is_one_line(tmp_path, monkeypatch):
+    """A set too large for memory is decoded into the file cache, which it cannot do without: a cache
+    folder that cannot be made was the OSError's bare words ('/x: Not a directory') from the CLI, and a
+    traceback for a Python caller."""
+    from engine.errors import EngineError
+
+    monkeypatch.setenv("ENGINE_MEMORY_LIMIT", "1000")
+    path = flat(tmp_path / "photos")
+    (tmp_path / "taken").write_text("a file where the cache folder's parent would be")
+    with pytest.raises(EngineError, match=r"do not fit in memory, so they are decoded into a file cache, and the cache "
+                                          r"folder .*taken/cache cannot be made \(Not a directory\); pass --cache-dir"):
+        read(path, tmp_path / "taken" / "cache", log=lambda line: None, test_split="50%")

@@ -55,9 +55,15 @@ def open_cache(folder: Path):
 
 
 def check_disk(path, folder: Path, need):
-    """One line, before decoding, when the cache's disk has less than `need` bytes free."""
-    folder.mkdir(parents=True, exist_ok=True)
-    free = shutil.disk_usage(folder).free
+    """One line, before decoding, when the cache's disk has less than `need` bytes free, or the cache
+    folder cannot be made (a set that fits in memory trains without its cache; this one cannot)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(folder).free
+    except OSError as error:
+        raise EngineError(f"{path}: its decoded images ({size_text(need)}) do not fit in memory, so they are decoded "
+                          f"into a file cache, and the cache folder {folder} cannot be made ({error.strerror or error}); "
+                          "pass --cache-dir a folder you can write to") from None
     if need + DISK_MARGIN > free:
         raise EngineError(f"{path}: its decoded images need {size_text(need)} in the decode cache at {folder}, and "
                           f"{size_text(free)} is free there; free some space, or pass --cache-dir on a larger disk "
