@@ -176,8 +176,21 @@ def load(path) -> Checkpoint:
         raise EngineError(f"no checkpoint at {path}")  # a missing file, exit 1 (as a missing image or data folder)
     checkpoint = read_weights_only(path)
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
-        raise EngineError(f"{path} is not an engine checkpoint (format {FORMAT})")
+        raise EngineError(_not_a_checkpoint(path, checkpoint))
     return Checkpoint.from_dict(checkpoint, path)
+
+
+def _not_a_checkpoint(path, loaded):
+    """Why `loaded` (read from `path`) is no checkpoint of this engine: another version's, plain weights, or other."""
+    if isinstance(loaded, dict) and "format" in loaded:  # another version's (engine-checkpoint/2), or another program's
+        return (f"{path} is a checkpoint of format {str(loaded['format'])[:60]!r}, which this engine cannot read "
+                f"(it reads {FORMAT}, written by engine train)")
+    inner = next((loaded[key] for key in ("state_dict", "model", "model_state_dict") if isinstance(loaded, dict)
+                  and isinstance(loaded.get(key), dict)), loaded)
+    if isinstance(inner, dict) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
+        return (f"{path} is not an engine checkpoint (format {FORMAT}, written by engine train) but plain weights "
+                f"(a state dict): start a run from them with engine train --init-from {path}")
+    return f"{path} is not an engine checkpoint (format {FORMAT}, written by engine train)"
 
 
 def save(checkpoint: Checkpoint, path):

@@ -17,7 +17,7 @@ def read_weights_only(path, what="engine checkpoint"):
     try:
         with warnings.catch_warnings():  # torch's note on an old pickle protocol: this line says it all
             warnings.simplefilter("ignore")
-            return torch.load(path, map_location="cpu", weights_only=True)
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
         text = str(error).strip()
         refused = re.search(r"unsupported GLOBAL (\S+)|Unsupported global: GLOBAL (\S+)", text, re.I)
@@ -40,6 +40,37 @@ def read_weights_only(path, what="engine checkpoint"):
         if is_onnx(path):
             first = "it is an ONNX model, which engine eval and predict take as a file named .onnx"
         raise EngineError(f"{path} is not a readable {what} ({first[:200]})") from None
+    damaged = damaged_member(path)
+    if damaged:
+        raise EngineError(f"{path} is not a readable {what} (its {damaged} fails the CRC-32 check torch.save wrote "
+                          "with it: the file changed after it was written; a copy, download or disk may have damaged it)")
+    return loaded
+
+
+def damaged_member(path):
+    """The first member of torch.save's zip at `path` whose bytes no longer match the CRC-32 saved with
+    them, or None. torch.load never checks them, so bytes changed inside a tensor (a bad disk or copy)
+    loaded as other weights without a word. A CRC of 0 is torch's own when saved with
+    set_crc32_options(False): not checked. Reading back a file just loaded costs about 25 ms per 48 MB."""
+    import zipfile
+
+    if not is_zip(path):  # a legacy (non-zip) torch.save file has no CRC to check
+        return None
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError):  # torch read it, Python's reader does not: nothing to check with
+        return None
+    with archive:
+        for info in archive.infolist():
+            try:
+                if info.CRC:
+                    with archive.open(info) as member:  # raises BadZipFile at its end on a CRC mismatch
+                        while member.read(1 << 24):
+                            pass
+            except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError) as error:
+                if "CRC" in str(error):
+                    return info.filename
+    return None
 
 
 def is_zip(path):
