@@ -101,6 +101,11 @@ def _warn_probabilities(output, label):
 def check_trainable(model: nn.Module, label):
     """A model a run will train: float32 parameters (the export runs float32, and --amp picks a
     faster precision by measurement), at least one of them trainable."""
+    hidden = _unregistered(model)
+    if hidden:  # self.blocks = [nn.Conv2d(...), ...]: the optimizer, .to(device) and the state dict never see them
+        raise UsageError(f"{label} keeps {hidden} where nn.Module does not register them: their parameters would "
+                         "not train, move to the device or be saved; hold them in nn.ModuleList (nn.ModuleDict for "
+                         "a dict, nn.ParameterList for parameters)")
     kinds = sorted({str(p.dtype).replace("torch.", "") for p in model.parameters() if p.dtype != torch.float32})
     if kinds:  # self.double() in __init__, with a forward casting back: it would train, then not export
         raise UsageError(f"{label}'s parameters are {' and '.join(kinds)}; the engine trains float32 models and "
@@ -110,6 +115,25 @@ def check_trainable(model: nn.Module, label):
         count = sum(p.numel() for p in model.parameters())
         held = f"all {count:,} have requires_grad False" if count else "it has none"
         raise UsageError(f"{label} has no parameter to train ({held}); a model needs at least one trainable parameter")
+
+
+def _unregistered(model: nn.Module):
+    """'Conv2d, Conv2d in the plain list blocks' for the first attribute of `model`'s modules that holds
+    modules with parameters (or parameters) in a plain list, tuple or dict, which the model's own
+    parameters do not include; None where there is none. A list of registered modules (`self.stages
+    = [self.layer1, self.layer2]`) or of modules without parameters (`[nn.ReLU()]`) is fine."""
+    known = {id(t) for t in (*model.modules(), *model.parameters())}
+    for prefix, module in model.named_modules():
+        for key, value in vars(module).items():
+            if key.startswith("_") or not isinstance(value, (list, tuple, dict)):
+                continue
+            items = list(value.values() if isinstance(value, dict) else value)
+            hidden = [type(v).__name__ for v in items if id(v) not in known and (
+                isinstance(v, nn.Parameter) or isinstance(v, nn.Module) and any(True for _ in v.parameters()))]
+            if hidden:
+                kind = type(value).__name__
+                return f"{', '.join(hidden)} in the plain {kind} {prefix + '.' if prefix else ''}{key}"
+    return None
 
 
 def _takes_larger(model: nn.Module, in_shape, side=224):
