@@ -51,15 +51,25 @@ def read_state_dict(path, say=None):
     return state
 
 
-def head_keys(model: nn.Module):
+WEIGHT_KEYS = ("weight", "weight_orig", "parametrizations.weight.original1", "parametrizations.weight.original")
+
+
+def head_keys(model: nn.Module, state=None):
     """State-dict keys of the model's classifier head: every key of the last Linear (or 1x1 Conv2d)
     in the module order, its weight and bias, and what stands for them in a parametrized or pruned
-    head (`parametrizations.weight.original0/1` of weight_norm, `weight_orig` and `weight_mask`)."""
-    last = None
-    for name, module in model.named_modules():
-        if isinstance(module, (nn.Linear, nn.Conv2d)) and name:
-            last = name
-    return {key for key in model.state_dict() if key.startswith(f"{last}.")} if last else set()
+    head (`parametrizations.weight.original0/1` of weight_norm, `weight_orig` and `weight_mask`).
+    With `state` (the weights to load), the last such layer whose output count alone differs from
+    state's is the head: a model may register its classifier before its features."""
+    layers = [name for name, module in model.named_modules() if isinstance(module, (nn.Linear, nn.Conv2d)) and name]
+    last = layers[-1] if layers else None
+    wanted = model.state_dict()
+    for name in layers if state else ():
+        key = next((f"{name}.{k}" for k in WEIGHT_KEYS if f"{name}.{k}" in wanted), None)
+        ours, theirs = wanted.get(key), state.get(key)
+        if (isinstance(ours, torch.Tensor) and isinstance(theirs, torch.Tensor) and ours.ndim == theirs.ndim
+                and ours.shape[0] != theirs.shape[0] and ours.shape[1:] == theirs.shape[1:]):
+            last = name  # another class count: this layer makes the logits
+    return {key for key in wanted if key.startswith(f"{last}.")} if last else set()
 
 
 def take_buffer_shapes(model: nn.Module, saved, keep=()):
@@ -85,7 +95,7 @@ def take_buffer_shapes(model: nn.Module, saved, keep=()):
 def init_from(model: nn.Module, path, say=print):
     """Load `path`'s weights into `model` (see the module docstring); returns the re-initialised keys."""
     state = read_state_dict(path, say)
-    head = head_keys(model)
+    head = head_keys(model, state)
     take_buffer_shapes(model, state, keep=head)  # a head buffer (a pruning mask) sized for these classes stays
     wanted = model.state_dict()
     fresh, load = [], {}
