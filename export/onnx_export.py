@@ -101,7 +101,11 @@ def check_exportable(module):
     """One line, before the exporter's page of errors, for what it cannot write: a torch.jit.script-ed
     submodule (torch.export traces Python modules), parameters that are not float32 (the file runs
     float32, and onnxruntime's CPU kernels take no bfloat16 convolution)."""
-    name = type(getattr(module, "model", module)).__name__  # the user's, inside engine.normalization.Normalized
+    inner = getattr(module, "model", module)  # the user's, inside engine.normalization.Normalized
+    name = type(inner).__name__
+    if isinstance(inner, torch.jit.ScriptModule):  # a factory's `return torch.jit.script(Net())`
+        raise UsageError(f"the model is torch.jit.script-ed as a whole ({inner.original_name}), which torch.onnx.export "
+                         "(torch.export) cannot trace; return the nn.Module unscripted to export it")
     if any(isinstance(m, torch.jit.ScriptModule) for m in module.modules()):
         raise UsageError(f"{name} holds a torch.jit.script-ed submodule, which torch.onnx.export (torch.export) cannot "
                          "trace; script nothing in the model's __init__ to export it")

@@ -123,6 +123,9 @@ def _construct(factory, ref, in_shape, num_classes):
                           f"{type(error).__name__}{line_of(error, file)}: {first_line(error, 160)}") from None
     if not isinstance(model, nn.Module):
         raise UsageError(f"--model {where}: calling {ref.name} gave a {type(model).__name__}, not an nn.Module")
+    if isinstance(model, torch.jit.ScriptModule) and "_modules" not in vars(model):  # torch.jit.trace(net, x)
+        raise UsageError(f"--model {where}: calling {ref.name} gave a torch.jit.trace-d module; return the nn.Module "
+                         "itself (the engine compiles and exports it as it needs)")
     if "_modules" not in vars(model):  # nn.Module.__init__ never ran: no layers, no parameters, no .training
         raise UsageError(f"--model {where}: {type(model).__name__}.__init__ does not call super().__init__() "
                          "(nn.Module's) before it sets its layers; add it as the first line")
