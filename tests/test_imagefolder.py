@@ -154,7 +154,8 @@ def test_corrupt_image_is_named(tmp_path):
     ({"val/cat/a.png": png(1)},
      "no images under train/ \\(it has val/.*\\); to evaluate on val/ alone, give --data .*images/val$"),
     ({"train/cat/a.png": png(1), "train/dog/b.png": png(2), "test/emu/c.png": png(3)}, "test/ has classes that train/ lacks: emu"),
-    ({"train/cat/a.png": png(1), "train/dog/b.png": png(2, size=(7, 7)), "test/cat/c.png": png(3)}, "all images .* share one size"),
+    ({"train/cat/a.png": png(1), "train/dog/b.png": png(2, size=(7, 7)), "test/cat/c.png": png(3),
+      "test/dog/d.png": png(4)}, "all images .* share one size"),  # test/ holds train/'s classes: the layout is refused first
 ])
 def test_malformed_folders_say_what_is_wrong(tmp_path, files, message):
     path = source(tmp_path, files)

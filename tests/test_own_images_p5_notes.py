@@ -76,3 +76,26 @@ def test_a_set_that_streams_into_a_cache_folder_that_cannot_be_made_is_one_line(
     with pytest.raises(EngineError, match=r"do not fit in memory, so they are decoded into a file cache, and the cache "
                                           r"folder .*taken/cache cannot be made \(Not a directory\); pass --cache-dir"):
         read(path, tmp_path / "taken" / "cache", log=lambda line: None, test_split="50%")
+
+
+@pytest.mark.parametrize("layout", ["empty class folder", "test classes not train's"])
+def test_a_layout_the_decode_would_refuse_is_refused_before_any_image_is_decoded(tmp_path, layout):
+    """An empty class folder (or a test/ whose classes are not train/'s) was refused only once every image
+    was decoded: minutes for a large folder, and as many again once fixed (the folder, so the key, changed)."""
+    from engine.errors import EngineError
+
+    path = tmp_path / "photos"
+    if layout == "empty class folder":
+        flat(path)
+        (path / "c").mkdir()
+        expected = "class folder c has no images"
+    else:
+        flat(path / "train")
+        flat(path / "test")
+        (path / "test" / "b").rename(path / "test" / "c")
+        expected = "test/ has classes that train/ lacks: c"
+    next(path.rglob("0.png")).write_bytes(b"")  # what a decode would stop at first
+    lines = []
+    with pytest.raises(EngineError, match=expected):
+        read(path, tmp_path / "cache", log=lines.append, test_split="50%" if layout == "empty class folder" else None)
+    assert not any(line.startswith("Decod") for line in lines), lines
