@@ -8,6 +8,7 @@ scaled to cover H x W and the centre cropped; antialiased bicubic), scale by 1/2
 before a pixel is read. Every bad file is one line naming it.
 """
 
+import glob
 import os
 from pathlib import Path
 
@@ -25,6 +26,12 @@ def expand(paths, note=None):
         if not str(given).strip():  # Path('') is the current folder: every image under it
             raise EngineError("an empty path names no image (it is not the current folder)")
         path = Path(given)
+        if not path.exists() and not path.is_symlink() and glob.has_magic(str(given)):  # a pattern no shell expanded
+            matched = sorted(glob.glob(str(given), recursive=True))  # (quoted, or Windows' cmd): expanded as it would
+            if not matched:
+                raise EngineError(f"{given}: no file matches this pattern")
+            files += expand(matched, note)
+            continue
         if path.is_dir():
             others = {}
             found = images_under(path, others)
