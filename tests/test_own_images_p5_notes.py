@@ -99,3 +99,23 @@ def test_a_layout_the_decode_would_refuse_is_refused_before_any_image_is_decoded
     with pytest.raises(EngineError, match=expected):
         read(path, tmp_path / "cache", log=lines.append, test_split="50%" if layout == "empty class folder" else None)
     assert not any(line.startswith("Decod") for line in lines), lines
+
+
+@pytest.mark.parametrize("memory", ["in memory", "streamed"])
+def test_every_image_that_cannot_be_decoded_is_named_by_one_decode(tmp_path, monkeypatch, memory):
+    """A decode stopped at the first image it could not read: a folder with three such images took three
+    decodes (each from the start) to name them all."""
+    from engine.errors import EngineError
+
+    if memory == "streamed":
+        monkeypatch.setenv("ENGINE_MEMORY_LIMIT", "1000")
+    path = flat(tmp_path / "photos", per_class=6)
+    (path / "a" / "1.png").write_bytes(b"")
+    (path / "b" / "2.png").write_bytes(png(1)[:60])  # cut short
+    (path / "b" / "fake.jpg").write_text("not an image")
+    with pytest.raises(EngineError) as caught:
+        read(path, tmp_path / "cache", log=lambda line: None, test_split="50%")
+    assert str(caught.value) == (f"cannot decode image {path / 'a' / '1.png'}: the file is empty (0 bytes) (and 2 more "
+                                 f"images that cannot be decoded: {path / 'b' / '2.png'}, {path / 'b' / 'fake.jpg'}; "
+                                 "remove or replace them)")
+    assert not [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]  # nothing cached

@@ -115,14 +115,14 @@ def _decode_into(path, file, survey, size, channels, image_size, rule, log):
     from PIL import Image
     from tqdm import tqdm
 
-    from engine.data.imagefolder import _chunks, _decode, mixed_sizes
+    from engine.data.imagefolder import _chunks, decode_or_say, mixed_sizes, undecodable
     from engine.data.pool import decoding_pool, stop_pool
 
     H, W = size
     pool, workers = decoding_pool()
     finished = False
     bomb_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # check_size refuses large ones, naming the size
-    count, places, first, started = survey.count, [], None, time.perf_counter()
+    count, places, first, started, bad = survey.count, [], None, time.perf_counter(), []
     given = "" if image_size else " (the first image's size)"
     log(f"Decoding {path} at {H}x{W}{given} into a file cache, chunk by chunk: "
         f"{count:,} images, {size_text(count * channels * H * W)}, more than memory holds (once, until the images change)")
@@ -131,9 +131,12 @@ def _decode_into(path, file, survey, size, channels, image_size, rule, log):
                                          leave=False) as progress:
             for chunk in _chunks(path, image_size, rule, survey.expected(path, image_size), survey.copies):
                 items = [item for _, item in chunk]
-                arrays = list(pool.imap(_decode, items, chunksize=64)) if pool else [_decode(i) for i in items]
+                arrays = list(pool.imap(decode_or_say, items, chunksize=64)) if pool else [decode_or_say(i) for i in items]
                 rows = []
                 for (folder, item), array in zip(chunk, arrays):
+                    if isinstance(array, str):  # an image that cannot be decoded: named with the others at the end
+                        bad.append((item[0], array))
+                        continue
                     first = first or (array.shape[1::-1], item[0])
                     if array.shape[:2] != (H, W):
                         raise UsageError(mixed_sizes(path, ((W, H), first[1]), (array.shape[1::-1], item[0])))
@@ -143,8 +146,11 @@ def _decode_into(path, file, survey, size, channels, image_size, rule, log):
                         array = np.repeat(array[..., None], 3, axis=2)
                     rows.append(array.reshape(H, W, channels))
                     places.append((folder, item[0]))
-                f.write(np.ascontiguousarray(np.stack(rows).transpose(0, 3, 1, 2)).tobytes())  # (n, C, H, W)
+                if rows:
+                    f.write(np.ascontiguousarray(np.stack(rows).transpose(0, 3, 1, 2)).tobytes())  # (n, C, H, W)
                 progress.update(len(chunk))
+            if bad:
+                raise EngineError(undecodable(bad))
             f.flush()
             os.fsync(f.fileno())
         finished = True

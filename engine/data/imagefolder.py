@@ -106,6 +106,26 @@ def _decode(item):
         raise EngineError(f"cannot decode image {name}: {reason}") from None
 
 
+def decode_or_say(item):
+    """`_decode`, an image that cannot be decoded given back as its line (a str) rather than raised, so that
+    one decode names every such image (fixed at once, not one per decode of a large folder); images of
+    another size than the first stop it at once (--image-size is wanted, not a fix per image)."""
+    try:
+        return _decode(item)
+    except UsageError:
+        raise
+    except EngineError as error:
+        return str(error)
+
+
+def undecodable(bad):
+    """The one line for the images of a decode that cannot be decoded: `bad` [(name, its line)]."""
+    more = len(bad) - 1
+    others = ", ".join(name for name, _ in bad[1:4]) + (" ..." if more > 3 else "")
+    return bad[0][1] + (f" (and {more:,} more image{'s' if more > 1 else ''} that cannot be decoded: {others}; remove "
+                        "or replace them)" if more else "")
+
+
 def _chunks(path: Path, size, rule, first=None, copies=None):
     """Lists of (folder, (name, bytes, size, rule, first)) of at most CHUNK images, in the source's
     order; `first`: see `_decode`; `copies`: the Survey's, whose earlier members are not read."""
@@ -132,7 +152,7 @@ def decode_folder(path: Path, log=print, size=None, rule="stretch", test_split=N
     images = {}  # folder tuple -> [(name, array)], placed by engine.data.layout once all are read
     bomb_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # check_size refuses large ones, naming the size
     pool, workers = decoding_pool()
-    started, sizes, finished = time.perf_counter(), {}, False
+    started, sizes, finished, bad = time.perf_counter(), {}, False, []
     try:
         survey = check_memory(path, size)
         if not survey.count:  # before "Decoding": a folder or archive with no image file at all
@@ -145,12 +165,17 @@ def decode_folder(path: Path, log=print, size=None, rule="stretch", test_split=N
         with tqdm(total=survey.count, desc="Decoding", unit=" img", disable=sys.stderr is None or not sys.stderr.isatty(), leave=False) as progress:
             for chunk in _chunks(path, size, rule, survey.expected(path, size), survey.copies):
                 items = [item for _, item in chunk]
-                arrays = pool.imap(_decode, items, chunksize=64) if pool else map(_decode, items)  # submitted
+                arrays = pool.imap(decode_or_say, items, chunksize=64) if pool else map(decode_or_say, items)  # submitted
                 pause_point("decode")  # test-only: a Ctrl-C while the decoding processes work
                 for (folder, item), array in zip(chunk, arrays):
+                    if isinstance(array, str):  # named with the others once all are read
+                        bad.append((item[0], array))
+                        continue
                     sizes.setdefault(array.shape[:2], item[0])
                     images.setdefault(folder, []).append((item[0], array))
                 progress.update(len(chunk))
+        if bad:
+            raise EngineError(undecodable(bad))
         finished = True
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error) as error:  # gzip.BadGzipFile is an OSError
         reason = first_line(error).rstrip(":")  # tarfile lists every method tried
