@@ -39,7 +39,7 @@ def evaluate_onnx(path, overrides, *, input_size=None, classes=None, log=print):
     from engine.runtime import warn
     from export.predict import Classifier
 
-    off = {"tta": 0, "amp": False, "compile": False, "triton": False}  # what the file does anyway: taken
+    off = {"tta": 0, "amp": False, "compile": False, "triton": False, "channels_last": False}  # what the file does: taken
     overrides = {k: v for k, v in overrides.items() if not (k in off and v is not None and v == off[k])}
     reason = "applies to PyTorch checkpoints; an .onnx file runs in onnxruntime"
     check_overrides(overrides, [k for k in EVAL_FLAGS if k not in ONNX_IGNORED], "evaluate_onnx",
