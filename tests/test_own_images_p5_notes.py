@@ -119,3 +119,23 @@ def test_every_image_that_cannot_be_decoded_is_named_by_one_decode(tmp_path, mon
                                  f"images that cannot be decoded: {path / 'b' / '2.png'}, {path / 'b' / 'fake.jpg'}; "
                                  "remove or replace them)")
     assert not [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]  # nothing cached
+
+
+def test_a_file_cache_another_run_completed_meanwhile_is_kept_not_replaced(tmp_path, monkeypatch):
+    """Two runs at once on one new set too large for memory both decode it into the file cache: the one
+    finishing second removed the first's complete cache, which that run was about to open (None: a
+    traceback) or reading. It now keeps it."""
+    from engine.data import filecache
+    from engine.data.sources import DoesNotFit, check_memory
+
+    monkeypatch.setenv("ENGINE_MEMORY_LIMIT", "1000")
+    path, cache = flat(tmp_path / "photos"), tmp_path / "cache"
+    read(path, cache, log=lambda line: None, test_split="50%")
+    (folder,) = cache.glob("*.stream")
+    made, rows = (folder / "images.u8").stat().st_ino, np.asarray(filecache.open_cache(folder)["train_x"][:])
+    with pytest.raises(DoesNotFit) as large:  # what the second run found before the first finished
+        check_memory(path)
+    again = filecache.decode_to_cache(path, folder, large.value.survey, (8, 8), 3, log=lambda line: None)
+    assert (folder / "images.u8").stat().st_ino == made  # the first run's file, not a new one
+    assert np.array_equal(np.asarray(again["train_x"][:]), rows)
+    assert [p.name for p in cache.iterdir()] == [folder.name]  # no temporary left

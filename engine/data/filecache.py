@@ -95,8 +95,13 @@ def decode_to_cache(path: Path, folder: Path, survey, size, channels, image_size
             torch.save(index, f)
             f.flush()
             os.fsync(f.fileno())
-        shutil.rmtree(folder, ignore_errors=True)  # an incomplete one open_cache refused
-        os.rename(temporary, folder)
+        if open_cache(folder) is None:  # else another run of these images, at once, finished first: its cache,
+            shutil.rmtree(folder, ignore_errors=True)  # which it reads, is kept; an incomplete one is replaced
+            try:
+                os.rename(temporary, folder)
+            except OSError:
+                if open_cache(folder) is None:  # not another run's, renamed there since
+                    raise
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error) as error:  # gzip.BadGzipFile is an OSError
         raise EngineError(f"{path} is not a readable archive ({first_line(error).rstrip(':')})") from None
     except OSError as error:  # reading the source, or writing the cache (a disk that filled up meanwhile)
