@@ -152,6 +152,7 @@ def _fits(value, kind):
 
 def check_ranges(config, flag):
     """Raise UsageError, naming the flag, for a number of the right type that no run could use."""
+    import dataclasses
     import math
 
     from engine.errors import UsageError
@@ -199,3 +200,9 @@ def check_ranges(config, flag):
             config.eval_every <= 1 or float(config.eval_every).is_integer())):
         raise UsageError(f"--eval-every is a fraction of an epoch, 0 < X <= 1, or a whole number of epochs, "
                          f"not {config.eval_every!r}")
+    if config.optimizer != "muon":  # read only by Muon: given with another optimizer they would change nothing
+        defaults = {f.name: f.default for f in dataclasses.fields(config)}
+        muon = [name for name in ("muon_lr", "muon_momentum") if getattr(config, name) != defaults[name]]
+        if muon:
+            raise UsageError(f"{' and '.join(flag(name) for name in muon)} set the conv filters' Muon step; they apply "
+                             f"to --optimizer muon, not {config.optimizer} (drop them, or add --optimizer muon)")
