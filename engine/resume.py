@@ -73,13 +73,19 @@ def resume_config(run_dir, given=None, say=print):
     elif "data" not in values:
         check_data_there(saved.get("data"))
     for name, value in values.items():
-        if name in fixed and saved.get(name) != value and not (name == "data" and moved):
+        if name in fixed and not same_setting(name, saved.get(name), value) and not (name == "data" and moved):
             more = f"; a new run with --init-from {path} starts from its weights" if name == "epochs" else ""
             raise UsageError(f"--resume continues the run as configured; {as_flag(name, value)} differs from its "
                              f"{as_flag(name, saved.get(name))} (start a new run to change it{more})")
     values = dict(saved, **values)
     values["out"] = str(path.parent)
     return Config.from_dict(values), checkpoint
+
+
+def same_setting(name, saved, given):
+    """Whether a fixed setting given on --resume is the run's: --amp and --amp unset pick the same
+    precision on every device (--amp only warns where it keeps fp32), so either resumes the other."""
+    return saved == given or (name == "amp" and {saved, given} <= {None, True})
 
 
 def as_flag(name, value):
