@@ -8,7 +8,6 @@ evaluates and saves.
 """
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,7 +36,7 @@ from engine.report import RunDir, TensorBoard, default_run_dir
 from engine.resume import best_of, check_resume, data_fingerprint, repair_run, restore
 from engine.runtime import Runtime, setup_backends, warn
 from engine.run_loaders import eval_loader, loaders, screen_loaders
-from engine.target import Watch, evaluates_after, reached_in
+from engine.target import Watch, reached_in
 
 RUNS = "runs"  # where default-named runs go, and runs/latest
 
@@ -155,10 +154,12 @@ def open_session(cfg: Config, resume: Checkpoint | None = None, say=print, ranks
         # after the restore: DDP registers the parameters that take gradients when it wraps the model,
         # and a resumed run freezes again what the fresh one froze (a whitened stem, --freeze)
         session.ddp = ranks.wrap(model, ref.user_code) if ranks.world > 1 else None
+        before = next((m["elapsed_s"] for m in reversed(session.metrics) if "elapsed_s" in m), 0.0)  # a resumed run's
+        watch = Watch(cfg.target_acc, cfg.eval_every, session.steps, cfg.epochs, before)  # clock runs on
         if runtime.plans_compile and not runtime.compile_training:  # evaluations: compiled where that pays
             from engine.compile_plan import EvalPlan
 
-            evaluations = evaluations_left(cfg, session.start_epoch)
+            evaluations = watch.evaluations(session.start_epoch)
             session.eval_plan = EvalPlan(runtime, ref, (test_loader.batch_size, *data.shape), evaluations, cfg.resolved_cache_dir(), say)
         if data.val_x is not None:
             session.val_loader = eval_loader(cfg, data.val_x, data.val_y, spec, runtime, ranks)  # the test set's shape
@@ -169,8 +170,9 @@ def open_session(cfg: Config, resume: Checkpoint | None = None, say=print, ranks
                 if kept:
                     warn(kept)
         session.tensorboard = TensorBoard(run.path, session.steps) if cfg.tensorboard and ranks.is_main else None
-        before = next((m["elapsed_s"] for m in reversed(session.metrics) if "elapsed_s" in m), 0.0)  # a resumed run's
-        session.watch = Watch(cfg.target_acc, cfg.eval_every, session.steps, cfg.epochs, before)  # clock runs on
+        session.watch = watch
+        if watch.note(cfg.eval_every, session.steps):
+            say(watch.note(cfg.eval_every, session.steps))
         session.reached = reached_in(session.metrics)
         per_rank = f" per rank x {ranks.world} ranks = {cfg.batch_size * ranks.world} global" if ranks.world > 1 else ""
         val = f" / {len(data.val_x):,} validation" if data.val_x is not None else ""
@@ -183,15 +185,6 @@ def open_session(cfg: Config, resume: Checkpoint | None = None, say=print, ranks
     except BaseException:  # a failure anywhere before the run starts lets go of its folder (and its lock)
         run.discard_if_unused()
         raise
-
-
-def evaluations_left(cfg: Config, start_epoch):
-    """How many evaluations the epochs from `start_epoch` on make (--eval-every's cadence; the last
-    epoch always evaluates)."""
-    every = cfg.eval_every or 1
-    if every <= 1:
-        return (cfg.epochs - start_epoch) * math.ceil(1 / every)
-    return sum(evaluates_after(e, every, cfg.epochs) for e in range(start_epoch, cfg.epochs))
 
 
 def model_label(ref: ModelRef):

@@ -127,6 +127,21 @@ class Watch:
         self.started = command_started()
         self.before = before
 
+    def evaluations(self, start_epoch):
+        """How many evaluations the epochs from `start_epoch` (0-based) on make: those within each
+        epoch, at most one a step, and the epoch ends that evaluate."""
+        if self.every > 1:
+            return sum(self.evaluates(e) for e in range(start_epoch, self.epochs))
+        return sum(len(self.first_points if e == 0 else self.points) + 1 for e in range(start_epoch, self.epochs))
+
+    def note(self, every, steps):
+        """A line for an --eval-every `every` (as given) finer than one of the epoch's `steps` steps,
+        which evaluates after every step instead; else None."""
+        if every is None or every > 1 or every * steps >= 1:
+            return None
+        return (f"--eval-every {every:g}: an epoch here is {steps} step{'s' * (steps != 1)}, so it evaluates after "
+                f"every step ({steps} evaluations an epoch), not every {every:g} of an epoch")
+
     def due(self, epoch, done):
         """Whether `epoch` (0-based) evaluates after `done` of its steps (besides its end)."""
         return done in (self.first_points if epoch == 0 else self.points)

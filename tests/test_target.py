@@ -13,7 +13,7 @@ from engine.cli import main
 from engine.config import Config
 from engine.errors import UsageError
 from engine.evaluate import evaluate_checkpoint
-from engine.target import best_score, eval_steps, process_age, reached_in, score
+from engine.target import best_score, eval_steps, process_age, reached_in, score, Watch
 from engine.session import open_session
 from engine.train import train
 
@@ -95,7 +95,8 @@ def test_target_acc_range_is_said_one_way():
 
 
 def test_evaluations_left_follow_the_cadence():
-    from engine.session import evaluations_left
+    def evaluations_left(cfg, start):  # of a run of 100 steps an epoch
+        return Watch(cfg.target_acc, cfg.eval_every, 100, cfg.epochs).evaluations(start)
 
     assert evaluations_left(Config(epochs=5), 0) == 5
     assert evaluations_left(Config(epochs=5, eval_every=0.25), 2) == 12
