@@ -146,15 +146,21 @@ def process_group(device: torch.device):
     die_with_launcher()
     env = {name: int(os.environ[name]) for name in TORCHRUN_ENV}
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", env["WORLD_SIZE"]))
+    threads = torch.get_num_threads()  # the caller's, put back on the way out
     if device.type == "cuda":
         device = torch.device("cuda", env["LOCAL_RANK"])
         torch.cuda.set_device(device)
         backend = "nccl"
     else:
-        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // local_world))
         backend = "gloo"
     ranks = Ranks(env["RANK"], env["WORLD_SIZE"], env["LOCAL_RANK"], local_world, device)
-    dist.init_process_group(backend, timeout=timeout(), device_id=device if backend == "nccl" else None)
+    joined = dist.is_available() and dist.is_initialized()  # a script that joined the group before train()
+    if joined:
+        check_group(backend)
+    else:
+        dist.init_process_group(backend, timeout=timeout(), device_id=device if backend == "nccl" else None)
+    if backend == "gloo":
+        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // local_world))
     try:
         yield ranks
         ranks.barrier()  # leave together: a rank tearing down gloo while rank 0 still saves aborted (SIGABRT)
@@ -166,7 +172,21 @@ def process_group(device: torch.device):
         raise EngineError(f"rank {ranks.rank}: lost contact with the other ranks ({first}); a rank died or hung "
                           f"(collectives wait ENGINE_DIST_TIMEOUT={timeout().total_seconds():.0f} s)") from None
     finally:
-        dist.destroy_process_group()
+        torch.set_num_threads(threads)
+        if not joined:  # the caller's own group stays theirs
+            dist.destroy_process_group()
+
+
+def check_group(backend):
+    """The process group a caller joined before train() must be torchrun's, on this device's backend."""
+    world, rank = dist.get_world_size(), dist.get_rank()
+    if (rank, world) != (int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])):
+        raise UsageError(f"train(): the process group already joined is rank {rank} of {world}, but torchrun made this "
+                         f"process rank {os.environ['RANK']} of {os.environ['WORLD_SIZE']}; join it with "
+                         "dist.init_process_group() as torchrun sets it up, or leave the joining to train()")
+    if dist.get_backend() != backend:
+        raise UsageError(f"train(): the process group already joined uses {dist.get_backend()}, and this device "
+                         f"trains with {backend}; join it with {backend}, or leave the joining to train()")
 
 
 def lost_contact(error):

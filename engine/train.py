@@ -179,7 +179,8 @@ def train(cfg: Config, resume=None, log=print, model=None):
     when the run completes, loads the trained weights (last.pt's) into your module.
     A model's recipe (engine.recipe.apply_recipe) is the command line's: pass its values in `cfg`.
     The caller's random generators and the process settings a run makes are put back on return
-    (engine.isolation). Under torchrun every rank calls it, inside the process group; only rank 0 logs."""
+    (engine.isolation). Under torchrun every rank calls it; it joins the process group (or uses the one the
+    caller joined, which stays joined) and only rank 0 logs."""
     check_arguments(cfg, resume, model)
     with kept_global_state(), process_group(resolve_device(cfg.device)) as ranks:
         return train_ranks(cfg, resume, log if ranks.is_main else (lambda *_: None), ranks, model)
