@@ -31,7 +31,9 @@ def quiet_exporter():
 
 
 def pyplot():
-    """matplotlib's pyplot on the Agg backend, imported without the warnings it logs about a config or
+    """What the run's pictures need of pyplot (subplots, close, rc_context), drawn on Agg figures of
+    their own: pyplot itself is not used, so a caller's backend (a notebook's inline one) and its
+    open figures are as they were. Imported without the warnings matplotlib logs about a config or
     cache folder it cannot write (a read-only HOME) or a font cache it builds: it then works from a
     temporary folder, which is all a PNG needs, and nothing there is the user's to act on."""
     import logging
@@ -41,9 +43,23 @@ def pyplot():
     logger.setLevel(logging.ERROR)
     try:
         import matplotlib
-
-        matplotlib.use("Agg")
-        from matplotlib import pyplot as plt
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
     finally:
         logger.setLevel(level)
-    return plt
+    return _Pictures(matplotlib.rc_context, Figure, FigureCanvasAgg)
+
+
+class _Pictures:
+    """pyplot's subplots/close/rc_context, for figures no pyplot window manager holds."""
+
+    def __init__(self, rc_context, figure, canvas):
+        self.rc_context, self._figure, self._canvas = rc_context, figure, canvas
+
+    def subplots(self, *grid, figsize=None):
+        fig = self._figure(figsize=figsize)
+        self._canvas(fig)  # PNGs through Agg, whatever backend the caller's pyplot uses
+        return fig, fig.subplots(*grid)
+
+    def close(self, fig):
+        fig.clear()  # nothing else holds it: the garbage collector frees it
