@@ -82,6 +82,21 @@ def resume_config(run_dir, given=None, say=print):
     return Config.from_dict(values), checkpoint
 
 
+def check_resumed_config(cfg: Config, checkpoint: Checkpoint):
+    """train(cfg, resume=checkpoint) from Python: `cfg` must keep the run's fixed settings as
+    resume_config gave them, as the command line's --resume requires (its data and model, which
+    may be named again, are checked when they are read)."""
+    saved = Config.from_dict(checkpoint.config)
+    for f in dataclasses.fields(Config):
+        name = f.name
+        if f.metadata["resume"] or name in ("data", "model", "out"):
+            continue
+        if not same_setting(name, getattr(saved, name), getattr(cfg, name)):
+            raise UsageError(f"train(resume=...) continues the run as configured; {as_flag(name, getattr(cfg, name))} "
+                             f"differs from its {as_flag(name, getattr(saved, name))} (start a new run to change it; "
+                             "cfg, checkpoint = resume_config(RUN_DIR) gives the run's own)")
+
+
 def same_setting(name, saved, given):
     """Whether a fixed setting given on --resume is the run's: --amp and --amp unset pick the same
     precision on every device (--amp only warns where it keeps fp32), so either resumes the other."""

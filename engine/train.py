@@ -198,6 +198,10 @@ def check_arguments(cfg: Config, resume, model):
     if resume is not None and not isinstance(resume, Checkpoint):
         raise UsageError("train(resume=...) takes the Checkpoint that engine.resume.resume_config(RUN_DIR) returns "
                          "with its Config: cfg, checkpoint = resume_config(RUN_DIR); train(cfg, resume=checkpoint)")
+    if resume is not None:
+        from engine.resume import check_resumed_config
+
+        check_resumed_config(cfg, resume)
     if model is not None and not isinstance(model, nn.Module):
         what = f"the class {model.__name__}" if isinstance(model, type) else f"a {type(model).__name__}"
         raise UsageError(f"train(model=...) takes a module you built (e.g. Net()), not {what}; to name the code "
