@@ -86,6 +86,10 @@ def check_resumed_config(cfg: Config, checkpoint: Checkpoint):
     """train(cfg, resume=checkpoint) from Python: `cfg` must keep the run's fixed settings as
     resume_config gave them, as the command line's --resume requires (its data and model, which
     may be named again, are checked when they are read)."""
+    if cfg.out is None or not (Path(cfg.out).expanduser() / "last.pt").is_file():
+        raise UsageError(f"train(resume=...) continues the run in the Config's out, and {cfg.out} holds no last.pt; "
+                         "cfg, checkpoint = resume_config(RUN_DIR) gives the run's own (to start from its weights "
+                         "in a new run: Config(init_from=...))")
     saved = Config.from_dict(checkpoint.config)
     for f in dataclasses.fields(Config):
         name = f.name

@@ -1,6 +1,6 @@
 """train(cfg, resume=checkpoint) from Python keeps the run's fixed settings, as `engine train
 --resume` does: a Config changed after resume_config (a learning rate, an optimizer) was resumed
-with the change, silently; now it is one UsageError before any work, and the run is untouched."""
+with the change, silently (and a changed out made a second run of it elsewhere); now it is one UsageError before any work, and the run is untouched."""
 
 import dataclasses
 
@@ -33,12 +33,16 @@ def stopped_run(tmp_path_factory):
     (dict(lr=0.5), r"--lr 0.5 differs from its --lr 0.05 \(start a new run"),
     (dict(optimizer="adamw"), "--optimizer adamw differs from its --optimizer sgd"),
     (dict(epochs=3), "--epochs 3 differs from its --epochs 2"),
+    (dict(out="elsewhere"), "continues the run in the Config's out, and elsewhere holds no last.pt"),
+    (dict(out=None), "None holds no last.pt"),
 ])
-def test_a_changed_fixed_setting_is_refused_and_the_run_is_untouched(stopped_run, change, said):
+def test_a_changed_fixed_setting_is_refused_and_the_run_is_untouched(stopped_run, change, said, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     cfg, checkpoint = resume_config(stopped_run, say=lambda *_: None)
     before = {path.name: path.read_bytes() for path in stopped_run.iterdir() if path.is_file()}
     with pytest.raises(UsageError, match=said):
         train(dataclasses.replace(cfg, **change), resume=checkpoint, log=lambda *_: None)
+    assert not (tmp_path / "elsewhere").exists()
     assert {path.name: path.read_bytes() for path in stopped_run.iterdir() if path.is_file()} == before
 
 
