@@ -1,4 +1,4 @@
-"""The two kinds of failure the command line reports as one line, with its exit code.
+"""The kinds of failure the command line reports as one line, with its exit code.
 
 Library code raises these; `engine.cli` prints `engine: <message>` on stderr and exits with
 `exit_code`, without a traceback, as it says an exception from a user's model code
@@ -26,8 +26,9 @@ class UsageError(EngineError):
     exit_code = 2
 
 
-class Interrupted(EngineError):
-    """Ctrl-C: what was completed is saved (exit 130)."""
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C: what was completed is saved (exit 130). A KeyboardInterrupt, not an Exception, so a
+    Python caller's `except Exception` (a sweep going on past a failed run) does not swallow Ctrl-C."""
 
     exit_code = 130
 

@@ -134,10 +134,10 @@ def test_fast_cifar94_trains_freezes_its_whitening_bias_resumes_bit_for_bit_and_
         return log
 
     parts = tmp_path / "parts"
-    with pytest.raises(Exception, match="interrupted"):
+    with pytest.raises(KeyboardInterrupt, match="interrupted"):
         train(Config(out=str(parts), **values), log=stop_after(2))
     second = load(parts / "last.pt")
-    with pytest.raises(Exception, match="interrupted"):
+    with pytest.raises(KeyboardInterrupt, match="interrupted"):
         train(Config.from_dict(second.config), resume=second, log=stop_after(3))
     third = load(parts / "last.pt")
     train(Config.from_dict(third.config), resume=third, log=lambda *_: None)

@@ -23,8 +23,9 @@ def stopped_run(tmp_path_factory):
 
     cfg = Config(data="synthetic", limit_train=32, limit_test=16, batch_size=16, epochs=2, amp=False, device="cpu",
                  out=str(out))
-    with pytest.raises(Exception, match="interrupted"):
+    with pytest.raises(KeyboardInterrupt, match="interrupted") as caught:
         train(cfg, log=stop)
+    assert not isinstance(caught.value, Exception)  # a caller's `except Exception` does not swallow Ctrl-C
     return out
 
 
