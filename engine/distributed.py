@@ -134,11 +134,12 @@ def timeout():
 
 
 @contextlib.contextmanager
-def process_group(device: torch.device):
+def process_group(device: torch.device, say=lambda *_: None):
     """Join torchrun's process group for the block (a one-rank `Ranks` without torchrun).
 
     device: the resolved --device; CUDA ranks get cuda:LOCAL_RANK and NCCL, CPU ranks gloo and
-    an equal share of this machine's cores (else their OpenMP threads fight over them).
+    an equal share of this machine's cores (else their OpenMP threads fight over them); more local
+    ranks than cores share them, one thread each, which rank 0 says in one line (`say`).
     """
     if not launched():
         yield Ranks(device=device)
@@ -160,7 +161,11 @@ def process_group(device: torch.device):
     else:
         dist.init_process_group(backend, timeout=timeout(), device_id=device if backend == "nccl" else None)
     if backend == "gloo":
-        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // local_world))
+        cores = len(os.sched_getaffinity(0))
+        torch.set_num_threads(max(1, cores // local_world))
+        if local_world > cores and ranks.is_main:
+            say(f"{local_world} ranks on this machine's {cores} cores: they share cores, one thread each, and run "
+                f"slower than --nproc {cores} would")
     try:
         yield ranks
         ranks.barrier()  # leave together: a rank tearing down gloo while rank 0 still saves aborted (SIGABRT)

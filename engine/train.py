@@ -182,7 +182,7 @@ def train(cfg: Config, resume=None, log=print, model=None):
     (engine.isolation). Under torchrun every rank calls it; it joins the process group (or uses the one the
     caller joined, which stays joined) and only rank 0 logs."""
     check_arguments(cfg, resume, model)
-    with kept_global_state(), process_group(resolve_device(cfg.device)) as ranks:
+    with kept_global_state(), process_group(resolve_device(cfg.device), say=(lambda *_: None) if cfg.quiet else log) as ranks:
         return train_ranks(cfg, resume, log if ranks.is_main else (lambda *_: None), ranks, model)
 
 
