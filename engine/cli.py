@@ -8,7 +8,8 @@ import json
 import os
 import sys
 
-from engine.config import Config, parse_shape
+from engine.config import Config
+from engine.config_types import parse_shape
 from engine.errors import EngineError, Interrupted, UsageError, say_error, user_code_line
 from engine.flags import bare_optional_values, given
 from engine.flags import build_parser as parser_with

@@ -6,7 +6,6 @@ dict that `Config.from_dict` turns back into the same object.
 """
 
 import dataclasses
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -194,7 +193,7 @@ class Config:
         config_types.normalise(self)
         config_types.check(self, flag)
         config_types.check_ranges(self, flag)
-        parse_duration(self.save_every)
+        config_types.parse_duration(self.save_every)
         self.check_data_options()
         for f in dataclasses.fields(self):
             choices = f.metadata.get("choices")
@@ -265,21 +264,6 @@ def absolute_model(model):
     return model.strip()
 
 
-def parse_duration(text):
-    """Seconds in `30s`, `10m`, `1.5h` or a bare number of seconds; None for `off`."""
-    text = str(text).strip().lower()
-    if text in ("off", "none", "never"):
-        return None
-    scale = {"s": 1, "m": 60, "h": 3600}.get(text[-1:], 1)
-    try:
-        seconds = float(text[:-1] if text[-1:] in "smh" else text) * scale
-    except ValueError:
-        seconds = float("nan")
-    if not (math.isfinite(seconds) and seconds >= 0):
-        raise UsageError(f"--save-every must be a duration such as 30s, 10m or 1h, or off; not {text!r}")
-    return seconds
-
-
 def flag(name):
     return "--" + name.replace("_", "-")
 
@@ -291,14 +275,3 @@ def looks_like_path(data):
 
 def fields_in(*groups):
     return [f for f in dataclasses.fields(Config) if f.metadata["group"] in groups]
-
-
-def parse_shape(text, name):
-    """'3x32x32' -> [3, 32, 32], or a UsageError naming the flag."""
-    try:
-        shape = [int(v) for v in str(text).lower().split("x")]
-    except ValueError:
-        shape = []
-    if len(shape) != 3 or min(shape) < 1:
-        raise UsageError(f"{name} {text}: expected CxHxW with positive numbers, e.g. 3x32x32")
-    return shape

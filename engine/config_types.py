@@ -9,13 +9,19 @@ a path object for a path (`data`, `out`, ...); a whole number or (H, W) for `--i
 whole number of images (sklearn's test_size convention); seconds for `--save-every`; a dict for
 `--model-args`; a list of prefixes for `--freeze`; numpy's scalars (np.int64, np.float64, np.str_)
 for Python's, which a checkpoint's weights-only load could not read back.
+
+The command line's text forms of two values are read here too: a duration (`parse_duration`,
+--save-every) and a CxHxW shape (`parse_shape`).
 """
 
 import json
+import math
 import numbers
 import os
 import types
 import typing
+
+from engine.errors import UsageError
 
 PATH_FIELDS = ("data", "data_dir", "cache_dir", "init_from", "out")
 KIND_TEXT = {bool: "True or False", int: "a whole number", float: "a number", str: "a string"}
@@ -206,3 +212,29 @@ def check_ranges(config, flag):
         if muon:
             raise UsageError(f"{' and '.join(flag(name) for name in muon)} set the conv filters' Muon step; they apply "
                              f"to --optimizer muon, not {config.optimizer} (drop them, or add --optimizer muon)")
+
+
+def parse_duration(text):
+    """Seconds in `30s`, `10m`, `1.5h` or a bare number of seconds; None for `off`."""
+    text = str(text).strip().lower()
+    if text in ("off", "none", "never"):
+        return None
+    scale = {"s": 1, "m": 60, "h": 3600}.get(text[-1:], 1)
+    try:
+        seconds = float(text[:-1] if text[-1:] in "smh" else text) * scale
+    except ValueError:
+        seconds = float("nan")
+    if not (math.isfinite(seconds) and seconds >= 0):
+        raise UsageError(f"--save-every must be a duration such as 30s, 10m or 1h, or off; not {text!r}")
+    return seconds
+
+
+def parse_shape(text, name):
+    """'3x32x32' -> [3, 32, 32], or a UsageError naming the flag."""
+    try:
+        shape = [int(v) for v in str(text).lower().split("x")]
+    except ValueError:
+        shape = []
+    if len(shape) != 3 or min(shape) < 1:
+        raise UsageError(f"{name} {text}: expected CxHxW with positive numbers, e.g. 3x32x32")
+    return shape

@@ -1,4 +1,5 @@
-"""What a run shows and leaves behind: the per-epoch line, metrics.jsonl, curves.png, TensorBoard.
+"""What a run shows and leaves behind: the per-epoch line, metrics.jsonl, curves.png (TensorBoard's
+events: engine.tensorboard_events).
 
 `RunDir` owns the run directory: it is created before any data is read (so an unwritable
 `--out` fails at once), `runs/latest` moves to it only once training starts, and every file in
@@ -6,7 +7,6 @@ it is replaced atomically, so a run killed at any moment leaves whole files.
 """
 
 import contextlib
-import importlib.util
 import json
 import os
 import sys
@@ -262,33 +262,6 @@ class RunDir:
         fig.savefig(temporary, dpi=100)
         plt.close(fig)
         os.replace(temporary, self.path / "curves.png")
-
-
-class TensorBoard:
-    """Scalars per evaluation in the run directory, when --tensorboard is given, at the global
-    optimizer step (an evaluation within an epoch, --eval-every, gets its own point)."""
-
-    @staticmethod
-    def require():
-        """Fail before any work is done when the optional package is missing."""
-        if importlib.util.find_spec("tensorboard") is None:
-            raise UsageError("--tensorboard needs the tensorboard package: pip install 'engine-cnn[tensorboard]'")
-
-    def __init__(self, path, steps_per_epoch):
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.writer = SummaryWriter(log_dir=str(path))
-        self.steps_per_epoch = steps_per_epoch
-
-    def log(self, m):
-        step = m["step"] if "step" in m else round(m["epoch"] * self.steps_per_epoch)  # whole epochs: no "step"
-        for key in ("train_loss", "train_acc", "test_loss", "test_acc", "val_loss", "val_acc", "images_per_s", "lr"):
-            if key in m:
-                self.writer.add_scalar(key.replace("_", "/", 1), m[key], step)
-        self.writer.flush()
-
-    def close(self):
-        self.writer.close()
 
 
 def progress(total, epoch, quiet):

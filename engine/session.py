@@ -2,7 +2,7 @@
 
 `open_session(cfg, resume)` resolves the runtime and the run directory, then in three parts reads
 the data (`open_data`), builds and initialises the model (`open_model`: the reference, the probe,
---init-from, --freeze) and, when resuming, restores the checkpoint's progress (`restore_progress`,
+--init-from, --freeze) and, when resuming, restores the checkpoint's progress (`engine.restore.restore_progress`,
 which also repairs the run directory); it returns the `Session` that `engine.train` steps,
 evaluates and saves.
 """
@@ -13,8 +13,9 @@ from pathlib import Path
 
 import torch
 
-from engine.checkpoint import Checkpoint, SaveClock, check_state, restore_rng_states
-from engine.config import Config, parse_duration
+from engine.checkpoint import Checkpoint, SaveClock, check_state
+from engine.config import Config
+from engine.config_types import parse_duration
 from engine.confusion import loss_weights
 from engine.data import Dataset, InputSpec, check_batch_size, dataset_label, load_dataset
 from engine.data.layout import WHOLE
@@ -32,11 +33,13 @@ from engine.models.reference import ModelRef, parse_args, parse_model, reference
 from engine.models.user_code import load_code, with_neighbours
 from engine.optim import build_optimizer
 from engine.recipe import freeze, init_from_data
-from engine.report import RunDir, TensorBoard, default_run_dir
-from engine.resume import best_of, check_resume, data_fingerprint, repair_run, restore
+from engine.report import RunDir, default_run_dir
+from engine.restore import restore_progress
+from engine.resume import check_resume, data_fingerprint
 from engine.runtime import Runtime, setup_backends, warn
 from engine.run_loaders import eval_loader, loaders, screen_loaders
 from engine.target import Watch, reached_in
+from engine.tensorboard_events import TensorBoard
 
 RUNS = "runs"  # where default-named runs go, and runs/latest
 
@@ -277,30 +280,3 @@ def copy_of(model):
     from engine.models.copying import duplicate
 
     return duplicate(model, "train(model=...), which trains a copy of your module,")
-
-
-def restore_progress(s: Session, resume: Checkpoint, say):
-    """A resumed run's weights, optimizer, scaler, RNG and progress (epochs, steps, metrics, best)."""
-    path = s.run.path / "last.pt"
-    restore(resume, path, s.model, s.optimizer, s.scaler, s.ema, s.lookahead)
-    freeze(s.model, resume.frozen)  # what the fresh run froze (a whitened stem, --freeze)
-    restore_rng_states(s.ranks.rng_of_rank(resume.rng))
-    s.metrics, s.start_epoch, s.resume_step = list(resume.metrics), resume.epoch, resume.step
-    s.best, s.best_epoch = best_of(resume)
-    s.partial = resume.partial
-    reached = reached_in(s.metrics)
-    if reached:  # it stopped at --target-acc: nothing is left to train
-        s.start_epoch, s.resume_step = s.cfg.epochs, 0
-    if s.ranks.is_main and repair_run(s.run, resume, say, s.start_epoch < s.cfg.epochs):  # last.pt is the commit
-        s.best, s.best_epoch = -1.0, 0  # record; a best.pt it cannot rebuild is replaced by the next best epoch
-    step = s.resume_step
-    if reached:
-        say(f"Resuming {s.run.path}: it reached {reached['target_acc']:g}% at epoch {reached['epoch']:g} of "
-            f"{s.cfg.epochs}, so nothing is left to train")
-    else:
-        steps = f", {step:,} step{'s' if step != 1 else ''} into epoch {s.start_epoch + 1}" if step else ""
-        say(f"Resuming {s.run.path} after epoch {s.start_epoch} of {s.cfg.epochs}{steps}")
-    changed = [f"{k} {v} -> {s.runtime.resolved()[k]}" for k, v in resume.runtime.items()
-               if s.runtime.resolved().get(k) != v]
-    if changed:  # another machine, or other runtime flags: the weights continue, the arithmetic changes
-        warn(f"resuming on a different runtime: {', '.join(changed)}")

@@ -8,7 +8,7 @@ read it back from a file, and a file without it needs `--input-size` and `--clas
 import json
 from dataclasses import dataclass, field
 
-from engine.config import parse_shape
+from engine.config_types import parse_shape
 from engine.pixels import RESIZE_RULES, parse_image_size
 from engine.errors import EngineError, UsageError
 

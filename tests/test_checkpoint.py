@@ -277,7 +277,7 @@ def test_a_best_pt_that_cannot_be_rebuilt_is_said_and_replaced_by_the_next_best(
     from dataclasses import replace
 
     from engine.report import RunDir
-    from engine.resume import repair_run
+    from engine.restore import repair_run
 
     shutil.copytree(tiny_run[0], tmp_path / "run")
     first = load(tmp_path / "run" / "last.pt")  # epoch 1, also best.pt

@@ -70,7 +70,7 @@ def test_absolute_paths_make_a_saved_config_work_from_anywhere(tmp_path, monkeyp
 
 
 def test_parse_shape_reads_cxhxw_and_names_the_flag_otherwise():
-    from engine.config import parse_shape
+    from engine.config_types import parse_shape
 
     assert parse_shape("1x28x28", "--input-size") == [1, 28, 28] and parse_shape("3X32X32", "--x") == [3, 32, 32]
     for bad in ("28x28", "0x1x1", "3xAx3", ""):
