@@ -85,11 +85,17 @@ def trace_failure(error):
     return line
 
 
+def one_line(message):
+    """`message` as one line: a newline, tab or other control character (in a file or folder name the
+    message quotes, such as `bad\\nname.png`) escaped as Python writes it, so it cannot break the line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(message))
+
+
 def say_error(message):
     """Print `engine: error: <message>` on stderr. Under `--nproc`'s launcher every rank leaves the
     message in its folder and only rank 0 prints it: the ranks of one command mostly fail alike (the
     same bad data), and the launcher adds a rank's line only where it differs (`rank_errors`)."""
-    message, folder, rank = str(message), os.environ.get(RANK_ERRORS_ENV), os.environ.get("RANK")
+    message, folder, rank = one_line(message), os.environ.get(RANK_ERRORS_ENV), os.environ.get("RANK")
     if folder and rank is not None:
         try:
             Path(folder, f"rank-{int(rank)}").write_text(message)

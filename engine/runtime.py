@@ -16,12 +16,12 @@ import torch
 
 from engine import cpu
 from engine.config import Config
-from engine.errors import EngineError, UsageError
+from engine.errors import EngineError, UsageError, one_line
 from engine.inductor import CountingInductor, quiet_compiler
 
 
 def warn(message):
-    print(f"engine: warning: {message}", file=sys.stderr)
+    print(f"engine: warning: {one_line(message)}", file=sys.stderr)  # a file name's newline escaped
 
 
 @dataclass
