@@ -42,6 +42,8 @@ class Runtime:
     def from_config(cls, cfg: Config, warn=warn):
         device = resolve_device(cfg.device)
         amp_dtype = resolve_amp(cfg, device, warn)
+        if cfg.compile_mode != "default" and not cfg.compile:  # said, not refused: a run saved so still resumes
+            warn(f"--compile-mode {cfg.compile_mode} does nothing without --compile")
         return cls(device, amp_dtype, amp_dtype == torch.float16 and device.type == "cuda",
                    cfg.channels_last, cfg.compile, cfg.compile_mode, cfg.triton)
 

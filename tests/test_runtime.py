@@ -188,3 +188,13 @@ def test_the_allocator_keeps_freed_activations_on_glibc():
 
     glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
     assert keep_freed_memory() is glibc
+
+
+def test_compile_mode_without_compile_is_said_once_and_with_compile_not_at_all():
+    said = []
+    Runtime.from_config(Config(device="cpu", compile_mode="max-autotune"), warn=said.append)
+    assert said == ["--compile-mode max-autotune does nothing without --compile"]
+    said.clear()
+    Runtime.from_config(Config(device="cpu", compile=True, compile_mode="max-autotune"), warn=said.append)
+    Runtime.from_config(Config(device="cpu"), warn=said.append)
+    assert said == []
