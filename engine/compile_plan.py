@@ -66,7 +66,7 @@ def key(kind, ref, shape, runtime, precision=None):
     """The cache key of compiling `kind` ("train", "eval", "aot") for `ref` on batches of `shape`
     (B, C, H, W) with runtime's precision, format and mode, on this CPU (and GPU) and torch."""
     precision = precision or runtime.resolved()["precision"]
-    fields = {"format": FORMAT, "kind": kind, "model": ref.label, "args": ref.args, "shape": list(shape), "precision": precision,
+    fields = {"format": FORMAT, "kind": kind, **ref.measured_as(), "shape": list(shape), "precision": precision,
               "channels_last": runtime.channels_last, "mode": runtime.compile_mode, "cpu": cpu.name(),
               "torch": str(torch.__version__), "threads": torch.get_num_threads()}
     if runtime.device.type == "cuda":  # CPU keys stay as they were: no field for the GPU there

@@ -125,7 +125,7 @@ def _median_time(step):
 
 
 def _key(ref, x, runtime):
-    fields = {"model": ref.label, "args": ref.args, "input": list(x.shape[1:]), "batch": x.shape[0],
+    fields = {**ref.measured_as(), "input": list(x.shape[1:]), "batch": x.shape[0],
               "channels_last": runtime.channels_last, "cpu": cpu.name(), "torch": str(torch.__version__),
               "threads": torch.get_num_threads()}
     return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:24]

@@ -70,6 +70,22 @@ def test_the_key_names_everything_a_measurement_depends_on():
     assert base != key("train", ref, (64, 3, 32, 32), runtime, precision="bf16")
 
 
+def test_an_edit_to_a_users_model_file_is_another_key(tmp_path):
+    """A measurement of the old code must not decide for the edited one (same path, same factory)."""
+    runtime = Runtime.from_config(Config(**CPU, compile=True))
+    path = tmp_path / "nets.py"
+    path.write_text("import torch.nn as nn\ndef Net(num_classes=10):\n    return nn.Sequential(nn.Flatten(), nn.LazyLinear(num_classes))\n")
+    from engine.precision import _key as precision_key  # the --amp decision's cache, keyed the same way
+
+    x = torch.zeros(64, 3, 32, 32)
+    before = key("train", parse_model(f"{path}:Net"), (64, 3, 32, 32), runtime), precision_key(parse_model(f"{path}:Net"), x, runtime)
+    assert before == (key("train", parse_model(f"{path}:Net"), (64, 3, 32, 32), runtime),
+                      precision_key(parse_model(f"{path}:Net"), x, runtime))
+    path.write_text(path.read_text().replace("nn.Flatten(), ", "nn.Flatten(), nn.Dropout(0.1), "))
+    after = key("train", parse_model(f"{path}:Net"), (64, 3, 32, 32), runtime), precision_key(parse_model(f"{path}:Net"), x, runtime)
+    assert before[0] != after[0] and before[1] != after[1]
+
+
 def _run(tmp_path, name, **flags):
     said = []
     cfg = Config(**{**CPU, "epochs": 2, "limit_train": 256, "limit_test": 128, "batch_size": 64, "compile": True,

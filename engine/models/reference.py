@@ -45,6 +45,11 @@ class ModelRef:
         """How --model names it: cifar_cnn, torchvision:resnet18, /abs/nets.py:Net, pkg.mod:Net."""
         return {"builtin": self.name, "torchvision": f"torchvision:{self.name}"}.get(self.kind, f"{self.file}:{self.name}")
 
+    def measured_as(self):
+        """What a cached measurement of this model is keyed by: its name and args, and a file's code."""
+        code = {"code": [self.sha256, self.neighbours]} if self.sha256 else {}  # an edited file: another model
+        return {"model": self.label, "args": self.args, **code}
+
     def to_dict(self):
         values = asdict(self)
         if not self.neighbours:  # as checkpoints without the field hold it
