@@ -202,7 +202,9 @@ def write_metadata(path, info: ModelInfo):
 
     model.producer_name, model.producer_version = "engine", __version__  # was torch's version
     model.doc_string = utf8(f"{info.model} trained on {info.dataset}")
-    onnx.save(model, str(path))
+    from export.digest import stamp
+
+    onnx.save(stamp(model), str(path))  # engine_digest: a byte changed later is refused where a session opens
 
 
 def run_data(checkpoint, log=print):

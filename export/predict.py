@@ -44,7 +44,7 @@ class Classifier:
             self.info = ModelInfo.from_props(props, str(path))
         self.path = path
         self.output = outputs.output_kind(proto)  # logits, or probabilities where the graph ends in a softmax
-        self.session, self.provider = open_session(path, device=device, threads=threads)
+        self.session, self.provider = open_session(path, device=device, threads=threads, model=proto)
         self.input_name = self.session.get_inputs()[0].name
         self.fixed_batch = self._check_shapes(path)
 

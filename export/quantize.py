@@ -91,7 +91,9 @@ def quantize(fp32_path, out, calibration_images):
         # (quantize_and_compare), not stored; a client reads which file it holds from `quantization`
         props.update(test_accuracy="", test_accuracy_tta="0", quantization=QUANTIZATION)
         onnx.helper.set_model_props(model, props)
-        onnx.save(model, str(temporary))
+        from export.digest import stamp
+
+        onnx.save(stamp(model), str(temporary))  # its own engine_digest, not the fp32 file's copied with props
         onnx.checker.check_model(str(temporary), full_check=True)
         os.replace(temporary, out)
     except EngineError:

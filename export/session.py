@@ -59,6 +59,16 @@ def load_checked(path):
     return model
 
 
+def _proto(path):
+    """The ModelProto at `path` for its digest; a file onnx cannot read is left to onnxruntime's own line."""
+    import onnx
+
+    try:
+        return onnx.load(str(path))
+    except Exception:  # DecodeError, OSError: onnxruntime says why below, as before
+        return onnx.ModelProto()
+
+
 @contextlib.contextmanager
 def _ort_quiet(ort):
     """Keep onnxruntime's provider-loading complaints (a missing CUDA) off the terminal."""
@@ -69,11 +79,16 @@ def _ort_quiet(ort):
         ort.set_default_logger_severity(2)
 
 
-def open_session(path, *, device="auto", threads=None):
-    """(session, provider) for `path`: CUDA when asked or available and it really loads, else CPU."""
+def open_session(path, *, device="auto", threads=None, model=None):
+    """(session, provider) for `path`: CUDA when asked or available and it really loads, else CPU.
+    A file whose engine_digest its contents no longer match is refused first (export/digest.py);
+    model: its ModelProto where the caller loaded it already (load_checked), else it is read here."""
     import onnxruntime as ort
 
+    from export.digest import check
+
     path = os.fspath(path)  # any os.PathLike: onnxruntime takes a str
+    check(model if model is not None else _proto(path), path)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = threads or physical_cores()
