@@ -59,7 +59,9 @@ def source_key(path: Path, others=None):
     digest = hashlib.sha256(f"{CACHE_FORMAT}:{path.resolve()}".encode("utf-8", "surrogateescape"))
     if path.is_dir():
         for root, dirs, files in walk(path):
-            for name in dirs:  # an empty class folder added is refused (split_classes), warm cache or cold
+            for name in dirs:  # an empty class folder added is refused (split_classes), warm cache or cold; a
+                if layout.hidden(Path(root, name).relative_to(path).parts):  # hidden one (.git/, .cache/) is never read
+                    continue
                 digest.update(f"{Path(root, name).relative_to(path)}/\n".encode("utf-8", "surrogateescape"))
             for name in files:
                 if layout.folder_of(name) is None:  # notes, hidden files: not read, so not the key's
@@ -222,6 +224,7 @@ def read(source, cache_dir: Path, log=print, image_size=None, test_split=None, s
         raise EngineError(f"{source}: no such file or directory (give an image folder or a .tar/.tar.gz/.zip of one)")
     if not path.is_dir() and archive_kind(path) is None:  # not named as --data: engine eval reads a run's own path
         raise EngineError(f"{source} is not a directory or a .tar, .tar.gz or .zip archive of an image folder")
+    layout.check_cache_apart(path, cache_dir)  # before a cache is read or written
     name = dataset_label(str(path))
     sized = f"-{image_size[0]}x{image_size[1]}-{resize}" if image_size else ""
     others = {} if path.is_dir() else None  # a folder's files not read, said afresh (an archive's decode keeps them)

@@ -58,6 +58,18 @@ def hidden(parts):
     return any(p.startswith(".") or p == "__MACOSX" for p in parts)
 
 
+def check_cache_apart(source: Path, cache_dir):
+    """A decode cache (--cache-dir, $ENGINE_CACHE_DIR) at or inside the image folder `source` is refused,
+    as --out is: its folder would read as an empty class folder at the next start (or its `NAME.stream/`
+    folders would). A hidden one (`photos/.cache`) is never read, so it is fine."""
+    folder, source = Path(cache_dir).expanduser().resolve(), source.resolve()
+    if source.is_dir() and (folder == source or source in folder.parents) and not hidden(folder.relative_to(source).parts):
+        where = "is" if folder == source else "lies inside"
+        raise UsageError(f"the decode cache {folder} (--cache-dir, or $ENGINE_CACHE_DIR) {where} the image folder "
+                         f"{source} that --data reads: its folders would become class folders of it; choose a cache "
+                         "outside it, or a hidden folder in it (.cache)")
+
+
 def _shape(folders, directories=()):
     """(wrapper, split layout) of the image folders `folders`: the one top folder every image sits
     under, or None; whether the folders below it are split folders (train/, test/, ...). A top folder
