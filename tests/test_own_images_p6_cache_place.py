@@ -34,12 +34,15 @@ def test_a_cache_folder_inside_the_image_folder_is_refused_before_anything_is_wr
 
 
 def test_a_hidden_cache_folder_inside_is_read_again_and_a_hidden_folder_does_not_change_the_key(tmp_path):
-    """A hidden folder (photos/.cache, a .git/ beside the classes) is never read: the cache made in it
-    is found by the next start, and a .git/ that gains folders at each commit does not decode again."""
+    """A hidden folder (photos/.cache, a .git/ beside the classes, cat/.thumbnails/) is never read: the
+    cache made in it is found by the next start, and a .git/ that gains folders at each commit, or a
+    thumbnail written in a hidden folder, does not decode the set again."""
     photos = _photos(tmp_path / "photos")
     first, lines = _read(photos, photos / ".cache")
     assert any(line.startswith("Decoding") for line in lines)
     (photos / ".git" / "objects" / "ab").mkdir(parents=True)
+    (photos / "cat" / ".thumbnails").mkdir()  # a file manager's thumbnails, images in a hidden folder
+    Image.new("RGB", (3, 3)).save(photos / "cat" / ".thumbnails" / "0.png")
     second, lines = _read(photos, photos / ".cache")
     assert any("decoded earlier" in line for line in lines) and not any(line.startswith("Decoding") for line in lines)
     assert first.classes == second.classes == ["cat", "dog"]

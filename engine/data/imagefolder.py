@@ -64,9 +64,9 @@ def source_key(path: Path, others=None):
                     continue
                 digest.update(f"{Path(root, name).relative_to(path)}/\n".encode("utf-8", "surrogateescape"))
             for name in files:
-                if layout.folder_of(name) is None:  # notes, hidden files: not read, so not the key's
+                relative = Path(root, name).relative_to(path).as_posix()
+                if layout.folder_of(relative) is None:  # notes, hidden files and folders: not read, so not the key's
                     if others is not None:
-                        relative = Path(root, name).relative_to(path).as_posix()
                         count_other(others, path, relative, layout.parts_of(relative))
                     continue
                 st = os.stat(Path(root) / name)
