@@ -73,7 +73,8 @@ def resume_config(run_dir, given=None, say=print):
     elif "data" not in values:
         check_data_there(saved.get("data"))
     for name, value in values.items():
-        if name in fixed and not same_setting(name, saved.get(name), value) and not (name == "data" and moved):
+        if name in fixed and not same_setting(name, saved.get(name), value, saved.get("target_acc")) and not (
+                name == "data" and moved):
             more = f"; a new run with --init-from {path} starts from its weights" if name == "epochs" else ""
             raise UsageError(f"--resume continues the run as configured; {as_flag(name, value)} differs from its "
                              f"{as_flag(name, saved.get(name))} (start a new run to change it{more})")
@@ -95,16 +96,32 @@ def check_resumed_config(cfg: Config, checkpoint: Checkpoint):
         name = f.name
         if f.metadata["resume"] or name in ("data", "model", "out"):
             continue
-        if not same_setting(name, getattr(saved, name), getattr(cfg, name)):
+        if not same_setting(name, getattr(saved, name), getattr(cfg, name), saved.target_acc):
             raise UsageError(f"train(resume=...) continues the run as configured; {as_flag(name, getattr(cfg, name))} "
                              f"differs from its {as_flag(name, getattr(saved, name))} (start a new run to change it; "
                              "cfg, checkpoint = resume_config(RUN_DIR) gives the run's own)")
 
 
-def same_setting(name, saved, given):
+def same_setting(name, saved, given, target_acc=None):
     """Whether a fixed setting given on --resume is the run's: --amp and --amp unset pick the same
-    precision on every device (--amp only warns where it keeps fp32), so either resumes the other."""
+    precision on every device (--amp only warns where it keeps fp32), so either resumes the other; a
+    default given by its value is the unset one (--eval-every 1 in a run without --target-acc, the
+    run's `target_acc`; --test-split 10%)."""
+    if name == "eval_every" and target_acc is None:
+        saved, given = (1.0 if value is None else value for value in (saved, given))
+    if name == "test_split":
+        saved, given = (_split_share(value) for value in (saved, given))
     return saved == given or (name == "amp" and {saved, given} <= {None, True})
+
+
+def _split_share(value):
+    """--test-split as the share it holds out (unset: the default 10%), or as given where it is no percentage."""
+    from engine.data.layout import DEFAULT_TEST_SPLIT, parse_fraction
+
+    try:
+        return parse_fraction(DEFAULT_TEST_SPLIT if value is None else value, "--test-split", whole=True)
+    except UsageError:
+        return value
 
 
 def as_flag(name, value):
