@@ -20,6 +20,7 @@ MAX_PIXELS = 50_000_000  # 150 MB decoded as RGB; a 20000x20000 image (1.2 GB) i
 SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 ORIENTATION = 0x0112  # the EXIF tag: how a camera's stored pixels turn upright (2-8; 1 is as stored)
 SIDEWAYS = (5, 6, 7, 8)  # orientations that swap width and height
+JPEG_FORMATS = ("JPEG", "MPO")  # drafted: MPO is a JPEG holding more pictures (a phone's Ultra HDR, depth), PIL's JPEG
 
 
 def not_used_line(path, others):
@@ -103,7 +104,7 @@ def check_size(image, source, size=None):
 def draft_request(image, size):
     """The (W, H) `fit` asks PIL's JPEG draft mode for when fitting `image` to `size` (H, W), or None
     where it decodes at full size (not a JPEG, no size, or less than twice the size asked for)."""
-    if size is None or image.format != "JPEG":
+    if size is None or image.format not in JPEG_FORMATS:
         return None
     width, height = upright_size(image)  # the size asked for is the upright image's
     scale = max(size[0] / height, size[1] / width)  # both sides stay at least the size asked for
