@@ -40,7 +40,7 @@ def add_config_flags(parser, groups, helps=None):
         kind = _scalar_type(f.type)
         help_text = (helps or {}).get(f.name) or f.metadata["help"]
         if "default" not in help_text:
-            shown = "on" if f.default is True else "off" if f.default is False else f.default
+            shown = "on" if f.default is True else "off" if f.default is False else "none" if f.default is None else f.default
             help_text += f" (default: {shown})"
         kwargs = dict(dest=f.name, default=argparse.SUPPRESS, help=help_text)
         optional = {} if f.metadata.get("const") is None else dict(nargs="?", const=f.metadata["const"])
