@@ -28,7 +28,9 @@ def of_file(file) -> dict:
     that folder or below it, `file` itself and foreign files aside."""
     mine = Path(file).resolve()
     folder, found = mine.parent, {}
-    for module in list(sys.modules.values()):
+    for name, module in list(sys.modules.items()):
+        if name in ("__main__", "__mp_main__"):  # the caller's script (`python train.py` beside nets.py; multiprocessing
+            continue  # keeps it under both names), which nets.py does not import
         source = getattr(module, "__file__", None)
         if not isinstance(source, str) or not source.endswith(".py"):
             continue
