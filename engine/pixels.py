@@ -20,6 +20,10 @@ MAX_PIXELS = 50_000_000  # 150 MB decoded as RGB; a 20000x20000 image (1.2 GB) i
 SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 ORIENTATION = 0x0112  # the EXIF tag: how a camera's stored pixels turn upright (2-8; 1 is as stored)
 SIDEWAYS = (5, 6, 7, 8)  # orientations that swap width and height
+# Folders a system keeps beside a user's images, never a class's images: a Mac's zip (__MACOSX), a Synology NAS's
+# thumbnails of every photo (@eaDir/IMG_1.JPG/SYNOPHOTO_THUMB_M.jpg, which would train on each test photo's
+# thumbnail), and what Windows and ext4 put at a drive's top folder (empty, read as empty class folders).
+SYSTEM_FOLDERS = frozenset({"__MACOSX", "@eaDir", "$RECYCLE.BIN", "System Volume Information", "lost+found"})
 JPEG_FORMATS = ("JPEG", "MPO")  # drafted: MPO is a JPEG holding more pictures (a phone's Ultra HDR, depth), PIL's JPEG
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.errors import EngineError, UsageError
-from engine.pixels import ARCHIVE_SUFFIXES, IMAGE_EXTENSIONS, MAX_PIXELS, check_size, fit, not_used_line, unlisted_folder  # noqa: F401 (MAX_PIXELS: part of this module's API)
+from engine.pixels import ARCHIVE_SUFFIXES, IMAGE_EXTENSIONS, MAX_PIXELS, SYSTEM_FOLDERS, check_size, fit, not_used_line, unlisted_folder  # noqa: F401 (MAX_PIXELS: part of this module's API)
 
 
 def expand(paths, note=None):
@@ -57,7 +57,7 @@ def images_under(folder, others=None):
             dirs[:] = []
             continue
         seen.add(real)
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        dirs[:] = [d for d in dirs if not d.startswith(".") and d not in SYSTEM_FOLDERS]  # as training skips them
         found += [Path(root, name) for name in files
                   if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS]
         for name in files if others is not None else ():

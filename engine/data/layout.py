@@ -17,7 +17,7 @@ from pathlib import Path, PurePosixPath
 import torch
 
 from engine.errors import EngineError, UsageError
-from engine.pixels import IMAGE_EXTENSIONS
+from engine.pixels import IMAGE_EXTENSIONS, SYSTEM_FOLDERS
 
 EVAL_SPLITS = ("test", "val", "valid", "validation")  # in order of preference
 SPLITS = ("train", *EVAL_SPLITS)
@@ -54,8 +54,9 @@ def split_of(part):
 
 
 def hidden(parts):
-    """Whether a path's parts hold a hidden file or folder ('.DS_Store', '._x.jpg', '__MACOSX')."""
-    return any(p.startswith(".") or p == "__MACOSX" for p in parts)
+    """Whether a path's parts hold a hidden file or folder ('.DS_Store', '._x.jpg', '__MACOSX', '@eaDir':
+    engine.pixels.SYSTEM_FOLDERS)."""
+    return any(p.startswith(".") or p in SYSTEM_FOLDERS for p in parts)
 
 
 def check_cache_apart(source: Path, cache_dir):
