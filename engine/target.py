@@ -50,6 +50,21 @@ def command_started():
     return _IMPORTED if age is None else time.perf_counter() - age
 
 
+_CALLS = []  # time.perf_counter() at each train() call of this process (note_call)
+
+
+def note_call():
+    """Note a train() call: its run's clock (run_started) starts there unless it is the process's first."""
+    _CALLS.append(time.perf_counter())
+
+
+def run_started():
+    """Where a run's clock starts: the command's start (command_started) for the process's first train()
+    call, so the command line's time counts interpreter start-up and imports; the call itself for each later
+    one (a script or notebook training run after run), which would otherwise count the runs before it."""
+    return _CALLS[-1] if len(_CALLS) > 1 else command_started()
+
+
 def eval_steps(steps, every):
     """The step counts (1 .. steps - 1) after which an epoch of `steps` steps evaluates within
     itself, every `every` (a fraction of an epoch, 0 < every <= 1) of it; the epoch's end always
@@ -124,7 +139,7 @@ class Watch:
         first = FIRST_EPOCH_EVERY_WITH_TARGET if every is None and target is not None else self.every
         self.first_points = eval_steps(steps, first)
         self.epochs = epochs
-        self.started = command_started()
+        self.started = run_started()
         self.before = before
 
     def evaluations(self, start_epoch):

@@ -27,7 +27,7 @@ from engine.report import format_epoch, progress
 from engine.run_files import checkpoint_state, save_epoch, save_partial, write_confusion
 from engine.runtime import resolve_device
 from engine.session import Session, open_session
-from engine.target import short_of
+from engine.target import note_call, short_of
 
 WARMUP_STEPS = 3  # steps of a process's first epoch timed as warm-up, not steady state
 
@@ -181,6 +181,7 @@ def train(cfg: Config, resume=None, log=print, model=None):
     The caller's random generators and the process settings a run makes are put back on return
     (engine.isolation). Under torchrun every rank calls it; it joins the process group (or uses the one the
     caller joined, which stays joined) and only rank 0 logs."""
+    note_call()  # a later call's run clock starts here (engine.target.run_started)
     check_arguments(cfg, resume, model)
     with kept_global_state(), process_group(resolve_device(cfg.device), say=(lambda *_: None) if cfg.quiet else log) as ranks:
         return train_ranks(cfg, resume, log if ranks.is_main else (lambda *_: None), ranks, model)
