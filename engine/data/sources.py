@@ -67,9 +67,13 @@ def walk(path: Path):
     single link makes, read its images 41 times over, in both classes, until the system's limit on
     links ended it without a word); a hidden one is not walked again."""
     seen, unread = {}, set()  # real folder -> the first path it was walked as; hidden folders walked, never read
-    for root, dirs, files in os.walk(path, followlinks=True, onerror=unlisted_folder):
-        here = os.path.realpath(root)
-        if layout.hidden(Path(root).relative_to(path).parts):  # never read: nothing to count twice
+    def unlisted(error):  # a hidden folder is never read: one this user may not list (another user's .Trash-1000/ on
+        if not layout.hidden(Path(error.filename).relative_to(path).parts):  # a shared drive, lost+found/) is no loss
+            unlisted_folder(error)
+
+    for root, dirs, files in os.walk(path, followlinks=True, onerror=unlisted):
+        here, hidden = os.path.realpath(root), layout.hidden(Path(root).relative_to(path).parts)
+        if hidden:  # never read: nothing to count twice, and its links and files are not checked (walked once)
             if here in unread:
                 dirs[:] = []
                 continue
@@ -79,7 +83,7 @@ def walk(path: Path):
                               "images would be read twice, in two places; remove the link")
         else:
             seen[here] = root
-        for name in dirs:
+        for name in dirs if not hidden else ():
             target = os.path.realpath(os.path.join(root, name))
             if here == target or here.startswith(target + os.sep):
                 raise EngineError(f"{Path(root, name)} is a link to {target}, a folder it is inside (a loop); "
@@ -87,6 +91,9 @@ def walk(path: Path):
         kept = []
         for name in sorted(files):
             full = os.path.join(root, name)
+            if hidden:  # its images are counted (the line for a source whose images are all hidden), never read
+                kept.append(name)
+                continue
             if os.path.islink(full) and not os.path.exists(full):
                 if layout.folder_of(name) is None:  # not an image: never read, but said (check_memory), as it may
                     kept.append(name)  # have been a class folder (a link to a drive not mounted)
