@@ -108,3 +108,22 @@ def test_the_int8_file_gets_its_own_digest(tiny_onnx, tmp_path):
                   lambda m: np.float32(scale.float_data[0]).tobytes())
     with pytest.raises(EngineError, match="changed after it was exported"):
         export.load(bad)
+
+
+def test_the_digest_is_of_the_values_not_how_a_copy_stores_them(tiny_onnx, tmp_path):
+    """Saved again with its weights in an external-data file, or with shape inference's value_info added, the
+    file computes the same and still runs; a flipped byte in the .data file beside it is refused."""
+    model = onnx.load(str(tiny_onnx))
+    external = tmp_path / "ext.onnx"
+    onnx.save(model, str(external), save_as_external_data=True, all_tensors_to_one_file=True, location="ext.onnx.data")
+    assert (tmp_path / "ext.onnx.data").stat().st_size > 100_000
+    inferred = tmp_path / "inferred.onnx"
+    onnx.save(onnx.shape_inference.infer_shapes(model), str(inferred))
+    want = export.load(tiny_onnx, device="cpu").logits(np.zeros((1, 3, 32, 32), np.float32))
+    for path in (external, inferred):
+        np.testing.assert_array_equal(export.load(path, device="cpu").logits(np.zeros((1, 3, 32, 32), np.float32)), want)
+    data = bytearray((tmp_path / "ext.onnx.data").read_bytes())
+    data[len(data) // 2] ^= 0x10
+    (tmp_path / "ext.onnx.data").write_bytes(bytes(data))
+    with pytest.raises(EngineError, match=f"^{external} changed after it was exported"):
+        export.load(external)
