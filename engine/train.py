@@ -183,6 +183,10 @@ def train(cfg: Config, resume=None, log=print, model=None):
     caller joined, which stays joined) and only rank 0 logs."""
     note_call()  # a later call's run clock starts here (engine.target.run_started)
     check_arguments(cfg, resume, model)
+    if type(model).__name__ == "OptimizedModule":  # torch.compile(net): net trains, and the caller's wrapper sees it
+        from engine.models.build import uncompiled
+
+        model = uncompiled(model, "train(model=...) was given")
     with kept_global_state(), process_group(resolve_device(cfg.device), say=(lambda *_: None) if cfg.quiet else log) as ranks:
         return train_ranks(cfg, resume, log if ranks.is_main else (lambda *_: None), ranks, model)
 

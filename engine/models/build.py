@@ -18,7 +18,7 @@ from torch.nn.parameter import is_lazy
 from engine.errors import EngineError, UsageError, first_line
 from engine.models.logits import CHANNEL_NAMES, CLASS_COUNT_NAMES
 from engine.models.probe import check_fits, code_file, line_of, probe_batch
-from engine.models.reference import ModelRef
+from engine.models.reference import ModelRef, warn_once
 from engine.models.user_code import load_code, torch_state_kept
 from engine.models.spec import check_classes
 
@@ -129,6 +129,22 @@ def _construct(factory, ref, in_shape, num_classes):
     if "_modules" not in vars(model):  # nn.Module.__init__ never ran: no layers, no parameters, no .training
         raise UsageError(f"--model {where}: {type(model).__name__}.__init__ does not call super().__init__() "
                          "(nn.Module's) before it sets its layers; add it as the first line")
+    return uncompiled(model, f"{Path(ref.file).name if ref.kind == 'file' else ref.file}:{ref.name} returns")
+
+
+def uncompiled(model: nn.Module, label: str) -> nn.Module:
+    """`model` (that `label`, "nets.py:Net returns", gave) without the torch.compile its code applied (`torch.compile(net)`: the module under the
+    wrapper; `net.compile()`: its compiled call dropped), said in one line: the wrapper's `_orig_mod.`
+    keys would be the checkpoint's, and the engine compiles where --compile says (and where it pays),
+    which the user's own compile overrode while the run said eager."""
+    wrapped = type(model).__name__ == "OptimizedModule" and isinstance(getattr(model, "_orig_mod", None), nn.Module)
+    if not wrapped and getattr(model, "_compiled_call_impl", None) is None:
+        return model
+    how = "torch.compile(...)" if wrapped else ".compile()"
+    warn_once(("compiled", label), f"engine: warning: {label} a module already compiled ({how}); the engine "
+                                   "trains and saves the module itself and compiles it where --compile says")
+    model = model._orig_mod if wrapped else model
+    model._compiled_call_impl = None
     return model
 
 
