@@ -115,10 +115,11 @@ class Confusion:
             image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
             fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
             labels = [printable(name, LABEL_CHARACTERS) for name in self.classes]
-            ax.set_xticks(range(k), labels, rotation=90, fontsize=font)
-            ax.set_yticks(range(k), labels, fontsize=font)
+            ax.set_xticks(range(k), labels, rotation=90, fontsize=font, parse_math=False)  # a class 'cost $5 to $10'
+            ax.set_yticks(range(k), labels, fontsize=font, parse_math=False)  # is its name, not TeX (which may not parse)
             ax.set(xlabel="predicted class", ylabel="true class")
-            ax.set_title(f"{printable(title)}\naccuracy {self.accuracy * 100:.2f}% on {self.images:,} test images", fontsize=11)
+            ax.set_title(f"{printable(title)}\naccuracy {self.accuracy * 100:.2f}% on {self.images:,} test images", fontsize=11,
+                         parse_math=False)
             if k <= COUNTS_UP_TO:
                 for i in range(k):
                     for j in range(k):
