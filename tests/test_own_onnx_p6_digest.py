@@ -127,3 +127,14 @@ def test_the_digest_is_of_the_values_not_how_a_copy_stores_them(tiny_onnx, tmp_p
     (tmp_path / "ext.onnx.data").write_bytes(bytes(data))
     with pytest.raises(EngineError, match=f"^{external} changed after it was exported"):
         export.load(external)
+
+
+def test_a_key_of_the_users_own_added_later_is_not_a_change(tiny_onnx, tmp_path):
+    model = onnx.load(str(tiny_onnx))
+    model.metadata_props.add(key="author", value="me")
+    config = next(p for p in model.metadata_props if p.key == "training_config")
+    config.value = config.value.replace('"epochs": 1', '"epochs": 2')  # engine eval's data, not the predictions
+    assert '"epochs": 2' in config.value
+    path = tmp_path / "noted.onnx"
+    onnx.save(model, str(path))
+    assert export.load(path, device="cpu").classes == export.load(tiny_onnx, device="cpu").classes
