@@ -16,7 +16,7 @@ import sys
 import numpy as np
 
 from engine.confusion import printable
-from engine.errors import EngineError, UsageError
+from engine.errors import EngineError, UsageError, one_line
 from export import images as imaging
 from export import outputs
 from export.metadata import REQUIRED, ModelInfo
@@ -158,7 +158,7 @@ def predict_files(model: Classifier, paths, topk=3, batch_size=64, as_json=False
                 bad.append(str(error))
             continue
         try:
-            found = imaging.expand([argument], note=lambda line: print(line, file=sys.stderr))  # stdout: results only
+            found = imaging.expand([argument], note=lambda line: print(one_line(line), file=sys.stderr))  # stdout: results
         except EngineError as error:  # a folder with no image: named, and the other arguments still predicted
             bad.append(str(error))
             continue

@@ -34,3 +34,39 @@ def test_an_image_whose_name_holds_a_newline_is_named_on_one_line(tmp_path, capf
                                          ("bell\x07", "bell\\x07")])
 def test_one_line_escapes_control_characters_and_keeps_the_rest(text, shown):
     assert one_line(text) == shown
+
+
+def test_the_decode_caches_warning_names_a_cache_path_with_a_newline_on_one_line(tmp_path, capfd):
+    from engine.data import imagefolder
+
+    photos = tmp_path / "photos"
+    _class_folders(photos, "x.txt")
+    blocked = tmp_path / "cache\nhere"
+    blocked.write_text("a file where the cache folder would be")
+    data = imagefolder.read(str(photos), blocked / "inner", log=lambda line: None, test_split="50%")
+    assert data.classes == ["cat", "dog"]
+    lines = [line for line in capfd.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("engine: warning: could not write the decode cache"), lines
+    assert "cache\\nhere" in lines[0]
+
+
+def test_predicts_note_on_a_folder_with_a_newline_in_its_name_is_one_line(tmp_path, capfd):
+    from export.predict import predict_files
+
+    folder = tmp_path / "new\nphotos"
+    folder.mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(folder / "a.png")
+    (folder / "notes.txt").write_text("x")
+
+    class Model:  # predict_files asks the model only for its input size and predictions
+        class info:
+            input_size = (3, 8, 8)
+
+        @staticmethod
+        def predict(sources, topk):
+            return [[("cat", 1.0)] for _ in sources]
+
+    said = []
+    assert predict_files(Model, [str(folder)], say=said.append, warn=said.append) == 0
+    lines = [line for line in capfd.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Not used: 1 file of") and "new\\nphotos" in lines[0], lines

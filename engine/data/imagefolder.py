@@ -30,7 +30,7 @@ from engine.data.dataset import Dataset, dataset_label
 from engine.data.pool import decoding_pool, stop_pool
 from engine.data.archives import archive_kind, last_copies
 from engine.data.sources import DoesNotFit, check_memory, count_other, grey, label, members, walk
-from engine.errors import EngineError, UsageError, first_line
+from engine.errors import EngineError, UsageError, first_line, one_line
 from engine.faults import pause_point
 from engine.lock import remove_stale_temporaries
 from engine.models.spec import MIN_CLASSES
@@ -262,7 +262,7 @@ def read(source, cache_dir: Path, log=print, image_size=None, test_split=None, s
         save_atomic(tensors, cache, make_parents=True)
         log(f"Cached {sum(len(tensors[k]) for k in ('train_x', 'test_x') if k in tensors):,} decoded images in {cache}")
     except OSError as error:  # a read-only cache costs time, not correctness
-        print(f"engine: warning: could not write the decode cache {cache}: {error.strerror}", file=sys.stderr)
+        print(one_line(f"engine: warning: could not write the decode cache {cache}: {error.strerror}"), file=sys.stderr)
     return _dataset(name, tensors, test_split, seed, path, log)
 
 
