@@ -64,7 +64,9 @@ def tta_mark(level):
 
 
 def default_run_dir(model, data_name, root="runs"):
-    stamp = time.strftime("%Y%m%d-%H%M%S")
+    from engine.data.dataset import file_label  # a long folder name would pass the system's 255 bytes a name
+
+    stamp, model, data_name = time.strftime("%Y%m%d-%H%M%S"), file_label(model, 60), file_label(data_name)
     path = Path(root) / f"{model}-{data_name}-{stamp}"
     suffix = 1
     while path.exists():  # two runs started in the same second

@@ -125,3 +125,16 @@ def dataset_label(data):
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return name
+
+
+def file_label(label, limit=100):
+    """`label` cut to at most `limit` bytes in a file name (UTF-8, a name in no UTF-8 by its bytes), so a run
+    folder or decode cache named after it stays under the system's 255 bytes a name: a folder of 80 Chinese
+    characters (240 bytes) made every run fail, 'File name too long', and every decode go uncached."""
+    kept, size = [], 0
+    for character in label:  # whole characters: a cut never splits one's bytes
+        size += len(character.encode("utf-8", "surrogateescape"))
+        if size > limit:
+            break
+        kept.append(character)
+    return "".join(kept)

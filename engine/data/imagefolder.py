@@ -26,7 +26,7 @@ from engine.checkpoint import save_atomic
 from engine.data import filecache, layout, stream
 from engine.data.classes import (Notes, check_names, empty_split, in_name_order, one_class_line, own_split_line,
                                  split_classes)
-from engine.data.dataset import Dataset, dataset_label
+from engine.data.dataset import Dataset, dataset_label, file_label
 from engine.data.pool import decoding_pool, stop_pool
 from engine.data.archives import archive_kind, last_copies
 from engine.data.sources import DoesNotFit, check_memory, count_other, grey, label, members, walk
@@ -230,7 +230,7 @@ def read(source, cache_dir: Path, log=print, image_size=None, test_split=None, s
     name = dataset_label(str(path))
     sized = f"-{image_size[0]}x{image_size[1]}-{resize}" if image_size else ""
     others = {} if path.is_dir() else None  # a folder's files not read, said afresh (an archive's decode keeps them)
-    cache = Path(cache_dir) / f"{name}-{source_key(path, others)}{sized}.pt"
+    cache = Path(cache_dir) / f"{file_label(name)}-{source_key(path, others)}{sized}.pt"
     unused = not_used_line(path, others)
     streamed = filecache.open_cache(filecache.cache_folder(cache)) if not cache.is_file() else None
     if streamed is not None:  # a set decoded into the file cache, reopened memory-mapped
