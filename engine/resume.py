@@ -67,6 +67,7 @@ def resume_config(run_dir, given=None, say=print):
             saved = dict(saved, model=values["model"])
     if "out" in values and Path(values["out"]).expanduser().resolve() == path.parent:
         del values["out"]  # the run's own folder, named another way (absolute, through a link)
+    saved = dict(saved, out=str(path.parent))  # where the run is now (a moved run's config names where it was)
     moved = moved_data(saved.get("data"), values.get("data"))
     if moved:
         say(f"Data: {values['data']} in place of the run's {saved['data']}; resuming only if its images are the run's")

@@ -37,3 +37,13 @@ def test_the_default_test_split_given_by_its_value_resumes_and_another_is_refuse
         resume_config(out, {"test_split": "20%"}, say=lambda *_: None)
     with pytest.raises(UsageError, match=r"--eval-every 1.0 differs from its --eval-every unset"):
         resume_config(out, {"eval_every": 1.0}, say=lambda *_: None)  # with --target-acc, unset is not 1
+
+
+def test_a_moved_run_refusing_another_out_names_where_the_run_is(tiny_run, tmp_path):
+    """The refusal named the folder the run's config recorded (where it trained), not the run resumed."""
+    import shutil
+
+    moved = tmp_path / "moved"
+    shutil.copytree(tiny_run[0], moved, ignore=shutil.ignore_patterns(".engine.lock"))
+    with pytest.raises(UsageError, match=f"--out elsewhere differs from its --out {moved.resolve()} "):
+        resume_config(moved, {"out": "elsewhere"}, say=lambda *_: None)
