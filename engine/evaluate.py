@@ -133,6 +133,7 @@ def evaluate_checkpoint(path, overrides, log=print, model=None):
     from engine.models.reference import parse_model
 
     check_overrides(overrides, EVAL_FLAGS, "evaluate_checkpoint")
+    log = (lambda *_: None) if log is None else log  # log=None: silent, as the caller meant
     check_code(model, "evaluate_checkpoint")
     checkpoint = load(path)
     code = parse_model(model) if model else None  # before the data is read: a bad --model is one line

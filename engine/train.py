@@ -183,6 +183,7 @@ def train(cfg: Config, resume=None, log=print, model=None):
     caller joined, which stays joined) and only rank 0 logs."""
     note_call()  # a later call's run clock starts here (engine.target.run_started)
     check_arguments(cfg, resume, model)
+    log = (lambda *_: None) if log is None else log  # log=None: silent, as the caller meant
     if type(model).__name__ == "OptimizedModule":  # torch.compile(net): net trains, and the caller's wrapper sees it
         from engine.models.build import uncompiled
 

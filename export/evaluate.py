@@ -44,6 +44,7 @@ def evaluate_onnx(path, overrides, *, input_size=None, classes=None, log=print):
     reason = "applies to PyTorch checkpoints; an .onnx file runs in onnxruntime"
     check_overrides(overrides, [k for k in EVAL_FLAGS if k not in ONNX_IGNORED], "evaluate_onnx",
                     [(name, reason) for name in ONNX_IGNORED])
+    log = (lambda *_: None) if log is None else log  # log=None: silent, as the caller meant
     device = overrides.get("device", "auto")
     model = Classifier(path, input_size=input_size, classes=classes, device=device)
     info = model.info

@@ -250,6 +250,7 @@ def export_onnx(out, checkpoint=None, *, opset=None, verify=True, int8=False, lo
     from export.session import open_session
 
     check_code(model, "export_onnx")
+    log = (lambda *_: None) if log is None else log  # log=None: silent, as the caller meant
     out = check_out(out)
     for name, value in (("verify", verify), ("int8", int8)):
         if not isinstance(value, (bool, np.bool_)):
