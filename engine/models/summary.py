@@ -113,6 +113,9 @@ def format_summary(name, model: nn.Module, in_shape) -> str:
     lines.append(f"Training: {training_flops(model, in_shape) / 1e6:,.2f} MFLOPs per image (forward + backward)")
     lines.append("FLOPs: 2 per multiply-add of convolutions, matmuls and attention; norms, activations, pools "
                  "and bias adds are not counted")
+    fixed = sum(p.numel() for p in model.parameters() if not p.requires_grad)  # frozen by the model's own code
+    if fixed:  # the training FLOPs above leave their gradients out: say why
+        lines.append(f"Trainable parameters: {count_parameters(model) - fixed:,} ({fixed:,} have requires_grad False)")
     lines.append(f"Total parameters: {count_parameters(model):,}")  # last: scripts read it there
     return "\n".join(lines)
 
