@@ -177,6 +177,10 @@ def main(argv=None):
     finally:
         if handled:
             signal.signal(signal.SIGTERM, previous)
+            if argv is None:  # the process's own command: a Ctrl-C while Python exits after it (torch's teardown
+                import atexit  # takes a second) would print "Exception ignored ... KeyboardInterrupt" and exit 0
+
+                atexit.register(signal.signal, signal.SIGINT, signal.SIG_IGN)
 
 
 def run_command(argv):
