@@ -123,6 +123,9 @@ class RunDir:
         except OSError as error:
             if self.path.exists() and not self.path.is_dir():  # "File exists" from mkdir: the name is taken by a file
                 raise EngineError(f"--out {self.path} is a file, not a folder; choose another --out") from None
+            if self.path.is_symlink() and not self.path.exists():  # "File exists" from mkdir, for a broken link
+                raise EngineError(f"--out {self.path} is a link to {os.readlink(self.path)}, which does not exist; "
+                                  "choose another --out, or remove the link") from None
             advice = "a resumed run writes its checkpoints there" if resuming else "choose a writable --out"
             raise EngineError(f"cannot write to {'the run directory' if resuming else '--out'} {self.path}: "
                               f"{error.strerror or error}; {advice}") from None
