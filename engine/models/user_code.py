@@ -107,10 +107,11 @@ def torch_state_kept(where, when="imported"):
     """Run the user's code (its import; `when`: its constructor) with torch's gradient mode and default
     dtype put back afterwards, each change said in one line: a file that turns gradients off at its top
     level (an inference script's `torch.set_grad_enabled(False)`) failed training's first backward with
-    torch's traceback, and one that sets float64 as the default made the engine's float32 model float64."""
+    torch's traceback, and one that sets float64 as the default made the engine's float32 model float64.
+    torch's thread count too: a script's torch.set_num_threads(1) ran the whole run on one core, unsaid."""
     import torch
 
-    grad, dtype = torch.is_grad_enabled(), torch.get_default_dtype()
+    grad, dtype, threads = torch.is_grad_enabled(), torch.get_default_dtype(), torch.get_num_threads()
     try:
         yield
     finally:
@@ -125,6 +126,11 @@ def torch_state_kept(where, when="imported"):
             warn_once(("dtype", where), f"engine: warning: {name} sets torch's default dtype to {changed} when "
                                         f"{when}; the engine keeps {dtype} (it builds, trains and exports "
                                         "float32 models)")
+        if torch.get_num_threads() != threads:  # torch.set_num_threads(1) of a benchmark script: a run 16x slower
+            changed, _ = torch.get_num_threads(), torch.set_num_threads(threads)
+            warn_once(("threads", where), f"engine: warning: {name} sets torch's threads to {changed} when {when} "
+                                          f"(torch.set_num_threads); the engine keeps {threads} (OMP_NUM_THREADS "
+                                          "sets them for a run)")
 
 
 def line_in(error, file=None):
