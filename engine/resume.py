@@ -50,6 +50,7 @@ def resume_config(run_dir, given=None, say=print):
     except that a user model's code is named again (`--model nets.py:Net`), which must be the run's."""
     from engine.models.reference import parse_model, reopen
 
+    say = (lambda *_: None) if say is None else say  # say=None: silent, as train(log=None) is
     path = resume_path(run_dir).resolve()  # runs/latest -> the run it names
     checkpoint = load(path)
     saved, values = checkpoint.config, dict(given or {})

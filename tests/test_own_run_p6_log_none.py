@@ -27,3 +27,29 @@ def test_evaluations_and_export_with_log_none_are_silent(tiny_run, tiny_onnx, tm
     exported = export_onnx(tmp_path / "m.onnx", tiny_run[1], log=None)
     assert exported.path.is_file()
     assert capsys.readouterr().out == ""
+
+
+@pytest.mark.slow
+def test_resume_config_with_say_none_is_silent_even_where_it_has_something_to_say(tmp_path, capsys):
+    """resume_config(RUN, {"data": NEW_PATH}, say=None) for a run whose image folder moved says a Data line."""
+    import shutil
+
+    import numpy as np
+    from PIL import Image
+
+    from engine.resume import resume_config
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for name in ("a", "b"):
+            (tmp_path / "imgs" / split / name).mkdir(parents=True)
+            for i in range(8):
+                Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(
+                    tmp_path / "imgs" / split / name / f"{i}.png")
+    run = tmp_path / "run"
+    train(Config(data=str(tmp_path / "imgs"), model="mlp", epochs=1, batch_size=8, crop_padding=0, amp=False,
+                 device="cpu", cache_dir=str(tmp_path / "cache"), out=str(run)), log=None)
+    shutil.move(tmp_path / "imgs", tmp_path / "moved")
+    capsys.readouterr()
+    cfg, _ = resume_config(run, {"data": str(tmp_path / "moved")}, say=None)
+    assert cfg.data == str(tmp_path / "moved") and capsys.readouterr().out == ""
