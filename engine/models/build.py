@@ -7,6 +7,7 @@ probe batch (engine/models/probe.py): a model that cannot take the data, or whos
 (batch, classes), is one line naming the file, the line and the shapes.
 """
 
+import contextlib
 import inspect
 import re
 from pathlib import Path
@@ -115,7 +116,7 @@ def _construct(factory, ref, in_shape, num_classes):
                                  f"as JSON: {_args_example(accepts, kwargs, num_classes)}") from None
             raise UsageError(f"--model-args do not fit {ref.name}{signature}: {what}") from None
     try:
-        with torch_state_kept(ref.file, f"{ref.name} is called"):
+        with torch_state_kept(ref.file, f"{ref.name} is called"), _host_rngs_seeded():
             model = factory(*args, **kwargs)
     except Exception as error:
         file = code_file(ref)
@@ -130,6 +131,26 @@ def _construct(factory, ref, in_shape, num_classes):
         raise UsageError(f"--model {where}: {type(model).__name__}.__init__ does not call super().__init__() "
                          "(nn.Module's) before it sets its layers; add it as the first line")
     return uncompiled(model, f"{Path(ref.file).name if ref.kind == 'file' else ref.file}:{ref.name} returns")
+
+
+@contextlib.contextmanager
+def _host_rngs_seeded():
+    """Python's `random` and numpy's global generator seeded from torch's seed (the run's --seed: training
+    and every rebuild of its checkpoint seed torch first) while a constructor runs, and put back after:
+    a value drawn with them outside the state dict (`np.random.randn` into a persistent=False buffer) is
+    the run's again in eval, export and resume, as one drawn with torch is, not another on each command."""
+    import random
+
+    import numpy as np
+
+    kept = random.getstate(), np.random.get_state()
+    random.seed(torch.initial_seed())
+    np.random.seed(torch.initial_seed() % 2**32)
+    try:
+        yield
+    finally:
+        random.setstate(kept[0])
+        np.random.set_state(kept[1])
 
 
 def uncompiled(model: nn.Module, label: str) -> nn.Module:
