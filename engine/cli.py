@@ -21,7 +21,10 @@ def log(message):
 
 
 def cmd_train(args):
+    from engine.target import command_line
     from engine.train import train
+
+    command_line()  # the run's time to accuracy counts from this process's start
 
     if args.nproc is not None:  # a launch option, not a training choice: never in Config or checkpoints
         from engine.distributed import launch

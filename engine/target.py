@@ -51,18 +51,26 @@ def command_started():
 
 
 _CALLS = []  # time.perf_counter() at each train() call of this process (note_call)
+_COMMAND = []  # set by `engine train` (command_line): its run counts from the process's start
+
+
+def command_line():
+    """Mark this process as the `engine train` command: its run's clock starts with the process."""
+    _COMMAND.append(True)
 
 
 def note_call():
-    """Note a train() call: its run's clock (run_started) starts there unless it is the process's first."""
+    """Note a train() call: its run's clock (run_started) starts there, but for the command line's."""
     _CALLS.append(time.perf_counter())
 
 
 def run_started():
-    """Where a run's clock starts: the command's start (command_started) for the process's first train()
-    call, so the command line's time counts interpreter start-up and imports; the call itself for each later
-    one (a script or notebook training run after run), which would otherwise count the runs before it."""
-    return _CALLS[-1] if len(_CALLS) > 1 else command_started()
+    """Where a run's clock starts: the command's start (command_started) for `engine train`'s run, so its
+    time counts interpreter start-up and imports; a Python caller's train() call itself otherwise (a notebook
+    started hours ago, or a script training run after run, would count all that went before)."""
+    if (_COMMAND and len(_CALLS) <= 1) or not _CALLS:
+        return command_started()
+    return _CALLS[-1]
 
 
 def eval_steps(steps, every):
