@@ -1,8 +1,8 @@
 """Time to accuracy: the command's clock, when a run evaluates, which figure picks best.pt, and the
 stop at `--target-acc`.
 
-The clock starts when the process did (read from /proc), so a time to target counts interpreter
-start-up, imports, data loading and every evaluation: the wall time a user waits. Evaluations
+The clock of `engine train` starts when the process did (read from /proc; a Python caller's at its
+train() call), so a time to target counts interpreter start-up, imports, data loading and every evaluation: the wall time a user waits. Evaluations
 happen at the end of each epoch and, with `--eval-every X` below 1, every X of an epoch; with a
 whole X above 1 only after every X-th epoch and the last (a metrics entry without test figures
 marks an epoch that did not evaluate).
