@@ -136,10 +136,26 @@ def torch_state_kept(where, when="imported"):
 def line_in(error, file=None):
     """' (line N)' of the deepest frame of `error` in the user's `file`; with no file (a package.module
     on import) ' (FILE, line N)' of the deepest frame; '' where there is none (a built-in or torchvision
-    model's forward: torch's own file and line mean nothing to its user)."""
-    if isinstance(error, SyntaxError) and error.lineno:
+    model's forward: torch's own file and line mean nothing to its user). Where the error comes from a file
+    `file` imports from its folder or below (blocks.py beside nets.py), that file's line too: ' (line 2;
+    blocks.py, line 5)', not nets.py's line alone (or a SyntaxError's line number as if nets.py's)."""
+    tb = traceback.extract_tb(error.__traceback__)
+    frames = [f for f in tb if file is None or f.filename == file]
+    beside = ""
+    if file:
+        folder = Path(file).resolve().parent
+        deeper = tb[tb.index(frames[-1]) + 1:] if frames else tb
+        where = [(f.filename, f.lineno) for f in deeper]
+        if isinstance(error, SyntaxError) and error.filename and error.lineno:
+            where.append((error.filename, error.lineno))
+        inside = [(name, line) for name, line in where if name != file and Path(name).is_file()
+                  and Path(name).resolve().is_relative_to(folder) and not {"site-packages", "dist-packages"} & set(Path(name).parts)]
+        if inside:
+            beside = f"{Path(inside[-1][0]).resolve().relative_to(folder)}, line {inside[-1][1]}"
+    if isinstance(error, SyntaxError) and error.lineno and not beside:
         return f" (line {error.lineno})"
-    frames = [f for f in traceback.extract_tb(error.__traceback__) if file is None or f.filename == file]
     if not frames:
-        return ""
-    return f" (line {frames[-1].lineno})" if file else f" ({frames[-1].filename}, line {frames[-1].lineno})"
+        return f" ({beside})" if beside else ""
+    if not file:
+        return f" ({frames[-1].filename}, line {frames[-1].lineno})"
+    return f" (line {frames[-1].lineno}; {beside})" if beside else f" (line {frames[-1].lineno})"
