@@ -123,6 +123,10 @@ class RunDir:
         except OSError as error:
             if self.path.exists() and not self.path.is_dir():  # "File exists" from mkdir: the name is taken by a file
                 raise EngineError(f"--out {self.path} is a file, not a folder; choose another --out") from None
+            blocking = next((p for p in self.path.parents if p.exists() and not p.is_dir()), None)
+            if blocking is not None:  # "Not a directory" from mkdir: which name on the way is a file
+                raise EngineError(f"cannot write to --out {self.path}: {blocking} is a file, not a folder; "
+                                  "choose another --out") from None
             if self.path.is_symlink() and not self.path.exists():  # "File exists" from mkdir, for a broken link
                 raise EngineError(f"--out {self.path} is a link to {os.readlink(self.path)}, which does not exist; "
                                   "choose another --out, or remove the link") from None

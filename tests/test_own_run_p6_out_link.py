@@ -18,3 +18,13 @@ def test_an_out_that_is_a_broken_link_is_said_so(tmp_path):
         train(Config(epochs=1, limit_train=16, limit_test=8, batch_size=8, device="cpu", amp=False, out=str(link)),
               log=lambda *_: None)
     assert os.readlink(link) == "gone" and not (tmp_path / "gone").exists()
+
+
+def test_an_out_under_a_file_names_the_file(tmp_path):
+    """`runs` a file (and the default run directory under it), or --out a/b with a a file: the line said only
+    "Not a directory"; it names the file in the way."""
+    (tmp_path / "runs").write_text("")
+    with pytest.raises(EngineError, match=r"runs is a file, not a folder; choose another --out"):
+        train(Config(epochs=1, limit_train=16, limit_test=8, batch_size=8, device="cpu", amp=False,
+                     out=str(tmp_path / "runs" / "a" / "b")), log=lambda *_: None)
+    assert (tmp_path / "runs").read_text() == ""
