@@ -4,6 +4,7 @@ backward. Each failure is one line naming the model's file and line, the shapes 
 fits, the hint (images too small, a dtype, an in-place op); engine/models/build.py calls it.
 """
 
+import inspect
 import sys
 from pathlib import Path
 
@@ -48,6 +49,7 @@ def check_fits(model: nn.Module, ref: ModelRef, in_shape, num_classes, batch=PRO
     so it, not the engine, chooses the number of classes. `trains`: a run will train it, so a
     training step's backward is probed too (not for an evaluation or an export)."""
     label = ref.label if ref.kind != "file" else f"{Path(ref.file).name}:{ref.name}"
+    check_mode_method(model, label)
     training, buffers, probe = model.training, None, torch.zeros(batch, *in_shape)
     outputs = {}
     try:
@@ -85,6 +87,25 @@ def check_fits(model: nn.Module, ref: ModelRef, in_shape, num_classes, batch=PRO
         _warn_probabilities(outputs["training"], label)
         check_trainable(model, label)
         check_backward(model, label, probe, code_file(ref))
+
+
+def check_mode_method(model: nn.Module, label):
+    """One line where the model's class overrides nn.Module.train with a method torch cannot call as
+    train() and train(False) (model.eval() does): a training loop of its own named `train(self, loader)`,
+    or `train(self)`, which stopped the probe with a traceback."""
+    if type(model).train is nn.Module.train:
+        return
+    try:
+        signature = inspect.signature(model.train)
+    except (TypeError, ValueError):
+        return
+    try:
+        signature.bind()
+        signature.bind(False)
+    except TypeError:
+        raise UsageError(f"{label} overrides nn.Module.train with train{signature}, which torch and the engine call as "
+                         "train() and train(False) (model.eval() does): name that method otherwise (fit), or take "
+                         "mode=True and return super().train(mode)") from None
 
 
 def _warn_probabilities(output, label):
