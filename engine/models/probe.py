@@ -127,6 +127,13 @@ def check_trainable(model: nn.Module, label):
         raise UsageError(f"{label} keeps {hidden} where nn.Module does not register them: their parameters would "
                          "not train, move to the device or be saved; hold them in nn.ModuleList (nn.ModuleDict for "
                          "a dict, nn.ParameterList for parameters)")
+    state = model.state_dict()
+    odd = next((k for k, v in state.items() if not isinstance(v, torch.Tensor)), None) if isinstance(state, dict) else ""
+    if odd is not None:  # get_extra_state, or an overridden state_dict: every checkpoint written would be unreadable
+        what = (f"{odd!r} of type {type(state[odd]).__name__}" + (" (get_extra_state)" if odd.endswith("_extra_state") else "")
+                if odd else f"a {type(state).__name__}, not a dict,")
+        raise UsageError(f"{label}'s state_dict() holds {what}, not a tensor; the engine's checkpoints keep tensors "
+                         "only (loaded weights-only): keep that state in a registered buffer")
     kinds = sorted({str(p.dtype).replace("torch.", "") for p in model.parameters() if p.dtype != torch.float32})
     if kinds:  # self.double() in __init__, with a forward casting back: it would train, then not export
         raise UsageError(f"{label}'s parameters are {' and '.join(kinds)}; the engine trains float32 models and "
