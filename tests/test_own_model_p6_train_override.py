@@ -1,7 +1,7 @@
 """A model class that overrides nn.Module.train with a method of its own: `def train(self)` stopped
 `engine train` and `engine summary` with a traceback (the probe's model.eval() calls train(False)),
-and a training loop named `train(self, loader)` failed with "'bool' object is not iterable". Both
-are now one line saying what torch calls it as; an override that keeps `train(mode=True)` works."""
+and a training loop named `train(self, loader)` failed with "'bool' object is not iterable" (an
+`eval(self, loader)`, as "its forward in evaluation mode raised TypeError"). Each is now one line saying what torch calls it as; an override that keeps `train(mode=True)` works."""
 
 import textwrap
 
@@ -34,6 +34,10 @@ NETS = textwrap.dedent("""
             for batch in loader:
                 pass
 
+    class EvalLoop(Base):
+        def eval(self, loader):
+            return 0.5
+
     class FrozenNorm(Base):
         def train(self, mode=True):
             super().train(mode)
@@ -42,10 +46,10 @@ NETS = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("name, shown", [("NoMode", "train()"), ("Loop", "train(loader)")])
+@pytest.mark.parametrize("name, shown", [("NoMode", "train()"), ("Loop", "train(loader)"), ("EvalLoop", "eval(loader)")])
 def test_a_train_method_torch_cannot_call_is_one_line(tmp_path, name, shown):
     (tmp_path / "p6_override_nets.py").write_text(NETS)
-    with pytest.raises(UsageError, match=rf"p6_override_nets.py:{name} overrides nn.Module.train with "
+    with pytest.raises(UsageError, match=rf"p6_override_nets.py:{name} overrides nn.Module.{shown.split('(')[0]} with "
                                          rf"{shown.replace('(', '[(]').replace(')', '[)]')}, which torch"):
         build(parse_model(f"{tmp_path / 'p6_override_nets.py'}:{name}"), (3, 8, 8), 3, batch=4)
 

@@ -92,20 +92,22 @@ def check_fits(model: nn.Module, ref: ModelRef, in_shape, num_classes, batch=PRO
 def check_mode_method(model: nn.Module, label):
     """One line where the model's class overrides nn.Module.train with a method torch cannot call as
     train() and train(False) (model.eval() does): a training loop of its own named `train(self, loader)`,
-    or `train(self)`, which stopped the probe with a traceback."""
-    if type(model).train is nn.Module.train:
-        return
-    try:
-        signature = inspect.signature(model.train)
-    except (TypeError, ValueError):
-        return
-    try:
-        signature.bind()
-        signature.bind(False)
-    except TypeError:
-        raise UsageError(f"{label} overrides nn.Module.train with train{signature}, which torch and the engine call as "
-                         "train() and train(False) (model.eval() does): name that method otherwise (fit), or take "
-                         "mode=True and return super().train(mode)") from None
+    or `train(self)`, which stopped the probe with a traceback; and `eval` one it cannot call as eval()."""
+    for name, calls, base in [("train", ((), (False,)), nn.Module.train), ("eval", ((),), nn.Module.eval)]:
+        if getattr(type(model), name) is base:
+            continue
+        try:
+            signature = inspect.signature(getattr(model, name))
+            for args in calls:
+                signature.bind(*args)
+        except ValueError:
+            continue
+        except TypeError:
+            called = " and ".join(f"{name}({', '.join(map(str, args))})" for args in calls)
+            raise UsageError(f"{label} overrides nn.Module.{name} with {name}{signature}, which torch and the engine "
+                             f"call as {called}{' (model.eval() does)' if name == 'train' else ''}: name that method "
+                             f"otherwise ({'fit' if name == 'train' else 'evaluate'}), or take "
+                             f"{'mode=True and return super().train(mode)' if name == 'train' else 'no argument'}") from None
 
 
 def _warn_probabilities(output, label):
