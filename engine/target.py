@@ -2,10 +2,10 @@
 stop at `--target-acc`.
 
 The clock of `engine train` starts when the process did (read from /proc; a Python caller's at its
-train() call), so a time to target counts interpreter start-up, imports, data loading and every evaluation: the wall time a user waits. Evaluations
-happen at the end of each epoch and, with `--eval-every X` below 1, every X of an epoch; with a
-whole X above 1 only after every X-th epoch and the last (a metrics entry without test figures
-marks an epoch that did not evaluate).
+train() call), so a time to target counts interpreter start-up, imports, data loading and every
+evaluation: the wall time a user waits. Evaluations happen at the end of each epoch and, with
+`--eval-every X` below 1, every X of an epoch; with a whole X above 1 only after every X-th epoch
+and the last (a metrics entry without test figures marks an epoch that did not evaluate).
 
 With a target, an evaluation within an epoch reads the test set in four fixed parts (a tenth, then
 two, three and four tenths more: `SCREEN_PARTS`) and stops after any of the first three when the

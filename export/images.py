@@ -4,8 +4,8 @@ in [0, 1].
 Preprocessing comes from the model's metadata alone: convert to gray or RGB as `input_size`'s C
 says (alpha dropped, 16-bit scaled, not clipped), fit to H x W by training's own rule
 (engine.pixels.fit with the file's `resize`: the whole image stretched to H x W, or its shorter side
-scaled to cover H x W and the centre cropped; antialiased bicubic), scale by 1/255. A file is opened by its header first, so an image too large to decode safely is refused
-before a pixel is read. Every bad file is one line naming it.
+scaled to cover H x W and the centre cropped; antialiased bicubic), scale by 1/255. A file is opened
+by its header first, so an image too large to decode safely is refused before a pixel is read. Every bad file is one line naming it.
 """
 
 import glob

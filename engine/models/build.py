@@ -154,8 +154,8 @@ def _host_rngs_seeded():
 
 
 def uncompiled(model: nn.Module, label: str) -> nn.Module:
-    """`model` (that `label`, "nets.py:Net returns", gave) without the torch.compile its code applied (`torch.compile(net)`: the module under the
-    wrapper; `net.compile()`: its compiled call dropped), said in one line: the wrapper's `_orig_mod.`
+    """`model` (that `label`, "nets.py:Net returns", gave) without the torch.compile its code applied
+    (`torch.compile(net)`: the module under the wrapper; `net.compile()`: its compiled call dropped), said in one line: the wrapper's `_orig_mod.`
     keys would be the checkpoint's, and the engine compiles where --compile says (and where it pays),
     which the user's own compile overrode while the run said eager."""
     wrapped = type(model).__name__ == "OptimizedModule" and isinstance(getattr(model, "_orig_mod", None), nn.Module)
