@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from engine.checkpoint import load, model_from_checkpoint
 from engine.config import Config
-from engine.errors import EngineError
+from engine.errors import EngineError, UsageError
 from engine.confusion import Confusion
 from engine.data import dataset_label
 from engine.distributed import Ranks
@@ -62,8 +62,13 @@ def predict(model, x, tta=0):
 
 def tta_level(cfg: Config, spec):
     """The run's --tta level for data whose InputSpec `spec` trains with flips; 0 for the rest (a
-    mirrored digit is not the same digit)."""
-    return int(cfg.tta) if spec.flip else 0
+    mirrored digit is not the same digit). Level 2 on images under 2 pixels a side, which its
+    one-pixel shift cannot reflect into, is refused in one line."""
+    level = int(cfg.tta) if spec.flip else 0
+    if level == 2 and min(spec.shape[1:]) < 2:
+        raise UsageError(f"--tta 2 moves each image one pixel into a reflected border, which needs images of at least "
+                         f"2 pixels a side, not {'x'.join(map(str, spec.shape[1:]))}: use --tta 1 (the mirror alone)")
+    return level
 
 
 def tta_note(cfg: Config, spec):

@@ -21,6 +21,7 @@ from engine.data import Dataset, InputSpec, check_batch_size, dataset_label, loa
 from engine.data.layout import WHOLE
 from engine.distributed import Ranks
 from engine.ema import WeightAverage
+from engine.evaluate import tta_level
 from engine.errors import EngineError, UsageError
 from engine.fast_paths import choose_compile, choose_precision
 from engine.loader import BatchLoader
@@ -123,6 +124,7 @@ def open_session(cfg: Config, resume: Checkpoint | None = None, say=print, ranks
         fit_memory_format(cfg, runtime, model, ref, data.shape, say, probe_batch(cfg.batch_size))  # before the loaders
         train_loader, test_loader = loaders(cfg, data, spec, runtime, ranks, say)
         screen = screen_loaders(cfg, data, spec, runtime, ranks) if cfg.target_acc is not None else None
+        tta_level(cfg, spec)  # --tta 2 on images too small to shift is one line before any work
         choose_precision(cfg, runtime, model, ref, resume, ranks, train_loader, say)
         choose_compile(cfg, runtime, model, ref, ranks, train_loader, say)
         ema = WeightAverage(model, cfg.ema) if cfg.ema is not None else None  # copied before compile (engine/ema.py)
