@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from engine import cpu, decisions
+from engine.errors import first_line
 from engine.models.copying import duplicate
 
 # Before any measurement on this machine: what a first compile may cost, the slowest seen (cold
@@ -53,6 +54,10 @@ BUDGET_S = 0.4  # seconds of timed steps per side in a training measurement
 # again: 2, Inductor's training graphs round low-precision intermediates as eager does (bf16 graphs
 # that disagreed with eager before, recorded as ratio 0, may now win).
 FORMAT = 2
+
+
+class CompileFailed(Exception):
+    """Inductor could not build the graph (no working C++ compiler, an op it cannot lower): run eagerly."""
 
 
 @dataclass
@@ -82,7 +87,8 @@ def decide(kind, cache_key, cache_dir, work_s, device="cpu"):
     if entry is not None:
         ratio, cost = entry["ratio"], entry["compile_s"]
         if ratio == 0:
-            return Decision(False, "the compiled graph disagreed with eager here (measured earlier)", entry)
+            return Decision(False, f"Inductor could not compile it here ({entry['failed']}; measured earlier)" if
+                            entry.get("failed") else "the compiled graph disagreed with eager here (measured earlier)", entry)
         if ratio < WIN_FROM:
             return Decision(False, f"compiled ran {ratio:.2f}x eager here (measured earlier)", entry)
         saved = work_s * (1 - 1 / ratio)
@@ -178,7 +184,10 @@ def measure_training(model, runtime, x, y):
         compiled = duplicate(model, "measuring a compiled step").train()
         compiled.compile(backend=CountingInductor(runtime.compile_mode))
         started = time.perf_counter()
-        agree = agrees(eager, compiled, runtime, x, y)  # the compile happens here
+        try:
+            agree = agrees(eager, compiled, runtime, x, y)  # the compile happens here
+        except Exception as error:  # eager's step ran already (plan_training timed it): the compile failed
+            raise CompileFailed(first_line(error)) from error
         compile_s = time.perf_counter() - started
         if not agree:
             return 0.0, compile_s
@@ -223,9 +232,13 @@ def plan_training(runtime, model, ref, shape, batch, steps, cache_dir, say=print
     decision = decide("train", train_key, cache_dir, steps * eager_s, runtime.device.type)
     if decision.compile and decision.measured is None:
         x, y = batch()
-        ratio, compile_s = measure_training(_probe_copy(model, runtime), runtime, x, y)
-        record(cache_dir, train_key, ratio, compile_s, model=ref.label, batch=len(y),
-               what="training step" if ratio else "training step: compiled disagreed with eager")
+        try:
+            ratio, compile_s = measure_training(_probe_copy(model, runtime), runtime, x, y)
+            failed = {}
+        except CompileFailed as error:  # cached like a disagreement, with its reason (delete the file to try again)
+            ratio, compile_s, failed = 0.0, 0.0, {"failed": str(error)}
+        record(cache_dir, train_key, ratio, compile_s, model=ref.label, batch=len(y), **failed,
+               what="training step" if ratio else "training step: compiled disagreed with eager or failed")
         decision = decide("train", train_key, cache_dir, steps * eager_s, runtime.device.type)
         decision.why = decision.why.replace("measured earlier", "measured now")
     say(f"--compile: the training step {'is compiled' if decision.compile else 'runs eagerly'}: {decision.why} "
@@ -265,7 +278,13 @@ class EvalPlan:
             if not decision.compile:
                 self.state = "eager"
                 return module
-            self.compiled = self._compile(module)
+            try:
+                self.compiled = self._compile(module)
+            except CompileFailed as error:
+                record(self.cache_dir, self.key, 0.0, 0.0, model=self.ref.label, failed=str(error), what="evaluation")
+                self.say(f"--compile: evaluation runs eagerly: Inductor could not compile it ({error})")
+                self.state = "eager"
+                return module
             self.state = "measuring" if decision.measured is None else "compiled"
         return self.compiled
 
@@ -294,9 +313,13 @@ class EvalPlan:
         example = torch.zeros(self.shape, device=self.runtime.device).contiguous(memory_format=memory_format)
         training = module.training
         started = time.perf_counter()
-        with torch.no_grad(), self.runtime.autocast():
-            module.eval()
-            compiled(example)
+        try:
+            with torch.no_grad(), self.runtime.autocast():
+                module.eval()
+                compiled(example)
+        except Exception as error:  # the eager evaluation ran already: the compile failed
+            raise CompileFailed(first_line(error)) from error
+        finally:
+            module.train(training)
         self.compile_s = time.perf_counter() - started
-        module.train(training)
         return compiled

@@ -30,9 +30,9 @@ class CountingInductor:
     def __call__(self, gm, example_inputs):
         import torch._inductor
 
-        _graphs[0] += 1
         training = torch.is_grad_enabled()  # Dynamo calls backends in the caller's grad mode
         if self.eager_training and training:
+            _graphs[0] += 1
             return gm.forward
         options = torch._inductor.list_mode_options(self.mode)
         if training and hasattr(torch._inductor.config, "emulate_precision_casts"):
@@ -41,7 +41,9 @@ class CountingInductor:
             # (the gradient shared among the elements equal to the max) finds none equal and divides
             # by 0: fast_cifar's first bf16 step gave NaN gradients under Inductor.
             options = {**options, "emulate_precision_casts": True}
-        return torch._inductor.compile(gm, example_inputs, options=options)
+        built = torch._inductor.compile(gm, example_inputs, options=options)
+        _graphs[0] += 1  # a graph that failed to build is not one (its evaluation runs eagerly: compile_plan)
+        return built
 
 
 def quiet_compiler():

@@ -1,0 +1,71 @@
+"""A compile Inductor cannot build (no working C++ compiler, an op it cannot lower) is a decision to run
+eagerly, said in one line and cached with its reason: `engine train --compile` on a machine without g++
+stopped with InductorError's traceback from the training step's measurement, and at the second
+evaluation from the evaluation's compile."""
+
+import pytest
+import torch
+import torch._inductor.config as inductor_config
+from torch import nn
+
+from engine.compile_plan import EvalPlan, decide, plan_training, read
+from engine.config import Config
+from engine.inductor import compiled_graphs
+from engine.models.reference import parse_model
+from engine.runtime import Runtime
+
+
+class Net(nn.Module):  # shapes of this test's own, so no compiled graph of them is cached
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 7, 3, padding=(1, 2))
+        self.head = nn.Linear(7, 3)
+
+    def forward(self, x):
+        return self.head(torch.amax(torch.relu(self.conv(x)), dim=(2, 3)))
+
+
+@pytest.fixture
+def no_compiler(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    with inductor_config.patch({"cpp.cxx": ("/bin/false",), "compile_threads": 1}):
+        yield
+
+
+def _runtime():
+    return Runtime.from_config(Config(compile=True, amp=False, device="cpu"), warn=lambda _: None)
+
+
+@pytest.mark.slow
+def test_a_training_step_inductor_cannot_build_runs_eagerly_in_one_line(tmp_path, no_compiler):
+    torch.manual_seed(0)
+    model, said = Net(), []
+    x, y = torch.randn(4, 3, 13, 11), torch.randint(0, 3, (4,))
+    ref = parse_model("cifar_cnn")
+    decision = plan_training(_runtime(), model, ref, tuple(x.shape), lambda: (x, y), 10**8, tmp_path, said.append)
+    assert not decision.compile
+    assert len(said) == 1 and "runs eagerly: Inductor could not compile it here" in said[0]
+    assert "C++ compiler" in said[0] and "measured now" in said[0] and "\n" not in said[0]
+    entry = decision.measured
+    assert entry["ratio"] == 0 and "C++ compiler" in entry["failed"]
+    again = decide("train", next(k for k, v in read(tmp_path).items() if v.get("failed")), tmp_path, 10**8)
+    assert not again.compile and "Inductor could not compile it here" in again.why and "measured earlier" in again.why
+    assert model.training and all(p.grad is None for p in model.parameters())  # the caller's model untouched
+
+
+@pytest.mark.slow
+def test_an_evaluation_inductor_cannot_build_runs_eagerly_and_keeps_the_mode(tmp_path, no_compiler):
+    torch.manual_seed(0)
+    model, said = Net().train(), []
+    plan = EvalPlan(_runtime(), parse_model("cifar_cnn"), (4, 3, 13, 11), 10**6, tmp_path, said.append)
+    assert plan.model(model) is model
+    plan.timed(1.0)  # the first, eager evaluation took a second: the next would compile
+    graphs = compiled_graphs()
+    assert plan.model(model) is model  # refused by Inductor: eager, from here on
+    assert compiled_graphs() == graphs  # no graph was built ('torch.compile built new graphs' is not said)
+    assert said[-1].startswith("--compile: evaluation runs eagerly: Inductor could not compile it (")
+    assert model.training  # put back though the compile failed
+    assert plan.model(model) is model and plan.state == "eager"
+    assert any(e.get("failed") and e["what"] == "evaluation" for e in read(tmp_path).values())
+    with torch.no_grad():
+        assert plan.model(model)(torch.zeros(2, 3, 13, 11)).shape == (2, 3)
