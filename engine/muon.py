@@ -18,7 +18,7 @@ torch.optim.Muon takes matrices only, so this is airbench94_muon's form for conv
   filter of norm 1 on average). A conv followed by BatchNorm computes the same function at any
   scale; a fixed scale keeps each step of size lr a fixed relative change, so Muon takes no
   weight decay. A conv without a norm after it trains at that scale from its first step.
-Every parameter of fewer than 3 dimensions (biases, norms, linear layers such as the head) takes
+Every other parameter (biases, norms, linear layers such as the head, a layer scale; engine.optim.conv_filters) takes
 torch's SGD step (torch.optim.sgd.sgd, Nesterov) with its group's lr, momentum and weight decay.
 Groups are built by engine/optim.py, so the schedule, --bn-lr-scale and epoch-limited parameters
 work as with the other optimizers; all state is in `state_dict`, so a checkpoint resumes exactly.
@@ -49,7 +49,7 @@ def orthogonalize(update, steps=NS_STEPS, eps=1e-7, dtype=torch.float32):
 
 
 def is_filter(p):
-    """Whether Muon steps the parameter `p`: a conv filter (3 or more dimensions)."""
+    """Whether Muon can step the parameter `p`: 3 or more dimensions (engine.optim.conv_filters picks a conv's)."""
     return p.dim() >= 3
 
 

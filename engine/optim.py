@@ -40,8 +40,8 @@ def build_optimizer(cfg: Config, model, matmul_dtype=torch.float32):
     if cfg.optimizer == "rmsprop":
         return torch.optim.RMSprop(params, lr=lr, momentum=momentum, weight_decay=decay)
     if cfg.optimizer == "muon":
-        return Muon(muon_groups(params, cfg.muon_lr / lr, cfg.muon_momentum), lr=lr, momentum=momentum, weight_decay=decay,
-                    matmul_dtype=matmul_dtype)
+        return Muon(muon_groups(params, cfg.muon_lr / lr, cfg.muon_momentum, conv_filters(model)), lr=lr, momentum=momentum,
+                    weight_decay=decay, matmul_dtype=matmul_dtype)
     return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=momentum > 0, weight_decay=decay)
 
 
@@ -78,15 +78,24 @@ def parameter_groups(model, bn_lr_scale=1.0, weight_decay=0.0, biases=False):
     return [{"params": rest, "lr_scale": 1.0}, {"params": norms, **keys(norms[0])}, *own]
 
 
-def muon_groups(groups, lr_scale, momentum):
-    """`groups` (see parameter_groups) with each group's conv filters moved to a group of their own
-    that Muon steps (engine/muon.py) at lr x `lr_scale` (--muon-lr over --lr, so the schedule moves
-    it in step) with `momentum`, keeping the group's other keys (an epoch limit). Frozen filters
-    are moved too: they never get a gradient, and the state's layout stays the same whatever froze."""
+def conv_filters(model):
+    """ids of the model's conv filters, what Muon steps: the parameters of 3 or more dimensions of its
+    convolution modules (a weight, a pruned one's weight_orig, a parametrized one's originals). Other
+    parameters of that many dimensions are not filters (ConvNeXt's layer scale (C, 1, 1), a ViT's
+    position embedding and class token): Muon's rescaling to norm sqrt(rows) would replace their values."""
+    return {id(p) for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd) for p in m.parameters() if is_filter(p)}
+
+
+def muon_groups(groups, lr_scale, momentum, filter_ids):
+    """`groups` (see parameter_groups) with each group's conv filters (`filter_ids`: conv_filters) moved
+    to a group of their own that Muon steps (engine/muon.py) at lr x `lr_scale` (--muon-lr over --lr,
+    so the schedule moves it in step) with `momentum`, keeping the group's other keys (an epoch limit).
+    Frozen filters are moved too: they never get a gradient, and the state's layout stays the same
+    whatever froze."""
     out = []
     for group in groups:
-        filters = [p for p in group["params"] if is_filter(p)]
-        rest = [p for p in group["params"] if not is_filter(p)]
+        filters = [p for p in group["params"] if id(p) in filter_ids]
+        rest = [p for p in group["params"] if id(p) not in filter_ids]
         if rest or not filters:
             out.append({**group, "params": rest})
         if filters:
