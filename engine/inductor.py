@@ -5,6 +5,7 @@ prepared model, which counts its graphs and runs CPU training graphs eagerly whe
 import logging
 
 _graphs = [0]  # graphs handed to Inductor in this process, by every CountingInductor
+_said = []  # the build failures said in this process, each once
 
 
 class CountingInductor:
@@ -24,8 +25,10 @@ class CountingInductor:
     list_mode_options are that package's declared API (its __all__).
     """
 
-    def __init__(self, mode="default", eager_training=False):
-        self.mode, self.eager_training = mode, eager_training
+    def __init__(self, mode="default", eager_training=False, warn=None):
+        # warn: a graph Inductor cannot build (no working C++ compiler) runs eagerly, said once through it;
+        # None raises (compile_plan's measurements, which decide on eager then)
+        self.mode, self.eager_training, self.warn = mode, eager_training, warn
 
     def __call__(self, gm, example_inputs):
         import torch._inductor
@@ -41,7 +44,18 @@ class CountingInductor:
             # (the gradient shared among the elements equal to the max) finds none equal and divides
             # by 0: fast_cifar's first bf16 step gave NaN gradients under Inductor.
             options = {**options, "emulate_precision_casts": True}
-        built = torch._inductor.compile(gm, example_inputs, options=options)
+        try:
+            built = torch._inductor.compile(gm, example_inputs, options=options)
+        except Exception as error:
+            if self.warn is None:
+                raise
+            from engine.errors import first_line
+
+            line = f"--compile: Inductor could not compile a graph of the model ({first_line(error)}): it runs eagerly"
+            if line not in _said:
+                _said.append(line)
+                self.warn(line)
+            return gm.forward
         _graphs[0] += 1  # a graph that failed to build is not one (its evaluation runs eagerly: compile_plan)
         return built
 

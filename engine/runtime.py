@@ -97,7 +97,7 @@ class Runtime:
         if compile:
             # Compiling in place keeps state-dict keys free of the `_orig_mod.` prefix.
             quiet_compiler()
-            model.compile(backend=CountingInductor(self.compile_mode, eager_training=self.eager_training))
+            model.compile(backend=CountingInductor(self.compile_mode, eager_training=self.eager_training, warn=warn))
         return model
 
     @property

@@ -8,6 +8,8 @@ import torch
 import torch._inductor.config as inductor_config
 from torch import nn
 
+import engine.inductor
+
 from engine.compile_plan import EvalPlan, decide, plan_training, read
 from engine.config import Config
 from engine.inductor import compiled_graphs
@@ -69,3 +71,24 @@ def test_an_evaluation_inductor_cannot_build_runs_eagerly_and_keeps_the_mode(tmp
     assert any(e.get("failed") and e["what"] == "evaluation" for e in read(tmp_path).values())
     with torch.no_grad():
         assert plan.model(model)(torch.zeros(2, 3, 13, 11)).shape == (2, 3)
+
+
+@pytest.mark.slow
+def test_a_compile_as_asked_that_inductor_cannot_build_evaluates_eagerly_with_one_warning(tmp_path, no_compiler,
+                                                                                         monkeypatch, capsys):
+    """ENGINE_COMPILE=always (and --triton --compile) compile as asked: a graph Inductor cannot build
+    ran into InductorError's traceback at the first forward; it runs eagerly, said once."""
+    monkeypatch.setenv("ENGINE_COMPILE", "always")
+    monkeypatch.setattr(engine.inductor, "_said", [])  # said once a process: this test's own process-wide memory
+    torch.manual_seed(0)
+    eager, x = Net().eval(), torch.randn(4, 3, 13, 11)
+    with torch.no_grad():
+        expected = eager(x)
+    model = _runtime().prepare(Net().eval(), compile=True)
+    model.load_state_dict(eager.state_dict())
+    with torch.no_grad():
+        got = model(x)
+        again = model(torch.randn(5, 3, 13, 11))  # another shape: another graph, no second line
+    assert torch.allclose(got, expected, atol=1e-6) and again.shape == (5, 3)
+    lines = [line for line in capsys.readouterr().err.splitlines() if "Inductor could not compile" in line]
+    assert len(lines) == 1 and all(line.startswith("engine: warning: --compile: ") for line in lines)
