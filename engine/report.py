@@ -152,6 +152,8 @@ class RunDir:
         files already there stay as they were, so the last good checkpoint is kept."""
         try:
             yield
+        except BrokenPipeError:  # a print between the writes to a reader that left (| head): not a disk's failure
+            raise
         except OSError as error:
             if not self.path.is_dir():
                 raise EngineError(f"the run directory {self.path} was removed during the run; stopped "

@@ -51,10 +51,14 @@ def save_epoch(s: Session, m, best_now, state=None, announce=None):
         if announce:
             announce()
         return
+    left = None  # the reader of the epoch's line left the pipe (| head): the epoch's files are still written whole
     with interrupts_held(), s.run.saving():  # an epoch's files are written whole, or not at all
         save(state, s.run.path / "last.pt")  # the commit record: resume repairs the rest from it
         if announce:
-            announce()
+            try:
+                announce()
+            except BrokenPipeError as error:
+                left = error
         pause_point("commit")
         if best_now:
             save(state, s.run.path / "best.pt")
@@ -63,6 +67,8 @@ def save_epoch(s: Session, m, best_now, state=None, announce=None):
         if s.tensorboard:
             s.tensorboard.log(m)
     s.clock.saved()
+    if left is not None:
+        raise left
 
 
 def write_confusion(s: Session):

@@ -187,8 +187,9 @@ def open_session(cfg: Config, resume: Checkpoint | None = None, say=print, ranks
             f"{session.steps} step{'s' if session.steps != 1 else ''} of {cfg.batch_size}{per_rank} an epoch{left}, "
             f"{cfg.epochs} epoch{'s' if cfg.epochs > 1 else ''})")
         return session
-    except BaseException:  # a failure anywhere before the run starts lets go of its folder (and its lock)
-        run.discard_if_unused()
+    except BaseException:  # a failure anywhere before the run starts lets go of its folder (and its lock), and of
+        # the config.json it wrote (a reader leaving the pipe at the Run: line): nothing there to resume
+        run.discard_unsaved() if ranks.is_main else run.discard_if_unused()
         raise
 
 

@@ -220,14 +220,14 @@ def train_ranks(cfg: Config, resume, log, ranks: Ranks, model=None):
     given = model  # open_session trains a copy of it (engine.session.copy_of)
     s = open_session(cfg, resume, say, ranks, model)
     s.log = log
-    note = tta_note(s.cfg, s.spec)
-    if note:
-        say(note)
-    if s.cfg.flip == "alternate" and not s.spec.flip:
-        say("--flip alternate: this data trains without flips (single-channel images, often digits or scans, where a "
-            "mirror image is another image), so no image is flipped")
     first, trained = True, False  # the first epoch of this process times its first steps apart
     try:
+        note = tta_note(s.cfg, s.spec)
+        if note:
+            say(note)
+        if s.cfg.flip == "alternate" and not s.spec.flip:
+            say("--flip alternate: this data trains without flips (single-channel images, often digits or scans, where a "
+                "mirror image is another image), so no image is flipped")
         for epoch in range(s.start_epoch, s.cfg.epochs):
             trained = True
             settle_limits(s, epoch)
