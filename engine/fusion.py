@@ -55,7 +55,44 @@ def find_runs(model: nn.Module):
                 i += 3
             else:
                 i += 1
-    return runs
+    tapped = _tapped(model, runs) if runs else set()
+    return [run for n, run in enumerate(runs) if n not in tapped]
+
+
+def _tapped(model, runs):
+    """Which of `runs` (by position) the model's forward does not call as one chain: where something
+    else reads the conv's or the ReLU's output (a forward that iterates the Sequential and keeps each
+    ReLU's map), fusing would hand it the pooled map. Read
+    from a torch.fx trace of a copy; a model that does not trace, or whose own code a trace could
+    change (engine.reorder's rule), is taken to call its Sequentials whole."""
+    import copy
+
+    import torch.fx
+
+    from engine.reorder import _own_code_is_pure, _runs_more_than_forward
+
+    if not _own_code_is_pure(model) or _runs_more_than_forward(model):
+        return set()
+    try:
+        graph = torch.fx.symbolic_trace(copy.deepcopy(model)).graph
+    except Exception:  # data-dependent control flow and the like
+        return set()
+    names = {id(module): name for name, module in model.named_modules()}
+    calls = {}
+    for node in graph.nodes:
+        if node.op == "call_module":
+            calls.setdefault(node.target, []).append(node)
+
+    def chained(node, then):  # node's output is read by one call of `then` alone (a shared nn.ReLU is fine)
+        users = list(node.users)
+        return len(users) == 1 and users[0].op == "call_module" and users[0].target == then[0] and \
+            users[0].args[:1] == (node,) and (len(then) == 1 or chained(users[0], then[1:]))
+    tapped = set()
+    for n, (sequential, i, _, _) in enumerate(runs):
+        conv, *rest = (names[id(sequential[i + k])] for k in range(3))
+        if not all(chained(node, rest) for node in calls.get(conv, [])):
+            tapped.add(n)
+    return tapped
 
 
 def fuse(model: nn.Module, op=conv_relu_pool_eager) -> int:
