@@ -56,7 +56,9 @@ def init_from_data(model, train_x, spec, seed, say=print):
         return False
     images = whitening_images(train_x, spec, seed)
     model.init_from_data(images)
-    say(f"Initialised {type(model).__name__} from {len(images):,} training images (patch whitening)")
+    own = getattr(type(model).init_from_data, "__module__", "").startswith("engine.")  # fast_cifar's, or a user's
+    how = "patch whitening" if own else f"{type(model).__name__}.init_from_data"
+    say(f"Initialised {type(model).__name__} from {len(images):,} training images ({how})")
     return True
 
 
