@@ -47,8 +47,10 @@ class CountingInductor:
         try:
             built = torch._inductor.compile(gm, example_inputs, options=options)
         except Exception as error:
-            if self.warn is None:
-                raise
+            from torch._dynamo.exc import BackendCompilerFailed, TorchDynamoException
+
+            if self.warn is None or (isinstance(error, TorchDynamoException) and not isinstance(error, BackendCompilerFailed)):
+                raise  # Dynamo's own signals pass (TensorifyScalarRestartAnalysis: `.item()` in a forward)
             from engine.errors import first_line
 
             line = f"--compile: Inductor could not compile a graph of the model ({first_line(error)}): it runs eagerly"

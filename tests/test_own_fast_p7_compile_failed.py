@@ -3,6 +3,8 @@ eagerly, said in one line and cached with its reason: `engine train --compile` o
 stopped with InductorError's traceback from the training step's measurement, and at the second
 evaluation from the evaluation's compile."""
 
+import copy
+
 import pytest
 import torch
 import torch._inductor.config as inductor_config
@@ -92,3 +94,30 @@ def test_a_compile_as_asked_that_inductor_cannot_build_evaluates_eagerly_with_on
     assert torch.allclose(got, expected, atol=1e-6) and again.shape == (5, 3)
     lines = [line for line in capsys.readouterr().err.splitlines() if "Inductor could not compile" in line]
     assert len(lines) == 1 and all(line.startswith("engine: warning: --compile: ") for line in lines)
+
+
+class ItemBranch(nn.Module):  # `.item()` in a forward: Dynamo restarts its analysis through the backend
+    def __init__(self):
+        super().__init__()
+        self.conv, self.head = nn.Conv2d(1, 5, 3), nn.Linear(5, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.conv(x)).amax((2, 3))
+        if h.mean().item() > 0.1:
+            h = h * 2
+        return self.head(h)
+
+
+@pytest.mark.slow
+def test_dynamos_own_restart_signal_is_not_taken_for_a_failed_build(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    monkeypatch.setenv("ENGINE_COMPILE", "always")
+    monkeypatch.setattr(engine.inductor, "_said", [])
+    torch.manual_seed(0)
+    eager, x = ItemBranch().eval(), torch.randn(3, 1, 9, 11)
+    with torch.no_grad():
+        expected = eager(x)
+        graphs = compiled_graphs()
+        got = _runtime().prepare(copy.deepcopy(eager), compile=True)(x)
+    assert torch.allclose(got, expected, atol=1e-6) and compiled_graphs() > graphs  # built, not run eagerly
+    assert "Inductor could not compile" not in capsys.readouterr().err
