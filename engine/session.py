@@ -188,8 +188,9 @@ def open_session(cfg: Config, resume: Checkpoint | None = None, say=print, ranks
             f"{cfg.epochs} epoch{'s' if cfg.epochs > 1 else ''})")
         return session
     except BaseException:  # a failure anywhere before the run starts lets go of its folder (and its lock), and of
-        # the config.json it wrote (a reader leaving the pipe at the Run: line): nothing there to resume
-        run.discard_unsaved() if ranks.is_main else run.discard_if_unused()
+        if ranks.is_main:  # the config.json it wrote (a reader leaving the pipe at the Run: line): nothing to resume
+            run.discard_unsaved()  # (a resumed run's files stay: it has a last.pt)
+        run.discard_if_unused()  # the lock goes in every case
         raise
 
 

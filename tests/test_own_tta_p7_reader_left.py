@@ -58,3 +58,15 @@ def test_a_reader_leaving_at_an_epoch_line_is_no_failed_save(photos):
     else:
         pytest.fail("the reader's leaving was swallowed")
     assert {p.name for p in (photos / "run").iterdir()} >= {"last.pt", "best.pt", "metrics.jsonl", "config.json"}
+
+
+def test_a_resumed_run_the_reader_leaves_keeps_its_files_and_lets_go_of_its_lock(photos):
+    from engine.resume import resume_config
+
+    train(config(photos), log=lambda *_: None)
+    kept = sorted(p.name for p in (photos / "run").iterdir())
+    for _ in range(2):  # a second try in the same process: the first let go of the run's lock
+        cfg, checkpoint = resume_config(photos / "run", say=None)
+        with pytest.raises(BrokenPipeError):
+            train(cfg, resume=checkpoint, log=reader_leaves_at("Run:"))
+    assert sorted(p.name for p in (photos / "run").iterdir()) == kept
