@@ -6,6 +6,7 @@ import logging
 
 _graphs = [0]  # graphs handed to Inductor in this process, by every CountingInductor
 _said = []  # the build failures said in this process, each once
+QUIETED = ("torch.utils.cpp_extension", "torch._dynamo.variables.tensor")  # quiet_compiler's (engine.isolation puts back)
 
 
 class CountingInductor:
@@ -65,8 +66,10 @@ class CountingInductor:
 def quiet_compiler():
     """Keep torch's "No CUDA runtime is found, using CUDA_HOME=..." off a CPU run's terminal: Inductor's
     C++ build imports torch.utils.cpp_extension, which warns whenever there is no CUDA, a line that
-    means nothing to a CPU user. Set before the import, by every path that compiles."""
-    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    means nothing to a CPU user. Set before the import, by every path that compiles. Nor Dynamo's
+    12-line advice on a forward's `.item()` (a graph break, which it handles: the user's code is fine)."""
+    for name in QUIETED:
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def compiled_graphs():

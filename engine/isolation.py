@@ -18,7 +18,7 @@ import os
 from contextlib import contextmanager
 
 INDUCTOR_CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
-QUIETED_LOGGERS = ("torch.utils.cpp_extension",)  # engine.inductor.quiet_compiler: its warning comes at its import
+QUIETED_LOGGERS = ("torch.utils.cpp_extension", "torch._dynamo.variables.tensor")  # engine.inductor.quiet_compiler: its warning comes at its import
 
 
 @contextmanager
