@@ -18,6 +18,7 @@ from engine.errors import EngineError, UsageError
 from engine.confusion import Confusion
 from engine.data import dataset_label
 from engine.distributed import Ranks
+from engine.faults import check_evaluated
 from engine.isolation import kept_global_state
 from engine.models.memory_format import fit_memory_format
 from engine.loader import BatchLoader
@@ -194,6 +195,7 @@ def evaluate_checkpoint(path, overrides, log=print, model=None):
         say(note)
     confusion = Confusion(spec.classes, runtime.device)  # per-class results: an index_add per batch
     loss, acc = evaluate(model, loader, runtime, tta, confusion)
+    check_evaluated(loss, path, cfg.data)
     return {"test_loss": loss, "test_acc": acc, "images": len(data.test_x), "data": cfg.data, "epoch": checkpoint.epochs_done,
             "tta": tta, "seconds": time.perf_counter() - compiled, "precision": runtime.resolved()["precision"],
             "compile_seconds": compile_seconds, "ema": checkpoint.ema is not None,  # the weight average evaluated

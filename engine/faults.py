@@ -67,6 +67,17 @@ def check_outputs(losses, epoch, step, lr):
             "forward makes them; stopped, and nothing after the last checkpoint is saved")
 
 
+def check_evaluated(loss, what, data):
+    """Raise when a finished evaluation's mean loss (`engine eval`'s, of `what` on `data`) is NaN or
+    infinite: the model's outputs are on some of the images, and an argmax over NaN is no prediction,
+    so neither its accuracy nor its loss means anything."""
+    if not math.isfinite(loss):
+        raise EngineError(
+            f"{what} gives NaN or infinite outputs on images of {data} (its test loss is "
+            f"{'NaN' if math.isnan(loss) else 'infinite'}), so its accuracy and loss mean nothing: its weights overflow "
+            "on them, or its forward makes them")
+
+
 _pauses = {}  # stage -> times reached in this process
 
 

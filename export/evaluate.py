@@ -18,8 +18,9 @@ def cross_entropy_sum(logits, labels):
     """Sum over images of -log softmax(logits)[label], in float64."""
     logits = logits.astype(np.float64)
     top = logits.max(axis=1, keepdims=True)
-    log_sum = np.log(np.exp(logits - top).sum(axis=1)) + top[:, 0]
-    return float((log_sum - logits[np.arange(len(labels)), labels]).sum())
+    with np.errstate(invalid="ignore", over="ignore"):  # non-finite logits give NaN, refused after (faults)
+        log_sum = np.log(np.exp(logits - top).sum(axis=1)) + top[:, 0]
+        return float((log_sum - logits[np.arange(len(labels)), labels]).sum())
 
 
 ONNX_IGNORED = ("amp", "amp_dtype", "compile", "compile_mode", "channels_last", "triton", "tta")  # PyTorch's choices
@@ -33,6 +34,7 @@ def evaluate_onnx(path, overrides, *, input_size=None, classes=None, log=print):
     import torch
 
     from engine.confusion import Confusion
+    from engine.faults import check_evaluated
     from engine.eval_data import (EVAL_FLAGS, check_image_size, check_overrides, check_run_data, evaluation_data,
                                  fit_channels, labels_for, load_evaluation_data, say_resize, sized_to_model,
                                  warn_changed_test_set, warn_other_split)
@@ -74,6 +76,7 @@ def evaluate_onnx(path, overrides, *, input_size=None, classes=None, log=print):
         pred = logits.argmax(1)  # (B,)
         correct += int((pred == y).sum())
         confusion.add(torch.from_numpy(y), torch.from_numpy(pred))
+    check_evaluated(loss_sum / len(labels), path, cfg.data)
     return {"test_loss": loss_sum / len(labels), "test_acc": correct / len(labels), "images": len(labels),
             "data": cfg.data, "provider": model.provider, "model": Path(path).name, "confusion": confusion,
             "seconds": time.perf_counter() - started}

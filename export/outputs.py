@@ -38,5 +38,6 @@ def probabilities(values, kind):
         return values
     if kind == LOG_PROBABILITIES:
         return np.exp(values)
-    shifted = np.exp(values - values.max(axis=1, keepdims=True))
-    return shifted / shifted.sum(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", over="ignore"):  # NaN or infinite logits: NaN rows, which predict refuses
+        shifted = np.exp(values - values.max(axis=1, keepdims=True))
+        return shifted / shifted.sum(axis=1, keepdims=True)

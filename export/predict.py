@@ -115,12 +115,23 @@ class Classifier:
         they are (export.outputs)."""
         topk = check_whole("topk", topk)
         probabilities = outputs.probabilities(self.logits(images), self.output)
+        broken = np.flatnonzero(~np.isfinite(probabilities).all(axis=1))  # an argmax over NaN is no prediction
+        if len(broken):
+            raise EngineError(f"{self.path} gave NaN or infinite outputs for {_image_name(images, broken[0])}"
+                              f"{f' and {len(broken) - 1} more' if len(broken) > 1 else ''}: no probabilities to show")
         k = min(topk, len(self.info.classes))
         order = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
         return [[(self.info.classes[i], float(row[i])) for i in top] for row, top in zip(probabilities, order)]
 
 
 DEVICES = ("auto", "cpu", "cuda")
+
+
+def _image_name(images, i):
+    """How a message names image `i` of what predict was given: a file by its path, else by its place."""
+    if isinstance(images, (list, tuple)) and isinstance(images[i], (str, os.PathLike)):
+        return printable(os.fspath(images[i]))
+    return f"image {i + 1} of {len(images)}"
 
 
 def check_whole(name, value):
