@@ -78,7 +78,7 @@ class Session:
     class_weights: torch.Tensor | None = None  # (classes,) the loss's weights with --class-weights auto
     ema: WeightAverage | None = None  # --ema: the weight average, updated after each step
     lookahead: Lookahead | None = None  # --lookahead: the slow copy the weights are pulled to
-    eval_plan: object = None  # engine.compile_plan.EvalPlan: --compile: whether evaluations compile
+    eval_plan: object = None  # engine.compile_eval.EvalPlan: --compile: whether evaluations compile
     screen: list | None = None  # --target-acc: BatchLoaders of the test set's SCREEN_PARTS (engine.target)
     losses: object = None  # engine.faults.LossWatch: non-finite training losses in a row, across epochs
 
@@ -162,7 +162,7 @@ def open_session(cfg: Config, resume: Checkpoint | None = None, say=print, ranks
         before = next((m["elapsed_s"] for m in reversed(session.metrics) if "elapsed_s" in m), 0.0)  # a resumed run's
         watch = Watch(cfg.target_acc, cfg.eval_every, session.steps, cfg.epochs, before)  # clock runs on
         if runtime.plans_compile and not runtime.compile_training:  # evaluations: compiled where that pays
-            from engine.compile_plan import EvalPlan
+            from engine.compile_eval import EvalPlan
 
             evaluations = watch.evaluations(session.start_epoch)
             session.eval_plan = EvalPlan(runtime, ref, (test_loader.batch_size, *data.shape), evaluations, cfg.resolved_cache_dir(), say)

@@ -191,7 +191,7 @@ def test_a_compiled_training_step_is_checked_against_eager_before_it_is_timed():
 def test_an_evaluation_cut_short_by_the_target_screen_counts_as_a_whole_one(tmp_path):
     """--target-acc's screen may stop an evaluation after a tenth of the test set: its time is scaled
     to the whole set, for the eager baseline and for the compiled measurement alike."""
-    from engine.compile_plan import EvalPlan
+    from engine.compile_eval import EvalPlan
 
     runtime = Runtime.from_config(Config(**CPU, compile=True))
     plan = EvalPlan(runtime, parse_model("cifar_cnn"), (64, 3, 32, 32), 4, tmp_path, say=lambda *_: None)

@@ -12,7 +12,8 @@ from torch import nn
 
 import engine.inductor
 
-from engine.compile_plan import EvalPlan, decide, plan_training, read
+from engine.compile_eval import EvalPlan
+from engine.compile_plan import decide, plan_training, read
 from engine.config import Config
 from engine.inductor import compiled_graphs
 from engine.models.reference import parse_model
