@@ -17,8 +17,9 @@ import logging
 import os
 from contextlib import contextmanager
 
+from engine.inductor import QUIETED as QUIETED_LOGGERS  # quiet_compiler's loggers, whose levels a call puts back
+
 INDUCTOR_CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
-QUIETED_LOGGERS = ("torch.utils.cpp_extension", "torch._dynamo.variables.tensor")  # engine.inductor.quiet_compiler: its warning comes at its import
 
 
 @contextmanager

@@ -4,9 +4,10 @@ Archives (.tar, .tar.gz, .tgz, .zip) are read member by member, never extracted
 (engine.data.sources). Images are decoded once, on every core, into uint8 tensors (with
 `--image-size`, each fitted to it by engine.pixels.fit and `--resize`: stretched, or shorter side
 to the size and the centre cropped) and cached as one tensor file in the cache directory, keyed by
-the source's identity (path, size and modification time of every file) and the image size, so the next start loads in about a second. A corrupt image is an error
-that names it; nothing is half-written. Before decoding, the image count and size must fit in
-memory, and every image is checked against the size limit by its header (engine.pixels).
+the source's identity (path, size and modification time of every file) and the image size, so the
+next start loads in about a second. A corrupt image is an error that names it; nothing is
+half-written. Before decoding, the image count and size must fit in memory, and every image is
+checked against the size limit by its header (engine.pixels).
 """
 
 import hashlib
