@@ -7,6 +7,7 @@ each image, every view of the batch's shape and memory format. `evaluate` can al
 confusion matrix (engine/confusion.py), whose per-class results `engine eval` prints.
 """
 
+import sys
 import time
 
 import torch
@@ -19,6 +20,7 @@ from engine.confusion import Confusion
 from engine.data import dataset_label
 from engine.distributed import Ranks
 from engine.faults import check_evaluated
+from engine.inference import CompiledInference
 from engine.isolation import kept_global_state
 from engine.models.memory_format import fit_memory_format
 from engine.loader import BatchLoader
@@ -61,6 +63,18 @@ def predict(model, x, tta=0):
     return sum(weight * model(view).float() for weight, view in tta_views(x, int(tta)))
 
 
+def remainder_logits(model, x, tta=0):
+    """`predict` on a batch smaller than the evaluation's one shape (the last, unpadded), eagerly: a model
+    compiled for that shape (CompiledInference) runs the module it was compiled from, a torch.compile'd one
+    its eager forward (torch.compiler's force_eager stance), so no other shape is compiled for one batch."""
+    if isinstance(model, CompiledInference):
+        model = model.eager
+    if "torch._dynamo" not in sys.modules:  # nothing was compiled in this process
+        return predict(model, x, tta)
+    with torch.compiler.set_stance("force_eager"):
+        return predict(model, x, tta)
+
+
 def tta_level(cfg: Config, spec):
     """The run's --tta level for data whose InputSpec `spec` trains with flips; 0 for the rest (a
     mirrored digit is not the same digit). Level 2 on images under 2 pixels a side, which its
@@ -97,7 +111,11 @@ def evaluate_sums(model, loader: BatchLoader, runtime: Runtime, tta=False, confu
     seen = 0
     with torch.no_grad(), runtime.autocast():
         for x, y, count in loader.epoch(0):
-            logits = predict(model, x, tta)
+            if count < len(x):  # the last batch, padded with zeros to the one shape a compiled model holds:
+                x = x[:count]  # its images alone, so a forward using the batch's statistics sees no zeros
+                logits = remainder_logits(model, x, tta)
+            else:
+                logits = predict(model, x, tta)
             if logits.ndim == 1 and len(x) == 1:  # a forward that drops a single image's batch dimension (x.squeeze())
                 logits = logits[None]
             logits = logits[:count].float()  # (count, classes): padded rows dropped
@@ -167,7 +185,7 @@ def evaluate_checkpoint(path, overrides, log=print, model=None):
     fit_channels(data, spec.shape, say)
     fit_memory_format(cfg, runtime, rebuilt, checkpoint.ref, spec.shape, say)
     data.test_y = labels_for(path, spec.shape, spec.classes, data, cfg.data, "data" in overrides)
-    model = runtime.prepare(rebuilt, compile=runtime.compile and not runtime.ahead_of_time)
+    model = runtime.prepare(rebuilt, compile=runtime.compile and not runtime.ahead_of_time, shape=spec.shape)
     loader = BatchLoader(data.test_x, data.test_y, cfg.eval_batch_size or cfg.batch_size, spec.mean, spec.std,
                          device=runtime.device, train=False, channels_last=cfg.channels_last)
     started = time.perf_counter()

@@ -40,8 +40,26 @@ class FusedConvReluPool(nn.Module):
                 f"padding={self.padding}, bias={self.bias is not None}, pool={POOL}")
 
 
-def find_runs(model: nn.Module):
-    """[(sequential, index, stride, padding)] for every run `fuse` would rewrite."""
+def find_runs(model: nn.Module, shape=None):
+    """[(sequential, index, stride, padding)] for every run `fuse` would rewrite (`checked_runs`)."""
+    return checked_runs(model, shape)[0]
+
+
+def checked_runs(model: nn.Module, shape=None):
+    """(runs, why): the runs `fuse` would rewrite, and one line saying which runs were left alone as
+    fusing them would change what the model computes, or could not be checked ('' where none). Where
+    a torch.fx trace cannot tell which maps the forward reads (`_tapped`), fusing is checked on a
+    probe batch of `shape` (C, H, W) (engine.fusion_probe); without a shape those runs are left alone."""
+    runs = _candidates(model)
+    tapped = _tapped(model, runs) if runs else set()
+    if tapped is None:
+        from engine.fusion_probe import probe_runs
+
+        return probe_runs(model, runs, shape, FusedConvReluPool)
+    return [run for n, run in enumerate(runs) if n not in tapped], ""
+
+
+def _candidates(model):
     runs = []
     for module in model.modules():
         if not isinstance(module, nn.Sequential) or type(module).forward is not nn.Sequential.forward:
@@ -55,16 +73,15 @@ def find_runs(model: nn.Module):
                 i += 3
             else:
                 i += 1
-    tapped = _tapped(model, runs) if runs else set()
-    return [run for n, run in enumerate(runs) if n not in tapped]
+    return runs
 
 
 def _tapped(model, runs):
     """Which of `runs` (by position) the model's forward does not call as one chain: where something
     else reads the conv's or the ReLU's output (a forward that iterates the Sequential and keeps each
     ReLU's map), fusing would hand it the pooled map. Read
-    from a torch.fx trace of a copy; a model that does not trace, or whose own code a trace could
-    change (engine.reorder's rule), is taken to call its Sequentials whole."""
+    from a torch.fx trace of a copy; None for a model that does not trace, or whose own code a trace
+    could change or hide a read in (engine.reorder's rule): a trace cannot say."""
     import copy
 
     import torch.fx
@@ -72,11 +89,11 @@ def _tapped(model, runs):
     from engine.reorder import _own_code_is_pure, _runs_more_than_forward
 
     if not _own_code_is_pure(model) or _runs_more_than_forward(model):
-        return set()
+        return None
     try:
         graph = torch.fx.symbolic_trace(copy.deepcopy(model)).graph
     except Exception:  # data-dependent control flow and the like
-        return set()
+        return None
     names = {id(module): name for name, module in model.named_modules()}
     calls = {}
     for node in graph.nodes:
@@ -95,11 +112,11 @@ def _tapped(model, runs):
     return tapped
 
 
-def fuse(model: nn.Module, op=conv_relu_pool_eager) -> int:
-    """Rewrite every run `find_runs` finds into a FusedConvReluPool running `op`; returns how many.
-    The model computes the same function after as before (the eager op pools before the ReLU:
-    engine.models.blocks.conv_relu_pool_eager says why that is exact)."""
-    runs = find_runs(model)
+def fuse(model: nn.Module, op=conv_relu_pool_eager, shape=None, runs=None) -> int:
+    """Rewrite every run `find_runs` finds (or `runs`, its answer) into a FusedConvReluPool running
+    `op`; returns how many. The model computes the same function after as before (the eager op pools
+    before the ReLU: engine.models.blocks.conv_relu_pool_eager says why that is exact)."""
+    runs = find_runs(model, shape) if runs is None else runs
     for sequential, i, stride, padding in runs:
         sequential[i] = FusedConvReluPool(sequential[i], stride, padding, op)
         sequential[i + 1], sequential[i + 2] = nn.Identity(), nn.Identity()

@@ -79,10 +79,10 @@ class Runtime:
             parts.append(f"max-pool before ReLU ({self.reordered}x, exact)")
         return ", ".join(parts)
 
-    def prepare(self, model, compile=None, name=None):
+    def prepare(self, model, compile=None, name=None, shape=None):
         """The model to run: `model` with ReLU -> max-pool pairs swapped (engine/reorder.py; a new
         GraphModule over the same parameters where any were), moved to the device and format, with the
-        Triton op swapped in, compiled in place (unless `compile` is False: a caller that compiles it
+        Triton op swapped in (`shape`, an image's (C, H, W), checks its fusing: use_triton), compiled in place (unless `compile` is False: a caller that compiles it
         another way). Use what it returns."""
         compile = self.compile if compile is None else compile
         if not self.triton:  # (--triton fuses conv -> ReLU -> pool runs itself)
@@ -93,7 +93,7 @@ class Runtime:
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
         if self.triton:
-            self.fused_blocks = use_triton(model, self.device, compile, name)  # what describe() reports
+            self.fused_blocks = use_triton(model, self.device, compile, name, shape)  # what describe() reports
         if compile:
             # Compiling in place keeps state-dict keys free of the `_orig_mod.` prefix.
             quiet_compiler()
@@ -169,29 +169,35 @@ def resolve_amp(cfg: Config, device, warn=warn):
 _warned = []  # the interpreter warning is given once per process
 
 
-def _swap_ops(model, op):
-    """Fuse the model's conv -> ReLU -> 2x2 max-pool runs (engine.fusion), then route every
+def _swap_ops(model, op, runs):
+    """Fuse the model's conv -> ReLU -> 2x2 max-pool `runs` (engine.fusion), then route every
     kernel block (those and the ConvReluPool blocks) through `op`; returns how many blocks."""
     from engine.fusion import fuse, kernel_blocks
 
-    fuse(model)
+    fuse(model, runs=runs)
     blocks = kernel_blocks(model)
     for block in blocks:
         block.op = op
     return len(blocks)
 
 
-def use_triton(model, device, compile=False, name=None):
+def use_triton(model, device, compile=False, name=None, shape=None):
     """Route every conv -> ReLU -> 2x2 max-pool of `model` through the fused Triton kernel (its
     registered custom op under torch.compile, which Inductor calls inside the compiled graph):
     the ConvReluPool blocks, and the runs inside any nn.Sequential, fused in place with their
     state-dict keys unchanged (engine.fusion). Returns how many blocks run the kernel; a model
-    with none is a UsageError naming it (`name`, or its class), before Triton is loaded."""
-    from engine.fusion import find_runs, kernel_blocks
+    with none is a UsageError naming it (`name`, or its class), before Triton is loaded. Where a
+    torch.fx trace cannot tell whether the forward calls a run as one chain, fusing is checked on a
+    probe batch of `shape` (an image's (C, H, W)); a run left alone is said in one warning line."""
+    from engine.fusion import checked_runs, kernel_blocks
 
-    if not kernel_blocks(model) and not find_runs(model):
+    runs, why = checked_runs(model, shape)
+    if not kernel_blocks(model) and not runs:
         raise UsageError(f"--triton: {name or type(model).__name__} has no Conv2d -> ReLU -> MaxPool2d(2) run in an "
-                         "nn.Sequential that the fused kernel can replace; run without --triton")
+                         f"nn.Sequential that the fused kernel can replace{' (' + why + ')' if why else ''}; "
+                         "run without --triton")
+    if why:
+        warn(f"--triton: {why}")
     if device.type == "cpu":
         # Triton reads TRITON_INTERPRET when a function is decorated, its own tl.cdiv & co. included,
         # so it must be set before the triton package is first imported (torch.utils.flop_counter,
@@ -213,7 +219,7 @@ def use_triton(model, device, compile=False, name=None):
         if getattr(error, "name", None) == "triton" or "triton" in str(error):
             raise UsageError("--triton needs the triton package: pip install 'engine-cnn[triton]'") from None
         raise
-    return _swap_ops(model, conv_relu_pool)
+    return _swap_ops(model, conv_relu_pool, runs)
 
 
 def keep_freed_memory():

@@ -129,9 +129,10 @@ def open_session(cfg: Config, resume: Checkpoint | None = None, say=print, ranks
         choose_compile(cfg, runtime, model, ref, ranks, train_loader, say)
         ema = WeightAverage(model, cfg.ema) if cfg.ema is not None else None  # copied before compile (engine/ema.py)
         in_place = runtime.compiles_training
-        model = runtime.prepare(model, compile=in_place, name=ref.label)
+        model = runtime.prepare(model, compile=in_place, name=ref.label, shape=data.shape)
         if ema is not None:
-            ema.prepare(lambda averaged: runtime.prepare(averaged, compile=in_place, name=ref.label), model)
+            ema.prepare(lambda averaged: runtime.prepare(averaged, compile=in_place, name=ref.label, shape=data.shape),
+                        model)
         say(f"Model: {model_label(ref)}, {count_parameters(model):,} parameters, input {'x'.join(map(str, data.shape))}, "
             f"{len(data.classes)} classes; {runtime.describe()}")
         if ema is not None:
