@@ -80,8 +80,9 @@ def _tapped(model, runs):
     """Which of `runs` (by position) the model's forward does not call as one chain: where something
     else reads the conv's or the ReLU's output (a forward that iterates the Sequential and keeps each
     ReLU's map), fusing would hand it the pooled map. Read
-    from a torch.fx trace of a copy; None for a model that does not trace, or whose own code a trace
-    could change or hide a read in (engine.reorder's rule): a trace cannot say."""
+    from torch.fx traces of copies in training and in evaluation mode (a forward reading
+    `self.training` may tap a map in one only); None for a model that does not trace, or whose own
+    code a trace could change or hide a read in (engine.reorder's rule): a trace cannot say."""
     import copy
 
     import torch.fx
@@ -91,12 +92,12 @@ def _tapped(model, runs):
     if not _own_code_is_pure(model) or _runs_more_than_forward(model):
         return None
     try:
-        graph = torch.fx.symbolic_trace(copy.deepcopy(model)).graph
+        graphs = [torch.fx.symbolic_trace(copy.deepcopy(model).train(mode)).graph for mode in (True, False)]
     except Exception:  # data-dependent control flow and the like
         return None
     names = {id(module): name for name, module in model.named_modules()}
     calls = {}
-    for node in graph.nodes:
+    for node in (node for graph in graphs for node in graph.nodes):
         if node.op == "call_module":
             calls.setdefault(node.target, []).append(node)
 

@@ -153,3 +153,30 @@ def test_the_probe_leaves_the_model_and_the_random_streams_as_they_were():
     torch.manual_seed(5)
     assert torch.equal(after, torch.rand(1)) and random.random() == random.Random(5).random()
     assert model.training and all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+
+
+class ModeTap(nn.Module):
+    """Traces in both modes, but reads the first run's ReLU map itself in evaluation mode only."""
+
+    def __init__(self):
+        super().__init__()
+        self.features, self.head = _features(), nn.Linear(8, 3)
+
+    def forward(self, x):
+        if self.training:  # (no helper of the file's own, so that a torch.fx trace is read)
+            return self.head(F.adaptive_avg_pool2d(self.features(x), 1).flatten(1))
+        y = self.features[1](self.features[0](x))
+        y = self.features[5](self.features[4](self.features[3](y - y.mean())))
+        return self.head(F.adaptive_avg_pool2d(y, 1).flatten(1))
+
+
+def test_a_run_tapped_in_one_mode_only_is_left_alone_whichever_mode_the_model_is_in():
+    torch.manual_seed(0)
+    for training in (True, False):
+        model = ModeTap().train(training)
+        assert [i for _, i, _, _ in find_runs(model)] == [3]  # the run the evaluation reads stays whole
+        fused = copy.deepcopy(model)
+        fuse(fused)
+        x = torch.randn(2, *SHAPE)
+        for mode in (True, False):
+            torch.testing.assert_close(fused.train(mode)(x), model.train(mode)(x), rtol=1e-5, atol=1e-6)
