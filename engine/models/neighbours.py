@@ -23,6 +23,13 @@ def _foreign(path: Path):
     return "site-packages" in path.parts or "dist-packages" in path.parts or any(path.is_relative_to(r) for r in roots)
 
 
+def module_file(name) -> str | None:
+    """The .py source of the imported module `name` (`package.module` a reference names), or None: not
+    imported, a notebook's `__main__`, a compiled extension."""
+    source = getattr(sys.modules.get(name), "__file__", None) if name != "__main__" else None
+    return source if isinstance(source, str) and source.endswith(".py") and Path(source).is_file() else None
+
+
 def of_file(file) -> dict:
     """{path relative to the folder of `file`: sha256} of each imported module whose .py file lies in
     that folder or below it, `file` itself and foreign files aside."""

@@ -32,7 +32,7 @@ class ModelRef:
     kind: str  # one of KINDS
     name: str  # the built-in or torchvision name, or the class/function NAME in the code
     file: str | None = None  # file: its absolute path; module: the dotted module path
-    sha256: str | None = None  # file: the source's digest when the run started
+    sha256: str | None = None  # file (and a module's .py): the source's digest when the run started
     args: dict = field(default_factory=dict)  # --model-args: constructor keyword arguments (JSON values)
     neighbours: dict = field(default_factory=dict)  # file: {relative path: sha256} of what it imports beside it
 
@@ -228,7 +228,8 @@ def reopen(saved: ModelRef, given: ModelRef | None, source="the checkpoint", war
         what = "changed since the run was trained" if given.file == saved.file else f"is not the run's {saved.file}"
         warn_once((given.file, given.sha256), f"engine: warning: {given.file} {what} (sha256 {saved.sha256[:12]} -> "
                   f"{given.sha256[:12]}); loading it only if the weights fit", warn)
-    return replace(given, args=saved.args, neighbours=saved.neighbours)  # load_code compares them
+    kept = {"sha256": saved.sha256} if saved.kind == "module" == given.kind else {}  # load_code compares them
+    return replace(given, args=saved.args, neighbours=saved.neighbours, **kept)
 
 
 def reference_of(model: nn.Module, args=None) -> ModelRef:
@@ -252,7 +253,9 @@ def reference_of(model: nn.Module, args=None) -> ModelRef:
     if from_file and source and source.endswith(".py"):
         return ModelRef("file", cls.__qualname__, str(Path(source).resolve()), sha256_of(source), dict(args or {}),
                         neighbours.of_file(source))
-    return ModelRef("module", cls.__qualname__, cls.__module__, None, dict(args or {}))
+    source = neighbours.module_file(cls.__module__)  # a package's .py file: its digest, as a file's
+    return ModelRef("module", cls.__qualname__, cls.__module__, source and sha256_of(source), dict(args or {}),
+                    neighbours.of_file(source) if source else {})
 
 
 RUNS_WORK = {"train", "evaluate_checkpoint", "evaluate_onnx", "export_onnx"}  # what a reload must never start

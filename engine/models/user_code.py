@@ -29,14 +29,22 @@ def load_code(ref: ModelRef):
     key = (ref.kind, ref.file, ref.sha256, ref.name)
     if key not in _loaded:
         _loaded[key] = _import(ref)
-    for line in neighbours.changes(ref.file, ref.neighbours) if ref.kind == "file" else ():  # a run's, from reopen
+    source = ref.file if ref.kind == "file" else neighbours.module_file(ref.file)
+    said = []
+    if ref.kind == "module" and source and ref.sha256 and (now := neighbours.digest(source)) != ref.sha256:
+        said.append(f"{source} (module {ref.file}) changed since the run was trained (sha256 {ref.sha256[:12]} -> "
+                    f"{now[:12]})")  # a package.module's run (reopen keeps its digest), as reopen says a file's
+    for line in [*said, *(neighbours.changes(source, ref.neighbours) if source else ())]:  # a run's, from reopen
         warn_once(line, f"engine: warning: {line}; loading it only if the weights fit")
     return _loaded[key]
 
 
 def with_neighbours(ref: ModelRef) -> ModelRef:
     """`ref` with the digests of the files its code imported from beside it (after load_code), which
-    the run's checkpoints keep."""
+    the run's checkpoints keep; a package.module's with its source file's digest too, as a file's
+    (so an edited module is said on eval, export and resume, and is another model to the caches)."""
+    if ref.kind == "module" and (source := neighbours.module_file(ref.file)):
+        return replace(ref, sha256=neighbours.digest(source), neighbours=neighbours.of_file(source))
     return replace(ref, neighbours=neighbours.of_file(ref.file)) if ref.kind == "file" else ref
 
 
