@@ -133,9 +133,11 @@ def eight_bit(image):
     """16-bit and float images as 8-bit grayscale by scaling (PIL's convert('L') would clip them)."""
     from PIL import Image
 
-    if image.mode in SIXTEEN_BIT:
-        values = np.clip(np.asarray(image, dtype=np.int64), 0, 65535)
+    if image.mode in SIXTEEN_BIT:  # a signed 16-bit TIFF's -32768..32767 scaled as unsigned 0..65535 are
+        values = np.clip(np.asarray(image, dtype=np.int64) + (32768 if signed_sixteen(image) else 0), 0, 65535)
         return Image.fromarray(((values * 255 + 32767) // 65535).astype(np.uint8))
+    if image.mode == "LAB":  # a CIELab TIFF: to sRGB first, as PIL converts no LAB to grey (its error names RGB)
+        return lab_to_rgb(image)
     if image.mode == "F":  # floats: [0, 1] if they fit, else taken as 0-255
         values = np.asarray(image, dtype=np.float64)
         scale = 255.0 if np.nanmax(values, initial=0) <= 1.0 else 1.0
@@ -143,6 +145,31 @@ def eight_bit(image):
     if image.mode == "P" and "transparency" in image.info:  # as PIL asks (its UserWarning otherwise): the same
         return image.convert("RGBA")  # colours, through RGBA, whose alpha the next convert drops
     return image
+
+
+def signed_sixteen(image):
+    """Whether a mode-I image holds signed 16-bit samples (a TIFF's SampleFormat 2, PIL's raw mode I;16S), by
+    its tags, which stay once it is loaded."""
+    tags = getattr(image, "tag_v2", None) if image.mode == "I" else None
+    if tags is None:
+        return False
+    kind, bits = (value[0] if isinstance(value, tuple) else value for value in (tags.get(339, 1), tags.get(258, 1)))
+    return kind == 2 and bits == 16
+
+
+def lab_to_rgb(image):
+    """A CIELab image as sRGB: PIL's own conversion (Pillow 11 on), else littlecms's (ImageCms), which agree."""
+    try:
+        return image.convert("RGB")
+    except ValueError:
+        try:
+            from PIL import ImageCms
+
+            transform = ImageCms.buildTransform(ImageCms.createProfile("LAB"), ImageCms.createProfile("sRGB"),
+                                                "LAB", "RGB")
+        except Exception as error:  # a PIL built without littlecms
+            raise ValueError(f"a CIELab (mode LAB) image, which this PIL cannot convert to RGB ({error})") from None
+        return ImageCms.applyTransform(image, transform)
 
 
 def parse_image_size(text, flag="--image-size"):
