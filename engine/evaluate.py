@@ -1,7 +1,8 @@
 """evaluate(): test loss and accuracy of a model on a loader; evaluate_checkpoint() for `engine eval`.
 
 Test loss is the mean cross-entropy per test image (the tutorial divided its sum by the number
-of classes, a bug). Eval batches have one fixed shape, so a compiled model compiles once. With
+of classes, a bug). Eval batches have one fixed shape, so a compiled model compiles once; the last,
+smaller batch runs eagerly, unpadded (`remainder_logits`). With
 test-time augmentation (`tta`, a level: `tta_views`) the logits are a weighted mean over views of
 each image, every view of the batch's shape and memory format. `evaluate` can also count the
 confusion matrix (engine/confusion.py), whose per-class results `engine eval` prints.

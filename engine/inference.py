@@ -33,12 +33,13 @@ class CompiledInference(torch.nn.Module):
 
     Called like the model; inputs are made `memory_format` first (the library assumes the
     strides it was compiled for). Ambient autocast does not reach inside: the precision was
-    fixed when the graph was exported.
+    fixed when the graph was exported. `eager`: the module it was compiled from, which evaluation
+    runs on a batch of another size (the last, engine.evaluate.remainder_logits).
     """
 
-    def __init__(self, runner, shape, memory_format):
+    def __init__(self, runner, shape, memory_format, eager=None):
         super().__init__()
-        self.runner, self.shape, self.memory_format = runner, tuple(shape), memory_format
+        self.runner, self.shape, self.memory_format, self.eager = runner, tuple(shape), memory_format, eager
 
     def forward(self, x):
         if tuple(x.shape) != self.shape:
@@ -93,14 +94,14 @@ def compile_inference(model, shape, runtime: Runtime, memory_format=torch.channe
                 os.replace(f"{package_path}.tmp{os.getpid()}", package_path)
             except OSError:  # a cache that cannot be written costs a compile next time, nothing else
                 pass
-    return CompiledInference(runner, shape, memory_format)
+    return CompiledInference(runner, shape, memory_format, model)
 
 
-def load_inference(package_path, shape, memory_format=torch.channels_last):
-    """A package `compile_inference` kept, loaded (a fraction of a second)."""
+def load_inference(package_path, shape, memory_format=torch.channels_last, eager=None):
+    """A package `compile_inference` kept, loaded (a fraction of a second); `eager`: the module it holds."""
     import torch._inductor
 
-    return CompiledInference(torch._inductor.aoti_load_package(str(package_path)), shape, memory_format)
+    return CompiledInference(torch._inductor.aoti_load_package(str(package_path)), shape, memory_format, eager)
 
 
 def choose_inference(model, loader, runtime: Runtime, ref, source, cache_dir, say=print):
@@ -129,7 +130,7 @@ def choose_inference(model, loader, runtime: Runtime, ref, source, cache_dir, sa
     started = time.perf_counter()
     if package.exists() and entry and entry["ratio"] >= WIN_FROM:
         say(f"--compile: the model compiled ahead of time for this checkpoint earlier ({entry['ratio']:.2f}x eager), from {package}")
-        return load_inference(package, shape, loader.memory_format), time.perf_counter() - started
+        return load_inference(package, shape, loader.memory_format, model), time.perf_counter() - started
     decision = decide("aot", cache_key, cache_dir, eager_s * len(loader))
     say(f"--compile: {'compiling ahead of time (torch.export + AOTInductor)' if decision.compile else 'evaluating eagerly'}: "
         f"{decision.why}")

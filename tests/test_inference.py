@@ -67,7 +67,7 @@ def test_a_batchnorm_net_in_nchw_under_bf16_autocast_matches_eager(monkeypatch):
 @pytest.mark.slow  # a whole-command integration case: CI runs it (README's test command)
 def test_eval_compile_on_cpu_is_ahead_of_time_and_agrees_with_eager(tiny_run, monkeypatch):
     """`engine eval CHECKPOINT --compile`: the compiled model evaluates the same images to the same
-    accuracy, with a final batch padded to the compiled shape (compiled whatever it measures:
+    accuracy, with a final batch smaller than the compiled shape, run eagerly (compiled whatever it measures:
     tests/test_compile_plan.py checks the decision)."""
     monkeypatch.setenv("ENGINE_COMPILE", "always")
     flags = {"limit_test": 50, "batch_size": 16, "amp": False, "device": "cpu"}
