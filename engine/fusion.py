@@ -101,16 +101,21 @@ def _tapped(model, runs):
         if node.op == "call_module":
             calls.setdefault(node.target, []).append(node)
 
-    def chained(node, then):  # node's output is read by one call of `then` alone (a shared nn.ReLU is fine)
-        users = list(node.users)
-        return len(users) == 1 and users[0].op == "call_module" and users[0].target == then[0] and \
-            users[0].args[:1] == (node,) and (len(then) == 1 or chained(users[0], then[1:]))
-    tapped = set()
-    for n, (sequential, i, _, _) in enumerate(runs):
+    def chain(node, then):  # the calls of `then` if node's output is read by one call of then[0] alone, and so
+        users = list(node.users)  # on; else None (a shared nn.ReLU is fine)
+        if not (len(users) == 1 and users[0].op == "call_module" and users[0].target == then[0]
+                and users[0].args[:1] == (node,)):
+            return None
+        rest = chain(users[0], then[1:]) if len(then) > 1 else []
+        return None if rest is None else [users[0], *rest]
+    found, chained = [], set()
+    for sequential, i, _, _ in runs:
         conv, *rest = (names[id(sequential[i + k])] for k in range(3))
-        if not all(chained(node, rest) for node in calls.get(conv, [])):
-            tapped.add(n)
-    return tapped
+        found.append((rest, [chain(node, rest) for node in calls.get(conv, [])]))
+        chained.update(node for nodes in found[-1][1] if nodes for node in nodes)
+    # a run's ReLU or pool called outside a run's chain (`self.features[1](y)`) would be an nn.Identity once fused
+    return {n for n, (rest, chains) in enumerate(found) if None in chains
+            or any(node not in chained for name in rest for node in calls.get(name, []))}
 
 
 def fuse(model: nn.Module, op=conv_relu_pool_eager, shape=None, runs=None) -> int:

@@ -180,3 +180,26 @@ def test_a_run_tapped_in_one_mode_only_is_left_alone_whichever_mode_the_model_is
         x = torch.randn(2, *SHAPE)
         for mode in (True, False):
             torch.testing.assert_close(fused.train(mode)(x), model.train(mode)(x), rtol=1e-5, atol=1e-6)
+
+
+class Reuse(nn.Module):
+    """Calls its Sequential whole, then that Sequential's own ReLU (or pool) once more by index: fused,
+    that slot would hold an nn.Identity."""
+
+    def __init__(self, again):
+        super().__init__()
+        self.features, self.again, self.head = _features(), again, nn.Linear(8, 3)
+
+    def forward(self, x):
+        x = self.features(x)
+        x = self.features[self.again](x - 0.5)
+        return self.head(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+@pytest.mark.parametrize("again", [1, 2, 5])
+def test_a_runs_relu_or_pool_called_again_elsewhere_keeps_that_run_whole(again):
+    torch.manual_seed(0)
+    model = Reuse(again).eval()
+    left = 0 if again < 3 else 3  # features[5], the second run's ReLU
+    assert [i for _, i, _, _ in find_runs(model)] == [3 - left]
+    _same_after_fusing(model, 1)
