@@ -170,7 +170,7 @@ class Config:
     triton: bool = option(False, "run conv->ReLU->pool blocks through the fused Triton kernel (interpreter on CPU)", group="runtime")
     device: str = option("auto", "auto picks cuda when available", choices=("auto", "cpu", "cuda"), group="runtime", resume=True)
     seed: int = option(0, "seed for data, initialisation and augmentation")
-    out: str | None = option(None, "run directory (default: runs/<model>-<data>-<timestamp>; runs/latest links the newest)")
+    out: str | None = option(None, "run directory (default: runs/<model>-<data>-<timestamp>; runs/latest links the run last started or resumed)")
     tensorboard: bool = option(False, "also write TensorBoard events to the run directory", resume=True)
     save_every: str = option(
         "10m",

@@ -196,7 +196,7 @@ class RunDir:
         if latest.exists() and not latest.is_symlink():
             kind = "folder" if latest.is_dir() else "file"
             return (f"{latest} is a {kind}, not a link, so it was left as it is: --resume and export without a path "
-                    f"read it, not this run; move it away to have the link to the newest run back")
+                    f"read it, not this run; move it away to have the link to the run last started or resumed back")
         if latest.is_symlink() and os.readlink(latest) != self.path.name:
             self.earlier_latest = os.readlink(latest)  # put back if this run fails before its first checkpoint
         self._link_latest(self.path.name)
