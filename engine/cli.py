@@ -103,7 +103,7 @@ def cmd_export(args):
     from export.onnx_export import export_onnx
 
     result = export_onnx(args.out, args.checkpoint, opset=args.opset, verify=args.verify, int8=args.int8, log=log,
-                         model=args.code)  # says its Verified and Wrote lines, then the int8 work
+                         model=args.code)  # says its Verified line, the int8 work, then its Wrote line
     if result.int8 is not None:
         log(f"Wrote {result.int8.path}: {result.int8.describe()}")
     return 0

@@ -18,6 +18,7 @@ from engine.errors import EngineError, UsageError, first_line, root_cause, trace
 from engine.isolation import kept_global_state
 from engine.quiet import quiet_exporter
 from export.metadata import ModelInfo, utf8
+from export.placing import check_out, int8_path  # noqa: F401 (int8_path: part of this module's API)
 
 DEFAULT_CHECKPOINT = Path("runs/latest/best.pt")
 VERIFY_IMAGES = 256  # real test images compared between onnxruntime and PyTorch
@@ -38,8 +39,7 @@ class ExportResult:
         from engine.memory import size_text
 
         info = self.info
-        said = [f"Verified on {self.verified_on}: {self.parity.describe()}" if self.parity is not None
-                else "Not verified (--no-verify)"]
+        said = [self.verified_line()]
         accuracy = f", test accuracy {info.test_accuracy * 100:.2f}%" if info.test_accuracy is not None else ""
         notes = []  # how the checkpoint's figure was measured, where the file or a whole test set differ
         if info.test_accuracy_tta:  # measured on several views of each image; the file runs one
@@ -55,11 +55,9 @@ class ExportResult:
                     f"Nx{'x'.join(map(str, info.input_size))} in [0, 1], {len(info.classes)} classes{accuracy})")
         return said
 
-
-def int8_path(out):
-    """model.onnx -> model.int8.onnx"""
-    out = Path(out)
-    return out.with_name(f"{out.stem}.int8{out.suffix}")
+    def verified_line(self):
+        return (f"Verified on {self.verified_on}: {self.parity.describe()}" if self.parity is not None
+                else "Not verified (--no-verify)")
 
 
 def resolve_checkpoint(checkpoint):
@@ -72,29 +70,6 @@ def resolve_checkpoint(checkpoint):
         raise UsageError(f"no trained run at {DEFAULT_CHECKPOINT.parent} to export; train one with `engine train` "
                          "or pass --checkpoint PATH")
     return DEFAULT_CHECKPOINT.resolve()
-
-
-def check_out(out):
-    if not str(out).strip():
-        raise UsageError("OUT is an empty path; give a file name ending in .onnx")
-    out = Path(out)
-    if out.suffix.lower() != ".onnx":
-        raise UsageError(f"OUT {out} must end in .onnx")
-    if out.is_dir():
-        raise UsageError(f"OUT {out} is a directory; give a file name ending in .onnx")
-    if not out.parent.is_dir():
-        blocking = next((p for p in (out.parent, *out.parent.parents) if p.exists()), None)
-        if blocking is not None and not blocking.is_dir():  # notes.txt/m.onnx
-            raise EngineError(f"cannot write {out}: {blocking} is a file, not a folder")
-        raise EngineError(f"cannot write {out}: folder {out.parent} does not exist")
-    probe = out.parent / f".{out.name}.write-test{os.getpid()}"  # os.access says yes to root, even in /proc
-    try:
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as error:
-        why = error.strerror or error
-        raise EngineError(f"cannot write {out}: folder {out.parent} is not writable ({why})") from None
-    return out
 
 
 def check_exportable(module):
@@ -241,12 +216,14 @@ def verification_images(data, shape, count=VERIFY_IMAGES, seed=0):
 
 @kept_global_state()
 def export_onnx(out, checkpoint=None, *, opset=None, verify=True, int8=False, log=print, model=None):
-    """Export the checkpoint to `out`; returns an ExportResult. Nothing is left at `out` on failure.
+    """Export the checkpoint to `out`; returns an ExportResult. On failure `out` (and with int8 its int8 file)
+    are left as they were: both are placed only once both are written (export.placing).
     model: a user model's code named again (`--model nets.py:Net`), which its checkpoint needs."""
     from engine.checkpoint import load, model_from_checkpoint
     from engine.eval_data import check_code
     from engine.normalization import Normalized
     from export import verify as checks
+    from export.placing import final_path, place, stage_int8
     from export.session import open_session
 
     check_code(model, "export_onnx")
@@ -275,7 +252,8 @@ def export_onnx(out, checkpoint=None, *, opset=None, verify=True, int8=False, lo
     if int8 and data is None:
         raise EngineError("--int8 calibrates on the run's training images, which are not available here; "
                           "export without --int8, or make the run's --data available")
-    temporary = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    final = final_path(out)
+    temporary, staged = final.with_name(f".{final.name}.tmp{os.getpid()}"), []
     try:
         sample = torch.rand(2, *spec.shape)
         written_opset = to_onnx(module, sample, temporary, opset)
@@ -287,14 +265,15 @@ def export_onnx(out, checkpoint=None, *, opset=None, verify=True, int8=False, lo
             images, source = verification_images(data, spec.shape)
             session, _ = open_session(temporary, device="cpu")
             parity = checks.check_parity(session, module, images)
-        os.replace(temporary, out)
+        result = ExportResult(out, info, parity, source)
+        if int8:  # both files are placed together, once both are written: see export.placing
+            log(result.verified_line())
+            result.int8, written = stage_int8(temporary, out, data, log)
+            staged.append(written)
+        place([*staged, (temporary, final)])
     finally:
-        temporary.unlink(missing_ok=True)
-    result = ExportResult(out, info, parity, source)
-    for line in result.lines():  # the fp32 file's lines before the int8 work begins
+        for written in (temporary, *(w for w, _ in staged)):
+            written.unlink(missing_ok=True)
+    for line in result.lines()[1 if int8 else 0:]:
         log(line)
-    if int8:
-        from export.quantize import quantize_and_compare
-
-        result.int8 = quantize_and_compare(out, int8_path(out), data, log=log)
     return result
