@@ -18,6 +18,7 @@ from engine.errors import EngineError, UsageError
 TABLE_ROWS = 40  # classes shown in the terminal table; --json has them all
 PAIRS = 5  # most-confused pairs shown
 COUNTS_UP_TO = 20  # classes up to which the picture writes the count in each cell
+PICTURE_CLASSES = 100  # classes the picture draws at most: with more, those with the most errors (~4 s to draw)
 LABEL_CHARACTERS = 40  # a class name longer than this is cut in the picture (its tick label)
 
 
@@ -90,10 +91,23 @@ class Confusion:
             lines += ["  " + describe_pair(p) for p in pairs]
         return "\n".join(lines)
 
+    def pictured(self, most=None):
+        """(K',) indices of the classes the picture draws, in class order: all of them up to `most`, else
+        the `most` with the most errors (their images predicted as another class, plus other classes'
+        images predicted as them; ties: the first). 2,000 tick labels took 30 s to draw, and are
+        unreadable at any size a screen shows."""
+        k, most = len(self.classes), PICTURE_CLASSES if most is None else most
+        if k <= most:
+            return torch.arange(k)
+        counts = self.counts.cpu()
+        errors = counts.sum(0) + counts.sum(1) - 2 * counts.diagonal()  # (K,)
+        return torch.argsort(-errors, stable=True)[:most].sort().values
+
     def save_png(self, path, title, say=print):
         """The matrix as a picture at `path` (written whole, via a temporary file): colours are each
         row's shares, so a rare class reads like a common one; the counts are in the cells for up to
-        COUNTS_UP_TO classes; `title` names the model and data, the accuracy is added. Class names in
+        COUNTS_UP_TO classes; `title` names the model and data, the accuracy is added. Over
+        PICTURE_CLASSES classes it draws those `pictured` (the title says so). Class names in
         a script matplotlib's font lacks (Chinese, say) are drawn in an installed font that has it;
         where none has, they draw as boxes, and `say` tells which characters."""
         from engine.quiet import pyplot
@@ -106,20 +120,23 @@ class Confusion:
 
         with warnings.catch_warnings(), plt.rc_context({"font.family": families}):  # boxes: no stderr line a cell
             warnings.filterwarnings("ignore", message=r"Glyph \d+ .* missing from font", category=UserWarning)
-            k = len(self.classes)
-            counts = self.counts.cpu()
-            shares = (counts.double() / counts.sum(1, keepdim=True).clamp(min=1)).numpy()  # (K, K) row-normalised
+            counts, shown = self.counts.cpu(), self.pictured()
+            shares = counts.double() / counts.sum(1, keepdim=True).clamp(min=1)  # (K, K): of each true class
+            counts, shares = counts[shown][:, shown], shares[shown][:, shown].numpy()  # (K', K')
+            k, part = len(shown), ""
+            if len(shown) < len(self.classes):
+                part = f"\nthe {k} of {len(self.classes):,} classes with the most errors (--json: all of them)"
             side = min(max(6, 4 + 0.22 * k), 26)  # inches: 6 up to 10 classes, 100 classes 26 (2,600 px at dpi 100)
             font = max(6.0, min(10.0, 260 / k))  # points; a cell is about 12 points high from 30 classes up
             fig, ax = plt.subplots(figsize=(side + 1.5, side))
             image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
             fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
-            labels = [printable(name, LABEL_CHARACTERS) for name in self.classes]
+            labels = [printable(self.classes[i], LABEL_CHARACTERS) for i in shown.tolist()]
             ax.set_xticks(range(k), labels, rotation=90, fontsize=font, parse_math=False)  # a class 'cost $5 to $10'
             ax.set_yticks(range(k), labels, fontsize=font, parse_math=False)  # is its name, not TeX (which may not parse)
             ax.set(xlabel="predicted class", ylabel="true class")
-            ax.set_title(f"{printable(title)}\naccuracy {self.accuracy * 100:.2f}% on {self.images:,} test images", fontsize=11,
-                         parse_math=False)
+            ax.set_title(f"{printable(title)}\naccuracy {self.accuracy * 100:.2f}% on {self.images:,} test images{part}",
+                         fontsize=11, parse_math=False)
             if k <= COUNTS_UP_TO:
                 for i in range(k):
                     for j in range(k):
