@@ -2,7 +2,8 @@
 trace cannot say it (engine.fusion._tapped): a forward with data-dependent control flow, or one that
 calls code of its own (a helper that applies a run's ReLU and then something else before its pool).
 
-Each run is fused alone in copies of the model (with the eager op, which computes exactly what the run
+Each run is fused alone in copies of the model (their weights perturbed, so that a read a zero-initialised
+gate switches off shows; with the eager op, which computes exactly what the run
 does when the forward calls it as one chain), in evaluation and in training mode, and kept only where
 the copies' outputs for one random batch match the unfused model's; then the runs kept are checked all
 together. A forward that raises on the probe batch, or a model that cannot be copied, keeps every run
@@ -30,7 +31,7 @@ def probe_runs(model: nn.Module, runs, shape, fused_block):
                     f"of its own), so its runs ({', '.join(where)}) are left unfused: no input shape to check "
                     "them on a probe batch")
     try:
-        copies = [copy.deepcopy(model).train(mode) for mode in (False, True)]
+        copies = [_perturbed(copy.deepcopy(model).train(mode)) for mode in (False, True)]
     except Exception as error:  # noqa: BLE001 - a lock, a file: nothing to probe with
         return [], f"{label} cannot be copied to check its runs ({', '.join(where)}) ({type(error).__name__}), so they are left unfused"
     parameter = next((p for p in model.parameters() if p.is_floating_point()), None)
@@ -51,6 +52,18 @@ def probe_runs(model: nn.Module, runs, shape, fused_block):
     return [runs[n] for n in kept], (f"fusing {label}'s run{'s' if len(left) > 1 else ''} at {', '.join(left)} changed "
                                      "its output on a probe batch (its forward reads a conv's or ReLU's map itself, or "
                                      "computes something between them): left unfused")
+
+
+def _perturbed(model):
+    """`model` with noise added to each floating parameter: a read that the weights at hand switch off
+    (a tap scaled by a zero-initialised gate, ReZero or a layer scale) shows on the probe all the same."""
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.is_floating_point() and parameter.numel():
+                noise = torch.randn(parameter.shape, generator=generator).to(parameter.device, parameter.dtype)
+                parameter.add_(noise * (0.1 + 0.1 * parameter.detach().float().pow(2).mean().sqrt().item()))
+    return model
 
 
 def _forward(model, x):

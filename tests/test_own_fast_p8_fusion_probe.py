@@ -203,3 +203,33 @@ def test_a_runs_relu_or_pool_called_again_elsewhere_keeps_that_run_whole(again):
     left = 0 if again < 3 else 3  # features[5], the second run's ReLU
     assert [i for _, i, _, _ in find_runs(model)] == [3 - left]
     _same_after_fusing(model, 1)
+
+
+class Gated(Tapping):
+    """Adds the first ReLU's map through a gate initialised to zero (ReZero, a layer scale): fused, the
+    model at hand computes the same, but not once training opens the gate."""
+
+    def __init__(self):
+        super().__init__()
+        self.gate, self.head = nn.Parameter(torch.zeros(1)), nn.Linear(8, 3)
+
+    def forward(self, x):
+        tap = None
+        for i, layer in enumerate(self.features):
+            x = layer(x)
+            if i == 1:
+                tap = F.adaptive_avg_pool2d(x, 1).flatten(1)
+        if x.sum() > 0:
+            x = x * 1
+        return self.head(F.adaptive_avg_pool2d(x, 1).flatten(1) + self.gate * tap)
+
+
+def test_a_tap_switched_off_by_a_zero_gate_at_the_start_is_still_seen():
+    torch.manual_seed(0)
+    model = Gated()
+    runs, why = checked_runs(model, SHAPE)
+    assert [i for _, i, _, _ in runs] == [3] and "run at features.0 changed" in why
+    with torch.no_grad():
+        model.gate.fill_(0.5)  # as training leaves it
+    _same_after_fusing(model, 1)
+    assert torch.equal(model.gate, torch.full((1,), 0.5))  # the probe perturbed copies only
