@@ -276,4 +276,7 @@ def export_onnx(out, checkpoint=None, *, opset=None, verify=True, int8=False, lo
             written.unlink(missing_ok=True)
     for line in result.lines()[1 if int8 else 0:]:
         log(line)
+    if not int8 and int8_path(out).is_file():  # an earlier --int8 export's, which no longer matches OUT
+        log(f"Note: {int8_path(out)} is an earlier export's int8 file, not this model's; export with --int8 to "
+            "replace it, or delete it")
     return result

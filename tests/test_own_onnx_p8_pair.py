@@ -80,3 +80,12 @@ def test_a_link_into_a_missing_folder_or_a_loop_is_one_line(tiny_run, tmp_path, 
     assert main(["export", str(loop), "--checkpoint", str(tiny_run[1]), "--no-verify"]) == 1
     err = capsys.readouterr().err
     assert "loop" in err and "symbolic link" in err and "Traceback" not in err and loop.is_symlink()
+
+
+def test_a_plain_export_says_an_earlier_int8_file_beside_it_is_not_its_own(tiny_run, tmp_path):
+    out = tmp_path / "model.onnx"
+    int8_path(out).write_bytes(b"an earlier int8 export")
+    said = []
+    export_onnx(out, tiny_run[1], verify=False, log=said.append)
+    assert said[-1].startswith(f"Note: {int8_path(out)} is an earlier export's int8 file, not this model's")
+    assert int8_path(out).read_bytes() == b"an earlier int8 export"  # said, not deleted
