@@ -67,15 +67,15 @@ def _perturbed(model):
 
 
 def _forward(model, x):
-    """model(x) with the torch and Python random streams reseeded (the same dropout masks and draws for
-    each copy) and put back after."""
+    """model(x) on a copy of x (a forward may scale its input in place) with the torch and Python random
+    streams reseeded (the same dropout masks and draws for each copy) and put back after."""
     state = random.getstate()
     devices = [x.device] if x.device.type == "cuda" else []
     try:
         with torch.random.fork_rng(devices=devices), torch.no_grad():
             torch.manual_seed(0)
             random.seed(0)
-            return model(x)
+            return model(x.clone())
     finally:
         random.setstate(state)
 

@@ -233,3 +233,17 @@ def test_a_tap_switched_off_by_a_zero_gate_at_the_start_is_still_seen():
         model.gate.fill_(0.5)  # as training leaves it
     _same_after_fusing(model, 1)
     assert torch.equal(model.gate, torch.full((1,), 0.5))  # the probe perturbed copies only
+
+
+class InPlace(Whole):
+    """Normalises its input in place, then calls its Sequential whole: fusing is exact."""
+
+    def forward(self, x):
+        x.sub_(0.5).mul_(2)
+        return super().forward(x)
+
+
+def test_a_forward_changing_its_input_in_place_is_still_fused():
+    torch.manual_seed(0)
+    runs, why = checked_runs(InPlace(), SHAPE)
+    assert len(runs) == 2 and why == ""
