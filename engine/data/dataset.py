@@ -61,10 +61,10 @@ class Dataset:
 
 
     def hold_out(self, count=None, seed=0, given=None):
-        """Move a seeded random `count` of the training images into the validation split (the
-        same images for the same seed and training set); None keeps them all for training. `given`:
-        the flag's value as typed (10%), for the one line that refuses a split leaving a class (or
-        everything) untrained."""
+        """Move a seeded, stratified `count` of the training images into the validation split (each class
+        its share: engine.data.holdout; the same images for the same seed and training set); None keeps
+        them all for training. `given`: the flag's value as typed (10%), for the one line that refuses a
+        split leaving a class (or everything) untrained."""
         if count is None:
             return self
         said = f"--val-split {given}" + (f" ({count:,} images)" if str(given).strip().endswith("%") else "") \
@@ -72,16 +72,10 @@ class Dataset:
         if count >= len(self.train_x):
             raise UsageError(f"{said} leaves no training images (the training set has {len(self.train_x):,}); hold out "
                              "fewer")
-        generator = torch.Generator().manual_seed(seed + 2)  # seed and seed + 1 pick the --limit-* subsets
-        order = torch.randperm(len(self.train_x), generator=generator)
-        val, keep = order[:count].sort().values, order[count:].sort().values
-        had, trained = set(self.train_y.tolist()), set(self.train_y[keep].tolist())
-        lost = [name for label, name in enumerate(self.classes) if label in had and label not in trained]
-        if lost:  # the draw is the run's (resume and eval rebuild it): refused, not re-drawn
-            raise UsageError(f"{said} leaves class {lost[0]}{f' (and {len(lost) - 1} more)' if len(lost) > 1 else ''} "
-                             "with no training images; hold out fewer, or add images of it")
-        from engine.data.stream import take  # here: importing engine.data loads nothing more
+        from engine.data.holdout import stratified_count  # here: importing engine.data loads nothing more
+        from engine.data.stream import take
 
+        keep, val = stratified_count(self.train_y, count, seed + 2, self.classes, said)  # seed, +1: --limit-*'s
         self.val_x, self.val_y = take(self.train_x, val), self.train_y[val]  # index views of a streamed split
         self.train_x, self.train_y = take(self.train_x, keep), self.train_y[keep]
         return self
