@@ -21,6 +21,8 @@ def check_out(out):
     if not str(out).strip():
         raise UsageError("OUT is an empty path; give a file name ending in .onnx")
     out = Path(out)
+    if out.name.lower() == ".onnx":  # a hidden file with no name: Path(".onnx").suffix is ""
+        raise UsageError(f"OUT {out} has no name before .onnx; give a file name such as model.onnx")
     if out.suffix.lower() != ".onnx":
         raise UsageError(f"OUT {out} must end in .onnx")
     if out.is_dir():
