@@ -65,7 +65,8 @@ def walk(path: Path):
     that cannot be listed is one line too (engine.pixels.unlisted_folder), not left out with its images,
     and so is a folder reached twice through links (a/to_b -> ../b beside b/to_a -> ../a, a loop no
     single link makes, read its images 41 times over, in both classes, until the system's limit on
-    links ended it without a word); a hidden one is not walked again."""
+    links ended it without a word); a hidden one is not walked again, and no link is followed into or
+    out of one (a hidden link to / walked the whole filesystem)."""
     seen, unread = {}, set()  # real folder -> the first path it was walked as; hidden folders walked, never read
     def unlisted(error):  # a hidden folder is never read: one this user may not list (another user's .Trash-1000/ on
         if not layout.hidden(Path(error.filename).relative_to(path).parts):  # a shared drive, lost+found/) is no loss
@@ -77,15 +78,18 @@ def walk(path: Path):
             if here in unread:
                 dirs[:] = []
                 continue
-            unread.add(here)
+            unread.add(here)  # and no link out of it followed: a .root -> / would walk the whole filesystem
+            dirs[:] = [name for name in dirs if not os.path.islink(os.path.join(root, name))]
         elif here in seen:
             raise EngineError(f"{root} is the folder {seen[here]} again ({here}, reached twice through a link): its "
                               "images would be read twice, in two places; remove the link")
         else:
             seen[here] = root
+        if not hidden:  # a hidden link (.root -> /) is not followed either
+            dirs[:] = [name for name in dirs if not (layout.hidden((name,)) and os.path.islink(os.path.join(root, name)))]
         for name in dirs if not hidden else ():
             target = os.path.realpath(os.path.join(root, name))
-            if here == target or here.startswith(target + os.sep):
+            if here == target or here.startswith(target.rstrip(os.sep) + os.sep):  # a link to / too
                 raise EngineError(f"{Path(root, name)} is a link to {target}, a folder it is inside (a loop); "
                                   "remove the link")
         kept = []
