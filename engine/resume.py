@@ -93,7 +93,8 @@ def check_resumed_config(cfg: Config, checkpoint: Checkpoint):
         raise UsageError(f"train(resume=...) continues the run in the Config's out, and {cfg.out} holds no last.pt; "
                          "cfg, checkpoint = resume_config(RUN_DIR) gives the run's own (to start from its weights "
                          "in a new run: Config(init_from=...))")
-    saved = Config.from_dict(checkpoint.config)
+    named = {name: getattr(cfg, name) for name in ("data", "model", "out")}  # as given now: a model file moved since
+    saved = Config.from_dict({**checkpoint.config, **named})  # (named again at its new place) is not looked for
     for f in dataclasses.fields(Config):
         name = f.name
         if f.metadata["resume"] or name in ("data", "model", "out"):
