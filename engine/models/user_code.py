@@ -116,14 +116,26 @@ def torch_state_kept(where, when="imported"):
     dtype put back afterwards, each change said in one line: a file that turns gradients off at its top
     level (an inference script's `torch.set_grad_enabled(False)`) failed training's first backward with
     torch's traceback, and one that sets float64 as the default made the engine's float32 model float64.
-    torch's thread count too: a script's torch.set_num_threads(1) ran the whole run on one core, unsaid."""
+    torch's thread count too: a script's torch.set_num_threads(1) ran the whole run on one core, unsaid.
+    The code sees a command line of its own, sys.argv = [its file] (a script's top-level
+    `parser.parse_args()` takes its defaults, not the engine's flags, which it refused as 'engine: error:
+    unrecognized arguments'), and a working directory it changes (os.chdir) is put back, said in one
+    line: the run's relative paths (runs/, --out) went to its folder."""
     import torch
 
     grad, dtype, threads = torch.is_grad_enabled(), torch.get_default_dtype(), torch.get_num_threads()
+    argv, sys.argv = sys.argv, [str(where)]
+    cwd = _cwd()
     try:
         yield
     finally:
+        sys.argv = argv
         name = Path(where).name if os.sep in str(where) else where
+        if cwd and _cwd() != cwd:
+            moved, _ = _cwd(), os.chdir(cwd)
+            warn_once(("cwd", where), f"engine: warning: {name} changes the working directory to {moved} when {when} "
+                                      f"(os.chdir); the engine goes back to {cwd}, where the command's relative "
+                                      "paths are")
         if torch.is_grad_enabled() != grad:
             torch.set_grad_enabled(grad)
             warn_once(("grad", where), f"engine: warning: {name} turns gradients {'on' if not grad else 'off'} when "
@@ -139,6 +151,13 @@ def torch_state_kept(where, when="imported"):
             warn_once(("threads", where), f"engine: warning: {name} sets torch's threads to {changed} when {when} "
                                           f"(torch.set_num_threads); the engine keeps {threads} (OMP_NUM_THREADS "
                                           "sets them for a run)")
+
+
+def _cwd():
+    try:
+        return os.getcwd()
+    except OSError:  # a working directory deleted under the process
+        return None
 
 
 def line_in(error, file=None):
