@@ -5,7 +5,9 @@ file beside an earlier export's int8 one. A path that is a symbolic link is writ
 link's target (atomically there), as `cp` and editors do: the link itself is kept.
 """
 
+import contextlib
 import os
+import stat
 from pathlib import Path
 
 from engine.errors import EngineError, UsageError
@@ -56,8 +58,11 @@ def final_path(path):
 
 
 def place(staged):
-    """Move each (temporary, final) into place, in order."""
+    """Move each (temporary, final) into place, in order; a file replaced keeps its permissions (a private
+    0600 model stays private), as an editor's save keeps them."""
     for written, final in staged:
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(written, stat.S_IMODE(os.stat(final).st_mode))
         os.replace(written, final)
 
 

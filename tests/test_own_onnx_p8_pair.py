@@ -89,3 +89,12 @@ def test_a_plain_export_says_an_earlier_int8_file_beside_it_is_not_its_own(tiny_
     export_onnx(out, tiny_run[1], verify=False, log=said.append)
     assert said[-1].startswith(f"Note: {int8_path(out)} is an earlier export's int8 file, not this model's")
     assert int8_path(out).read_bytes() == b"an earlier int8 export"  # said, not deleted
+
+
+def test_a_file_replaced_keeps_its_permissions(tiny_run, tmp_path):
+    out = tmp_path / "model.onnx"
+    out.write_bytes(b"an earlier, private export")
+    out.chmod(0o600)
+    export_onnx(out, tiny_run[1], verify=False, log=None)
+    assert out.stat().st_mode & 0o777 == 0o600
+    onnx.checker.check_model(str(out), full_check=True)
