@@ -99,8 +99,13 @@ def evaluation_data(saved, given):
     """The data settings an evaluation of a trained model reads: the run's own (`saved`: what chose and
     shaped its images), then those the command `given`. Other data than the run's (--data) is read
     whole where it has no test split of its own (--test-split all), unless --test-split is given; the
-    run's own data keeps the images it held out."""
+    run's own data keeps the images it held out. A built-in set (--data synthetic) has its own size: an
+    image folder's --image-size is not carried to it."""
+    from engine.config import BUILTIN_DATASETS
+
     values = {k: saved[k] for k in RUN_DATA if k in saved}
+    if str(given.get("data")) in BUILTIN_DATASETS:
+        values.pop("image_size", None)
     if "data" in given and "test_split" not in given and not same_data(given["data"], saved.get("data")):
         values["test_split"] = WHOLE
     return {**values, **given}
