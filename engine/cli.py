@@ -123,6 +123,14 @@ def cmd_summary(args):
     from engine.models.build import build
     from engine.models.reference import parse_model
 
+    if args.checkpoint is not None and args.model is None and not os.path.exists(args.checkpoint):
+        try:  # `engine summary nets.py:Net`: a model, given where a checkpoint goes
+            parse_model(args.checkpoint)
+        except EngineError:
+            pass
+        else:
+            raise UsageError(f"{args.checkpoint} is a model, not a checkpoint: name it with --model (engine summary "
+                             f"--model {args.checkpoint})")
     if args.checkpoint is not None:
         from engine.checkpoint import load, model_from_checkpoint
 
