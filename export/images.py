@@ -50,14 +50,15 @@ def images_under(folder, others=None):
     training's decode follows them, each folder once (a link back up is not a loop). others: a dict
     counting the other files (not hidden) by extension. A folder that cannot be listed is one line
     (engine.pixels.unlisted_folder), as in training."""
-    found, seen = [], set()
+    found, seen, top = [], set(), os.path.realpath(folder)
     for root, dirs, files in os.walk(folder, followlinks=True, onerror=unlisted_folder):
         real = os.path.realpath(root)
         if real in seen:
             dirs[:] = []
             continue
         seen.add(real)
-        dirs[:] = [d for d in dirs if not d.startswith(".") and d not in SYSTEM_FOLDERS]  # as training skips them
+        dirs[:] = [d for d in dirs if not d.startswith(".") and d not in SYSTEM_FOLDERS  # as training skips them
+                   and not _up(os.path.join(root, d), top)]
         found += [Path(root, name) for name in files
                   if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS]
         for name in files if others is not None else ():
@@ -66,6 +67,15 @@ def images_under(folder, others=None):
                 suffix = "broken link" if not os.path.exists(os.path.join(root, name)) else suffix  # a folder's, perhaps
                 others[suffix] = others.get(suffix, 0) + 1
     return sorted(found)
+
+
+def _up(path, top):
+    """Whether `path` is a link to `top` or a folder above it: walked, it would add the folders beside `top`
+    (a link to / walked the whole filesystem), never an image of `top`'s own."""
+    if not os.path.islink(path):
+        return False
+    target = os.path.realpath(path)
+    return top == target or top.startswith(target.rstrip(os.sep) + os.sep)
 
 
 def open_image(path, size=None):

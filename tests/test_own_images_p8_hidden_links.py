@@ -41,3 +41,15 @@ def test_a_class_folders_link_to_the_filesystem_root_is_a_loop(tmp_path):
     (root / "cat" / "all").symlink_to("/")
     with pytest.raises(EngineError, match=r"usb/cat/all is a link to /, a folder it is inside \(a loop\)"):
         imagefolder.read(root, tmp_path / "cache", test_split="25%", log=lambda *_: None)
+
+
+def test_predicts_folder_walk_takes_no_link_above_the_folder(tmp_path):
+    from export.images import images_under
+
+    root = photos(tmp_path / "usb")
+    (tmp_path / "beside").mkdir()
+    Image.new("RGB", (6, 6)).save(tmp_path / "beside" / "not_given.png")
+    (root / "cat" / "up").symlink_to(tmp_path)  # above the folder: every folder beside it (as a link to / would)
+    (root / "dog" / "back").symlink_to(root)  # back to the folder itself: each folder once, as before
+    found = [p.relative_to(root).as_posix() for p in images_under(root)]
+    assert found == [f"{c}/{i}.png" for c in ("cat", "dog") for i in range(4)]
