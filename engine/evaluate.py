@@ -69,6 +69,9 @@ def remainder_logits(model, x, tta=0):
     compiled for that shape (CompiledInference) runs the module it was compiled from, a torch.compile'd one
     its eager forward (torch.compiler's force_eager stance), so no other shape is compiled for one batch."""
     if isinstance(model, CompiledInference):
+        if model.eager is None:  # a package loaded without its module: the batch padded to the one shape
+            padded = torch.cat([x, x.new_zeros((model.shape[0] - len(x), *x.shape[1:]))])
+            return predict(model, padded, tta)[:len(x)]
         model = model.eager
     if "torch._dynamo" not in sys.modules:  # nothing was compiled in this process
         return predict(model, x, tta)

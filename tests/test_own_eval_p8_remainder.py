@@ -132,3 +132,24 @@ def test_compiled_evaluation_of_a_user_model_agrees_with_eager(tmp_path, monkeyp
     assert compiled["test_acc"] == eager["test_acc"]
     assert compiled["test_loss"] == pytest.approx(eager["test_loss"], abs=1e-5)
     assert torch.equal(compiled["confusion"].counts, eager["confusion"].counts)
+
+
+def test_a_model_compiled_for_one_shape_runs_the_last_batch_through_its_eager_module():
+    from engine.inference import CompiledInference
+
+    torch.manual_seed(0)
+    model = BatchStats().eval()
+    images, labels = data()
+    loader = BatchLoader(images, labels, 8, [0.5] * 3, [0.25] * 3, device="cpu", train=False, channels_last=False)
+    shape = (8, 3, 6, 6)
+    with_module = CompiledInference(model, shape, torch.contiguous_format, eager=model)  # the runner: any callable
+    loss, acc = evaluate(with_module, loader, FP32)
+    assert (loss, acc) == pytest.approx(chunked(model, loader, images, labels, 8), abs=1e-6)
+    alone = CompiledInference(model, shape, torch.contiguous_format)  # a package loaded without its module
+    loss, acc = evaluate(alone, loader, FP32)  # the last batch padded with zeros to the shape it holds
+    padded = torch.cat([loader.normalise(images[16:]), torch.zeros(3, 3, 6, 6)])
+    with torch.no_grad():
+        last = model(padded)[:5]
+    want = (chunked(model, loader, images[:16], labels[:16], 8)[0] * 16
+            + F.cross_entropy(last, labels[16:], reduction="sum").item()) / 21
+    assert loss == pytest.approx(want, abs=1e-6)
