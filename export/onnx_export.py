@@ -237,6 +237,8 @@ def export_onnx(out, checkpoint=None, *, opset=None, verify=True, int8=False, lo
     if int8 and int8_path(out).is_dir():  # found before the export and calibration, not after them
         raise UsageError(f"--int8 writes {int8_path(out)} beside {out}, and that is a directory; move it or choose "
                          "another OUT")
+    if int8:  # a link of it that loops or points into a missing folder, before the work too
+        check_out(int8_path(out))
     opset = None if opset is None else int(opset)
     if opset is not None and not MIN_OPSET <= opset <= torch.onnx._constants.ONNX_MAX_OPSET:
         raise UsageError(f"--opset {opset}: the exporter writes opsets {MIN_OPSET} to {torch.onnx._constants.ONNX_MAX_OPSET}")

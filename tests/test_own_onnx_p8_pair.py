@@ -86,3 +86,12 @@ def test_a_plain_export_keeps_the_replaced_files_permissions_and_notes_an_earlie
     onnx.checker.check_model(str(out), full_check=True)
     assert said[-1].startswith(f"Note: {int8_path(out)} is an earlier export's int8 file, not this model's")
     assert int8_path(out).read_bytes() == b"an earlier int8 export"  # said, not deleted
+
+
+def test_an_int8_path_linked_into_a_missing_folder_is_refused_before_the_export(tiny_run, tmp_path, capsys):
+    out = tmp_path / "m.onnx"
+    int8_path(out).symlink_to(tmp_path / "nowhere" / "x.onnx")  # was 'int8 quantization failed: [Errno 2] ...
+    assert main(["export", str(out), "--checkpoint", str(tiny_run[1]), "--int8"]) == 1  # ../..x.onnx.staged1.prep1'
+    said = capsys.readouterr()
+    assert said.err == f"engine: error: cannot write {int8_path(out)}: folder {tmp_path / 'nowhere'} does not exist\n"
+    assert "Exporting" not in said.out and not out.exists()
