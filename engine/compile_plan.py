@@ -52,8 +52,9 @@ WIN_FROM = 1.0  # a compiled graph is used only where it is at least as fast as 
 BUDGET_S = 0.4  # seconds of timed steps per side in a training measurement
 # Part of every cache key, raised when what is compiled changes, so an earlier measurement is taken
 # again: 2, Inductor's training graphs round low-precision intermediates as eager does (bf16 graphs
-# that disagreed with eager before, recorded as ratio 0, may now win).
-FORMAT = 2
+# that disagreed with eager before, recorded as ratio 0, may now win); 3, a model with dropout is compared
+# with eager on the same masks (every such model disagreed before).
+FORMAT = 3
 
 
 class CompileFailed(Exception):
@@ -175,7 +176,10 @@ def measure_training(model, runtime, x, y):
     step whose loss or gradients disagree with eager's on the same weights and batch (beyond the
     precision's rounding) measures 0: a fast path is used only where it is proven against eager.
     (Inductor's bf16 training graph of fast_cifar gave a non-finite loss where eager's was finite, until
-    the backend rounded as eager: engine/inductor.py.)"""
+    the backend rounded as eager: engine/inductor.py.) The measured copy is compiled with eager's random
+    ops (Inductor's `fallback_random`), so that a model with dropout draws the same masks in both."""
+    import torch._inductor.config as inductor_config
+
     from engine.inductor import CountingInductor, quiet_compiler
 
     quiet_compiler()
@@ -185,7 +189,8 @@ def measure_training(model, runtime, x, y):
         compiled.compile(backend=CountingInductor(runtime.compile_mode))
         started = time.perf_counter()
         try:
-            agree = agrees(eager, compiled, runtime, x, y)  # the compile happens here
+            with inductor_config.patch(fallback_random=True):
+                agree = agrees(eager, compiled, runtime, x, y)  # the compile happens here
         except Exception as error:  # eager's step ran already (plan_training timed it): the compile failed
             raise CompileFailed(first_line(error)) from error
         compile_s = time.perf_counter() - started
@@ -201,12 +206,15 @@ def measure_training(model, runtime, x, y):
 def agrees(eager, compiled, runtime, x, y):
     """Whether one training forward and backward of `compiled` gives eager's loss and gradients on x, y
     (the two modules hold the same weights): within 1e-3 relative in fp32 (1e-2 on CUDA, whose fp32
-    convolutions and matmuls run in TF32 here), 5e-2 under bf16/fp16."""
+    convolutions and matmuls run in TF32 here), 5e-2 under bf16/fp16. Each step starts from the same
+    random state (the same dropout masks), and the run's is put back after."""
     results = []
     for model in (eager, compiled):
-        with runtime.autocast():
-            loss = F.cross_entropy(model(x), y)
-        loss.backward()
+        with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+            torch.manual_seed(0)
+            with runtime.autocast():
+                loss = F.cross_entropy(model(x), y)
+            loss.backward()
         grads = [p.grad.float().flatten() for p in model.parameters() if p.grad is not None]
         results.append((loss.detach().float(), torch.cat(grads) if grads else torch.zeros(1)))
         model.zero_grad(set_to_none=True)
