@@ -134,8 +134,10 @@ def eight_bit(image):
     from PIL import Image
 
     if image.mode in SIXTEEN_BIT:  # a signed 16-bit TIFF's -32768..32767 scaled as unsigned 0..65535 are
-        values = np.clip(np.asarray(image, dtype=np.int64) + (32768 if signed_sixteen(image) else 0), 0, 65535)
+        values = np.clip(np.asarray(image, dtype=np.int64) + (32768 if signed(image) == 16 else 0), 0, 65535)
         return Image.fromarray(((values * 255 + 32767) // 65535).astype(np.uint8))
+    if image.mode == "L" and signed(image) == 8:  # a signed 8-bit TIFF, which PIL reads as its bytes (-1 as 255)
+        return Image.fromarray(np.asarray(image) ^ np.uint8(0x80))  # -128..127 as 0..255
     if image.mode == "LAB":  # a CIELab TIFF: to sRGB first, as PIL converts no LAB to grey (its error names RGB)
         return lab_to_rgb(image)
     if image.mode == "F":  # floats: [0, 1] if they fit, else taken as 0-255
@@ -147,14 +149,14 @@ def eight_bit(image):
     return image
 
 
-def signed_sixteen(image):
-    """Whether a mode-I image holds signed 16-bit samples (a TIFF's SampleFormat 2, PIL's raw mode I;16S), by
-    its tags, which stay once it is loaded."""
-    tags = getattr(image, "tag_v2", None) if image.mode == "I" else None
+def signed(image):
+    """The bits of a one-channel image's signed integer samples (a TIFF's SampleFormat 2: 16 for PIL's raw
+    mode I;16S, 8 for the bytes it reads as L), or None, by its tags, which stay once it is loaded."""
+    tags = getattr(image, "tag_v2", None) if image.mode in ("I", "L") else None
     if tags is None:
-        return False
+        return None
     kind, bits = (value[0] if isinstance(value, tuple) else value for value in (tags.get(339, 1), tags.get(258, 1)))
-    return kind == 2 and bits == 16
+    return bits if kind == 2 else None
 
 
 def lab_to_rgb(image):

@@ -11,11 +11,11 @@ from engine.pixels import fit
 from export.images import open_image, to_pixels
 
 
-def signed_tiff(path, values):
-    """An uncompressed one-strip TIFF of int16 samples (SampleFormat 2), as PIL cannot write one."""
+def signed_tiff(path, values, bits=16):
+    """An uncompressed one-strip TIFF of int16 (or int8) samples (SampleFormat 2), as PIL cannot write one."""
     height, width = values.shape
-    data = values.astype("<i2").tobytes()
-    tags = [(256, 3, width), (257, 3, height), (258, 3, 16), (259, 3, 1), (262, 3, 1), (273, 4, 0), (277, 3, 1),
+    data = values.astype("<i2" if bits == 16 else "i1").tobytes()
+    tags = [(256, 3, width), (257, 3, height), (258, 3, bits), (259, 3, 1), (262, 3, 1), (273, 4, 0), (277, 3, 1),
             (278, 3, height), (279, 4, len(data)), (339, 3, 2)]
     start = 8 + 2 + 12 * len(tags) + 4
     out = b"II*\x00" + struct.pack("<IH", 8, len(tags))
@@ -41,6 +41,13 @@ def test_signed_tiff_reads_the_same_loaded_or_not(tmp_path):
     with Image.open(path) as image:
         image.load()
         assert np.asarray(fit(image, None, "L")).tolist() == [[127] * 3] * 2  # (-100 + 32768) * 255 / 65535, rounded
+
+
+def test_signed_8_bit_tiff_is_offset_not_read_as_its_bytes(tmp_path):
+    path = signed_tiff(tmp_path / "s8.tif", np.array([[-128, -1, 0, 127]], dtype=np.int8), bits=8)
+    with Image.open(path) as image:
+        assert image.mode == "L"
+        assert np.asarray(fit(image, None, "L")).tolist() == [[0, 127, 128, 255]]  # was [[128, 255, 0, 127]]
 
 
 def test_unsigned_16_bit_tiff_keeps_its_reading(tmp_path):
@@ -85,7 +92,8 @@ def readme_load(channels, height, width):
 def test_readme_client_reads_signed_and_lab_tiffs_as_the_engine_does(tmp_path):
     signed = signed_tiff(tmp_path / "s16.tif", np.array([[-32768, -16384, 0, 16384, 32767]] * 2, dtype=np.int16))
     lab = lab_tiff(tmp_path / "lab.tif")
-    for path, channels in ((signed, 1), (signed, 3), (lab, 1), (lab, 3)):
+    byte = signed_tiff(tmp_path / "s8.tif", np.array([[-128, -1, 0, 64, 127]] * 2, dtype=np.int8), bits=8)
+    for path, channels in ((signed, 1), (signed, 3), (lab, 1), (lab, 3), (byte, 1), (byte, 3)):
         with Image.open(path) as image:
             engine = np.asarray(fit(image, (2, 5), "L" if channels == 1 else "RGB"), dtype=np.float32) / 255
         client = readme_load(channels, 2, 5)(path)

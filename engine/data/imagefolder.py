@@ -51,7 +51,7 @@ CACHE_FORMAT = 19  # 2: a set with any colour image is all RGB; 3: any layout, t
 # folder's 'Not used:' line not kept, but counted at each start (it went stale when only a notes.txt changed); 17:
 # a large MPO (a JPEG with more pictures in it: a phone's Ultra HDR photo) drafted as a JPEG is; 18: a Synology
 # NAS's @eaDir/ thumbnails (and $RECYCLE.BIN/, lost+found/, ...) skipped as hidden folders are; 19: a signed 16-bit
-# TIFF scaled from -32768 (its negative half was clipped to black)
+# TIFF scaled from -32768 (its negative half was clipped to black), a signed 8-bit one offset from -128
 CHUNK = 1024  # images handed to the decoding processes at a time: bounds the undecoded bytes held in memory
 
 
