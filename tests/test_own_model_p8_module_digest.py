@@ -95,3 +95,12 @@ def test_a_checkpoint_of_a_module_from_before_has_no_digest_and_loads_without_a_
     ref = reopen(old, parse_model(f"{name}.nets:Net"), "old.pt")
     load_code(ref)
     assert "warning" not in capsys.readouterr().err
+
+
+def test_a_stored_digest_that_is_no_string_is_a_refused_reference_not_a_traceback():
+    from engine.errors import EngineError
+    from engine.models.reference import ModelRef
+
+    for sha in (12345, ["a"], {"x": 1}):  # reopen and load_code slice it: TypeError's traceback before
+        with pytest.raises(EngineError, match=r"bad.pt names a model the engine will not load \(.*sha256 "):
+            ModelRef.from_dict({"kind": "file", "name": "Net", "file": "/x/nets.py", "sha256": sha, "args": {}}, "bad.pt")

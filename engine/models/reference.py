@@ -84,8 +84,8 @@ def _check(ref: ModelRef):
         return f"model args {ref.args!r}"
     if problem := neighbours.check(ref.neighbours):
         return problem
-    if not isinstance(ref.name, str) or not (ref.file is None or isinstance(ref.file, str)):
-        return f"name {ref.name!r}, file {ref.file!r}"
+    if not isinstance(ref.name, str) or not all(v is None or isinstance(v, str) for v in (ref.file, ref.sha256)):
+        return f"name {ref.name!r}, file {ref.file!r}, sha256 {ref.sha256!r}"
     if ref.kind == "builtin":
         from engine.models import MODELS
 
