@@ -13,6 +13,7 @@ unfused. The probe exercises the branches its batch takes: a branch it does not 
 import copy
 import random
 
+import numpy as np
 import torch
 import torch.utils._pytree as pytree
 from torch import nn
@@ -67,17 +68,19 @@ def _perturbed(model):
 
 
 def _forward(model, x):
-    """model(x) on a copy of x (a forward may scale its input in place) with the torch and Python random
-    streams reseeded (the same dropout masks and draws for each copy) and put back after."""
-    state = random.getstate()
+    """model(x) on a copy of x (a forward may scale its input in place) with the torch, Python and numpy
+    random streams reseeded (the same dropout masks and draws for each copy) and put back after."""
+    state, numpy_state = random.getstate(), np.random.get_state()
     devices = [x.device] if x.device.type == "cuda" else []
     try:
         with torch.random.fork_rng(devices=devices), torch.no_grad():
             torch.manual_seed(0)
             random.seed(0)
+            np.random.seed(0)
             return model(x.clone())
     finally:
         random.setstate(state)
+        np.random.set_state(numpy_state)
 
 
 def _same(copies, wanted, runs, names, x, fused_block):

@@ -247,3 +247,21 @@ def test_a_forward_changing_its_input_in_place_is_still_fused():
     torch.manual_seed(0)
     runs, why = checked_runs(InPlace(), SHAPE)
     assert len(runs) == 2 and why == ""
+
+
+class NumpyNoise(Whole):
+    """Adds numpy noise to its logits (untraceable: a numpy call): the same draws for each probe."""
+
+    def forward(self, x):
+        import numpy as np
+
+        return super().forward(x) + torch.from_numpy(np.random.randn(3).astype("float32"))
+
+
+def test_numpy_draws_in_a_forward_neither_block_fusing_nor_move_the_callers_numpy_state():
+    import numpy as np
+
+    np.random.seed(3)
+    runs, why = checked_runs(NumpyNoise(), SHAPE)
+    assert len(runs) == 2 and why == ""
+    assert np.random.randn() == np.random.RandomState(3).randn()
