@@ -34,7 +34,8 @@ def probe_runs(model: nn.Module, runs, shape, fused_block):
     try:
         copies = [_perturbed(copy.deepcopy(model).train(mode)) for mode in (False, True)]
     except Exception as error:  # noqa: BLE001 - a lock, a file: nothing to probe with
-        return [], f"{label} cannot be copied to check its runs ({', '.join(where)}) ({type(error).__name__}), so they are left unfused"
+        return [], (f"{label} cannot be copied to check its runs ({', '.join(where)}) ({type(error).__name__}), "
+                    "so they are left unfused")
     parameter = next((p for p in model.parameters() if p.is_floating_point()), None)
     device = parameter.device if parameter is not None else torch.device("cpu")
     x = torch.randn(PROBE_IMAGES, *shape, generator=torch.Generator().manual_seed(0))

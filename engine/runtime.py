@@ -82,8 +82,8 @@ class Runtime:
     def prepare(self, model, compile=None, name=None, shape=None):
         """The model to run: `model` with ReLU -> max-pool pairs swapped (engine/reorder.py; a new
         GraphModule over the same parameters where any were), moved to the device and format, with the
-        Triton op swapped in (`shape`, an image's (C, H, W), checks its fusing: use_triton), compiled in place (unless `compile` is False: a caller that compiles it
-        another way). Use what it returns."""
+        Triton op swapped in (`shape`, an image's (C, H, W), checks its fusing: use_triton), compiled in
+        place (unless `compile` is False: a caller that compiles it another way). Use what it returns."""
         compile = self.compile if compile is None else compile
         if not self.triton:  # (--triton fuses conv -> ReLU -> pool runs itself)
             from engine.reorder import pool_before_relu
