@@ -167,6 +167,7 @@ def resolve_amp(cfg: Config, device, warn=warn):
 
 
 _warned = []  # the interpreter warning is given once per process
+_left_unfused = []  # and each line on runs left unfused (--ema's average is prepared as the model is)
 
 
 def _swap_ops(model, op, runs):
@@ -196,7 +197,8 @@ def use_triton(model, device, compile=False, name=None, shape=None):
         raise UsageError(f"--triton: {name or type(model).__name__} has no Conv2d -> ReLU -> MaxPool2d(2) run in an "
                          f"nn.Sequential that the fused kernel can replace{' (' + why + ')' if why else ''}; "
                          "run without --triton")
-    if why:
+    if why and why not in _left_unfused:
+        _left_unfused.append(why)
         warn(f"--triton: {why}")
     if device.type == "cpu":
         # Triton reads TRITON_INTERPRET when a function is decorated, its own tl.cdiv & co. included,

@@ -15,6 +15,7 @@ from torch import nn
 from engine.errors import UsageError
 from engine.fusion import checked_runs, find_runs, fuse
 from engine.runtime import use_triton
+from tests.conftest import requires_triton
 
 SHAPE = (3, 12, 14)
 
@@ -265,3 +266,14 @@ def test_numpy_draws_in_a_forward_neither_block_fusing_nor_move_the_callers_nump
     runs, why = checked_runs(NumpyNoise(), SHAPE)
     assert len(runs) == 2 and why == ""
     assert np.random.randn() == np.random.RandomState(3).randn()
+
+
+@requires_triton
+def test_a_run_left_unfused_is_said_once_though_a_weight_average_is_prepared_too(capsys):
+    class Averaged(Tapping):  # a class of its own: a line no other test said
+        pass
+
+    for _ in range(2):  # the model, then --ema's average
+        assert use_triton(Averaged(at=1), torch.device("cpu"), shape=SHAPE) == 1
+    said = capsys.readouterr().err
+    assert said.count("fusing Averaged's run at features.0 changed its output") == 1
