@@ -145,7 +145,8 @@ class Config:
         "with --target-acc 0.125 in the first epoch, then 0.25)"
     )
     val_split: str | None = option(
-        None, "hold out a seeded N (or P%%) of the training images as a validation set: best.pt is then chosen on it "
+        None, "hold out a seeded N (or P%%) of the training images, stratified by class, as a validation set: best.pt "
+        "is then chosen on it "
         "and the test set is only reported (default: none, best.pt is chosen on the test set)"
     )
     tta: int = option(
