@@ -2,7 +2,7 @@
 
 Test loss is the mean cross-entropy per test image (the tutorial divided its sum by the number
 of classes, a bug). Eval batches have one fixed shape, so a compiled model compiles once; the last,
-smaller batch runs eagerly, unpadded (`remainder_logits`). With
+smaller batch is filled with the images before it, scored on its own images (`evaluate_sums`). With
 test-time augmentation (`tta`, a level: `tta_views`) the logits are a weighted mean over views of
 each image, every view of the batch's shape and memory format. `evaluate` can also count the
 confusion matrix (engine/confusion.py), whose per-class results `engine eval` prints.
@@ -65,7 +65,7 @@ def predict(model, x, tta=0):
 
 
 def remainder_logits(model, x, tta=0):
-    """`predict` on a batch smaller than the evaluation's one shape (the last, unpadded), eagerly: a model
+    """`predict` on a batch smaller than the evaluation's one shape (a DDP rank's part, unpadded), eagerly: a model
     compiled for that shape (CompiledInference) runs the module it was compiled from, a torch.compile'd one
     its eager forward (torch.compiler's force_eager stance), so no other shape is compiled for one batch."""
     if isinstance(model, CompiledInference):
@@ -112,14 +112,20 @@ def evaluate_sums(model, loader: BatchLoader, runtime: Runtime, tta=False, confu
     model.eval()
     loss_sum = torch.zeros((), device=runtime.device, dtype=torch.float64)
     correct = torch.zeros((), device=runtime.device, dtype=torch.int64)
-    seen = 0
+    seen, previous = 0, None
     with torch.no_grad(), runtime.autocast():
         for x, y, count in loader.epoch(0):
-            if count < len(x):  # the last batch, padded with zeros to the one shape a compiled model holds:
-                x = x[:count]  # its images alone, so a forward using the batch's statistics sees no zeros
+            if count < len(x) and previous is not None:  # the last batch, padded with zeros to the one shape:
+                # its images, then those just before them, so a forward using the batch's statistics sees
+                # no zeros, nor a batch of one image (BatchNorm1d raises), and a compiled model one shape
+                x = torch.cat([x[:count], previous[count - len(x):]])
+                logits = predict(model, x, tta)
+            elif count < len(x):  # a rank's part smaller than a batch (DDP): its images alone, eagerly
+                x = x[:count]
                 logits = remainder_logits(model, x, tta)
             else:
                 logits = predict(model, x, tta)
+            previous = x
             if logits.ndim == 1 and len(x) == 1:  # a forward that drops a single image's batch dimension (x.squeeze())
                 logits = logits[None]
             logits = logits[:count].float()  # (count, classes): padded rows dropped

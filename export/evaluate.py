@@ -69,8 +69,9 @@ def evaluate_onnx(path, overrides, *, input_size=None, classes=None, log=print):
     confusion = Confusion(info.classes)  # the same per-class results as a checkpoint's evaluation
     started = time.perf_counter()
     for start in range(0, len(labels), batch):
-        images = data.test_x[start:start + batch].numpy().astype(np.float32) / 255  # as a client sends them
-        logits = model.logits(images)
+        first = max(0, min(start, len(labels) - batch))  # the last batch: filled with the images before it
+        images = data.test_x[first:start + batch].numpy().astype(np.float32) / 255  # as a client sends them
+        logits = model.logits(images)[start - first:]  # as engine.evaluate scores a checkpoint's
         y = labels[start:start + batch]
         loss_sum += cross_entropy_sum(logits, y)
         pred = logits.argmax(1)  # (B,)
