@@ -6,7 +6,7 @@ holds it without a pickle, nanoGPT-style. Built-in and torchvision references re
 themselves; user code is imported only when the person running the command names it
 (`reopen`), and a checkpoint's reference is checked without importing anything (`from_dict`).
 engine/models/user_code.py imports the code a user reference names; engine/models/build.py makes the
-network a reference names for a dataset.
+network a reference names for a dataset; engine/models/script.py reads a user's file without running it.
 """
 
 import json
@@ -22,6 +22,7 @@ from torch import nn
 
 from engine.errors import EngineError, UsageError
 from engine.models import neighbours
+from engine.models.script import check_guarded, defined_names
 
 KINDS = ("builtin", "torchvision", "file", "module")
 USER_MODULE = "engine_user_"  # the module name a FILE.py is imported under (plus a digest of its path)
@@ -123,6 +124,10 @@ def parse_model(text, args=None) -> ModelRef:
     if not sep:
         from engine.models import MODELS
 
+        if text.endswith(".py") and Path(text).expanduser().is_file():  # the file, its class or function left out
+            names = defined_names(text)
+            raise UsageError(f"--model {text}: name the class or function in it that builds the network, --model "
+                             f"{text}:NAME" + (f" (defined there: {', '.join(names[:8])})" if names else ""))
         if text not in MODELS:
             raise UsageError(f"unknown model {text!r}; choose one of: {', '.join(MODELS)}, or torchvision:NAME, "
                              "FILE.py:NAME or package.module:NAME")
@@ -256,40 +261,6 @@ def reference_of(model: nn.Module, args=None) -> ModelRef:
     source = neighbours.module_file(cls.__module__)  # a package's .py file: its digest, as a file's
     return ModelRef("module", cls.__qualname__, cls.__module__, source and sha256_of(source), dict(args or {}),
                     neighbours.of_file(source) if source else {})
-
-
-RUNS_WORK = {"train", "evaluate_checkpoint", "evaluate_onnx", "export_onnx"}  # what a reload must never start
-
-
-def check_guarded(script):
-    """A script whose class a checkpoint names is imported to reload it (`engine eval --model
-    script.py:Net`): one line where its top level would start the engine's work again on that import,
-    a call to train() outside `if __name__ == "__main__":` (it would train once more, or recurse)."""
-    import ast
-
-    try:
-        tree = ast.parse(Path(script).read_text(), script)
-    except (OSError, SyntaxError, ValueError):
-        return
-    for statement in tree.body:
-        if isinstance(statement, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) or _main_guard(statement):
-            continue
-        for node in ast.walk(statement):
-            called = node.func.id if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) else (
-                node.func.attr if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) else None)
-            if called in RUNS_WORK:
-                raise UsageError(f"{Path(script).name} calls {called}() at its top level (line {node.lineno}); its "
-                                 "checkpoint reloads the model class by importing the script, which would run that "
-                                 'again: put it under if __name__ == "__main__":')
-
-
-def _main_guard(statement):
-    """Whether `statement` is `if __name__ == "__main__":`."""
-    import ast
-
-    test = statement.test if isinstance(statement, ast.If) else None
-    return (isinstance(test, ast.Compare) and isinstance(test.left, ast.Name) and test.left.id == "__name__"
-            and any(isinstance(c, ast.Constant) and c.value == "__main__" for c in test.comparators))
 
 
 def _loose(module, source):
