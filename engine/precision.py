@@ -11,6 +11,7 @@ keeps its checkpoint's precision, and under DDP rank 0 decides for every rank.
 
 import hashlib
 import json
+import math
 import statistics
 import time
 
@@ -31,6 +32,11 @@ BUDGET_S = 0.6  # seconds of timed steps per precision and round (resnet18: 6 st
 # first start at batch 1,024 (fp32 2.9 s, bf16 1.4 s a step), and this 25-27 s (fast_cifar 3.2 -> 1.7 s,
 # cifar_cnn 2.2 -> 1.1 s). The zoo's nets measure 1.3-2.9x there, resnet18 0.92-1.05x, mobilenet_v3_small 0.48x.
 CLEAR_FROM = (0.75, 1.4)
+# bf16 autocast's loss on the measured batch must be fp32's within this (relative, or absolute below a
+# loss of 1), the tolerance the compiled bf16 step is held to (compile_plan.agrees): the zoo's nets and
+# torchvision's agree within 1%; a model bf16 breaks is off by far more.
+AGREE = 5e-2
+FORMAT = 2  # part of the cache key, raised when the measurement changes: 2, the loss agreement (AGREE)
 
 
 def decide(model, runtime, ref, x, y, cache_dir):
@@ -80,17 +86,20 @@ def measure(model, runtime, x, y):
     steps = {dtype: _step(probe, runtime.device, dtype, x, y) for dtype in (None, torch.bfloat16)}
     times = {dtype: [] for dtype in steps}
     with torch.random.fork_rng(devices=[]):
+        losses = {}
         for dtype, step in steps.items():
             for _ in range(2):  # warm-up: allocations, oneDNN's kernel choices
+                torch.manual_seed(0)  # the same dropout masks for both precisions' first step
                 if dtype is None:
-                    step()  # fp32 is the model's own precision: its failure is the run's, said as the run's
+                    losses.setdefault(dtype, step())  # fp32 is the model's own precision: its failure is the run's
                     continue
                 try:
-                    step()
+                    losses.setdefault(dtype, step())
                 except Exception as error:  # noqa: BLE001 - any failure of the user's code under bf16
                     from engine.errors import first_line
 
                     raise BF16Failed(f"{type(error).__name__}: {first_line(error, 120)}") from None
+        check_agrees(losses[None], losses[torch.bfloat16])
         for _ in range(2):
             for dtype, step in steps.items():
                 times[dtype].append(_median_time(step))
@@ -101,7 +110,17 @@ def measure(model, runtime, x, y):
 
 
 class BF16Failed(Exception):
-    """A model's training step raised under bf16 autocast (and not in fp32)."""
+    """A model's training step raised under bf16 autocast (and not in fp32), or computed another loss."""
+
+
+def check_agrees(fp32_loss, bf16_loss):
+    """Raise BF16Failed where bf16 autocast's loss on the batch is not fp32's within AGREE (relative):
+    a forward whose arithmetic bf16's 8-bit mantissa breaks (a variance as E[x^2] - E[x]^2, a sum of
+    many large terms) trains another function, however fast. A non-finite fp32 loss is the run's own."""
+    if not math.isfinite(fp32_loss):
+        return
+    if not math.isfinite(bf16_loss) or abs(bf16_loss - fp32_loss) > AGREE * max(abs(fp32_loss), 1.0):
+        raise BF16Failed(f"its loss on the first batch was {bf16_loss:.4g} under bf16 against {fp32_loss:.4g} in fp32")
 
 
 def _step(model, device, dtype, x, y):
@@ -110,6 +129,7 @@ def _step(model, device, dtype, x, y):
             loss = F.cross_entropy(model(x), y)
         loss.backward()
         model.zero_grad(set_to_none=True)
+        return loss.item()
 
     return step
 
@@ -125,7 +145,7 @@ def _median_time(step):
 
 
 def _key(ref, x, runtime):
-    fields = {**ref.measured_as(), "input": list(x.shape[1:]), "batch": x.shape[0],
+    fields = {**ref.measured_as(), "format": FORMAT, "input": list(x.shape[1:]), "batch": x.shape[0],
               "channels_last": runtime.channels_last, "cpu": cpu.name(), "torch": str(torch.__version__),
               "threads": torch.get_num_threads()}
     return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:24]

@@ -79,3 +79,44 @@ def test_a_model_that_fails_under_bf16_trains_in_fp32_and_says_why(tmp_path, mon
     assert [d["precision"] for d in decisions.values()] == ["fp32"]
     again, said = session(tmp_path, "b", model=f"{code}:NumpyNet")
     assert again.runtime.resolved()["precision"] == "fp32" and any("found earlier" in line for line in said)
+
+
+VAR_NET = '''import torch
+from torch import nn
+
+
+class VarNet(nn.Module):
+    """Normalises a conv's map by a variance written as E[h^2] - E[h]^2, which bf16 cancels away."""
+
+    def __init__(self, num_classes=10):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.head = nn.Linear(8, num_classes)
+
+    def forward(self, x):
+        h = self.conv(x) + 100.0
+        mean = h.mean((2, 3), keepdim=True)
+        var = (h * h).mean((2, 3), keepdim=True) - mean * mean
+        return self.head(((h - mean) / (var.clamp_min(0) + 1e-5).sqrt()).amax((2, 3)))
+'''
+
+
+def test_a_model_whose_loss_bf16_changes_trains_in_fp32_and_says_why(tmp_path, monkeypatch):
+    monkeypatch.setenv("ENGINE_CPU_BF16", "1")  # as on a CPU with native bf16: --amp measures bf16
+    code = tmp_path / "var_net.py"
+    code.write_text(VAR_NET)
+    s, said = session(tmp_path, "a", model=f"{code}:VarNet")
+    assert s.runtime.resolved()["precision"] == "fp32"
+    (line,) = [line for line in said if line.startswith("Precision:")]
+    assert "VarNet does not train under bf16 autocast (its loss on the first batch was" in line, line
+
+
+def test_bf16_agreement_allows_rounding_and_refuses_another_loss():
+    from engine.precision import BF16Failed, check_agrees
+
+    check_agrees(2.3026, 2.31)  # bf16's rounding of a conv net's loss
+    check_agrees(0.02, 0.05)  # small losses: absolute
+    check_agrees(float("nan"), 2.0)  # fp32's own non-finite loss is the run's concern, not bf16's
+    for bf16 in (2.6, float("inf"), float("nan")):
+        with pytest.raises(BF16Failed):
+            check_agrees(2.3026, bf16)
