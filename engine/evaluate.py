@@ -203,9 +203,12 @@ def evaluate_checkpoint(path, overrides, log=print, model=None):
     if runtime.ahead_of_time and runtime.plans_compile:  # compiled where it pays (engine/compile_plan.py)
         from engine.compile_plan import keep_compiled_code
         from engine.inference import choose_inference
+        from engine.models.reference import reopen
+        from engine.models.user_code import with_neighbours
 
         keep_compiled_code(cfg.resolved_cache_dir())
-        model, compile_seconds = choose_inference(model.eval(), loader, runtime, checkpoint.ref, path,
+        code_now = with_neighbours(reopen(checkpoint.ref, code, path))  # what the caches measure: the code as it is
+        model, compile_seconds = choose_inference(model.eval(), loader, runtime, code_now, path,
                                                   cfg.resolved_cache_dir(), say)
     elif runtime.ahead_of_time:
         from engine.inference import compile_inference
