@@ -24,6 +24,8 @@ pytestmark = pytest.mark.slow  # subprocesses or whole trainings: in CI (README'
 
 TINY = ["--epochs", "3", "--limit-train", "256", "--limit-test", "64", "--batch-size", "32", "--no-amp",
         "--device", "cpu", "--quiet"]  # 8 steps an epoch
+DEADLINE = 600  # s: each wait is for a condition (a marker, a stopped or ended process), so a quiet machine never
+# waits this long; a loaded one (other processes on every core) may need minutes where a quiet one needs seconds
 
 
 def start(*args, pause=None):
@@ -35,7 +37,7 @@ def start(*args, pause=None):
                             stderr=subprocess.PIPE, text=True, env=env)
 
 
-def wait_for_pause(process, stage, timeout=120):
+def wait_for_pause(process, stage, timeout=DEADLINE):
     """Read the process's stdout until it says it paused at `stage` (then it is stopped). Blocking
     reads with a watchdog, not select: a line read ahead into the pipe's buffer (the epoch's line and
     the marker arrive together) would leave select waiting on an empty descriptor."""
@@ -65,7 +67,7 @@ def kill_at(process, pause):
 
 
 def finish(process):
-    out, err = process.communicate(timeout=300)
+    out, err = process.communicate(timeout=DEADLINE)
     assert process.returncode == 0, err
     return out
 
@@ -116,7 +118,7 @@ def test_a_ctrl_c_before_the_first_checkpoint_keeps_nothing_and_the_same_command
     wait_for_pause(process, "step")
     process.send_signal(signal.SIGINT)
     process.send_signal(signal.SIGCONT)
-    _, err = process.communicate(timeout=120)
+    _, err = process.communicate(timeout=DEADLINE)
     assert process.returncode == 130 and "interrupted before the first checkpoint; nothing of" in err, err
     assert not (tmp_path / "run").exists()
     finish(start(*args))  # the same command, again
@@ -135,7 +137,7 @@ def test_a_resumed_runs_time_to_target_counts_on_from_its_earlier_commands(tmp_p
     assert f"from the run's start ({before:.1f} s of it before this command resumed the run)" in out
 
 
-def wait_until_stopped(process, timeout=60):
+def wait_until_stopped(process, timeout=DEADLINE):
     """The pause point prints its marker, then stops itself: a SIGINT and SIGCONT sent in between are
     taken while it runs and the SIGSTOP that follows is never undone (the run hangs)."""
     deadline = time.monotonic() + timeout
@@ -153,7 +155,7 @@ def test_a_run_directory_removed_mid_run_is_one_line(tmp_path):
     wait_for_pause(process, "step")
     shutil.rmtree(run)
     process.send_signal(signal.SIGCONT)
-    out, err = process.communicate(timeout=300)
+    out, err = process.communicate(timeout=DEADLINE)
     assert process.returncode == 1
     assert err.strip().splitlines() == [f"engine: error: the run directory {run} was removed during the run; "
                                         "stopped (nothing more can be saved)"]
@@ -171,13 +173,34 @@ def test_a_full_disk_is_one_line_and_leaves_no_temporaries(tmp_path):
 
     run = tmp_path / "run"
     result = subprocess.run([sys.executable, "-m", "engine", "train", *TINY, "--epochs", "1", "--out", str(run)],
-                            preexec_fn=small_files, capture_output=True, text=True, timeout=300,
+                            preexec_fn=small_files, capture_output=True, text=True, timeout=DEADLINE,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == [
         f"engine: error: cannot save to {run} (File too large); stopped before any checkpoint was saved (nothing is "
         "kept): make room and train again"]
     assert not run.exists()  # no half-written last.pt, no temporary, no config.json of a run that cannot resume
+
+
+def wait_for_workers(process, timeout=DEADLINE):
+    """Wait until the decoding processes of `process` (stopped at its decode pause) run their loop: each
+    child ignores SIGINT, which the pool's initializer sets. A fixed half second was too short for a
+    worker still waiting for a core on a loaded machine."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        workers = []
+        for entry in os.scandir("/proc"):
+            try:
+                with open(f"/proc/{entry.name}/status") as f:
+                    fields = dict(line.split(":", 1) for line in f)
+            except (OSError, ValueError):  # not a process, or one that ended meanwhile
+                continue
+            if int(fields.get("PPid", "0").strip()) == process.pid:
+                workers.append(int(fields["SigIgn"].strip(), 16) >> (signal.SIGINT - 1) & 1)
+        if workers and all(workers):
+            return
+        time.sleep(0.02)
+    pytest.fail(f"the decoding processes never started within {timeout} s")
 
 
 def photos(root, count=300):
@@ -202,14 +225,14 @@ def test_a_sigterm_to_the_process_group_while_a_folder_decodes_ends_it_at_once(t
                                 "--image-size", "32", "--out", str(tmp_path / "run")], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
     wait_for_pause(process, "decode")
-    time.sleep(0.5)  # the workers have the chunk: some decoding, one waiting on the queue's lock
+    wait_for_workers(process)  # the workers have the chunk: some decoding, one waiting on the queue's lock
     os.killpg(process.pid, signal.SIGTERM)
     os.killpg(process.pid, signal.SIGCONT)
     try:
-        _, err = process.communicate(timeout=60)
+        _, err = process.communicate(timeout=DEADLINE)
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
-        pytest.fail("engine train did not end within 60 s of a SIGTERM to its process group during the decode")
+        pytest.fail(f"engine train did not end within {DEADLINE} s of a SIGTERM to its process group during the decode")
     assert process.returncode in (-signal.SIGTERM, 143) and "Traceback" not in err, err
 
 
@@ -223,14 +246,14 @@ def test_ctrl_c_while_a_folder_decodes_stops_at_once_with_one_line(tmp_path):
                                 "--image-size", "32", "--out", str(tmp_path / "run")], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
     wait_for_pause(process, "decode")
-    time.sleep(0.5)  # the workers have the chunk: some still decoding, some waiting for more
+    wait_for_workers(process)  # the workers have the chunk: some still decoding, some waiting for more
     os.killpg(process.pid, signal.SIGINT)  # every process of the command, as a terminal's Ctrl-C
     process.send_signal(signal.SIGCONT)
     try:
-        _, err = process.communicate(timeout=60)
+        _, err = process.communicate(timeout=DEADLINE)
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
-        pytest.fail("engine train did not stop within 60 s of a Ctrl-C during the decode")
+        pytest.fail(f"engine train did not stop within {DEADLINE} s of a Ctrl-C during the decode")
     assert process.returncode == 130 and "Traceback" not in err, err
     assert err.strip().splitlines()[-1].startswith("engine: interrupted"), err
 
@@ -246,7 +269,7 @@ def test_a_ctrl_c_during_an_epochs_writes_still_says_the_saved_epoch(tmp_path, n
     assert any(line.startswith("Epoch: 1,") for line in seen), seen
     process.send_signal(number)
     process.send_signal(signal.SIGCONT)
-    out, err = process.communicate(timeout=120)
+    out, err = process.communicate(timeout=DEADLINE)
     assert process.returncode == code and "the run up to its last checkpoint is saved" in err, err
     assert sorted(p.name for p in (tmp_path / "run").iterdir() if p.name.startswith(".")) == []  # no lock, no temporary
     assert load(tmp_path / "run" / "last.pt").epoch == 1 and not any(line.startswith("Epoch: 2,") for line in out.splitlines())

@@ -26,7 +26,11 @@ def decoding_pool():
     handler = None
     if threading.current_thread() is threading.main_thread():
         handler = signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    pool = get_context("fork").Pool(workers, initializer=_ignore_interrupts)
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})  # a Ctrl-C between a worker's fork and its
+    try:  # initializer waits, blocked, and is dropped there (it printed the worker's traceback); the main process
+        pool = get_context("fork").Pool(workers, initializer=_ignore_interrupts)  # takes it once the pool exists
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
     pool.engine_sigterm = handler  # what stop_pool puts back
     return pool, workers
 
@@ -34,7 +38,8 @@ def decoding_pool():
 def _ignore_interrupts():
     import signal
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # drops a Ctrl-C held since the fork
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 def stop_pool(pool, finished):
