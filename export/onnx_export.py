@@ -150,6 +150,11 @@ def untranslated_op(error, traced):
                 if frame is not None:
                     code = lines[frame + 1] if frame + 1 < len(lines) else ""
                     where = f" ({lines[frame].removeprefix('File ')}{f': {code}' if code else ''})"
+                stack = list((node.meta.get("nn_module_stack") or {}).values())  # [(path, class name)], outermost first
+                path = stack[-1][0].removeprefix("model.") if stack and str(stack[0][1]).endswith("Normalized") else \
+                    (stack[-1][0] if stack else "")  # engine.normalization.Normalized holds the user's as .model
+                if path and os.path.dirname(torch.__file__) in where:  # torch's own line (nn.AdaptiveMaxPool2d's):
+                    where = f" (in the model's {path}: {str(stack[-1][1]).rsplit('.', 1)[-1]})"  # the user's module
                 break
     return (f"the forward uses {op}{where}, which has no ONNX translation in this torch; compute it with other "
             "operations to export the model")
