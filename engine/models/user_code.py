@@ -58,6 +58,7 @@ def _import(ref: ModelRef):
         spec = importlib.util.spec_from_file_location(unique, ref.file)
         module = importlib.util.module_from_spec(spec)
         writes, sys.dont_write_bytecode = sys.dont_write_bytecode, True  # no __pycache__ beside the user's file
+        ours = _set_apart()  # before its folder is on sys.path: the engine's export and kernels packages
         sys.path.insert(0, str(Path(ref.file).parent))  # the file's own imports of its neighbours
         sys.modules[unique] = module  # dataclasses and pickling look the module up by name
         try:
@@ -72,6 +73,7 @@ def _import(ref: ModelRef):
                               f"{first_line(error, 160)}{hint}") from None
         finally:
             sys.dont_write_bytecode = writes
+            _put_back(ours, unique)
             sys.path.remove(str(Path(ref.file).parent))
             if str(Path(ref.file).parent) not in sys.path:  # an import inside __init__ or forward (`from blocks
                 sys.path.append(str(Path(ref.file).parent))  # import block`) finds it too; last, so that a
@@ -108,6 +110,35 @@ def _import(ref: ModelRef):
                          f"({Path(ref.file).name if ref.kind == 'file' else ref.file}:{owner}) or a function that "
                          "returns a module")
     return target
+
+
+OWN_PACKAGES = ("export", "kernels")  # the engine's top-level packages besides engine itself
+
+
+def _mine(name):
+    return name.split(".")[0] in OWN_PACKAGES
+
+
+def _set_apart():
+    """The engine's export and kernels modules, imported (their packages: cheap) and taken out of
+    sys.modules while a user's file is imported: its own export.py or kernels.py beside it (`from export
+    import Head`) is then what it imports, where the engine's package answered ('cannot import name
+    Head'), or the user's took the name and the engine's `export.onnx_export` was 'not a package'."""
+    for package in OWN_PACKAGES:
+        importlib.import_module(package)
+    return {name: sys.modules.pop(name) for name in [n for n in sys.modules if _mine(n)]}
+
+
+def _put_back(ours, unique):
+    """After the import: the engine's modules under their names again; the user's own modules the import
+    gave those names stay imported as `unique.NAME` (neighbours.of_file digests them)."""
+    root = Path(__file__).resolve().parents[2]
+    for name in [n for n in sys.modules if _mine(n)]:
+        module = sys.modules.pop(name)
+        source = getattr(module, "__file__", None)
+        if module is not ours.get(name) and source and not Path(source).resolve().is_relative_to(root / name.split(".")[0]):
+            sys.modules[f"{unique}.{name}"] = module
+    sys.modules.update(ours)
 
 
 @contextlib.contextmanager
