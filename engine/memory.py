@@ -51,7 +51,8 @@ def out_of_memory_line(error):
     host = re.search(r"can't allocate memory: you tried to allocate (\d+) bytes", text)
     if host or isinstance(error, MemoryError):
         asked = f" (it asked for {size_text(int(host.group(1)))} at once)" if host else ""
-        return (f"the host ran out of memory{asked}: lower --batch-size or the image size (--image-size; "
+        return (f"the host ran out of memory{asked}: lower --batch-size (--eval-batch-size where given: evaluations "
+                "run in batches of it) or the image size (--image-size; "
                 "--input-shape for summary); a Linear layer after the convolutions grows with the image")
     if name != "OutOfMemoryError" and "out of memory" not in text.lower():
         return None
@@ -62,4 +63,4 @@ def out_of_memory_line(error):
         f"GPU {where.group(1)} has {where.group(2)}, {where.group(3)} free" if where else None,
     ]))
     return (f"the GPU ran out of memory{f' ({detail})' if detail else ''}: lower --batch-size (activations grow "
-            "with it) or --image-size, or run on the CPU with --device cpu")
+            "with it; --eval-batch-size where given, for evaluations) or --image-size, or run on the CPU with --device cpu")
