@@ -158,11 +158,14 @@ class RunDir:
             if not self.path.is_dir():
                 raise EngineError(f"the run directory {self.path} was removed during the run; stopped "
                                   "(nothing more can be saved)") from None
+            import errno  # a read-only file system or a folder made read-only mid-run: room would not help
+
+            fix = "make it writable" if error.errno in (errno.EROFS, errno.EACCES, errno.EPERM) else "make room"
             if (self.path / "last.pt").exists():
                 raise EngineError(f"cannot save to {self.path} ({error.strerror or error}); stopped, the last good "
-                                  f"checkpoint is kept: make room, then engine train --resume {self.path}") from None
+                                  f"checkpoint is kept: {fix}, then engine train --resume {self.path}") from None
             raise EngineError(f"cannot save to {self.path} ({error.strerror or error}); stopped before any checkpoint "
-                              "was saved (nothing is kept): make room and train again") from None
+                              f"was saved (nothing is kept): {fix} and train again") from None
 
     def discard_if_unused(self):
         """Remove the folders this run created, as long as nothing was written into them."""
