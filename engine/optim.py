@@ -6,11 +6,13 @@ the freezing of a parameter that trains for its first epochs only (fast_cifar94'
 """
 
 import math
+import numbers
 
 import torch
 from torch import nn
 
 from engine.config import Config
+from engine.errors import UsageError
 from engine.muon import Muon, is_filter
 
 WARMUP = 0.2  # onecycle: share of the steps spent rising to the peak
@@ -59,7 +61,7 @@ def parameter_groups(model, bn_lr_scale=1.0, weight_decay=0.0, biases=False):
     Each group carries its `lr_scale`, which `set_lr` applies as the schedule moves. Group keys are
     saved with the optimizer's state, so a checkpoint keeps them.
     """
-    limited = model.epoch_limited() if hasattr(model, "epoch_limited") else {}
+    limited = epoch_limits(model)
     in_norm = {id(p) for m in model.modules() if isinstance(m, nn.modules.batchnorm._NormBase)
                for p in m.parameters(recurse=False)}
 
@@ -76,6 +78,26 @@ def parameter_groups(model, bn_lr_scale=1.0, weight_decay=0.0, biases=False):
     if not norms:
         return [{"params": rest, "lr_scale": 1.0}, *own]
     return [{"params": rest, "lr_scale": 1.0}, {"params": norms, **keys(norms[0])}, *own]
+
+
+def epoch_limits(model):
+    """The model's `epoch_limited()` ({parameter: epochs}; {} without the method), checked: a dict whose
+    keys are the model's own parameters (not their names) and whose values are epochs, 0 or more. Anything
+    else is one line naming the method, not a traceback from the optimizer or the schedule."""
+    if not hasattr(model, "epoch_limited"):
+        return {}
+    limited, where = model.epoch_limited(), f"{type(model).__name__}.epoch_limited()"
+    if not isinstance(limited, dict):
+        raise UsageError(f"{where} returns a {type(limited).__name__}; it must return a dict {{parameter: epochs}}")
+    names = {id(p): name for name, p in model.named_parameters()}
+    for p, epochs in limited.items():
+        if id(p) not in names:
+            what = repr(p) if isinstance(p, str) else f"a {type(p).__name__} of shape {tuple(getattr(p, 'shape', ()))}"
+            raise UsageError(f"{where} names {what}, not one of the model's parameters: its keys are the parameters "
+                             f"themselves ({{self.conv.bias: 3}}), not their names or buffers")
+        if isinstance(epochs, bool) or not isinstance(epochs, numbers.Real) or not math.isfinite(epochs) or epochs < 0:
+            raise UsageError(f"{where} gives {names[id(p)]} {epochs!r} epochs; it trains for a number of epochs, 0 or more")
+    return limited
 
 
 def conv_filters(model):
@@ -136,7 +158,7 @@ def stop_finished(model, epoch):
     Only ever turns a gradient off, so a parameter frozen otherwise (--freeze) stays frozen; a resumed
     run calls it for the epoch it resumes in, so it computes exactly what the uninterrupted run did.
     """
-    limited = model.epoch_limited() if hasattr(model, "epoch_limited") else {}
+    limited = epoch_limits(model)
     changed = False
     for p, epochs in limited.items():
         if p.requires_grad and epoch >= math.ceil(epochs):
