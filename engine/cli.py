@@ -119,8 +119,7 @@ def cmd_predict(args):
 
 
 def cmd_summary(args):
-    from engine.models import MODELS, format_summary
-    from engine.models.build import build
+    from engine.models import format_summary
     from engine.models.reference import parse_model
 
     if args.checkpoint is not None and args.model is None and not os.path.exists(args.checkpoint):
@@ -147,12 +146,10 @@ def cmd_summary(args):
                 f"{len(spec.classes)} classes: {classes})")
         print(format_summary(name, model, tuple(spec.shape)))
         return 0
-    model = args.model if args.model is not None else "cifar_cnn"
-    ref = parse_model(model, args.model_args)
-    shape = MODELS[ref.name].reference_shape if ref.kind == "builtin" else (3, 32, 32)
-    if args.input_shape is not None:  # "" is refused by parse_shape, not taken as the default
-        shape = tuple(parse_shape(args.input_shape, "--input-shape"))
-    print(format_summary(model, build(ref, shape, args.num_classes if args.num_classes is not None else 10), shape))
+    from engine.models.described import describe
+
+    shape = None if args.input_shape is None else parse_shape(args.input_shape, "--input-shape")  # "" is refused
+    print(describe(args.model if args.model is not None else "cifar_cnn", args.model_args, shape, args.num_classes))
     return 0
 
 

@@ -130,8 +130,9 @@ def build_parser(handlers=None):
                          "or package.module:NAME (default: cifar_cnn)")
     summary.add_argument("--model-args", metavar="JSON", help="keyword arguments for the model's constructor")
     summary.add_argument("--input-shape", metavar="CxHxW", help="input shape, e.g. 1x28x28 (default: a built-in's "
-                         "own, else 3x32x32)")
-    summary.add_argument("--num-classes", type=class_count, metavar="N", help="output classes, at least 2 (default: 10)")
+                         "own, else 3x32x32, or as --model-args' in_channels or in_shape set it)")
+    summary.add_argument("--num-classes", type=class_count, metavar="N", help="output classes, at least 2 (default: 10, or "
+                         "--model-args' num_classes)")
     summary.set_defaults(command=_command_of(summary), func=handlers.get("summary"))
     return parser
 
