@@ -99,7 +99,7 @@ def restore_progress(s, resume: Checkpoint, say):
     else:
         steps = f", {step:,} step{'s' if step != 1 else ''} into epoch {s.start_epoch + 1}" if step else ""
         say(f"Resuming {s.run.path} after epoch {s.start_epoch} of {s.cfg.epochs}{steps}")
-    changed = [f"{k} {v} -> {s.runtime.resolved()[k]}" for k, v in resume.runtime.items()
-               if s.runtime.resolved().get(k) != v]
+    now = s.runtime.resolved()  # cpu_threads: a CPU run's alone (a device changed is said as such)
+    changed = [f"{k} {v} -> {now.get(k)}" for k, v in resume.runtime.items() if now.get(k, v) != v]
     if changed:  # another machine, or other runtime flags: the weights continue, the arithmetic changes
         warn(f"resuming on a different runtime: {', '.join(changed)}")

@@ -60,11 +60,12 @@ class Runtime:
             torch.cuda.synchronize(self.device)
 
     def resolved(self):
-        """What this run actually uses, as plain values (for config.json and checkpoints)."""
+        """What this run actually uses, as plain values (for config.json and checkpoints). On CPU its thread
+        count too: torch splits a sum by thread, so a resume with another count is not bit-identical."""
         precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.amp_dtype]
         return {"device": self.device.type, "precision": precision, "channels_last": self.channels_last,
                 "compile": self.compile, "compile_mode": self.compile_mode if self.compile else None,
-                "triton": self.triton}
+                "triton": self.triton, **({"cpu_threads": torch.get_num_threads()} if self.device.type == "cpu" else {})}
 
     def describe(self):
         amp = {None: "fp32", torch.bfloat16: "bf16 autocast", torch.float16: "fp16 autocast + GradScaler"}[self.amp_dtype]

@@ -55,7 +55,7 @@ def test_resolved_says_what_was_chosen(monkeypatch):
     monkeypatch.setenv("ENGINE_CPU_BF16", "1")
     runtime = Runtime.from_config(Config(device="cpu", amp=True, compile=True, channels_last=False))
     assert runtime.resolved() == {"device": "cpu", "precision": "bf16", "channels_last": False, "compile": True,
-                                  "compile_mode": "default", "triton": False}
+                                  "compile_mode": "default", "triton": False, "cpu_threads": torch.get_num_threads()}
     plain = Runtime.from_config(Config(device="cpu", amp=False)).resolved()
     assert plain["precision"] == "fp32" and plain["compile"] is False and plain["compile_mode"] is None
     assert plain["channels_last"] is True

@@ -187,7 +187,7 @@ def test_the_resolved_runtime_is_recorded_and_a_resume_on_another_says_what_chan
     out, _ = run(tmp_path, epochs=2, limit_train=128, limit_test=32, batch_size=32, amp=False)
     recorded = json.loads((out / "config.json").read_text())["runtime"]
     assert recorded == {"device": "cpu", "precision": "fp32", "channels_last": True, "compile": False,
-                        "compile_mode": None, "triton": False}
+                        "compile_mode": None, "triton": False, "cpu_threads": torch.get_num_threads()}
     checkpoint = torch.load(out / "last.pt", weights_only=True)
     assert checkpoint["runtime"] == recorded
     # As if the run had been trained in bf16 on another machine, and is resumed here in fp32.
