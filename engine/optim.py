@@ -80,6 +80,19 @@ def parameter_groups(model, bn_lr_scale=1.0, weight_decay=0.0, biases=False):
     return [{"params": rest, "lr_scale": 1.0}, {"params": norms, **keys(norms[0])}, *own]
 
 
+def bn_lr_scale_note(cfg: Config, model):
+    """The one line that says --bn-lr-scale changes nothing for `model`, which has no trainable BatchNorm
+    parameter (nor, under --optimizer muon, a trainable bias) for it to scale; None where it applies or is 1."""
+    if cfg.bn_lr_scale == 1:
+        return None
+    groups = parameter_groups(model, cfg.bn_lr_scale, cfg.weight_decay, biases=cfg.optimizer == "muon")
+    if any(g["lr_scale"] != 1 and p.requires_grad for g in groups for p in g["params"]):
+        return None
+    what = "BatchNorm parameter or bias" if cfg.optimizer == "muon" else "BatchNorm parameter (GroupNorm and LayerNorm are not BatchNorm)"
+    return (f"--bn-lr-scale {cfg.bn_lr_scale:g}: {type(model).__name__} has no trainable {what} to scale, "
+            "so every parameter trains at --lr")
+
+
 def epoch_limits(model):
     """The model's `epoch_limited()` ({parameter: epochs}; {} without the method), checked: a dict whose
     keys are the model's own parameters (not their names) and whose values are epochs, 0 or more. Anything
