@@ -21,6 +21,8 @@ every rank after each step (buffers aside: evaluation takes rank 0's).
 
 import torch
 
+from engine.errors import UsageError
+
 EVERY = 5  # optimizer steps between syncs
 PEAK = 0.95**EVERY  # the last sync's decay: 0.95 a step over EVERY steps
 
@@ -28,6 +30,15 @@ PEAK = 0.95**EVERY  # the last sync's decay: 0.95 a step over EVERY steps
 def decay_at(done: int, total: int) -> float:
     """The decay of the sync after `done` of the schedule's `total` steps."""
     return PEAK * (min(done, total) / max(total, 1)) ** 3
+
+
+def check_steps(total: int):
+    """A run of fewer than EVERY steps never syncs, and its last step would set the model to the untouched copy:
+    its initial weights. One line, before any work."""
+    if total < EVERY:
+        raise UsageError(f"--lookahead moves the weights to their slow average every {EVERY} steps and ends on it; "
+                         f"this run has {total} step{'s' * (total != 1)} in all, so it would end at its initial weights: "
+                         f"train for {EVERY} steps or more (more --epochs or a smaller --batch-size), or leave out --lookahead")
 
 
 def floating(model: torch.nn.Module) -> dict:

@@ -25,7 +25,7 @@ from engine.evaluate import tta_level
 from engine.errors import EngineError, UsageError
 from engine.fast_paths import choose_compile, choose_precision
 from engine.loader import BatchLoader
-from engine.lookahead import Lookahead
+from engine.lookahead import Lookahead, check_steps
 from engine.models import count_parameters
 from engine.models.build import build, check_rebuilds
 from engine.models.memory_format import fit_memory_format
@@ -151,6 +151,8 @@ def open_session(cfg: Config, resume: Checkpoint | None = None, say=print, ranks
                           None, [], ranks=ranks, fingerprint=fingerprint,
                           clock=SaveClock(parse_duration(cfg.save_every) if ranks.world == 1 else None))  # DDP: epoch ends only
         session.ema, session.screen = ema, screen
+        if cfg.lookahead:
+            check_steps(session.total_steps)  # fewer steps than a sync would end where it started
         session.lookahead = Lookahead(model) if cfg.lookahead else None  # of the prepared model: its device and format
         if cfg.lookahead:
             say("Lookahead: every 5 steps the weights move to their slow average, and become it at the last step")
