@@ -65,6 +65,7 @@ def test_good_epoch_limits_train_and_stop():
     assert epoch_limits(nn.Linear(2, 2)) == {}
 
 
+@pytest.mark.slow
 def test_a_bad_epoch_limited_leaves_no_run(tmp_path):
     from engine.train import train
 
