@@ -11,7 +11,7 @@ import sys
 from engine.config import Config
 from engine.config_types import parse_shape
 from engine.errors import EngineError, Interrupted, UsageError, say_error, user_code_line
-from engine.flags import bare_optional_values, given
+from engine.flags import bare_optional_values, check_dashed_paths, given
 from engine.flags import build_parser as parser_with
 from engine.target import command_started  # noqa: F401  its import time is --target-acc's clock where /proc is missing
 
@@ -198,6 +198,7 @@ def run_command(argv):
             stream.reconfigure(errors="backslashreplace")
     try:
         argv = sys.argv[1:] if argv is None else list(argv)
+        check_dashed_paths(argv)  # -cat.png: argparse's words for it would mislead
         try:
             args, unknown = parser.parse_known_args(bare_optional_values(argv))
         except SystemExit as exit:  # --help

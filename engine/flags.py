@@ -199,6 +199,20 @@ def bare_optional_values(argv):
     return out
 
 
+def check_dashed_paths(argv):
+    """A word before `--` that starts with one - and names an existing file or folder (`-cat.png`) is
+    one UsageError saying how to give it: argparse reads it as an option, and would say an IMAGE or
+    CHECKPOINT given is missing, or that -cat.png is unknown. `-` (standard input) and -h are left."""
+    import os
+
+    for word in argv:
+        if word == "--":
+            return
+        if word.startswith("-") and not word.startswith("--") and word not in ("-", "-h") and os.path.lexists(word):
+            raise UsageError(f"{word} is read as an option: a file whose name starts with - is given as ./{word}, "
+                             f"or after -- (... -- {word})")
+
+
 def _number(word):
     try:
         float(word)
