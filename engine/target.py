@@ -163,7 +163,7 @@ class Watch:
         if every is None or every > 1 or every * steps >= 1:
             return None
         return (f"--eval-every {every:g}: an epoch here is {steps} step{'s' * (steps != 1)}, so it evaluates after "
-                f"every step ({steps} evaluations an epoch), not every {every:g} of an epoch")
+                f"every step ({steps} evaluation{'s' * (steps != 1)} an epoch), not every {every:g} of an epoch")
 
     def due(self, epoch, done):
         """Whether `epoch` (0-based) evaluates after `done` of its steps (besides its end)."""
