@@ -130,12 +130,16 @@ def draft_size(image, size):
 
 
 def eight_bit(image):
-    """16-bit and float images as 8-bit grayscale by scaling (PIL's convert('L') would clip them)."""
+    """16-bit, 32-bit integer and float images as 8-bit grayscale by scaling (PIL's convert('L') would clip them)."""
     from PIL import Image
 
-    if image.mode in SIXTEEN_BIT:  # a signed 16-bit TIFF's -32768..32767 scaled as unsigned 0..65535 are
-        values = np.clip(np.asarray(image, dtype=np.int64) + (32768 if signed(image) == 16 else 0), 0, 65535)
-        return Image.fromarray(((values * 255 + 32767) // 65535).astype(np.uint8))
+    if image.mode in SIXTEEN_BIT:  # a signed 16-bit TIFF's -32768..32767 scaled as unsigned 0..65535 are;
+        depth = integer_bits(image)  # a 32-bit TIFF (mode I) from its own full range, 0..2**32-1 or from -2**31
+        values = np.asarray(image, dtype=np.int64)
+        if depth == 32:
+            values = values + 2**31 if signed(image) == 32 else values & 0xFFFFFFFF  # PIL's int32 of uint32
+        values = np.clip(values + (32768 if signed(image) == 16 else 0), 0, 2**depth - 1)
+        return Image.fromarray(((values * 255 + 2 ** (depth - 1) - 1) // (2**depth - 1)).astype(np.uint8))
     if image.mode == "L" and signed(image) == 8:  # a signed 8-bit TIFF, which PIL reads as its bytes (-1 as 255)
         return Image.fromarray(np.asarray(image) ^ np.uint8(0x80))  # -128..127 as 0..255
     if image.mode == "LAB":  # a CIELab TIFF: to sRGB first, as PIL converts no LAB to grey (its error names RGB)
@@ -157,6 +161,12 @@ def signed(image):
         return None
     kind, bits = (value[0] if isinstance(value, tuple) else value for value in (tags.get(339, 1), tags.get(258, 1)))
     return bits if kind == 2 else None
+
+
+def integer_bits(image):
+    """The bits of an integer grey image's samples: 32 for a 32-bit TIFF (PIL's mode I, by its tags), else 16."""
+    bits = getattr(image, "tag_v2", {}).get(258, 16) if image.mode == "I" else 16
+    return 32 if (bits[0] if isinstance(bits, tuple) else bits) == 32 else 16
 
 
 def lab_to_rgb(image):

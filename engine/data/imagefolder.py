@@ -37,7 +37,7 @@ from engine.lock import remove_stale_temporaries
 from engine.models.spec import MIN_CLASSES
 from engine.pixels import check_size, fit, not_used_line, upright_size
 
-CACHE_FORMAT = 19  # 2: a set with any colour image is all RGB; 3: any layout, test split optional, --image-size;
+CACHE_FORMAT = 20  # 2: a set with any colour image is all RGB; 3: any layout, test split optional, --image-size;
 # 4: class folders with subfolders, grey images with alpha; 5: split folders in any case (Train/), training/ and
 # testing/, class names in NFC, tar links read; 6: .jpe/.jfif images, zip links read; 7: .tga/.avif/.qoi/... images,
 # the layout notes kept, Windows and absolute zip names, a JPEG of exactly twice the size drafted, strips cropped by part;
@@ -52,6 +52,7 @@ CACHE_FORMAT = 19  # 2: a set with any colour image is all RGB; 3: any layout, t
 # a large MPO (a JPEG with more pictures in it: a phone's Ultra HDR photo) drafted as a JPEG is; 18: a Synology
 # NAS's @eaDir/ thumbnails (and $RECYCLE.BIN/, lost+found/, ...) skipped as hidden folders are; 19: a signed 16-bit
 # TIFF scaled from -32768 (its negative half was clipped to black), a signed 8-bit one offset from -128
+# 20: a 32-bit integer TIFF scaled from its own 32 bits (it was clipped at 65535, white above)
 CHUNK = 1024  # images handed to the decoding processes at a time: bounds the undecoded bytes held in memory
 
 
