@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from engine.checkpoint import save_atomic
-from engine.data import filecache, layout, stream
+from engine.data import evict, filecache, layout, stream
 from engine.data.classes import (Notes, check_names, empty_split, in_name_order, one_class_line, own_split_line,
                                  split_classes)
 from engine.data.dataset import Dataset, dataset_label, file_label
@@ -93,12 +93,14 @@ def mixed_sizes(path, first, other):
 
 def _decode(item):
     """(H, W) uint8 for a grayscale image, (H, W, 3) for any other, from (name, bytes, image size or None,
-    resize rule, the first image's ((W, H), name) or None). With an image size, resized to it by
+    resize rule, the first image's ((W, H), name) or None, and a mode every image is decoded as: None, or "L" for
+    a model of gray images, a colour one converted before it is fitted, as engine predict does). With an image size, resized to it by
     engine.pixels.fit; without one, an image whose header differs from the first's size is refused
     before its pixels are decoded. Runs in the decoding processes."""
     from PIL import Image, UnidentifiedImageError
 
-    name, data, size, rule, first = item
+    name, data, size, rule, first = item[:5]
+    mode = item[5] if len(item) > 5 else None
     Image.MAX_IMAGE_PIXELS = None  # check_size refuses large ones, naming the size
     if not data:
         raise EngineError(f"cannot decode image {name}: the file is empty (0 bytes)")
@@ -107,7 +109,7 @@ def _decode(item):
             check_size(image, name, size)  # by its header, before a pixel is decoded
             if size is None and first is not None and upright_size(image) != first[0]:
                 raise UsageError(mixed_sizes(first[2], first[:2], (upright_size(image), name)))
-            return np.asarray(fit(image, size, "L" if grey(image) else "RGB", rule))  # 16-bit scaled
+            return np.asarray(fit(image, size, mode or ("L" if grey(image) else "RGB"), rule))  # 16-bit scaled
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         reason = "not an image PIL can read" if isinstance(error, UnidentifiedImageError) else error
         raise EngineError(f"cannot decode image {name}: {reason}") from None
@@ -133,15 +135,15 @@ def undecodable(bad):
                         "or replace them)" if more else "")
 
 
-def _chunks(path: Path, size, rule, first=None, copies=None):
-    """Lists of (folder, (name, bytes, size, rule, first)) of at most CHUNK images, in the source's
-    order; `first`: see `_decode`; `copies`: the Survey's, whose earlier members are not read."""
+def _chunks(path: Path, size, rule, first=None, copies=None, mode=None):
+    """Lists of (folder, (name, bytes, size, rule, first, mode)) of at most CHUNK images, in the source's
+    order; `first`, `mode`: see `_decode`; `copies`: the Survey's, whose earlier members are not read."""
     chunk = []
     for name, read in last_copies(members(path), copies or {}):
         folder = layout.folder_of(name) if read is not None else None
         if folder is None:
             continue
-        chunk.append((folder, (label(path, name), read(), size, rule, first)))
+        chunk.append((folder, (label(path, name), read(), size, rule, first, mode)))
         if len(chunk) == CHUNK:
             yield chunk
             chunk = []
@@ -149,10 +151,11 @@ def _chunks(path: Path, size, rule, first=None, copies=None):
         yield chunk
 
 
-def decode_folder(path: Path, log=print, size=None, rule="stretch", test_split=None):
+def decode_folder(path: Path, log=print, size=None, rule="stretch", test_split=None, mode=None):
     """Decode every image once, on every core: {"classes", "train_x", "train_y"} and, where the source
     has an evaluation split, "test_x", "test_y". `size` (H, W): resize each image to it (engine.pixels.fit).
-    `test_split`: refused before any image is decoded where the source has its own split."""
+    `test_split`: refused before any image is decoded where the source has its own split. `mode` "L": every
+    image decoded as gray (see `_decode`)."""
     from PIL import Image
     from tqdm import tqdm
 
@@ -170,7 +173,7 @@ def decode_folder(path: Path, log=print, size=None, rule="stretch", test_split=N
         check_names(survey, path, test_split)
         log(f"Decoding {path}{f' at {size[0]}x{size[1]}' if size else ''} (once: the result is cached until the images change)")
         with tqdm(total=survey.count, desc="Decoding", unit=" img", disable=sys.stderr is None or not sys.stderr.isatty(), leave=False) as progress:
-            for chunk in _chunks(path, size, rule, survey.expected(path, size), survey.copies):
+            for chunk in _chunks(path, size, rule, survey.expected(path, size), survey.copies, mode):
                 items = [item for _, item in chunk]
                 arrays = pool.imap(decode_or_say, items, chunksize=64) if pool else map(decode_or_say, items)  # submitted
                 pause_point("decode")  # test-only: a Ctrl-C while the decoding processes work
@@ -220,10 +223,12 @@ def decode_folder(path: Path, log=print, size=None, rule="stretch", test_split=N
     return result
 
 
-def read(source, cache_dir: Path, log=print, image_size=None, test_split=None, seed=0, resize="stretch") -> Dataset:
+def read(source, cache_dir: Path, log=print, image_size=None, test_split=None, seed=0, resize="stretch",
+         mode=None) -> Dataset:
     """The image folder or archive at `source`, decoded once (resized to `image_size` (H, W) if given)
     and then loaded from the cache. A source without an evaluation split gets its test set held out
-    by `test_split` (a percentage; default 10%), seeded and stratified (engine.data.layout)."""
+    by `test_split` (a percentage; default 10%), seeded and stratified (engine.data.layout). `mode` "L": every
+    image read as gray, converted before it is fitted (for a model of gray images; cached apart)."""
     path = Path(source).expanduser()
     if not path.exists():
         raise EngineError(f"{source}: no such file or directory (give an image folder or a .tar/.tar.gz/.zip of one)")
@@ -231,9 +236,10 @@ def read(source, cache_dir: Path, log=print, image_size=None, test_split=None, s
         raise EngineError(f"{source} is not a directory or a .tar, .tar.gz or .zip archive of an image folder")
     layout.check_cache_apart(path, cache_dir)  # before a cache is read or written
     name = dataset_label(str(path))
-    sized = f"-{image_size[0]}x{image_size[1]}-{resize}" if image_size else ""
+    sized = (f"-{image_size[0]}x{image_size[1]}-{resize}" if image_size else "") + ("-gray" if mode == "L" else "")
     others = {} if path.is_dir() else None  # a folder's files not read, said afresh (an archive's decode keeps them)
-    cache = Path(cache_dir) / f"{file_label(name)}-{source_key(path, others)}{sized}.pt"
+    stem = f"{file_label(name)}-{source_key(path, others)}"  # LABEL-KEY: evict.remove_earlier keeps only this key's
+    cache = Path(cache_dir) / f"{stem}{sized}.pt"
     unused = not_used_line(path, others)
     streamed = filecache.open_cache(filecache.cache_folder(cache)) if not cache.is_file() else None
     if streamed is not None:  # a set decoded into the file cache, reopened memory-mapped
@@ -254,16 +260,18 @@ def read(source, cache_dir: Path, log=print, image_size=None, test_split=None, s
     if unused:
         log(unused)
     try:
-        tensors = decode_folder(path, log, image_size, resize, test_split)
+        tensors = decode_folder(path, log, image_size, resize, test_split, mode)
     except DoesNotFit as large:  # decoded chunk by chunk into a file instead, then streamed
         check_names(large.survey, path, test_split)
         tensors = filecache.decode_to_cache(path, filecache.cache_folder(cache), large.survey, large.size, large.channels,
                                             image_size, resize, log)
+        evict.remove_earlier(cache_dir, stem, path, log)
         return _dataset(name, stream.place(tensors), test_split, seed, path, log)
     remove_stale_temporaries(cache.parent)  # full-size temporaries of killed decodes
     try:
-        save_atomic(tensors, cache, make_parents=True)
+        save_atomic({**tensors, "source": str(path.resolve())}, cache, make_parents=True)  # whose entry: evict
         log(f"Cached {sum(len(tensors[k]) for k in ('train_x', 'test_x') if k in tensors):,} decoded images in {cache}")
+        evict.remove_earlier(cache_dir, stem, path, log)
     except OSError as error:  # a read-only cache costs time, not correctness
         print(one_line(f"engine: warning: could not write the decode cache {cache}: {error.strerror}"), file=sys.stderr)
     return _dataset(name, tensors, test_split, seed, path, log)
@@ -275,7 +283,9 @@ def _counts(t, test_split):
         return f"{len(t['train_x']):,} train / {len(t['test_x']):,} test"
     if test_split == layout.WHOLE:
         return f"{len(t['train_x']):,} images, all evaluated"
-    return f"{len(t['train_x']):,} train / no test split"
+    fraction = layout.parse_fraction(test_split or layout.DEFAULT_TEST_SPLIT, "--test-split")  # what is scored:
+    held = sum(round(fraction * int(n)) for n in torch.bincount(t["train_y"]))  # as stratified() holds it out
+    return f"{len(t['train_x']):,} images, no test split of its own: {held:,} held out as the test set"
 
 
 def _dataset(name, t, test_split, seed, path, log):
