@@ -28,7 +28,8 @@ def _scalar_type(annotation):
 EVAL_HELP = {  # engine eval's own words where a training run's would mislead
     "data": "evaluate on this data instead: synthetic, cifar10, mnist, fashion_mnist, or the PATH of an image folder "
             "or archive (default: the checkpoint's own test set)",
-    "batch_size": "images per evaluation batch (default: 64)",
+    "batch_size": "images per evaluation batch where --eval-batch-size is not given (default: 64)",
+    "eval_batch_size": "images per evaluation batch; given, it wins over --batch-size (default: --batch-size)",
     "quiet": "print only the result (its line and the per-class table) and errors (default: off)",
 }
 
