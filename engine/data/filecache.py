@@ -90,7 +90,7 @@ def decode_to_cache(path: Path, folder: Path, survey, size, channels, image_size
             channels = 3
             log(f"{path}: a colour image among grey ones: decoding again in RGB (one colour image makes the set RGB)")
         index = _index(path, places, survey, log)
-        index["shape"] = [len(places), channels, H, W]
+        index["shape"], index["source"] = [len(places), channels, H, W], str(path.resolve())  # source: evict
         with open(temporary / "index.pt", "wb") as f:
             torch.save(index, f)
             f.flush()
