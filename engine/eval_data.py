@@ -22,16 +22,19 @@ def _describe(shape, classes):
 def fit_channels(data, shape, say=print):
     """Test images of another channel count than the model's `shape` are read as `engine predict` reads
     such a photo: gray ones for a model of colour images as RGB (R = G = B, exact), colour ones for a
-    model of gray images as PIL's luma (L = R x 299/1000 + G x 587/1000 + B x 114/1000, PIL's rounding;
-    exact where the images need no resize, predict converting before it resizes)."""
+    model of gray images as PIL's luma (L = R x 299/1000 + G x 587/1000 + B x 114/1000, PIL's rounding).
+    An image folder is read so by load_dataset(gray=True), converted before it is fitted, as predict does;
+    this luma, after the fit, is for one decoded into the file cache (larger than memory) alone."""
     if not all(isinstance(x, torch.Tensor) for x in (data.train_x, data.test_x)):
         return
     if data.shape[0] == 1 and shape[0] == 3:
         data.train_x, data.test_x = (x.expand(-1, 3, -1, -1) for x in (data.train_x, data.test_x))  # views
         say("Gray images, read as RGB (R = G = B) for a model of colour images, as engine predict reads them")
     elif data.shape[0] == 3 and shape[0] == 1:
+        from engine.data import COLOUR_AS_GRAY
+
         data.train_x, data.test_x = data.train_x[:, :1], luma(data.test_x)  # evaluation reads only test_x
-        say("Colour images, read as gray (PIL's luma) for a model of gray images, as engine predict reads them")
+        say(COLOUR_AS_GRAY)
 
 
 def luma(x, chunk=4096):
@@ -182,13 +185,17 @@ def warn_other_split(saved, given, cfg: Config, source, warn):
              f"(--test-split {held}, seed {saved.get('seed', 0)}): the test images include images it trained on")
 
 
-def load_evaluation_data(cfg: Config, saved, given, fingerprint, source, say, classes=None):
+def load_evaluation_data(cfg: Config, saved, given, fingerprint, source, say, classes=None, gray=False):
     """The images an evaluation scores: load_dataset(cfg), save where --data names another path than
     the run's (read whole: no --test-split given) that holds the run's own images, moved or copied:
     split as the run split them (its --test-split, --val-split, seed), they give the run's data
     `fingerprint` (and their class names are the run's `classes`). Their held-out test images are
-    scored then, said in one line; read whole, most of them were trained on."""
-    from engine.data import load_dataset
+    scored then, said in one line; read whole, most of them were trained on. gray: for a model of gray
+    images (load_dataset's)."""
+    from engine.data import load_dataset as load
+
+    def load_dataset(cfg, log):
+        return load(cfg, log, gray)
 
     if not fingerprint or cfg.test_split != WHOLE or "test_split" in given or "data" not in given:
         return load_dataset(cfg, say)

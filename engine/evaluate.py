@@ -188,7 +188,7 @@ def evaluate_checkpoint(path, overrides, log=print, model=None):
     check_image_size(cfg, checkpoint.spec.shape, path, saved)
     say_resize(saved, overrides, cfg.data, say)
     data = load_evaluation_data(cfg, saved, overrides, checkpoint.fingerprint, path, say,  # a split folder refuses
-                                checkpoint.spec.classes)  # --test-split
+                                checkpoint.spec.classes, gray=checkpoint.spec.shape[0] == 1)  # --test-split
     warn_other_split(saved, overrides, cfg, path, warn)
     warn_changed_test_set(checkpoint.fingerprint, saved, overrides, data, path, warn)
     spec = checkpoint.spec

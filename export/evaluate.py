@@ -59,7 +59,8 @@ def evaluate_onnx(path, overrides, *, input_size=None, classes=None, log=print):
     check_image_size(cfg, info.input_size, path, saved)
     say_resize({"resize": info.rule}, overrides, cfg.data, (lambda *_: None) if cfg.quiet else log)
     say = (lambda *_: None) if cfg.quiet else log
-    data = load_evaluation_data(cfg, info.config, overrides, info.fingerprint, path, say, info.classes)
+    data = load_evaluation_data(cfg, info.config, overrides, info.fingerprint, path, say, info.classes,
+                                gray=info.input_size[0] == 1)
     warn_other_split(info.config, overrides, cfg, path, warn)
     warn_changed_test_set(info.fingerprint, info.config, overrides, data, path, warn)
     fit_channels(data, info.input_size, (lambda *_: None) if cfg.quiet else log)

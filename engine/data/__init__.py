@@ -14,8 +14,13 @@ from engine.errors import UsageError
 __all__ = ["ARCHIVE_SUFFIXES", "Dataset", "InputSpec", "channel_stats", "check_batch_size", "dataset_label", "load_dataset"]
 
 
-def load_dataset(cfg: Config, log=print) -> Dataset:
-    """The dataset `cfg.data` names, with `--val-split` held out of its training images, then `--limit-*` applied."""
+COLOUR_AS_GRAY = "Colour images, read as gray (PIL's luma) for a model of gray images, as engine predict reads them"
+
+
+def load_dataset(cfg: Config, log=print, gray=False) -> Dataset:
+    """The dataset `cfg.data` names, with `--val-split` held out of its training images, then `--limit-*` applied.
+    gray: for a model of gray images: an image folder of colour images is read again as gray, each image
+    converted before it is fitted to --image-size, as engine predict reads a photo (cached apart)."""
     if cfg.data in BUILTIN_DATASETS and (cfg.image_size or cfg.test_split not in (None, "all")):  # all: layout.WHOLE
         raise UsageError(f"--image-size and --test-split are for image folders; {cfg.data} has its own size and test set")
     if cfg.data in BUILTIN_DATASETS and Path(cfg.data).exists():  # a user's own ./cifar10 folder, easily taken for it
@@ -40,6 +45,10 @@ def load_dataset(cfg: Config, log=print) -> Dataset:
 
         size = parse_image_size(cfg.image_size) if cfg.image_size else None
         data = imagefolder.read(cfg.data, cfg.resolved_cache_dir(), log, size, cfg.test_split, cfg.seed, cfg.resize)
+        if gray and data.shape[0] == 3:  # its lines said above; luma after the resize would differ (clipped overshoot)
+            data = imagefolder.read(cfg.data, cfg.resolved_cache_dir(), lambda *_: None, size, cfg.test_split, cfg.seed,
+                                    cfg.resize, mode="L")
+            log(COLOUR_AS_GRAY)
     # Held out before --limit-train, so the validation images do not depend on it.
     from engine.data.layout import parse_count
 
