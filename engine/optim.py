@@ -5,6 +5,7 @@ checkpoint stores it as plain data and a resumed run continues on exactly the sa
 the freezing of a parameter that trains for its first epochs only (fast_cifar94's whitening bias).
 """
 
+import dataclasses
 import math
 import numbers
 
@@ -91,6 +92,18 @@ def bn_lr_scale_note(cfg: Config, model):
     what = "BatchNorm parameter or bias" if cfg.optimizer == "muon" else "BatchNorm parameter (GroupNorm and LayerNorm are not BatchNorm)"
     return (f"--bn-lr-scale {cfg.bn_lr_scale:g}: {type(model).__name__} has no trainable {what} to scale, "
             "so every parameter trains at --lr")
+
+
+def muon_flags_note(cfg: Config, model):
+    """The one line that says --muon-lr / --muon-momentum change nothing for `model` under --optimizer
+    muon, which has no trainable conv filter for Muon to step; None where they apply or are not given."""
+    defaults = {f.name: f.default for f in dataclasses.fields(cfg)}
+    given = [name for name in ("muon_lr", "muon_momentum") if getattr(cfg, name) != defaults[name]]
+    filters = conv_filters(model)
+    if cfg.optimizer != "muon" or not given or any(p.requires_grad and id(p) in filters for p in model.parameters()):
+        return None
+    return (f"{' and '.join('--' + name.replace('_', '-') for name in given)}: {type(model).__name__} has no "
+            "trainable conv filter for Muon to step, so they change nothing (every parameter takes Nesterov SGD)")
 
 
 def epoch_limits(model):

@@ -32,7 +32,7 @@ from engine.models.memory_format import fit_memory_format
 from engine.models.probe import check_fits, probe_batch
 from engine.models.reference import ModelRef, parse_args, parse_model, reference_of, reopen
 from engine.models.user_code import load_code, with_neighbours
-from engine.optim import bn_lr_scale_note, build_optimizer
+from engine.optim import bn_lr_scale_note, build_optimizer, muon_flags_note
 from engine.recipe import freeze, init_from_data
 from engine.report import RunDir, default_run_dir
 from engine.restore import restore_progress
@@ -144,8 +144,9 @@ def open_session(cfg: Config, resume: Checkpoint | None = None, say=print, ranks
         optimizer = build_optimizer(cfg, model, torch.bfloat16 if runtime.amp_dtype == torch.bfloat16 else torch.float32)
         if hasattr(optimizer, "describe"):
             say(optimizer.describe())
-        if bn_lr_scale_note(cfg, model):  # a flag that changes nothing for this model
-            say(bn_lr_scale_note(cfg, model))
+        for note in (bn_lr_scale_note(cfg, model), muon_flags_note(cfg, model)):  # flags that change nothing here
+            if note:
+                say(note)
         scaler = runtime.grad_scaler()
         session = Session(cfg, runtime, run, spec, ref, model, optimizer, scaler, train_loader, test_loader,
                           None, [], ranks=ranks, fingerprint=fingerprint,
