@@ -225,8 +225,8 @@ def test_a_set_larger_than_the_free_disk_is_one_line_before_decoding(tmp_path, t
     with pytest.raises(EngineError) as error:
         read(path, tiny_disk / "cache", log=said.append)
     message = str(error.value)
-    assert "\n" not in message and f"its decoded images need 2.6 MB in the decode cache at {tiny_disk / 'cache'}, and " \
-        "1.0 MB is free there" in message
+    assert "\n" not in message and f"its decoded images need 69.7 MB in the decode cache at {tiny_disk / 'cache'} (2.6 MB, and " \
+        "67.1 MB left free beside them), and 1.0 MB is free there" in message
     assert not any("Decoding" in line for line in said)  # refused before a pixel was decoded
     assert list((tiny_disk / "cache").iterdir()) == []
 

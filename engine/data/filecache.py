@@ -65,7 +65,8 @@ def check_disk(path, folder: Path, need):
                           f"into a file cache, and the cache folder {folder} cannot be made ({error.strerror or error}); "
                           "pass --cache-dir a folder you can write to") from None
     if need + DISK_MARGIN > free:
-        raise EngineError(f"{path}: its decoded images need {size_text(need)} in the decode cache at {folder}, and "
+        raise EngineError(f"{path}: its decoded images need {size_text(need + DISK_MARGIN)} in the decode cache at "
+                          f"{folder} ({size_text(need)}, and {size_text(DISK_MARGIN)} left free beside them), and "
                           f"{size_text(free)} is free there; free some space, or pass --cache-dir on a larger disk "
                           "(or a smaller --image-size)")
 
