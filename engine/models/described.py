@@ -48,4 +48,15 @@ def describe(model, model_args=None, input_shape=None, num_classes=None):
 
     ref = parse_model(model, model_args)
     shape, classes = summary_inputs(ref, input_shape, num_classes)
-    return format_summary(model, build(ref, shape, classes), shape)
+    try:
+        return format_summary(model, build(ref, shape, classes), shape)
+    except (RuntimeError, MemoryError) as error:  # memory.py's line names --batch-size, which summary has not
+        from engine.errors import EngineError
+        from engine.memory import out_of_memory_line
+
+        line = out_of_memory_line(error)
+        if line is None:
+            raise
+        raise EngineError(f"{line.split(':')[0]} building {model} for {classes:,} classes at input "
+                          f"{'x'.join(map(str, shape))}: lower --num-classes or --input-shape (the model's "
+                          "layers grow with them)") from None
