@@ -57,3 +57,16 @@ def test_readme_client_reads_32_bit_tiffs_as_the_engine_does(tmp_path):
                 engine = np.asarray(fit(image, (2, 5), "L" if channels == 1 else "RGB"), dtype=np.float32) / 255
             client = readme_load(channels, 2, 5)(path)
             np.testing.assert_array_equal(client, engine.reshape(2, 5, channels).transpose(2, 0, 1))
+
+
+def test_training_decode_of_a_32_bit_tiff_folder(tmp_path):
+    from engine.data.imagefolder import read
+
+    for name, value in (("dim", 2**30), ("bright", 3 * 2**30)):
+        (tmp_path / "set" / name).mkdir(parents=True)
+        for i in range(3):
+            tiff32(tmp_path / "set" / name / f"{i}.tif", np.full((4, 4), value, dtype=np.uint64), 1)
+    data = read(tmp_path / "set", tmp_path / "cache", test_split="34%", log=lambda *_: None)
+    assert data.train_x.shape[1] == 1
+    for name, expected in (("dim", 64), ("bright", 191)):  # both were 255 (clipped at 65535)
+        assert (data.train_x[data.train_y == data.classes.index(name)] == expected).all()
