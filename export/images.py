@@ -135,6 +135,24 @@ def to_pixels(image, input_size, source="image", rule="stretch"):
     return pixels[..., None] if pixels.ndim == 2 else pixels
 
 
+def _left_as_given(image):
+    """A caller's PIL image as `fit` may decode it: a JPEG not yet loaded, which fit's draft mode would decode
+    in place at 1/2 to 1/8 (the caller's 1000x600 photo left 125x75), is opened afresh from its encoded bytes,
+    giving its path's pixels and leaving the caller's untouched; any other image is fitted as given."""
+    from engine.pixels import JPEG_FORMATS
+
+    fp = getattr(image, "fp", None)
+    if image.format not in JPEG_FORMATS or not image.tile or fp is None or image.tell() != 0:
+        return image
+    where = fp.tell()
+    try:
+        fp.seek(0)  # PIL decodes a JPEG from its file's start
+        data = fp.read()
+    finally:
+        fp.seek(where)
+    return open_bytes(data)
+
+
 def _array_images(array, channels=3):
     """A uint8 array as a list of (H, W[, C]) images: (H, W), (H, W, C), (N, H, W) or (N, H, W, C). For a
     model of `channels` 3, a (3 or 4, H, W) array is refused: one image channels first, or gray ones?"""
@@ -181,7 +199,7 @@ def batch(images, input_size, rule="stretch"):
             with open_image(item, input_size[1:]) as image:
                 pixels.append(to_pixels(image, input_size, str(item), rule))
         elif isinstance(item, Image.Image):
-            pixels.append(to_pixels(item, input_size, rule=rule))
+            pixels.append(to_pixels(_left_as_given(item), input_size, rule=rule))
         elif isinstance(item, np.ndarray):
             pixels += [to_pixels(_from_array(a), input_size, "array", rule) for a in _array_images(item, input_size[0])]
         else:

@@ -1,0 +1,25 @@
+"""A caller's own PIL image given to the inference API (export.images.batch, behind Classifier.logits and
+predict) is left as it was: a large JPEG not yet loaded was decoded in place at 1/8 by PIL's draft mode,
+so the caller's 1000x600 photo became 125x75 after a prediction. Its pixels are still those of its path."""
+
+import numpy as np
+from PIL import Image
+
+from export.images import batch
+
+
+def test_a_callers_unloaded_jpeg_keeps_its_size_and_gives_its_paths_pixels(tmp_path):
+    rng = np.random.default_rng(0)
+    for name, orientation in (("plain.jpg", None), ("turned.jpg", 6)):
+        image = Image.fromarray(rng.integers(0, 256, (300, 500, 3), dtype=np.uint8))
+        exif = image.getexif()
+        if orientation:
+            exif[0x0112] = orientation
+        image.save(tmp_path / name, exif=exif)
+        for rule in ("stretch", "crop"):
+            given = Image.open(tmp_path / name)
+            pixels = batch([given], (3, 24, 40), rule)
+            assert given.size == (500, 300) and given.mode == "RGB"
+            assert np.array_equal(pixels, batch([tmp_path / name], (3, 24, 40), rule))
+            assert np.array_equal(batch([given], (3, 24, 40), rule), pixels)  # again: the same
+            assert np.array_equal(np.asarray(given), np.asarray(Image.open(tmp_path / name)))  # still decodes whole
