@@ -51,3 +51,14 @@ def test_a_streamed_source_edited_leaves_one_entry(tmp_path, monkeypatch):
     imagefolder.read(src, cache, log=lambda s: None)
     entries = _entries(cache)
     assert len(entries) == 1 and entries[0].endswith(".stream")
+
+
+def test_the_entry_made_through_a_link_goes_too(tmp_path):
+    src, cache = _folder(tmp_path / "photos"), tmp_path / "cache"
+    (tmp_path / "album").symlink_to(src)
+    imagefolder.read(tmp_path / "album", cache, log=lambda s: None)  # album-KEY.pt, the same images
+    imagefolder.read(src, cache, log=lambda s: None)
+    assert len(list(cache.glob("*.pt"))) == 2
+    Image.new("RGB", (12, 10), (1, 2, 3)).save(src / "dog" / "new.png")
+    imagefolder.read(src, cache, log=lambda s: None)
+    assert [p.name.startswith("photos-") for p in cache.glob("*.pt")] == [True]

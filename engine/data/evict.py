@@ -3,15 +3,19 @@ again under a new key (engine.data.imagefolder.source_key), and the entry of its
 never read again. Each entry records the source it was decoded from (its resolved path); once the
 current images are cached, the entries of that source under another key are removed, at every
 --image-size, so the cache holds one decode of each source, not one more with every edit. Entries of
-other sources, and of the current images at another --image-size, are kept.
+other sources, and of the current images at another --image-size or under another label (the source
+read through a link), are kept.
 """
 
+import re
 import shutil
 from pathlib import Path
 
 import torch
 
 from engine.memory import size_text
+
+ENTRY = re.compile(r"^[^.].*-([0-9a-f]{20})(-\d+x\d+-[a-z]+)?\.(pt|stream)$")  # LABEL-KEY[-HxW-RULE].pt|.stream
 
 
 def source_of(entry: Path):
@@ -29,16 +33,16 @@ def source_of(entry: Path):
 
 
 def remove_earlier(cache_dir: Path, stem, source: Path, log=print):
-    """Remove the entries in `cache_dir` named after the source's label (`stem` is LABEL-KEY, the current
-    images' name) that record `source` and are not the current images' (a key other than KEY)."""
-    label, resolved = stem.rsplit("-", 1)[0] + "-", str(Path(source).resolve())
+    """Remove the entries in `cache_dir` that record `source` under a key other than the current images'
+    (`stem` is LABEL-KEY, their name): under any label (the source read through a link has its own)."""
+    key, resolved = stem.rsplit("-", 1)[1], str(Path(source).resolve())
     freed, count = 0, 0
     try:
-        entries = [e for e in Path(cache_dir).iterdir() if e.name.startswith(label) and not e.name.startswith(stem)]
+        entries = [e for e in Path(cache_dir).iterdir() if (m := ENTRY.search(e.name)) and m.group(1) != key]
     except OSError:
         return
     for entry in entries:
-        if not (entry.name.endswith(".pt") or entry.name.endswith(".stream")) or source_of(entry) != resolved:
+        if source_of(entry) != resolved:
             continue
         try:
             size = sum(f.stat().st_size for f in entry.iterdir()) if entry.is_dir() else entry.stat().st_size
