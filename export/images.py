@@ -142,14 +142,18 @@ def _left_as_given(image):
     from engine.pixels import JPEG_FORMATS
 
     fp = getattr(image, "fp", None)
-    if image.format not in JPEG_FORMATS or not image.tile or fp is None or image.tell() != 0:
+    if image.tile and fp is None:  # PIL's load would fail on an assert
+        raise EngineError("a PIL image given was closed before its pixels were read (Image.open in a with block): "
+                          "call image.load() inside the block, or give its path")
+    if image.format not in JPEG_FORMATS or not image.tile or image.tell() != 0:
         return image
-    where = fp.tell()
     try:
+        where = fp.tell()
         fp.seek(0)  # PIL decodes a JPEG from its file's start
         data = fp.read()
-    finally:
         fp.seek(where)
+    except (OSError, ValueError):  # its file closed: to_pixels says it cannot decode the image
+        return image
     return open_bytes(data)
 
 

@@ -3,8 +3,10 @@ predict) is left as it was: a large JPEG not yet loaded was decoded in place at 
 so the caller's 1000x600 photo became 125x75 after a prediction. Its pixels are still those of its path."""
 
 import numpy as np
+import pytest
 from PIL import Image
 
+from engine.errors import EngineError
 from export.images import batch
 
 
@@ -23,3 +25,15 @@ def test_a_callers_unloaded_jpeg_keeps_its_size_and_gives_its_paths_pixels(tmp_p
             assert np.array_equal(pixels, batch([tmp_path / name], (3, 24, 40), rule))
             assert np.array_equal(batch([given], (3, 24, 40), rule), pixels)  # again: the same
             assert np.array_equal(np.asarray(given), np.asarray(Image.open(tmp_path / name)))  # still decodes whole
+
+
+def test_a_pil_image_closed_before_its_pixels_were_read_is_one_line(tmp_path):
+    Image.fromarray(np.zeros((30, 50, 3), np.uint8)).save(tmp_path / "a.jpg")
+    with Image.open(tmp_path / "a.jpg") as closed:  # PIL's load then failed on a bare AssertionError
+        pass
+    with pytest.raises(EngineError, match="closed before its pixels were read"):
+        batch([closed], (3, 24, 40))
+    with open(tmp_path / "a.jpg", "rb") as f:
+        file_closed = Image.open(f)
+    with pytest.raises(EngineError, match="cannot decode image"):
+        batch([file_closed], (3, 24, 40))
