@@ -141,11 +141,11 @@ def _left_as_given(image):
     giving its path's pixels and leaving the caller's untouched; any other image is fitted as given."""
     from engine.pixels import JPEG_FORMATS
 
-    fp = getattr(image, "fp", None)
-    if image.tile and fp is None:  # PIL's load would fail on an assert
+    fp, tile = getattr(image, "fp", None), getattr(image, "tile", None)  # a PIL ImageFile's, not an Image.new's
+    if tile and fp is None:  # PIL's load would fail on an assert
         raise EngineError("a PIL image given was closed before its pixels were read (Image.open in a with block): "
                           "call image.load() inside the block, or give its path")
-    if image.format not in JPEG_FORMATS or not image.tile or image.tell() != 0:
+    if image.format not in JPEG_FORMATS or not tile or image.tell() != 0:
         return image
     try:
         where = fp.tell()
