@@ -70,6 +70,8 @@ def check_fits(model: nn.Module, ref: ModelRef, in_shape, num_classes, batch=PRO
         small = small or bool(larger)
         hint = (f"; the images are too small for this network{runs} (resize an image folder's with --image-size; "
                 "summary takes --input-shape)" if small else "")
+        if batch == 1 and "more than 1 value per channel" in str(error):  # BatchNorm on one value: batch 2 trains
+            hint += "; or train at a --batch-size of 2 or more (per process under --nproc)"
         hint = hint or channels_hint(ref, error, in_shape[0])  # a 3-channel model on grey images, or the reverse
         kinds = sorted({str(p.dtype).replace("torch.", "") for p in model.parameters() if p.dtype != torch.float32})
         if kinds and not small:  # model.double() or .half() in __init__: the images come as float32
