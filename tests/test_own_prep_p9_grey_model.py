@@ -47,3 +47,19 @@ def test_colour_photos_on_a_gray_model_evaluate_as_their_gray_copies(tmp_path, r
                                   log=lambda *_: None)
     assert on_colour["test_loss"] == on_gray["test_loss"]
     assert any(line.startswith("Colour images, read as gray (PIL's luma)") for line in said)
+    if resize == "crop":  # the exported file alike, and as engine predict (export.load) scores each photo
+        import export
+        from export.evaluate import evaluate_onnx
+        from export.onnx_export import export_onnx
+
+        export_onnx(tmp_path / "m.onnx", out / "best.pt", verify=False, log=lambda *_: None)
+        cached = {"cache_dir": flags["cache_dir"]}
+        onnx_colour = evaluate_onnx(tmp_path / "m.onnx", {"data": str(colour), **cached}, log=lambda *_: None)
+        onnx_gray = evaluate_onnx(tmp_path / "m.onnx", {"data": str(gray), **cached}, log=lambda *_: None)
+        assert onnx_colour["test_loss"] == onnx_gray["test_loss"]
+        files = sorted(colour.rglob("*.png"))
+        logits = export.load(tmp_path / "m.onnx", device="cpu").logits(files).astype(np.float64)
+        labels = np.array([0 if f.parent.name == "dark" else 1 for f in files])
+        shifted = logits - logits.max(1, keepdims=True)
+        loss = -(shifted - np.log(np.exp(shifted).sum(1, keepdims=True)))[np.arange(len(files)), labels].mean()
+        assert abs(onnx_colour["test_loss"] - loss) < 1e-6
