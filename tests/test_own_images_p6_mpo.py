@@ -7,7 +7,7 @@ import io
 import numpy as np
 from PIL import Image
 
-from engine.data.imagefolder import _decode
+from engine.data.decode import decode as _decode
 from engine.pixels import check_size, draft_size, fit
 from export.images import batch
 

@@ -121,7 +121,8 @@ def _decode_into(path, file, survey, size, channels, image_size, rule, log):
     from PIL import Image
     from tqdm import tqdm
 
-    from engine.data.imagefolder import _chunks, decode_or_say, mixed_sizes, undecodable
+    from engine.data.decode import decode_or_say, mixed_sizes, undecodable
+    from engine.data.imagefolder import _chunks
     from engine.data.pool import decoding_pool, stop_pool
 
     H, W = size

@@ -11,7 +11,6 @@ checked against the size limit by its header (engine.pixels).
 """
 
 import hashlib
-import io
 import os
 import sys
 import tarfile
@@ -30,12 +29,13 @@ from engine.data.classes import (Notes, check_names, empty_split, in_name_order,
 from engine.data.dataset import Dataset, dataset_label, file_label
 from engine.data.pool import decoding_pool, stop_pool
 from engine.data.archives import archive_kind, last_copies
-from engine.data.sources import DoesNotFit, check_memory, count_other, grey, label, members, walk
+from engine.data.sources import DoesNotFit, check_memory, count_other, label, members, walk
 from engine.errors import EngineError, UsageError, first_line, one_line
 from engine.faults import pause_point
 from engine.lock import remove_stale_temporaries
 from engine.models.spec import MIN_CLASSES
-from engine.pixels import check_size, fit, not_used_line, upright_size
+from engine.data.decode import decode_or_say, mixed_sizes, undecodable
+from engine.pixels import not_used_line
 
 CACHE_FORMAT = 20  # 2: a set with any colour image is all RGB; 3: any layout, test split optional, --image-size;
 # 4: class folders with subfolders, grey images with alpha; 5: split folders in any case (Train/), training/ and
@@ -83,61 +83,9 @@ def source_key(path: Path, others=None):
     return digest.hexdigest()[:20]
 
 
-def mixed_sizes(path, first, other):
-    """The one line for a source whose images differ in size: `first` and `other` are ((W, H), name)."""
-    (a, first_name), (b, other_name) = first, other  # said as HxW, as --image-size takes it
-    return (f"{path}: images differ in size ({a[1]}x{a[0]} {first_name}, {b[1]}x{b[0]} {other_name}, as HxW); all "
-            "images must "
-            "share one size: pass --image-size S (or HxW) to resize them once (--resize: stretch, the default, or crop)")
-
-
-def _decode(item):
-    """(H, W) uint8 for a grayscale image, (H, W, 3) for any other, from (name, bytes, image size or None,
-    resize rule, the first image's ((W, H), name) or None, and a mode every image is decoded as: None, or "L" for
-    a model of gray images, a colour one converted before it is fitted, as engine predict does). With an image size, resized to it by
-    engine.pixels.fit; without one, an image whose header differs from the first's size is refused
-    before its pixels are decoded. Runs in the decoding processes."""
-    from PIL import Image, UnidentifiedImageError
-
-    name, data, size, rule, first = item[:5]
-    mode = item[5] if len(item) > 5 else None
-    Image.MAX_IMAGE_PIXELS = None  # check_size refuses large ones, naming the size
-    if not data:
-        raise EngineError(f"cannot decode image {name}: the file is empty (0 bytes)")
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            check_size(image, name, size)  # by its header, before a pixel is decoded
-            if size is None and first is not None and upright_size(image) != first[0]:
-                raise UsageError(mixed_sizes(first[2], first[:2], (upright_size(image), name)))
-            return np.asarray(fit(image, size, mode or ("L" if grey(image) else "RGB"), rule))  # 16-bit scaled
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        reason = "not an image PIL can read" if isinstance(error, UnidentifiedImageError) else error
-        raise EngineError(f"cannot decode image {name}: {reason}") from None
-
-
-def decode_or_say(item):
-    """`_decode`, an image that cannot be decoded given back as its line (a str) rather than raised, so that
-    one decode names every such image (fixed at once, not one per decode of a large folder); images of
-    another size than the first stop it at once (--image-size is wanted, not a fix per image)."""
-    try:
-        return _decode(item)
-    except UsageError:
-        raise
-    except EngineError as error:
-        return str(error)
-
-
-def undecodable(bad):
-    """The one line for the images of a decode that cannot be decoded: `bad` [(name, its line)]."""
-    more = len(bad) - 1
-    others = ", ".join(name for name, _ in bad[1:4]) + (" ..." if more > 3 else "")
-    return bad[0][1] + (f" (and {more:,} more image{'s' if more > 1 else ''} that cannot be decoded: {others}; remove "
-                        "or replace them)" if more else "")
-
-
 def _chunks(path: Path, size, rule, first=None, copies=None, mode=None):
     """Lists of (folder, (name, bytes, size, rule, first, mode)) of at most CHUNK images, in the source's
-    order; `first`, `mode`: see `_decode`; `copies`: the Survey's, whose earlier members are not read."""
+    order; `first`, `mode`: see `engine.data.decode.decode`; `copies`: the Survey's, whose earlier members are not read."""
     chunk = []
     for name, read in last_copies(members(path), copies or {}):
         folder = layout.folder_of(name) if read is not None else None
@@ -155,7 +103,7 @@ def decode_folder(path: Path, log=print, size=None, rule="stretch", test_split=N
     """Decode every image once, on every core: {"classes", "train_x", "train_y"} and, where the source
     has an evaluation split, "test_x", "test_y". `size` (H, W): resize each image to it (engine.pixels.fit).
     `test_split`: refused before any image is decoded where the source has its own split. `mode` "L": every
-    image decoded as gray (see `_decode`)."""
+    image decoded as gray (see `engine.data.decode.decode`)."""
     from PIL import Image
     from tqdm import tqdm
 

@@ -7,7 +7,7 @@ import os
 
 
 def decoding_pool():
-    """(a fork pool of processes for `_decode`, or None on one core; its worker count). Its workers
+    """(a fork pool of processes for `engine.data.decode.decode`, or None on one core; its worker count). Its workers
     ignore SIGINT: a Ctrl-C reaches the main process alone, which ends them (`stop_pool`). Workers
     that took it printed their tracebacks, and concurrent.futures' pool, with a worker killed
     mid-task, could leave the command waiting forever on its shutdown. While the pool lives, SIGTERM

@@ -185,7 +185,7 @@ class Survey:
         return [line for line in (unused, self.copies_line(path)) if line]
 
     def expected(self, path, size):
-        """`_decode`'s `first`: the first image's size and name where the images must all share it."""
+        """`engine.data.decode.decode`'s `first`: the first image's size and name where the images must all share it."""
         return (*self.first[:2], str(path)) if size is None and self.first else None
 
 
