@@ -54,6 +54,21 @@ def open_cache(folder: Path):
     return tensors
 
 
+def _place(temporary: Path, folder: Path):
+    """Rename the finished decode `temporary` to `folder`. The rename comes first, and fails where `folder`
+    exists: another run of these images, at once, finished first (its cache, which it reads, is kept), or
+    an incomplete leftover (replaced). Removing first let one run delete the other's cache just renamed."""
+    for _ in range(2):
+        try:
+            os.rename(temporary, folder)
+            return
+        except OSError:
+            if open_cache(folder) is not None:
+                return
+            shutil.rmtree(folder, ignore_errors=True)
+    os.rename(temporary, folder)
+
+
 def check_disk(path, folder: Path, need):
     """One line, before decoding, when the cache's disk has less than `need` bytes free, or the cache
     folder cannot be made (a set that fits in memory trains without its cache; this one cannot)."""
@@ -96,13 +111,7 @@ def decode_to_cache(path: Path, folder: Path, survey, size, channels, image_size
             torch.save(index, f)
             f.flush()
             os.fsync(f.fileno())
-        if open_cache(folder) is None:  # else another run of these images, at once, finished first: its cache,
-            shutil.rmtree(folder, ignore_errors=True)  # which it reads, is kept; an incomplete one is replaced
-            try:
-                os.rename(temporary, folder)
-            except OSError:
-                if open_cache(folder) is None:  # not another run's, renamed there since
-                    raise
+        _place(temporary, folder)
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error) as error:  # gzip.BadGzipFile is an OSError
         raise EngineError(f"{path} is not a readable archive ({first_line(error).rstrip(':')})") from None
     except OSError as error:  # reading the source, or writing the cache (a disk that filled up meanwhile)
