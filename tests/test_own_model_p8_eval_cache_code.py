@@ -3,24 +3,10 @@ model reference, the code as it was when the run trained: a model file edited si
 the same weights) was served the old code's measurement. The key is now the code as it is."""
 
 import json
-import textwrap
 
 import pytest
 
-NETS = textwrap.dedent("""
-    import torch
-    from torch import nn
-
-
-    class Net(nn.Module):
-        def __init__(self, num_classes=10):
-            super().__init__()
-            self.conv = nn.Conv2d(3, 4, 3, padding=1)
-            self.head = nn.Linear(4, num_classes)
-
-        def forward(self, x):
-            return self.head(torch.relu(self.conv(x)).mean((2, 3)))
-""")
+from tests.test_own_model_p8_module_digest import NETS, photos
 
 
 @pytest.mark.slow
@@ -46,14 +32,3 @@ def test_eval_compiles_measurements_are_keyed_by_the_model_code_as_it_is_now(tmp
     nets.write_text(NETS.replace("torch.relu", "torch.tanh"))
     evaluate_checkpoint(run / "best.pt", flags, log=None, model=code)
     assert keys() > before  # another forward: measured again, under another key
-
-
-def photos(root):
-    """Two classes of 8 tiny PNG images each: a run on them takes a fraction of the synthetic set's time."""
-    from PIL import Image
-
-    for c, name in enumerate(("a", "b")):
-        (root / "photos" / name).mkdir(parents=True)
-        for i in range(8):
-            Image.new("RGB", (8, 8), (40 * i, 200 * c, 90)).save(root / "photos" / name / f"{i}.png")
-    return str(root / "photos")

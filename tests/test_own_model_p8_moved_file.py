@@ -7,20 +7,7 @@ import shutil
 
 import pytest
 
-NETS = """
-import torch
-from torch import nn
-
-
-class Net(nn.Module):
-    def __init__(self, num_classes=10):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 4, 3, padding=1)
-        self.head = nn.Linear(4, num_classes)
-
-    def forward(self, x):
-        return self.head(torch.relu(self.conv(x)).mean((2, 3)))
-"""
+from tests.test_own_model_p8_module_digest import NETS, photos
 
 
 @pytest.mark.slow
@@ -47,14 +34,3 @@ def test_a_run_whose_model_file_moved_resumes_with_the_file_named_at_its_new_pla
     train(cfg, resume=checkpoint, log=said.append)  # the finished run: the model is rebuilt and loaded all the same
     assert any(line.startswith("Nothing left to train") for line in said)
     assert load(run / "last.pt").epochs_done == 1
-
-
-def photos(root):
-    """Two classes of 8 tiny PNG images each: a run on them takes a fraction of the synthetic set's time."""
-    from PIL import Image
-
-    for c, name in enumerate(("a", "b")):
-        (root / "photos" / name).mkdir(parents=True)
-        for i in range(8):
-            Image.new("RGB", (8, 8), (40 * i, 200 * c, 90)).save(root / "photos" / name / f"{i}.png")
-    return str(root / "photos")
